@@ -1,1 +1,10 @@
+/*!
+fyn-runner: joins a machine to a job control plane over an authenticated WebSocket
+session, reports its hardware, and runs the jobs it is handed.
+
+The crate is split the way the system is: `core` decides (pure), `protocol` describes
+the wire, and everything that touches the world lives outside `core`.
+*/
+
 pub mod core;
+pub mod protocol;

@@ -1,0 +1,144 @@
+/*!
+The lifecycle core: a pure, synchronous statig machine.
+
+Owns: the nine lifecycle states and their transitions, the `Event` it takes and the
+`Effect`s it gives back, the job table, command indexes and outbox indexes as far as
+deciding is concerned. `Core::dispatch` is its only input.
+
+Must not touch: I/O of any kind, the clock, randomness, tokio, rusqlite, sockets or
+processes. `clippy.toml` forbids the clock and randomness crate-wide outside the runtime,
+and `tests/core_purity.rs` fails if this folder names a forbidden crate. Imports: std,
+serde, statig, thiserror, and `crate::protocol` only.
+*/
+
+mod effect;
+mod event;
+mod machine;
+mod runner;
+
+pub use effect::{
+    CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, Notice, Outbound,
+    TimerKind,
+};
+pub use event::{Event, EventKind, HardwareCache};
+pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
+pub use runner::{BootMode, CoreConfig, DurableState, Link, RunningJob, outcome_of};
+
+use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
+
+use crate::protocol::JobRef;
+use runner::Runner;
+
+/// The lifecycle machine with its shared data. One event in, one batch of effects out.
+pub struct Core {
+    machine: InitializedStateMachine<Runner>,
+}
+
+impl Core {
+    /// Build the machine in the state the boot mode calls for and return the effects of
+    /// entering it (open the connection, run the first install step, ...).
+    pub fn boot(config: CoreConfig, mode: BootMode, durable: DurableState) -> (Self, Effects) {
+        let mut uninit = Runner::new(config, mode, durable).uninitialized_state_machine();
+        *uninit.state_mut() = match mode {
+            BootMode::Install => State::Installing {
+                step: InstallStep::CreateDirectories,
+            },
+            BootMode::Register => State::Registering {
+                step: RegisterStep::Connecting,
+            },
+            BootMode::Resume => State::Validating {
+                step: ValidateStep::Connecting,
+            },
+        };
+        let mut effects = Effects::default();
+        let machine = uninit.init_with_context(&mut effects);
+        (Self { machine }, effects)
+    }
+
+    /// Feed one event; the returned batch must be performed before the next dispatch.
+    pub fn dispatch(&mut self, event: &Event) -> Effects {
+        let mut effects = Effects::default();
+        self.machine.handle_with_context(event, &mut effects);
+        effects
+    }
+
+    pub fn state(&self) -> &State {
+        self.machine.state()
+    }
+
+    /// The state's name (one of the nine lifecycle states).
+    pub fn state_name(&self) -> &'static str {
+        state_name(self.machine.state())
+    }
+
+    /// The state with its step, as the spec table names it: `Validating.await_auth`.
+    pub fn phase(&self) -> String {
+        phase_name(self.machine.state())
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.machine.state(), State::Stopped { .. })
+    }
+
+    pub fn runner_id(&self) -> Option<&str> {
+        self.machine.inner().runner_id.as_deref()
+    }
+
+    pub fn link(&self) -> Link {
+        self.machine.inner().link
+    }
+
+    pub fn running_jobs(&self) -> Vec<JobRef> {
+        self.machine.inner().job_refs()
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.machine.inner().config.slots
+    }
+
+    pub fn last_applied_command(&self) -> u64 {
+        self.machine.inner().last_applied
+    }
+
+    /// Events persisted but not yet acknowledged by the API.
+    pub fn outbox_depth(&self) -> u64 {
+        let runner = self.machine.inner();
+        runner
+            .last_event_index
+            .saturating_sub(runner.acked_event_index)
+    }
+
+    pub fn drain_deadline_secs(&self) -> u64 {
+        self.machine.inner().drain_deadline_secs
+    }
+}
+
+pub fn state_name(state: &State) -> &'static str {
+    match state {
+        State::Installing { .. } => "Installing",
+        State::Registering { .. } => "Registering",
+        State::Validating { .. } => "Validating",
+        State::HardwareSync { .. } => "HardwareSync",
+        State::Ready {} => "Ready",
+        State::Active {} => "Active",
+        State::Reconnecting { .. } => "Reconnecting",
+        State::Draining { .. } => "Draining",
+        State::Stopped { .. } => "Stopped",
+    }
+}
+
+pub fn phase_name(state: &State) -> String {
+    let step = match state {
+        State::Installing { step } => Some(step.name()),
+        State::Registering { step } => Some(step.name()),
+        State::Validating { step } => Some(step.name()),
+        State::HardwareSync { step } => Some(step.name()),
+        State::Reconnecting { step } => Some(step.name()),
+        State::Draining { mode } => Some(mode.name()),
+        State::Ready {} | State::Active {} | State::Stopped { .. } => None,
+    };
+    match step {
+        Some(step) => format!("{}.{step}", state_name(state)),
+        None => state_name(state).to_owned(),
+    }
+}

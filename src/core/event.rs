@@ -1,0 +1,294 @@
+//! The single input type of the lifecycle machine.
+//!
+//! Every way the world can affect the runner arrives as one `Event`: the socket, a
+//! decoded API message, a timer, a job process, an OS signal, or a local step the
+//! runtime finished. Times and random choices never appear here implicitly; what the
+//! core needs to know travels as data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{CloseReason, ExitStatus, JobRef, OutputStream, ServerMessage};
+
+use super::effect::TimerKind;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    // --- local steps the runtime performed for the core ---
+    /// The install step or persistence step the core asked for finished.
+    StepDone,
+    StepFailed {
+        error: String,
+    },
+    /// A new identity key pair exists; the public half travels with `register`.
+    KeyGenerated {
+        public_key: String,
+    },
+    HardwareCollected {
+        report: serde_json::Value,
+        cache: HardwareCache,
+    },
+    HardwareFailed {
+        error: String,
+    },
+    /// The durable store refused a write (disk full, permissions, corruption).
+    StoreFailed {
+        error: String,
+    },
+
+    // --- the socket ---
+    SocketOpened,
+    SocketClosed {
+        code: Option<u16>,
+        reason: String,
+    },
+    SocketFailed {
+        error: String,
+    },
+    /// A frame arrived that could not be decoded; `close` is how to answer it.
+    BadFrame {
+        close: CloseReason,
+        error: String,
+    },
+    /// A decoded message from the API.
+    Message(ServerMessage),
+
+    // --- timers (the runtime only delivers timers that are still armed) ---
+    TimerFired {
+        timer: TimerKind,
+    },
+
+    // --- job processes ---
+    JobStarted {
+        job: JobRef,
+        pid: u32,
+    },
+    JobOutput {
+        job: JobRef,
+        stream: OutputStream,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    JobOutputTruncated {
+        job: JobRef,
+        stream: OutputStream,
+        offset: u64,
+    },
+    JobExited {
+        job: JobRef,
+        status: ExitStatus,
+        duration_ms: u64,
+        stdout_bytes: u64,
+        stderr_bytes: u64,
+    },
+    JobSpawnFailed {
+        job: JobRef,
+        error: String,
+    },
+
+    // --- the operator ---
+    /// SIGTERM, Ctrl-C, `fyn-runner drain` or the service manager: drain and stop.
+    ShutdownRequested {
+        deadline_secs: Option<u64>,
+    },
+    /// A second signal, or `drain --force`: stop now, cancelling running jobs.
+    ForceShutdown,
+}
+
+/// What the runtime found when it compared the collected hardware with its cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cache", rename_all = "snake_case")]
+pub enum HardwareCache {
+    Missing,
+    Unchanged,
+    Changed { changes: serde_json::Value },
+}
+
+/// The fieldless name of every event kind: the vocabulary of the spec table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    StepDone,
+    StepFailed,
+    KeyGenerated,
+    HardwareCollected,
+    HardwareFailed,
+    StoreFailed,
+    SocketOpened,
+    SocketClosed,
+    SocketFailed,
+    BadFrame,
+    Hello,
+    TokenAccepted,
+    TokenRejected,
+    Registered,
+    Authenticated,
+    AuthRejected,
+    StartupAck,
+    HardwareConfirmed,
+    ReadyAck,
+    HeartbeatAck,
+    StartJob,
+    CancelJob,
+    DrainCommand,
+    EventsAck,
+    Evicted,
+    HeartbeatDue,
+    AckOverdue,
+    BackoffElapsed,
+    RunnerLostElapsed,
+    DrainDeadline,
+    HardwareRecheckDue,
+    JobTimeout,
+    JobStarted,
+    JobOutput,
+    JobOutputTruncated,
+    JobExited,
+    JobSpawnFailed,
+    ShutdownRequested,
+    ForceShutdown,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 39] = [
+        Self::StepDone,
+        Self::StepFailed,
+        Self::KeyGenerated,
+        Self::HardwareCollected,
+        Self::HardwareFailed,
+        Self::StoreFailed,
+        Self::SocketOpened,
+        Self::SocketClosed,
+        Self::SocketFailed,
+        Self::BadFrame,
+        Self::Hello,
+        Self::TokenAccepted,
+        Self::TokenRejected,
+        Self::Registered,
+        Self::Authenticated,
+        Self::AuthRejected,
+        Self::StartupAck,
+        Self::HardwareConfirmed,
+        Self::ReadyAck,
+        Self::HeartbeatAck,
+        Self::StartJob,
+        Self::CancelJob,
+        Self::DrainCommand,
+        Self::EventsAck,
+        Self::Evicted,
+        Self::HeartbeatDue,
+        Self::AckOverdue,
+        Self::BackoffElapsed,
+        Self::RunnerLostElapsed,
+        Self::DrainDeadline,
+        Self::HardwareRecheckDue,
+        Self::JobTimeout,
+        Self::JobStarted,
+        Self::JobOutput,
+        Self::JobOutputTruncated,
+        Self::JobExited,
+        Self::JobSpawnFailed,
+        Self::ShutdownRequested,
+        Self::ForceShutdown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::StepDone => "StepDone",
+            Self::StepFailed => "StepFailed",
+            Self::KeyGenerated => "KeyGenerated",
+            Self::HardwareCollected => "HardwareCollected",
+            Self::HardwareFailed => "HardwareFailed",
+            Self::StoreFailed => "StoreFailed",
+            Self::SocketOpened => "SocketOpened",
+            Self::SocketClosed => "SocketClosed",
+            Self::SocketFailed => "SocketFailed",
+            Self::BadFrame => "BadFrame",
+            Self::Hello => "Hello",
+            Self::TokenAccepted => "TokenAccepted",
+            Self::TokenRejected => "TokenRejected",
+            Self::Registered => "Registered",
+            Self::Authenticated => "Authenticated",
+            Self::AuthRejected => "AuthRejected",
+            Self::StartupAck => "StartupAck",
+            Self::HardwareConfirmed => "HardwareConfirmed",
+            Self::ReadyAck => "ReadyAck",
+            Self::HeartbeatAck => "HeartbeatAck",
+            Self::StartJob => "StartJob",
+            Self::CancelJob => "CancelJob",
+            Self::DrainCommand => "DrainCommand",
+            Self::EventsAck => "EventsAck",
+            Self::Evicted => "Evicted",
+            Self::HeartbeatDue => "HeartbeatDue",
+            Self::AckOverdue => "AckOverdue",
+            Self::BackoffElapsed => "BackoffElapsed",
+            Self::RunnerLostElapsed => "RunnerLostElapsed",
+            Self::DrainDeadline => "DrainDeadline",
+            Self::HardwareRecheckDue => "HardwareRecheckDue",
+            Self::JobTimeout => "JobTimeout",
+            Self::JobStarted => "JobStarted",
+            Self::JobOutput => "JobOutput",
+            Self::JobOutputTruncated => "JobOutputTruncated",
+            Self::JobExited => "JobExited",
+            Self::JobSpawnFailed => "JobSpawnFailed",
+            Self::ShutdownRequested => "ShutdownRequested",
+            Self::ForceShutdown => "ForceShutdown",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        use crate::protocol::Command;
+        match self {
+            Self::StepDone => EventKind::StepDone,
+            Self::StepFailed { .. } => EventKind::StepFailed,
+            Self::KeyGenerated { .. } => EventKind::KeyGenerated,
+            Self::HardwareCollected { .. } => EventKind::HardwareCollected,
+            Self::HardwareFailed { .. } => EventKind::HardwareFailed,
+            Self::StoreFailed { .. } => EventKind::StoreFailed,
+            Self::SocketOpened => EventKind::SocketOpened,
+            Self::SocketClosed { .. } => EventKind::SocketClosed,
+            Self::SocketFailed { .. } => EventKind::SocketFailed,
+            Self::BadFrame { .. } => EventKind::BadFrame,
+            Self::Message(message) => match message {
+                ServerMessage::Hello { .. } => EventKind::Hello,
+                ServerMessage::TokenAccepted {} => EventKind::TokenAccepted,
+                ServerMessage::TokenRejected { .. } => EventKind::TokenRejected,
+                ServerMessage::Registered { .. } => EventKind::Registered,
+                ServerMessage::Authenticated { .. } => EventKind::Authenticated,
+                ServerMessage::AuthRejected { .. } => EventKind::AuthRejected,
+                ServerMessage::StartupAck {} => EventKind::StartupAck,
+                ServerMessage::HardwareConfirmed {} => EventKind::HardwareConfirmed,
+                ServerMessage::ReadyAck {} => EventKind::ReadyAck,
+                ServerMessage::HeartbeatAck { .. } => EventKind::HeartbeatAck,
+                ServerMessage::Command { command, .. } => match command {
+                    Command::StartJob { .. } => EventKind::StartJob,
+                    Command::CancelJob { .. } => EventKind::CancelJob,
+                    Command::Drain { .. } => EventKind::DrainCommand,
+                },
+                ServerMessage::EventsAck { .. } => EventKind::EventsAck,
+                ServerMessage::Evicted { .. } => EventKind::Evicted,
+            },
+            Self::TimerFired { timer } => match timer {
+                TimerKind::Heartbeat => EventKind::HeartbeatDue,
+                TimerKind::Ack => EventKind::AckOverdue,
+                TimerKind::Backoff => EventKind::BackoffElapsed,
+                TimerKind::RunnerLost => EventKind::RunnerLostElapsed,
+                TimerKind::DrainDeadline => EventKind::DrainDeadline,
+                TimerKind::HardwareRecheck => EventKind::HardwareRecheckDue,
+                TimerKind::JobTimeout(_) => EventKind::JobTimeout,
+            },
+            Self::JobStarted { .. } => EventKind::JobStarted,
+            Self::JobOutput { .. } => EventKind::JobOutput,
+            Self::JobOutputTruncated { .. } => EventKind::JobOutputTruncated,
+            Self::JobExited { .. } => EventKind::JobExited,
+            Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
+            Self::ShutdownRequested { .. } => EventKind::ShutdownRequested,
+            Self::ForceShutdown => EventKind::ForceShutdown,
+        }
+    }
+}

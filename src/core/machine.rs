@@ -1,0 +1,1002 @@
+//! The statig machine: states, superstates, entry and exit actions. Routing only; the
+//! logic lives in `Runner` (`runner.rs`). Each handler's doc names the `fsm-spec/` rows
+//! it implements; `tests/spec_conformance.rs` holds the two together.
+//!
+//! Hierarchy (exit actions run up to the common ancestor, then entries run down):
+//!
+//! ```text
+//! alive ─┬─ Installing {step}
+//!        ├─ Registering {step}
+//!        ├─ session ─┬─ Validating {step}
+//!        │           ├─ HardwareSync {step}
+//!        │           ├─ Ready
+//!        │           └─ Active
+//!        ├─ Reconnecting {step}
+//!        └─ Draining {mode}
+//! Stopped {code}
+//! ```
+
+#![allow(clippy::trivially_copy_pass_by_ref)] // statig hands local storage by reference
+
+use serde::{Deserialize, Serialize};
+use statig::blocking::*;
+
+use crate::protocol::{CloseReason, Command, PROTOCOL_VERSION, ServerMessage};
+
+use super::effect::{
+    CancelReason, Delay, Effect, Effects, ExitCode, InstallStep, Notice, Outbound, TimerKind,
+};
+use super::event::{Event, HardwareCache};
+use super::runner::{BootMode, JobEnd, Link, Runner};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterStep {
+    Connecting,
+    AwaitHello,
+    AwaitToken,
+    AwaitKey,
+    AwaitRegistration,
+    Saving,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidateStep {
+    Connecting,
+    AwaitHello,
+    AwaitAuth,
+    AwaitStartup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStep {
+    Collecting,
+    AwaitConfirm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconnectStep {
+    /// Waiting out the backoff delay.
+    Waiting,
+    /// A connection attempt is in flight.
+    Connecting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainMode {
+    /// Jobs may finish until the deadline.
+    Graceful,
+    /// Jobs were told to stop; wait for them (bounded), flush, exit non-zero.
+    Forced,
+}
+
+/// Names as the spec table writes them (`Validating.await_auth`).
+macro_rules! step_names {
+    ($($ty:ident { $($variant:ident => $name:literal),* $(,)? })*) => {$(
+        impl $ty {
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$variant => $name),* }
+            }
+        }
+    )*};
+}
+
+step_names! {
+    RegisterStep {
+        Connecting => "connecting", AwaitHello => "await_hello", AwaitToken => "await_token",
+        AwaitKey => "await_key", AwaitRegistration => "await_registration", Saving => "saving",
+    }
+    ValidateStep {
+        Connecting => "connecting", AwaitHello => "await_hello", AwaitAuth => "await_auth",
+        AwaitStartup => "await_startup",
+    }
+    SyncStep { Collecting => "collecting", AwaitConfirm => "await_confirm" }
+    ReconnectStep { Waiting => "waiting", Connecting => "connecting" }
+    DrainMode { Graceful => "graceful", Forced => "forced" }
+}
+
+#[state_machine(
+    initial = "State::validating(ValidateStep::Connecting)",
+    state(derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)),
+    superstate(derive(Debug)),
+    context_identifier = "fx"
+)]
+impl Runner {
+    // ---------------------------------------------------------------- Installing
+
+    /// Rows `Installing.*`: run each install step in turn, then register.
+    #[state(superstate = "alive", entry_action = "enter_installing")]
+    fn installing(
+        &mut self,
+        step: &mut InstallStep,
+        event: &Event,
+        fx: &mut Effects,
+    ) -> Outcome<State> {
+        match event {
+            Event::StepDone => match step {
+                InstallStep::CreateDirectories => {
+                    *step = InstallStep::WriteConfig;
+                    fx.push(Effect::RunInstallStep { step: *step });
+                    Handled
+                }
+                InstallStep::WriteConfig => {
+                    Transition(State::registering(RegisterStep::Connecting))
+                }
+                InstallStep::InstallService => Transition(State::stopped(ExitCode::Clean)),
+            },
+            Event::StepFailed { error } => {
+                fx.notify(Notice::InstallFailed {
+                    error: error.clone(),
+                });
+                fx.push(Effect::RollbackInstall);
+                Transition(State::stopped(ExitCode::RegistrationFailed))
+            }
+            Event::ShutdownRequested { .. } | Event::ForceShutdown => {
+                fx.push(Effect::RollbackInstall);
+                Transition(State::stopped(ExitCode::RegistrationFailed))
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_installing(step: &mut InstallStep, fx: &mut Effects) {
+        fx.push(Effect::RunInstallStep { step: *step });
+    }
+
+    // ---------------------------------------------------------------- Registering
+
+    /// Rows `Registering.*`: hello, validate the one-time token, generate the key,
+    /// register, save the identity. Any failure reports, rolls back and stops.
+    #[state(
+        superstate = "alive",
+        entry_action = "enter_registering",
+        exit_action = "leave_handshake_step"
+    )]
+    fn registering(
+        &mut self,
+        step: &mut RegisterStep,
+        event: &Event,
+        fx: &mut Effects,
+    ) -> Outcome<State> {
+        use RegisterStep as S;
+        match (*step, event) {
+            (S::Connecting, Event::SocketOpened) => {
+                self.link = Link::Open;
+                self.arm_handshake_timer(fx);
+                *step = S::AwaitHello;
+                Handled
+            }
+            (S::AwaitHello, Event::Message(ServerMessage::Hello { protocol, nonce })) => {
+                if *protocol != PROTOCOL_VERSION {
+                    fx.notify(Notice::Incompatible {
+                        server_protocol: *protocol,
+                    });
+                    return self.registration_failed(fx, CloseReason::Normal, None);
+                }
+                self.nonce = Some(nonce.clone());
+                fx.send(Outbound::ValidateToken);
+                self.arm_handshake_timer(fx);
+                *step = S::AwaitToken;
+                Handled
+            }
+            (S::AwaitToken, Event::Message(ServerMessage::TokenAccepted {})) => {
+                fx.push(Effect::GenerateKey);
+                *step = S::AwaitKey;
+                Handled
+            }
+            (S::AwaitKey, Event::KeyGenerated { public_key }) => {
+                fx.send(Outbound::Register {
+                    public_key: public_key.clone(),
+                    slots: self.config.slots,
+                });
+                self.arm_handshake_timer(fx);
+                *step = S::AwaitRegistration;
+                Handled
+            }
+            (S::AwaitRegistration, Event::Message(ServerMessage::Registered { runner_id })) => {
+                self.runner_id = Some(runner_id.clone());
+                fx.persist(super::effect::Durable::Identity {
+                    runner_id: runner_id.clone(),
+                });
+                *step = S::Saving;
+                Handled
+            }
+            (S::Saving, Event::StepDone) => {
+                let runner_id = self.runner_id.clone().unwrap_or_default();
+                fx.notify(Notice::Registered { runner_id });
+                if self.boot == BootMode::Install {
+                    self.close(fx, CloseReason::Normal);
+                    Transition(State::installing(InstallStep::InstallService))
+                } else {
+                    self.send_authenticate(fx);
+                    Transition(State::validating(ValidateStep::AwaitAuth))
+                }
+            }
+            (_, Event::Message(ServerMessage::TokenRejected { reason })) => {
+                let reason = Some(reason.clone());
+                self.registration_failed(fx, CloseReason::Normal, reason)
+            }
+            (_, Event::SocketClosed { .. } | Event::SocketFailed { .. }) => {
+                self.link = Link::Down;
+                self.registration_failed(fx, CloseReason::Normal, None)
+            }
+            (_, Event::BadFrame { close, .. }) => self.registration_failed(fx, *close, None),
+            (
+                _,
+                Event::TimerFired {
+                    timer: TimerKind::Ack,
+                },
+            ) => self.registration_failed(fx, CloseReason::AckTimeout, None),
+            (_, Event::StepFailed { error }) => {
+                self.registration_failed(fx, CloseReason::Internal, Some(error.clone()))
+            }
+            (_, Event::Message(_)) => self.registration_failed(fx, CloseReason::Violation, None),
+            (_, Event::ShutdownRequested { .. } | Event::ForceShutdown) => {
+                self.close(fx, CloseReason::Normal);
+                fx.push(Effect::RollbackInstall);
+                Transition(State::stopped(ExitCode::RegistrationFailed))
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_registering(&mut self, fx: &mut Effects) {
+        fx.push(Effect::OpenConnection);
+        self.arm_handshake_timer(fx);
+    }
+
+    #[action]
+    fn leave_handshake_step(fx: &mut Effects) {
+        fx.cancel(TimerKind::Ack);
+    }
+
+    // ---------------------------------------------------------------- session
+
+    /// Rows `session`: the link is open in every state below. Losing it, a bad frame or
+    /// a missed reply leads to Reconnecting; eviction stops; any message the current
+    /// phase did not expect is a protocol violation.
+    #[superstate(
+        superstate = "alive",
+        entry_action = "enter_session",
+        exit_action = "leave_handshake_step"
+    )]
+    fn session(&mut self, event: &Event, fx: &mut Effects) -> Outcome<State> {
+        match event {
+            Event::SocketClosed { .. } | Event::SocketFailed { .. } => {
+                self.link = Link::Down;
+                Transition(State::reconnecting(ReconnectStep::Waiting))
+            }
+            Event::BadFrame { close, error } => {
+                fx.notify(Notice::BadFrame {
+                    error: error.clone(),
+                });
+                self.close(fx, *close);
+                Transition(State::reconnecting(ReconnectStep::Waiting))
+            }
+            Event::TimerFired {
+                timer: TimerKind::Ack,
+            } => {
+                self.close(fx, CloseReason::AckTimeout);
+                Transition(State::reconnecting(ReconnectStep::Waiting))
+            }
+            Event::Message(ServerMessage::Evicted { reason }) => {
+                fx.notify(Notice::Evicted {
+                    reason: reason.clone(),
+                });
+                self.close(fx, CloseReason::Normal);
+                self.stop_now(fx, ExitCode::Evicted)
+            }
+            // Resent events are acknowledged while the handshake is still going on.
+            Event::Message(ServerMessage::EventsAck { up_to })
+                if self.link == Link::Authenticated =>
+            {
+                self.acknowledge_events(fx, *up_to);
+                Handled
+            }
+            Event::Message(message) => {
+                fx.notify(Notice::ProtocolViolation {
+                    phase: "session".into(),
+                    got: format!("{:?}", Event::Message(message.clone()).kind()),
+                });
+                self.close(fx, CloseReason::Violation);
+                Transition(State::reconnecting(ReconnectStep::Waiting))
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_session(&mut self, fx: &mut Effects) {
+        self.arm_handshake_timer(fx);
+    }
+
+    /// Rows `Validating.*`: hello, authenticate with a signature over the nonce, report
+    /// start-up once per process, then sync hardware (or go straight to Ready when
+    /// resuming and the API already holds our hardware record).
+    #[state(superstate = "session", entry_action = "enter_validating")]
+    fn validating(
+        &mut self,
+        step: &mut ValidateStep,
+        event: &Event,
+        fx: &mut Effects,
+    ) -> Outcome<State> {
+        use ValidateStep as S;
+        match (*step, event) {
+            (S::Connecting, Event::SocketOpened) => {
+                self.link = Link::Open;
+                self.arm_handshake_timer(fx);
+                *step = S::AwaitHello;
+                Handled
+            }
+            (S::AwaitHello, Event::Message(ServerMessage::Hello { protocol, nonce })) => {
+                if *protocol != PROTOCOL_VERSION {
+                    fx.notify(Notice::Incompatible {
+                        server_protocol: *protocol,
+                    });
+                    self.close(fx, CloseReason::Normal);
+                    return self.stop_now(fx, ExitCode::Incompatible);
+                }
+                self.nonce = Some(nonce.clone());
+                self.send_authenticate(fx);
+                self.arm_handshake_timer(fx);
+                *step = S::AwaitAuth;
+                Handled
+            }
+            (
+                S::AwaitAuth,
+                Event::Message(ServerMessage::Authenticated {
+                    last_event_index,
+                    session,
+                    hardware_known,
+                    ..
+                }),
+            ) => {
+                self.link = Link::Authenticated;
+                self.session = *session;
+                self.api_has_hardware = *hardware_known;
+                self.acknowledge_events(fx, *last_event_index);
+                fx.push(Effect::ResendOutbox {
+                    after: self.acked_event_index,
+                });
+                if !self.startup_reported {
+                    self.startup_reported = true;
+                    fx.send(Outbound::Startup {
+                        jobs: self.job_refs(),
+                    });
+                    self.arm_handshake_timer(fx);
+                    *step = S::AwaitStartup;
+                    Handled
+                } else if *hardware_known {
+                    self.enter_ready(fx)
+                } else {
+                    self.begin_hardware_sync(fx)
+                }
+            }
+            (S::AwaitAuth, Event::Message(ServerMessage::AuthRejected { reason })) => {
+                fx.notify(Notice::AuthRejected {
+                    reason: reason.clone(),
+                });
+                self.close(fx, CloseReason::Normal);
+                self.stop_now(fx, ExitCode::AuthRejected)
+            }
+            (S::AwaitStartup, Event::Message(ServerMessage::StartupAck {})) => {
+                self.begin_hardware_sync(fx)
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_validating(step: &mut ValidateStep, fx: &mut Effects) {
+        if *step == ValidateStep::Connecting {
+            fx.push(Effect::OpenConnection);
+        }
+    }
+
+    /// Rows `HardwareSync.*`: send the full record, the changes, or "unchanged", and wait
+    /// for the API's confirmation; cache the record only once the API holds it.
+    #[state(superstate = "session")]
+    fn hardware_sync(
+        &mut self,
+        step: &mut SyncStep,
+        event: &Event,
+        fx: &mut Effects,
+    ) -> Outcome<State> {
+        match (*step, event) {
+            (SyncStep::Collecting, Event::HardwareCollected { report, cache }) => {
+                let message = match cache {
+                    HardwareCache::Missing => Outbound::HardwareFull {
+                        report: report.clone(),
+                    },
+                    _ if !self.api_has_hardware => Outbound::HardwareFull {
+                        report: report.clone(),
+                    },
+                    HardwareCache::Changed { changes } => Outbound::HardwareChanges {
+                        changes: changes.clone(),
+                    },
+                    HardwareCache::Unchanged => Outbound::HardwareUnchanged,
+                };
+                self.pending_hardware = Some(report.clone());
+                fx.send(message);
+                self.arm_handshake_timer(fx);
+                *step = SyncStep::AwaitConfirm;
+                Handled
+            }
+            (SyncStep::Collecting, Event::HardwareFailed { error }) => {
+                fx.notify(Notice::HardwareFailed {
+                    error: error.clone(),
+                });
+                self.close(fx, CloseReason::Internal);
+                Transition(State::reconnecting(ReconnectStep::Waiting))
+            }
+            (SyncStep::AwaitConfirm, Event::Message(ServerMessage::HardwareConfirmed {})) => {
+                self.api_has_hardware = true;
+                if let Some(report) = self.pending_hardware.take() {
+                    fx.persist(super::effect::Durable::HardwareCache { report });
+                }
+                self.enter_ready(fx)
+            }
+            (_, Event::HardwareCollected { .. } | Event::HardwareFailed { .. }) => Handled,
+            _ => Super,
+        }
+    }
+
+    /// Row `Ready`: wait for the API to acknowledge readiness.
+    #[state(superstate = "session")]
+    fn ready(&mut self, event: &Event, fx: &mut Effects) -> Outcome<State> {
+        match event {
+            Event::Message(ServerMessage::ReadyAck {}) => {
+                fx.cancel(TimerKind::Ack);
+                Transition(State::active())
+            }
+            _ => Super,
+        }
+    }
+
+    /// Rows `Active`: heartbeats, commands, event acknowledgements, hardware re-checks.
+    #[state(
+        superstate = "session",
+        entry_action = "enter_active",
+        exit_action = "leave_active"
+    )]
+    fn active(&mut self, event: &Event, fx: &mut Effects) -> Outcome<State> {
+        match event {
+            Event::TimerFired {
+                timer: TimerKind::Heartbeat,
+            } => {
+                self.send_heartbeat(fx);
+                Handled
+            }
+            Event::Message(ServerMessage::HeartbeatAck { .. }) => {
+                fx.cancel(TimerKind::Ack);
+                Handled
+            }
+            Event::Message(ServerMessage::EventsAck { up_to }) => {
+                self.acknowledge_events(fx, *up_to);
+                Handled
+            }
+            Event::Message(ServerMessage::Command { index, command }) => {
+                if self.apply_command(fx, *index, command, false)
+                    && matches!(command, Command::Drain { .. })
+                {
+                    self.begin_drain(fx, DrainMode::Graceful)
+                } else {
+                    Handled
+                }
+            }
+            Event::TimerFired {
+                timer: TimerKind::HardwareRecheck,
+            } => {
+                fx.push(Effect::CollectHardware);
+                fx.start(
+                    TimerKind::HardwareRecheck,
+                    Delay::Millis(self.config.hardware_recheck_ms),
+                );
+                Handled
+            }
+            Event::HardwareCollected { report, cache } => {
+                match cache {
+                    HardwareCache::Changed { changes } => {
+                        fx.persist(super::effect::Durable::HardwareCache {
+                            report: report.clone(),
+                        });
+                        let event = crate::protocol::RunnerEvent::HardwareChanged {
+                            changes: changes.clone(),
+                        };
+                        self.emit(fx, event);
+                    }
+                    HardwareCache::Missing => {
+                        fx.persist(super::effect::Durable::HardwareCache {
+                            report: report.clone(),
+                        });
+                    }
+                    HardwareCache::Unchanged => {}
+                }
+                Handled
+            }
+            Event::HardwareFailed { error } => {
+                fx.notify(Notice::HardwareFailed {
+                    error: error.clone(),
+                });
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_active(&mut self, fx: &mut Effects) {
+        // A session that reached Active was a good one: the next loss starts from the
+        // first backoff step again.
+        self.reconnect_attempt = 0;
+        fx.start(
+            TimerKind::Heartbeat,
+            Delay::Millis(self.session.heartbeat_interval_ms),
+        );
+        fx.start(
+            TimerKind::HardwareRecheck,
+            Delay::Millis(self.config.hardware_recheck_ms),
+        );
+    }
+
+    #[action]
+    fn leave_active(fx: &mut Effects) {
+        fx.cancel(TimerKind::Heartbeat);
+        fx.cancel(TimerKind::HardwareRecheck);
+    }
+
+    // ---------------------------------------------------------------- Reconnecting
+
+    /// Rows `Reconnecting.*`: back off (exponential, full jitter, chosen by the runtime),
+    /// try again; past the runner-lost threshold, stop the jobs the API has given away.
+    /// A second close or error report for the same loss is ignored, so one loss counts
+    /// once.
+    #[state(
+        superstate = "alive",
+        entry_action = "enter_reconnecting",
+        exit_action = "leave_reconnecting"
+    )]
+    fn reconnecting(
+        &mut self,
+        step: &mut ReconnectStep,
+        event: &Event,
+        fx: &mut Effects,
+    ) -> Outcome<State> {
+        match (*step, event) {
+            (
+                ReconnectStep::Waiting,
+                Event::TimerFired {
+                    timer: TimerKind::Backoff,
+                },
+            ) => {
+                fx.push(Effect::OpenConnection);
+                *step = ReconnectStep::Connecting;
+                Handled
+            }
+            (ReconnectStep::Connecting, Event::SocketOpened) => {
+                self.link = Link::Open;
+                Transition(State::validating(ValidateStep::AwaitHello))
+            }
+            (
+                ReconnectStep::Connecting,
+                Event::SocketClosed { .. } | Event::SocketFailed { .. },
+            ) => {
+                self.schedule_backoff(fx);
+                *step = ReconnectStep::Waiting;
+                Handled
+            }
+            (
+                _,
+                Event::TimerFired {
+                    timer: TimerKind::RunnerLost,
+                },
+            ) => {
+                fx.notify(Notice::RunnerLost);
+                self.cancel_all_jobs(fx, CancelReason::RunnerLost);
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_reconnecting(&mut self, fx: &mut Effects) {
+        self.schedule_backoff(fx);
+        fx.start(
+            TimerKind::RunnerLost,
+            Delay::Millis(self.session.runner_lost_threshold_ms),
+        );
+    }
+
+    #[action]
+    fn leave_reconnecting(fx: &mut Effects) {
+        fx.cancel(TimerKind::Backoff);
+        fx.cancel(TimerKind::RunnerLost);
+    }
+
+    // ---------------------------------------------------------------- Draining
+
+    /// Rows `Draining.*`: a barrier. Stopped once no job runs and the outbox is empty
+    /// (or the link is down, so the outbox waits for the next start); the deadline or a
+    /// second signal turns a graceful drain into a forced one.
+    #[state(
+        superstate = "alive",
+        entry_action = "enter_draining",
+        exit_action = "leave_draining"
+    )]
+    fn draining(
+        &mut self,
+        mode: &mut DrainMode,
+        event: &Event,
+        fx: &mut Effects,
+    ) -> Outcome<State> {
+        match event {
+            Event::TimerFired {
+                timer: TimerKind::Heartbeat,
+            } if self.link_up() => {
+                self.send_heartbeat(fx);
+                Handled
+            }
+            Event::Message(ServerMessage::HeartbeatAck { .. }) if self.link_up() => {
+                fx.cancel(TimerKind::Ack);
+                Handled
+            }
+            Event::TimerFired {
+                timer: TimerKind::Ack,
+            } if self.link_up() => {
+                self.close(fx, CloseReason::AckTimeout);
+                self.link_lost_while_draining(fx, *mode)
+            }
+            Event::SocketClosed { .. } | Event::SocketFailed { .. } if self.link_up() => {
+                self.link = Link::Down;
+                self.link_lost_while_draining(fx, *mode)
+            }
+            Event::BadFrame { close, error } if self.link_up() => {
+                fx.notify(Notice::BadFrame {
+                    error: error.clone(),
+                });
+                self.close(fx, *close);
+                self.link_lost_while_draining(fx, *mode)
+            }
+            Event::SocketOpened if !self.link_up() => {
+                // A connection attempt from before the drain completed: not needed now.
+                fx.close(CloseReason::Normal);
+                Handled
+            }
+            Event::Message(ServerMessage::EventsAck { up_to }) if self.link_up() => {
+                self.acknowledge_events(fx, *up_to);
+                self.finish_if_drained(fx, *mode)
+            }
+            Event::Message(ServerMessage::Command { index, command }) if self.link_up() => {
+                self.apply_command(fx, *index, command, true);
+                Handled
+            }
+            Event::Message(ServerMessage::Evicted { reason }) if self.link_up() => {
+                fx.notify(Notice::Evicted {
+                    reason: reason.clone(),
+                });
+                self.close(fx, CloseReason::Normal);
+                self.stop_now(fx, ExitCode::Evicted)
+            }
+            Event::Message(_) => Handled,
+            Event::JobExited { .. } | Event::JobSpawnFailed { .. } => {
+                self.record_job_event(event, fx);
+                self.finish_if_drained(fx, *mode)
+            }
+            Event::TimerFired {
+                timer: TimerKind::DrainDeadline,
+            }
+            | Event::ShutdownRequested { .. }
+            | Event::ForceShutdown => match mode {
+                DrainMode::Forced if matches!(event, Event::TimerFired { .. }) => {
+                    self.stop_draining(fx, ExitCode::Forced)
+                }
+                DrainMode::Forced => Handled,
+                DrainMode::Graceful if self.jobs.is_empty() => {
+                    let code = if matches!(event, Event::TimerFired { .. }) {
+                        ExitCode::Clean
+                    } else {
+                        ExitCode::Forced
+                    };
+                    self.stop_draining(fx, code)
+                }
+                DrainMode::Graceful => {
+                    *mode = DrainMode::Forced;
+                    self.force_jobs(fx);
+                    Handled
+                }
+            },
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_draining(&mut self, mode: &mut DrainMode, fx: &mut Effects) {
+        let deadline_secs = match mode {
+            DrainMode::Graceful => self.drain_deadline_secs,
+            DrainMode::Forced => self.max_grace_secs() + self.config.flush_grace_secs,
+        };
+        if self.link_up() {
+            fx.send(Outbound::Stopping {
+                reason: "runner shutdown".into(),
+                deadline_secs,
+            });
+        }
+        fx.start(
+            TimerKind::DrainDeadline,
+            Delay::Millis(deadline_secs.saturating_mul(1000)),
+        );
+        if self.link_up() {
+            fx.start(
+                TimerKind::Heartbeat,
+                Delay::Millis(self.session.heartbeat_interval_ms),
+            );
+        }
+    }
+
+    #[action]
+    fn leave_draining(fx: &mut Effects) {
+        fx.cancel(TimerKind::DrainDeadline);
+        fx.cancel(TimerKind::Heartbeat);
+        fx.cancel(TimerKind::Ack);
+    }
+
+    // ---------------------------------------------------------------- alive
+
+    /// Rows `alive`: what every living state shares. Job processes report wherever the
+    /// machine is (jobs outlive reconnects), a signal starts the drain, a store failure
+    /// stops. Everything else that reaches here is ignored, by an explicit default row.
+    #[superstate]
+    fn alive(&mut self, event: &Event, fx: &mut Effects) -> Outcome<State> {
+        match event {
+            Event::JobStarted { .. }
+            | Event::JobOutput { .. }
+            | Event::JobOutputTruncated { .. }
+            | Event::JobExited { .. }
+            | Event::JobSpawnFailed { .. } => {
+                self.record_job_event(event, fx);
+                Handled
+            }
+            Event::TimerFired {
+                timer: TimerKind::JobTimeout(job),
+            } => {
+                if self.is_known(job) {
+                    self.cancel_job(fx, job, CancelReason::TimedOut);
+                }
+                Handled
+            }
+            Event::ShutdownRequested { deadline_secs } => {
+                if let Some(secs) = deadline_secs {
+                    self.drain_deadline_secs = *secs;
+                }
+                self.begin_drain(fx, DrainMode::Graceful)
+            }
+            Event::ForceShutdown => self.begin_drain(fx, DrainMode::Forced),
+            Event::StoreFailed { error } => {
+                fx.notify(Notice::StoreFailed {
+                    error: error.clone(),
+                });
+                if self.link_up() {
+                    self.close(fx, CloseReason::Internal);
+                }
+                self.stop_now(fx, ExitCode::StoreFailure)
+            }
+            _ => Handled,
+        }
+    }
+
+    // ---------------------------------------------------------------- Stopped
+
+    /// Row `Stopped`: terminal. Nothing leaves it; every event is ignored.
+    #[state(entry_action = "enter_stopped")]
+    fn stopped(code: &mut ExitCode) -> Outcome<State> {
+        let _ = code;
+        Handled
+    }
+
+    #[action]
+    fn enter_stopped(&mut self, code: &mut ExitCode, fx: &mut Effects) {
+        for job in self.job_refs() {
+            fx.cancel(TimerKind::JobTimeout(job));
+        }
+        fx.push(Effect::Exit { code: *code });
+    }
+}
+
+impl Runner {
+    fn registration_failed(
+        &mut self,
+        fx: &mut Effects,
+        close: CloseReason,
+        reason: Option<String>,
+    ) -> Outcome<State> {
+        fx.notify(Notice::RegistrationFailed {
+            reason: reason
+                .unwrap_or_else(|| "the control plane did not complete registration".into()),
+        });
+        if self.link_up() {
+            self.close(fx, close);
+        }
+        fx.push(Effect::RollbackInstall);
+        Transition(State::stopped(ExitCode::RegistrationFailed))
+    }
+
+    fn begin_hardware_sync(&mut self, fx: &mut Effects) -> Outcome<State> {
+        fx.push(Effect::CollectHardware);
+        self.arm_handshake_timer(fx);
+        Transition(State::hardware_sync(SyncStep::Collecting))
+    }
+
+    fn enter_ready(&mut self, fx: &mut Effects) -> Outcome<State> {
+        fx.send(Outbound::Ready {
+            slots_free: self.slots_free(),
+        });
+        self.arm_handshake_timer(fx);
+        Transition(State::ready())
+    }
+
+    /// Stop at once: jobs are abandoned (the exit kills their process groups).
+    fn stop_now(&mut self, fx: &mut Effects, code: ExitCode) -> Outcome<State> {
+        self.cancel_all_jobs(fx, CancelReason::Abandoned);
+        Transition(State::stopped(code))
+    }
+
+    fn force_jobs(&mut self, fx: &mut Effects) {
+        self.cancel_all_jobs(fx, CancelReason::Shutdown);
+        let secs = self.max_grace_secs() + self.config.flush_grace_secs;
+        fx.start(
+            TimerKind::DrainDeadline,
+            Delay::Millis(secs.saturating_mul(1000)),
+        );
+    }
+
+    /// Enter the drain; when there is nothing to wait for, stop right away.
+    fn begin_drain(&mut self, fx: &mut Effects, mode: DrainMode) -> Outcome<State> {
+        if self.jobs.is_empty() && (self.outbox_empty() || !self.link_up()) {
+            if self.link == Link::Authenticated {
+                fx.send(Outbound::Stopping {
+                    reason: "runner shutdown".into(),
+                    deadline_secs: 0,
+                });
+            }
+            if self.link_up() {
+                self.close(fx, CloseReason::Normal);
+            }
+            return Transition(State::stopped(ExitCode::Clean));
+        }
+        if self.link == Link::Open {
+            // Not yet authenticated: there is no session to report the drain on.
+            self.close(fx, CloseReason::Normal);
+        }
+        if mode == DrainMode::Forced {
+            self.cancel_all_jobs(fx, CancelReason::Shutdown);
+        }
+        Transition(State::draining(mode))
+    }
+
+    fn link_lost_while_draining(&mut self, fx: &mut Effects, mode: DrainMode) -> Outcome<State> {
+        fx.cancel(TimerKind::Heartbeat);
+        fx.cancel(TimerKind::Ack);
+        self.finish_if_drained(fx, mode)
+    }
+
+    fn finish_if_drained(&mut self, fx: &mut Effects, mode: DrainMode) -> Outcome<State> {
+        let drained = self.jobs.is_empty() && (self.outbox_empty() || !self.link_up());
+        if !drained {
+            return Handled;
+        }
+        let code = match mode {
+            DrainMode::Graceful => ExitCode::Clean,
+            DrainMode::Forced => ExitCode::Forced,
+        };
+        self.stop_draining(fx, code)
+    }
+
+    fn stop_draining(&mut self, fx: &mut Effects, code: ExitCode) -> Outcome<State> {
+        if self.link_up() {
+            self.close(fx, CloseReason::Normal);
+        }
+        Transition(State::stopped(code))
+    }
+
+    fn schedule_backoff(&mut self, fx: &mut Effects) {
+        self.reconnect_attempt = self.reconnect_attempt.saturating_add(1);
+        fx.start(
+            TimerKind::Backoff,
+            Delay::Backoff {
+                attempt: self.reconnect_attempt,
+            },
+        );
+    }
+
+    /// Job-process reports: persisted as outbox events, sent when the session allows.
+    fn record_job_event(&mut self, event: &Event, fx: &mut Effects) {
+        use crate::protocol::RunnerEvent;
+        match event {
+            Event::JobStarted { job, pid } => {
+                if self.check_job(fx, job, "job_started") {
+                    self.emit(
+                        fx,
+                        RunnerEvent::JobStarted {
+                            job: job.clone(),
+                            pid: *pid,
+                        },
+                    );
+                }
+            }
+            Event::JobOutput {
+                job,
+                stream,
+                offset,
+                data,
+            } => {
+                if self.check_job(fx, job, "job_output") {
+                    let data = base64_encode(data);
+                    let event = RunnerEvent::JobOutput {
+                        job: job.clone(),
+                        stream: *stream,
+                        offset: *offset,
+                        data,
+                    };
+                    self.emit(fx, event);
+                }
+            }
+            Event::JobOutputTruncated {
+                job,
+                stream,
+                offset,
+            } => {
+                if self.check_job(fx, job, "job_output_truncated") {
+                    let event = RunnerEvent::JobOutputTruncated {
+                        job: job.clone(),
+                        stream: *stream,
+                        offset: *offset,
+                    };
+                    self.emit(fx, event);
+                }
+            }
+            Event::JobExited {
+                job,
+                status,
+                duration_ms,
+                stdout_bytes,
+                stderr_bytes,
+            } => {
+                if self.check_job(fx, job, "job_exited") {
+                    let end = JobEnd {
+                        job,
+                        status: *status,
+                        duration_ms: *duration_ms,
+                        output_bytes: (*stdout_bytes, *stderr_bytes),
+                        spawn_failed: false,
+                    };
+                    self.job_finished(fx, end);
+                }
+            }
+            Event::JobSpawnFailed { job, .. } => {
+                if self.check_job(fx, job, "job_spawn_failed") {
+                    let end = JobEnd {
+                        job,
+                        status: crate::protocol::ExitStatus::Unknown,
+                        duration_ms: 0,
+                        output_bytes: (0, 0),
+                        spawn_failed: true,
+                    };
+                    self.job_finished(fx, end);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}

@@ -1,0 +1,429 @@
+//! The machine's shared storage and the pure logic every phase uses: the job table,
+//! the outbox indexes, command application, and the link the core believes it has.
+//!
+//! Nothing here performs I/O; every consequence is an `Effect` pushed into `Effects`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{
+    CloseReason, Command, ExitStatus, JobOutcome, JobRef, JobSpec, RejectReason, RunnerEvent,
+    SessionParams,
+};
+
+use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
+
+/// How the process was started, which fixes the machine's first state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootMode {
+    /// `fyn-runner install`: create folders and config, register, install the service.
+    Install,
+    /// `fyn-runner run` with a one-time token and no identity yet.
+    Register,
+    /// `fyn-runner run` with a stored identity.
+    Resume,
+}
+
+/// Settings the core needs to decide durations; chosen by the operator, not the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreConfig {
+    pub slots: u32,
+    /// How long to wait for each handshake reply before the link counts as dead.
+    pub handshake_timeout_ms: u64,
+    pub drain_deadline_secs: u64,
+    pub hardware_recheck_ms: u64,
+    /// Extra time after the last SIGKILL of a forced stop to flush the outbox.
+    pub flush_grace_secs: u64,
+    /// Session parameters to use until the API sends its own.
+    pub default_session: SessionParams,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            slots: 1,
+            handshake_timeout_ms: 30_000,
+            drain_deadline_secs: 120,
+            hardware_recheck_ms: 600_000,
+            flush_grace_secs: 5,
+            default_session: SessionParams::default(),
+        }
+    }
+}
+
+/// What survives a restart: the runtime's store rebuilds the core from this alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    pub runner_id: Option<String>,
+    pub last_applied_command: u64,
+    /// The highest event index ever appended to the outbox.
+    pub last_event_index: u64,
+    /// The highest event index the API has acknowledged.
+    pub acked_event_index: u64,
+    /// Jobs that were running when the previous process stopped.
+    pub jobs: Vec<JobSpec>,
+}
+
+/// The connection as the core sees it. This is an orthogonal region, not a phase:
+/// Draining, for one, can be entered with the link up or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    Down,
+    /// Open, but the API has not authenticated this runner on it yet.
+    Open,
+    Authenticated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningJob {
+    pub attempt: u32,
+    pub grace_secs: u64,
+    /// Set when the core asked for the job to stop; decides the reported outcome.
+    pub cancel: Option<CancelReason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Runner {
+    pub(crate) config: CoreConfig,
+    pub(crate) boot: BootMode,
+    pub(crate) runner_id: Option<String>,
+    pub(crate) last_applied: u64,
+    pub(crate) last_event_index: u64,
+    pub(crate) acked_event_index: u64,
+    pub(crate) jobs: BTreeMap<String, RunningJob>,
+    pub(crate) link: Link,
+    pub(crate) nonce: Option<String>,
+    pub(crate) session: SessionParams,
+    pub(crate) api_has_hardware: bool,
+    pub(crate) startup_reported: bool,
+    pub(crate) reconnect_attempt: u32,
+    pub(crate) heartbeat_seq: u64,
+    /// The report collected in HardwareSync, cached once the API confirms it.
+    pub(crate) pending_hardware: Option<serde_json::Value>,
+    pub(crate) drain_deadline_secs: u64,
+}
+
+impl Runner {
+    pub fn new(config: CoreConfig, boot: BootMode, durable: DurableState) -> Self {
+        let jobs = durable
+            .jobs
+            .into_iter()
+            .map(|job| {
+                let entry = RunningJob {
+                    attempt: job.attempt,
+                    grace_secs: job.cancel_grace_secs,
+                    cancel: None,
+                };
+                (job.job_id, entry)
+            })
+            .collect();
+        Self {
+            session: config.default_session,
+            drain_deadline_secs: config.drain_deadline_secs,
+            config,
+            boot,
+            runner_id: durable.runner_id,
+            last_applied: durable.last_applied_command,
+            last_event_index: durable.last_event_index,
+            acked_event_index: durable.acked_event_index.min(durable.last_event_index),
+            jobs,
+            link: Link::Down,
+            nonce: None,
+            api_has_hardware: false,
+            startup_reported: false,
+            reconnect_attempt: 0,
+            heartbeat_seq: 0,
+            pending_hardware: None,
+        }
+    }
+
+    // ---- the link ----
+
+    pub(crate) fn close(&mut self, fx: &mut Effects, reason: CloseReason) {
+        self.link = Link::Down;
+        fx.close(reason);
+    }
+
+    pub(crate) fn link_up(&self) -> bool {
+        self.link != Link::Down
+    }
+
+    // ---- the outbox ----
+
+    pub(crate) fn outbox_empty(&self) -> bool {
+        self.acked_event_index >= self.last_event_index
+    }
+
+    /// Persist an event, then send it if the API can take it now. When it cannot, the
+    /// resend after the next authentication delivers it.
+    pub(crate) fn emit(&mut self, fx: &mut Effects, event: RunnerEvent) {
+        self.last_event_index += 1;
+        let index = self.last_event_index;
+        fx.persist(Durable::OutboxAppend {
+            index,
+            event: event.clone(),
+        });
+        if self.link == Link::Authenticated {
+            fx.send(Outbound::Event { index, event });
+        }
+    }
+
+    /// The API holds every event up to `up_to`. Claims beyond what we sent are clamped.
+    pub(crate) fn acknowledge_events(&mut self, fx: &mut Effects, up_to: u64) {
+        self.acked_event_index = self.acked_event_index.max(up_to.min(self.last_event_index));
+        fx.persist(Durable::OutboxAcked {
+            up_to: self.acked_event_index,
+        });
+    }
+
+    // ---- jobs ----
+
+    pub(crate) fn is_known(&self, job: &JobRef) -> bool {
+        self.jobs
+            .get(&job.job_id)
+            .is_some_and(|entry| entry.attempt == job.attempt)
+    }
+
+    pub(crate) fn job_refs(&self) -> Vec<JobRef> {
+        self.jobs
+            .iter()
+            .map(|(id, entry)| JobRef {
+                job_id: id.clone(),
+                attempt: entry.attempt,
+            })
+            .collect()
+    }
+
+    pub(crate) fn slots_free(&self) -> u32 {
+        let used = u32::try_from(self.jobs.len()).unwrap_or(u32::MAX);
+        self.config.slots.saturating_sub(used)
+    }
+
+    pub(crate) fn cancel_job(&mut self, fx: &mut Effects, job: &JobRef, reason: CancelReason) {
+        if let Some(entry) = self.jobs.get_mut(&job.job_id) {
+            // The first reason decides the outcome: a job cancelled by the API and then
+            // caught by a shutdown was still cancelled by the API.
+            entry.cancel.get_or_insert(reason);
+            fx.push(Effect::CancelJob {
+                job: job.clone(),
+                reason,
+                grace_secs: entry.grace_secs,
+            });
+        }
+    }
+
+    pub(crate) fn cancel_all_jobs(&mut self, fx: &mut Effects, reason: CancelReason) {
+        for job in self.job_refs() {
+            self.cancel_job(fx, &job, reason);
+        }
+    }
+
+    pub(crate) fn max_grace_secs(&self) -> u64 {
+        self.jobs.values().map(|j| j.grace_secs).max().unwrap_or(0)
+    }
+
+    /// A job-process event for a job we do not run (or a stale attempt) is logged and
+    /// otherwise ignored; returns whether the job is ours.
+    pub(crate) fn check_job(&self, fx: &mut Effects, job: &JobRef, what: &str) -> bool {
+        let known = self.is_known(job);
+        if !known {
+            fx.notify(Notice::StaleJob {
+                job: job.clone(),
+                what: what.to_owned(),
+            });
+        }
+        known
+    }
+
+    /// Record the end of a job we run. `spawn_failed` marks a job whose process never
+    /// started: it failed, whatever its (unknown) exit status says.
+    pub(crate) fn job_finished(&mut self, fx: &mut Effects, end: JobEnd<'_>) {
+        let JobEnd {
+            job,
+            status,
+            duration_ms,
+            output_bytes,
+            spawn_failed,
+        } = end;
+        let Some(entry) = self.jobs.remove(&job.job_id) else {
+            return;
+        };
+        fx.cancel(TimerKind::JobTimeout(job.clone()));
+        fx.persist(Durable::JobRemoved { job: job.clone() });
+        let outcome = if spawn_failed {
+            JobOutcome::Failed
+        } else {
+            outcome_of(entry.cancel, status)
+        };
+        self.emit(
+            fx,
+            RunnerEvent::JobFinished {
+                job: job.clone(),
+                outcome,
+                status,
+                duration_ms,
+                stdout_bytes: output_bytes.0,
+                stderr_bytes: output_bytes.1,
+            },
+        );
+    }
+
+    // ---- commands ----
+
+    /// Apply one command exactly once. Returns whether the command asked for a drain,
+    /// which the caller turns into a transition.
+    pub(crate) fn apply_command(
+        &mut self,
+        fx: &mut Effects,
+        index: u64,
+        command: &Command,
+        draining: bool,
+    ) -> bool {
+        if index <= self.last_applied {
+            // A resend of something already applied: acknowledge again, do nothing.
+            fx.send(Outbound::CommandAck { index });
+            return false;
+        }
+        self.last_applied = index;
+        fx.persist(Durable::LastApplied { index });
+        match command {
+            Command::StartJob { job } => {
+                let accepted = self.start_job(fx, job, draining);
+                fx.send(Outbound::CommandAck { index });
+                if accepted {
+                    fx.start(
+                        TimerKind::JobTimeout(job.job_ref()),
+                        Delay::Millis(job.timeout_secs.saturating_mul(1000)),
+                    );
+                    fx.push(Effect::SpawnJob { job: job.clone() });
+                }
+                false
+            }
+            Command::CancelJob { job_id, attempt } => {
+                let job = JobRef {
+                    job_id: job_id.clone(),
+                    attempt: *attempt,
+                };
+                let known = self.check_job(fx, &job, "cancel_job");
+                fx.send(Outbound::CommandAck { index });
+                if known {
+                    self.cancel_job(fx, &job, CancelReason::Cancelled);
+                }
+                false
+            }
+            Command::Drain { deadline_secs } => {
+                fx.send(Outbound::CommandAck { index });
+                if let Some(secs) = deadline_secs {
+                    self.drain_deadline_secs = *secs;
+                }
+                true
+            }
+        }
+    }
+
+    /// Accept or reject a start; returns whether the job was accepted. An accepted job
+    /// enters the table now so a second delivery of the same job (under a new index)
+    /// cannot start it twice.
+    fn start_job(&mut self, fx: &mut Effects, job: &JobSpec, draining: bool) -> bool {
+        let rejection = if let Err(error) = job.validate() {
+            Some((RejectReason::InvalidSpec, error.to_string()))
+        } else if self.jobs.contains_key(&job.job_id) {
+            fx.notify(Notice::StaleJob {
+                job: job.job_ref(),
+                what: "start_job for a job already running".into(),
+            });
+            return false;
+        } else if draining {
+            Some((RejectReason::Draining, "runner is draining".into()))
+        } else if self.slots_free() == 0 {
+            Some((
+                RejectReason::NoFreeSlot,
+                format!("all {} slots busy", self.config.slots),
+            ))
+        } else {
+            None
+        };
+        match rejection {
+            Some((reason, detail)) => {
+                self.emit(
+                    fx,
+                    RunnerEvent::JobRejected {
+                        job: job.job_ref(),
+                        reason,
+                        detail,
+                    },
+                );
+                false
+            }
+            None => {
+                self.jobs.insert(
+                    job.job_id.clone(),
+                    RunningJob {
+                        attempt: job.attempt,
+                        grace_secs: job.cancel_grace_secs,
+                        cancel: None,
+                    },
+                );
+                fx.persist(Durable::JobAdded { job: job.clone() });
+                self.emit(fx, RunnerEvent::JobAccepted { job: job.job_ref() });
+                true
+            }
+        }
+    }
+
+    // ---- heartbeats ----
+
+    pub(crate) fn send_heartbeat(&mut self, fx: &mut Effects) {
+        self.heartbeat_seq += 1;
+        fx.send(Outbound::Heartbeat {
+            seq: self.heartbeat_seq,
+            jobs_running: u32::try_from(self.jobs.len()).unwrap_or(u32::MAX),
+        });
+        fx.start(
+            TimerKind::Heartbeat,
+            Delay::Millis(self.session.heartbeat_interval_ms),
+        );
+        fx.start(TimerKind::Ack, Delay::Millis(self.session.ack_timeout_ms));
+    }
+
+    pub(crate) fn arm_handshake_timer(&self, fx: &mut Effects) {
+        fx.start(
+            TimerKind::Ack,
+            Delay::Millis(self.config.handshake_timeout_ms),
+        );
+    }
+
+    pub(crate) fn send_authenticate(&self, fx: &mut Effects) {
+        fx.send(Outbound::Authenticate {
+            nonce: self.nonce.clone().unwrap_or_default(),
+            runner_id: self.runner_id.clone().unwrap_or_default(),
+            slots: self.config.slots,
+            last_command_index: self.last_applied,
+        });
+    }
+}
+
+/// How a job ended, as the runtime observed it.
+pub(crate) struct JobEnd<'a> {
+    pub job: &'a JobRef,
+    pub status: ExitStatus,
+    pub duration_ms: u64,
+    pub output_bytes: (u64, u64),
+    pub spawn_failed: bool,
+}
+
+/// The outcome the API is told. A cancellation the core asked for wins over the exit
+/// status, because a job killed on timeout "fails" with a signal but timed out.
+pub fn outcome_of(cancel: Option<CancelReason>, status: ExitStatus) -> JobOutcome {
+    match (cancel, status) {
+        (Some(CancelReason::TimedOut), _) => JobOutcome::TimedOut,
+        (Some(CancelReason::RunnerLost | CancelReason::Abandoned), _) => JobOutcome::Lost,
+        (Some(CancelReason::Cancelled | CancelReason::Shutdown), _) => JobOutcome::Cancelled,
+        (None, ExitStatus::Exited { code: 0 }) => JobOutcome::Succeeded,
+        (None, ExitStatus::Unknown) => JobOutcome::Lost,
+        (None, _) => JobOutcome::Failed,
+    }
+}

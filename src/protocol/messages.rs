@@ -1,0 +1,197 @@
+//! The messages themselves. Field names are the wire names; keep them stable.
+
+use serde::{Deserialize, Serialize};
+
+use super::job::{ExitStatus, JobOutcome, JobRef, JobSpec, OutputStream, RejectReason};
+
+/// Session parameters the API hands the runner when it authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionParams {
+    /// How often the runner sends `heartbeat` while Active or Draining.
+    pub heartbeat_interval_ms: u64,
+    /// How long the runner waits for any expected reply (a `heartbeat_ack`, or the next
+    /// handshake message) before it declares the link dead. Must be below the interval.
+    pub ack_timeout_ms: u64,
+    /// How long the API keeps a disconnected runner's jobs before it declares them lost.
+    /// The runner uses the same figure to cancel them locally, so no job runs twice.
+    pub runner_lost_threshold_ms: u64,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 15_000,
+            ack_timeout_ms: 10_000,
+            runner_lost_threshold_ms: 120_000,
+        }
+    }
+}
+
+/// Everything the API may send to a runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMessage {
+    /// First frame on every connection: the version and a fresh challenge.
+    Hello {
+        protocol: u32,
+        nonce: String,
+    },
+    TokenAccepted {},
+    TokenRejected {
+        reason: String,
+    },
+    Registered {
+        runner_id: String,
+    },
+    Authenticated {
+        runner_id: String,
+        /// The highest event index the API holds for this runner.
+        last_event_index: u64,
+        session: SessionParams,
+        /// Whether the API holds a hardware record for this runner.
+        hardware_known: bool,
+    },
+    AuthRejected {
+        reason: String,
+    },
+    StartupAck {},
+    HardwareConfirmed {},
+    ReadyAck {},
+    HeartbeatAck {
+        seq: u64,
+    },
+    /// A command with its monotonic index; resent after reconnect until acknowledged.
+    Command {
+        index: u64,
+        command: Command,
+    },
+    /// All events up to and including `up_to` are stored by the API.
+    EventsAck {
+        up_to: u64,
+    },
+    /// A newer session of the same runner took over; this one must stop, not reconnect.
+    Evicted {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    StartJob { job: JobSpec },
+    CancelJob { job_id: String, attempt: u32 },
+    Drain { deadline_secs: Option<u64> },
+}
+
+/// Everything a runner may send to the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RunnerMessage {
+    ValidateToken {
+        token: String,
+    },
+    Register {
+        public_key: String,
+        name: String,
+        version: String,
+        slots: u32,
+    },
+    Authenticate {
+        runner_id: String,
+        /// Base64 Ed25519 signature over `fyn-runner-auth:v1:{nonce}:{runner_id}`.
+        signature: String,
+        name: String,
+        version: String,
+        slots: u32,
+        last_command_index: u64,
+    },
+    Startup {
+        version: String,
+        jobs: Vec<JobRef>,
+    },
+    HardwareFull {
+        report: serde_json::Value,
+    },
+    HardwareChanges {
+        changes: serde_json::Value,
+    },
+    HardwareUnchanged {},
+    Ready {
+        slots_free: u32,
+    },
+    Heartbeat {
+        seq: u64,
+        jobs_running: u32,
+    },
+    CommandAck {
+        index: u64,
+    },
+    Event {
+        index: u64,
+        event: RunnerEvent,
+    },
+    Stopping {
+        reason: String,
+        deadline_secs: u64,
+    },
+}
+
+/// Events a runner reports; each carries an index in its `event` envelope and stays in
+/// the runner's outbox until an `events_ack` covers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RunnerEvent {
+    JobAccepted {
+        job: JobRef,
+    },
+    JobRejected {
+        job: JobRef,
+        reason: RejectReason,
+        detail: String,
+    },
+    JobStarted {
+        job: JobRef,
+        pid: u32,
+    },
+    JobOutput {
+        job: JobRef,
+        stream: OutputStream,
+        /// Byte offset of `data` within the stream.
+        offset: u64,
+        /// Base64 of the raw bytes, so binary output survives a JSON text frame.
+        data: String,
+    },
+    /// The stream passed the job's output limit; nothing after `offset` is sent.
+    JobOutputTruncated {
+        job: JobRef,
+        stream: OutputStream,
+        offset: u64,
+    },
+    JobFinished {
+        job: JobRef,
+        outcome: JobOutcome,
+        status: ExitStatus,
+        duration_ms: u64,
+        stdout_bytes: u64,
+        stderr_bytes: u64,
+    },
+    HardwareChanged {
+        changes: serde_json::Value,
+    },
+}
+
+impl RunnerEvent {
+    /// The wire name of the event kind, for logs and traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::JobAccepted { .. } => "job_accepted",
+            Self::JobRejected { .. } => "job_rejected",
+            Self::JobStarted { .. } => "job_started",
+            Self::JobOutput { .. } => "job_output",
+            Self::JobOutputTruncated { .. } => "job_output_truncated",
+            Self::JobFinished { .. } => "job_finished",
+            Self::HardwareChanged { .. } => "hardware_changed",
+        }
+    }
+}

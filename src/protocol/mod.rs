@@ -1,0 +1,32 @@
+/*!
+The wire protocol between a runner and its control plane ("the API").
+
+Owns: every message that crosses the WebSocket, the protocol version, frame size
+limits, close codes and the strict codec. All traffic is JSON text frames tagged by
+`type`; `docs/protocol.md` is the human contract and must agree with this module.
+
+Must not import: `core`, `runtime`, `devserver`, tokio or any socket type. Both sides
+(the runner's runtime and the reference control plane) build on these types alone.
+*/
+
+mod codec;
+mod job;
+mod messages;
+
+pub use codec::{CloseReason, FrameError, MAX_FRAME_BYTES, decode_runner, decode_server, encode};
+pub use job::{
+    ExitStatus, JobOutcome, JobRef, JobSpec, JobSpecError, OutputStream, RejectReason,
+    validate_job_id,
+};
+pub use messages::{Command, RunnerEvent, RunnerMessage, ServerMessage, SessionParams};
+
+/// The protocol version this build speaks. The server announces its own in `hello`;
+/// a mismatch stops the runner with a clear message instead of a reconnect loop.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The WebSocket subprotocol the runner offers, so proxies and logs can tell the
+/// traffic apart and a server can refuse an incompatible runner at the upgrade.
+pub const SUBPROTOCOL: &str = "fyn-runner.v1";
+
+/// The path of the runner endpoint on a control plane.
+pub const RUNNER_PATH: &str = "/runner/v1";
