@@ -9,10 +9,12 @@ Must not import: `core`, `runtime`, `devserver`, tokio or any socket type. Both 
 (the runner's runtime and the reference control plane) build on these types alone.
 */
 
+mod auth;
 mod codec;
 mod job;
 mod messages;
 
+pub use auth::{AuthError, auth_message, verify_signature};
 pub use codec::{CloseReason, FrameError, MAX_FRAME_BYTES, decode_runner, decode_server, encode};
 pub use job::{
     ExitStatus, JobOutcome, JobRef, JobSpec, JobSpecError, OutputStream, RejectReason,
