@@ -858,7 +858,9 @@ impl Runner {
 
     /// Enter the drain; when there is nothing to wait for, stop right away.
     fn begin_drain(&mut self, fx: &mut Effects, mode: DrainMode) -> Outcome<State> {
-        if self.jobs.is_empty() && (self.outbox_empty() || !self.link_up()) {
+        // Without an authenticated session the outbox cannot drain now: it waits for
+        // the next start, so only running jobs are worth waiting for.
+        if self.jobs.is_empty() && (self.outbox_empty() || self.link != Link::Authenticated) {
             if self.link == Link::Authenticated {
                 fx.send(Outbound::Stopping {
                     reason: "runner shutdown".into(),
@@ -916,83 +918,87 @@ impl Runner {
     }
 
     /// Job-process reports: persisted as outbox events, sent when the session allows.
+    /// A report about a job we do not run (or a stale attempt) is logged and dropped.
     fn record_job_event(&mut self, event: &Event, fx: &mut Effects) {
         use crate::protocol::RunnerEvent;
+        let Some((job, what)) = job_of(event) else {
+            return;
+        };
+        if !self.check_job(fx, job, what) {
+            return;
+        }
+        let job = job.clone();
         match event {
-            Event::JobStarted { job, pid } => {
-                if self.check_job(fx, job, "job_started") {
-                    self.emit(
-                        fx,
-                        RunnerEvent::JobStarted {
-                            job: job.clone(),
-                            pid: *pid,
-                        },
-                    );
-                }
+            Event::JobStarted { pid, .. } => {
+                self.emit(fx, RunnerEvent::JobStarted { job, pid: *pid })
             }
             Event::JobOutput {
-                job,
                 stream,
                 offset,
                 data,
+                ..
             } => {
-                if self.check_job(fx, job, "job_output") {
-                    let data = base64_encode(data);
-                    let event = RunnerEvent::JobOutput {
-                        job: job.clone(),
+                let data = base64_encode(data);
+                self.emit(
+                    fx,
+                    RunnerEvent::JobOutput {
+                        job,
                         stream: *stream,
                         offset: *offset,
                         data,
-                    };
-                    self.emit(fx, event);
-                }
+                    },
+                );
             }
-            Event::JobOutputTruncated {
-                job,
-                stream,
-                offset,
-            } => {
-                if self.check_job(fx, job, "job_output_truncated") {
-                    let event = RunnerEvent::JobOutputTruncated {
-                        job: job.clone(),
+            Event::JobOutputTruncated { stream, offset, .. } => {
+                self.emit(
+                    fx,
+                    RunnerEvent::JobOutputTruncated {
+                        job,
                         stream: *stream,
                         offset: *offset,
-                    };
-                    self.emit(fx, event);
-                }
+                    },
+                );
             }
             Event::JobExited {
-                job,
                 status,
                 duration_ms,
                 stdout_bytes,
                 stderr_bytes,
+                ..
             } => {
-                if self.check_job(fx, job, "job_exited") {
-                    let end = JobEnd {
-                        job,
-                        status: *status,
-                        duration_ms: *duration_ms,
-                        output_bytes: (*stdout_bytes, *stderr_bytes),
-                        spawn_failed: false,
-                    };
-                    self.job_finished(fx, end);
-                }
+                let end = JobEnd {
+                    job: &job,
+                    status: *status,
+                    duration_ms: *duration_ms,
+                    output_bytes: (*stdout_bytes, *stderr_bytes),
+                    spawn_failed: false,
+                };
+                self.job_finished(fx, end);
             }
-            Event::JobSpawnFailed { job, .. } => {
-                if self.check_job(fx, job, "job_spawn_failed") {
-                    let end = JobEnd {
-                        job,
-                        status: crate::protocol::ExitStatus::Unknown,
-                        duration_ms: 0,
-                        output_bytes: (0, 0),
-                        spawn_failed: true,
-                    };
-                    self.job_finished(fx, end);
-                }
+            Event::JobSpawnFailed { .. } => {
+                let end = JobEnd {
+                    job: &job,
+                    status: crate::protocol::ExitStatus::Unknown,
+                    duration_ms: 0,
+                    output_bytes: (0, 0),
+                    spawn_failed: true,
+                };
+                self.job_finished(fx, end);
             }
             _ => {}
         }
+    }
+}
+
+/// The job a job-process event is about, and its name for the log.
+fn job_of(event: &Event) -> Option<(&crate::protocol::JobRef, &'static str)> {
+    match event {
+        Event::JobStarted { job, .. } => Some((job, "job_started")),
+        Event::JobOutput { job, .. } => Some((job, "job_output")),
+        Event::JobOutputTruncated { job, .. } => Some((job, "job_output_truncated")),
+        Event::JobExited { job, .. } => Some((job, "job_exited")),
+        Event::JobSpawnFailed { job, .. } => Some((job, "job_spawn_failed")),
+        _ => None,
     }
 }
 

@@ -1,0 +1,334 @@
+//! The reference model for the spec conformance tests: the table decides the next phase
+//! and the effects; this model only keeps the data the table's guards read (jobs,
+//! indexes, the link), and it updates that data from the table's own effects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{LazyLock, Mutex};
+
+use fyn_runner::core::{BootMode, Event, EventKind, HardwareCache, TimerKind};
+use fyn_runner::protocol::{Command, JobRef, PROTOCOL_VERSION, ServerMessage};
+use fyn_runner::spec::{EffectPattern, Spec, Step};
+
+pub static SPEC: LazyLock<Spec> = LazyLock::new(|| match fyn_runner::spec::embedded() {
+    Ok(spec) => spec,
+    Err(e) => panic!("fsm-spec/lifecycle.spec does not parse: {e}"),
+});
+
+/// Table lines that decided at least one step in this test process.
+static ROWS_HIT: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
+
+pub fn rows_hit() -> BTreeSet<usize> {
+    ROWS_HIT.lock().map(|rows| rows.clone()).unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub phase: String,
+    pub boot: BootMode,
+    pub slots: u32,
+    pub jobs: BTreeMap<String, u32>,
+    pub draining_link: bool,
+    pub startup_reported: bool,
+    pub api_hw_known: bool,
+    pub last_applied: u64,
+    pub last_event: u64,
+    pub acked: u64,
+    /// Timers armed by the table's effects (job timers by job id).
+    pub armed: BTreeSet<String>,
+    /// What the last step must have produced, and what held before it.
+    pub last: Option<LastStep>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LastStep {
+    pub phase_before: String,
+    pub link_before: bool,
+    pub authed_before: bool,
+    pub step: Step,
+    pub expected: Vec<EffectPattern>,
+}
+
+impl Model {
+    pub fn link_up(&self) -> bool {
+        let p = self.phase.as_str();
+        if p == "Registering.connecting" || p == "Validating.connecting" {
+            return false;
+        }
+        if p.starts_with("Draining") {
+            return self.draining_link;
+        }
+        p.starts_with("Registering")
+            || p.starts_with("Validating")
+            || p.starts_with("HardwareSync")
+            || p == "Ready"
+            || p == "Active"
+    }
+
+    pub fn authed(&self) -> bool {
+        let p = self.phase.as_str();
+        self.link_up()
+            && (p == "Validating.await_startup"
+                || p.starts_with("HardwareSync")
+                || p == "Ready"
+                || p == "Active"
+                || p.starts_with("Draining"))
+    }
+
+    fn event_job(event: &Event) -> Option<JobRef> {
+        match event {
+            Event::JobStarted { job, .. }
+            | Event::JobOutput { job, .. }
+            | Event::JobOutputTruncated { job, .. }
+            | Event::JobExited { job, .. }
+            | Event::JobSpawnFailed { job, .. } => Some(job.clone()),
+            Event::TimerFired {
+                timer: TimerKind::JobTimeout(job),
+            } => Some(job.clone()),
+            Event::Message(ServerMessage::Command {
+                command: Command::CancelJob { job_id, attempt },
+                ..
+            }) => Some(JobRef {
+                job_id: job_id.clone(),
+                attempt: *attempt,
+            }),
+            Event::Message(ServerMessage::Command {
+                command: Command::StartJob { job },
+                ..
+            }) => Some(job.job_ref()),
+            _ => None,
+        }
+    }
+
+    fn known(&self, event: &Event) -> bool {
+        Self::event_job(event).is_some_and(|j| self.jobs.get(&j.job_id) == Some(&j.attempt))
+    }
+
+    fn drained(&self) -> bool {
+        self.jobs.is_empty() && (self.acked >= self.last_event || !self.authed())
+    }
+
+    pub fn guard(&self, name: &str, event: &Event) -> bool {
+        match name {
+            "boot_install" => self.boot == BootMode::Install,
+            "version_ok" => {
+                matches!(event, Event::Message(ServerMessage::Hello { protocol, .. }) if *protocol == PROTOCOL_VERSION)
+            }
+            "resumed" => self.startup_reported,
+            "hw_known" => matches!(
+                event,
+                Event::Message(ServerMessage::Authenticated {
+                    hardware_known: true,
+                    ..
+                })
+            ),
+            "send_full" => {
+                matches!(
+                    event,
+                    Event::HardwareCollected {
+                        cache: HardwareCache::Missing,
+                        ..
+                    }
+                ) || !self.api_hw_known
+            }
+            "cache_changed" => matches!(
+                event,
+                Event::HardwareCollected {
+                    cache: HardwareCache::Changed { .. },
+                    ..
+                }
+            ),
+            "cache_missing" => matches!(
+                event,
+                Event::HardwareCollected {
+                    cache: HardwareCache::Missing,
+                    ..
+                }
+            ),
+            "dup" => {
+                matches!(event, Event::Message(ServerMessage::Command { index, .. }) if *index <= self.last_applied)
+            }
+            "invalid" => {
+                matches!(event, Event::Message(ServerMessage::Command { command: Command::StartJob { job }, .. }) if job.validate().is_err())
+            }
+            "id_running" => {
+                Self::event_job(event).is_some_and(|j| self.jobs.contains_key(&j.job_id))
+            }
+            "slots_full" => self.jobs.len() >= self.slots as usize,
+            "known" => self.known(event),
+            "last_job" => self.known(event) && self.jobs.len() == 1,
+            "jobs" => !self.jobs.is_empty(),
+            "no_jobs" => self.jobs.is_empty(),
+            "link_up" => self.link_up(),
+            "link_down" => !self.link_up(),
+            "authed" => self.authed(),
+            "acks_all" => {
+                matches!(event, Event::Message(ServerMessage::EventsAck { up_to }) if *up_to >= self.last_event)
+            }
+            "drained" => self.drained(),
+            other => panic!("the model does not know guard {other:?}"),
+        }
+    }
+
+    /// Apply one event as the table says, remembering what the machine must produce.
+    pub fn apply(mut self, event: &Event) -> Model {
+        let kind = event.kind();
+        let link_before = self.link_up();
+        let authed_before = self.authed();
+        let phase_before = self.phase.clone();
+        let step = {
+            let guard = |g: &str| self.guard(g, event);
+            let entry_guard = |g: &str, handler: &[EffectPattern]| {
+                let closed = handler.iter().any(|e| e.token.starts_with("close("));
+                let up = link_before && !closed;
+                match g {
+                    "link_up" => up,
+                    "link_down" => !up,
+                    other => panic!("entry guard {other:?} is not modelled"),
+                }
+            };
+            match SPEC.step(&self.phase, kind.name(), &guard, &entry_guard) {
+                Ok(step) => step,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        if let Ok(mut rows) = ROWS_HIT.lock() {
+            rows.insert(step.line);
+        }
+        let expected = substitute(&step.effects, event);
+        let tokens: Vec<&str> = expected.iter().map(|e| e.token.as_str()).collect();
+        self.update_data(event, kind, &tokens, &phase_before);
+        self.update_link(event, &tokens, &phase_before, &step.next_phase, link_before);
+        self.update_timers(event, &tokens);
+        if step.next_phase == "Stopped" {
+            // Stopped's entry cancels the timer of every job still in the table.
+            self.armed.retain(|t| !t.starts_with("job_timeout:"));
+        }
+        self.phase = step.next_phase.clone();
+        self.last = Some(LastStep {
+            phase_before,
+            link_before,
+            authed_before,
+            step,
+            expected,
+        });
+        self
+    }
+
+    fn update_data(&mut self, event: &Event, kind: EventKind, tokens: &[&str], phase_before: &str) {
+        let has = |t: &str| tokens.contains(&t);
+        if has("send(startup)") {
+            self.startup_reported = true;
+        }
+        if kind == EventKind::HardwareConfirmed && phase_before == "HardwareSync.await_confirm" {
+            self.api_hw_known = true;
+        }
+        match event {
+            Event::Message(ServerMessage::Authenticated {
+                last_event_index,
+                hardware_known,
+                ..
+            }) if has("persist(outbox_acked)") => {
+                self.api_hw_known = *hardware_known;
+                self.acked = self.acked.max((*last_event_index).min(self.last_event));
+            }
+            Event::Message(ServerMessage::Command { index, .. })
+                if has("persist(last_applied)") =>
+            {
+                self.last_applied = *index;
+            }
+            _ => {}
+        }
+        self.last_event += tokens.iter().filter(|t| **t == "persist(outbox)").count() as u64;
+        if let Event::Message(ServerMessage::EventsAck { up_to }) = event
+            && has("persist(outbox_acked)")
+        {
+            self.acked = self.acked.max((*up_to).min(self.last_event));
+        }
+        if let Some(job) = Self::event_job(event) {
+            if has("spawn") {
+                self.jobs.insert(job.job_id.clone(), job.attempt);
+            }
+            if has("persist(job_removed)") {
+                self.jobs.remove(&job.job_id);
+            }
+        }
+    }
+
+    fn update_link(
+        &mut self,
+        event: &Event,
+        tokens: &[&str],
+        before: &str,
+        next: &str,
+        link_before: bool,
+    ) {
+        if !next.starts_with("Draining") {
+            return;
+        }
+        let closed = tokens.iter().any(|t| t.starts_with("close("));
+        let lost = matches!(
+            event.kind(),
+            EventKind::SocketClosed | EventKind::SocketFailed
+        );
+        self.draining_link = if before.starts_with("Draining") {
+            self.draining_link && !closed && !lost
+        } else {
+            link_before && !closed
+        };
+    }
+
+    fn update_timers(&mut self, event: &Event, tokens: &[&str]) {
+        if let Event::TimerFired { timer } = event {
+            self.armed.remove(&timer_key(timer));
+        }
+        let job = Self::event_job(event).map(|j| j.job_id);
+        for token in tokens {
+            if let Some(name) = token
+                .strip_prefix("start(")
+                .and_then(|t| t.strip_suffix(')'))
+            {
+                self.armed.insert(named_timer(name, job.as_deref()));
+            } else if let Some(name) = token
+                .strip_prefix("cancel(")
+                .and_then(|t| t.strip_suffix(')'))
+            {
+                if name == "job_timeout" && job.is_none() {
+                    // Stopped's entry cancels the timer of every remaining job.
+                    self.armed.retain(|t| !t.starts_with("job_timeout:"));
+                } else {
+                    self.armed.remove(&named_timer(name, job.as_deref()));
+                }
+            }
+        }
+    }
+}
+
+fn named_timer(name: &str, job: Option<&str>) -> String {
+    match (name, job) {
+        ("job_timeout", Some(job)) => format!("job_timeout:{job}"),
+        _ => name.to_owned(),
+    }
+}
+
+pub fn timer_key(timer: &TimerKind) -> String {
+    match timer {
+        TimerKind::JobTimeout(job) => format!("job_timeout:{}", job.job_id),
+        other => other.name().to_owned(),
+    }
+}
+
+/// `close(frame)` means the close reason the bad frame carries.
+fn substitute(effects: &[EffectPattern], event: &Event) -> Vec<EffectPattern> {
+    effects
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if let Event::BadFrame { close, .. } = event {
+                e.token = e
+                    .token
+                    .replace("close(frame)", &format!("close({})", close.name()));
+            }
+            e
+        })
+        .collect()
+}
