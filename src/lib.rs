@@ -9,4 +9,5 @@ the wire, and everything that touches the world lives outside `core`.
 pub mod core;
 pub mod hardware;
 pub mod protocol;
+pub mod runtime;
 pub mod spec;

@@ -1,0 +1,14 @@
+/*!
+The I/O shell: performs the core's effects and feeds results back as events; must
+not decide lifecycle questions.
+
+Owns: the durable store (`store`, SQLite), the runner's identity files (`identity`)
+and the helpers that keep secrets private on disk (`secure_fs`).
+
+Must not: decide what to persist or when. The core (`crate::core`) emits `Durable`
+writes; this module makes them durable, exactly as asked, and reports failures.
+*/
+
+pub mod identity;
+pub mod secure_fs;
+pub mod store;

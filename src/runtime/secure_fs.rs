@@ -1,0 +1,257 @@
+//! Files and folders that only the runner's user may read: the identity key and the
+//! store. Writes are atomic (temp file, fsync, rename, fsync the folder) so a crash
+//! leaves the old file or the new one, never a torn or half-private one.
+
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Permission bits that give the group or others any access.
+const SHARED_BITS: u32 = 0o077;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecureFsError {
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is accessible by group or others (mode {mode:04o}); run chmod {fix:o} {path}")]
+    TooOpen { path: PathBuf, mode: u32, fix: u32 },
+    #[error("{path} exists but is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "{path} is accessible by group or others (mode {mode:04o}) and is owned by uid {owner}, \
+         not by this user (uid {me}), so it cannot be tightened; fix its owner or mode"
+    )]
+    ForeignOwner {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+        me: u32,
+    },
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SecureFsError {
+    let path = path.to_path_buf();
+    move |source| SecureFsError::Io { op, path, source }
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Creates `path` and its missing parents with mode 0700. An existing directory we
+/// own is tightened to 0700; one owned by someone else is accepted only if it is
+/// already private, since we cannot change its mode.
+pub fn create_private_dir(path: &Path) -> Result<(), SecureFsError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(path)
+        .map_err(io_error("create directory", path))?;
+    let meta = fs::metadata(path).map_err(io_error("inspect", path))?;
+    if !meta.is_dir() {
+        return Err(SecureFsError::NotADirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode == PRIVATE_DIR_MODE {
+        return Ok(());
+    }
+    let me = effective_uid();
+    if meta.uid() != me {
+        if mode & SHARED_BITS == 0 {
+            return Ok(());
+        }
+        return Err(SecureFsError::ForeignOwner {
+            path: path.to_path_buf(),
+            mode,
+            owner: meta.uid(),
+            me,
+        });
+    }
+    // The umask may have narrowed the mode, or the directory predates us: either
+    // way, set exactly 0700.
+    fs::set_permissions(path, Permissions::from_mode(PRIVATE_DIR_MODE))
+        .map_err(io_error("chmod 700", path))
+}
+
+/// Replaces `path` with `bytes` atomically, mode 0600. The parent must exist.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), SecureFsError> {
+    let dir = parent_of(path);
+    let temp = temp_path(&dir, path);
+    let result = write_new_private(&temp, bytes).and_then(|()| {
+        fs::rename(&temp, path).map_err(io_error("rename into place", path))?;
+        // The rename is only durable once the directory entry is on disk.
+        sync_dir(&dir)
+    });
+    if result.is_err() {
+        // Best effort: the error that matters is already in `result`.
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Fails, naming the path and its mode, when group or others have any access.
+pub fn check_private(path: &Path) -> Result<(), SecureFsError> {
+    let meta = fs::metadata(path).map_err(io_error("inspect", path))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & SHARED_BITS == 0 {
+        return Ok(());
+    }
+    let fix = if meta.is_dir() {
+        PRIVATE_DIR_MODE
+    } else {
+        PRIVATE_FILE_MODE
+    };
+    Err(SecureFsError::TooOpen {
+        path: path.to_path_buf(),
+        mode,
+        fix,
+    })
+}
+
+/// Makes the entries of `dir` (creations, renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SecureFsError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync directory", dir))
+}
+
+/// The parent directory, or `.` for a bare file name.
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn write_new_private(temp: &Path, bytes: &[u8]) -> Result<(), SecureFsError> {
+    // create_new: never follow or reuse a file someone else planted at this name.
+    // The mode applies at creation, so the secret is never briefly world-readable.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(temp)
+        .map_err(io_error("create", temp))?;
+    file.write_all(bytes).map_err(io_error("write", temp))?;
+    file.sync_all().map_err(io_error("sync", temp))
+}
+
+/// Unique per process and per call, so concurrent writers never share a temp file.
+fn temp_path(dir: &Path, target: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn creates_nested_dirs_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode_of(&dir), 0o700);
+        assert_eq!(mode_of(&tmp.path().join("a")), 0o700);
+    }
+
+    #[test]
+    fn tightens_an_existing_open_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("open");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode_of(&dir), 0o700);
+    }
+
+    #[test]
+    fn refuses_a_file_where_a_dir_should_be() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("file");
+        fs::write(&path, b"x").unwrap();
+        let err = create_private_dir(&path).unwrap_err();
+        assert!(err.to_string().contains("file"), "{err}");
+    }
+
+    #[test]
+    fn writes_atomically_with_mode_0600_and_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("secret");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        write_private_file(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(mode_of(&path), 0o600);
+        // No temp file is left behind.
+        let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn write_into_missing_dir_names_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("missing/secret");
+        let err = write_private_file(&path, b"x").unwrap_err().to_string();
+        assert!(err.contains("cannot create"), "{err}");
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn check_private_accepts_0600_and_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        create_private_dir(&dir).unwrap();
+        let file = dir.join("f");
+        write_private_file(&file, b"x").unwrap();
+        check_private(&dir).unwrap();
+        check_private(&file).unwrap();
+    }
+
+    #[test]
+    fn check_private_names_path_mode_and_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("key");
+        fs::write(&file, b"x").unwrap();
+        fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        let err = check_private(&file).unwrap_err().to_string();
+        let shown = file.display();
+        assert_eq!(
+            err,
+            format!("{shown} is accessible by group or others (mode 0644); run chmod 600 {shown}")
+        );
+
+        fs::set_permissions(tmp.path(), Permissions::from_mode(0o750)).unwrap();
+        let err = check_private(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("(mode 0750); run chmod 700"), "{err}");
+    }
+
+    #[test]
+    fn check_private_on_missing_path_is_an_io_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = check_private(&tmp.path().join("nope")).unwrap_err();
+        assert!(matches!(err, SecureFsError::Io { op: "inspect", .. }));
+    }
+}

@@ -1,0 +1,472 @@
+//! The durable store: `<state_dir>/runner.db`, a SQLite database in WAL mode with
+//! `synchronous=FULL`, so a committed batch survives a crash or power loss.
+//!
+//! It holds exactly what `DurableState` needs to rebuild the core, plus the outbox
+//! bodies to resend: the `meta` counters, the unacknowledged `outbox` events and the
+//! running `jobs`. The core decides every write; the store only applies a batch of
+//! `Durable` writes in one transaction, all or nothing. There is no clock here.
+//!
+//! `Durable::Identity` and `Durable::HardwareCache` are files, not rows: the caller
+//! writes them (see `runtime::identity` and `hardware::cache`) *before* committing
+//! the batch, and `commit` skips them.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::secure_fs::{self, PRIVATE_FILE_MODE, SecureFsError};
+use crate::core::{Durable, DurableState};
+use crate::protocol::{JobSpec, RunnerEvent};
+
+pub const DB_FILE: &str = "runner.db";
+
+/// The schema version this build writes, kept in `PRAGMA user_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How long a write waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // Version 1. No timestamps: the store has no clock, like the core.
+    "CREATE TABLE meta (
+         key   TEXT PRIMARY KEY NOT NULL,
+         value INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE outbox (
+         idx  INTEGER PRIMARY KEY NOT NULL,
+         kind TEXT NOT NULL,
+         body TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE jobs (
+         job_id  TEXT PRIMARY KEY NOT NULL,
+         attempt INTEGER NOT NULL,
+         spec    TEXT NOT NULL
+     ) STRICT;",
+];
+
+const LAST_APPLIED: &str = "last_applied_command";
+const LAST_EVENT: &str = "last_event_index";
+const ACKED_EVENT: &str = "acked_event_index";
+
+/// What went wrong underneath a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFault {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// SQLite integers are signed 64-bit.
+    #[error("{0} is too large for the store (limit {max})", max = i64::MAX)]
+    OutOfRange(u64),
+    #[error("outbox index {index} is not above the last appended index {last}")]
+    IndexNotAbove { index: u64, last: u64 },
+    #[error("meta value {key} is negative ({value})")]
+    NegativeMeta { key: String, value: i64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create store {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] SecureFsError),
+    #[error(
+        "cannot open store {path}: WAL journaling could not be enabled (journal_mode is {mode})"
+    )]
+    NoWal { path: String, mode: String },
+    #[error(
+        "store {path} has schema version {found}, newer than this build supports \
+         ({SCHEMA_VERSION}); run a newer fyn-runner"
+    )]
+    TooNew { path: String, found: u32 },
+    #[error("cannot migrate store {path} to schema version {version}: {source}")]
+    Migrate {
+        path: String,
+        version: u32,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "store {path}: write {position} of {total} ({write}) failed, nothing of the batch \
+         was stored: {source}"
+    )]
+    Write {
+        path: String,
+        /// 1-based position of the failing write in the batch.
+        position: usize,
+        total: usize,
+        write: &'static str,
+        #[source]
+        source: StoreFault,
+    },
+    #[error("store {path}: cannot commit the batch: {source}")]
+    Commit {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store {path}: cannot read {what}: {source}")]
+    Read {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: StoreFault,
+    },
+    #[error("store {path}: {what} is corrupt: {detail}")]
+    Corrupt {
+        path: String,
+        what: String,
+        detail: String,
+    },
+}
+
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(DB_FILE)
+}
+
+pub struct Store {
+    conn: Connection,
+    /// For error messages: the file, or `:memory:`.
+    path: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) `<state_dir>/runner.db`. The state folder must
+    /// exist. A new database file is created with mode 0600: job specs may carry
+    /// secrets in their environment. SQLite gives the WAL files the same mode.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let file = db_path(state_dir);
+        if create_private_db_file(&file)? {
+            secure_fs::sync_dir(state_dir)?;
+        }
+        let path = file.display().to_string();
+        let conn = Connection::open(&file).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Self::setup(conn, path, true)
+    }
+
+    /// A store that lives and dies with this value: for tests and dry runs.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let path = ":memory:".to_owned();
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Self::setup(conn, path, false)
+    }
+
+    fn setup(conn: Connection, path: String, on_disk: bool) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        // The first statement reads the header, so a corrupt file fails here.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_err)?;
+        if on_disk && !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NoWal { path, mode });
+        }
+        // FULL: a commit is on disk before `commit` returns, even in WAL mode.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
+            .and_then(|()| conn.pragma_update(None, "foreign_keys", true))
+            .map_err(open_err)?;
+        let mut store = Store { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings the schema up to `SCHEMA_VERSION`, one version per transaction.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let found: u32 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|source| StoreError::Open {
+                path: self.path.clone(),
+                source,
+            })?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+            });
+        }
+        for version in found..SCHEMA_VERSION {
+            self.apply_migration(version)
+                .map_err(|source| StoreError::Migrate {
+                    path: self.path.clone(),
+                    version: version + 1,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn apply_migration(&mut self, from: u32) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATIONS[from as usize])?;
+        tx.pragma_update(None, "user_version", from + 1)?;
+        tx.commit()
+    }
+
+    /// What the core is rebuilt from. `runner_id` stays `None`: the identity files
+    /// hold it. Jobs come back ordered by job ID.
+    pub fn load(&self) -> Result<DurableState, StoreError> {
+        Ok(DurableState {
+            runner_id: None,
+            last_applied_command: self.meta(LAST_APPLIED)?,
+            last_event_index: self.meta(LAST_EVENT)?,
+            acked_event_index: self.meta(ACKED_EVENT)?,
+            jobs: self.jobs()?,
+        })
+    }
+
+    /// Applies the batch in one transaction: all of it is stored, or none of it.
+    pub fn commit(&mut self, writes: &[Durable]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| StoreError::Commit {
+                path: path.clone(),
+                source,
+            })?;
+        for (i, write) in writes.iter().enumerate() {
+            // On error `tx` is dropped, which rolls the whole batch back.
+            apply(&tx, write).map_err(|source| StoreError::Write {
+                path: path.clone(),
+                position: i + 1,
+                total: writes.len(),
+                write: write.name(),
+                source,
+            })?;
+        }
+        tx.commit()
+            .map_err(|source| StoreError::Commit { path, source })
+    }
+
+    /// Outbox events with an index above `after`, in index order.
+    pub fn outbox_after(&self, after: u64) -> Result<Vec<(u64, RunnerEvent)>, StoreError> {
+        let read_err = |source: StoreFault| StoreError::Read {
+            path: self.path.clone(),
+            what: "outbox",
+            source,
+        };
+        let after = to_sql_int(after).map_err(read_err)?;
+        let rows = self.select_outbox(after).map_err(|e| read_err(e.into()))?;
+        rows.into_iter()
+            .map(|(idx, body)| self.decode_event(idx, &body))
+            .collect()
+    }
+
+    /// How many events wait for the API's acknowledgement.
+    pub fn outbox_depth(&self) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))
+            .map_err(|e| StoreError::Read {
+                path: self.path.clone(),
+                what: "outbox depth",
+                source: e.into(),
+            })?;
+        Ok(count.unsigned_abs())
+    }
+
+    fn select_outbox(&self, after: i64) -> rusqlite::Result<Vec<(i64, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT idx, body FROM outbox WHERE idx > ?1 ORDER BY idx")?;
+        let rows = stmt.query_map([after], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect()
+    }
+
+    fn decode_event(&self, idx: i64, body: &str) -> Result<(u64, RunnerEvent), StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("outbox event {idx}"),
+            detail,
+        };
+        let index = u64::try_from(idx).map_err(|_| corrupt("negative index".into()))?;
+        let event = serde_json::from_str(body).map_err(|e| corrupt(e.to_string()))?;
+        Ok((index, event))
+    }
+
+    fn meta(&self, key: &'static str) -> Result<u64, StoreError> {
+        let value: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(|e| StoreError::Read {
+                path: self.path.clone(),
+                what: key,
+                source: e.into(),
+            })?;
+        u64::try_from(value.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: key.to_owned(),
+            detail: "negative value".into(),
+        })
+    }
+
+    fn jobs(&self) -> Result<Vec<JobSpec>, StoreError> {
+        let rows = self.select_jobs().map_err(|e| StoreError::Read {
+            path: self.path.clone(),
+            what: "jobs",
+            source: e.into(),
+        })?;
+        rows.into_iter()
+            .map(|(id, attempt, spec)| self.decode_job(id, attempt, &spec))
+            .collect()
+    }
+
+    fn select_jobs(&self) -> rusqlite::Result<Vec<(String, i64, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT job_id, attempt, spec FROM jobs ORDER BY job_id")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        rows.collect()
+    }
+
+    /// The key columns are checked against the JSON so a hand-edited row cannot
+    /// resurrect a job under another ID or attempt.
+    fn decode_job(&self, id: String, attempt: i64, spec: &str) -> Result<JobSpec, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("job {id}"),
+            detail,
+        };
+        let job: JobSpec = serde_json::from_str(spec).map_err(|e| corrupt(e.to_string()))?;
+        if job.job_id != id || i64::from(job.attempt) != attempt {
+            return Err(corrupt(format!(
+                "row says attempt {attempt}, spec says {} attempt {}",
+                job.job_id, job.attempt
+            )));
+        }
+        Ok(job)
+    }
+}
+
+/// Creates an empty database file with mode 0600 if there is none. Returns whether
+/// it created one. An empty file is a valid, empty SQLite database.
+fn create_private_db_file(file: &Path) -> Result<bool, StoreError> {
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(file);
+    match created {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(StoreError::Create {
+            path: file.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn to_sql_int(value: u64) -> Result<i64, StoreFault> {
+    i64::try_from(value).map_err(|_| StoreFault::OutOfRange(value))
+}
+
+/// One write inside the batch transaction.
+fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
+    match write {
+        Durable::LastApplied { index } => set_meta(tx, LAST_APPLIED, *index),
+        Durable::OutboxAppend { index, event } => append_event(tx, *index, event),
+        Durable::OutboxAcked { up_to } => ack_events(tx, *up_to),
+        Durable::JobAdded { job } => {
+            let spec = serde_json::to_string(job)?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO jobs (job_id, attempt, spec) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![job.job_id, job.attempt, spec])?;
+            Ok(())
+        }
+        Durable::JobRemoved { job } => {
+            tx.prepare_cached("DELETE FROM jobs WHERE job_id = ?1")?
+                .execute([&job.job_id])?;
+            Ok(())
+        }
+        // Files, written by the caller before the transaction (see the module doc).
+        Durable::Identity { .. } | Durable::HardwareCache { .. } => Ok(()),
+    }
+}
+
+fn set_meta(tx: &Transaction<'_>, key: &str, value: u64) -> Result<(), StoreFault> {
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, to_sql_int(value)?])?;
+    Ok(())
+}
+
+/// Like `set_meta`, but a lower value never replaces a higher one.
+fn raise_meta(tx: &Transaction<'_>, key: &str, value: u64) -> Result<(), StoreFault> {
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+    )?
+    .execute(params![key, to_sql_int(value)?])?;
+    Ok(())
+}
+
+fn get_meta(tx: &Transaction<'_>, key: &str) -> Result<u64, StoreFault> {
+    let value: Option<i64> = tx
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |row| row.get(0))
+        .optional()?;
+    let value = value.unwrap_or(0);
+    u64::try_from(value).map_err(|_| StoreFault::NegativeMeta {
+        key: key.to_owned(),
+        value,
+    })
+}
+
+/// Event indexes only grow: the API deduplicates by index, so reusing one (even an
+/// acknowledged one) would make it drop the event silently. Refuse it instead.
+fn append_event(tx: &Transaction<'_>, index: u64, event: &RunnerEvent) -> Result<(), StoreFault> {
+    let last = get_meta(tx, LAST_EVENT)?;
+    if index <= last {
+        return Err(StoreFault::IndexNotAbove { index, last });
+    }
+    let body = serde_json::to_string(event)?;
+    tx.prepare_cached("INSERT INTO outbox (idx, kind, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![to_sql_int(index)?, event.kind(), body])?;
+    raise_meta(tx, LAST_EVENT, index)
+}
+
+fn ack_events(tx: &Transaction<'_>, up_to: u64) -> Result<(), StoreFault> {
+    let up_to_sql = to_sql_int(up_to)?;
+    tx.prepare_cached("DELETE FROM outbox WHERE idx <= ?1")?
+        .execute([up_to_sql])?;
+    raise_meta(tx, ACKED_EVENT, up_to)
+}
