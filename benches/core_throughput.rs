@@ -1,1 +1,160 @@
-fn main() {}
+//! Events per second through the lifecycle core on a realistic session: handshake, then
+//! heartbeats, commands, job reports and acknowledgements, with a reconnect now and
+//! then. Run with `cargo bench --bench core_throughput`. One core, no I/O.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+use fyn_runner::core::{BootMode, Core, CoreConfig, DurableState, Event, HardwareCache, TimerKind};
+use fyn_runner::protocol::{
+    Command, ExitStatus, JobRef, JobSpec, OutputStream, PROTOCOL_VERSION, ServerMessage,
+    SessionParams,
+};
+
+fn msg(m: ServerMessage) -> Event {
+    Event::Message(m)
+}
+
+fn handshake(resumed: bool) -> Vec<Event> {
+    let mut events = vec![
+        Event::SocketOpened,
+        msg(ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            nonce: "nonce".into(),
+        }),
+        msg(ServerMessage::Authenticated {
+            runner_id: "r-1".into(),
+            last_event_index: 0,
+            session: SessionParams::default(),
+            hardware_known: resumed,
+        }),
+    ];
+    if !resumed {
+        events.push(msg(ServerMessage::StartupAck {}));
+        events.push(Event::HardwareCollected {
+            report: serde_json::json!({}),
+            cache: HardwareCache::Unchanged,
+        });
+        events.push(msg(ServerMessage::HardwareConfirmed {}));
+    }
+    events.push(msg(ServerMessage::ReadyAck {}));
+    events
+}
+
+/// One job's life as the core sees it, plus the heartbeats around it.
+fn job_cycle(index: u64, event_index: &mut u64) -> Vec<Event> {
+    let job = JobRef {
+        job_id: format!("job-{index}"),
+        attempt: 1,
+    };
+    let spec = JobSpec {
+        job_id: job.job_id.clone(),
+        attempt: 1,
+        command: vec!["simulate".into(), "--steps".into(), "1000".into()],
+        env: BTreeMap::new(),
+        workdir: None,
+        timeout_secs: 3600,
+        output_limit_bytes: 1 << 30,
+        cancel_grace_secs: 10,
+    };
+    let mut events = vec![
+        Event::TimerFired {
+            timer: TimerKind::Heartbeat,
+        },
+        msg(ServerMessage::HeartbeatAck { seq: index }),
+        msg(ServerMessage::Command {
+            index,
+            command: Command::StartJob { job: spec },
+        }),
+        Event::JobStarted {
+            job: job.clone(),
+            pid: 4242,
+        },
+    ];
+    for chunk in 0..4u64 {
+        events.push(Event::JobOutput {
+            job: job.clone(),
+            stream: OutputStream::Stdout,
+            offset: chunk * 64,
+            data: vec![b'x'; 64],
+        });
+        events.push(Event::TimerFired {
+            timer: TimerKind::Heartbeat,
+        });
+        events.push(msg(ServerMessage::HeartbeatAck { seq: index }));
+    }
+    events.push(Event::JobExited {
+        job,
+        status: ExitStatus::Exited { code: 0 },
+        duration_ms: 1200,
+        stdout_bytes: 256,
+        stderr_bytes: 0,
+    });
+    *event_index += 7; // accepted, started, 4 output, finished
+    events.push(msg(ServerMessage::EventsAck {
+        up_to: *event_index,
+    }));
+    events
+}
+
+fn session(cycles: u64) -> Vec<Event> {
+    let mut events = handshake(false);
+    let mut event_index = 0;
+    for i in 1..=cycles {
+        events.extend(job_cycle(i, &mut event_index));
+        if i % 100 == 0 {
+            events.push(Event::SocketClosed {
+                code: Some(1006),
+                reason: String::new(),
+            });
+            events.push(Event::TimerFired {
+                timer: TimerKind::Backoff,
+            });
+            events.extend(handshake(true));
+        }
+    }
+    events
+}
+
+fn main() {
+    let events = session(2_000);
+    let rounds = 20;
+    let durable = DurableState {
+        runner_id: Some("r-1".into()),
+        ..DurableState::default()
+    };
+    let mut best = f64::MAX;
+    let mut effects_seen = 0usize;
+    for _ in 0..rounds {
+        let (mut core, _) = Core::boot(
+            CoreConfig {
+                slots: 4,
+                ..CoreConfig::default()
+            },
+            BootMode::Resume,
+            durable.clone(),
+        );
+        let mut effects = fyn_runner::core::Effects::default();
+        let start = Instant::now();
+        for event in &events {
+            core.dispatch_into(black_box(event), &mut effects);
+            effects_seen += black_box(effects.list.len());
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+        assert_eq!(
+            core.state_name(),
+            "Active",
+            "the session must end where it should"
+        );
+    }
+    let per_sec = events.len() as f64 / best;
+    println!(
+        "core_throughput: {} events/round, best of {rounds}: {:.3} ms, {:.1} M events/s, {:.0} ns/event ({} effects total)",
+        events.len(),
+        best * 1e3,
+        per_sec / 1e6,
+        best * 1e9 / events.len() as f64,
+        effects_seen
+    );
+}

@@ -6,6 +6,7 @@ The crate is split the way the system is: `core` decides (pure), `protocol` desc
 the wire, and everything that touches the world lives outside `core`.
 */
 
+pub mod cli;
 pub mod core;
 pub mod hardware;
 pub mod protocol;

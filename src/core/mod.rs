@@ -58,8 +58,15 @@ impl Core {
     /// Feed one event; the returned batch must be performed before the next dispatch.
     pub fn dispatch(&mut self, event: &Event) -> Effects {
         let mut effects = Effects::default();
-        self.machine.handle_with_context(event, &mut effects);
+        self.dispatch_into(event, &mut effects);
         effects
+    }
+
+    /// As `dispatch`, into a batch the caller reuses (cleared first), so a long-running
+    /// runtime does not allocate a fresh list for every event.
+    pub fn dispatch_into(&mut self, event: &Event, effects: &mut Effects) {
+        effects.clear();
+        self.machine.handle_with_context(event, effects);
     }
 
     pub fn state(&self) -> &State {
