@@ -17,6 +17,7 @@ use crate::spec;
 
 #[derive(Debug, Parser)]
 #[command(
+    propagate_version = true,
     name = "fyn-runner",
     version,
     about = "Joins this machine to a job control plane and runs the jobs it is handed.",
@@ -25,12 +26,61 @@ use crate::spec;
                   lifecycle is an explicit state machine held to the table in fsm-spec/."
 )]
 pub struct Cli {
+    /// Log format: readable lines, or JSON for journald and log pipelines. The usual
+    /// RUST_LOG filter applies (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FYN_RUNNER_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How to reach the control plane and where to keep local state.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The control plane, e.g. wss://api.example.com (the runner path /runner/v1 is
+    /// added when the URL has no path).
+    #[arg(long, env = "FYN_RUNNER_SERVER")]
+    pub server: String,
+    /// One-time registration token, needed only while this runner has no identity.
+    /// It is used once and never written to disk.
+    #[arg(long, env = "FYN_RUNNER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where the identity, the outbox and the job area live.
+    #[arg(long, env = "FYN_RUNNER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The name the control plane shows for this runner [default: the host name].
+    #[arg(long, env = "FYN_RUNNER_NAME")]
+    pub name: Option<String>,
+    /// How many jobs may run at once.
+    #[arg(long, env = "FYN_RUNNER_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub slots: u32,
+    /// PEM file of the CA that signed the control plane's certificate; it replaces the
+    /// public web roots.
+    #[arg(long, env = "FYN_RUNNER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain ws:// to a host that is not loopback. Tokens and job output then
+    /// cross the network unencrypted.
+    #[arg(long, env = "FYN_RUNNER_ALLOW_INSECURE_TRANSPORT")]
+    pub allow_insecure_transport: bool,
+    /// Seconds running jobs get to finish after a stop is requested.
+    #[arg(long, env = "FYN_RUNNER_DRAIN_DEADLINE", default_value_t = 120)]
+    pub drain_deadline: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the runner: register when needed, connect, sync, take jobs until stopped.
+    ///
+    /// Exit codes: 0 stopped cleanly; 1 store failure or bad setup; 2 forced stop;
+    /// 3 registration failed; 4 evicted by a newer session; 5 identity rejected;
+    /// 6 incompatible protocol.
+    Run(RunArgs),
     /// Render the lifecycle spec table (the source of truth for the state machine).
     Spec {
         /// table: the rows; mermaid/dot: state diagrams; json: the parsed table;
@@ -60,7 +110,9 @@ pub enum SpecFormat {
 
 /// Run the parsed command; the returned code becomes the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    init_logging(cli.log_format);
     match cli.command {
+        Command::Run(args) => run_runner(args),
         Command::Spec { format } => print_spec(format),
         Command::Hardware { json, job_area } => print_hardware(json, &job_area),
     }
@@ -98,4 +150,71 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
     }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling in) is harmless; ignore it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// The state directory when none is given: the system location for root, the XDG
+/// state directory for everyone else.
+pub fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return PathBuf::from("/var/lib/fyn-runner");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("fyn-runner")
+}
+
+pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSettings> {
+    let endpoint = crate::runtime::settings::endpoint(&args.server, args.allow_insecure_transport)?;
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => sysinfo::System::host_name().unwrap_or_else(|_| "fyn-runner".to_owned()),
+    };
+    let core = crate::core::CoreConfig {
+        slots: args.slots,
+        drain_deadline_secs: args.drain_deadline,
+        ..crate::core::CoreConfig::default()
+    };
+    Ok(crate::runtime::RunnerSettings {
+        endpoint,
+        state_dir: args.state_dir.clone().unwrap_or_else(default_state_dir),
+        token: args.token.clone().map(crate::runtime::Secret::new),
+        name,
+        ca_file: args.ca_file.clone(),
+        core,
+        backoff_min: std::time::Duration::from_millis(500),
+        backoff_max: std::time::Duration::from_secs(60),
+        connect_timeout: std::time::Duration::from_secs(15),
+    })
+}
+
+fn run_runner(args: RunArgs) -> anyhow::Result<i32> {
+    let settings = settings_from(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let handle = crate::runtime::start(settings)?;
+        crate::runtime::signals::forward_signals(handle.control())
+            .context("installing signal handlers")?;
+        Ok(handle.wait().await.code())
+    })
 }

@@ -9,6 +9,14 @@ Must not: decide what to persist or when. The core (`crate::core`) emits `Durabl
 writes; this module makes them durable, exactly as asked, and reports failures.
 */
 
+pub mod driver;
 pub mod identity;
 pub mod secure_fs;
+pub mod settings;
+pub mod signals;
 pub mod store;
+pub mod timers;
+pub mod ws;
+
+pub use driver::{Control, RunnerHandle, RunnerStatus, StartError, start};
+pub use settings::{RunnerSettings, Secret, SettingsError};

@@ -1,0 +1,657 @@
+//! The driver: the one place where events enter the core. It performs each batch of
+//! effects in a fixed order — persist (one transaction), send, close, timers,
+//! processes, notices, exit — and turns every result back into an event. It never
+//! decides a lifecycle question; it does not look at the core's state except to report
+//! it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::core::{
+    BootMode, Core, Delay, Durable, Effect, Effects, Event, ExitCode, HardwareCache, InstallStep,
+    Notice, Outbound, TimerKind,
+};
+use crate::protocol::{RunnerMessage, encode};
+
+use super::identity::{Identity, IdentityError};
+use super::settings::RunnerSettings;
+use super::store::{Store, StoreError};
+use super::timers::{Timers, backoff_delay, random_unit};
+use super::ws::{self, Connection, TlsSetupError, WsStream};
+
+/// Everything that reaches the driver's loop.
+pub enum Input {
+    Event(Event),
+    Socket { conn: u64, event: Event },
+    Connected { conn: u64, stream: Box<WsStream> },
+    ConnectFailed { conn: u64, error: String },
+    Timer { timer: TimerKind, generation: u64 },
+}
+
+/// Requests from outside the loop (signals, the control socket, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Shutdown,
+    Force,
+}
+
+/// What the runner is doing, for `status`, the demo and tests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunnerStatus {
+    pub state: &'static str,
+    pub phase: String,
+    pub runner_id: Option<String>,
+    pub jobs_running: usize,
+    pub outbox_depth: u64,
+    pub transitions: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "no runner identity in {state_dir} and no registration token: pass --token (or FYN_RUNNER_TOKEN) once to register"
+    )]
+    NoIdentity { state_dir: String },
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: super::secure_fs::SecureFsError,
+    },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+/// A running runner: its status, a way to ask it to stop, and its exit code.
+pub struct RunnerHandle {
+    pub status: watch::Receiver<RunnerStatus>,
+    control: mpsc::UnboundedSender<Control>,
+    task: tokio::task::JoinHandle<ExitCode>,
+}
+
+impl RunnerHandle {
+    pub fn shutdown(&self) {
+        let _ = self.control.send(Control::Shutdown);
+    }
+
+    pub fn force(&self) {
+        let _ = self.control.send(Control::Force);
+    }
+
+    pub fn control(&self) -> mpsc::UnboundedSender<Control> {
+        self.control.clone()
+    }
+
+    /// Wait for the runner to stop and return its exit code.
+    pub async fn wait(self) -> ExitCode {
+        self.task.await.unwrap_or(ExitCode::StoreFailure)
+    }
+
+    /// Wait until the status satisfies `pred` (or the runner ends).
+    pub async fn wait_for(&mut self, pred: impl Fn(&RunnerStatus) -> bool) -> RunnerStatus {
+        let status = self
+            .status
+            .wait_for(|s| pred(s) || s.state == "Stopped")
+            .await;
+        status
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| self.status.borrow().clone())
+    }
+}
+
+/// Prepare the state directory, the store and the identity, then start the loop.
+pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
+    super::secure_fs::create_private_dir(&settings.state_dir).map_err(|source| {
+        StartError::StateDir {
+            path: settings.state_dir.display().to_string(),
+            source,
+        }
+    })?;
+    let identity = Identity::load(&settings.state_dir)?;
+    let mode = match (&identity, &settings.token) {
+        (Some(_), _) => BootMode::Resume,
+        (None, Some(_)) => BootMode::Register,
+        (None, None) => {
+            return Err(StartError::NoIdentity {
+                state_dir: settings.state_dir.display().to_string(),
+            });
+        }
+    };
+    let store = Store::open(&settings.state_dir)?;
+    let mut durable = store.load()?;
+    durable.runner_id = identity.as_ref().map(|i| i.runner_id().to_owned());
+    let tls = ws::tls_config(settings.ca_file.as_deref())?;
+    let (core, boot_effects) = Core::boot(settings.core.clone(), mode, durable);
+    let (inputs_tx, inputs) = mpsc::unbounded_channel();
+    let (control_tx, control) = mpsc::unbounded_channel();
+    let (status_tx, status) = watch::channel(status_of(&core, 0));
+    info!(mode = ?mode, state_dir = %settings.state_dir.display(), endpoint = %settings.endpoint, "runner starting");
+    let driver = Driver {
+        timers: Timers::new(inputs_tx.clone()),
+        inputs_tx,
+        core,
+        store,
+        identity,
+        pending_key: None,
+        created_identity: false,
+        connection: None,
+        next_conn: 0,
+        tls,
+        settings,
+        status: status_tx,
+        transitions: 0,
+        local: VecDeque::new(),
+        exit: None,
+        scratch: Effects::default(),
+    };
+    let task = tokio::spawn(driver.run(boot_effects, inputs, control));
+    Ok(RunnerHandle {
+        status,
+        control: control_tx,
+        task,
+    })
+}
+
+struct Driver {
+    core: Core,
+    store: Store,
+    identity: Option<Identity>,
+    /// A key generated during registration, saved with the runner ID.
+    pending_key: Option<SigningKey>,
+    created_identity: bool,
+    connection: Option<Connection>,
+    next_conn: u64,
+    tls: Arc<rustls::ClientConfig>,
+    settings: RunnerSettings,
+    timers: Timers,
+    inputs_tx: mpsc::UnboundedSender<Input>,
+    status: watch::Sender<RunnerStatus>,
+    transitions: u64,
+    /// Events the driver itself produced while performing a batch; they go in before
+    /// anything from outside, in order.
+    local: VecDeque<Event>,
+    exit: Option<ExitCode>,
+    scratch: Effects,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        boot: Effects,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) -> ExitCode {
+        self.perform(boot);
+        while self.exit.is_none() {
+            if let Some(event) = self.local.pop_front() {
+                self.dispatch(event);
+                continue;
+            }
+            let next = tokio::select! {
+                Some(input) = inputs.recv() => self.accept(input),
+                Some(request) = control.recv() => Some(match request {
+                    Control::Shutdown => Event::ShutdownRequested { deadline_secs: None },
+                    Control::Force => Event::ForceShutdown,
+                }),
+                else => break,
+            };
+            if let Some(event) = next {
+                self.dispatch(event);
+            }
+        }
+        self.timers.cancel_all();
+        let code = self.exit.unwrap_or(ExitCode::StoreFailure);
+        info!(code = code.code(), "runner stopped");
+        code
+    }
+
+    /// Filter what arrives: events of a connection that is no longer current, and timers
+    /// that were cancelled or replaced, never reach the core.
+    fn accept(&mut self, input: Input) -> Option<Event> {
+        let current = self.connection.as_ref().map(|c| c.id);
+        match input {
+            Input::Event(event) => Some(event),
+            Input::Socket { conn, event } => {
+                if Some(conn) != current {
+                    return None;
+                }
+                if matches!(
+                    event,
+                    Event::SocketClosed { .. } | Event::SocketFailed { .. }
+                ) {
+                    self.connection = None;
+                }
+                Some(event)
+            }
+            Input::Connected { conn, stream } => {
+                if conn != self.next_conn {
+                    return None;
+                }
+                self.connection = Some(Connection::spawn(conn, *stream, self.inputs_tx.clone()));
+                Some(Event::SocketOpened)
+            }
+            Input::ConnectFailed { conn, error } => {
+                (conn == self.next_conn).then_some(Event::SocketFailed { error })
+            }
+            Input::Timer { timer, generation } => self
+                .timers
+                .accept(&timer, generation)
+                .then_some(Event::TimerFired { timer }),
+        }
+    }
+
+    /// The one dispatch point: every event into the core and every transition out of it
+    /// passes here.
+    fn dispatch(&mut self, event: Event) {
+        let before = self.core.phase();
+        let mut effects = std::mem::take(&mut self.scratch);
+        self.core.dispatch_into(&event, &mut effects);
+        let after = self.core.phase();
+        if before != after {
+            self.transitions += 1;
+            let from_state = before.split('.').next().unwrap_or_default();
+            if from_state != self.core.state_name() {
+                info!(from = %before, to = %after, event = event.kind().name(), "transition");
+            } else {
+                debug!(from = %before, to = %after, event = event.kind().name(), "step");
+            }
+        }
+        let batch = std::mem::take(&mut effects.list);
+        self.scratch = effects;
+        self.perform(Effects { list: batch });
+        let _ = self.status.send(status_of(&self.core, self.transitions));
+    }
+
+    fn perform(&mut self, effects: Effects) {
+        let mut list = effects.list;
+        // The written order; within a phase, the core's order.
+        list.sort_by_key(phase_of);
+        let (writes, rest): (Vec<Effect>, Vec<Effect>) = list
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Persist(_)));
+        if let Err(error) = self.persist(writes) {
+            error!(%error, "persisting failed; nothing of this batch is sent");
+            self.local.push_back(Event::StoreFailed { error });
+            // Only what cannot leak unpersisted state goes ahead: closing and exiting.
+            for effect in rest {
+                if matches!(effect, Effect::Exit { .. } | Effect::Close { .. }) {
+                    self.perform_one(effect);
+                }
+            }
+            return;
+        }
+        for effect in rest {
+            self.perform_one(effect);
+        }
+    }
+
+    /// Files first (identity, hardware cache), then one SQLite transaction.
+    fn persist(&mut self, writes: Vec<Effect>) -> Result<(), String> {
+        let mut rows = Vec::new();
+        for effect in writes {
+            let Effect::Persist(write) = effect else {
+                continue;
+            };
+            match write {
+                Durable::Identity { runner_id } => self.save_identity(&runner_id)?,
+                Durable::HardwareCache { report } => self.save_hardware_cache(report)?,
+                other => rows.push(other),
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.store.commit(&rows).map_err(|e| e.to_string())
+    }
+
+    fn save_identity(&mut self, runner_id: &str) -> Result<(), String> {
+        let Some(key) = self.pending_key.take() else {
+            self.local.push_back(Event::StepFailed {
+                error: "no key was generated before registration".into(),
+            });
+            return Ok(());
+        };
+        let dir = &self.settings.state_dir;
+        match Identity::save(dir, runner_id, &key).and_then(|()| Identity::load(dir)) {
+            Ok(Some(identity)) => {
+                self.created_identity = true;
+                self.identity = Some(identity);
+                info!(runner_id, path = %super::identity::identity_dir(dir).display(), "identity saved");
+                self.local.push_back(Event::StepDone);
+            }
+            Ok(None) => self.local.push_back(Event::StepFailed {
+                error: "the saved identity cannot be read back".into(),
+            }),
+            Err(e) => self.local.push_back(Event::StepFailed {
+                error: e.to_string(),
+            }),
+        }
+        Ok(())
+    }
+
+    fn save_hardware_cache(&mut self, report: serde_json::Value) -> Result<(), String> {
+        let report: crate::hardware::HardwareReport =
+            serde_json::from_value(report).map_err(|e| format!("hardware report: {e}"))?;
+        crate::hardware::write_cache(&self.settings.state_dir, &report).map_err(|e| e.to_string())
+    }
+
+    fn perform_one(&mut self, effect: Effect) {
+        match effect {
+            Effect::Persist(_) => {}
+            Effect::OpenConnection => self.open_connection(),
+            Effect::Send(message) => self.send(message),
+            Effect::ResendOutbox { after } => self.resend(after),
+            Effect::Close { reason } => {
+                if let Some(connection) = self.connection.take() {
+                    connection.close(reason, reason.name());
+                }
+                // A connection attempt still in flight is abandoned with it.
+                self.next_conn += 1;
+            }
+            Effect::StartTimer { timer, delay } => {
+                let after = match delay {
+                    Delay::Millis(ms) => std::time::Duration::from_millis(ms),
+                    Delay::Backoff { attempt } => {
+                        let d = backoff_delay(
+                            attempt,
+                            self.settings.backoff_min,
+                            self.settings.backoff_max,
+                            random_unit(),
+                        );
+                        info!(
+                            attempt,
+                            delay_ms = d.as_millis() as u64,
+                            "reconnecting after backoff"
+                        );
+                        d
+                    }
+                };
+                self.timers.start(timer, after);
+            }
+            Effect::CancelTimer { timer } => self.timers.cancel(&timer),
+            Effect::SpawnJob { job } => {
+                warn!(job = %job.job_id, "this build does not execute jobs; reporting the start as failed");
+                self.local.push_back(Event::JobSpawnFailed {
+                    job: job.job_ref(),
+                    error: "job execution is not available in this build".into(),
+                });
+            }
+            Effect::CancelJob { job, reason, .. } => {
+                debug!(job = %job.job_id, reason = reason.name(), "cancel requested for a job with no process");
+            }
+            Effect::RunInstallStep { step } => self.install_step(step),
+            Effect::RollbackInstall => self.rollback(),
+            Effect::GenerateKey => match Identity::generate_key() {
+                Ok(key) => {
+                    let public_key = Identity::public_key_b64(&key);
+                    self.pending_key = Some(key);
+                    self.local.push_back(Event::KeyGenerated { public_key });
+                }
+                Err(e) => self.local.push_back(Event::StepFailed {
+                    error: e.to_string(),
+                }),
+            },
+            Effect::CollectHardware => self.collect_hardware(),
+            Effect::Notify(notice) => log_notice(&notice),
+            Effect::Exit { code } => self.exit = Some(code),
+        }
+    }
+
+    fn open_connection(&mut self) {
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        let url = self.settings.endpoint.clone();
+        let tls = self.tls.clone();
+        let timeout = self.settings.connect_timeout;
+        let inputs = self.inputs_tx.clone();
+        debug!(%url, conn, "connecting");
+        tokio::spawn(async move {
+            let input = match ws::connect(&url, tls, timeout).await {
+                Ok(stream) => Input::Connected {
+                    conn,
+                    stream: Box::new(stream),
+                },
+                Err(error) => {
+                    warn!(%url, %error, "connection attempt failed");
+                    Input::ConnectFailed { conn, error }
+                }
+            };
+            let _ = inputs.send(input);
+        });
+    }
+
+    fn send(&mut self, message: Outbound) {
+        let Some(connection) = &self.connection else {
+            warn!(
+                message = message.name(),
+                "no connection to send on; dropped (the outbox keeps events)"
+            );
+            return;
+        };
+        match self.wire(message) {
+            Some(wire) => connection.send_text(encode(&wire)),
+            None => self.local.push_back(Event::StepFailed {
+                error: "a message needed a token or identity this runner does not hold".into(),
+            }),
+        }
+    }
+
+    /// The wire message for an outbound intent: the runtime adds the token, the
+    /// signature, the name and the version, which the core never holds.
+    fn wire(&self, message: Outbound) -> Option<RunnerMessage> {
+        let version = env!("CARGO_PKG_VERSION").to_owned();
+        let name = self.settings.name.clone();
+        Some(match message {
+            Outbound::ValidateToken => RunnerMessage::ValidateToken {
+                token: self.settings.token.as_ref()?.expose().to_owned(),
+            },
+            Outbound::Register { public_key, slots } => RunnerMessage::Register {
+                public_key,
+                name,
+                version,
+                slots,
+            },
+            Outbound::Authenticate {
+                nonce,
+                runner_id,
+                slots,
+                last_command_index,
+            } => {
+                let identity = self.identity.as_ref()?;
+                RunnerMessage::Authenticate {
+                    signature: identity.sign(&nonce),
+                    runner_id,
+                    name,
+                    version,
+                    slots,
+                    last_command_index,
+                }
+            }
+            Outbound::Startup { jobs } => RunnerMessage::Startup { version, jobs },
+            Outbound::HardwareFull { report } => RunnerMessage::HardwareFull { report },
+            Outbound::HardwareChanges { changes } => RunnerMessage::HardwareChanges { changes },
+            Outbound::HardwareUnchanged => RunnerMessage::HardwareUnchanged {},
+            Outbound::Ready { slots_free } => RunnerMessage::Ready { slots_free },
+            Outbound::Heartbeat { seq, jobs_running } => {
+                RunnerMessage::Heartbeat { seq, jobs_running }
+            }
+            Outbound::CommandAck { index } => RunnerMessage::CommandAck { index },
+            Outbound::Event { index, event } => RunnerMessage::Event { index, event },
+            Outbound::Stopping {
+                reason,
+                deadline_secs,
+            } => RunnerMessage::Stopping {
+                reason,
+                deadline_secs,
+            },
+        })
+    }
+
+    fn resend(&mut self, after: u64) {
+        let pending = match self.store.outbox_after(after) {
+            Ok(pending) => pending,
+            Err(e) => {
+                self.local.push_back(Event::StoreFailed {
+                    error: e.to_string(),
+                });
+                return;
+            }
+        };
+        if !pending.is_empty() {
+            info!(
+                count = pending.len(),
+                after, "resending unacknowledged events"
+            );
+        }
+        for (index, event) in pending {
+            self.send(Outbound::Event { index, event });
+        }
+    }
+
+    fn collect_hardware(&mut self) {
+        let state_dir = self.settings.state_dir.clone();
+        let inputs = self.inputs_tx.clone();
+        tokio::spawn(async move {
+            let event =
+                match tokio::task::spawn_blocking(move || collect_and_compare(state_dir)).await {
+                    Ok(event) => event,
+                    Err(e) => Event::HardwareFailed {
+                        error: format!("hardware collection task failed: {e}"),
+                    },
+                };
+            let _ = inputs.send(Input::Event(event));
+        });
+    }
+
+    fn install_step(&mut self, step: InstallStep) {
+        // Installation runs through `fyn-runner install`, which this runtime does not
+        // drive yet; a step requested here fails visibly instead of pretending.
+        self.local.push_back(Event::StepFailed {
+            error: format!("install step {} is not available in `run`", step.name()),
+        });
+    }
+
+    fn rollback(&mut self) {
+        if self.created_identity {
+            match Identity::remove(&self.settings.state_dir) {
+                Ok(()) => info!("rolled back the identity this registration created"),
+                Err(e) => {
+                    error!(error = %e, "could not remove the identity this registration created")
+                }
+            }
+            self.created_identity = false;
+            self.identity = None;
+        }
+        self.pending_key = None;
+    }
+}
+
+/// Persist before send: the order in which a batch's effects are performed.
+fn phase_of(effect: &Effect) -> u8 {
+    match effect {
+        Effect::Persist(_) => 0,
+        Effect::Send(_) | Effect::ResendOutbox { .. } => 1,
+        Effect::Close { .. } => 2,
+        Effect::OpenConnection => 3,
+        Effect::StartTimer { .. } | Effect::CancelTimer { .. } => 4,
+        Effect::SpawnJob { .. } | Effect::CancelJob { .. } => 5,
+        Effect::RunInstallStep { .. }
+        | Effect::RollbackInstall
+        | Effect::GenerateKey
+        | Effect::CollectHardware => 6,
+        Effect::Notify(_) => 7,
+        Effect::Exit { .. } => 8,
+    }
+}
+
+fn collect_and_compare(state_dir: PathBuf) -> Event {
+    let job_area = state_dir.join("jobs");
+    if let Err(e) = std::fs::create_dir_all(&job_area) {
+        return Event::HardwareFailed {
+            error: format!("cannot create {}: {e}", job_area.display()),
+        };
+    }
+    let report = match crate::hardware::collect(&job_area) {
+        Ok(report) => report,
+        Err(e) => {
+            return Event::HardwareFailed {
+                error: e.to_string(),
+            };
+        }
+    };
+    let cached = match crate::hardware::load_cache(&state_dir) {
+        Ok(cached) => cached,
+        Err(e) => {
+            warn!(error = %e, "hardware cache unreadable; sending the full record");
+            None
+        }
+    };
+    let cache = match crate::hardware::compare(cached.as_ref(), &report) {
+        crate::hardware::CacheStatus::Missing => HardwareCache::Missing,
+        crate::hardware::CacheStatus::Unchanged => HardwareCache::Unchanged,
+        crate::hardware::CacheStatus::Changed(changes) => HardwareCache::Changed {
+            changes: serde_json::to_value(changes).unwrap_or_default(),
+        },
+    };
+    match serde_json::to_value(&report) {
+        Ok(report) => Event::HardwareCollected { report, cache },
+        Err(e) => Event::HardwareFailed {
+            error: format!("encoding the report: {e}"),
+        },
+    }
+}
+
+fn status_of(core: &Core, transitions: u64) -> RunnerStatus {
+    RunnerStatus {
+        state: core.state_name(),
+        phase: core.phase(),
+        runner_id: core.runner_id().map(str::to_owned),
+        jobs_running: core.running_jobs().len(),
+        outbox_depth: core.outbox_depth(),
+        transitions,
+    }
+}
+
+fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::Registered { runner_id } => info!(runner_id, "registered with the control plane"),
+        Notice::InstallFailed { error } => error!(error, "installation failed; rolling back"),
+        Notice::RegistrationFailed { reason } => error!(reason, "registration failed"),
+        Notice::AuthRejected { reason } => {
+            error!(reason, "the control plane rejected this runner's identity")
+        }
+        Notice::Incompatible { server_protocol } => error!(
+            server_protocol,
+            ours = crate::protocol::PROTOCOL_VERSION,
+            "the control plane speaks another protocol version"
+        ),
+        Notice::Evicted { reason } => warn!(
+            reason,
+            "evicted by a newer session of this runner; stopping"
+        ),
+        Notice::ProtocolViolation { phase, got } => warn!(
+            phase,
+            got, "protocol violation by the control plane; reconnecting"
+        ),
+        Notice::BadFrame { error } => warn!(
+            error,
+            "undecodable frame from the control plane; reconnecting"
+        ),
+        Notice::HardwareFailed { error } => warn!(error, "hardware collection failed"),
+        Notice::RunnerLost => {
+            warn!("disconnected past the runner-lost threshold; stopping running jobs")
+        }
+        Notice::StoreFailed { error } => error!(error, "the durable store failed"),
+        Notice::StaleJob { job, what } => {
+            info!(job = %job.job_id, attempt = job.attempt, what, "ignored a report about a job not running here")
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! What the runtime needs to know to run, resolved and checked before anything starts.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::core::CoreConfig;
+use crate::protocol::RUNNER_PATH;
+
+/// A secret that never prints: `Debug` and `Display` show a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("--server {url:?} is not a valid URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("--server must use wss:// (or ws://), not {0}://")]
+    BadScheme(String),
+    #[error(
+        "refusing plain ws:// to {host}, which is not a loopback address: tokens and job \
+         output would cross the network unencrypted. Use wss://, or pass \
+         --allow-insecure-transport if this network is trusted"
+    )]
+    InsecureTransport { host: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    /// The runner endpoint, e.g. `wss://api.example.com/runner/v1`.
+    pub endpoint: Url,
+    pub state_dir: PathBuf,
+    /// One-time registration token; only used when there is no identity yet.
+    pub token: Option<Secret>,
+    pub name: String,
+    /// PEM file of the CA to trust instead of the public web roots.
+    pub ca_file: Option<PathBuf>,
+    pub core: CoreConfig,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Turn `--server` into the runner endpoint, refusing plain text off loopback unless the
+/// operator opted in.
+pub fn endpoint(server: &str, allow_insecure: bool) -> Result<Url, SettingsError> {
+    let mut url = Url::parse(server).map_err(|e| SettingsError::BadUrl {
+        url: server.to_owned(),
+        reason: e.to_string(),
+    })?;
+    match url.scheme() {
+        "wss" => {}
+        "ws" => {
+            let host = url.host_str().unwrap_or_default().to_owned();
+            if !is_loopback(&host) && !allow_insecure {
+                return Err(SettingsError::InsecureTransport { host });
+            }
+        }
+        other => return Err(SettingsError::BadScheme(other.to_owned())),
+    }
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path(RUNNER_PATH);
+    }
+    Ok(url)
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_only_to_loopback() {
+        assert!(endpoint("ws://127.0.0.1:7480", false).is_ok());
+        assert!(endpoint("ws://[::1]:7480", false).is_ok());
+        assert!(endpoint("ws://localhost:7480", false).is_ok());
+        let refused = endpoint("ws://10.0.0.5:7480", false).expect_err("must refuse");
+        assert!(refused.to_string().contains("--allow-insecure-transport"));
+        assert!(endpoint("ws://10.0.0.5:7480", true).is_ok());
+        assert!(endpoint("wss://api.example.com", false).is_ok());
+        assert!(matches!(
+            endpoint("http://x", false),
+            Err(SettingsError::BadScheme(_))
+        ));
+        assert!(matches!(
+            endpoint("not a url", false),
+            Err(SettingsError::BadUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn the_runner_path_is_added_to_a_bare_server() {
+        let url = endpoint("wss://api.example.com", false).expect("valid");
+        assert_eq!(url.as_str(), "wss://api.example.com/runner/v1");
+        let url = endpoint("wss://api.example.com/custom/path", false).expect("valid");
+        assert_eq!(url.path(), "/custom/path");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("tok-123");
+        assert!(!format!("{s:?}").contains("tok-123"));
+    }
+}
