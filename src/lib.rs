@@ -7,5 +7,6 @@ the wire, and everything that touches the world lives outside `core`.
 */
 
 pub mod core;
+pub mod devserver;
 pub mod hardware;
 pub mod protocol;
