@@ -34,6 +34,8 @@ use crate::protocol::{
 /// sends, so unread data does not make the kernel reset the socket before the peer
 /// has read our close frame.
 const LINGER: Duration = Duration::from_secs(2);
+/// The same during shutdown, which should not wait on slow peers.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
 /// The most a lingering close reads before it gives up: an oversized frame's rest.
 const LINGER_BYTES: usize = 4 * MAX_FRAME_BYTES;
 /// How long writing the close frame may take.
@@ -123,6 +125,8 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 enum Ending {
     /// We close with this code and reason.
     Close(CloseReason, String),
+    /// The server is shutting down.
+    Shutdown,
     /// The peer sent a close frame; answer it.
     PeerClosed,
     /// The socket is gone; nothing to say.
@@ -139,7 +143,7 @@ where
         Err(error) => {
             let text = format!("no randomness for a nonce: {error}");
             tracing::error!(%text);
-            close(&mut ws, CloseReason::Internal, &text).await;
+            close(&mut ws, CloseReason::Internal, &text, LINGER).await;
             return;
         }
     };
@@ -169,9 +173,7 @@ where
                 }
                 Outgoing::Close { reason, text } => break Ending::Close(reason, text),
             },
-            () = wait_shutdown(&mut shutdown) => {
-                break Ending::Close(CloseReason::Normal, "server shutting down".to_owned());
-            }
+            () = wait_shutdown(&mut shutdown) => break Ending::Shutdown,
             () = sleep_until(deadline) => {
                 let text = "nothing received within heartbeat interval + ack timeout";
                 break Ending::Close(CloseReason::AckTimeout, text.to_owned());
@@ -182,7 +184,11 @@ where
     match ending {
         Ending::Close(reason, text) => {
             log_close(&conn, reason, &text);
-            close(&mut ws, reason, &text).await;
+            close(&mut ws, reason, &text, LINGER).await;
+        }
+        Ending::Shutdown => {
+            let text = "server shutting down";
+            close(&mut ws, CloseReason::Normal, text, SHUTDOWN_LINGER).await;
         }
         Ending::PeerClosed => {
             // Sends tungstenite's queued reply to the peer's close frame.
@@ -263,7 +269,7 @@ fn log_close(conn: &Conn, reason: CloseReason, text: &str) {
 
 /// Send a close frame, then linger: read and discard until the peer closes, a time
 /// limit or a byte limit, so our close frame reaches the peer intact.
-async fn close<S>(ws: &mut WebSocketStream<S>, reason: CloseReason, text: &str)
+async fn close<S>(ws: &mut WebSocketStream<S>, reason: CloseReason, text: &str, linger: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -274,9 +280,21 @@ where
     if timeout(CLOSE_WRITE, ws.close(Some(frame))).await.is_err() {
         return;
     }
-    // Read below tungstenite: after an oversized frame its reader would try to buffer
-    // the whole frame, which is exactly what the limit is there to prevent.
-    let _ = timeout(LINGER, discard(ws.get_mut())).await;
+    if reason == CloseReason::TooLarge {
+        // Read below tungstenite: after an oversized frame its reader would try to
+        // buffer the whole frame, which is exactly what the limit is there to prevent.
+        let _ = timeout(linger, discard(ws.get_mut())).await;
+    } else {
+        // Until the peer's close reply, which ends the close handshake.
+        let _ = timeout(linger, async {
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 async fn discard<R: AsyncRead + Unpin>(io: &mut R) {
