@@ -23,8 +23,9 @@ use fyn_runner::devserver::{
     DevServer, DevServerConfig, JobInfo, JobRequest, JobState, RunnerState, TlsFiles,
 };
 use fyn_runner::protocol::{
-    Command, JobOutcome, JobRef, MAX_FRAME_BYTES, OutputStream, PROTOCOL_VERSION, RunnerEvent,
-    RunnerMessage, SUBPROTOCOL, ServerMessage, SessionParams, auth_message, decode_server, encode,
+    Command, JobOutcome, JobRef, MAX_FRAME_BYTES, OutputStream, PROTOCOL_VERSION, RejectReason,
+    RunnerEvent, RunnerMessage, SUBPROTOCOL, ServerMessage, SessionParams, auth_message,
+    decode_server, encode,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -803,6 +804,36 @@ async fn cancel_and_drain_send_commands() -> TestResult {
 }
 
 #[tokio::test]
+async fn rejected_jobs_are_queued_again_or_failed() -> TestResult {
+    let server = start().await;
+    let (_identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["true"]))?;
+    let (first, _) = expect_start_job(&mut client).await;
+    client
+        .send(&RunnerMessage::CommandAck { index: first })
+        .await;
+    let rejected = |reason| RunnerEvent::JobRejected {
+        job: job_ref(&id, 1),
+        reason,
+        detail: "test".to_owned(),
+    };
+    // "Not now": queued again, and handed out again by the periodic pass.
+    send_event(&mut client, 1, rejected(RejectReason::NoFreeSlot)).await;
+    let (second, spec) = expect_start_job(&mut client).await;
+    assert_eq!((second, spec.attempt), (first + 1, 1));
+    // "Never": the job fails.
+    send_event(&mut client, 2, rejected(RejectReason::InvalidSpec)).await;
+    let failed = job(&server, &id);
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(
+        failed.detail.as_deref(),
+        Some("rejected (invalid_spec): test")
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn hardware_changes_are_applied_or_a_full_report_is_asked_for() -> TestResult {
     let server = start().await;
     let (identity, mut client) = register(&server).await;
@@ -920,19 +951,23 @@ async fn a_restart_on_the_same_db_keeps_the_runner() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_lost_runner_gives_its_jobs_away() -> TestResult {
-    let config = DevServerConfig {
+fn lost_after_200ms() -> DevServerConfig {
+    DevServerConfig {
         session: SessionParams {
             runner_lost_threshold_ms: 200,
             ..SessionParams::default()
         },
         ..DevServerConfig::ephemeral()
-    };
-    let server = start_with(config).await;
-    let (identity, mut client) = register(&server).await;
+    }
+}
+
+/// An Active runner with one started job; returns the job ID and start_job's index.
+async fn runner_with_a_started_job(server: &DevServer) -> (Identity, Client, String, u64) {
+    let (identity, mut client) = register(server).await;
     activate(&mut client).await;
-    let id = server.submit_job(job_request(&["sleep", "100"]))?;
+    let id = server
+        .submit_job(job_request(&["sleep", "100"]))
+        .expect("the job is queued");
     let (index, _) = expect_start_job(&mut client).await;
     client.send(&RunnerMessage::CommandAck { index }).await;
     send_event(
@@ -944,46 +979,86 @@ async fn a_lost_runner_gives_its_jobs_away() -> TestResult {
         },
     )
     .await;
-    drop(client);
+    (identity, client, id, index)
+}
 
-    let addr = server.local_addr();
+/// Poll the admin API until the job is on `attempt`, for at most five seconds.
+async fn wait_for_attempt(server: &DevServer, id: &str, attempt: u32) -> Value {
     let path = format!("/admin/v1/jobs/{id}");
-    let mut requeued = Value::Null;
     for _ in 0..100 {
-        let (_, body) = http(addr, "GET", &path, None).await;
-        if body["attempt"] == json!(2) {
-            requeued = body;
-            break;
+        let (_, body) = http(server.local_addr(), "GET", &path, None).await;
+        if body["attempt"] == json!(attempt) {
+            return body;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    panic!("job {id} never reached attempt {attempt}");
+}
+
+#[tokio::test]
+async fn a_lost_runner_gives_its_jobs_away() -> TestResult {
+    let server = start_with(lost_after_200ms()).await;
+    let (identity, client, id, index) = runner_with_a_started_job(&server).await;
+    drop(client);
+
+    let requeued = wait_for_attempt(&server, &id, 2).await;
     assert_eq!(requeued["state"], json!("queued"), "{requeued}");
     assert_eq!(requeued["runner"], Value::Null);
     let runner = server.runner(&identity.runner_id)?.ok_or("runner")?;
     assert!(!runner.connected);
     assert_eq!(runner.state, RunnerState::Disconnected);
 
-    // The runner comes back: the next attempt goes to it, and reports about the
-    // old attempt are ignored.
+    // The runner comes back before its own runner-lost clock stopped the job: it is
+    // told to cancel the old attempt, and gets the new one only once that ended.
     let (mut client, _) = reconnect(&server, &identity, index).await;
     ready(&mut client).await;
-    let (_, spec) = expect_start_job(&mut client).await;
-    assert_eq!((spec.job_id.as_str(), spec.attempt), (id.as_str(), 2));
+    assert_eq!(
+        client.recv().await,
+        ServerMessage::Command {
+            index: index + 1,
+            command: Command::CancelJob {
+                job_id: id.clone(),
+                attempt: 1
+            }
+        }
+    );
+    client.recv_nothing(Duration::from_millis(300)).await;
+    client
+        .send(&RunnerMessage::CommandAck { index: index + 1 })
+        .await;
     send_event(
         &mut client,
         2,
         RunnerEvent::JobFinished {
             job: job_ref(&id, 1),
-            outcome: JobOutcome::Lost,
-            status: fyn_runner::protocol::ExitStatus::Unknown,
+            outcome: JobOutcome::Cancelled,
+            status: fyn_runner::protocol::ExitStatus::Signaled { signal: 15 },
             duration_ms: 1,
             stdout_bytes: 0,
             stderr_bytes: 0,
         },
     )
     .await;
+    let (next, spec) = expect_start_job(&mut client).await;
+    assert_eq!(next, index + 2);
+    assert_eq!((spec.job_id.as_str(), spec.attempt), (id.as_str(), 2));
     let current = job(&server, &id);
     assert_eq!((current.state, current.attempt), (JobState::Assigned, 2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_runners_job_goes_to_another_runner() -> TestResult {
+    let server = start_with(lost_after_200ms()).await;
+    let (_lost, client, id, _) = runner_with_a_started_job(&server).await;
+    let (_other, mut other) = register(&server).await;
+    activate(&mut other).await;
+    drop(client);
+
+    let (_, spec) = expect_start_job(&mut other).await;
+    assert_eq!((spec.job_id.as_str(), spec.attempt), (id.as_str(), 2));
+    let body = wait_for_attempt(&server, &id, 2).await;
+    assert_eq!(body["state"], json!("assigned"));
     Ok(())
 }
 

@@ -9,9 +9,9 @@ use std::cmp::Reverse;
 use super::api::{EventRecord, JobInfo, JobRequest, JobState, RunnerInfo, RunnerState};
 use super::error::DevServerError;
 use super::hub::{Hub, Inner, Post};
-use super::store::{JobRow, RunnerRow, StoreError};
+use super::store::{JobRow, RunnerRow, Store, StoreError};
 use super::util::{now_ms, random_hex};
-use crate::protocol::{Command, JobSpec, OutputStream, ServerMessage};
+use crate::protocol::{Command, JobRef, JobSpec, OutputStream, ServerMessage};
 
 /// The runner-side default of `JobSpec::output_limit_bytes` (1 GiB).
 const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 30;
@@ -52,35 +52,45 @@ impl Inner {
         for pending in self.store.unacked_commands(runner_id)? {
             if self.still_wanted(runner_id, &pending.command)? {
                 self.send_command(runner_id, pending.index, pending.command, post);
-            } else {
-                tracing::info!(
-                    runner_id,
-                    index = pending.index,
-                    "retiring a superseded command"
-                );
-                self.store.ack_command(runner_id, pending.index)?;
+                continue;
+            }
+            tracing::info!(
+                runner_id,
+                index = pending.index,
+                "retiring a superseded command"
+            );
+            self.store.ack_command(runner_id, pending.index)?;
+            if let Command::StartJob { job } = &pending.command {
+                // Never applied (its index is above what the runner applied), so the
+                // runner cannot hold that attempt.
+                release_hold(&self.store, runner_id, &job.job_id)?;
             }
         }
         Ok(())
     }
 
     fn still_wanted(&self, runner_id: &str, command: &Command) -> Result<bool, StoreError> {
-        let (job_id, attempt) = match command {
-            Command::StartJob { job } => (&job.job_id, job.attempt),
-            Command::CancelJob { job_id, attempt } => (job_id, *attempt),
+        let (job_id, attempt, is_cancel) = match command {
+            Command::StartJob { job } => (&job.job_id, job.attempt, false),
+            Command::CancelJob { job_id, attempt } => (job_id, *attempt, true),
             Command::Drain { .. } => return Ok(true),
         };
         Ok(self.store.job(job_id)?.is_some_and(|job| {
-            job.runner_id.as_deref() == Some(runner_id)
+            let current = job.runner_id.as_deref() == Some(runner_id)
                 && job.attempt == attempt
-                && job.state.on_runner()
+                && job.state.on_runner();
+            // A cancel of an older attempt the runner may still be running.
+            let lingering = job.held_by.as_deref() == Some(runner_id) && attempt < job.attempt;
+            current || (is_cancel && lingering)
         }))
     }
 
     // ------------------------------------------------------------ assignment
 
     /// Hand queued jobs, oldest first, to connected Active runners with free slots,
-    /// the runner with the most free slots first.
+    /// the runner with the most free slots first. A job does not go back to a runner
+    /// that may still run an older attempt of it: that runner would take the new
+    /// start for a duplicate of the running job and ignore it.
     pub fn try_assign(&mut self, post: &mut Post) -> Result<(), StoreError> {
         let queued = self.store.jobs_in_state(JobState::Queued)?;
         if queued.is_empty() {
@@ -88,12 +98,13 @@ impl Inner {
         }
         let mut free = self.free_slots()?;
         for mut job in queued {
+            let held_by = job.held_by.as_deref();
             let Some(slot) = free
                 .iter_mut()
-                .filter(|(_, n)| *n > 0)
+                .filter(|(id, n)| *n > 0 && Some(id.as_str()) != held_by)
                 .max_by_key(|(id, n)| (*n, Reverse(id.clone())))
             else {
-                break;
+                continue;
             };
             slot.1 -= 1;
             let runner_id = slot.0.clone();
@@ -140,8 +151,10 @@ impl Inner {
     /// Runners disconnected for longer than the runner-lost threshold lose their jobs:
     /// each unfinished one is queued again as the next attempt (or cancelled, if a
     /// cancel was pending). The runner stops the old attempt on its side at the same
-    /// threshold, and anything it still reports about it is ignored as stale.
-    pub fn sweep_lost(&mut self, now: u64) -> Result<(), StoreError> {
+    /// threshold, and anything it still reports about it is ignored as stale. In case
+    /// it comes back before its own clock ran out, it is also sent a `cancel_job` for
+    /// the old attempt, and the job does not go back to it until that attempt ended.
+    pub fn sweep_lost(&mut self, now: u64, post: &mut Post) -> Result<(), StoreError> {
         let threshold = self.params.runner_lost_threshold_ms;
         for runner in self.store.runners()? {
             if self.live.contains_key(&runner.id) {
@@ -156,8 +169,17 @@ impl Inner {
             for mut job in self.store.jobs_on_runner(&runner.id)? {
                 tracing::warn!(job_id = %job.id, attempt = job.attempt, runner_id = %runner.id,
                     "runner lost: giving the job away");
-                self.store
-                    .atomically(|store| requeue_lost(store, &mut job))?;
+                let old = job.attempt;
+                if self
+                    .store
+                    .atomically(|store| requeue_lost(store, &mut job))?
+                {
+                    let cancel = Command::CancelJob {
+                        job_id: job.id.clone(),
+                        attempt: old,
+                    };
+                    self.issue(&runner.id, cancel, post)?;
+                }
             }
         }
         Ok(())
@@ -228,19 +250,22 @@ fn job_spec(job: &JobRow) -> JobSpec {
     }
 }
 
-fn requeue_lost(store: &super::store::Store, job: &mut JobRow) -> Result<(), StoreError> {
+/// Returns true when the job was queued again, false when it was cancelled instead.
+fn requeue_lost(store: &Store, job: &mut JobRow) -> Result<bool, StoreError> {
     let lost_on = job.runner_id.take().unwrap_or_default();
     if job.cancel_requested {
         job.state = JobState::Cancelled;
         job.detail = Some(format!(
             "runner {lost_on} was lost while the job was being cancelled"
         ));
-        return store.save_job(job);
+        store.save_job(job)?;
+        return Ok(false);
     }
     job.detail = Some(format!(
         "attempt {} was lost with runner {lost_on}",
         job.attempt
     ));
+    job.held_by = Some(lost_on);
     job.state = JobState::Queued;
     job.attempt += 1;
     job.outcome = None;
@@ -250,7 +275,41 @@ fn requeue_lost(store: &super::store::Store, job: &mut JobRow) -> Result<(), Sto
     job.stdout_len = 0;
     job.stderr_len = 0;
     store.clear_output(&job.id)?;
-    store.save_job(job)
+    store.save_job(job)?;
+    Ok(true)
+}
+
+/// `runner_id` no longer holds an older attempt of the job, so the job may go back to
+/// it. Returns whether a hold was released.
+pub(crate) fn release_hold(
+    store: &Store,
+    runner_id: &str,
+    job_id: &str,
+) -> Result<bool, StoreError> {
+    let Some(mut job) = store.job(job_id)? else {
+        return Ok(false);
+    };
+    if job.held_by.as_deref() != Some(runner_id) {
+        return Ok(false);
+    }
+    job.held_by = None;
+    store.save_job(&job)?;
+    Ok(true)
+}
+
+/// A runner that started up reports the jobs it runs; it holds no older attempt of
+/// any other job.
+pub(crate) fn release_absent_holds(
+    store: &Store,
+    runner_id: &str,
+    running: &[JobRef],
+) -> Result<(), StoreError> {
+    for job in store.jobs_held_by(runner_id)? {
+        if !running.iter().any(|held| held.job_id == job.id) {
+            release_hold(store, runner_id, &job.id)?;
+        }
+    }
+    Ok(())
 }
 
 /// A new job from an admin request, validated as the runner would validate it.
@@ -384,7 +443,7 @@ impl Hub {
     /// also picks up anything a missed trigger left queued).
     pub fn tick(&self) -> Result<(), StoreError> {
         self.with(|inner, post| {
-            inner.sweep_lost(now_ms())?;
+            inner.sweep_lost(now_ms(), post)?;
             inner.try_assign(post)
         })
     }

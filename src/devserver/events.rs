@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 use super::api::JobState;
+use super::control::release_hold;
 use super::hub::Inner;
 use super::store::{JobRow, Store, StoreError};
 use super::util::now_ms;
@@ -77,12 +78,37 @@ fn apply_event(store: &Store, runner_id: &str, event: &RunnerEvent) -> Result<bo
         | RunnerEvent::JobOutputTruncated { job, .. }
         | RunnerEvent::JobFinished { job, .. } => job,
     };
+    let ends = matches!(
+        event,
+        RunnerEvent::JobFinished { .. } | RunnerEvent::JobRejected { .. }
+    );
+    if ends && ends_older_attempt(store, runner_id, job_ref)? {
+        return Ok(true);
+    }
     let Some(mut job) = current_job(store, runner_id, job_ref)? else {
         return Ok(false);
     };
     let frees_slot = apply_job_event(store, &mut job, event)?;
     store.save_job(&job)?;
     Ok(frees_slot)
+}
+
+/// The end of an older attempt on the runner that may still have held it: the job
+/// may go back to that runner now. Returns whether that was the case.
+fn ends_older_attempt(
+    store: &Store,
+    runner_id: &str,
+    job_ref: &JobRef,
+) -> Result<bool, StoreError> {
+    let older = store
+        .job(&job_ref.job_id)?
+        .is_some_and(|job| job_ref.attempt < job.attempt);
+    if !older {
+        return Ok(false);
+    }
+    tracing::info!(runner_id, job_id = %job_ref.job_id, attempt = job_ref.attempt,
+        "an older attempt ended on the runner that lost it");
+    release_hold(store, runner_id, &job_ref.job_id)
 }
 
 /// The job an event is about, if the event is about its current attempt on this
@@ -119,7 +145,9 @@ fn apply_job_event(
         }
         RunnerEvent::JobRejected { reason, detail, .. } => {
             reject(job, *reason, detail);
-            Ok(true)
+            // No assignment right away: the runner that said "no free slot" would most
+            // likely get the job straight back. The periodic pass hands it out.
+            Ok(false)
         }
         RunnerEvent::JobStarted { .. } => {
             job.state = JobState::Running;

@@ -5,6 +5,7 @@
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::RunnerState;
+use super::control::release_absent_holds;
 use super::events::{Received, apply_hardware_changes};
 use super::hub::{Hub, Inner, Live, Outgoing, Post};
 use super::store::{RunnerRow, StoreError, TokenStatus};
@@ -377,6 +378,7 @@ fn session_message(
             tracing::info!(runner_id, %version, jobs = jobs.len(), "runner started up");
             live.state = RunnerState::HardwareSync;
             inner.store.set_runner_version(runner_id, &version)?;
+            release_absent_holds(&inner.store, runner_id, &jobs)?;
             post.message(tx, ServerMessage::StartupAck {});
         }
         RunnerMessage::HardwareFull { report } => {

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     stdout_len         INTEGER NOT NULL DEFAULT 0,
     stderr_len         INTEGER NOT NULL DEFAULT 0,
     detail             TEXT,
+    held_by            TEXT,
     created_ms         INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
@@ -135,6 +136,9 @@ pub(crate) struct JobRow {
     pub stdout_len: u64,
     pub stderr_len: u64,
     pub detail: Option<String>,
+    /// A runner that lost the job and may still run an older attempt of it; the job
+    /// does not go back to that runner until it reports the old attempt ended.
+    pub held_by: Option<String>,
     pub created_ms: u64,
 }
 
@@ -166,6 +170,7 @@ impl JobRow {
             stdout_len: 0,
             stderr_len: 0,
             detail: None,
+            held_by: None,
             created_ms: now,
         }
     }
@@ -533,7 +538,7 @@ impl Store {
         self.conn.execute(
             "UPDATE jobs SET state = ?2, attempt = ?3, runner_id = ?4, cancel_requested = ?5,
                 outcome = ?6, exit_status = ?7, duration_ms = ?8, truncated = ?9,
-                stdout_len = ?10, stderr_len = ?11, detail = ?12
+                stdout_len = ?10, stderr_len = ?11, detail = ?12, held_by = ?13
              WHERE id = ?1",
             params![
                 job.id,
@@ -547,7 +552,8 @@ impl Store {
                 job.truncated,
                 int(job.stdout_len),
                 int(job.stderr_len),
-                job.detail
+                job.detail,
+                job.held_by
             ],
         )?;
         Ok(())
@@ -579,6 +585,11 @@ impl Store {
             "runner_id = ?1 AND state IN ('assigned', 'accepted', 'running')",
             params![runner_id],
         )
+    }
+
+    /// Jobs an older attempt of which may still run on `runner_id`.
+    pub fn jobs_held_by(&self, runner_id: &str) -> Result<Vec<JobRow>, StoreError> {
+        self.jobs_where("held_by = ?1", params![runner_id])
     }
 
     pub fn count_jobs_on_runner(&self, runner_id: &str) -> Result<u32, StoreError> {
@@ -706,7 +717,7 @@ impl RawRunner {
 
 const JOB_COLUMNS: &str = "id, command, env, timeout_secs, output_limit_bytes, cancel_grace_secs,
     state, attempt, runner_id, cancel_requested, outcome, exit_status, duration_ms, truncated,
-    stdout_len, stderr_len, detail, created_ms";
+    stdout_len, stderr_len, detail, created_ms, held_by";
 
 struct RawJob {
     row: JobRow,
@@ -738,6 +749,7 @@ fn raw_job(row: &Row<'_>) -> rusqlite::Result<RawJob> {
             stderr_len: get_u64(row, 15)?,
             detail: row.get(16)?,
             created_ms: get_u64(row, 17)?,
+            held_by: row.get(18)?,
         },
         command: row.get(1)?,
         env: row.get(2)?,
