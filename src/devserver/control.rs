@@ -1,0 +1,450 @@
+//! What the control plane does with runners and jobs: submit, assign, cancel, drain,
+//! resend unacknowledged commands, and give away the jobs of a lost runner.
+//!
+//! All of it runs on `Inner` under the hub's lock; the `Hub` methods at the bottom are
+//! the entry points the admin API and `DevServer` share.
+
+use std::cmp::Reverse;
+
+use super::api::{EventRecord, JobInfo, JobRequest, JobState, RunnerInfo, RunnerState};
+use super::error::DevServerError;
+use super::hub::{Hub, Inner, Post};
+use super::store::{JobRow, RunnerRow, Store, StoreError};
+use super::util::{now_ms, random_hex};
+use crate::protocol::{Command, JobRef, JobSpec, OutputStream, ServerMessage};
+
+/// The runner-side default of `JobSpec::output_limit_bytes` (1 GiB).
+const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 30;
+/// The runner-side default of `JobSpec::cancel_grace_secs`.
+const DEFAULT_CANCEL_GRACE: u64 = 10;
+
+impl Inner {
+    // ------------------------------------------------------------ commands
+
+    /// Persist a command for a runner, then queue it if the runner's session takes
+    /// commands now; otherwise it goes out after the runner's next `ready`.
+    pub fn issue(
+        &mut self,
+        runner_id: &str,
+        command: Command,
+        post: &mut Post,
+    ) -> Result<u64, StoreError> {
+        let index = self.store.append_command(runner_id, &command, now_ms())?;
+        self.send_command(runner_id, index, command, post);
+        Ok(index)
+    }
+
+    fn send_command(&mut self, runner_id: &str, index: u64, command: Command, post: &mut Post) {
+        if let Some(live) = self.live.get_mut(runner_id)
+            && live.active
+        {
+            if matches!(command, Command::Drain { .. }) {
+                live.draining = true;
+            }
+            post.message(&live.tx, ServerMessage::Command { index, command });
+        }
+    }
+
+    /// After `ready_ack`: every unacknowledged command again, in index order. A command
+    /// about a job attempt that has moved on (re-queued, finished) is retired instead,
+    /// so a runner back from the dead does not start an attempt given to another.
+    pub fn resend_unacked(&mut self, runner_id: &str, post: &mut Post) -> Result<(), StoreError> {
+        for pending in self.store.unacked_commands(runner_id)? {
+            if self.still_wanted(runner_id, &pending.command)? {
+                self.send_command(runner_id, pending.index, pending.command, post);
+                continue;
+            }
+            tracing::info!(
+                runner_id,
+                index = pending.index,
+                "retiring a superseded command"
+            );
+            self.store.ack_command(runner_id, pending.index)?;
+            if let Command::StartJob { job } = &pending.command {
+                // Never applied (its index is above what the runner applied), so the
+                // runner cannot hold that attempt.
+                release_hold(&self.store, runner_id, &job.job_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn still_wanted(&self, runner_id: &str, command: &Command) -> Result<bool, StoreError> {
+        let (job_id, attempt, is_cancel) = match command {
+            Command::StartJob { job } => (&job.job_id, job.attempt, false),
+            Command::CancelJob { job_id, attempt } => (job_id, *attempt, true),
+            Command::Drain { .. } => return Ok(true),
+        };
+        Ok(self.store.job(job_id)?.is_some_and(|job| {
+            let current = job.runner_id.as_deref() == Some(runner_id)
+                && job.attempt == attempt
+                && job.state.on_runner();
+            // A cancel of an older attempt the runner may still be running.
+            let lingering = job.held_by.as_deref() == Some(runner_id) && attempt < job.attempt;
+            current || (is_cancel && lingering)
+        }))
+    }
+
+    // ------------------------------------------------------------ assignment
+
+    /// Hand queued jobs, oldest first, to connected Active runners with free slots,
+    /// the runner with the most free slots first. A job does not go back to a runner
+    /// that may still run an older attempt of it: that runner would take the new
+    /// start for a duplicate of the running job and ignore it.
+    pub fn try_assign(&mut self, post: &mut Post) -> Result<(), StoreError> {
+        let queued = self.store.jobs_in_state(JobState::Queued)?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let mut free = self.free_slots()?;
+        for mut job in queued {
+            let held_by = job.held_by.as_deref();
+            let Some(slot) = free
+                .iter_mut()
+                .filter(|(id, n)| *n > 0 && Some(id.as_str()) != held_by)
+                .max_by_key(|(id, n)| (*n, Reverse(id.clone())))
+            else {
+                continue;
+            };
+            slot.1 -= 1;
+            let runner_id = slot.0.clone();
+            self.assign(&mut job, &runner_id, post)?;
+        }
+        Ok(())
+    }
+
+    /// Runners that may take a job now, with their free slots.
+    fn free_slots(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let mut free = Vec::new();
+        for (id, live) in &self.live {
+            if !live.active || live.draining {
+                continue;
+            }
+            if let Some(runner) = self.store.runner(id)? {
+                let used = self.store.count_jobs_on_runner(id)?;
+                free.push((id.clone(), runner.slots.saturating_sub(used)));
+            }
+        }
+        Ok(free)
+    }
+
+    fn assign(
+        &mut self,
+        job: &mut JobRow,
+        runner_id: &str,
+        post: &mut Post,
+    ) -> Result<(), StoreError> {
+        job.state = JobState::Assigned;
+        job.runner_id = Some(runner_id.to_owned());
+        let command = Command::StartJob { job: job_spec(job) };
+        let index = self.store.atomically(|store| {
+            store.save_job(job)?;
+            store.append_command(runner_id, &command, now_ms())
+        })?;
+        tracing::info!(job_id = %job.id, attempt = job.attempt, runner_id, index, "job assigned");
+        self.send_command(runner_id, index, command, post);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ runner-lost
+
+    /// Runners disconnected for longer than the runner-lost threshold lose their jobs:
+    /// each unfinished one is queued again as the next attempt (or cancelled, if a
+    /// cancel was pending). The runner stops the old attempt on its side at the same
+    /// threshold, and anything it still reports about it is ignored as stale. In case
+    /// it comes back before its own clock ran out, it is also sent a `cancel_job` for
+    /// the old attempt, and the job does not go back to it until that attempt ended.
+    pub fn sweep_lost(&mut self, now: u64, post: &mut Post) -> Result<(), StoreError> {
+        let threshold = self.params.runner_lost_threshold_ms;
+        for runner in self.store.runners()? {
+            if self.live.contains_key(&runner.id) {
+                continue;
+            }
+            let Some(seen) = runner.last_seen_ms else {
+                continue;
+            };
+            if now.saturating_sub(seen) <= threshold {
+                continue;
+            }
+            for mut job in self.store.jobs_on_runner(&runner.id)? {
+                tracing::warn!(job_id = %job.id, attempt = job.attempt, runner_id = %runner.id,
+                    "runner lost: giving the job away");
+                let old = job.attempt;
+                if self
+                    .store
+                    .atomically(|store| requeue_lost(store, &mut job))?
+                {
+                    let cancel = Command::CancelJob {
+                        job_id: job.id.clone(),
+                        attempt: old,
+                    };
+                    self.issue(&runner.id, cancel, post)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ views
+
+    pub fn runner_info(&self, row: RunnerRow) -> Result<RunnerInfo, StoreError> {
+        let live = self.live.get(&row.id);
+        let used = self.store.count_jobs_on_runner(&row.id)?;
+        Ok(RunnerInfo {
+            state: live.map_or(RunnerState::Disconnected, |l| l.state),
+            connected: live.is_some(),
+            last_seen: live.map(|l| l.last_seen_ms).or(row.last_seen_ms),
+            slots_free: row.slots.saturating_sub(used),
+            draining: live.is_some_and(|l| l.draining),
+            hardware_known: row.hardware_known && row.hardware.is_some(),
+            last_command_index: row.next_command_index.saturating_sub(1),
+            unacked_commands: self.store.unacked_count(&row.id)?,
+            last_event_index: row.last_event_index,
+            slots: row.slots,
+            hardware: row.hardware,
+            version: row.version,
+            name: row.name,
+            id: row.id,
+        })
+    }
+
+    pub fn job_info(&self, row: JobRow) -> Result<JobInfo, StoreError> {
+        let stdout = self.store.output(&row.id, OutputStream::Stdout)?;
+        let stderr = self.store.output(&row.id, OutputStream::Stderr)?;
+        Ok(JobInfo {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            stdout_bytes: row.stdout_len,
+            stderr_bytes: row.stderr_len,
+            state: row.state,
+            attempt: row.attempt,
+            runner: row.runner_id,
+            command: row.command,
+            env: row.env,
+            timeout_secs: row.timeout_secs,
+            output_limit_bytes: row.output_limit_bytes,
+            cancel_grace_secs: row.cancel_grace_secs,
+            cancel_requested: row.cancel_requested,
+            outcome: row.outcome,
+            exit_status: row.exit_status,
+            duration_ms: row.duration_ms,
+            truncated: row.truncated,
+            detail: row.detail,
+            created: row.created_ms,
+            id: row.id,
+        })
+    }
+}
+
+/// The spec of the job's current attempt, as `start_job` carries it.
+fn job_spec(job: &JobRow) -> JobSpec {
+    JobSpec {
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        command: job.command.clone(),
+        env: job.env.clone(),
+        workdir: None,
+        timeout_secs: job.timeout_secs,
+        output_limit_bytes: job.output_limit_bytes,
+        cancel_grace_secs: job.cancel_grace_secs,
+    }
+}
+
+/// Returns true when the job was queued again, false when it was cancelled instead.
+fn requeue_lost(store: &Store, job: &mut JobRow) -> Result<bool, StoreError> {
+    let lost_on = job.runner_id.take().unwrap_or_default();
+    if job.cancel_requested {
+        job.state = JobState::Cancelled;
+        job.detail = Some(format!(
+            "runner {lost_on} was lost while the job was being cancelled"
+        ));
+        store.save_job(job)?;
+        return Ok(false);
+    }
+    job.detail = Some(format!(
+        "attempt {} was lost with runner {lost_on}",
+        job.attempt
+    ));
+    job.held_by = Some(lost_on);
+    job.state = JobState::Queued;
+    job.attempt += 1;
+    job.outcome = None;
+    job.exit_status = None;
+    job.duration_ms = None;
+    job.truncated = false;
+    job.stdout_len = 0;
+    job.stderr_len = 0;
+    store.clear_output(&job.id)?;
+    store.save_job(job)?;
+    Ok(true)
+}
+
+/// `runner_id` no longer holds an older attempt of the job, so the job may go back to
+/// it. Returns whether a hold was released.
+pub(crate) fn release_hold(
+    store: &Store,
+    runner_id: &str,
+    job_id: &str,
+) -> Result<bool, StoreError> {
+    let Some(mut job) = store.job(job_id)? else {
+        return Ok(false);
+    };
+    if job.held_by.as_deref() != Some(runner_id) {
+        return Ok(false);
+    }
+    job.held_by = None;
+    store.save_job(&job)?;
+    Ok(true)
+}
+
+/// A runner that started up reports the jobs it runs; it holds no older attempt of
+/// any other job.
+pub(crate) fn release_absent_holds(
+    store: &Store,
+    runner_id: &str,
+    running: &[JobRef],
+) -> Result<(), StoreError> {
+    for job in store.jobs_held_by(runner_id)? {
+        if !running.iter().any(|held| held.job_id == job.id) {
+            release_hold(store, runner_id, &job.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// A new job from an admin request, validated as the runner would validate it.
+fn new_job(request: JobRequest) -> Result<JobRow, DevServerError> {
+    let id = format!("j-{}", random_hex(8)?);
+    let limits = (
+        request.timeout_secs,
+        request.output_limit_bytes.unwrap_or(DEFAULT_OUTPUT_LIMIT),
+        request.cancel_grace_secs.unwrap_or(DEFAULT_CANCEL_GRACE),
+    );
+    let job = JobRow::queued(id, request.command, request.env, limits, now_ms());
+    job_spec(&job).validate()?;
+    Ok(job)
+}
+
+// ---------------------------------------------------------------- entry points
+
+impl Hub {
+    pub fn mint_token(&self) -> Result<String, DevServerError> {
+        let token = random_hex(24)?;
+        self.with(|inner, _| inner.store.insert_token(&token, now_ms()))?;
+        Ok(token)
+    }
+
+    pub fn submit_job(&self, request: JobRequest) -> Result<String, DevServerError> {
+        let job = new_job(request)?;
+        self.with(|inner, post| -> Result<(), StoreError> {
+            inner.store.insert_job(&job)?;
+            inner.try_assign(post)
+        })?;
+        tracing::info!(job_id = %job.id, "job queued");
+        Ok(job.id)
+    }
+
+    /// A queued job is cancelled at once; one on a runner gets a `cancel_job` and ends
+    /// when the runner reports it finished. Asking twice sends one command.
+    pub fn cancel_job(&self, id: &str) -> Result<JobInfo, DevServerError> {
+        self.with(|inner, post| {
+            let mut job = inner
+                .store
+                .job(id)?
+                .ok_or_else(|| DevServerError::JobNotFound(id.to_owned()))?;
+            match job.state {
+                JobState::Queued => {
+                    job.state = JobState::Cancelled;
+                    inner.store.save_job(&job)?;
+                }
+                state if state.on_runner() => {
+                    if !job.cancel_requested {
+                        job.cancel_requested = true;
+                        inner.store.save_job(&job)?;
+                        let runner_id = job.runner_id.clone().unwrap_or_default();
+                        let command = Command::CancelJob {
+                            job_id: job.id.clone(),
+                            attempt: job.attempt,
+                        };
+                        inner.issue(&runner_id, command, post)?;
+                    }
+                }
+                state => {
+                    return Err(DevServerError::NotCancellable {
+                        id: id.to_owned(),
+                        state,
+                    });
+                }
+            }
+            Ok(inner.job_info(job)?)
+        })
+    }
+
+    pub fn drain_runner(
+        &self,
+        id: &str,
+        deadline_secs: Option<u64>,
+    ) -> Result<u64, DevServerError> {
+        self.with(|inner, post| {
+            if inner.store.runner(id)?.is_none() {
+                return Err(DevServerError::RunnerNotFound(id.to_owned()));
+            }
+            if let Some(live) = inner.live.get_mut(id) {
+                live.draining = true;
+            }
+            Ok(inner.issue(id, Command::Drain { deadline_secs }, post)?)
+        })
+    }
+
+    pub fn runners(&self) -> Result<Vec<RunnerInfo>, DevServerError> {
+        self.with(|inner, _| {
+            let rows = inner.store.runners()?;
+            Ok(rows
+                .into_iter()
+                .map(|row| inner.runner_info(row))
+                .collect::<Result<_, StoreError>>()?)
+        })
+    }
+
+    pub fn runner(&self, id: &str) -> Result<Option<RunnerInfo>, DevServerError> {
+        self.with(|inner, _| {
+            let row = inner.store.runner(id)?;
+            Ok(row.map(|row| inner.runner_info(row)).transpose()?)
+        })
+    }
+
+    pub fn events(&self, runner_id: &str) -> Result<Vec<EventRecord>, DevServerError> {
+        self.with(|inner, _| {
+            if inner.store.runner(runner_id)?.is_none() {
+                return Err(DevServerError::RunnerNotFound(runner_id.to_owned()));
+            }
+            Ok(inner.store.events(runner_id)?)
+        })
+    }
+
+    pub fn jobs(&self) -> Result<Vec<JobInfo>, DevServerError> {
+        self.with(|inner, _| {
+            let rows = inner.store.jobs()?;
+            Ok(rows
+                .into_iter()
+                .map(|row| inner.job_info(row))
+                .collect::<Result<_, StoreError>>()?)
+        })
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobInfo>, DevServerError> {
+        self.with(|inner, _| {
+            let row = inner.store.job(id)?;
+            Ok(row.map(|row| inner.job_info(row)).transpose()?)
+        })
+    }
+
+    /// One pass of the periodic task: runner-lost detection, then assignment (which
+    /// also picks up anything a missed trigger left queued).
+    pub fn tick(&self) -> Result<(), StoreError> {
+        self.with(|inner, post| {
+            inner.sweep_lost(now_ms(), post)?;
+            inner.try_assign(post)
+        })
+    }
+}

@@ -1,0 +1,58 @@
+//! The dev-server's error type: what `start` and the admin operations can fail with,
+//! and the HTTP status each maps to.
+
+use std::net::SocketAddr;
+
+use super::api::JobState;
+use super::store::StoreError;
+use super::tls::TlsError;
+use crate::protocol::JobSpecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("no randomness available: {0}")]
+    Random(getrandom::Error),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("invalid job: {0}")]
+    InvalidJob(#[from] JobSpecError),
+    #[error("job {0:?} not found")]
+    JobNotFound(String),
+    #[error("runner {0:?} not found")]
+    RunnerNotFound(String),
+    #[error("job {id:?} is {state} and cannot be cancelled")]
+    NotCancellable { id: String, state: JobState },
+}
+
+impl From<getrandom::Error> for DevServerError {
+    fn from(error: getrandom::Error) -> Self {
+        Self::Random(error)
+    }
+}
+
+impl DevServerError {
+    /// The HTTP status the admin API answers this error with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) | Self::InvalidJob(_) => 400,
+            Self::JobNotFound(_) | Self::RunnerNotFound(_) => 404,
+            Self::NotCancellable { .. } => 409,
+            Self::Config(_)
+            | Self::Bind { .. }
+            | Self::Tls(_)
+            | Self::Store(_)
+            | Self::Random(_) => 500,
+        }
+    }
+}

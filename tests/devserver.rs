@@ -1,0 +1,1198 @@
+//! End-to-end tests of the reference control plane, driven by a raw WebSocket client
+//! that speaks the protocol by hand (not the runner runtime), plus a minimal HTTP
+//! client for the admin API. Everything runs on loopback with port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use fyn_runner::devserver::{
+    DevServer, DevServerConfig, JobInfo, JobRequest, JobState, RunnerState, TlsFiles,
+};
+use fyn_runner::protocol::{
+    Command, JobOutcome, JobRef, MAX_FRAME_BYTES, OutputStream, PROTOCOL_VERSION, RejectReason,
+    RunnerEvent, RunnerMessage, SUBPROTOCOL, ServerMessage, SessionParams, auth_message,
+    decode_server, encode,
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------- helpers
+
+async fn start() -> DevServer {
+    start_with(DevServerConfig::ephemeral()).await
+}
+
+async fn start_with(config: DevServerConfig) -> DevServer {
+    DevServer::start(config)
+        .await
+        .expect("the dev-server starts")
+}
+
+/// A runner's identity: its key pair and the ID the server gave it.
+struct Identity {
+    key: SigningKey,
+    runner_id: String,
+}
+
+fn new_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("randomness");
+    SigningKey::from_bytes(&seed)
+}
+
+fn public_key(key: &SigningKey) -> String {
+    STANDARD.encode(key.verifying_key().to_bytes())
+}
+
+impl Identity {
+    fn authenticate(&self, nonce: &str, last_command_index: u64) -> RunnerMessage {
+        let signature = self.key.sign(&auth_message(nonce, &self.runner_id));
+        RunnerMessage::Authenticate {
+            runner_id: self.runner_id.clone(),
+            signature: STANDARD.encode(signature.to_bytes()),
+            name: "test-runner".to_owned(),
+            version: "0.1.0".to_owned(),
+            slots: 2,
+            last_command_index,
+        }
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A hand-driven runner connection.
+struct Client {
+    ws: Socket,
+    nonce: String,
+}
+
+impl Client {
+    async fn connect(server: &DevServer) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(runner_request(server))
+            .await
+            .expect("the WebSocket upgrade succeeds");
+        Client::after_upgrade(ws).await
+    }
+
+    async fn after_upgrade(ws: Socket) -> Client {
+        let mut client = Client {
+            ws,
+            nonce: String::new(),
+        };
+        match client.recv().await {
+            ServerMessage::Hello { protocol, nonce } => {
+                assert_eq!(protocol, PROTOCOL_VERSION);
+                assert!(nonce.len() >= 16, "nonce {nonce:?} is too short");
+                client.nonce = nonce;
+            }
+            other => panic!("expected hello, got {other:?}"),
+        }
+        client
+    }
+
+    async fn send(&mut self, message: &RunnerMessage) {
+        self.send_text(encode(message)).await;
+    }
+
+    async fn send_text(&mut self, text: String) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("the frame is sent");
+    }
+
+    async fn recv(&mut self) -> ServerMessage {
+        loop {
+            let frame = timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame arrives in time")
+                .expect("the socket is open")
+                .expect("the socket works");
+            match frame {
+                Message::Text(text) => {
+                    return decode_server(text.as_str()).expect("the server's frame decodes");
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Nothing arrives within `quiet`.
+    async fn recv_nothing(&mut self, quiet: Duration) {
+        if let Ok(frame) = timeout(quiet, self.ws.next()).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+
+    /// The close code the server closes with.
+    async fn close_code(&mut self) -> u16 {
+        loop {
+            let frame = timeout(WAIT, self.ws.next())
+                .await
+                .expect("the close arrives in time");
+            match frame {
+                Some(Ok(Message::Close(Some(close)))) => return close.code.into(),
+                Some(Ok(Message::Close(None))) => return 1005,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("expected a close frame, got {other:?}"),
+                Some(Err(error)) => panic!("expected a close frame, got error {error}"),
+                None => panic!("the socket ended without a close frame"),
+            }
+        }
+    }
+}
+
+fn runner_request(server: &DevServer) -> tungstenite::handshake::client::Request {
+    let mut request = server
+        .runner_url()
+        .into_client_request()
+        .expect("the runner URL is valid");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    request
+}
+
+/// Token, register, authenticate: a new runner with an authenticated session.
+async fn register(server: &DevServer) -> (Identity, Client) {
+    let token = server.mint_token().expect("a token is minted");
+    let mut client = Client::connect(server).await;
+    client.send(&RunnerMessage::ValidateToken { token }).await;
+    assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
+    let key = new_key();
+    client
+        .send(&RunnerMessage::Register {
+            public_key: public_key(&key),
+            name: "test-runner".to_owned(),
+            version: "0.1.0".to_owned(),
+            slots: 2,
+        })
+        .await;
+    let runner_id = match client.recv().await {
+        ServerMessage::Registered { runner_id } => runner_id,
+        other => panic!("expected registered, got {other:?}"),
+    };
+    let identity = Identity { key, runner_id };
+    let auth = identity.authenticate(&client.nonce, 0);
+    client.send(&auth).await;
+    match client.recv().await {
+        ServerMessage::Authenticated { runner_id, .. } => assert_eq!(runner_id, identity.runner_id),
+        other => panic!("expected authenticated, got {other:?}"),
+    }
+    (identity, client)
+}
+
+/// A fresh connection for a known runner, authenticated; returns what the server said.
+async fn reconnect(
+    server: &DevServer,
+    identity: &Identity,
+    last_command: u64,
+) -> (Client, ServerMessage) {
+    let mut client = Client::connect(server).await;
+    let auth = identity.authenticate(&client.nonce, last_command);
+    client.send(&auth).await;
+    let answer = client.recv().await;
+    (client, answer)
+}
+
+/// Startup, full hardware report, ready: the session becomes Active.
+async fn activate(client: &mut Client) {
+    client
+        .send(&RunnerMessage::Startup {
+            version: "0.1.0".to_owned(),
+            jobs: Vec::new(),
+        })
+        .await;
+    assert_eq!(client.recv().await, ServerMessage::StartupAck {});
+    client
+        .send(&RunnerMessage::HardwareFull {
+            report: json!({"cpu": {"cores": 4}, "memory": {"total_bytes": 1024}}),
+        })
+        .await;
+    assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
+    ready(client).await;
+}
+
+async fn ready(client: &mut Client) {
+    client.send(&RunnerMessage::Ready { slots_free: 2 }).await;
+    assert_eq!(client.recv().await, ServerMessage::ReadyAck {});
+}
+
+fn job_request(command: &[&str]) -> JobRequest {
+    JobRequest {
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        env: Default::default(),
+        timeout_secs: 60,
+        output_limit_bytes: None,
+        cancel_grace_secs: None,
+    }
+}
+
+/// The next frame must be a `start_job` command; returns its index and job.
+async fn expect_start_job(client: &mut Client) -> (u64, fyn_runner::protocol::JobSpec) {
+    match client.recv().await {
+        ServerMessage::Command {
+            index,
+            command: Command::StartJob { job },
+        } => (index, job),
+        other => panic!("expected start_job, got {other:?}"),
+    }
+}
+
+async fn send_event(client: &mut Client, index: u64, event: RunnerEvent) {
+    client.send(&RunnerMessage::Event { index, event }).await;
+    assert_eq!(
+        client.recv().await,
+        ServerMessage::EventsAck { up_to: index }
+    );
+}
+
+fn job_ref(id: &str, attempt: u32) -> JobRef {
+    JobRef {
+        job_id: id.to_owned(),
+        attempt,
+    }
+}
+
+fn job(server: &DevServer, id: &str) -> JobInfo {
+    server
+        .job(id)
+        .expect("the store answers")
+        .expect("the job exists")
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and JSON body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.expect("the server accepts");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("the request is sent");
+    let mut response = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("the response arrives in time")
+        .expect("the response is read");
+    let text = String::from_utf8(response).expect("the response is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    let json = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).expect("a JSON body")
+    };
+    (status, json)
+}
+
+// ---------------------------------------------------------------- registration and auth
+
+#[tokio::test]
+async fn registration_end_to_end() -> TestResult {
+    let server = start().await;
+    let token = server.mint_token()?;
+    let mut client = Client::connect(&server).await;
+    client.send(&RunnerMessage::ValidateToken { token }).await;
+    assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
+    let key = new_key();
+    client
+        .send(&RunnerMessage::Register {
+            public_key: public_key(&key),
+            name: "box-1".to_owned(),
+            version: "0.1.0".to_owned(),
+            slots: 3,
+        })
+        .await;
+    let ServerMessage::Registered { runner_id } = client.recv().await else {
+        panic!("expected registered");
+    };
+    assert!(
+        runner_id.starts_with("r-") && runner_id.len() == 14,
+        "{runner_id}"
+    );
+    let identity = Identity { key, runner_id };
+    let auth = identity.authenticate(&client.nonce, 0);
+    client.send(&auth).await;
+    assert_eq!(
+        client.recv().await,
+        ServerMessage::Authenticated {
+            runner_id: identity.runner_id.clone(),
+            last_event_index: 0,
+            session: SessionParams::default(),
+            hardware_known: false,
+        }
+    );
+    activate(&mut client).await;
+
+    let (status, runners) = http(server.local_addr(), "GET", "/admin/v1/runners", None).await;
+    assert_eq!(status, 200);
+    let runner = &runners[0];
+    assert_eq!(runner["id"], json!(identity.runner_id));
+    assert_eq!(runner["state"], json!("Active"));
+    assert_eq!(runner["connected"], json!(true));
+    assert_eq!(runner["slots"], json!(2), "authenticate updates the slots");
+    assert_eq!(runner["hardware"]["cpu"]["cores"], json!(4));
+    assert!(runner["last_seen"].is_u64());
+
+    // The next connect finds the hardware known.
+    drop(client);
+    let (_client, answer) = reconnect(&server, &identity, 0).await;
+    assert!(matches!(
+        answer,
+        ServerMessage::Authenticated {
+            hardware_known: true,
+            ..
+        }
+    ));
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn registration_token_via_admin_api() -> TestResult {
+    let server = start().await;
+    let (status, body) = http(
+        server.local_addr(),
+        "POST",
+        "/admin/v1/registration-tokens",
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let token = body["token"].as_str().ok_or("no token")?.to_owned();
+    let mut client = Client::connect(&server).await;
+    client.send(&RunnerMessage::ValidateToken { token }).await;
+    assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
+    Ok(())
+}
+
+#[tokio::test]
+async fn reused_token_is_refused() -> TestResult {
+    let server = start().await;
+    let token = server.mint_token()?;
+    let mut first = Client::connect(&server).await;
+    first
+        .send(&RunnerMessage::ValidateToken {
+            token: token.clone(),
+        })
+        .await;
+    assert_eq!(first.recv().await, ServerMessage::TokenAccepted {});
+    first
+        .send(&RunnerMessage::Register {
+            public_key: public_key(&new_key()),
+            name: "a".to_owned(),
+            version: "0.1.0".to_owned(),
+            slots: 1,
+        })
+        .await;
+    assert!(matches!(
+        first.recv().await,
+        ServerMessage::Registered { .. }
+    ));
+
+    let mut second = Client::connect(&server).await;
+    second.send(&RunnerMessage::ValidateToken { token }).await;
+    assert_eq!(
+        second.recv().await,
+        ServerMessage::TokenRejected {
+            reason: "registration token was already used".to_owned()
+        }
+    );
+    assert_eq!(second.close_code().await, 1000);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_token_is_refused() -> TestResult {
+    let server = start().await;
+    let mut client = Client::connect(&server).await;
+    client
+        .send(&RunnerMessage::ValidateToken {
+            token: "not-a-token".to_owned(),
+        })
+        .await;
+    assert!(matches!(
+        client.recv().await,
+        ServerMessage::TokenRejected { .. }
+    ));
+    assert_eq!(client.close_code().await, 1000);
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_validated_twice_registers_once() -> TestResult {
+    let server = start().await;
+    let token = server.mint_token()?;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    for client in [&mut a, &mut b] {
+        client
+            .send(&RunnerMessage::ValidateToken {
+                token: token.clone(),
+            })
+            .await;
+        assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
+    }
+    let register = RunnerMessage::Register {
+        public_key: public_key(&new_key()),
+        name: "a".to_owned(),
+        version: "0.1.0".to_owned(),
+        slots: 1,
+    };
+    a.send(&register).await;
+    assert!(matches!(a.recv().await, ServerMessage::Registered { .. }));
+    b.send(&register).await;
+    assert!(matches!(
+        b.recv().await,
+        ServerMessage::TokenRejected { .. }
+    ));
+    assert_eq!(b.close_code().await, 1000);
+    assert_eq!(server.runners()?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_signature_is_rejected() -> TestResult {
+    let server = start().await;
+    let (identity, first) = register(&server).await;
+    drop(first);
+
+    // Signed over another connection's nonce: a replay.
+    let mut client = Client::connect(&server).await;
+    let replay = identity.authenticate("some-other-nonce", 0);
+    client.send(&replay).await;
+    assert!(matches!(
+        client.recv().await,
+        ServerMessage::AuthRejected { .. }
+    ));
+    assert_eq!(client.close_code().await, 1000);
+
+    // Signed with another key.
+    let impostor = Identity {
+        key: new_key(),
+        runner_id: identity.runner_id.clone(),
+    };
+    let (mut client, answer) = reconnect(&server, &impostor, 0).await;
+    assert!(matches!(answer, ServerMessage::AuthRejected { .. }));
+    assert_eq!(client.close_code().await, 1000);
+
+    // An unknown runner.
+    let stranger = Identity {
+        key: new_key(),
+        runner_id: "r-000000000000".to_owned(),
+    };
+    let (mut client, answer) = reconnect(&server, &stranger, 0).await;
+    assert_eq!(
+        answer,
+        ServerMessage::AuthRejected {
+            reason: "unknown runner".to_owned()
+        }
+    );
+    assert_eq!(client.close_code().await, 1000);
+
+    // The real key still works.
+    let (_client, answer) = reconnect(&server, &identity, 0).await;
+    assert!(matches!(answer, ServerMessage::Authenticated { .. }));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_session_evicts_the_first() -> TestResult {
+    let server = start().await;
+    let (identity, mut older) = register(&server).await;
+    activate(&mut older).await;
+
+    let (mut newer, answer) = reconnect(&server, &identity, 0).await;
+    assert!(matches!(answer, ServerMessage::Authenticated { .. }));
+    assert!(matches!(older.recv().await, ServerMessage::Evicted { .. }));
+    assert_eq!(older.close_code().await, 1000);
+
+    // The newer session is the live one and works.
+    ready(&mut newer).await;
+    newer
+        .send(&RunnerMessage::Heartbeat {
+            seq: 7,
+            jobs_running: 0,
+        })
+        .await;
+    assert_eq!(newer.recv().await, ServerMessage::HeartbeatAck { seq: 7 });
+    let runner = server.runner(&identity.runner_id)?.ok_or("runner")?;
+    assert!(runner.connected);
+    assert_eq!(runner.state, RunnerState::Active);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- events and commands
+
+#[tokio::test]
+async fn a_job_runs_end_to_end() -> TestResult {
+    let server = start().await;
+    let (_identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+
+    let body = r#"{"command": ["echo", "hi"], "env": {"A": "1"}, "timeout_secs": 30}"#;
+    let (status, created) = http(server.local_addr(), "POST", "/admin/v1/jobs", Some(body)).await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().ok_or("no id")?.to_owned();
+    assert!(id.starts_with("j-"));
+
+    let (index, spec) = expect_start_job(&mut client).await;
+    assert_eq!(index, 1);
+    assert_eq!(spec.job_id, id);
+    assert_eq!(spec.attempt, 1);
+    assert_eq!(spec.command, vec!["echo", "hi"]);
+    assert_eq!(spec.output_limit_bytes, 1 << 30);
+    assert_eq!(spec.cancel_grace_secs, 10);
+    assert_eq!(job(&server, &id).state, JobState::Assigned);
+    client.send(&RunnerMessage::CommandAck { index }).await;
+
+    let r = job_ref(&id, 1);
+    send_event(&mut client, 1, RunnerEvent::JobAccepted { job: r.clone() }).await;
+    assert_eq!(job(&server, &id).state, JobState::Accepted);
+    send_event(
+        &mut client,
+        2,
+        RunnerEvent::JobStarted {
+            job: r.clone(),
+            pid: 42,
+        },
+    )
+    .await;
+    assert_eq!(job(&server, &id).state, JobState::Running);
+    let output = |offset: u64, data: &[u8]| RunnerEvent::JobOutput {
+        job: r.clone(),
+        stream: OutputStream::Stdout,
+        offset,
+        data: STANDARD.encode(data),
+    };
+    send_event(&mut client, 3, output(0, b"hello ")).await;
+    // Overlaps what is held: only the new bytes count.
+    send_event(&mut client, 4, output(3, b"lo world\n")).await;
+    send_event(
+        &mut client,
+        5,
+        RunnerEvent::JobFinished {
+            job: r.clone(),
+            outcome: JobOutcome::Succeeded,
+            status: fyn_runner::protocol::ExitStatus::Exited { code: 0 },
+            duration_ms: 12,
+            stdout_bytes: 12,
+            stderr_bytes: 0,
+        },
+    )
+    .await;
+
+    let (status, done) = http(
+        server.local_addr(),
+        "GET",
+        &format!("/admin/v1/jobs/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(done["state"], json!("finished"));
+    assert_eq!(done["outcome"], json!("succeeded"));
+    assert_eq!(done["exit_status"], json!({"how": "exited", "code": 0}));
+    assert_eq!(done["duration_ms"], json!(12));
+    assert_eq!(done["stdout"], json!("hello world\n"));
+    assert_eq!(done["stdout_bytes"], json!(12));
+    assert_eq!(done["stderr"], json!(""));
+    let runner = &server.runners()?[0];
+    assert_eq!(runner.unacked_commands, 0);
+    assert_eq!(runner.slots_free, 2);
+    assert_eq!(runner.last_event_index, 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_duplicate_event_is_stored_once_and_acked_twice() -> TestResult {
+    let server = start().await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["cat"]))?;
+    let (index, _) = expect_start_job(&mut client).await;
+    client.send(&RunnerMessage::CommandAck { index }).await;
+
+    let chunk = RunnerEvent::JobOutput {
+        job: job_ref(&id, 1),
+        stream: OutputStream::Stderr,
+        offset: 0,
+        data: STANDARD.encode(b"once"),
+    };
+    send_event(&mut client, 1, chunk.clone()).await;
+    send_event(&mut client, 1, chunk).await;
+
+    let events = server.events(&identity.runner_id)?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "job_output");
+    assert_eq!(events[0].body["data_bytes"], json!(4));
+    assert_eq!(job(&server, &id).stderr, "once");
+
+    // An event about an attempt the job is not on is stored (and acked) but ignored.
+    send_event(
+        &mut client,
+        2,
+        RunnerEvent::JobStarted {
+            job: job_ref(&id, 9),
+            pid: 1,
+        },
+    )
+    .await;
+    assert_eq!(job(&server, &id).state, JobState::Assigned);
+    assert_eq!(server.events(&identity.runner_id)?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unacked_commands_are_resent_after_reconnect() -> TestResult {
+    let server = start().await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let (status, created) = http(
+        server.local_addr(),
+        "POST",
+        "/admin/v1/jobs",
+        Some(r#"{"command": ["sleep", "1"], "timeout_secs": 5}"#),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().ok_or("no id")?.to_owned();
+    let (index, first) = expect_start_job(&mut client).await;
+    drop(client); // without acknowledging
+
+    // The runner resumes: authenticate, then straight to ready (hardware known).
+    let (mut client, answer) = reconnect(&server, &identity, 0).await;
+    assert!(matches!(answer, ServerMessage::Authenticated { .. }));
+    ready(&mut client).await;
+    let (again, spec) = expect_start_job(&mut client).await;
+    assert_eq!(again, index);
+    assert_eq!(spec, first);
+    assert_eq!(spec.job_id, id);
+    client.send(&RunnerMessage::CommandAck { index }).await;
+    client.recv_nothing(Duration::from_millis(200)).await;
+
+    // Once acknowledged, a later session gets nothing again.
+    drop(client);
+    let (mut client, _) = reconnect(&server, &identity, index).await;
+    ready(&mut client).await;
+    client.recv_nothing(Duration::from_millis(200)).await;
+    assert_eq!(server.runners()?[0].unacked_commands, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn last_command_index_in_authenticate_acknowledges() -> TestResult {
+    let server = start().await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    server.submit_job(job_request(&["true"]))?;
+    let (index, _) = expect_start_job(&mut client).await;
+    drop(client); // the runner applied it, but its ack was lost with the link
+
+    let (mut client, _) = reconnect(&server, &identity, index).await;
+    ready(&mut client).await;
+    client.recv_nothing(Duration::from_millis(200)).await;
+    assert_eq!(server.runners()?[0].unacked_commands, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_and_drain_send_commands() -> TestResult {
+    let server = start().await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["sleep", "100"]))?;
+    let (index, _) = expect_start_job(&mut client).await;
+    client.send(&RunnerMessage::CommandAck { index }).await;
+
+    let addr = server.local_addr();
+    let (status, body) = http(addr, "POST", &format!("/admin/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["cancel_requested"], json!(true));
+    assert_eq!(
+        client.recv().await,
+        ServerMessage::Command {
+            index: 2,
+            command: Command::CancelJob {
+                job_id: id.clone(),
+                attempt: 1
+            }
+        }
+    );
+    send_event(
+        &mut client,
+        1,
+        RunnerEvent::JobFinished {
+            job: job_ref(&id, 1),
+            outcome: JobOutcome::Cancelled,
+            status: fyn_runner::protocol::ExitStatus::Signaled { signal: 15 },
+            duration_ms: 5,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        },
+    )
+    .await;
+    assert_eq!(job(&server, &id).state, JobState::Cancelled);
+    let (status, _) = http(addr, "POST", &format!("/admin/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!(status, 409);
+
+    let path = format!("/admin/v1/runners/{}/drain", identity.runner_id);
+    let (status, body) = http(addr, "POST", &path, Some(r#"{"deadline_secs": 30}"#)).await;
+    assert_eq!(status, 202);
+    assert_eq!(body["command_index"], json!(3));
+    assert_eq!(
+        client.recv().await,
+        ServerMessage::Command {
+            index: 3,
+            command: Command::Drain {
+                deadline_secs: Some(30)
+            }
+        }
+    );
+    client
+        .send(&RunnerMessage::Stopping {
+            reason: "drain".to_owned(),
+            deadline_secs: 30,
+        })
+        .await;
+    // A draining runner gets no new job.
+    let queued = server.submit_job(job_request(&["true"]))?;
+    client.recv_nothing(Duration::from_millis(200)).await;
+    assert_eq!(job(&server, &queued).state, JobState::Queued);
+    let runner = server.runner(&identity.runner_id)?.ok_or("runner")?;
+    assert_eq!(runner.state, RunnerState::Draining);
+    assert!(runner.draining);
+
+    // A queued job is cancelled at once.
+    let (status, body) = http(
+        addr,
+        "POST",
+        &format!("/admin/v1/jobs/{queued}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["state"], json!("cancelled"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn rejected_jobs_are_queued_again_or_failed() -> TestResult {
+    let server = start().await;
+    let (_identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["true"]))?;
+    let (first, _) = expect_start_job(&mut client).await;
+    client
+        .send(&RunnerMessage::CommandAck { index: first })
+        .await;
+    let rejected = |reason| RunnerEvent::JobRejected {
+        job: job_ref(&id, 1),
+        reason,
+        detail: "test".to_owned(),
+    };
+    // "Not now": queued again, and handed out again by the periodic pass.
+    send_event(&mut client, 1, rejected(RejectReason::NoFreeSlot)).await;
+    let (second, spec) = expect_start_job(&mut client).await;
+    assert_eq!((second, spec.attempt), (first + 1, 1));
+    // "Never": the job fails.
+    send_event(&mut client, 2, rejected(RejectReason::InvalidSpec)).await;
+    let failed = job(&server, &id);
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(
+        failed.detail.as_deref(),
+        Some("rejected (invalid_spec): test")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn hardware_changes_are_applied_or_a_full_report_is_asked_for() -> TestResult {
+    let server = start().await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    drop(client);
+
+    let (mut client, _) = reconnect(&server, &identity, 0).await;
+    client
+        .send(&RunnerMessage::HardwareChanges {
+            changes: json!([{"path": "cpu.cores", "old": 4, "new": 8}]),
+        })
+        .await;
+    assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
+    let runner = server.runner(&identity.runner_id)?.ok_or("runner")?;
+    assert_eq!(runner.hardware.ok_or("hardware")?["cpu"]["cores"], json!(8));
+    assert!(runner.hardware_known);
+
+    // A change that does not fit the stored record: confirmed, but asked for in full.
+    client
+        .send(&RunnerMessage::HardwareChanges {
+            changes: json!([{"path": "cpu.cores", "old": 2, "new": 16}]),
+        })
+        .await;
+    assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
+    drop(client);
+    let (_client, answer) = reconnect(&server, &identity, 0).await;
+    assert!(matches!(
+        answer,
+        ServerMessage::Authenticated {
+            hardware_known: false,
+            ..
+        }
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- restart and runner-lost
+
+#[tokio::test]
+async fn a_restart_on_the_same_db_keeps_the_runner() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = DevServerConfig {
+        db: Some(dir.path().join("dev.db")),
+        ..DevServerConfig::ephemeral()
+    };
+    let server = start_with(config.clone()).await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["true"]))?;
+    let (index, _) = expect_start_job(&mut client).await;
+    client.send(&RunnerMessage::CommandAck { index }).await;
+    send_event(
+        &mut client,
+        1,
+        RunnerEvent::JobAccepted {
+            job: job_ref(&id, 1),
+        },
+    )
+    .await;
+    send_event(
+        &mut client,
+        2,
+        RunnerEvent::JobStarted {
+            job: job_ref(&id, 1),
+            pid: 9,
+        },
+    )
+    .await;
+    let addr = server.local_addr();
+    server.shutdown().await;
+    // The server closed the runner's socket on the way out.
+    assert_eq!(client.close_code().await, 1000);
+
+    let restarted = start_with(DevServerConfig {
+        listen: addr,
+        ..config
+    })
+    .await;
+    assert_eq!(restarted.local_addr(), addr);
+    let (mut client, answer) = reconnect(&restarted, &identity, index).await;
+    assert_eq!(
+        answer,
+        ServerMessage::Authenticated {
+            runner_id: identity.runner_id.clone(),
+            last_event_index: 2,
+            session: SessionParams::default(),
+            hardware_known: true,
+        }
+    );
+    assert_eq!(job(&restarted, &id).state, JobState::Running);
+    ready(&mut client).await;
+    // Event indexes go on where they were; a resend of an old one is a duplicate.
+    send_event(
+        &mut client,
+        2,
+        RunnerEvent::JobStarted {
+            job: job_ref(&id, 1),
+            pid: 9,
+        },
+    )
+    .await;
+    send_event(
+        &mut client,
+        3,
+        RunnerEvent::JobAccepted {
+            job: job_ref(&id, 1),
+        },
+    )
+    .await;
+    assert_eq!(restarted.events(&identity.runner_id)?.len(), 3);
+    // Command indexes too.
+    let next = restarted.drain_runner(&identity.runner_id, None)?;
+    assert_eq!(next, index + 1);
+    restarted.shutdown().await;
+    Ok(())
+}
+
+fn lost_after_200ms() -> DevServerConfig {
+    DevServerConfig {
+        session: SessionParams {
+            runner_lost_threshold_ms: 200,
+            ..SessionParams::default()
+        },
+        ..DevServerConfig::ephemeral()
+    }
+}
+
+/// An Active runner with one started job; returns the job ID and start_job's index.
+async fn runner_with_a_started_job(server: &DevServer) -> (Identity, Client, String, u64) {
+    let (identity, mut client) = register(server).await;
+    activate(&mut client).await;
+    let id = server
+        .submit_job(job_request(&["sleep", "100"]))
+        .expect("the job is queued");
+    let (index, _) = expect_start_job(&mut client).await;
+    client.send(&RunnerMessage::CommandAck { index }).await;
+    send_event(
+        &mut client,
+        1,
+        RunnerEvent::JobStarted {
+            job: job_ref(&id, 1),
+            pid: 3,
+        },
+    )
+    .await;
+    (identity, client, id, index)
+}
+
+/// Poll the admin API until the job is on `attempt`, for at most five seconds.
+async fn wait_for_attempt(server: &DevServer, id: &str, attempt: u32) -> Value {
+    let path = format!("/admin/v1/jobs/{id}");
+    for _ in 0..100 {
+        let (_, body) = http(server.local_addr(), "GET", &path, None).await;
+        if body["attempt"] == json!(attempt) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {id} never reached attempt {attempt}");
+}
+
+#[tokio::test]
+async fn a_lost_runner_gives_its_jobs_away() -> TestResult {
+    let server = start_with(lost_after_200ms()).await;
+    let (identity, client, id, index) = runner_with_a_started_job(&server).await;
+    drop(client);
+
+    let requeued = wait_for_attempt(&server, &id, 2).await;
+    assert_eq!(requeued["state"], json!("queued"), "{requeued}");
+    assert_eq!(requeued["runner"], Value::Null);
+    let runner = server.runner(&identity.runner_id)?.ok_or("runner")?;
+    assert!(!runner.connected);
+    assert_eq!(runner.state, RunnerState::Disconnected);
+
+    // The runner comes back before its own runner-lost clock stopped the job: it is
+    // told to cancel the old attempt, and gets the new one only once that ended.
+    let (mut client, _) = reconnect(&server, &identity, index).await;
+    ready(&mut client).await;
+    assert_eq!(
+        client.recv().await,
+        ServerMessage::Command {
+            index: index + 1,
+            command: Command::CancelJob {
+                job_id: id.clone(),
+                attempt: 1
+            }
+        }
+    );
+    client.recv_nothing(Duration::from_millis(300)).await;
+    client
+        .send(&RunnerMessage::CommandAck { index: index + 1 })
+        .await;
+    send_event(
+        &mut client,
+        2,
+        RunnerEvent::JobFinished {
+            job: job_ref(&id, 1),
+            outcome: JobOutcome::Cancelled,
+            status: fyn_runner::protocol::ExitStatus::Signaled { signal: 15 },
+            duration_ms: 1,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+        },
+    )
+    .await;
+    let (next, spec) = expect_start_job(&mut client).await;
+    assert_eq!(next, index + 2);
+    assert_eq!((spec.job_id.as_str(), spec.attempt), (id.as_str(), 2));
+    let current = job(&server, &id);
+    assert_eq!((current.state, current.attempt), (JobState::Assigned, 2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_runners_job_goes_to_another_runner() -> TestResult {
+    let server = start_with(lost_after_200ms()).await;
+    let (_lost, client, id, _) = runner_with_a_started_job(&server).await;
+    let (_other, mut other) = register(&server).await;
+    activate(&mut other).await;
+    drop(client);
+
+    let (_, spec) = expect_start_job(&mut other).await;
+    assert_eq!((spec.job_id.as_str(), spec.attempt), (id.as_str(), 2));
+    let body = wait_for_attempt(&server, &id, 2).await;
+    assert_eq!(body["state"], json!("assigned"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[tokio::test]
+async fn bad_frames_close_with_the_mapped_code() -> TestResult {
+    let server = start().await;
+    let cases: Vec<(&str, Message, u16)> = vec![
+        ("garbage", Message::text("{not json"), 1007),
+        ("no type", Message::text(r#"{"token": "x"}"#), 1007),
+        ("unknown type", Message::text(r#"{"type": "bogus"}"#), 1007),
+        (
+            "malformed",
+            Message::text(r#"{"type": "heartbeat", "seq": "x"}"#),
+            1007,
+        ),
+        ("binary", Message::binary(vec![1u8, 2, 3]), 1007),
+        (
+            "oversized",
+            Message::text("x".repeat(MAX_FRAME_BYTES + 1)),
+            1009,
+        ),
+        (
+            "out of phase",
+            Message::text(encode(&RunnerMessage::Ready { slots_free: 1 })),
+            4002,
+        ),
+    ];
+    for (name, frame, code) in cases {
+        let mut client = Client::connect(&server).await;
+        client.ws.send(frame).await?;
+        assert_eq!(client.close_code().await, code, "case {name}");
+    }
+    // Still serving.
+    let (identity, mut client) = register(&server).await;
+    client.send_text(r#"{"type": "startup"}"#.to_owned()).await;
+    assert_eq!(client.close_code().await, 1007);
+    let (_client, answer) = reconnect(&server, &identity, 0).await;
+    assert!(matches!(answer, ServerMessage::Authenticated { .. }));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_upgrade_requires_the_subprotocol() -> TestResult {
+    let server = start().await;
+    let result = tokio_tungstenite::connect_async(server.runner_url()).await;
+    match result {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!("expected an HTTP 400, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_api_errors_are_json() -> TestResult {
+    let server = start().await;
+    let addr = server.local_addr();
+    let cases = [
+        ("GET", "/admin/v1/jobs/j-missing", None, 404),
+        ("POST", "/admin/v1/jobs/j-missing/cancel", None, 404),
+        ("GET", "/admin/v1/runners/r-missing", None, 404),
+        ("POST", "/admin/v1/runners/r-missing/drain", None, 404),
+        ("GET", "/admin/v1/nothing-here", None, 404),
+        ("DELETE", "/admin/v1/jobs", None, 405),
+        ("POST", "/admin/v1/jobs", Some("{"), 400),
+        (
+            "POST",
+            "/admin/v1/jobs",
+            Some(r#"{"command": [], "timeout_secs": 5}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/v1/jobs",
+            Some(r#"{"command": ["true"], "timeout_secs": 0}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/admin/v1/jobs",
+            Some(r#"{"command": ["true"], "timeout_secs": 5, "shell": true}"#),
+            400,
+        ),
+    ];
+    for (method, path, body, code) in cases {
+        let (status, json) = http(addr, method, path, body).await;
+        assert_eq!(status, code, "{method} {path}");
+        assert!(json["error"].is_string(), "{method} {path}: {json}");
+    }
+    let (status, jobs) = http(addr, "GET", "/admin/v1/jobs", None).await;
+    assert_eq!((status, jobs), (200, json!([])));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- TLS
+
+#[tokio::test]
+async fn serves_wss_with_a_self_signed_certificate() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.signing_key.serialize_pem())?;
+    let server = start_with(DevServerConfig {
+        tls: Some(TlsFiles { cert, key }),
+        ..DevServerConfig::ephemeral()
+    })
+    .await;
+    assert!(server.url().starts_with("wss://localhost:"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = Connector::Rustls(Arc::new(tls));
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        runner_request(&server),
+        None,
+        false,
+        Some(connector),
+    )
+    .await?;
+    let mut client = Client::after_upgrade(ws).await;
+    client
+        .send(&RunnerMessage::ValidateToken {
+            token: server.mint_token()?,
+        })
+        .await;
+    assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
+    server.shutdown().await;
+    Ok(())
+}
