@@ -1062,6 +1062,49 @@ async fn a_lost_runners_job_goes_to_another_runner() -> TestResult {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_lost_runner_still_gets_a_pending_cancel() -> TestResult {
+    let server = start_with(lost_after_200ms()).await;
+    let (identity, mut client, id, index) = runner_with_a_started_job(&server).await;
+    server.cancel_job(&id)?;
+    assert!(matches!(
+        client.recv().await,
+        ServerMessage::Command {
+            command: Command::CancelJob { .. },
+            ..
+        }
+    ));
+    drop(client); // before acknowledging the cancel
+
+    let mut cancelled = false;
+    for _ in 0..100 {
+        if job(&server, &id).state == JobState::Cancelled {
+            cancelled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cancelled,
+        "the job of a lost runner with a cancel pending is cancelled"
+    );
+
+    // Back before its own clock stopped the job: the cancel still reaches it.
+    let (mut client, _) = reconnect(&server, &identity, index).await;
+    ready(&mut client).await;
+    assert_eq!(
+        client.recv().await,
+        ServerMessage::Command {
+            index: index + 1,
+            command: Command::CancelJob {
+                job_id: id.clone(),
+                attempt: 1
+            }
+        }
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------- bad input
 
 #[tokio::test]

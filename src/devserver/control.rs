@@ -79,8 +79,8 @@ impl Inner {
             let current = job.runner_id.as_deref() == Some(runner_id)
                 && job.attempt == attempt
                 && job.state.on_runner();
-            // A cancel of an older attempt the runner may still be running.
-            let lingering = job.held_by.as_deref() == Some(runner_id) && attempt < job.attempt;
+            // A cancel of an attempt the runner lost but may still be running.
+            let lingering = job.held_by.as_deref() == Some(runner_id) && attempt <= job.attempt;
             current || (is_cancel && lingering)
         }))
     }
@@ -253,6 +253,10 @@ fn job_spec(job: &JobRow) -> JobSpec {
 /// Returns true when the job was queued again, false when it was cancelled instead.
 fn requeue_lost(store: &Store, job: &mut JobRow) -> Result<bool, StoreError> {
     let lost_on = job.runner_id.take().unwrap_or_default();
+    // The runner may come back before its own runner-lost clock stopped the attempt;
+    // until it says the attempt ended, it must not get the job again, and a pending
+    // cancel for it stays worth sending.
+    job.held_by = Some(lost_on.clone());
     if job.cancel_requested {
         job.state = JobState::Cancelled;
         job.detail = Some(format!(
@@ -265,7 +269,6 @@ fn requeue_lost(store: &Store, job: &mut JobRow) -> Result<bool, StoreError> {
         "attempt {} was lost with runner {lost_on}",
         job.attempt
     ));
-    job.held_by = Some(lost_on);
     job.state = JobState::Queued;
     job.attempt += 1;
     job.outcome = None;

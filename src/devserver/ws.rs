@@ -155,6 +155,7 @@ where
     let _ = conn.tx.send(Outgoing::Message(hello));
     let params = hub.params();
     let idle = Duration::from_millis(params.heartbeat_interval_ms + params.ack_timeout_ms);
+    let send_limit = Duration::from_millis(params.ack_timeout_ms);
     let mut deadline = Instant::now() + idle;
     let ending = loop {
         tokio::select! {
@@ -166,9 +167,18 @@ where
             }
             Some(outgoing) = rx.recv() => match outgoing {
                 Outgoing::Message(message) => {
-                    if let Err(error) = ws.send(Message::text(encode(&message))).await {
-                        tracing::debug!(%error, "send failed");
-                        break Ending::Gone;
+                    // A peer that stops reading must not pin this task (and shutdown).
+                    let sent = timeout(send_limit, ws.send(Message::text(encode(&message)))).await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "send failed");
+                            break Ending::Gone;
+                        }
+                        Err(_) => {
+                            tracing::warn!(session = conn.session, "peer stopped reading; dropping it");
+                            break Ending::Gone;
+                        }
                     }
                 }
                 Outgoing::Close { reason, text } => break Ending::Close(reason, text),
