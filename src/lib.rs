@@ -8,6 +8,7 @@ the wire, and everything that touches the world lives outside `core`.
 
 pub mod cli;
 pub mod core;
+pub mod demo;
 pub mod devserver;
 pub mod hardware;
 pub mod protocol;

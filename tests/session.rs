@@ -14,7 +14,11 @@ use fyn_runner::runtime::{self, RunnerHandle, RunnerSettings, Secret};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn session() -> SessionParams {
-    SessionParams { heartbeat_interval_ms: 400, ack_timeout_ms: 300, runner_lost_threshold_ms: 5_000 }
+    SessionParams {
+        heartbeat_interval_ms: 400,
+        ack_timeout_ms: 300,
+        runner_lost_threshold_ms: 5_000,
+    }
 }
 
 async fn dev_server(db: Option<&Path>, listen: Option<SocketAddr>) -> DevServer {
@@ -34,7 +38,11 @@ fn settings(server: &DevServer, state_dir: &Path, token: Option<String>) -> Runn
         token: token.map(Secret::new),
         name: "test-runner".into(),
         ca_file: None,
-        core: CoreConfig { slots: 2, handshake_timeout_ms: 5_000, ..CoreConfig::default() },
+        core: CoreConfig {
+            slots: 2,
+            handshake_timeout_ms: 5_000,
+            ..CoreConfig::default()
+        },
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
         connect_timeout: Duration::from_secs(2),
@@ -42,13 +50,17 @@ fn settings(server: &DevServer, state_dir: &Path, token: Option<String>) -> Runn
 }
 
 async fn until_active(handle: &mut RunnerHandle) {
-    let status = tokio::time::timeout(WAIT, handle.wait_for(|s| s.state == "Active")).await.expect("reaches Active in time");
+    let status = tokio::time::timeout(WAIT, handle.wait_for(|s| s.state == "Active"))
+        .await
+        .expect("reaches Active in time");
     assert_eq!(status.state, "Active", "ended in {status:?}");
 }
 
 async fn stop(handle: RunnerHandle) -> ExitCode {
     handle.shutdown();
-    tokio::time::timeout(WAIT, handle.wait()).await.expect("stops in time")
+    tokio::time::timeout(WAIT, handle.wait())
+        .await
+        .expect("stops in time")
 }
 
 #[tokio::test]
@@ -56,20 +68,43 @@ async fn fresh_registration_reaches_active_and_restarts_with_its_identity() {
     let server = dev_server(None, None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let token = server.mint_token().expect("token");
-    let mut handle = runtime::start(settings(&server, dir.path(), Some(token.clone()))).expect("starts");
+    let mut handle =
+        runtime::start(settings(&server, dir.path(), Some(token.clone()))).expect("starts");
     until_active(&mut handle).await;
-    let runner_id = handle.status.borrow().runner_id.clone().expect("registered");
+    let runner_id = handle
+        .status
+        .borrow()
+        .runner_id
+        .clone()
+        .expect("registered");
 
     let runners = server.runners().expect("runners");
-    let me = runners.iter().find(|r| r.id == runner_id).expect("the API knows the runner");
+    let me = runners
+        .iter()
+        .find(|r| r.id == runner_id)
+        .expect("the API knows the runner");
     assert!(me.connected);
     assert!(me.hardware.is_some(), "the full hardware record was sent");
 
     // The identity is private; the token is nowhere on disk.
     use std::os::unix::fs::PermissionsExt;
     let identity = dir.path().join("identity");
-    assert_eq!(std::fs::metadata(&identity).expect("identity dir").permissions().mode() & 0o777, 0o700);
-    assert_eq!(std::fs::metadata(identity.join("key")).expect("key").permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&identity)
+            .expect("identity dir")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(identity.join("key"))
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     assert_no_file_contains(dir.path(), &token);
 
     assert_eq!(stop(handle).await, ExitCode::Clean);
@@ -77,7 +112,10 @@ async fn fresh_registration_reaches_active_and_restarts_with_its_identity() {
     // A restart uses the stored identity: no token needed, same runner.
     let mut handle = runtime::start(settings(&server, dir.path(), None)).expect("restarts");
     until_active(&mut handle).await;
-    assert_eq!(handle.status.borrow().runner_id.as_deref(), Some(runner_id.as_str()));
+    assert_eq!(
+        handle.status.borrow().runner_id.as_deref(),
+        Some(runner_id.as_str())
+    );
     assert_eq!(stop(handle).await, ExitCode::Clean);
     server.shutdown().await;
 }
@@ -86,17 +124,32 @@ async fn fresh_registration_reaches_active_and_restarts_with_its_identity() {
 async fn a_wrong_or_reused_token_is_refused_and_nothing_is_written() {
     let server = dev_server(None, None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let handle = runtime::start(settings(&server, dir.path(), Some("not-a-token".into()))).expect("starts");
-    assert_eq!(tokio::time::timeout(WAIT, handle.wait()).await.expect("ends"), ExitCode::RegistrationFailed);
-    assert!(!dir.path().join("identity").exists(), "no identity after a refused token");
+    let handle =
+        runtime::start(settings(&server, dir.path(), Some("not-a-token".into()))).expect("starts");
+    assert_eq!(
+        tokio::time::timeout(WAIT, handle.wait())
+            .await
+            .expect("ends"),
+        ExitCode::RegistrationFailed
+    );
+    assert!(
+        !dir.path().join("identity").exists(),
+        "no identity after a refused token"
+    );
 
     let token = server.mint_token().expect("token");
     let first = tempfile::tempdir().expect("tempdir");
-    let mut handle = runtime::start(settings(&server, first.path(), Some(token.clone()))).expect("starts");
+    let mut handle =
+        runtime::start(settings(&server, first.path(), Some(token.clone()))).expect("starts");
     until_active(&mut handle).await;
     let second = tempfile::tempdir().expect("tempdir");
     let reused = runtime::start(settings(&server, second.path(), Some(token))).expect("starts");
-    assert_eq!(tokio::time::timeout(WAIT, reused.wait()).await.expect("ends"), ExitCode::RegistrationFailed);
+    assert_eq!(
+        tokio::time::timeout(WAIT, reused.wait())
+            .await
+            .expect("ends"),
+        ExitCode::RegistrationFailed
+    );
     assert!(!second.path().join("identity").exists());
     assert_eq!(stop(handle).await, ExitCode::Clean);
     server.shutdown().await;
@@ -112,18 +165,34 @@ async fn a_dev_server_restart_with_its_database_brings_the_runner_back_to_active
     let token = server.mint_token().expect("token");
     let mut handle = runtime::start(settings(&server, dir.path(), Some(token))).expect("starts");
     until_active(&mut handle).await;
-    let runner_id = handle.status.borrow().runner_id.clone().expect("registered");
+    let runner_id = handle
+        .status
+        .borrow()
+        .runner_id
+        .clone()
+        .expect("registered");
     let transitions = handle.status.borrow().transitions;
 
     server.shutdown().await;
-    tokio::time::timeout(WAIT, handle.wait_for(|s| s.state == "Reconnecting")).await.expect("notices the loss");
-    let server = dev_server(Some(&db), Some(addr)).await;
-    let status = tokio::time::timeout(WAIT, handle.wait_for(|s| s.state == "Active" && s.transitions > transitions + 1))
+    tokio::time::timeout(WAIT, handle.wait_for(|s| s.state == "Reconnecting"))
         .await
-        .expect("back to Active");
+        .expect("notices the loss");
+    let server = dev_server(Some(&db), Some(addr)).await;
+    let status = tokio::time::timeout(
+        WAIT,
+        handle.wait_for(|s| s.state == "Active" && s.transitions > transitions + 1),
+    )
+    .await
+    .expect("back to Active");
     assert_eq!(status.state, "Active");
-    let me = server.runner(&runner_id).expect("query").expect("the restarted API still knows the runner");
-    assert!(me.connected && me.hardware.is_some(), "in sync after the restart: {me:?}");
+    let me = server
+        .runner(&runner_id)
+        .expect("query")
+        .expect("the restarted API still knows the runner");
+    assert!(
+        me.connected && me.hardware.is_some(),
+        "in sync after the restart: {me:?}"
+    );
     assert_eq!(stop(handle).await, ExitCode::Clean);
     server.shutdown().await;
 }
@@ -139,7 +208,12 @@ async fn a_second_instance_with_the_same_identity_evicts_the_first() {
     let copy = dir.path().with_extension("copy");
     let mut second = runtime::start(settings(&server, &copy, None)).expect("starts");
     until_active(&mut second).await;
-    assert_eq!(tokio::time::timeout(WAIT, first.wait()).await.expect("the first stops"), ExitCode::Evicted);
+    assert_eq!(
+        tokio::time::timeout(WAIT, first.wait())
+            .await
+            .expect("the first stops"),
+        ExitCode::Evicted
+    );
     assert_eq!(stop(second).await, ExitCode::Clean);
     let _ = std::fs::remove_dir_all(&copy);
     server.shutdown().await;
@@ -147,7 +221,12 @@ async fn a_second_instance_with_the_same_identity_evicts_the_first() {
 
 /// Copy a state directory (identity and store) as an operator cloning a VM would.
 fn stop_nothing_but_copy(from: &Path, to: &Path) {
-    let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp runs");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp runs");
     assert!(status.success());
 }
 

@@ -81,6 +81,11 @@ pub enum Command {
     /// 3 registration failed; 4 evicted by a newer session; 5 identity rejected;
     /// 6 incompatible protocol.
     Run(RunArgs),
+    /// Run the reference control plane (a development tool, not a production API).
+    DevServer(crate::devserver::DevServerArgs),
+    /// The whole lifecycle in one process against an embedded dev-server: register,
+    /// sync, Active, a dev-server restart with reconnect and resync, then a clean stop.
+    Demo,
     /// Render the lifecycle spec table (the source of truth for the state machine).
     Spec {
         /// table: the rows; mermaid/dot: state diagrams; json: the parsed table;
@@ -110,9 +115,19 @@ pub enum SpecFormat {
 
 /// Run the parsed command; the returned code becomes the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    init_logging(cli.log_format);
+    // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
+    let default_filter = if matches!(cli.command, Command::Demo) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_format, default_filter);
     match cli.command {
         Command::Run(args) => run_runner(args),
+        Command::DevServer(args) => {
+            block_on(async move { crate::devserver::run(args).await.map(|()| 0) })
+        }
+        Command::Demo => block_on(crate::demo::run()),
         Command::Spec { format } => print_spec(format),
         Command::Hardware { json, job_area } => print_hardware(json, &job_area),
     }
@@ -152,9 +167,9 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -204,11 +219,24 @@ pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSet
     })
 }
 
-fn run_runner(args: RunArgs) -> anyhow::Result<i32> {
-    let settings = settings_from(&args)?;
+fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(
+    future: F,
+) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(future)
+}
+
+fn run_runner(args: RunArgs) -> anyhow::Result<i32> {
+    let settings = settings_from(&args)?;
+    // One thread is plenty for a runner: it waits on a socket, timers and pipes; the
+    // blocking work (hardware probes, SQLite) is short. It also keeps memory small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {

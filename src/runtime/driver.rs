@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::core::{
@@ -70,9 +70,18 @@ pub enum StartError {
     Tls(#[from] TlsSetupError),
 }
 
+/// One change of phase, as the dispatch point saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Transition {
+    pub from: String,
+    pub to: String,
+    pub event: &'static str,
+}
+
 /// A running runner: its status, a way to ask it to stop, and its exit code.
 pub struct RunnerHandle {
     pub status: watch::Receiver<RunnerStatus>,
+    transitions: broadcast::Sender<Transition>,
     control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<ExitCode>,
 }
@@ -84,6 +93,12 @@ impl RunnerHandle {
 
     pub fn force(&self) {
         let _ = self.control.send(Control::Force);
+    }
+
+    /// Every phase change from now on (a slow reader misses the oldest, never blocks
+    /// the runner).
+    pub fn transitions(&self) -> broadcast::Receiver<Transition> {
+        self.transitions.subscribe()
     }
 
     pub fn control(&self) -> mpsc::UnboundedSender<Control> {
@@ -133,6 +148,7 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let (control_tx, control) = mpsc::unbounded_channel();
     let (status_tx, status) = watch::channel(status_of(&core, 0));
+    let (transitions_tx, _) = broadcast::channel(1024);
     info!(mode = ?mode, state_dir = %settings.state_dir.display(), endpoint = %settings.endpoint, "runner starting");
     let driver = Driver {
         timers: Timers::new(inputs_tx.clone()),
@@ -147,6 +163,7 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
         tls,
         settings,
         status: status_tx,
+        transitions_tx: transitions_tx.clone(),
         transitions: 0,
         local: VecDeque::new(),
         exit: None,
@@ -155,6 +172,7 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     let task = tokio::spawn(driver.run(boot_effects, inputs, control));
     Ok(RunnerHandle {
         status,
+        transitions: transitions_tx,
         control: control_tx,
         task,
     })
@@ -174,6 +192,7 @@ struct Driver {
     timers: Timers,
     inputs_tx: mpsc::UnboundedSender<Input>,
     status: watch::Sender<RunnerStatus>,
+    transitions_tx: broadcast::Sender<Transition>,
     transitions: u64,
     /// Events the driver itself produced while performing a batch; they go in before
     /// anything from outside, in order.
@@ -263,6 +282,11 @@ impl Driver {
             } else {
                 debug!(from = %before, to = %after, event = event.kind().name(), "step");
             }
+            let _ = self.transitions_tx.send(Transition {
+                from: before,
+                to: after,
+                event: event.kind().name(),
+            });
         }
         let batch = std::mem::take(&mut effects.list);
         self.scratch = effects;

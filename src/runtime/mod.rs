@@ -18,5 +18,5 @@ pub mod store;
 pub mod timers;
 pub mod ws;
 
-pub use driver::{Control, RunnerHandle, RunnerStatus, StartError, start};
+pub use driver::{Control, RunnerHandle, RunnerStatus, StartError, Transition, start};
 pub use settings::{RunnerSettings, Secret, SettingsError};

@@ -194,6 +194,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
             .and_then(|()| conn.pragma_update(None, "foreign_keys", true))
+            // The working set is a few rows; a 256 KiB page cache keeps the idle
+            // runner small (SQLite's default is 2 MiB).
+            .and_then(|()| conn.pragma_update(None, "cache_size", -256))
             .map_err(open_err)?;
         let mut store = Store { conn, path };
         store.migrate()?;

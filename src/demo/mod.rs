@@ -1,0 +1,218 @@
+/*!
+`fyn-runner demo`: the whole lifecycle in one process, against the reference control
+plane on a loopback port, in temporary folders.
+
+Owns: the demo's script and its printed narration. Must not touch: lifecycle decisions
+(it drives the real runtime and the real dev-server through their public APIs only).
+*/
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::core::CoreConfig;
+use crate::devserver::{DevServer, DevServerConfig};
+use crate::protocol::SessionParams;
+use crate::runtime::{self, RunnerHandle, RunnerSettings, Secret};
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run the demo; returns the runner's exit code.
+pub async fn run() -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let work = tempfile_dir()?;
+    let db = work.join("dev-server.db");
+    let state_dir = work.join("runner");
+    say(&format!(
+        "fyn-runner demo — scratch folder {}",
+        work.display()
+    ));
+
+    let server = start_server(&db, None).await?;
+    let addr = server.local_addr();
+    say(&format!(
+        "[{:>5} ms] dev-server listening on {}",
+        ms(started),
+        server.url()
+    ));
+    let token = server
+        .mint_token()
+        .context("minting a registration token")?;
+    say(&format!(
+        "[{:>5} ms] minted a one-time registration token",
+        ms(started)
+    ));
+
+    let settings = settings(&server.url(), &state_dir, token)?;
+    let mut handle = runtime::start(settings).context("starting the runner")?;
+    say(&format!(
+        "[{:>5} ms]   runner: {}",
+        ms(started),
+        handle.status.borrow().phase
+    ));
+    let narrator = tokio::spawn(narrate(handle.transitions(), started));
+
+    wait_for(&mut handle, "Active", 0).await?;
+    let runner_id = handle.status.borrow().runner_id.clone().unwrap_or_default();
+    if let Some(info) = server.runner(&runner_id).context("asking the dev-server")? {
+        let hardware = info
+            .hardware
+            .as_ref()
+            .map(summarise_hardware)
+            .unwrap_or_default();
+        say(&format!(
+            "[{:>5} ms] the API lists {} ({}): {:?}, {} slots, {hardware}",
+            ms(started),
+            info.id,
+            info.name,
+            info.state,
+            info.slots
+        ));
+    }
+
+    say(&format!(
+        "[{:>5} ms] restarting the dev-server to show reconnect and resync",
+        ms(started)
+    ));
+    let before = handle.status.borrow().transitions;
+    server.shutdown().await;
+    let server = start_server(&db, Some(addr)).await?;
+    wait_for(&mut handle, "Active", before + 2).await?;
+    say(&format!(
+        "[{:>5} ms] back in Active after the restart; the API still knows {runner_id}",
+        ms(started)
+    ));
+
+    say(&format!(
+        "[{:>5} ms] asking the runner to stop (as SIGTERM would)",
+        ms(started)
+    ));
+    handle.shutdown();
+    let code = tokio::time::timeout(STEP_TIMEOUT, handle.wait())
+        .await
+        .context("the runner did not stop in time")?;
+    // The runner is gone, so the narration ends once it has printed what is left.
+    let _ = tokio::time::timeout(Duration::from_secs(1), narrator).await;
+    server.shutdown().await;
+    say(&format!(
+        "[{:>5} ms] runner exited with code {} — done in {:.1} s",
+        ms(started),
+        code.code(),
+        started.elapsed().as_secs_f64()
+    ));
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(code.code())
+}
+
+async fn start_server(
+    db: &Path,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<DevServer> {
+    let mut config = DevServerConfig::ephemeral();
+    config.db = Some(db.to_path_buf());
+    config.session = SessionParams {
+        heartbeat_interval_ms: 1_000,
+        ack_timeout_ms: 500,
+        runner_lost_threshold_ms: 10_000,
+    };
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    DevServer::start(config)
+        .await
+        .context("starting the dev-server")
+}
+
+fn settings(url: &str, state_dir: &Path, token: String) -> anyhow::Result<RunnerSettings> {
+    Ok(RunnerSettings {
+        endpoint: runtime::settings::endpoint(url, false)?,
+        state_dir: state_dir.to_path_buf(),
+        token: Some(Secret::new(token)),
+        name: "demo-runner".into(),
+        ca_file: None,
+        core: CoreConfig {
+            slots: 2,
+            drain_deadline_secs: 10,
+            ..CoreConfig::default()
+        },
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+    })
+}
+
+/// Print every phase change as it happens, with the event that caused it.
+async fn narrate(
+    mut transitions: tokio::sync::broadcast::Receiver<runtime::Transition>,
+    started: Instant,
+) {
+    while let Ok(t) = transitions.recv().await {
+        say(&format!(
+            "[{:>5} ms]   runner: {:<30} → {:<30} on {}",
+            ms(started),
+            t.from,
+            t.to,
+            t.event
+        ));
+    }
+}
+
+async fn wait_for(
+    handle: &mut RunnerHandle,
+    state: &str,
+    after_transitions: u64,
+) -> anyhow::Result<()> {
+    let reached = tokio::time::timeout(
+        STEP_TIMEOUT,
+        handle.wait_for(|s| s.state == state && s.transitions > after_transitions),
+    )
+    .await
+    .with_context(|| format!("the runner did not reach {state} within {STEP_TIMEOUT:?}"))?;
+    if reached.state != state {
+        bail!(
+            "the runner stopped in {} instead of reaching {state}",
+            reached.phase
+        );
+    }
+    Ok(())
+}
+
+fn summarise_hardware(report: &serde_json::Value) -> String {
+    let cores = report
+        .pointer("/cpu/logical_cores")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let memory = report
+        .pointer("/memory/total_bytes")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let gpus = report
+        .pointer("/gpus/kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown");
+    format!(
+        "{cores} cores, {:.1} GiB, GPUs: {gpus}",
+        memory as f64 / f64::from(1u32 << 30)
+    )
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for a scratch folder name: {e}"))?;
+    let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("fyn-runner-demo-{name}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn ms(started: Instant) -> u128 {
+    started.elapsed().as_millis()
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
