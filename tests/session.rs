@@ -46,6 +46,7 @@ fn settings(server: &DevServer, state_dir: &Path, token: Option<String>) -> Runn
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
         connect_timeout: Duration::from_secs(2),
+        hardware: runtime::HardwareSource::System,
     }
 }
 
@@ -241,4 +242,27 @@ fn assert_no_file_contains(dir: &Path, needle: &str) {
             assert!(!found, "{} contains the registration token", path.display());
         }
     }
+}
+
+#[tokio::test]
+async fn a_key_readable_by_others_is_refused_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut handle = runtime::start(settings(&server, dir.path(), Some(token))).expect("starts");
+    until_active(&mut handle).await;
+    assert_eq!(stop(handle).await, ExitCode::Clean);
+
+    let key = dir.path().join("identity").join("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let error = match runtime::start(settings(&server, dir.path(), None)) {
+        Ok(_) => panic!("a group/other-readable key must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("key") && error.contains("0644") && error.contains("chmod 600"),
+        "{error}"
+    );
+    server.shutdown().await;
 }

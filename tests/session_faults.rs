@@ -35,6 +35,7 @@ fn settings(
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         connect_timeout: Duration::from_secs(2),
+        hardware: runtime::HardwareSource::System,
     }
 }
 

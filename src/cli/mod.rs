@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// Seconds running jobs get to finish after a stop is requested.
     #[arg(long, env = "FYN_RUNNER_DRAIN_DEADLINE", default_value_t = 120)]
     pub drain_deadline: u64,
+    /// How often, in seconds, the hardware is re-checked while Active; changes are
+    /// sent as events.
+    #[arg(long, env = "FYN_RUNNER_HARDWARE_RECHECK", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub hardware_recheck: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +208,7 @@ pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSet
     let core = crate::core::CoreConfig {
         slots: args.slots,
         drain_deadline_secs: args.drain_deadline,
+        hardware_recheck_ms: args.hardware_recheck.saturating_mul(1000),
         ..crate::core::CoreConfig::default()
     };
     Ok(crate::runtime::RunnerSettings {
@@ -216,6 +221,7 @@ pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSet
         backoff_min: std::time::Duration::from_millis(500),
         backoff_max: std::time::Duration::from_secs(60),
         connect_timeout: std::time::Duration::from_secs(15),
+        hardware: crate::runtime::HardwareSource::System,
     })
 }
 

@@ -140,6 +140,7 @@ fn settings(url: &str, state_dir: &Path, token: String) -> anyhow::Result<Runner
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
+        hardware: crate::runtime::HardwareSource::System,
     })
 }
 

@@ -276,12 +276,7 @@ impl Driver {
         let after = self.core.phase();
         if before != after {
             self.transitions += 1;
-            let from_state = before.split('.').next().unwrap_or_default();
-            if from_state != self.core.state_name() {
-                info!(from = %before, to = %after, event = event.kind().name(), "transition");
-            } else {
-                debug!(from = %before, to = %after, event = event.kind().name(), "step");
-            }
+            info!(from = %before, to = %after, event = event.kind().name(), "transition");
             let _ = self.transitions_tx.send(Transition {
                 from: before,
                 to: after,
@@ -542,10 +537,13 @@ impl Driver {
 
     fn collect_hardware(&mut self) {
         let state_dir = self.settings.state_dir.clone();
+        let source = self.settings.hardware.clone();
         let inputs = self.inputs_tx.clone();
         tokio::spawn(async move {
             let event =
-                match tokio::task::spawn_blocking(move || collect_and_compare(state_dir)).await {
+                match tokio::task::spawn_blocking(move || collect_and_compare(&source, state_dir))
+                    .await
+                {
                     Ok(event) => event,
                     Err(e) => Event::HardwareFailed {
                         error: format!("hardware collection task failed: {e}"),
@@ -596,20 +594,16 @@ fn phase_of(effect: &Effect) -> u8 {
     }
 }
 
-fn collect_and_compare(state_dir: PathBuf) -> Event {
+fn collect_and_compare(source: &super::settings::HardwareSource, state_dir: PathBuf) -> Event {
     let job_area = state_dir.join("jobs");
     if let Err(e) = std::fs::create_dir_all(&job_area) {
         return Event::HardwareFailed {
             error: format!("cannot create {}: {e}", job_area.display()),
         };
     }
-    let report = match crate::hardware::collect(&job_area) {
+    let report = match source.collect(&job_area) {
         Ok(report) => report,
-        Err(e) => {
-            return Event::HardwareFailed {
-                error: e.to_string(),
-            };
-        }
+        Err(error) => return Event::HardwareFailed { error },
     };
     let cached = match crate::hardware::load_cache(&state_dir) {
         Ok(cached) => cached,

@@ -19,4 +19,4 @@ pub mod timers;
 pub mod ws;
 
 pub use driver::{Control, RunnerHandle, RunnerStatus, StartError, Transition, start};
-pub use settings::{RunnerSettings, Secret, SettingsError};
+pub use settings::{HardwareSource, RunnerSettings, Secret, SettingsError};

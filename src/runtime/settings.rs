@@ -44,6 +44,41 @@ pub enum SettingsError {
     InsecureTransport { host: String },
 }
 
+/// Where hardware reports come from: the machine itself, or (tests, demos of the
+/// change path) a function that stands in for it.
+#[derive(Clone)]
+pub enum HardwareSource {
+    System,
+    Custom(
+        std::sync::Arc<
+            dyn Fn(&std::path::Path) -> Result<crate::hardware::HardwareReport, String>
+                + Send
+                + Sync,
+        >,
+    ),
+}
+
+impl HardwareSource {
+    pub fn collect(
+        &self,
+        job_area: &std::path::Path,
+    ) -> Result<crate::hardware::HardwareReport, String> {
+        match self {
+            Self::System => crate::hardware::collect(job_area).map_err(|e| e.to_string()),
+            Self::Custom(probe) => probe(job_area),
+        }
+    }
+}
+
+impl fmt::Debug for HardwareSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::System => "System",
+            Self::Custom(_) => "Custom",
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
     /// The runner endpoint, e.g. `wss://api.example.com/runner/v1`.
@@ -58,6 +93,7 @@ pub struct RunnerSettings {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
+    pub hardware: HardwareSource,
 }
 
 /// Turn `--server` into the runner endpoint, refusing plain text off loopback unless the
