@@ -49,14 +49,13 @@ pub enum SettingsError {
 #[derive(Clone)]
 pub enum HardwareSource {
     System,
-    Custom(
-        std::sync::Arc<
-            dyn Fn(&std::path::Path) -> Result<crate::hardware::HardwareReport, String>
-                + Send
-                + Sync,
-        >,
-    ),
+    Custom(HardwareProbe),
 }
+
+/// A stand-in for the machine's hardware: the job area in, a report out.
+pub type HardwareProbe = std::sync::Arc<
+    dyn Fn(&std::path::Path) -> Result<crate::hardware::HardwareReport, String> + Send + Sync,
+>;
 
 impl HardwareSource {
     pub fn collect(
