@@ -266,3 +266,53 @@ async fn a_key_readable_by_others_is_refused_with_the_reason() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn status_and_drain_through_the_control_socket() {
+    use fyn_runner::runtime::control::{ControlError, Request, Response, request};
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut handle = runtime::start(settings(&server, dir.path(), Some(token))).expect("starts");
+    until_active(&mut handle).await;
+
+    let Response::Status { status } = request(dir.path(), &Request::Status)
+        .await
+        .expect("answers")
+    else {
+        panic!("a status answer")
+    };
+    assert_eq!(status.state, "Active");
+    assert_eq!(status.runner_id, handle.status.borrow().runner_id);
+    assert!(status.session_since_ms.is_some());
+
+    // A second runner on the same state directory is refused while this one runs.
+    let error = match runtime::start(settings(&server, dir.path(), None)) {
+        Ok(_) => panic!("two runners on one state directory"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("already using"), "{error}");
+
+    let reply = request(
+        dir.path(),
+        &Request::Drain {
+            deadline_secs: Some(5),
+            force: false,
+        },
+    )
+    .await
+    .expect("answers");
+    assert!(matches!(reply, Response::Draining { .. }));
+    assert_eq!(
+        tokio::time::timeout(WAIT, handle.wait())
+            .await
+            .expect("stops"),
+        ExitCode::Clean
+    );
+    // Gone with the runner: the socket is removed.
+    assert!(matches!(
+        request(dir.path(), &Request::Status).await,
+        Err(ControlError::NotRunning { .. })
+    ));
+    server.shutdown().await;
+}

@@ -7,6 +7,7 @@ into messages (`anyhow` lives here and nowhere else).
 Must not touch: lifecycle decisions (those are `core`'s) or protocol details.
 */
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -85,6 +86,35 @@ pub enum Command {
     /// 3 registration failed; 4 evicted by a newer session; 5 identity rejected;
     /// 6 incompatible protocol.
     Run(RunArgs),
+    /// Show what the running runner is doing (through its local control socket).
+    ///
+    /// Exit codes: 0 a runner is running; 3 no runner is running for this state
+    /// directory; 1 the socket could not be used.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The running runner's state directory.
+        #[arg(long, env = "FYN_RUNNER_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Ask the running runner to drain: take no new jobs, let running ones finish (up to
+    /// the deadline), deliver their results, then stop.
+    Drain {
+        /// Seconds running jobs may take before they are cancelled [default: the
+        /// runner's --drain-deadline].
+        #[arg(long)]
+        deadline: Option<u64>,
+        /// Cancel running jobs now instead of waiting for them.
+        #[arg(long)]
+        force: bool,
+        /// Wait until the runner has stopped, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// The running runner's state directory.
+        #[arg(long, env = "FYN_RUNNER_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Run the reference control plane (a development tool, not a production API).
     DevServer(crate::devserver::DevServerArgs),
     /// The whole lifecycle in one process against an embedded dev-server: register,
@@ -132,6 +162,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             block_on(async move { crate::devserver::run(args).await.map(|()| 0) })
         }
         Command::Demo => block_on(crate::demo::run()),
+        Command::Status { json, state_dir } => {
+            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            block_on(async move { show_status(&state_dir, json).await })
+        }
+        Command::Drain {
+            deadline,
+            force,
+            wait,
+            state_dir,
+        } => {
+            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            block_on(async move { drain(&state_dir, deadline, force, wait).await })
+        }
         Command::Spec { format } => print_spec(format),
         Command::Hardware { json, job_area } => print_hardware(json, &job_area),
     }
@@ -251,4 +294,141 @@ fn run_runner(args: RunArgs) -> anyhow::Result<i32> {
             .context("installing signal handlers")?;
         Ok(handle.wait().await.code())
     })
+}
+
+async fn show_status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
+    use crate::runtime::control::{ControlError, Request, Response, request};
+    let status = match request(state_dir, &Request::Status).await {
+        Ok(Response::Status { status }) => status,
+        Ok(other) => anyhow::bail!("unexpected answer from the runner: {other:?}"),
+        Err(ControlError::NotRunning { state_dir, .. }) => {
+            if json {
+                write_stdout("{\"running\": false}\n")?;
+            } else {
+                write_stdout(&format!(
+                    "fyn-runner: not running (state directory {state_dir})\n"
+                ))?;
+            }
+            return Ok(3);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&status).context("encoding the status")? + "\n"
+    } else {
+        render_status(&status)
+    };
+    write_stdout(&text)?;
+    Ok(0)
+}
+
+fn render_status(status: &crate::runtime::RunnerStatus) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let ago = |ms: u64| format_duration(now.saturating_sub(ms));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "state:          {} ({}), for {}",
+        status.state,
+        status.phase,
+        ago(status.state_since_ms)
+    );
+    let _ = writeln!(out, "server:         {}", status.server);
+    let _ = writeln!(
+        out,
+        "runner id:      {}",
+        status.runner_id.as_deref().unwrap_or("(not registered)")
+    );
+    let _ = writeln!(out, "pid:            {}", status.pid);
+    let session = status
+        .session_since_ms
+        .map_or("no active session".to_owned(), ago);
+    let _ = writeln!(out, "session uptime: {session}");
+    let heartbeat = status
+        .last_heartbeat_ack_ms
+        .map_or("none yet".to_owned(), |ms| format!("{} ago", ago(ms)));
+    let _ = writeln!(out, "last heartbeat: {heartbeat}");
+    let _ = writeln!(
+        out,
+        "slots:          {} of {} in use",
+        status.jobs_running, status.slots
+    );
+    if !status.jobs.is_empty() {
+        let _ = writeln!(out, "running jobs:   {}", status.jobs.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "outbox:         {} event(s) awaiting acknowledgement",
+        status.outbox_depth
+    );
+    if let Some(deadline) = status.drain_deadline_secs {
+        let _ = writeln!(
+            out,
+            "draining:       {} job(s) left, deadline {deadline} s after the drain began",
+            status.jobs_running
+        );
+    }
+    out
+}
+
+fn format_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+async fn drain(
+    state_dir: &std::path::Path,
+    deadline: Option<u64>,
+    force: bool,
+    wait: bool,
+) -> anyhow::Result<i32> {
+    use crate::runtime::control::{ControlError, Request, Response, request};
+    match request(
+        state_dir,
+        &Request::Drain {
+            deadline_secs: deadline,
+            force,
+        },
+    )
+    .await?
+    {
+        Response::Draining { status } => {
+            let what = if force {
+                "stopping now (running jobs are cancelled)"
+            } else {
+                "draining"
+            };
+            write_stdout(&format!(
+                "fyn-runner: {what}; {} job(s) running\n",
+                status.jobs_running
+            ))?;
+        }
+        other => anyhow::bail!("unexpected answer from the runner: {other:?}"),
+    }
+    if !wait {
+        return Ok(0);
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        match request(state_dir, &Request::Status).await {
+            Ok(Response::Status { status }) => {
+                write_stdout(&format!(
+                    "  {}: {} job(s) left, {} event(s) undelivered\n",
+                    status.phase, status.jobs_running, status.outbox_depth
+                ))?;
+            }
+            Err(ControlError::NotRunning { .. }) => {
+                write_stdout("fyn-runner: stopped\n")?;
+                return Ok(0);
+            }
+            Ok(other) => anyhow::bail!("unexpected answer from the runner: {other:?}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

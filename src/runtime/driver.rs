@@ -37,17 +37,33 @@ pub enum Input {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     Shutdown,
+    /// Drain with this deadline (from `fyn-runner drain --deadline`).
+    Drain {
+        deadline_secs: Option<u64>,
+    },
     Force,
 }
 
 /// What the runner is doing, for `status`, the demo and tests.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunnerStatus {
-    pub state: &'static str,
+    pub state: String,
     pub phase: String,
     pub runner_id: Option<String>,
+    pub server: String,
+    pub pid: u32,
+    /// Unix milliseconds when the current state was entered.
+    pub state_since_ms: u64,
+    /// Unix milliseconds when the current session reached Active (none while not).
+    pub session_since_ms: Option<u64>,
+    /// Unix milliseconds of the last heartbeat acknowledgement.
+    pub last_heartbeat_ack_ms: Option<u64>,
+    pub slots: u32,
     pub jobs_running: usize,
+    pub jobs: Vec<String>,
     pub outbox_depth: u64,
+    /// The drain deadline in seconds, while draining.
+    pub drain_deadline_secs: Option<u64>,
     pub transitions: u64,
 }
 
@@ -68,6 +84,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Control(#[from] super::control::ControlError),
 }
 
 /// One change of phase, as the dispatch point saw it.
@@ -130,6 +148,7 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
             source,
         }
     })?;
+    super::control::ensure_unused(&settings.state_dir)?;
     let identity = Identity::load(&settings.state_dir)?;
     let mode = match (&identity, &settings.token) {
         (Some(_), _) => BootMode::Resume,
@@ -147,7 +166,8 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     let (core, boot_effects) = Core::boot(settings.core.clone(), mode, durable);
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let (control_tx, control) = mpsc::unbounded_channel();
-    let (status_tx, status) = watch::channel(status_of(&core, 0));
+    let (status_tx, status) =
+        watch::channel(status_of(&core, None, settings.endpoint.as_str(), None));
     let (transitions_tx, _) = broadcast::channel(1024);
     info!(mode = ?mode, state_dir = %settings.state_dir.display(), endpoint = %settings.endpoint, "runner starting");
     let driver = Driver {
@@ -164,12 +184,20 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
         settings,
         status: status_tx,
         transitions_tx: transitions_tx.clone(),
-        transitions: 0,
         local: VecDeque::new(),
         exit: None,
         scratch: Effects::default(),
     };
-    let task = tokio::spawn(driver.run(boot_effects, inputs, control));
+    let socket = super::control::serve(
+        &driver.settings.state_dir,
+        status.clone(),
+        control_tx.clone(),
+    )?;
+    let task = tokio::spawn(async move {
+        let code = driver.run(boot_effects, inputs, control).await;
+        socket.close();
+        code
+    });
     Ok(RunnerHandle {
         status,
         transitions: transitions_tx,
@@ -193,7 +221,6 @@ struct Driver {
     inputs_tx: mpsc::UnboundedSender<Input>,
     status: watch::Sender<RunnerStatus>,
     transitions_tx: broadcast::Sender<Transition>,
-    transitions: u64,
     /// Events the driver itself produced while performing a batch; they go in before
     /// anything from outside, in order.
     local: VecDeque<Event>,
@@ -218,6 +245,7 @@ impl Driver {
                 Some(input) = inputs.recv() => self.accept(input),
                 Some(request) = control.recv() => Some(match request {
                     Control::Shutdown => Event::ShutdownRequested { deadline_secs: None },
+                    Control::Drain { deadline_secs } => Event::ShutdownRequested { deadline_secs },
                     Control::Force => Event::ForceShutdown,
                 }),
                 else => break,
@@ -275,7 +303,6 @@ impl Driver {
         self.core.dispatch_into(&event, &mut effects);
         let after = self.core.phase();
         if before != after {
-            self.transitions += 1;
             info!(from = %before, to = %after, event = event.kind().name(), "transition");
             let _ = self.transitions_tx.send(Transition {
                 from: before,
@@ -286,7 +313,13 @@ impl Driver {
         let batch = std::mem::take(&mut effects.list);
         self.scratch = effects;
         self.perform(Effects { list: batch });
-        let _ = self.status.send(status_of(&self.core, self.transitions));
+        let next = status_of(
+            &self.core,
+            Some(&self.status.borrow()),
+            self.settings.endpoint.as_str(),
+            Some(&event),
+        );
+        let _ = self.status.send(next);
     }
 
     fn perform(&mut self, effects: Effects) {
@@ -627,15 +660,62 @@ fn collect_and_compare(source: &super::settings::HardwareSource, state_dir: Path
     }
 }
 
-fn status_of(core: &Core, transitions: u64) -> RunnerStatus {
+fn status_of(
+    core: &Core,
+    previous: Option<&RunnerStatus>,
+    server: &str,
+    event: Option<&Event>,
+) -> RunnerStatus {
+    let now = unix_ms();
+    let state = core.state_name();
+    let changed = previous.is_none_or(|p| p.state != state);
+    let state = state.to_owned();
+    let jobs = core.running_jobs();
+    let session_since_ms = match (state.as_str(), previous) {
+        ("Active" | "Draining", Some(p)) if p.session_since_ms.is_some() => p.session_since_ms,
+        ("Active", _) => Some(now),
+        _ => None,
+    };
+    let heartbeat_acked = matches!(
+        event,
+        Some(Event::Message(
+            crate::protocol::ServerMessage::HeartbeatAck { .. }
+        ))
+    );
     RunnerStatus {
-        state: core.state_name(),
+        state,
         phase: core.phase(),
         runner_id: core.runner_id().map(str::to_owned),
-        jobs_running: core.running_jobs().len(),
+        server: server.to_owned(),
+        pid: std::process::id(),
+        state_since_ms: if changed {
+            now
+        } else {
+            previous.map_or(now, |p| p.state_since_ms)
+        },
+        session_since_ms,
+        last_heartbeat_ack_ms: if heartbeat_acked {
+            Some(now)
+        } else {
+            previous.and_then(|p| p.last_heartbeat_ack_ms)
+        },
+        slots: core.slots(),
+        jobs_running: jobs.len(),
+        jobs: jobs
+            .iter()
+            .map(|j| format!("{}#{}", j.job_id, j.attempt))
+            .collect(),
         outbox_depth: core.outbox_depth(),
-        transitions,
+        drain_deadline_secs: (core.state_name() == "Draining").then(|| core.drain_deadline_secs()),
+        transitions: previous.map_or(0, |p| p.transitions)
+            + u64::from(previous.is_some_and(|p| p.phase != core.phase())),
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn log_notice(notice: &Notice) {

@@ -9,6 +9,7 @@ Must not: decide what to persist or when. The core (`crate::core`) emits `Durabl
 writes; this module makes them durable, exactly as asked, and reports failures.
 */
 
+pub mod control;
 pub mod driver;
 pub mod identity;
 pub mod secure_fs;

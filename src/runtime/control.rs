@@ -1,0 +1,209 @@
+//! The local control socket: how `fyn-runner status` and `fyn-runner drain` reach the
+//! running daemon. A Unix socket in the state directory (0700), itself 0600, so only the
+//! runner's user and root can use it. One JSON request line, one JSON response line.
+//!
+//! It also guards the state directory: a second runner on the same directory finds a
+//! live socket and refuses to start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use super::driver::{Control, RunnerStatus};
+
+pub const SOCKET_NAME: &str = "control.sock";
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_NAME)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Drain {
+        deadline_secs: Option<u64>,
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    Status { status: Box<RunnerStatus> },
+    Draining { status: Box<RunnerStatus> },
+    Error { message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another runner is already using {path} (its control socket answers); stop it first")]
+    InUse { path: String },
+    #[error("cannot create the control socket {path}: {source}")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("no runner is running with state directory {state_dir} (no control socket at {path})")]
+    NotRunning { state_dir: String, path: String },
+    #[error("cannot reach the runner's control socket {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the runner's control socket gave no valid answer: {0}")]
+    Protocol(String),
+}
+
+/// The socket, removed when the runner stops.
+pub struct ControlSocket {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlSocket {
+    pub fn close(self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Refuse early when another runner owns the state directory.
+pub fn ensure_unused(state_dir: &Path) -> Result<(), ControlError> {
+    let path = socket_path(state_dir);
+    if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(ControlError::InUse {
+            path: state_dir.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+pub fn serve(
+    state_dir: &Path,
+    status: watch::Receiver<RunnerStatus>,
+    control: mpsc::UnboundedSender<Control>,
+) -> Result<ControlSocket, ControlError> {
+    let path = socket_path(state_dir);
+    let shown = path.display().to_string();
+    ensure_unused(state_dir)?;
+    // A socket file with nobody behind it is left over from a crash: replace it.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind {
+        path: shown.clone(),
+        source,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ControlError::Bind {
+            path: shown,
+            source,
+        }
+    })?;
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let status = status.clone();
+            let control = control.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, status, control).await {
+                    warn!(error = %e, "control socket request failed");
+                }
+            });
+        }
+    });
+    Ok(ControlSocket { path, task })
+}
+
+async fn answer(
+    stream: UnixStream,
+    status: watch::Receiver<RunnerStatus>,
+    control: mpsc::UnboundedSender<Control>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    // A request is a short line; a client that sends more is cut off, not buffered.
+    let mut reader = BufReader::new(read.take(64 * 1024));
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Status) => Response::Status {
+            status: Box::new(status.borrow().clone()),
+        },
+        Ok(Request::Drain {
+            deadline_secs,
+            force,
+        }) => {
+            let request = if force {
+                Control::Force
+            } else {
+                Control::Drain { deadline_secs }
+            };
+            let _ = control.send(request);
+            Response::Draining {
+                status: Box::new(status.borrow().clone()),
+            }
+        }
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let mut text = serde_json::to_string(&response).unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// Ask the runner that owns `state_dir`.
+pub async fn request(state_dir: &Path, request: &Request) -> Result<Response, ControlError> {
+    let path = socket_path(state_dir);
+    let shown = path.display().to_string();
+    let stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ControlError::NotRunning {
+                state_dir: state_dir.display().to_string(),
+                path: shown,
+            });
+        }
+        Err(source) => {
+            return Err(ControlError::Connect {
+                path: shown,
+                source,
+            });
+        }
+    };
+    let exchange = async {
+        let (read, mut write) = stream.into_split();
+        let mut text =
+            serde_json::to_string(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        text.push('\n');
+        write
+            .write_all(text.as_bytes())
+            .await
+            .map_err(|source| ControlError::Connect {
+                path: shown.clone(),
+                source,
+            })?;
+        let mut line = String::new();
+        BufReader::new(read)
+            .read_line(&mut line)
+            .await
+            .map_err(|source| ControlError::Connect {
+                path: shown.clone(),
+                source,
+            })?;
+        serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| ControlError::Protocol("no answer within 5 s".into()))?
+}
