@@ -2,8 +2,9 @@
 The I/O shell: performs the core's effects and feeds results back as events; must
 not decide lifecycle questions.
 
-Owns: the durable store (`store`, SQLite), the runner's identity files (`identity`)
-and the helpers that keep secrets private on disk (`secure_fs`).
+Owns: the durable store (`store`, SQLite), the runner's identity files (`identity`),
+the helpers that keep secrets private on disk (`secure_fs`), and the processes of jobs
+(`jobs`).
 
 Must not: decide what to persist or when. The core (`crate::core`) emits `Durable`
 writes; this module makes them durable, exactly as asked, and reports failures.
@@ -12,6 +13,7 @@ writes; this module makes them durable, exactly as asked, and reports failures.
 pub mod control;
 pub mod driver;
 pub mod identity;
+pub mod jobs;
 pub mod secure_fs;
 pub mod settings;
 pub mod signals;

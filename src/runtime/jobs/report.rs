@@ -1,0 +1,103 @@
+/*!
+What the job executor tells the driver: one enum that mirrors the core's job events,
+and its conversion into them. The driver forwards each report as it arrives.
+*/
+
+use crate::core::Event;
+use crate::protocol::{ExitStatus, JobRef, OutputStream};
+
+use super::output::OutputChunk;
+
+/// One thing that happened to a job's process. For one job they arrive in this order:
+/// `Started`, any `Output`/`Truncated`, then `Exited`; or only `SpawnFailed`.
+#[derive(Debug, PartialEq)]
+pub enum JobReport {
+    Started {
+        job: JobRef,
+        pid: u32,
+    },
+    /// Bytes `offset..offset + data.len()` of one stream. `data` holds a credit of the
+    /// stream's reader until the report is converted or dropped (see `OutputChunk`).
+    Output {
+        job: JobRef,
+        stream: OutputStream,
+        offset: u64,
+        data: OutputChunk,
+    },
+    /// The stream passed the job's output limit at `offset`; nothing more of it is
+    /// reported or logged, though the job keeps running and its pipe keeps draining.
+    Truncated {
+        job: JobRef,
+        stream: OutputStream,
+        offset: u64,
+    },
+    /// The main process ended, its process group was killed and both streams were read
+    /// to the end. Byte counts are what the job wrote, before truncation.
+    Exited {
+        job: JobRef,
+        status: ExitStatus,
+        duration_ms: u64,
+        stdout_bytes: u64,
+        stderr_bytes: u64,
+    },
+    /// The job never ran; `error` says why, for people (it is never matched on).
+    SpawnFailed {
+        job: JobRef,
+        error: String,
+    },
+}
+
+impl JobReport {
+    /// The job attempt this report is about.
+    pub fn job(&self) -> &JobRef {
+        match self {
+            Self::Started { job, .. }
+            | Self::Output { job, .. }
+            | Self::Truncated { job, .. }
+            | Self::Exited { job, .. }
+            | Self::SpawnFailed { job, .. } => job,
+        }
+    }
+
+    /// The core's event for this report. Converting an `Output` gives its credit back
+    /// to the job's reader.
+    pub fn into_event(self) -> Event {
+        match self {
+            Self::Started { job, pid } => Event::JobStarted { job, pid },
+            Self::Output {
+                job,
+                stream,
+                offset,
+                data,
+            } => Event::JobOutput {
+                job,
+                stream,
+                offset,
+                data: data.into_bytes(),
+            },
+            Self::Truncated {
+                job,
+                stream,
+                offset,
+            } => Event::JobOutputTruncated {
+                job,
+                stream,
+                offset,
+            },
+            Self::Exited {
+                job,
+                status,
+                duration_ms,
+                stdout_bytes,
+                stderr_bytes,
+            } => Event::JobExited {
+                job,
+                status,
+                duration_ms,
+                stdout_bytes,
+                stderr_bytes,
+            },
+            Self::SpawnFailed { job, error } => Event::JobSpawnFailed { job, error },
+        }
+    }
+}

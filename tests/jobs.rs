@@ -1,0 +1,861 @@
+//! The job executor against real processes: exit statuses, output order and offsets,
+//! the clean environment, the cancellation ladder, process groups that leave nothing
+//! behind, spawn failures, the output limit, and bounded memory under a flood.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fyn_runner::core::Event;
+use fyn_runner::protocol::{ExitStatus, JobRef, JobSpec, OutputStream};
+use fyn_runner::runtime::jobs::{
+    CHUNK_BYTES, Executor, ExecutorError, JobReport, JobSupervisor, OutputChunk, OutputSink,
+    ProcessExecutor, SpawnRequest,
+};
+use tempfile::TempDir;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::time::{Instant, timeout};
+
+/// How long any one report may take; generous for a loaded CI machine.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn spec(id: &str, command: &[&str]) -> JobSpec {
+    JobSpec {
+        job_id: id.to_owned(),
+        attempt: 1,
+        command: command.iter().map(|part| (*part).to_owned()).collect(),
+        env: BTreeMap::new(),
+        workdir: None,
+        timeout_secs: 60,
+        output_limit_bytes: 1 << 30,
+        cancel_grace_secs: 10,
+    }
+}
+
+struct Harness {
+    dir: TempDir,
+    supervisor: JobSupervisor,
+    reports: UnboundedReceiver<JobReport>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (tx, reports) = unbounded_channel();
+        let supervisor = JobSupervisor::new(dir.path().join("jobs"), tx);
+        Self {
+            dir,
+            supervisor,
+            reports,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("jobs")
+    }
+
+    fn job_dir(&self, spec: &JobSpec) -> PathBuf {
+        self.root()
+            .join(format!("{}-{}", spec.job_id, spec.attempt))
+    }
+
+    async fn next(&mut self) -> JobReport {
+        timeout(WAIT, self.reports.recv())
+            .await
+            .expect("a report in time")
+            .expect("the reports channel is open")
+    }
+
+    /// The `Started` report of a job just spawned; its pid.
+    async fn started(&mut self, job: &JobRef) -> u32 {
+        match self.next().await {
+            JobReport::Started { job: got, pid } => {
+                assert_eq!(&got, job);
+                pid
+            }
+            other => panic!("expected Started, got {other:?}"),
+        }
+    }
+
+    /// Everything up to and including `Exited`, for a job whose `Started` was read.
+    async fn until_exit(&mut self, job: &JobRef) -> Run {
+        let mut run = Run::default();
+        loop {
+            let report = self.next().await;
+            assert_eq!(report.job(), job, "a report about another job: {report:?}");
+            match report {
+                JobReport::Output {
+                    stream,
+                    offset,
+                    data,
+                    ..
+                } => {
+                    assert!(!data.is_empty(), "an empty chunk");
+                    assert!(data.len() <= CHUNK_BYTES, "a chunk of {} bytes", data.len());
+                    let (bytes, truncated) = run.stream_mut(stream);
+                    assert!(truncated.is_none(), "output after Truncated");
+                    assert_eq!(offset, bytes.len() as u64, "offsets are contiguous");
+                    bytes.extend_from_slice(&data);
+                    run.chunks += 1;
+                }
+                JobReport::Truncated { stream, offset, .. } => {
+                    let (bytes, truncated) = run.stream_mut(stream);
+                    assert!(truncated.is_none(), "a second Truncated");
+                    assert_eq!(offset, bytes.len() as u64);
+                    *truncated = Some(offset);
+                }
+                JobReport::Exited {
+                    status,
+                    duration_ms,
+                    stdout_bytes,
+                    stderr_bytes,
+                    ..
+                } => {
+                    run.status = Some(status);
+                    run.duration_ms = duration_ms;
+                    run.stdout_bytes = stdout_bytes;
+                    run.stderr_bytes = stderr_bytes;
+                    return run;
+                }
+                other => panic!("unexpected report {other:?}"),
+            }
+        }
+    }
+
+    async fn run(&mut self, spec: &JobSpec) -> Run {
+        let job = spec.job_ref();
+        self.supervisor.spawn(spec);
+        self.started(&job).await;
+        self.until_exit(&job).await
+    }
+
+    async fn spawn_failed(&mut self, spec: &JobSpec) -> String {
+        self.supervisor.spawn(spec);
+        match self.next().await {
+            JobReport::SpawnFailed { job, error } => {
+                assert_eq!(job, spec.job_ref());
+                error
+            }
+            other => panic!("expected SpawnFailed, got {other:?}"),
+        }
+    }
+
+    /// Read until a chunk of `stream` containing `needle` arrived (the job is ready).
+    async fn output_containing(&mut self, stream: OutputStream, needle: &str) -> String {
+        let mut text = String::new();
+        loop {
+            match self.next().await {
+                JobReport::Output {
+                    stream: got, data, ..
+                } if got == stream => {
+                    text.push_str(&String::from_utf8_lossy(&data));
+                    if text.contains(needle) {
+                        return text;
+                    }
+                }
+                JobReport::Output { .. } => {}
+                other => panic!("expected output, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Run {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stdout_truncated: Option<u64>,
+    stderr_truncated: Option<u64>,
+    chunks: usize,
+    status: Option<ExitStatus>,
+    duration_ms: u64,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+}
+
+impl Run {
+    fn stream_mut(&mut self, stream: OutputStream) -> (&mut Vec<u8>, &mut Option<u64>) {
+        match stream {
+            OutputStream::Stdout => (&mut self.stdout, &mut self.stdout_truncated),
+            OutputStream::Stderr => (&mut self.stderr, &mut self.stderr_truncated),
+        }
+    }
+
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Whether `pid` no longer runs. A killed orphan may stay a zombie until init reaps
+/// it; a zombie runs no code, so it counts as gone.
+fn process_gone(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 sends nothing and reads no memory of this process;
+    // it only asks whether `pid` exists. `pid` is a positive process ID.
+    let rc = unsafe { libc::kill(pid, 0) };
+    if rc != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z" | "X"))
+}
+
+/// Poll (briefly, bounded) until `pid` is gone.
+async fn assert_gone(pid: i32) {
+    let gone = timeout(Duration::from_secs(10), async {
+        while !process_gone(pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "process {pid} outlived its job");
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("a VmRSS line")
+}
+
+#[tokio::test]
+async fn a_successful_job_reports_started_then_exit_code_zero() {
+    let mut h = Harness::new();
+    let spec = spec("ok", &["true"]);
+    h.supervisor.spawn(&spec);
+    let pid = h.started(&spec.job_ref()).await;
+    assert!(pid > 1);
+    let run = h.until_exit(&spec.job_ref()).await;
+    assert_eq!(run.status, Some(ExitStatus::Exited { code: 0 }));
+    assert_eq!((run.stdout_bytes, run.stderr_bytes, run.chunks), (0, 0, 0));
+    assert_eq!(h.supervisor.running(), 0);
+    assert!(h.job_dir(&spec).join("work").is_dir());
+    assert_eq!(
+        std::fs::read(h.job_dir(&spec).join("stdout.log")).unwrap(),
+        b""
+    );
+}
+
+#[tokio::test]
+async fn a_failing_job_reports_its_exit_code() {
+    let mut h = Harness::new();
+    let run = h.run(&spec("fail", &["sh", "-c", "exit 3"])).await;
+    assert_eq!(run.status, Some(ExitStatus::Exited { code: 3 }));
+}
+
+#[tokio::test]
+async fn output_arrives_in_order_with_offsets_and_matches_the_log() {
+    let mut h = Harness::new();
+    let small = spec(
+        "printf",
+        &[
+            "sh",
+            "-c",
+            "printf 'one'; printf ' two'; printf ' three\\n'",
+        ],
+    );
+    let run = h.run(&small).await;
+    assert_eq!(run.stdout_text(), "one two three\n");
+    assert_eq!(run.stdout_bytes, 14);
+
+    // Enough to need many chunks: every one of them in order, none over 64 KiB.
+    let count = 100_000;
+    let big = spec("printf-many", &["sh", "-c", &format!("seq 1 {count}")]);
+    let run = h.run(&big).await;
+    let expected: String = (1..=count).map(|n| format!("{n}\n")).collect();
+    assert_eq!(run.stdout.len(), expected.len());
+    assert!(run.stdout == expected.as_bytes(), "the bytes differ");
+    assert!(run.chunks >= expected.len() / CHUNK_BYTES);
+    assert_eq!(run.stdout_bytes, expected.len() as u64);
+    assert_eq!(run.stdout_truncated, None);
+    let log = std::fs::read(h.job_dir(&big).join("stdout.log")).unwrap();
+    assert!(
+        log == expected.as_bytes(),
+        "the log differs from the stream"
+    );
+}
+
+#[tokio::test]
+async fn stderr_is_its_own_stream_and_log() {
+    let mut h = Harness::new();
+    let spec = spec("stderr", &["sh", "-c", "echo out; echo err >&2; exit 1"]);
+    let run = h.run(&spec).await;
+    assert_eq!(run.stdout, b"out\n");
+    assert_eq!(run.stderr, b"err\n");
+    assert_eq!((run.stdout_bytes, run.stderr_bytes), (4, 4));
+    assert_eq!(run.status, Some(ExitStatus::Exited { code: 1 }));
+    let dir = h.job_dir(&spec);
+    assert_eq!(std::fs::read(dir.join("stdout.log")).unwrap(), b"out\n");
+    assert_eq!(std::fs::read(dir.join("stderr.log")).unwrap(), b"err\n");
+}
+
+#[tokio::test]
+async fn the_environment_is_clean_and_holds_the_declared_variables() {
+    // SAFETY: set_var is unsafe because another thread could read the environment
+    // through libc meanwhile. Everything in this test binary reads it through std
+    // (`std::env`, `Command`), which serialises with set_var; and the value is the
+    // runner's secret that must not reach jobs, which is what this test checks.
+    unsafe { std::env::set_var("FYN_RUNNER_TOKEN", "secret") };
+    let mut h = Harness::new();
+    let mut spec = spec("env", &["env"]);
+    spec.attempt = 2;
+    spec.env = BTreeMap::from([
+        ("GREETING".to_owned(), "hello world".to_owned()),
+        ("LANG".to_owned(), "de_DE.UTF-8".to_owned()),
+        // The runner's word on which job this is wins.
+        ("FYN_JOB_ID".to_owned(), "spoofed".to_owned()),
+    ]);
+    let run = h.run(&spec).await;
+    assert_eq!(run.status, Some(ExitStatus::Exited { code: 0 }));
+    let text = run.stdout_text();
+    assert!(
+        !text.contains("secret"),
+        "the runner's token leaked:\n{text}"
+    );
+    let vars: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    let names: BTreeSet<&str> = vars.keys().copied().collect();
+    let expected: BTreeSet<&str> = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "FYN_JOB_ID",
+        "FYN_JOB_ATTEMPT",
+        "GREETING",
+    ]
+    .into();
+    assert_eq!(names, expected, "the job's environment:\n{text}");
+    assert_eq!(vars["GREETING"], "hello world");
+    assert_eq!(vars["LANG"], "de_DE.UTF-8");
+    assert_eq!(vars["LC_ALL"], "C.UTF-8");
+    assert_eq!(vars["FYN_JOB_ID"], "env");
+    assert_eq!(vars["FYN_JOB_ATTEMPT"], "2");
+    assert_eq!(Path::new(vars["HOME"]), h.job_dir(&spec));
+    assert!(!vars["PATH"].is_empty());
+}
+
+#[tokio::test]
+async fn a_job_starts_in_its_workdir_below_work() {
+    let mut h = Harness::new();
+    let mut spec = spec("workdir", &["sh", "-c", "pwd -P"]);
+    spec.workdir = Some("sub/dir".into());
+    let run = h.run(&spec).await;
+    let expected = std::fs::canonicalize(h.job_dir(&spec).join("work/sub/dir")).unwrap();
+    assert_eq!(run.stdout_text().trim_end(), expected.to_str().unwrap());
+}
+
+#[tokio::test]
+async fn cancel_sends_sigterm_to_the_group() {
+    let mut h = Harness::new();
+    let spec = spec("cancel", &["sleep", "100"]);
+    h.supervisor.spawn(&spec);
+    h.started(&spec.job_ref()).await;
+    assert_eq!(h.supervisor.running(), 1);
+    h.supervisor
+        .cancel(&spec.job_ref(), Duration::from_secs(20));
+    let run = h.until_exit(&spec.job_ref()).await;
+    assert_eq!(
+        run.status,
+        Some(ExitStatus::Signaled {
+            signal: libc::SIGTERM
+        })
+    );
+    assert!(run.duration_ms < 20_000, "SIGTERM alone ended it");
+    assert_eq!(h.supervisor.running(), 0);
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_jobs_children() {
+    let mut h = Harness::new();
+    let spec = spec("cancel-tree", &["sh", "-c", "sleep 1000 & echo $!; wait"]);
+    h.supervisor.spawn(&spec);
+    h.started(&spec.job_ref()).await;
+    let child: i32 = h
+        .output_containing(OutputStream::Stdout, "\n")
+        .await
+        .trim()
+        .parse()
+        .expect("the child's pid");
+    h.supervisor
+        .cancel(&spec.job_ref(), Duration::from_secs(20));
+    let run = h.until_exit(&spec.job_ref()).await;
+    assert_eq!(
+        run.status,
+        Some(ExitStatus::Signaled {
+            signal: libc::SIGTERM
+        })
+    );
+    assert_gone(child).await;
+}
+
+#[tokio::test]
+async fn a_job_ignoring_sigterm_is_killed_after_the_grace() {
+    let mut h = Harness::new();
+    let spec = spec(
+        "stubborn",
+        &["sh", "-c", "trap '' TERM; echo ready; sleep 100"],
+    );
+    h.supervisor.spawn(&spec);
+    h.started(&spec.job_ref()).await;
+    // Once it printed, the trap is set.
+    h.output_containing(OutputStream::Stdout, "ready").await;
+    let grace = Duration::from_millis(300);
+    let cancelled = Instant::now();
+    h.supervisor.cancel(&spec.job_ref(), grace);
+    let run = h.until_exit(&spec.job_ref()).await;
+    assert_eq!(
+        run.status,
+        Some(ExitStatus::Signaled {
+            signal: libc::SIGKILL
+        })
+    );
+    assert!(
+        cancelled.elapsed() >= grace,
+        "killed before the grace ran out"
+    );
+}
+
+#[tokio::test]
+async fn no_child_outlives_its_job() {
+    let mut h = Harness::new();
+    // The background sleep keeps stdout open; the job still ends, and so does it.
+    let run = h
+        .run(&spec("orphan", &["sh", "-c", "sleep 1000 & echo $!"]))
+        .await;
+    assert_eq!(run.status, Some(ExitStatus::Exited { code: 0 }));
+    let child: i32 = run.stdout_text().trim().parse().expect("the child's pid");
+    assert_gone(child).await;
+}
+
+#[tokio::test]
+async fn a_missing_program_is_a_spawn_failure() {
+    let mut h = Harness::new();
+    let error = h
+        .spawn_failed(&spec("missing", &["fyn-no-such-program"]))
+        .await;
+    assert!(error.contains("fyn-no-such-program"), "{error}");
+    let error = h
+        .spawn_failed(&spec("missing-path", &["/nonexistent/fyn-program"]))
+        .await;
+    assert!(error.contains("/nonexistent/fyn-program"), "{error}");
+    assert_eq!(h.supervisor.running(), 0);
+    assert!(h.reports.try_recv().is_err(), "nothing follows SpawnFailed");
+}
+
+#[tokio::test]
+async fn a_bad_workdir_is_a_spawn_failure() {
+    let mut h = Harness::new();
+    let mut escaping = spec("escape-workdir", &["true"]);
+    escaping.workdir = Some("../outside".into());
+    h.spawn_failed(&escaping).await;
+    assert!(!h.job_dir(&escaping).join("outside").exists());
+
+    // A file where the workdir should be created.
+    let mut blocked = spec("blocked-workdir", &["true"]);
+    blocked.workdir = Some("file/sub".into());
+    let work = h.job_dir(&blocked).join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("file"), b"not a directory").unwrap();
+    let error = h.spawn_failed(&blocked).await;
+    assert!(error.contains("file/sub"), "{error}");
+    assert_eq!(h.supervisor.running(), 0);
+}
+
+#[tokio::test]
+async fn a_job_id_that_climbs_out_is_refused() {
+    let mut h = Harness::new();
+    let error = h.spawn_failed(&spec("../escape", &["true"])).await;
+    assert!(error.contains("../escape"), "{error}");
+    assert!(!h.dir.path().join("escape-1").exists());
+    assert!(!h.root().join("escape-1").exists());
+
+    // The executor checks again on its own, whoever calls it.
+    let (tx, _rx) = unbounded_channel();
+    let executor = ProcessExecutor::new(h.root());
+    for id in ["../escape", "a/b", "..", ".hidden", ""] {
+        let bad = spec(id, &["true"]);
+        let request = SpawnRequest {
+            output: OutputSink::new(bad.job_ref(), tx.clone()),
+            spec: bad.clone(),
+        };
+        let result = executor.spawn(request);
+        assert!(
+            matches!(result, Err(ExecutorError::InvalidSpec(_))),
+            "{id:?} was not refused"
+        );
+        assert!(executor.job_dir(&bad.job_ref()).is_err());
+    }
+}
+
+#[tokio::test]
+async fn output_past_the_limit_is_truncated_and_drained() {
+    let mut h = Harness::new();
+    // A MiB is far more than a pipe holds: the job only finishes if its pipe drains.
+    let mut spec = spec(
+        "limit",
+        &["sh", "-c", "head -c 1048576 /dev/zero; echo done >&2"],
+    );
+    spec.output_limit_bytes = 1000;
+    let run = h.run(&spec).await;
+    assert_eq!(run.status, Some(ExitStatus::Exited { code: 0 }));
+    assert_eq!(run.stdout.len(), 1000);
+    assert_eq!(run.stdout_truncated, Some(1000));
+    assert_eq!(run.stdout_bytes, 1_048_576, "counted before truncation");
+    assert_eq!(run.stderr, b"done\n");
+    assert_eq!(run.stderr_truncated, None);
+    let log = std::fs::metadata(h.job_dir(&spec).join("stdout.log")).unwrap();
+    assert_eq!(log.len(), 1000);
+}
+
+#[tokio::test]
+async fn output_exactly_at_the_limit_is_not_truncated() {
+    let mut h = Harness::new();
+    let mut spec = spec("at-limit", &["printf", "hello"]);
+    spec.output_limit_bytes = 5;
+    let run = h.run(&spec).await;
+    assert_eq!(run.stdout, b"hello");
+    assert_eq!(run.stdout_truncated, None);
+}
+
+#[tokio::test]
+async fn fifty_mib_stream_in_full_with_bounded_memory() {
+    const TOTAL: u64 = 50 * 1024 * 1024;
+    let mut h = Harness::new();
+    let spec = spec("flood", &["head", "-c", "52428800", "/dev/zero"]);
+    let before = rss_kib();
+    let mut peak = before;
+    let began = Instant::now();
+    h.supervisor.spawn(&spec);
+    h.started(&spec.job_ref()).await;
+    let mut received: u64 = 0;
+    let mut chunks: u64 = 0;
+    let exit = loop {
+        match h.next().await {
+            JobReport::Output {
+                stream,
+                offset,
+                data,
+                ..
+            } => {
+                assert_eq!(stream, OutputStream::Stdout);
+                assert_eq!(offset, received);
+                assert!(data.len() <= CHUNK_BYTES);
+                received += data.len() as u64;
+                chunks += 1;
+                if chunks.is_multiple_of(64) {
+                    peak = peak.max(rss_kib());
+                }
+                // Consumed as it goes: the chunk and its credit are dropped here.
+            }
+            JobReport::Exited {
+                status,
+                stdout_bytes,
+                ..
+            } => break (status, stdout_bytes),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let elapsed = began.elapsed();
+    peak = peak.max(rss_kib());
+    assert_eq!(exit, (ExitStatus::Exited { code: 0 }, TOTAL));
+    assert_eq!(received, TOTAL, "every byte streamed");
+    let growth_kib = peak.saturating_sub(before);
+    let mb_per_s = TOTAL as f64 / 1e6 / elapsed.as_secs_f64();
+    eprintln!(
+        "50 MiB: {chunks} chunks in {:.2?} ({mb_per_s:.0} MB/s), RSS {before} KiB -> peak {peak} KiB (+{growth_kib} KiB)",
+        elapsed
+    );
+    assert!(growth_kib < 64 * 1024, "RSS grew by {growth_kib} KiB");
+    let log = std::fs::metadata(h.job_dir(&spec).join("stdout.log")).unwrap();
+    assert_eq!(log.len(), TOTAL);
+}
+
+#[tokio::test]
+async fn a_stalled_consumer_holds_the_job_back_instead_of_buffering() {
+    let mut h = Harness::new();
+    let spec = spec("stalled", &["head", "-c", "52428800", "/dev/zero"]);
+    h.supervisor.spawn(&spec);
+    h.started(&spec.job_ref()).await;
+    // Without reading, wait until the reader runs out of credits: the reports stop.
+    let mut held = Vec::new();
+    while let Ok(Some(report)) = timeout(Duration::from_millis(500), h.reports.recv()).await {
+        assert!(matches!(report, JobReport::Output { .. }), "{report:?}");
+        held.push(report);
+    }
+    assert!(
+        held.len() <= fyn_runner::runtime::jobs::CREDITS_PER_STREAM,
+        "{} chunks out without credit",
+        held.len()
+    );
+    assert_eq!(h.supervisor.running(), 1, "the job waits, it is not done");
+    // Converting gives the credits back and the flood resumes to its end.
+    let mut received: u64 = held
+        .into_iter()
+        .map(|report| match report.into_event() {
+            Event::JobOutput { data, .. } => data.len() as u64,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    loop {
+        match h.next().await {
+            JobReport::Output { data, .. } => received += data.len() as u64,
+            JobReport::Exited { stdout_bytes, .. } => {
+                assert_eq!(stdout_bytes, 52_428_800);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, 52_428_800);
+}
+
+#[tokio::test]
+async fn kill_all_kills_every_job_now() {
+    let mut h = Harness::new();
+    let a = spec("kill-a", &["sleep", "100"]);
+    let b = spec("kill-b", &["sh", "-c", "trap '' TERM; sleep 100"]);
+    h.supervisor.spawn(&a);
+    h.started(&a.job_ref()).await;
+    h.supervisor.spawn(&b);
+    h.started(&b.job_ref()).await;
+    assert_eq!(h.supervisor.running(), 2);
+    h.supervisor.kill_all();
+    let mut ended = BTreeSet::new();
+    while ended.len() < 2 {
+        match h.next().await {
+            JobReport::Exited { job, status, .. } => {
+                assert_eq!(
+                    status,
+                    ExitStatus::Signaled {
+                        signal: libc::SIGKILL
+                    }
+                );
+                ended.insert(job.job_id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(h.supervisor.running(), 0);
+}
+
+#[tokio::test]
+async fn dropping_the_supervisor_kills_its_jobs() {
+    let mut h = Harness::new();
+    let spec = spec("dropped", &["sh", "-c", "sleep 1000 & echo $!; wait"]);
+    h.supervisor.spawn(&spec);
+    let main = h.started(&spec.job_ref()).await;
+    let child: i32 = h
+        .output_containing(OutputStream::Stdout, "\n")
+        .await
+        .trim()
+        .parse()
+        .expect("the child's pid");
+    let Harness {
+        dir: _dir,
+        supervisor,
+        mut reports,
+    } = h;
+    drop(supervisor);
+    let exited = timeout(WAIT, async {
+        loop {
+            match reports.recv().await {
+                Some(JobReport::Exited { status, .. }) => break status,
+                Some(_) => {}
+                None => panic!("the channel closed before Exited"),
+            }
+        }
+    })
+    .await
+    .expect("Exited in time");
+    assert_eq!(
+        exited,
+        ExitStatus::Signaled {
+            signal: libc::SIGKILL
+        }
+    );
+    assert_gone(i32::try_from(main).unwrap()).await;
+    assert_gone(child).await;
+}
+
+#[tokio::test]
+async fn the_same_attempt_never_runs_twice() {
+    let mut h = Harness::new();
+    let spec = spec("twice", &["sleep", "100"]);
+    h.supervisor.spawn(&spec);
+    h.started(&spec.job_ref()).await;
+    let error = h.spawn_failed(&spec).await;
+    assert!(error.contains("already running"), "{error}");
+    assert_eq!(h.supervisor.running(), 1);
+    h.supervisor.cancel(&spec.job_ref(), Duration::ZERO);
+    let run = h.until_exit(&spec.job_ref()).await;
+    assert!(matches!(run.status, Some(ExitStatus::Signaled { .. })));
+    // Once it ended, the attempt may be started again.
+    let again = h.run(&spec_with_command(&spec, &["true"])).await;
+    assert_eq!(again.status, Some(ExitStatus::Exited { code: 0 }));
+}
+
+fn spec_with_command(spec: &JobSpec, command: &[&str]) -> JobSpec {
+    JobSpec {
+        command: command.iter().map(|part| (*part).to_owned()).collect(),
+        ..spec.clone()
+    }
+}
+
+#[tokio::test]
+async fn cancelling_an_unknown_job_does_nothing() {
+    let mut h = Harness::new();
+    let job = JobRef {
+        job_id: "nobody".into(),
+        attempt: 1,
+    };
+    h.supervisor.cancel(&job, Duration::from_secs(1));
+    assert!(h.reports.try_recv().is_err());
+    assert_eq!(h.supervisor.running(), 0);
+}
+
+#[test]
+fn preflight_checks_the_jobs_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = ProcessExecutor::new(dir.path().join("a/b/jobs"));
+    assert_eq!(fresh.name(), "process");
+    fresh.preflight().expect("a creatable root passes");
+    assert!(dir.path().join("a/b/jobs").is_dir());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("a/b/jobs"))
+            .unwrap()
+            .count(),
+        0,
+        "the probe is removed"
+    );
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let blocked = ProcessExecutor::new(file.clone());
+    assert!(matches!(
+        blocked.preflight(),
+        Err(ExecutorError::NotADirectory { .. })
+    ));
+    let below_file = ProcessExecutor::new(file.join("jobs"));
+    assert!(matches!(
+        below_file.preflight(),
+        Err(ExecutorError::Io { .. })
+    ));
+}
+
+#[test]
+fn reports_become_the_cores_events() {
+    let job = JobRef {
+        job_id: "j".into(),
+        attempt: 1,
+    };
+    let cases = [
+        (
+            JobReport::Started {
+                job: job.clone(),
+                pid: 7,
+            },
+            Event::JobStarted {
+                job: job.clone(),
+                pid: 7,
+            },
+        ),
+        (
+            JobReport::Output {
+                job: job.clone(),
+                stream: OutputStream::Stderr,
+                offset: 3,
+                data: OutputChunk::from(b"abc".to_vec()),
+            },
+            Event::JobOutput {
+                job: job.clone(),
+                stream: OutputStream::Stderr,
+                offset: 3,
+                data: b"abc".to_vec(),
+            },
+        ),
+        (
+            JobReport::Truncated {
+                job: job.clone(),
+                stream: OutputStream::Stdout,
+                offset: 9,
+            },
+            Event::JobOutputTruncated {
+                job: job.clone(),
+                stream: OutputStream::Stdout,
+                offset: 9,
+            },
+        ),
+        (
+            JobReport::Exited {
+                job: job.clone(),
+                status: ExitStatus::Signaled { signal: 9 },
+                duration_ms: 5,
+                stdout_bytes: 1,
+                stderr_bytes: 2,
+            },
+            Event::JobExited {
+                job: job.clone(),
+                status: ExitStatus::Signaled { signal: 9 },
+                duration_ms: 5,
+                stdout_bytes: 1,
+                stderr_bytes: 2,
+            },
+        ),
+        (
+            JobReport::SpawnFailed {
+                job: job.clone(),
+                error: "no".into(),
+            },
+            Event::JobSpawnFailed {
+                job: job.clone(),
+                error: "no".into(),
+            },
+        ),
+    ];
+    for (report, event) in cases {
+        assert_eq!(report.job(), &job);
+        assert_eq!(report.into_event(), event);
+    }
+}
+
+/// An executor other than the process one plugs in the same way.
+#[tokio::test]
+async fn a_refusing_executor_reports_spawn_failed() {
+    struct Refusing;
+    impl Executor for Refusing {
+        fn name(&self) -> &'static str {
+            "refusing"
+        }
+        fn preflight(&self) -> Result<(), ExecutorError> {
+            Ok(())
+        }
+        fn spawn(
+            &self,
+            _request: SpawnRequest,
+        ) -> Result<fyn_runner::runtime::jobs::RunningJob, ExecutorError> {
+            Err(ExecutorError::NoPid)
+        }
+    }
+    let (tx, mut rx) = unbounded_channel();
+    let mut supervisor = JobSupervisor::with_executor(Arc::new(Refusing), tx);
+    assert_eq!(supervisor.executor_name(), "refusing");
+    supervisor.preflight().unwrap();
+    supervisor.spawn(&spec("refused", &["true"]));
+    let report = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(report, JobReport::SpawnFailed { .. }),
+        "{report:?}"
+    );
+}
