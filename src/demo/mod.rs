@@ -85,6 +85,8 @@ pub async fn run() -> anyhow::Result<i32> {
         ms(started)
     ));
 
+    run_jobs(&server, started).await?;
+
     say(&format!(
         "[{:>5} ms] asking the runner to stop (as SIGTERM would)",
         ms(started)
@@ -104,6 +106,95 @@ pub async fn run() -> anyhow::Result<i32> {
     ));
     let _ = std::fs::remove_dir_all(&work);
     Ok(code.code())
+}
+
+/// Four jobs, one per outcome: succeeded, failed, cancelled, timed out.
+async fn run_jobs(server: &DevServer, started: Instant) -> anyhow::Result<()> {
+    use crate::devserver::JobRequest;
+    let job = |command: &[&str], timeout_secs| JobRequest {
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        env: [("GREETING".to_owned(), "hello from the demo".to_owned())].into(),
+        timeout_secs,
+        output_limit_bytes: None,
+        cancel_grace_secs: Some(2),
+    };
+    let submit = |name: &str, request| -> anyhow::Result<String> {
+        let id = server.submit_job(request).context("submitting a job")?;
+        say(&format!("[{:>5} ms] submitted {id}: {name}", ms(started)));
+        Ok(id)
+    };
+    let ok = submit(
+        "prints a greeting and succeeds",
+        job(&["sh", "-c", "echo \"$GREETING\"; echo step 2 of 2"], 60),
+    )?;
+    let failing = submit(
+        "writes to stderr and exits 3",
+        job(&["sh", "-c", "echo 'something broke' >&2; exit 3"], 60),
+    )?;
+    wait_job(server, &ok, started).await?;
+    wait_job(server, &failing, started).await?;
+    let cancelled = submit(
+        "sleeps; cancelled through the admin API",
+        job(&["sleep", "300"], 60),
+    )?;
+    let slow = submit("sleeps past its 1 s timeout", job(&["sleep", "300"], 1))?;
+    wait_running(server, &cancelled).await?;
+    server.cancel_job(&cancelled).context("cancelling a job")?;
+    say(&format!(
+        "[{:>5} ms] cancel requested for {cancelled}",
+        ms(started)
+    ));
+    wait_job(server, &cancelled, started).await?;
+    wait_job(server, &slow, started).await?;
+    Ok(())
+}
+
+async fn wait_running(server: &DevServer, id: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let job = server
+            .job(id)
+            .context("reading a job")?
+            .context("the job vanished")?;
+        if job.state == crate::devserver::JobState::Running {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} did not start in time ({:?})", job.state);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_job(server: &DevServer, id: &str, started: Instant) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let job = server
+            .job(id)
+            .context("reading a job")?
+            .context("the job vanished")?;
+        if let Some(outcome) = job.outcome {
+            let status = job
+                .exit_status
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_default();
+            say(&format!(
+                "[{:>5} ms] {id} finished: {outcome:?} ({status}, {} ms)",
+                ms(started),
+                job.duration_ms.unwrap_or(0)
+            ));
+            for (name, text) in [("stdout", &job.stdout), ("stderr", &job.stderr)] {
+                for line in text.lines() {
+                    say(&format!("            {name}| {line}"));
+                }
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} did not finish in time ({:?})", job.state);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn start_server(

@@ -27,10 +27,25 @@ use super::ws::{self, Connection, TlsSetupError, WsStream};
 /// Everything that reaches the driver's loop.
 pub enum Input {
     Event(Event),
-    Socket { conn: u64, event: Event },
-    Connected { conn: u64, stream: Box<WsStream> },
-    ConnectFailed { conn: u64, error: String },
-    Timer { timer: TimerKind, generation: u64 },
+    /// A job process's report; converting it releases its output credit, so a job
+    /// that prints faster than the runner can deliver waits for the runner.
+    Job(super::jobs::JobReport),
+    Socket {
+        conn: u64,
+        event: Event,
+    },
+    Connected {
+        conn: u64,
+        stream: Box<WsStream>,
+    },
+    ConnectFailed {
+        conn: u64,
+        error: String,
+    },
+    Timer {
+        timer: TimerKind,
+        generation: u64,
+    },
 }
 
 /// Requests from outside the loop (signals, the control socket, tests).
@@ -86,6 +101,8 @@ pub enum StartError {
     Tls(#[from] TlsSetupError),
     #[error(transparent)]
     Control(#[from] super::control::ControlError),
+    #[error("the job executor cannot run: {0}")]
+    Jobs(super::jobs::ExecutorError),
 }
 
 /// One change of phase, as the dispatch point saw it.
@@ -163,8 +180,39 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     let mut durable = store.load()?;
     durable.runner_id = identity.as_ref().map(|i| i.runner_id().to_owned());
     let tls = ws::tls_config(settings.ca_file.as_deref())?;
+    let restored: Vec<_> = durable.jobs.iter().map(|job| job.job_ref()).collect();
     let (core, boot_effects) = Core::boot(settings.core.clone(), mode, durable);
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
+    let jobs_root = settings.state_dir.join("jobs");
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let jobs = super::jobs::JobSupervisor::new(jobs_root.clone(), reports_tx);
+    jobs.preflight().map_err(StartError::Jobs)?;
+    let forward = inputs_tx.clone();
+    tokio::spawn(async move {
+        while let Some(report) = reports.recv().await {
+            if forward.send(Input::Job(report)).is_err() {
+                return;
+            }
+        }
+    });
+    // Jobs of a previous runner that died with it: kill what is left, report them lost.
+    let reaper_inputs = inputs_tx.clone();
+    tokio::spawn(async move {
+        for job in restored {
+            let dir = super::jobs::ProcessExecutor::new(jobs_root.clone()).job_dir(&job);
+            if let Ok(dir) = dir {
+                super::orphans::reap(&dir, &job).await;
+            }
+            let lost = Event::JobExited {
+                job,
+                status: crate::protocol::ExitStatus::Unknown,
+                duration_ms: 0,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+            };
+            let _ = reaper_inputs.send(Input::Event(lost));
+        }
+    });
     let (control_tx, control) = mpsc::unbounded_channel();
     let (status_tx, status) =
         watch::channel(status_of(&core, None, settings.endpoint.as_str(), None));
@@ -172,6 +220,7 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     info!(mode = ?mode, state_dir = %settings.state_dir.display(), endpoint = %settings.endpoint, "runner starting");
     let driver = Driver {
         timers: Timers::new(inputs_tx.clone()),
+        jobs,
         inputs_tx,
         core,
         store,
@@ -218,6 +267,7 @@ struct Driver {
     tls: Arc<rustls::ClientConfig>,
     settings: RunnerSettings,
     timers: Timers,
+    jobs: super::jobs::JobSupervisor,
     inputs_tx: mpsc::UnboundedSender<Input>,
     status: watch::Sender<RunnerStatus>,
     transitions_tx: broadcast::Sender<Transition>,
@@ -266,6 +316,14 @@ impl Driver {
         let current = self.connection.as_ref().map(|c| c.id);
         match input {
             Input::Event(event) => Some(event),
+            Input::Job(report) => {
+                if let super::jobs::JobReport::Started { job, pid } = &report
+                    && let Ok(dir) = self.job_dir(job)
+                {
+                    super::orphans::record_pid(&dir, *pid);
+                }
+                Some(report.into_event())
+            }
             Input::Socket { conn, event } => {
                 if Some(conn) != current {
                     return None;
@@ -430,14 +488,17 @@ impl Driver {
             }
             Effect::CancelTimer { timer } => self.timers.cancel(&timer),
             Effect::SpawnJob { job } => {
-                warn!(job = %job.job_id, "this build does not execute jobs; reporting the start as failed");
-                self.local.push_back(Event::JobSpawnFailed {
-                    job: job.job_ref(),
-                    error: "job execution is not available in this build".into(),
-                });
+                info!(job = %job.job_id, attempt = job.attempt, program = ?job.command.first(), "starting job");
+                self.jobs.spawn(&job);
             }
-            Effect::CancelJob { job, reason, .. } => {
-                debug!(job = %job.job_id, reason = reason.name(), "cancel requested for a job with no process");
+            Effect::CancelJob {
+                job,
+                reason,
+                grace_secs,
+            } => {
+                info!(job = %job.job_id, attempt = job.attempt, reason = reason.name(), grace_secs, "cancelling job");
+                self.jobs
+                    .cancel(&job, std::time::Duration::from_secs(grace_secs));
             }
             Effect::RunInstallStep { step } => self.install_step(step),
             Effect::RollbackInstall => self.rollback(),
@@ -453,7 +514,11 @@ impl Driver {
             },
             Effect::CollectHardware => self.collect_hardware(),
             Effect::Notify(notice) => log_notice(&notice),
-            Effect::Exit { code } => self.exit = Some(code),
+            Effect::Exit { code } => {
+                // No process of a job outlives the runner that ran it.
+                self.jobs.kill_all();
+                self.exit = Some(code);
+            }
         }
     }
 
@@ -584,6 +649,13 @@ impl Driver {
                 };
             let _ = inputs.send(Input::Event(event));
         });
+    }
+
+    fn job_dir(
+        &self,
+        job: &crate::protocol::JobRef,
+    ) -> Result<PathBuf, super::jobs::ExecutorError> {
+        super::jobs::ProcessExecutor::new(self.settings.state_dir.join("jobs")).job_dir(job)
     }
 
     fn install_step(&mut self, step: InstallStep) {

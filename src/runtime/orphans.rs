@@ -1,0 +1,65 @@
+//! Jobs whose runner died (kill -9, power loss) leave no result, and may leave their
+//! process group running. At start the runner kills what is left of each such job —
+//! after checking, through `/proc`, that the process really is that job, since a pid
+//! can be reused — and the core reports the job `lost`, once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::protocol::JobRef;
+
+const PID_FILE: &str = "pid";
+
+pub fn pid_file(job_dir: &Path) -> PathBuf {
+    job_dir.join(PID_FILE)
+}
+
+/// Remember a job's process group so a later runner can clean up after a crash.
+pub fn record_pid(job_dir: &Path, pid: u32) {
+    if let Err(e) = std::fs::write(pid_file(job_dir), pid.to_string()) {
+        warn!(dir = %job_dir.display(), error = %e, "cannot record the job's pid; a crash would leave it unreaped");
+    }
+}
+
+/// Kill the process group of a job left by a previous runner, if it still runs.
+pub async fn reap(job_dir: &Path, job: &JobRef) {
+    let Some(pid) = std::fs::read_to_string(pid_file(job_dir))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    if !is_that_job(pid, job) {
+        return;
+    }
+    info!(job = %job.job_id, attempt = job.attempt, pid, "killing a job left running by a previous runner");
+    // SAFETY: kill has no memory-safety preconditions; -pid names the job's own group,
+    // checked above to belong to this job.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    for _ in 0..100 {
+        if !is_that_job(pid, job) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!(job = %job.job_id, pid, "a leftover job process did not die after SIGKILL");
+}
+
+/// Whether `pid` is alive and carries this job's identity in its environment.
+fn is_that_job(pid: i32, job: &JobRef) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let id = format!("FYN_JOB_ID={}", job.job_id);
+    let attempt = format!("FYN_JOB_ATTEMPT={}", job.attempt);
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true);
+    !zombie && vars.contains(&id.as_bytes()) && vars.contains(&attempt.as_bytes())
+}
