@@ -24,6 +24,9 @@ use super::store::{Store, StoreError};
 use super::timers::{Timers, backoff_delay, random_unit};
 use super::ws::{self, Connection, TlsSetupError, WsStream};
 
+/// Events read from the outbox per resend step.
+const RESEND_PAGE: u32 = 32;
+
 /// Everything that reaches the driver's loop.
 pub enum Input {
     Event(Event),
@@ -37,6 +40,10 @@ pub enum Input {
     Connected {
         conn: u64,
         stream: Box<WsStream>,
+    },
+    /// The writer of this connection fell below the low-water mark.
+    Drained {
+        conn: u64,
     },
     ConnectFailed {
         conn: u64,
@@ -184,17 +191,9 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     let (core, boot_effects) = Core::boot(settings.core.clone(), mode, durable);
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let jobs_root = settings.state_dir.join("jobs");
-    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let (reports_tx, reports) = mpsc::unbounded_channel();
     let jobs = super::jobs::JobSupervisor::new(jobs_root.clone(), reports_tx);
     jobs.preflight().map_err(StartError::Jobs)?;
-    let forward = inputs_tx.clone();
-    tokio::spawn(async move {
-        while let Some(report) = reports.recv().await {
-            if forward.send(Input::Job(report)).is_err() {
-                return;
-            }
-        }
-    });
     // Jobs of a previous runner that died with it: kill what is left, report them lost.
     let reaper_inputs = inputs_tx.clone();
     tokio::spawn(async move {
@@ -226,6 +225,7 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
         store,
         identity,
         pending_key: None,
+        resend_after: None,
         created_identity: false,
         connection: None,
         next_conn: 0,
@@ -243,7 +243,7 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
         control_tx.clone(),
     )?;
     let task = tokio::spawn(async move {
-        let code = driver.run(boot_effects, inputs, control).await;
+        let code = driver.run(boot_effects, inputs, reports, control).await;
         socket.close();
         code
     });
@@ -261,6 +261,8 @@ struct Driver {
     identity: Option<Identity>,
     /// A key generated during registration, saved with the runner ID.
     pending_key: Option<SigningKey>,
+    /// The resend cursor: events after this index still wait to be resent.
+    resend_after: Option<u64>,
     created_identity: bool,
     connection: Option<Connection>,
     next_conn: u64,
@@ -283,6 +285,7 @@ impl Driver {
         mut self,
         boot: Effects,
         mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut reports: mpsc::UnboundedReceiver<super::jobs::JobReport>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) -> ExitCode {
         self.perform(boot);
@@ -291,8 +294,12 @@ impl Driver {
                 self.dispatch(event);
                 continue;
             }
+            // Job output waits (and so does the job, once its credits are spent) while
+            // the API is behind: memory stays bounded however slow the link is.
+            let paused = self.backpressured();
             let next = tokio::select! {
                 Some(input) = inputs.recv() => self.accept(input),
+                Some(report) = reports.recv(), if !paused => self.accept(Input::Job(report)),
                 Some(request) = control.recv() => Some(match request {
                     Control::Shutdown => Event::ShutdownRequested { deadline_secs: None },
                     Control::Drain { deadline_secs } => Event::ShutdownRequested { deadline_secs },
@@ -303,6 +310,7 @@ impl Driver {
             if let Some(event) = next {
                 self.dispatch(event);
             }
+            self.pump_resend();
         }
         self.timers.cancel_all();
         let code = self.exit.unwrap_or(ExitCode::StoreFailure);
@@ -316,6 +324,8 @@ impl Driver {
         let current = self.connection.as_ref().map(|c| c.id);
         match input {
             Input::Event(event) => Some(event),
+            // Only a wake-up: the loop re-checks the brake and the resend.
+            Input::Drained { .. } => None,
             Input::Job(report) => {
                 if let super::jobs::JobReport::Started { job, pid } = &report
                     && let Ok(dir) = self.job_dir(job)
@@ -333,6 +343,7 @@ impl Driver {
                     Event::SocketClosed { .. } | Event::SocketFailed { .. }
                 ) {
                     self.connection = None;
+                    self.resend_after = None;
                 }
                 Some(event)
             }
@@ -458,13 +469,17 @@ impl Driver {
             Effect::Persist(_) => {}
             Effect::OpenConnection => self.open_connection(),
             Effect::Send(message) => self.send(message),
-            Effect::ResendOutbox { after } => self.resend(after),
+            Effect::ResendOutbox { after } => {
+                self.resend_after = Some(after);
+                self.pump_resend();
+            }
             Effect::Close { reason } => {
                 if let Some(connection) = self.connection.take() {
                     connection.close(reason, reason.name());
                 }
                 // A connection attempt still in flight is abandoned with it.
                 self.next_conn += 1;
+                self.resend_after = None;
             }
             Effect::StartTimer { timer, delay } => {
                 let after = match delay {
@@ -546,6 +561,10 @@ impl Driver {
     }
 
     fn send(&mut self, message: Outbound) {
+        if self.resend_after.is_some() && matches!(message, Outbound::Event { .. }) {
+            // Persisted already; the resend cursor delivers it in order.
+            return;
+        }
         let Some(connection) = &self.connection else {
             warn!(
                 message = message.name(),
@@ -612,24 +631,48 @@ impl Driver {
         })
     }
 
-    fn resend(&mut self, after: u64) {
-        let pending = match self.store.outbox_after(after) {
-            Ok(pending) => pending,
-            Err(e) => {
-                self.local.push_back(Event::StoreFailed {
-                    error: e.to_string(),
-                });
+    fn backpressured(&self) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|c| c.queued() >= ws::HIGH_WATER)
+    }
+
+    /// Resend the outbox page by page as the writer drains. Events emitted meanwhile
+    /// are not sent directly: they are in the outbox, so the cursor reaches them in
+    /// index order (the API drops anything at or below the highest index it holds, so
+    /// order matters).
+    fn pump_resend(&mut self) {
+        while let Some(after) = self.resend_after {
+            let Some(connection) = &self.connection else {
+                self.resend_after = None;
+                return;
+            };
+            if connection.queued() >= ws::HIGH_WATER {
                 return;
             }
-        };
-        if !pending.is_empty() {
-            info!(
-                count = pending.len(),
-                after, "resending unacknowledged events"
-            );
-        }
-        for (index, event) in pending {
-            self.send(Outbound::Event { index, event });
+            let page = match self.store.outbox_page(after, RESEND_PAGE) {
+                Ok(page) => page,
+                Err(e) => {
+                    self.resend_after = None;
+                    self.local.push_back(Event::StoreFailed {
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            };
+            let Some(&(last, _)) = page.last() else {
+                self.resend_after = None;
+                return;
+            };
+            debug!(count = page.len(), after, "resending unacknowledged events");
+            for (index, event) in page {
+                if let Some(wire) = self.wire(Outbound::Event { index, event })
+                    && let Some(connection) = &self.connection
+                {
+                    connection.send_text(encode(&wire));
+                }
+            }
+            self.resend_after = Some(last);
         }
     }
 

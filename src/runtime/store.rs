@@ -276,13 +276,25 @@ impl Store {
 
     /// Outbox events with an index above `after`, in index order.
     pub fn outbox_after(&self, after: u64) -> Result<Vec<(u64, RunnerEvent)>, StoreError> {
+        self.outbox_page(after, u32::MAX)
+    }
+
+    /// At most `limit` events after `after`, in index order: a resend reads the outbox
+    /// page by page, so a large backlog never sits in memory at once.
+    pub fn outbox_page(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, RunnerEvent)>, StoreError> {
         let read_err = |source: StoreFault| StoreError::Read {
             path: self.path.clone(),
             what: "outbox",
             source,
         };
         let after = to_sql_int(after).map_err(read_err)?;
-        let rows = self.select_outbox(after).map_err(|e| read_err(e.into()))?;
+        let rows = self
+            .select_outbox(after, limit)
+            .map_err(|e| read_err(e.into()))?;
         rows.into_iter()
             .map(|(idx, body)| self.decode_event(idx, &body))
             .collect()
@@ -301,11 +313,13 @@ impl Store {
         Ok(count.unsigned_abs())
     }
 
-    fn select_outbox(&self, after: i64) -> rusqlite::Result<Vec<(i64, String)>> {
+    fn select_outbox(&self, after: i64, limit: u32) -> rusqlite::Result<Vec<(i64, String)>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT idx, body FROM outbox WHERE idx > ?1 ORDER BY idx")?;
-        let rows = stmt.query_map([after], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            .prepare_cached("SELECT idx, body FROM outbox WHERE idx > ?1 ORDER BY idx LIMIT ?2")?;
+        let rows = stmt.query_map(rusqlite::params![after, i64::from(limit)], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
         rows.collect()
     }
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -130,12 +131,23 @@ fn describe_connect_error(error: &tungstenite::Error) -> String {
 pub struct Connection {
     pub id: u64,
     outgoing: UnboundedSender<Message>,
+    /// Frames handed to the writer and not yet written: the driver's measure of how
+    /// far the API is behind, and the brake on job output when it is.
+    queued: Arc<AtomicUsize>,
 }
+
+/// Above this many queued frames the driver stops taking job output and pauses a
+/// resend; below `LOW_WATER` it resumes. 64 frames of at most 64 KiB of output each
+/// (base64: ~88 KiB) bound the queue to a few MiB however slow the API is.
+pub const HIGH_WATER: usize = 64;
+pub const LOW_WATER: usize = 16;
 
 impl Connection {
     pub fn spawn(id: u64, stream: WsStream, inputs: UnboundedSender<Input>) -> Self {
         let (mut sink, mut source) = stream.split();
         let (outgoing, mut queue) = mpsc::unbounded_channel::<Message>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer_queued = queued.clone();
         let writer_inputs = inputs.clone();
         tokio::spawn(async move {
             while let Some(message) = queue.recv().await {
@@ -146,6 +158,9 @@ impl Connection {
                     };
                     let _ = writer_inputs.send(Input::Socket { conn: id, event });
                     return;
+                }
+                if writer_queued.fetch_sub(1, Ordering::AcqRel) == LOW_WATER + 1 {
+                    let _ = writer_inputs.send(Input::Drained { conn: id });
                 }
                 if closing {
                     return;
@@ -172,11 +187,20 @@ impl Connection {
             };
             let _ = inputs.send(Input::Socket { conn: id, event });
         });
-        Self { id, outgoing }
+        Self {
+            id,
+            outgoing,
+            queued,
+        }
     }
 
     pub fn send_text(&self, text: String) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.outgoing.send(Message::text(text));
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 
     /// Send a close frame with the reason's code; the reader ends when the peer answers.
@@ -185,6 +209,7 @@ impl Connection {
             code: CloseCode::from(reason.code()),
             reason: text.to_owned().into(),
         };
+        self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.outgoing.send(Message::Close(Some(frame)));
     }
 }
