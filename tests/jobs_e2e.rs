@@ -1,0 +1,525 @@
+//! Jobs end to end: the real runtime (in-process, or the real binary where a crash or
+//! memory must be observed) against the reference control plane, plus a scripted API
+//! for deliveries the dev-server never makes (a slot overrun, a duplicated command, a
+//! job ID that climbs out of the job area).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+use fyn_runner::core::CoreConfig;
+use fyn_runner::devserver::{DevServer, DevServerConfig, JobInfo, JobRequest, JobState};
+use fyn_runner::protocol::{
+    Command as ApiCommand, JobOutcome, JobSpec, PROTOCOL_VERSION, RejectReason, RunnerEvent,
+    RunnerMessage, ServerMessage, SessionParams, decode_runner, encode,
+};
+use fyn_runner::runtime::identity::Identity;
+use fyn_runner::runtime::{self, HardwareSource, RunnerHandle, RunnerSettings, Secret};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn session() -> SessionParams {
+    SessionParams {
+        heartbeat_interval_ms: 1_000,
+        ack_timeout_ms: 500,
+        runner_lost_threshold_ms: 30_000,
+    }
+}
+
+async fn dev_server(db: Option<&Path>, listen: Option<std::net::SocketAddr>) -> DevServer {
+    let mut config = DevServerConfig::ephemeral();
+    config.session = session();
+    config.db = db.map(Path::to_path_buf);
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    DevServer::start(config).await.expect("dev-server")
+}
+
+fn settings(url: &str, dir: &Path, token: Option<String>, slots: u32) -> RunnerSettings {
+    RunnerSettings {
+        endpoint: runtime::settings::endpoint(url, false).expect("url"),
+        state_dir: dir.to_path_buf(),
+        token: token.map(Secret::new),
+        name: "jobs-runner".into(),
+        ca_file: None,
+        core: CoreConfig {
+            slots,
+            ..CoreConfig::default()
+        },
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(2),
+        hardware: HardwareSource::System,
+    }
+}
+
+fn request(command: &[&str], timeout_secs: u64) -> JobRequest {
+    JobRequest {
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        env: BTreeMap::new(),
+        timeout_secs,
+        output_limit_bytes: None,
+        cancel_grace_secs: Some(1),
+    }
+}
+
+async fn active(handle: &mut RunnerHandle) {
+    let status = tokio::time::timeout(WAIT, handle.wait_for(|s| s.state == "Active"))
+        .await
+        .expect("in time");
+    assert_eq!(status.state, "Active", "{status:?}");
+}
+
+async fn until_job(server: &DevServer, id: &str, done: impl Fn(&JobInfo) -> bool) -> JobInfo {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = server.job(id).expect("query").expect("the job exists");
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} stuck in {:?} ({} stdout bytes)",
+            job.state,
+            job.stdout_bytes
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn finished(server: &DevServer, id: &str) -> JobInfo {
+    until_job(server, id, |j| j.outcome.is_some()).await
+}
+
+#[tokio::test]
+async fn every_outcome_reaches_the_api() {
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut handle = runtime::start(settings(
+        &server.url(),
+        dir.path(),
+        Some(server.mint_token().expect("token")),
+        4,
+    ))
+    .expect("starts");
+    active(&mut handle).await;
+
+    let mut with_env = request(&["sh", "-c", "echo \"$GREETING\"; echo err >&2"], 60);
+    with_env.env.insert("GREETING".into(), "hello".into());
+    let ok = server.submit_job(with_env).expect("submit");
+    let failed = server
+        .submit_job(request(&["sh", "-c", "exit 3"], 60))
+        .expect("submit");
+    let cancelled = server
+        .submit_job(request(&["sleep", "300"], 60))
+        .expect("submit");
+    let timed_out = server
+        .submit_job(request(&["sleep", "300"], 1))
+        .expect("submit");
+
+    let job = finished(&server, &ok).await;
+    assert_eq!(
+        (job.outcome, job.stdout.as_str(), job.stderr.as_str()),
+        (Some(JobOutcome::Succeeded), "hello\n", "err\n")
+    );
+    assert_eq!(
+        finished(&server, &failed).await.outcome,
+        Some(JobOutcome::Failed)
+    );
+    until_job(&server, &cancelled, |j| j.state == JobState::Running).await;
+    server.cancel_job(&cancelled).expect("cancel");
+    assert_eq!(
+        finished(&server, &cancelled).await.outcome,
+        Some(JobOutcome::Cancelled)
+    );
+    assert_eq!(
+        finished(&server, &timed_out).await.outcome,
+        Some(JobOutcome::TimedOut)
+    );
+
+    handle.shutdown();
+    assert_eq!(
+        tokio::time::timeout(WAIT, handle.wait())
+            .await
+            .expect("stops")
+            .code(),
+        0
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_survives_a_lost_link_and_its_result_arrives_after_reconnect() {
+    let db_dir = tempfile::tempdir().expect("tempdir");
+    let db = db_dir.path().join("dev.db");
+    let server = dev_server(Some(&db), None).await;
+    let addr = server.local_addr();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut handle = runtime::start(settings(
+        &server.url(),
+        dir.path(),
+        Some(server.mint_token().expect("token")),
+        1,
+    ))
+    .expect("starts");
+    active(&mut handle).await;
+    let id = server
+        .submit_job(request(
+            &["sh", "-c", "echo before; sleep 1; echo after"],
+            60,
+        ))
+        .expect("submit");
+    until_job(&server, &id, |j| j.state == JobState::Running).await;
+
+    server.shutdown().await;
+    tokio::time::timeout(WAIT, handle.wait_for(|s| s.state == "Reconnecting"))
+        .await
+        .expect("notices the loss");
+    // The job goes on without the link; its end is kept in the outbox.
+    tokio::time::timeout(WAIT, handle.wait_for(|s| s.jobs_running == 0))
+        .await
+        .expect("the job ends offline");
+    let server = dev_server(Some(&db), Some(addr)).await;
+    let job = finished(&server, &id).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded));
+    assert_eq!(
+        job.stdout, "before\nafter\n",
+        "all output delivered exactly once"
+    );
+    handle.shutdown();
+    assert_eq!(
+        tokio::time::timeout(WAIT, handle.wait())
+            .await
+            .expect("stops")
+            .code(),
+        0
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- a scripted API
+
+/// Accept one runner, take it through the handshake to Active, send `commands`, and
+/// collect the events it reports until `enough` says so.
+async fn scripted_api(
+    commands: Vec<ApiCommand>,
+    repeat_first_index: bool,
+    enough: impl Fn(&[RunnerEvent]) -> bool + Send + 'static,
+) -> (
+    String,
+    tokio::task::JoinHandle<(Vec<RunnerEvent>, Vec<u64>)>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("a runner connects");
+        let mut ws = tokio_tungstenite::accept_hdr_async(tcp, accept_subprotocol)
+            .await
+            .expect("upgrade");
+        let send = |m: ServerMessage| Message::text(encode(&m));
+        ws.send(send(ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            nonce: "n".into(),
+        }))
+        .await
+        .expect("send");
+        let mut events = Vec::new();
+        let mut acks = Vec::new();
+        while let Some(Ok(frame)) = ws.next().await {
+            let Message::Text(text) = frame else { continue };
+            let reply = match decode_runner(text.as_str()).expect("the runner speaks the protocol")
+            {
+                RunnerMessage::Authenticate { runner_id, .. } => {
+                    vec![ServerMessage::Authenticated {
+                        runner_id,
+                        last_event_index: 0,
+                        session: session(),
+                        hardware_known: false,
+                    }]
+                }
+                RunnerMessage::Startup { .. } => vec![ServerMessage::StartupAck {}],
+                RunnerMessage::HardwareFull { .. }
+                | RunnerMessage::HardwareChanges { .. }
+                | RunnerMessage::HardwareUnchanged {} => {
+                    vec![ServerMessage::HardwareConfirmed {}]
+                }
+                RunnerMessage::Ready { .. } => {
+                    let mut out = vec![ServerMessage::ReadyAck {}];
+                    for (i, command) in commands.iter().enumerate() {
+                        out.push(ServerMessage::Command {
+                            index: i as u64 + 1,
+                            command: command.clone(),
+                        });
+                        if i == 0 && repeat_first_index {
+                            out.push(ServerMessage::Command {
+                                index: 1,
+                                command: command.clone(),
+                            });
+                        }
+                    }
+                    out
+                }
+                RunnerMessage::Heartbeat { seq, .. } => vec![ServerMessage::HeartbeatAck { seq }],
+                RunnerMessage::CommandAck { index } => {
+                    acks.push(index);
+                    vec![]
+                }
+                RunnerMessage::Event { index, event } => {
+                    events.push(event);
+                    vec![ServerMessage::EventsAck { up_to: index }]
+                }
+                _ => vec![],
+            };
+            for message in reply {
+                ws.send(send(message)).await.expect("send");
+            }
+            if enough(&events) {
+                break;
+            }
+        }
+        (events, acks)
+    });
+    (url, task)
+}
+
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+fn accept_subprotocol(
+    _req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    mut resp: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    resp.headers_mut().insert(
+        "sec-websocket-protocol",
+        "fyn-runner.v1".parse().expect("header"),
+    );
+    Ok(resp)
+}
+
+fn spec(job_id: &str, command: &[&str]) -> JobSpec {
+    JobSpec {
+        job_id: job_id.into(),
+        attempt: 1,
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        env: BTreeMap::new(),
+        workdir: None,
+        timeout_secs: 60,
+        output_limit_bytes: 1 << 20,
+        cancel_grace_secs: 1,
+    }
+}
+
+fn identity_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Identity::generate_key().expect("key");
+    Identity::save(dir.path(), "r-scripted", &key).expect("identity");
+    dir
+}
+
+fn finished_count(events: &[RunnerEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, RunnerEvent::JobFinished { .. }))
+        .count()
+}
+
+#[tokio::test]
+async fn slots_full_rejects_a_resent_command_runs_once_and_a_climbing_id_is_refused() {
+    let commands = vec![
+        ApiCommand::StartJob {
+            job: spec("first", &["sleep", "0.3"]),
+        },
+        ApiCommand::StartJob {
+            job: spec("second", &["true"]),
+        },
+        ApiCommand::StartJob {
+            job: spec("../escape", &["true"]),
+        },
+    ];
+    // The first command is delivered twice under the same index; one slot only.
+    let (url, api) = scripted_api(commands, true, |events| finished_count(events) >= 1).await;
+    let dir = identity_dir();
+    let handle = runtime::start(settings(&url, dir.path(), None, 1)).expect("starts");
+    let (events, acks) = tokio::time::timeout(WAIT, api)
+        .await
+        .expect("in time")
+        .expect("api task");
+
+    let started: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, RunnerEvent::JobStarted { .. }))
+        .collect();
+    assert_eq!(
+        started.len(),
+        1,
+        "the resent command started nothing: {events:?}"
+    );
+    assert_eq!(
+        acks.iter().filter(|i| **i == 1).count(),
+        2,
+        "a resent index is acknowledged again: {acks:?}"
+    );
+    let rejected = |id: &str| {
+        events.iter().find_map(|e| match e {
+            RunnerEvent::JobRejected { job, reason, .. } if job.job_id == id => Some(*reason),
+            _ => None,
+        })
+    };
+    assert_eq!(rejected("second"), Some(RejectReason::NoFreeSlot));
+    assert_eq!(rejected("../escape"), Some(RejectReason::InvalidSpec));
+    assert!(!dir.path().join("escape-1").exists() && !dir.path().join("jobs/../escape-1").exists());
+    handle.shutdown();
+    let _ = tokio::time::timeout(WAIT, handle.wait()).await;
+}
+
+// ---------------------------------------------------------------- the real binary
+
+fn spawn_runner(url: &str, dir: &Path, token: Option<&str>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fyn-runner"));
+    command
+        .args(["run", "--server", url, "--slots", "2"])
+        .arg("--state-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    command.spawn().expect("the binary starts")
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn job_pid(dir: &Path, id: &str, attempt: u32) -> Option<i32> {
+    std::fs::read_to_string(dir.join("jobs").join(format!("{id}-{attempt}")).join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn kill_9_mid_job_then_restart_reports_it_lost_once_and_leaves_no_process() {
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut runner = spawn_runner(&server.url(), dir.path(), Some(&token));
+    let id = server
+        .submit_job(request(&["sleep", "300"], 600))
+        .expect("submit");
+    let job = until_job(&server, &id, |j| j.state == JobState::Running).await;
+    let deadline = Instant::now() + WAIT;
+    let pid = loop {
+        if let Some(pid) = job_pid(dir.path(), &id, job.attempt) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no pid file");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    runner.kill().expect("kill -9");
+    let _ = runner.wait();
+    assert!(
+        alive(pid),
+        "the job's process outlives a SIGKILLed runner until the next start"
+    );
+
+    let mut runner = spawn_runner(&server.url(), dir.path(), None);
+    let job = finished(&server, &id).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Lost));
+    let deadline = Instant::now() + WAIT;
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned job process {pid} was not killed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let runner_id = job.runner.clone().expect("assigned");
+    let finishes = server
+        .events(&runner_id)
+        .expect("events")
+        .iter()
+        .filter(|e| format!("{e:?}").contains("job_finished"))
+        .count();
+    assert_eq!(finishes, 1, "reported exactly once");
+    runner.kill().expect("stop");
+    let _ = runner.wait();
+    server.shutdown().await;
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn two_hundred_mib_of_output_arrive_byte_for_byte_in_bounded_memory() {
+    const SIZE: usize = 200 << 20;
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut runner = spawn_runner(&server.url(), dir.path(), Some(&token));
+    let mut big = request(
+        &["sh", "-c", &format!("yes 0123456789abcde | head -c {SIZE}")],
+        600,
+    );
+    big.output_limit_bytes = Some(1 << 30);
+    let id = server.submit_job(big).expect("submit");
+    let started = Instant::now();
+    until_job(&server, &id, |j| j.state == JobState::Running).await;
+    // Then poll the runner's free slots, not the job: the job's view carries its output.
+    let deadline = started + Duration::from_secs(600);
+    while server
+        .runners()
+        .expect("runners")
+        .first()
+        .is_none_or(|r| r.slots_free < r.slots || !r.connected)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "200 MiB job did not finish in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    let job = server.job(&id).expect("query").expect("the job");
+    let peak = vm_hwm_kib(runner.id());
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded));
+    assert_eq!(job.stdout_bytes, SIZE as u64);
+    assert!(
+        job.stdout.len() == SIZE,
+        "every byte arrived ({} of {SIZE})",
+        job.stdout.len()
+    );
+    let line = b"0123456789abcde\n";
+    assert!(
+        job.stdout
+            .as_bytes()
+            .chunks(line.len())
+            .all(|c| line.starts_with(c)),
+        "and in order"
+    );
+    assert!(
+        peak < 64 * 1024,
+        "runner peak RSS {peak} KiB for 200 MiB of output"
+    );
+    eprintln!("200 MiB through the API in {elapsed:?}; runner peak RSS {peak} KiB");
+    runner.kill().expect("stop");
+    let _ = runner.wait();
+    server.shutdown().await;
+}
