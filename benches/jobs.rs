@@ -1,0 +1,198 @@
+//! Job figures on the real binary against the in-process dev-server:
+//! - dispatch latency: job submitted at the dev-server → `job_started` stored there,
+//!   p50 and p99 over 1,000 jobs running `true`;
+//! - the floor for that: a bare tokio-tungstenite client that spawns `true` on each
+//!   message and replies, timed the same way (send → reply received);
+//! - output throughput for a 1 GiB job, and the runner's peak resident memory.
+//! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT`, `JOBS_BENCH_BYTES` to change sizes).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use fyn_runner::devserver::{DevServer, DevServerConfig, JobRequest, JobState};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spawn_runner(url: &str, dir: &std::path::Path, token: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_fyn-runner"))
+        .args(["run", "--server", url, "--slots", "4", "--token", token])
+        .arg("--state-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the fyn-runner binary starts")
+}
+
+fn request(command: &[&str]) -> JobRequest {
+    JobRequest {
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        env: BTreeMap::new(),
+        timeout_secs: 600,
+        output_limit_bytes: Some(2 << 30),
+        cancel_grace_secs: Some(1),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls from a blocked worker with short sleeps: spinning would steal one of the two
+/// cores from the runner and the dev-server and inflate the figure.
+fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let submitted = Instant::now();
+        let id = server.submit_job(request(&["true"])).expect("submit");
+        loop {
+            let job = server.job(&id).expect("query").expect("job");
+            if !matches!(
+                job.state,
+                JobState::Queued | JobState::Assigned | JobState::Accepted
+            ) {
+                samples.push(submitted.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        // Let the job finish before the next, so one job at a time is measured.
+        while server
+            .job(&id)
+            .expect("query")
+            .expect("job")
+            .outcome
+            .is_none()
+        {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    samples.sort();
+    samples
+}
+
+/// The floor: the least any runner must do per job — receive a frame, spawn `true`,
+/// answer — over the same kind of loopback WebSocket.
+async fn floor_latency(count: usize) -> Vec<Duration> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let client = tokio::spawn(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+            .await
+            .expect("connect");
+        while let Some(Ok(Message::Text(text))) = ws.next().await {
+            let child = tokio::process::Command::new("true").spawn().expect("spawn");
+            let _pid = child.id();
+            ws.send(Message::text(text.to_string()))
+                .await
+                .expect("reply");
+            tokio::spawn(async move {
+                let mut child = child;
+                let _ = child.wait().await;
+            });
+        }
+    });
+    let (tcp, _) = listener.accept().await.expect("accept");
+    let mut server = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        let sent = Instant::now();
+        server
+            .send(Message::text(format!("{{\"job\":{i}}}")))
+            .await
+            .expect("send");
+        let _ = server.next().await;
+        samples.push(sent.elapsed());
+    }
+    drop(server);
+    client.abort();
+    samples.sort();
+    samples
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let count = env_or("JOBS_BENCH_COUNT", 1000);
+    let bytes = env_or("JOBS_BENCH_BYTES", 1 << 30);
+    let server = DevServer::start(DevServerConfig::ephemeral())
+        .await
+        .expect("dev-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut runner = spawn_runner(
+        &server.url(),
+        dir.path(),
+        &server.mint_token().expect("token"),
+    );
+    while !server
+        .runners()
+        .expect("runners")
+        .iter()
+        .any(|r| r.connected && r.slots_free > 0)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let ours = tokio::task::block_in_place(|| dispatch_latency(&server, count));
+    let floor = floor_latency(count).await;
+    let (p50, p99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
+    let (f50, f99) = (percentile(&floor, 0.5), percentile(&floor, 0.99));
+    println!("dispatch latency ({count} jobs of `true`): p50 {p50:?}, p99 {p99:?}");
+    println!("floor (bare client, spawn + reply):       p50 {f50:?}, p99 {f99:?}");
+    println!(
+        "ratio to the floor: p50 {:.2}x, p99 {:.2}x",
+        p50.as_secs_f64() / f50.as_secs_f64(),
+        p99.as_secs_f64() / f99.as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let id = server
+        .submit_job(request(&[
+            "sh",
+            "-c",
+            &format!("head -c {bytes} /dev/zero"),
+        ]))
+        .expect("submit");
+    while server.job(&id).expect("query").expect("job").state != JobState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while server
+        .runners()
+        .expect("runners")
+        .iter()
+        .any(|r| r.slots_free < r.slots)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let peak = hwm_kib(runner.id());
+    println!(
+        "output: {} MiB in {elapsed:.1} s = {:.1} MB/s; runner peak RSS {:.1} MiB",
+        bytes >> 20,
+        bytes as f64 / elapsed / 1e6,
+        peak as f64 / 1024.0
+    );
+    let _ = runner.kill();
+    let _ = runner.wait();
+    server.shutdown().await;
+}
