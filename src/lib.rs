@@ -14,3 +14,4 @@ pub mod hardware;
 pub mod protocol;
 pub mod runtime;
 pub mod spec;
+pub mod trace;
