@@ -38,6 +38,7 @@ fn settings(
         backoff_max: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
         hardware: HardwareSource::Custom(Arc::new(probe)),
+        trace: Some(runtime::TraceLimits::default()),
     }
 }
 

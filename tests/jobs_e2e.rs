@@ -56,6 +56,7 @@ fn settings(url: &str, dir: &Path, token: Option<String>, slots: u32) -> RunnerS
         backoff_max: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
         hardware: HardwareSource::System,
+        trace: Some(runtime::TraceLimits::default()),
     }
 }
 

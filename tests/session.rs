@@ -47,6 +47,7 @@ fn settings(server: &DevServer, state_dir: &Path, token: Option<String>) -> Runn
         backoff_max: Duration::from_millis(400),
         connect_timeout: Duration::from_secs(2),
         hardware: runtime::HardwareSource::System,
+        trace: Some(runtime::TraceLimits::default()),
     }
 }
 

@@ -36,6 +36,7 @@ fn settings(
         backoff_max: Duration::from_millis(100),
         connect_timeout: Duration::from_secs(2),
         hardware: runtime::HardwareSource::System,
+        trace: Some(runtime::TraceLimits::default()),
     }
 }
 

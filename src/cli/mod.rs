@@ -76,6 +76,15 @@ pub struct RunArgs {
     /// sent as events.
     #[arg(long, env = "FYN_RUNNER_HARDWARE_RECHECK", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub hardware_recheck: u64,
+    /// Size in bytes at which the session trace (<state-dir>/traces) rotates.
+    #[arg(long, env = "FYN_RUNNER_TRACE_MAX_BYTES", default_value_t = 64 << 20)]
+    pub trace_max_bytes: u64,
+    /// How many trace files to keep.
+    #[arg(long, env = "FYN_RUNNER_TRACE_KEEP", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub trace_keep: u64,
+    /// Do not record a session trace.
+    #[arg(long, env = "FYN_RUNNER_NO_TRACE")]
+    pub no_trace: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +123,36 @@ pub enum Command {
         /// The running runner's state directory.
         #[arg(long, env = "FYN_RUNNER_STATE_DIR")]
         state_dir: Option<PathBuf>,
+    },
+    /// Replay a recorded session trace against this build's lifecycle machine, step
+    /// by step; stops at the first step where state or effects differ.
+    ///
+    /// Exit codes: 0 the trace replays exactly; 1 it diverges (both sides are shown);
+    /// 2 the trace cannot be read (the message names the line).
+    Replay {
+        /// The trace file (`<state-dir>/traces/trace-*.jsonl`; the first part of a
+        /// rotated chain).
+        trace: PathBuf,
+        /// Print steps from this sequence number on (the machine still runs from the
+        /// start).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this sequence number.
+        #[arg(long)]
+        until: Option<u64>,
+        /// Print each step's recorded event and effects in full.
+        #[arg(long)]
+        verbose: bool,
+        /// Draw the session as a timeline: states as bands, reconnects, missed
+        /// heartbeats, jobs per slot.
+        #[arg(long)]
+        timeline: bool,
+        /// Write the timeline as an SVG picture to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Columns of the text timeline.
+        #[arg(long, default_value_t = 100)]
+        width: usize,
     },
     /// Run the reference control plane (a development tool, not a production API).
     DevServer(crate::devserver::DevServerArgs),
@@ -162,6 +201,32 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             block_on(async move { crate::devserver::run(args).await.map(|()| 0) })
         }
         Command::Demo => block_on(crate::demo::run()),
+        Command::Replay {
+            trace,
+            from,
+            until,
+            verbose,
+            timeline,
+            svg,
+            width,
+        } => {
+            let mut options = crate::trace::ReplayOptions::new(trace);
+            options.from = from;
+            options.until = until;
+            options.verbose = verbose;
+            options.timeline = timeline;
+            options.svg = svg;
+            options.width = width;
+            let mut out = std::io::stdout().lock();
+            match crate::trace::run_replay_command(&options, &mut out) {
+                Ok(code) => Ok(code),
+                Err(error) => {
+                    drop(out);
+                    eprintln!("fyn-runner: {error}");
+                    Ok(2)
+                }
+            }
+        }
         Command::Status { json, state_dir } => {
             let state_dir = state_dir.unwrap_or_else(default_state_dir);
             block_on(async move { show_status(&state_dir, json).await })
@@ -265,6 +330,10 @@ pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSet
         backoff_max: std::time::Duration::from_secs(60),
         connect_timeout: std::time::Duration::from_secs(15),
         hardware: crate::runtime::HardwareSource::System,
+        trace: (!args.no_trace).then_some(crate::runtime::TraceLimits {
+            max_bytes: args.trace_max_bytes,
+            keep: usize::try_from(args.trace_keep).unwrap_or(8),
+        }),
     })
 }
 

@@ -47,6 +47,7 @@ pub async fn run() -> anyhow::Result<i32> {
 
     let settings = settings(&server.url(), &state_dir, token)?;
     let mut handle = runtime::start(settings).context("starting the runner")?;
+    let trace = handle.trace_path().map(Path::to_path_buf);
     say(&format!(
         "[{:>5} ms]   runner: {}",
         ms(started),
@@ -104,7 +105,23 @@ pub async fn run() -> anyhow::Result<i32> {
         code.code(),
         started.elapsed().as_secs_f64()
     ));
-    let _ = std::fs::remove_dir_all(&work);
+    if let Some(trace) = trace {
+        say(&format!("\nThe session trace is {}", trace.display()));
+        say(&format!(
+            "Replay it step by step:  cargo run --release -- replay {}",
+            trace.display()
+        ));
+        say(&format!(
+            "Or see it at a glance:   cargo run --release -- replay {} --timeline",
+            trace.display()
+        ));
+        say(&format!(
+            "(the scratch folder {} is left for you to look at)",
+            work.display()
+        ));
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     Ok(code.code())
 }
 
@@ -232,6 +249,7 @@ fn settings(url: &str, state_dir: &Path, token: String) -> anyhow::Result<Runner
         backoff_max: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         hardware: crate::runtime::HardwareSource::System,
+        trace: Some(crate::runtime::TraceLimits::default()),
     })
 }
 

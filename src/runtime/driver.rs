@@ -126,9 +126,15 @@ pub struct RunnerHandle {
     transitions: broadcast::Sender<Transition>,
     control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<ExitCode>,
+    trace_path: Option<PathBuf>,
 }
 
 impl RunnerHandle {
+    /// The file this run's trace is written to, when tracing is on.
+    pub fn trace_path(&self) -> Option<&std::path::Path> {
+        self.trace_path.as_deref()
+    }
+
     pub fn shutdown(&self) {
         let _ = self.control.send(Control::Shutdown);
     }
@@ -188,7 +194,9 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     durable.runner_id = identity.as_ref().map(|i| i.runner_id().to_owned());
     let tls = ws::tls_config(settings.ca_file.as_deref())?;
     let restored: Vec<_> = durable.jobs.iter().map(|job| job.job_ref()).collect();
+    let booted_from = durable.clone();
     let (core, boot_effects) = Core::boot(settings.core.clone(), mode, durable);
+    let trace = start_trace(&settings, mode, &booted_from, &boot_effects);
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let jobs_root = settings.state_dir.join("jobs");
     let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -217,7 +225,9 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
         watch::channel(status_of(&core, None, settings.endpoint.as_str(), None));
     let (transitions_tx, _) = broadcast::channel(1024);
     info!(mode = ?mode, state_dir = %settings.state_dir.display(), endpoint = %settings.endpoint, "runner starting");
+    let trace_path = trace.as_ref().map(|t| t.recorder.path().to_path_buf());
     let driver = Driver {
+        trace,
         timers: Timers::new(inputs_tx.clone()),
         jobs,
         inputs_tx,
@@ -252,10 +262,56 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
         transitions: transitions_tx,
         control: control_tx,
         task,
+        trace_path,
     })
 }
 
+/// The trace of this run (see `crate::trace`).
+struct Trace {
+    recorder: crate::trace::Recorder,
+    seq: u64,
+    started: std::time::Instant,
+}
+
+/// Tracing is a diagnostic: when it cannot start, the runner runs without it and says so.
+fn start_trace(
+    settings: &RunnerSettings,
+    mode: BootMode,
+    durable: &crate::core::DurableState,
+    boot: &Effects,
+) -> Option<Trace> {
+    let limits = settings.trace.as_ref()?;
+    let dir = settings.state_dir.join("traces");
+    let started = std::time::Instant::now();
+    let result = super::secure_fs::create_private_dir(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            let stamp = crate::trace::StartedAt::UnixMs(unix_ms());
+            crate::trace::TraceHeader::new(stamp, mode, &settings.core, durable, &boot.list)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|header| {
+            crate::trace::Recorder::create(&dir, header, limits.max_bytes, limits.keep)
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(recorder) => {
+            info!(path = %recorder.path().display(), "recording the session trace");
+            Some(Trace {
+                recorder,
+                seq: 0,
+                started,
+            })
+        }
+        Err(error) => {
+            warn!(%error, dir = %dir.display(), "cannot record a trace; running without one");
+            None
+        }
+    }
+}
+
 struct Driver {
+    trace: Option<Trace>,
     core: Core,
     store: Store,
     identity: Option<Identity>,
@@ -296,6 +352,7 @@ impl Driver {
             }
             // Job output waits (and so does the job, once its credits are spent) while
             // the API is behind: memory stays bounded however slow the link is.
+            self.flush_trace();
             let paused = self.backpressured();
             let next = tokio::select! {
                 Some(input) = inputs.recv() => self.accept(input),
@@ -312,6 +369,7 @@ impl Driver {
             }
             self.pump_resend();
         }
+        self.flush_trace();
         self.timers.cancel_all();
         let code = self.exit.unwrap_or(ExitCode::StoreFailure);
         info!(code = code.code(), "runner stopped");
@@ -371,6 +429,7 @@ impl Driver {
         let mut effects = std::mem::take(&mut self.scratch);
         self.core.dispatch_into(&event, &mut effects);
         let after = self.core.phase();
+        self.record(&event, &before, &after, &effects);
         if before != after {
             info!(from = %before, to = %after, event = event.kind().name(), "transition");
             let _ = self.transitions_tx.send(Transition {
@@ -389,6 +448,35 @@ impl Driver {
             Some(&event),
         );
         let _ = self.status.send(next);
+    }
+
+    /// Every event and what came of it goes to the trace, from here and nowhere else.
+    fn record(&mut self, event: &Event, before: &str, after: &str, effects: &Effects) {
+        let Some(trace) = &mut self.trace else { return };
+        trace.seq += 1;
+        let mono_ms = u64::try_from(trace.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let entry = crate::trace::TraceEntry::new(
+            trace.seq,
+            unix_ms(),
+            mono_ms,
+            event,
+            before,
+            after,
+            &effects.list,
+        );
+        if let Err(e) = trace.recorder.record(entry) {
+            warn!(error = %e, "trace recording stopped");
+            self.trace = None;
+        }
+    }
+
+    fn flush_trace(&mut self) {
+        if let Some(trace) = &mut self.trace
+            && let Err(e) = trace.recorder.flush()
+        {
+            warn!(error = %e, "trace recording stopped");
+            self.trace = None;
+        }
     }
 
     fn perform(&mut self, effects: Effects) {

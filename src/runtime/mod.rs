@@ -23,4 +23,4 @@ pub mod timers;
 pub mod ws;
 
 pub use driver::{Control, RunnerHandle, RunnerStatus, StartError, Transition, start};
-pub use settings::{HardwareSource, RunnerSettings, Secret, SettingsError};
+pub use settings::{HardwareSource, RunnerSettings, Secret, SettingsError, TraceLimits};

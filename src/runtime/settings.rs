@@ -93,6 +93,26 @@ pub struct RunnerSettings {
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
     pub hardware: HardwareSource,
+    /// Record the session trace under `<state_dir>/traces`; `None` turns it off.
+    pub trace: Option<TraceLimits>,
+}
+
+/// Size-based rotation of the trace files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceLimits {
+    /// A file passing this many bytes is closed and the trace goes on in the next.
+    pub max_bytes: u64,
+    /// Trace files kept in the folder, the current one included.
+    pub keep: usize,
+}
+
+impl Default for TraceLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            keep: 8,
+        }
+    }
 }
 
 /// Turn `--server` into the runner endpoint, refusing plain text off loopback unless the
