@@ -4,6 +4,7 @@
 //! - the floor for that: a bare tokio-tungstenite client that spawns `true` on each
 //!   message and replies, timed the same way (send → reply received);
 //! - output throughput for a 1 GiB job, and the runner's peak resident memory.
+//!
 //! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT`, `JOBS_BENCH_BYTES` to change sizes).
 
 use std::collections::BTreeMap;
