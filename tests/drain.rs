@@ -146,7 +146,7 @@ async fn a_job_that_finishes_before_the_deadline_succeeds_and_the_runner_exits_0
 async fn a_job_that_outlives_the_deadline_is_cancelled_and_leaves_no_process() {
     let server = dev_server(None, None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut handle = started(dir.path(), &server, true, 1).await;
+    let handle = started(dir.path(), &server, true, 1).await;
     let runner = handle.status.borrow().runner_id.clone().expect("id");
     let id = server.submit_job(sleep_job("300", 1)).expect("submit");
     running(&server, &id).await;
