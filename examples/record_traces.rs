@@ -50,6 +50,7 @@ fn settings(server: &DevServer, dir: &Path, token: Option<String>) -> RunnerSett
         connect_timeout: Duration::from_secs(2),
         hardware: HardwareSource::System,
         trace: Some(TraceLimits::default()),
+        notify_socket: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn settings(
         connect_timeout: Duration::from_secs(2),
         hardware: HardwareSource::Custom(Arc::new(probe)),
         trace: Some(runtime::TraceLimits::default()),
+        notify_socket: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn settings(url: &str, dir: &Path, token: Option<String>, slots: u32) -> RunnerS
         connect_timeout: Duration::from_secs(2),
         hardware: HardwareSource::System,
         trace: Some(runtime::TraceLimits::default()),
+        notify_socket: None,
     }
 }
 

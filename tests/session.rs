@@ -48,6 +48,7 @@ fn settings(server: &DevServer, state_dir: &Path, token: Option<String>) -> Runn
         connect_timeout: Duration::from_secs(2),
         hardware: runtime::HardwareSource::System,
         trace: Some(runtime::TraceLimits::default()),
+        notify_socket: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn settings(
         connect_timeout: Duration::from_secs(2),
         hardware: runtime::HardwareSource::System,
         trace: Some(runtime::TraceLimits::default()),
+        notify_socket: None,
     }
 }
 

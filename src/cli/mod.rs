@@ -334,6 +334,8 @@ pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSet
             max_bytes: args.trace_max_bytes,
             keep: usize::try_from(args.trace_keep).unwrap_or(8),
         }),
+        // Set by systemd for Type=notify units; read once, here, at the edge.
+        notify_socket: std::env::var("NOTIFY_SOCKET").ok(),
     })
 }
 

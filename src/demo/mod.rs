@@ -250,6 +250,7 @@ fn settings(url: &str, state_dir: &Path, token: String) -> anyhow::Result<Runner
         connect_timeout: Duration::from_secs(2),
         hardware: crate::runtime::HardwareSource::System,
         trace: Some(crate::runtime::TraceLimits::default()),
+        notify_socket: None,
     })
 }
 

@@ -24,6 +24,9 @@ use super::store::{Store, StoreError};
 use super::timers::{Timers, backoff_delay, random_unit};
 use super::ws::{self, Connection, TlsSetupError, WsStream};
 
+/// How often a drain reports what it still waits for.
+const DRAIN_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Events read from the outbox per resend step.
 const RESEND_PAGE: u32 = 32;
 
@@ -226,8 +229,11 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     let (transitions_tx, _) = broadcast::channel(1024);
     info!(mode = ?mode, state_dir = %settings.state_dir.display(), endpoint = %settings.endpoint, "runner starting");
     let trace_path = trace.as_ref().map(|t| t.recorder.path().to_path_buf());
+    let notifier = super::notify::Notifier::new(settings.notify_socket.as_deref());
     let driver = Driver {
         trace,
+        notifier,
+        ready_sent: false,
         timers: Timers::new(inputs_tx.clone()),
         jobs,
         inputs_tx,
@@ -312,6 +318,8 @@ fn start_trace(
 
 struct Driver {
     trace: Option<Trace>,
+    notifier: super::notify::Notifier,
+    ready_sent: bool,
     core: Core,
     store: Store,
     identity: Option<Identity>,
@@ -345,6 +353,8 @@ impl Driver {
         mut control: mpsc::UnboundedReceiver<Control>,
     ) -> ExitCode {
         self.perform(boot);
+        let mut progress = tokio::time::interval(DRAIN_PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while self.exit.is_none() {
             if let Some(event) = self.local.pop_front() {
                 self.dispatch(event);
@@ -355,6 +365,10 @@ impl Driver {
             self.flush_trace();
             let paused = self.backpressured();
             let next = tokio::select! {
+                _ = progress.tick() => {
+                    self.drain_progress();
+                    None
+                }
                 Some(input) = inputs.recv() => self.accept(input),
                 Some(report) = reports.recv(), if !paused => self.accept(Input::Job(report)),
                 Some(request) = control.recv() => Some(match request {
@@ -432,6 +446,7 @@ impl Driver {
         self.record(&event, &before, &after, &effects);
         if before != after {
             info!(from = %before, to = %after, event = event.kind().name(), "transition");
+            self.tell_service_manager(&before, &after);
             let _ = self.transitions_tx.send(Transition {
                 from: before,
                 to: after,
@@ -448,6 +463,55 @@ impl Driver {
             Some(&event),
         );
         let _ = self.status.send(next);
+    }
+
+    /// Readiness once Active, the phase on every change, stopping when draining.
+    fn tell_service_manager(&mut self, before: &str, after: &str) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        let mut message = format!("STATUS={after}");
+        if after == "Active" && !self.ready_sent {
+            self.ready_sent = true;
+            message.push_str("\nREADY=1");
+        }
+        if after.starts_with("Draining") && !before.starts_with("Draining") {
+            message.push_str("\nSTOPPING=1");
+            message.push_str(&self.extend_timeout());
+        }
+        self.notifier.send(&message);
+    }
+
+    /// While a drain is under way, ask systemd for time up to the drain's own bound
+    /// (the deadline, then the kill grace and flush), so it does not cut the drain short.
+    fn extend_timeout(&self) -> String {
+        let secs = self.core.drain_deadline_secs() + self.settings.core.flush_grace_secs + 30;
+        format!("\nEXTEND_TIMEOUT_USEC={}", secs.saturating_mul(1_000_000))
+    }
+
+    /// Every few seconds while draining: what is left, in the log and for systemd.
+    fn drain_progress(&mut self) {
+        if self.core.state_name() != "Draining" {
+            return;
+        }
+        let status = self.status.borrow().clone();
+        let elapsed = unix_ms().saturating_sub(status.state_since_ms) / 1000;
+        let left = self.core.drain_deadline_secs().saturating_sub(elapsed);
+        info!(
+            phase = %status.phase,
+            jobs_left = status.jobs_running,
+            undelivered = status.outbox_depth,
+            deadline_in_secs = left,
+            "draining"
+        );
+        if self.notifier.enabled() {
+            let message = format!(
+                "STATUS=Draining: {} job(s) left, deadline in {left} s{}",
+                status.jobs_running,
+                self.extend_timeout()
+            );
+            self.notifier.send(&message);
+        }
     }
 
     /// Every event and what came of it goes to the trace, from here and nowhere else.

@@ -14,6 +14,7 @@ pub mod control;
 pub mod driver;
 pub mod identity;
 pub mod jobs;
+pub mod notify;
 pub mod orphans;
 pub mod secure_fs;
 pub mod settings;

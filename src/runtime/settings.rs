@@ -95,6 +95,8 @@ pub struct RunnerSettings {
     pub hardware: HardwareSource,
     /// Record the session trace under `<state_dir>/traces`; `None` turns it off.
     pub trace: Option<TraceLimits>,
+    /// The service manager's notification socket (`NOTIFY_SOCKET` under systemd).
+    pub notify_socket: Option<String>,
 }
 
 /// Size-based rotation of the trace files.
