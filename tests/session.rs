@@ -109,6 +109,26 @@ async fn fresh_registration_reaches_active_and_restarts_with_its_identity() {
         0o600
     );
     assert_no_file_contains(dir.path(), &token);
+    // Nor is the private key anywhere but its own file: not in the store, not in the
+    // session trace (which records every event and effect of the registration).
+    let key_text = std::fs::read_to_string(identity.join("key")).expect("key");
+    let trace = handle.trace_path().expect("tracing is on").to_path_buf();
+    let trace_text = std::fs::read_to_string(&trace).expect("trace");
+    assert!(
+        trace_text.contains("KeyGenerated") || trace_text.contains("key_generated"),
+        "the trace covers registration"
+    );
+    assert!(
+        !trace_text.contains(key_text.trim()),
+        "the trace holds the private key"
+    );
+    assert!(!trace_text.contains(&token), "the trace holds the token");
+    assert!(
+        !std::fs::read(dir.path().join("runner.db"))
+            .expect("db")
+            .windows(key_text.trim().len())
+            .any(|w| w == key_text.trim().as_bytes())
+    );
 
     assert_eq!(stop(handle).await, ExitCode::Clean);
 

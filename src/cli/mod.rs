@@ -435,9 +435,11 @@ fn render_status(status: &crate::runtime::RunnerStatus) -> String {
         status.outbox_depth
     );
     if let Some(deadline) = status.drain_deadline_secs {
+        let elapsed = now.saturating_sub(status.state_since_ms) / 1000;
+        let left = deadline.saturating_sub(elapsed);
         let _ = writeln!(
             out,
-            "draining:       {} job(s) left, deadline {deadline} s after the drain began",
+            "draining:       {} job(s) left; running jobs are cancelled in {left} s (deadline {deadline} s)",
             status.jobs_running
         );
     }
