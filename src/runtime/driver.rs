@@ -89,6 +89,9 @@ pub struct RunnerStatus {
     pub outbox_depth: u64,
     /// The drain deadline in seconds, while draining.
     pub drain_deadline_secs: Option<u64>,
+    /// The last failure the runner reported (registration refused, install step
+    /// failed, identity rejected, ...), for the operator.
+    pub problem: Option<String>,
     pub transitions: u64,
 }
 
@@ -103,6 +106,10 @@ pub enum StartError {
         path: String,
         source: super::secure_fs::SecureFsError,
     },
+    #[error(
+        "{state_dir} already holds a registered runner; uninstall it first, or pass --force to replace it"
+    )]
+    AlreadyInstalled { state_dir: String },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -175,6 +182,35 @@ impl RunnerHandle {
 
 /// Prepare the state directory, the store and the identity, then start the loop.
 pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
+    launch(settings, None)
+}
+
+/// `fyn-runner install`: the same runner, booted into Installing with the steps of
+/// `plan`; it registers, installs the service and stops. Refuses when this state
+/// directory already has an identity (the caller handles `--force`).
+pub fn start_install(
+    settings: RunnerSettings,
+    plan: super::install::InstallPlan,
+) -> Result<RunnerHandle, StartError> {
+    if settings.token.is_none() {
+        return Err(StartError::NoIdentity {
+            state_dir: settings.state_dir.display().to_string(),
+        });
+    }
+    if Identity::load(&settings.state_dir)?.is_some() {
+        return Err(StartError::AlreadyInstalled {
+            state_dir: settings.state_dir.display().to_string(),
+        });
+    }
+    launch(settings, Some(plan))
+}
+
+fn launch(
+    settings: RunnerSettings,
+    plan: Option<super::install::InstallPlan>,
+) -> Result<RunnerHandle, StartError> {
+    // The outermost folder this start creates, so a failed install removes all of it.
+    let created_root = super::install::outermost_missing(&settings.state_dir);
     super::secure_fs::create_private_dir(&settings.state_dir).map_err(|source| {
         StartError::StateDir {
             path: settings.state_dir.display().to_string(),
@@ -184,6 +220,7 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     super::control::ensure_unused(&settings.state_dir)?;
     let identity = Identity::load(&settings.state_dir)?;
     let mode = match (&identity, &settings.token) {
+        _ if plan.is_some() => BootMode::Install,
         (Some(_), _) => BootMode::Resume,
         (None, Some(_)) => BootMode::Register,
         (None, None) => {
@@ -230,7 +267,11 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
     info!(mode = ?mode, state_dir = %settings.state_dir.display(), endpoint = %settings.endpoint, "runner starting");
     let trace_path = trace.as_ref().map(|t| t.recorder.path().to_path_buf());
     let notifier = super::notify::Notifier::new(settings.notify_socket.as_deref());
+    let installer = plan.map(|plan| {
+        super::install::Installer::new(plan, &settings.state_dir, created_root.as_deref())
+    });
     let driver = Driver {
+        installer,
         trace,
         notifier,
         ready_sent: false,
@@ -253,14 +294,21 @@ pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
         exit: None,
         scratch: Effects::default(),
     };
-    let socket = super::control::serve(
-        &driver.settings.state_dir,
-        status.clone(),
-        control_tx.clone(),
-    )?;
+    // An install is no daemon: it leaves the socket to the service it starts.
+    let socket = if driver.installer.is_none() {
+        Some(super::control::serve(
+            &driver.settings.state_dir,
+            status.clone(),
+            control_tx.clone(),
+        )?)
+    } else {
+        None
+    };
     let task = tokio::spawn(async move {
         let code = driver.run(boot_effects, inputs, reports, control).await;
-        socket.close();
+        if let Some(socket) = socket {
+            socket.close();
+        }
         code
     });
     Ok(RunnerHandle {
@@ -317,6 +365,8 @@ fn start_trace(
 }
 
 struct Driver {
+    /// Present only for `fyn-runner install`.
+    installer: Option<super::install::Installer>,
     trace: Option<Trace>,
     notifier: super::notify::Notifier,
     ready_sent: bool,
@@ -680,7 +730,12 @@ impl Driver {
                 }),
             },
             Effect::CollectHardware => self.collect_hardware(),
-            Effect::Notify(notice) => log_notice(&notice),
+            Effect::Notify(notice) => {
+                log_notice(&notice);
+                if let Some(problem) = problem_of(&notice) {
+                    self.status.send_modify(|s| s.problem = Some(problem));
+                }
+            }
             Effect::Exit { code } => {
                 // No process of a job outlives the runner that ran it.
                 self.jobs.kill_all();
@@ -854,14 +909,32 @@ impl Driver {
     }
 
     fn install_step(&mut self, step: InstallStep) {
-        // Installation runs through `fyn-runner install`, which this runtime does not
-        // drive yet; a step requested here fails visibly instead of pretending.
-        self.local.push_back(Event::StepFailed {
-            error: format!("install step {} is not available in `run`", step.name()),
-        });
+        let Some(installer) = self.installer.as_mut() else {
+            self.local.push_back(Event::StepFailed {
+                error: format!(
+                    "install step {} asked for outside `fyn-runner install`",
+                    step.name()
+                ),
+            });
+            return;
+        };
+        match installer.run(step) {
+            Ok(done) => {
+                info!(step = step.name(), "{done}");
+                self.local.push_back(Event::StepDone);
+            }
+            Err(error) => {
+                error!(step = step.name(), %error, "install step failed");
+                self.local.push_back(Event::StepFailed { error });
+            }
+        }
     }
 
     fn rollback(&mut self) {
+        if let Some(installer) = self.installer.as_mut() {
+            // The whole install goes, the identity with the state folder it lives in.
+            installer.rollback();
+        }
         if self.created_identity {
             match Identity::remove(&self.settings.state_dir) {
                 Ok(()) => info!("rolled back the identity this registration created"),
@@ -974,6 +1047,7 @@ fn status_of(
             .collect(),
         outbox_depth: core.outbox_depth(),
         drain_deadline_secs: (core.state_name() == "Draining").then(|| core.drain_deadline_secs()),
+        problem: previous.and_then(|p| p.problem.clone()),
         transitions: previous.map_or(0, |p| p.transitions)
             + u64::from(previous.is_some_and(|p| p.phase != core.phase())),
     }
@@ -983,6 +1057,24 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The notices that explain why a runner stopped or failed.
+fn problem_of(notice: &Notice) -> Option<String> {
+    match notice {
+        Notice::InstallFailed { error } => Some(format!("installation failed: {error}")),
+        Notice::RegistrationFailed { reason } => Some(format!("registration failed: {reason}")),
+        Notice::AuthRejected { reason } => {
+            Some(format!("the control plane rejected this runner: {reason}"))
+        }
+        Notice::Incompatible { server_protocol } => Some(format!(
+            "the control plane speaks protocol {server_protocol}, this runner {}",
+            crate::protocol::PROTOCOL_VERSION
+        )),
+        Notice::Evicted { reason } => Some(format!("evicted: {reason}")),
+        Notice::StoreFailed { error } => Some(format!("the durable store failed: {error}")),
+        _ => None,
+    }
 }
 
 fn log_notice(notice: &Notice) {

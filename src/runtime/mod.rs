@@ -13,6 +13,7 @@ writes; this module makes them durable, exactly as asked, and reports failures.
 pub mod control;
 pub mod driver;
 pub mod identity;
+pub mod install;
 pub mod jobs;
 pub mod notify;
 pub mod orphans;
@@ -23,5 +24,7 @@ pub mod store;
 pub mod timers;
 pub mod ws;
 
-pub use driver::{Control, RunnerHandle, RunnerStatus, StartError, Transition, start};
+pub use driver::{
+    Control, RunnerHandle, RunnerStatus, StartError, Transition, start, start_install,
+};
 pub use settings::{HardwareSource, RunnerSettings, Secret, SettingsError, TraceLimits};
