@@ -487,10 +487,12 @@ async fn drain(
     if !wait {
         return Ok(0);
     }
+    let mut hiccups = 0;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         match request(state_dir, &Request::Status).await {
             Ok(Response::Status { status }) => {
+                hiccups = 0;
                 write_stdout(&format!(
                     "  {}: {} job(s) left, {} event(s) undelivered\n",
                     status.phase, status.jobs_running, status.outbox_depth
@@ -501,6 +503,12 @@ async fn drain(
                 return Ok(0);
             }
             Ok(other) => anyhow::bail!("unexpected answer from the runner: {other:?}"),
+            // The runner closes its socket as it exits; a request caught in between is
+            // cut off. Ask again before calling it an error.
+            Err(e) if hiccups < 10 => {
+                hiccups += 1;
+                tracing::debug!(error = %e, "control socket hiccup while waiting");
+            }
             Err(e) => return Err(e.into()),
         }
     }
