@@ -338,3 +338,37 @@ async fn status_and_drain_through_the_control_socket() {
     ));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_runner_that_leaves_is_forgotten_by_the_api() {
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut handle = runtime::start(settings(&server, dir.path(), Some(token))).expect("starts");
+    until_active(&mut handle).await;
+    let runner_id = handle
+        .status
+        .borrow()
+        .runner_id
+        .clone()
+        .expect("registered");
+    assert_eq!(stop(handle).await, ExitCode::Clean);
+
+    let left = runtime::leave::leave(&settings(&server, dir.path(), None), Duration::from_secs(5))
+        .await
+        .expect("the API confirms");
+    assert_eq!(left, runner_id);
+    assert!(
+        server.runner(&runner_id).expect("query").is_none(),
+        "forgotten"
+    );
+    // Its identity no longer opens a session.
+    let handle = runtime::start(settings(&server, dir.path(), None)).expect("starts");
+    assert_eq!(
+        tokio::time::timeout(WAIT, handle.wait())
+            .await
+            .expect("ends"),
+        ExitCode::AuthRejected
+    );
+    server.shutdown().await;
+}

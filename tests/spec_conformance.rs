@@ -108,6 +108,7 @@ fn message() -> impl Strategy<Value = Event> {
         m(ServerMessage::Evicted {
             reason: "newer session".into()
         }),
+        m(ServerMessage::Left {}),
     ]
 }
 

@@ -132,6 +132,7 @@ pub enum EventKind {
     DrainCommand,
     EventsAck,
     Evicted,
+    Left,
     HeartbeatDue,
     AckOverdue,
     BackoffElapsed,
@@ -149,7 +150,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 39] = [
+    pub const ALL: [EventKind; 40] = [
         Self::StepDone,
         Self::StepFailed,
         Self::KeyGenerated,
@@ -175,6 +176,7 @@ impl EventKind {
         Self::DrainCommand,
         Self::EventsAck,
         Self::Evicted,
+        Self::Left,
         Self::HeartbeatDue,
         Self::AckOverdue,
         Self::BackoffElapsed,
@@ -218,6 +220,7 @@ impl EventKind {
             Self::DrainCommand => "DrainCommand",
             Self::EventsAck => "EventsAck",
             Self::Evicted => "Evicted",
+            Self::Left => "Left",
             Self::HeartbeatDue => "HeartbeatDue",
             Self::AckOverdue => "AckOverdue",
             Self::BackoffElapsed => "BackoffElapsed",
@@ -272,6 +275,7 @@ impl Event {
                 },
                 ServerMessage::EventsAck { .. } => EventKind::EventsAck,
                 ServerMessage::Evicted { .. } => EventKind::Evicted,
+                ServerMessage::Left {} => EventKind::Left,
             },
             Self::TimerFired { timer } => match timer {
                 TimerKind::Heartbeat => EventKind::HeartbeatDue,

@@ -185,6 +185,20 @@ impl Inner {
         Ok(())
     }
 
+    /// A runner that leaves for good (`fyn-runner uninstall`): its unfinished jobs go to
+    /// others and its identity is forgotten, so it can never authenticate again.
+    pub fn retire_runner(&mut self, runner_id: &str, post: &mut Post) -> Result<(), StoreError> {
+        for mut job in self.store.jobs_on_runner(runner_id)? {
+            self.store
+                .atomically(|store| requeue_lost(store, &mut job))?;
+            job.held_by = None;
+            self.store.save_job(&job)?;
+        }
+        self.live.remove(runner_id);
+        self.store.delete_runner(runner_id)?;
+        self.try_assign(post)
+    }
+
     // ------------------------------------------------------------ views
 
     pub fn runner_info(&self, row: RunnerRow) -> Result<RunnerInfo, StoreError> {

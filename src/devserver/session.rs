@@ -160,6 +160,7 @@ fn message_name(message: &RunnerMessage) -> &'static str {
         RunnerMessage::CommandAck { .. } => "command_ack",
         RunnerMessage::Event { .. } => "event",
         RunnerMessage::Stopping { .. } => "stopping",
+        RunnerMessage::Leaving { .. } => "leaving",
     }
 }
 
@@ -424,6 +425,13 @@ fn session_message(
             tracing::info!(runner_id, %reason, deadline_secs, "runner is stopping");
             live.state = RunnerState::Draining;
             live.draining = true;
+        }
+        RunnerMessage::Leaving { reason } => {
+            tracing::info!(runner_id, %reason, "runner is leaving for good");
+            inner.retire_runner(runner_id, post)?;
+            post.message(tx, ServerMessage::Left {});
+            post.close(tx, CloseReason::Normal, "runner left");
+            conn.phase = Phase::Closing;
         }
         other @ (RunnerMessage::ValidateToken { .. }
         | RunnerMessage::Register { .. }

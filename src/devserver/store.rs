@@ -297,6 +297,19 @@ impl Store {
         Ok(())
     }
 
+    /// Forget a runner and its commands; its events stay as history.
+    pub fn delete_runner(&self, id: &str) -> Result<(), StoreError> {
+        self.atomically(|store: &Self| -> Result<(), StoreError> {
+            store
+                .conn
+                .execute("DELETE FROM commands WHERE runner_id = ?1", params![id])?;
+            store
+                .conn
+                .execute("DELETE FROM runners WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+    }
+
     pub fn runner(&self, id: &str) -> Result<Option<RunnerRow>, StoreError> {
         let row = self
             .conn

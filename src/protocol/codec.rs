@@ -106,6 +106,7 @@ const SERVER_TYPES: &[&str] = &[
     "command",
     "events_ack",
     "evicted",
+    "left",
 ];
 
 const RUNNER_TYPES: &[&str] = &[
@@ -121,6 +122,7 @@ const RUNNER_TYPES: &[&str] = &[
     "command_ack",
     "event",
     "stopping",
+    "leaving",
 ];
 
 /// Decode in two steps so the error says *which* way the frame is wrong: size, JSON,

@@ -74,6 +74,8 @@ pub enum ServerMessage {
     Evicted {
         reason: String,
     },
+    /// The answer to `leaving`: the API has forgotten this runner.
+    Left {},
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +136,11 @@ pub enum RunnerMessage {
     Stopping {
         reason: String,
         deadline_secs: u64,
+    },
+    /// Sent by `fyn-runner uninstall` after authenticating: this runner is going away
+    /// for good; the API gives its unfinished jobs to others and forgets its identity.
+    Leaving {
+        reason: String,
     },
 }
 

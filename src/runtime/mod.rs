@@ -15,6 +15,7 @@ pub mod driver;
 pub mod identity;
 pub mod install;
 pub mod jobs;
+pub mod leave;
 pub mod notify;
 pub mod orphans;
 pub mod secure_fs;
