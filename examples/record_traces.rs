@@ -9,9 +9,7 @@ use std::time::Duration;
 use fyn_runner::core::CoreConfig;
 use fyn_runner::devserver::{DevServer, DevServerConfig, JobRequest, JobState};
 use fyn_runner::protocol::SessionParams;
-use fyn_runner::runtime::{
-    self, HardwareSource, RunnerHandle, RunnerSettings, Secret, TraceLimits,
-};
+use fyn_runner::runtime::{self, RunnerHandle, RunnerSettings, Secret};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -35,11 +33,8 @@ async fn server(db: Option<&Path>, listen: Option<std::net::SocketAddr>) -> DevS
 
 fn settings(server: &DevServer, dir: &Path, token: Option<String>) -> RunnerSettings {
     RunnerSettings {
-        endpoint: runtime::settings::endpoint(&server.url(), false).expect("url"),
-        state_dir: dir.to_path_buf(),
         token: token.map(Secret::new),
         name: "trace-runner".into(),
-        ca_file: None,
         core: CoreConfig {
             slots: 2,
             drain_deadline_secs: 2,
@@ -48,9 +43,10 @@ fn settings(server: &DevServer, dir: &Path, token: Option<String>) -> RunnerSett
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         connect_timeout: Duration::from_secs(2),
-        hardware: HardwareSource::System,
-        trace: Some(TraceLimits::default()),
-        notify_socket: None,
+        ..RunnerSettings::new(
+            runtime::settings::endpoint(&server.url(), false).expect("url"),
+            dir.to_path_buf(),
+        )
     }
 }
 

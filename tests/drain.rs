@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use fyn_runner::core::{CoreConfig, ExitCode};
 use fyn_runner::devserver::{DevServer, DevServerConfig, JobRequest, JobState};
 use fyn_runner::protocol::{JobOutcome, SessionParams};
-use fyn_runner::runtime::{
-    self, HardwareSource, RunnerHandle, RunnerSettings, Secret, TraceLimits,
-};
+use fyn_runner::runtime::{self, RunnerHandle, RunnerSettings, Secret};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -36,11 +34,8 @@ fn settings(
     drain_deadline_secs: u64,
 ) -> RunnerSettings {
     RunnerSettings {
-        endpoint: runtime::settings::endpoint(&server.url(), false).expect("url"),
-        state_dir: dir.to_path_buf(),
         token: token.map(Secret::new),
         name: "drain-runner".into(),
-        ca_file: None,
         core: CoreConfig {
             slots: 2,
             drain_deadline_secs,
@@ -50,9 +45,10 @@ fn settings(
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         connect_timeout: Duration::from_secs(2),
-        hardware: HardwareSource::System,
-        trace: Some(TraceLimits::default()),
-        notify_socket: None,
+        ..RunnerSettings::new(
+            runtime::settings::endpoint(&server.url(), false).expect("url"),
+            dir.to_path_buf(),
+        )
     }
 }
 

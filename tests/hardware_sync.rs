@@ -25,11 +25,8 @@ fn settings(
     let machine = machine.clone();
     let probe = move |_: &Path| machine.lock().map(|r| r.clone()).map_err(|e| e.to_string());
     RunnerSettings {
-        endpoint: runtime::settings::endpoint(&server.url(), false).expect("url"),
-        state_dir: dir.to_path_buf(),
         token: token.map(Secret::new),
         name: "hw-runner".into(),
-        ca_file: None,
         core: CoreConfig {
             hardware_recheck_ms: recheck_ms,
             ..CoreConfig::default()
@@ -38,8 +35,10 @@ fn settings(
         backoff_max: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
         hardware: HardwareSource::Custom(Arc::new(probe)),
-        trace: Some(runtime::TraceLimits::default()),
-        notify_socket: None,
+        ..RunnerSettings::new(
+            runtime::settings::endpoint(&server.url(), false).expect("url"),
+            dir.to_path_buf(),
+        )
     }
 }
 

@@ -11,24 +11,22 @@ use std::time::Duration;
 use fyn_runner::core::{CoreConfig, ExitCode};
 use fyn_runner::devserver::{DevServer, DevServerConfig};
 use fyn_runner::runtime::install::{InstallPlan, ServiceStep};
-use fyn_runner::runtime::{self, HardwareSource, RunnerSettings, Secret, TraceLimits};
+use fyn_runner::runtime::{self, RunnerSettings, Secret};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn settings(server: &DevServer, state_dir: &Path, token: &str) -> RunnerSettings {
     RunnerSettings {
-        endpoint: runtime::settings::endpoint(&server.url(), false).expect("url"),
-        state_dir: state_dir.to_path_buf(),
         token: Some(Secret::new(token)),
         name: "installed".into(),
-        ca_file: None,
         core: CoreConfig::default(),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         connect_timeout: Duration::from_secs(2),
-        hardware: HardwareSource::System,
-        trace: Some(TraceLimits::default()),
-        notify_socket: None,
+        ..RunnerSettings::new(
+            runtime::settings::endpoint(&server.url(), false).expect("url"),
+            state_dir.to_path_buf(),
+        )
     }
 }
 

@@ -19,7 +19,7 @@ use fyn_runner::protocol::{
     RunnerMessage, ServerMessage, SessionParams, decode_runner, encode,
 };
 use fyn_runner::runtime::identity::Identity;
-use fyn_runner::runtime::{self, HardwareSource, RunnerHandle, RunnerSettings, Secret};
+use fyn_runner::runtime::{self, RunnerHandle, RunnerSettings, Secret};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -43,11 +43,8 @@ async fn dev_server(db: Option<&Path>, listen: Option<std::net::SocketAddr>) -> 
 
 fn settings(url: &str, dir: &Path, token: Option<String>, slots: u32) -> RunnerSettings {
     RunnerSettings {
-        endpoint: runtime::settings::endpoint(url, false).expect("url"),
-        state_dir: dir.to_path_buf(),
         token: token.map(Secret::new),
         name: "jobs-runner".into(),
-        ca_file: None,
         core: CoreConfig {
             slots,
             ..CoreConfig::default()
@@ -55,9 +52,10 @@ fn settings(url: &str, dir: &Path, token: Option<String>, slots: u32) -> RunnerS
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
-        hardware: HardwareSource::System,
-        trace: Some(runtime::TraceLimits::default()),
-        notify_socket: None,
+        ..RunnerSettings::new(
+            runtime::settings::endpoint(url, false).expect("url"),
+            dir.to_path_buf(),
+        )
     }
 }
 

@@ -33,11 +33,8 @@ async fn dev_server(db: Option<&Path>, listen: Option<SocketAddr>) -> DevServer 
 
 fn settings(server: &DevServer, state_dir: &Path, token: Option<String>) -> RunnerSettings {
     RunnerSettings {
-        endpoint: runtime::settings::endpoint(&server.url(), false).expect("loopback url"),
-        state_dir: state_dir.to_path_buf(),
         token: token.map(Secret::new),
         name: "test-runner".into(),
-        ca_file: None,
         core: CoreConfig {
             slots: 2,
             handshake_timeout_ms: 5_000,
@@ -46,9 +43,10 @@ fn settings(server: &DevServer, state_dir: &Path, token: Option<String>) -> Runn
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
         connect_timeout: Duration::from_secs(2),
-        hardware: runtime::HardwareSource::System,
-        trace: Some(runtime::TraceLimits::default()),
-        notify_socket: None,
+        ..RunnerSettings::new(
+            runtime::settings::endpoint(&server.url(), false).expect("loopback url"),
+            state_dir.to_path_buf(),
+        )
     }
 }
 

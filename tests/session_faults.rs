@@ -23,8 +23,6 @@ fn settings(
     ca_file: Option<&Path>,
 ) -> RunnerSettings {
     RunnerSettings {
-        endpoint: runtime::settings::endpoint(url, false).expect("loopback url"),
-        state_dir: state_dir.to_path_buf(),
         token: token.map(Secret::new),
         name: "fault-runner".into(),
         ca_file: ca_file.map(Path::to_path_buf),
@@ -35,9 +33,10 @@ fn settings(
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         connect_timeout: Duration::from_secs(2),
-        hardware: runtime::HardwareSource::System,
-        trace: Some(runtime::TraceLimits::default()),
-        notify_socket: None,
+        ..RunnerSettings::new(
+            runtime::settings::endpoint(url, false).expect("loopback url"),
+            state_dir.to_path_buf(),
+        )
     }
 }
 

@@ -235,11 +235,8 @@ async fn start_server(
 
 fn settings(url: &str, state_dir: &Path, token: String) -> anyhow::Result<RunnerSettings> {
     Ok(RunnerSettings {
-        endpoint: runtime::settings::endpoint(url, false)?,
-        state_dir: state_dir.to_path_buf(),
         token: Some(Secret::new(token)),
         name: "demo-runner".into(),
-        ca_file: None,
         core: CoreConfig {
             slots: 2,
             drain_deadline_secs: 10,
@@ -248,9 +245,10 @@ fn settings(url: &str, state_dir: &Path, token: String) -> anyhow::Result<Runner
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
-        hardware: crate::runtime::HardwareSource::System,
-        trace: Some(crate::runtime::TraceLimits::default()),
-        notify_socket: None,
+        ..RunnerSettings::new(
+            runtime::settings::endpoint(url, false)?,
+            state_dir.to_path_buf(),
+        )
     })
 }
 

@@ -117,6 +117,27 @@ impl Default for TraceLimits {
     }
 }
 
+impl RunnerSettings {
+    /// Defaults an operator would expect: one slot, backoff from 0.5 s to 60 s, a
+    /// 15 s connect timeout, the machine's own hardware, the trace on, no token.
+    pub fn new(endpoint: Url, state_dir: PathBuf) -> Self {
+        Self {
+            endpoint,
+            state_dir,
+            token: None,
+            name: "fyn-runner".to_owned(),
+            ca_file: None,
+            core: CoreConfig::default(),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(15),
+            hardware: HardwareSource::System,
+            trace: Some(TraceLimits::default()),
+            notify_socket: None,
+        }
+    }
+}
+
 /// Turn `--server` into the runner endpoint, refusing plain text off loopback unless the
 /// operator opted in.
 pub fn endpoint(server: &str, allow_insecure: bool) -> Result<Url, SettingsError> {
