@@ -7,11 +7,13 @@ the wire, and everything that touches the world lives outside `core`.
 */
 
 pub mod cli;
+pub mod config;
 pub mod core;
 pub mod demo;
 pub mod devserver;
 pub mod hardware;
 pub mod protocol;
 pub mod runtime;
+pub mod service;
 pub mod spec;
 pub mod trace;
