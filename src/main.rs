@@ -1,10 +1,16 @@
 //! The `fyn-runner` binary: parse the command line, run it, exit with its code.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
-    let cli = fyn_runner::cli::Cli::parse();
-    let code = match fyn_runner::cli::run(cli) {
+    // The matches travel with the parsed flags: the config file fills in only what
+    // no flag or variable gave, and only the matches know which those were.
+    let matches = fyn_runner::cli::Cli::command().get_matches();
+    let cli = match fyn_runner::cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let code = match fyn_runner::cli::run(cli, &matches) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("fyn-runner: {error:#}");

@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::spec;
 
+pub mod admin;
+
 #[derive(Debug, Parser)]
 #[command(
     propagate_version = true,
@@ -27,6 +29,11 @@ use crate::spec;
                   lifecycle is an explicit state machine held to the table in fsm-spec/."
 )]
 pub struct Cli {
+    /// The config file [default: /etc/fyn-runner/config.toml as root, else
+    /// $XDG_CONFIG_HOME/fyn-runner/config.toml, when it exists]. Flags and FYN_RUNNER_*
+    /// variables override what it says.
+    #[arg(long, global = true, env = "FYN_RUNNER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Log format: readable lines, or JSON for journald and log pipelines. The usual
     /// RUST_LOG filter applies (default: info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FYN_RUNNER_LOG_FORMAT")]
@@ -42,12 +49,12 @@ pub enum LogFormat {
 }
 
 /// How to reach the control plane and where to keep local state.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct RunArgs {
     /// The control plane, e.g. wss://api.example.com (the runner path /runner/v1 is
     /// added when the URL has no path).
     #[arg(long, env = "FYN_RUNNER_SERVER")]
-    pub server: String,
+    pub server: Option<String>,
     /// One-time registration token, needed only while this runner has no identity.
     /// It is used once and never written to disk.
     #[arg(long, env = "FYN_RUNNER_TOKEN", hide_env_values = true)]
@@ -154,6 +161,16 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
+    /// Install the runner on this machine: create its folders, write its config,
+    /// register with a one-time token, and install and start the OS service. Every step
+    /// is reported; a failure rolls back everything the install created.
+    Install(Box<admin::InstallArgs>),
+    /// Remove the runner: stop and remove the service (the runner drains), tell the
+    /// control plane it is leaving, remove its config and state.
+    Uninstall(admin::UninstallArgs),
+    /// The OS service: render its definition, or start/stop/restart/show it.
+    #[command(subcommand)]
+    Service(admin::ServiceAction),
     /// Run the reference control plane (a development tool, not a production API).
     DevServer(crate::devserver::DevServerArgs),
     /// The whole lifecycle in one process against an embedded dev-server: register,
@@ -187,7 +204,7 @@ pub enum SpecFormat {
 }
 
 /// Run the parsed command; the returned code becomes the process exit status.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
+pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
     let default_filter = if matches!(cli.command, Command::Demo) {
         "warn"
@@ -196,7 +213,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     init_logging(cli.log_format, default_filter);
     match cli.command {
-        Command::Run(args) => run_runner(args),
+        Command::Run(mut args) => {
+            let sub = matches.subcommand_matches("run").unwrap_or(matches);
+            apply_config_file(&mut args, sub, cli.config.as_deref())?;
+            run_runner(args)
+        }
+        Command::Install(args) => admin::install(*args),
+        Command::Uninstall(args) => admin::uninstall(args, cli.config.as_deref()),
+        Command::Service(action) => admin::service(action, cli.config.as_deref()),
         Command::DevServer(args) => {
             block_on(async move { crate::devserver::run(args).await.map(|()| 0) })
         }
@@ -228,7 +252,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Status { json, state_dir } => {
-            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            let state_dir = resolve_state_dir(state_dir, cli.config.as_deref())?;
             block_on(async move { show_status(&state_dir, json).await })
         }
         Command::Drain {
@@ -237,7 +261,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
             state_dir,
         } => {
-            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            let state_dir = resolve_state_dir(state_dir, cli.config.as_deref())?;
             block_on(async move { drain(&state_dir, deadline, force, wait).await })
         }
         Command::Spec { format } => print_spec(format),
@@ -308,7 +332,11 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSettings> {
-    let endpoint = crate::runtime::settings::endpoint(&args.server, args.allow_insecure_transport)?;
+    let server = args
+        .server
+        .as_deref()
+        .context("no control plane given: pass --server, set FYN_RUNNER_SERVER, or put `server` in the config file")?;
+    let endpoint = crate::runtime::settings::endpoint(server, args.allow_insecure_transport)?;
     let name = match &args.name {
         Some(name) => name.clone(),
         None => sysinfo::System::host_name().unwrap_or_else(|_| "fyn-runner".to_owned()),
@@ -373,11 +401,17 @@ async fn show_status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<
         Ok(Response::Status { status }) => status,
         Ok(other) => anyhow::bail!("unexpected answer from the runner: {other:?}"),
         Err(ControlError::NotRunning { state_dir, .. }) => {
+            let service = service_view();
             if json {
-                write_stdout("{\"running\": false}\n")?;
+                let view = serde_json::json!({"running": false, "state_dir": state_dir, "service": service});
+                write_stdout(&format!("{view}\n"))?;
             } else {
                 write_stdout(&format!(
                     "fyn-runner: not running (state directory {state_dir})\n"
+                ))?;
+                write_stdout(&format!(
+                    "{}\n",
+                    service.unwrap_or_else(|| "no service manager here".into())
                 ))?;
             }
             return Ok(3);
@@ -512,4 +546,106 @@ async fn drain(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Fill in from the config file what neither a flag nor the environment gave:
+/// precedence flags > env > file > defaults. An explicit `--config` must exist; the
+/// default one may be absent.
+pub fn apply_config_file(
+    args: &mut RunArgs,
+    matches: &clap::ArgMatches,
+    explicit: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use crate::config::apply_file;
+    let file = match explicit {
+        Some(path) => Some(crate::config::load_required(path)?),
+        None => crate::config::load(&default_config_path())?,
+    };
+    let Some(file) = file else { return Ok(()) };
+    apply_file(matches, "server", &mut args.server, file.server);
+    apply_file(matches, "name", &mut args.name, file.name);
+    apply_file(matches, "slots", &mut args.slots, file.slots);
+    apply_file(matches, "state_dir", &mut args.state_dir, file.state_dir);
+    apply_file(matches, "ca_file", &mut args.ca_file, file.ca_file);
+    apply_file(
+        matches,
+        "allow_insecure_transport",
+        &mut args.allow_insecure_transport,
+        file.allow_insecure_transport,
+    );
+    apply_file(
+        matches,
+        "drain_deadline",
+        &mut args.drain_deadline,
+        file.drain_deadline,
+    );
+    apply_file(
+        matches,
+        "hardware_recheck",
+        &mut args.hardware_recheck,
+        file.hardware_recheck,
+    );
+    apply_file(
+        matches,
+        "trace_max_bytes",
+        &mut args.trace_max_bytes,
+        file.trace_max_bytes,
+    );
+    apply_file(matches, "trace_keep", &mut args.trace_keep, file.trace_keep);
+    apply_file(matches, "no_trace", &mut args.no_trace, file.no_trace);
+    Ok(())
+}
+
+/// Whether this process runs as root (system paths and the system service).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn default_config_path() -> PathBuf {
+    crate::config::default_config_path(is_root())
+}
+
+impl RunArgs {
+    /// Every setting at its default, for commands that read them from the config file.
+    pub fn empty() -> Self {
+        Self {
+            slots: 1,
+            drain_deadline: 120,
+            hardware_recheck: 600,
+            trace_max_bytes: 64 << 20,
+            trace_keep: 8,
+            ..Self::default()
+        }
+    }
+}
+
+/// The state directory a command talks to: the flag, else the config file's, else the
+/// default for this user.
+fn resolve_state_dir(
+    explicit: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir);
+    }
+    let file = match config {
+        Some(path) => Some(crate::config::load_required(path)?),
+        None => crate::config::load(&default_config_path())?,
+    };
+    Ok(file
+        .and_then(|f| f.state_dir)
+        .unwrap_or_else(default_state_dir))
+}
+
+/// What the service manager says about the runner's service, when there is one.
+fn service_view() -> Option<String> {
+    let manager = crate::service::detect()?;
+    let scope = if is_root() {
+        crate::service::Scope::System
+    } else {
+        crate::service::Scope::User
+    };
+    let status = crate::service::manager_for(manager, scope).status().ok()?;
+    Some(admin::describe_service(&status))
 }

@@ -1,0 +1,469 @@
+//! `install`, `uninstall` and `service`: putting the runner on a machine and taking it
+//! off again. The install itself runs through the lifecycle machine (Installing →
+//! Registering → Installing → Stopped); this module chooses paths, renders the config
+//! and the service definition, and reports each step as it happens.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use super::{RunArgs, block_on, is_root, settings_from, write_stdout};
+use crate::config::FileConfig;
+use crate::runtime::install::{InstallPlan, ServiceStep};
+use crate::service::{Manager, Scope, ServiceManager, ServiceSpec};
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Install for the whole machine (root; /etc and /var/lib) or for this user
+    /// [default: system as root, user otherwise].
+    #[arg(long, value_enum)]
+    pub scope: Option<Scope>,
+    /// Register and write the config, but install no OS service (for operators who
+    /// manage units with their own tools; see `fyn-runner service render`).
+    #[arg(long)]
+    pub no_service: bool,
+    /// Where to write config.toml [default: /etc/fyn-runner (system) or
+    /// $XDG_CONFIG_HOME/fyn-runner (user)].
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// System scope: the account the service runs as [default: root].
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Replace an existing installation (its service, identity, state and config).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Keep the state directory (identity, outbox, job folders, traces).
+    #[arg(long)]
+    pub keep_state: bool,
+    #[arg(long, value_enum)]
+    pub scope: Option<Scope>,
+    /// The folder holding config.toml [default: as for install].
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// The state directory [default: from the config, else as for install].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// How long to wait for the control plane to confirm the runner left.
+    #[arg(long, default_value_t = 10)]
+    pub leave_timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Print the service definition without installing it.
+    Render {
+        #[arg(long, value_enum, default_value_t = Manager::Systemd)]
+        manager: Manager,
+        #[arg(long, value_enum)]
+        scope: Option<Scope>,
+        /// The config file the service will run with [default: the scope's].
+        #[arg(long)]
+        config_path: Option<PathBuf>,
+        /// The state directory [default: the scope's].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The runner's drain deadline; the stop timeout is derived from it.
+        #[arg(long, default_value_t = 120)]
+        drain_deadline: u64,
+        /// System scope: the account the service runs as.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Start the installed service.
+    Start(ScopeArg),
+    /// Stop the service (the runner drains first).
+    Stop(ScopeArg),
+    /// Restart the service (the runner drains first).
+    Restart(ScopeArg),
+    /// The service manager's view of the runner.
+    Status(ScopeArg),
+}
+
+#[derive(Debug, Args)]
+pub struct ScopeArg {
+    #[arg(long, value_enum)]
+    pub scope: Option<Scope>,
+}
+
+fn scope_or_default(scope: Option<Scope>) -> Scope {
+    scope.unwrap_or(if is_root() {
+        Scope::System
+    } else {
+        Scope::User
+    })
+}
+
+fn config_path_for(scope: Scope, config_dir: Option<&Path>) -> PathBuf {
+    match config_dir {
+        Some(dir) => dir.join("config.toml"),
+        None => crate::config::default_config_path(scope == Scope::System),
+    }
+}
+
+fn state_dir_for(scope: Scope) -> PathBuf {
+    if scope == Scope::System {
+        PathBuf::from("/var/lib/fyn-runner")
+    } else {
+        super::default_state_dir()
+    }
+}
+
+fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current folder")?
+        .join(path))
+}
+
+/// Install: paths, config, registration through the machine, then the service.
+/// An install states its own settings (flags and environment); an old config file is
+/// what it replaces, not a source.
+pub fn install(args: InstallArgs) -> anyhow::Result<i32> {
+    let scope = scope_or_default(args.scope);
+    if scope == Scope::System && !is_root() {
+        bail!("a system install needs root; run it with sudo, or pass --scope user");
+    }
+    let config_path = absolute(config_path_for(scope, args.config_dir.as_deref()))?;
+    let mut run = args.run;
+    let state_dir = absolute(
+        run.state_dir
+            .clone()
+            .unwrap_or_else(|| state_dir_for(scope)),
+    )?;
+    run.state_dir = Some(state_dir.clone());
+    if run.token.is_none() {
+        bail!("install needs a one-time registration token: pass --token (or FYN_RUNNER_TOKEN)");
+    }
+    let manager = if args.no_service {
+        None
+    } else {
+        Some(crate::service::detect_or_explain()?)
+    };
+    if existing_installation(&config_path, &state_dir) {
+        if !args.force {
+            bail!(
+                "fyn-runner is already installed here (config {}, state {}); run `fyn-runner uninstall` first, or pass --force to replace it",
+                config_path.display(),
+                state_dir.display()
+            );
+        }
+        replace_existing(manager, scope, &config_path, &state_dir)?;
+    }
+    let settings = settings_from(&run)?;
+    let config_text = crate::config::render(&file_config(&run, &state_dir))
+        .context("rendering the config file")?;
+    let service = manager.map(|manager| {
+        let binary =
+            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/fyn-runner"));
+        let mut spec = ServiceSpec::new(
+            binary,
+            config_path.clone(),
+            state_dir.clone(),
+            scope,
+            run.drain_deadline,
+        );
+        spec.user = args.user.clone();
+        Box::new(ServiceInstall { manager, spec }) as Box<dyn ServiceStep>
+    });
+    let plan = InstallPlan {
+        config_path: config_path.clone(),
+        config_text,
+        service,
+    };
+    write_stdout(&format!("Installing fyn-runner ({scope:?} scope)\n"))?;
+    block_on(async move {
+        let handle = crate::runtime::start_install(settings, plan)?;
+        let mut steps = handle.transitions();
+        let mut status = handle.status.clone();
+        let narrate = tokio::spawn(async move {
+            while let Ok(t) = steps.recv().await {
+                if let Some(line) = install_step_line(&t.from, &t.to) {
+                    let _ = write_stdout(&format!("  ✓ {line}\n"));
+                }
+            }
+        });
+        let code = handle.wait().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), narrate).await;
+        if code.code() == 0 {
+            write_stdout(&format!("Installed. Config: {}\n", config_path.display()))?;
+        } else {
+            let problem = status
+                .borrow_and_update()
+                .problem
+                .clone()
+                .unwrap_or_else(|| "see the log above".into());
+            write_stdout(&format!(
+                "Installation failed: {problem}\nEverything this install created was removed.\n"
+            ))?;
+        }
+        Ok(code.code())
+    })
+}
+
+/// What a finished step of the install looks like to the operator.
+fn install_step_line(from: &str, to: &str) -> Option<String> {
+    Some(match (from, to) {
+        ("Installing.create_dirs", _) => "folders created".into(),
+        ("Installing.write_config", _) => "config written".into(),
+        ("Registering.saving", _) => "registered with the control plane".into(),
+        ("Installing.install_service", "Stopped") => {
+            "service installed and started (or skipped with --no-service)".into()
+        }
+        _ => return None,
+    })
+}
+
+fn existing_installation(config_path: &Path, state_dir: &Path) -> bool {
+    config_path.exists() || crate::runtime::identity::identity_dir(state_dir).exists()
+}
+
+/// `--force`: take the old installation away first, service included.
+fn replace_existing(
+    manager: Option<Manager>,
+    scope: Scope,
+    config_path: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    if let Some(manager) = manager {
+        let service = crate::service::manager_for(manager, scope);
+        if service.status().is_ok_and(|s| s.installed) {
+            service
+                .uninstall()
+                .context("removing the existing service")?;
+        }
+    }
+    remove_if_present(config_path)?;
+    if state_dir.exists() {
+        std::fs::remove_dir_all(state_dir)
+            .with_context(|| format!("removing {}", state_dir.display()))?;
+    }
+    write_stdout("  ✓ previous installation removed (--force)\n")?;
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The config an install writes: what the operator chose, never the token.
+fn file_config(run: &RunArgs, state_dir: &Path) -> FileConfig {
+    FileConfig {
+        server: run.server.clone(),
+        name: run.name.clone(),
+        slots: Some(run.slots),
+        state_dir: Some(state_dir.to_path_buf()),
+        ca_file: run.ca_file.clone(),
+        allow_insecure_transport: run.allow_insecure_transport.then_some(true),
+        drain_deadline: Some(run.drain_deadline),
+        hardware_recheck: None,
+        trace_max_bytes: None,
+        trace_keep: None,
+        no_trace: run.no_trace.then_some(true),
+        log_format: None,
+    }
+}
+
+struct ServiceInstall {
+    manager: Manager,
+    spec: ServiceSpec,
+}
+
+impl ServiceInstall {
+    fn service(&self) -> Box<dyn ServiceManager> {
+        crate::service::manager_for(self.manager, self.spec.scope)
+    }
+}
+
+impl ServiceStep for ServiceInstall {
+    fn install(&mut self) -> Result<String, String> {
+        let installed = self
+            .service()
+            .install(&self.spec)
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{} service at {}; logs: {}",
+            installed.manager.name(),
+            installed.definition.display(),
+            installed.logs
+        ))
+    }
+
+    fn remove(&mut self) -> Result<(), String> {
+        self.service().uninstall().map_err(|e| e.to_string())
+    }
+}
+
+// ---------------------------------------------------------------- uninstall
+
+pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i32> {
+    let scope = scope_or_default(args.scope);
+    let config_path = match config {
+        Some(path) => path.to_path_buf(),
+        None => config_path_for(scope, args.config_dir.as_deref()),
+    };
+    let file = crate::config::load(&config_path)?;
+    let mut run = RunArgs::empty();
+    if let Some(file) = &file {
+        run.server = file.server.clone();
+        run.state_dir = file.state_dir.clone();
+        run.ca_file = file.ca_file.clone();
+        run.allow_insecure_transport = file.allow_insecure_transport.unwrap_or(false);
+        run.name = file.name.clone();
+    }
+    let state_dir = args
+        .state_dir
+        .or(run.state_dir.clone())
+        .unwrap_or_else(|| state_dir_for(scope));
+    run.state_dir = Some(state_dir.clone());
+
+    if let Some(manager) = crate::service::detect() {
+        let service = crate::service::manager_for(manager, scope);
+        if service.status().is_ok_and(|s| s.installed) {
+            write_stdout("  … stopping the service (the runner drains first)\n")?;
+            service.uninstall().context("removing the service")?;
+            write_stdout("  ✓ service stopped and removed\n")?;
+        }
+    }
+    if crate::runtime::control::ensure_unused(&state_dir).is_err() {
+        bail!(
+            "a runner is still running with state directory {}; stop it first (`fyn-runner drain --wait --state-dir {}`)",
+            state_dir.display(),
+            state_dir.display()
+        );
+    }
+    match (
+        run.server.is_some(),
+        crate::runtime::identity::identity_dir(&state_dir).exists(),
+    ) {
+        (true, true) => tell_the_api(&run, Duration::from_secs(args.leave_timeout))?,
+        (false, true) => write_stdout(
+            "  ! no server in the config: the control plane was not told; it will count the runner as lost\n",
+        )?,
+        _ => write_stdout("  ✓ not registered: nothing to tell the control plane\n")?,
+    }
+    remove_if_present(&config_path)?;
+    if let Some(dir) = config_path.parent() {
+        // Only an empty folder goes: it may hold other files of the operator's.
+        let _ = std::fs::remove_dir(dir);
+    }
+    write_stdout(&format!("  ✓ removed {}\n", config_path.display()))?;
+    if args.keep_state {
+        write_stdout(&format!(
+            "  ✓ kept {} (--keep-state)\n",
+            state_dir.display()
+        ))?;
+    } else if state_dir.exists() {
+        std::fs::remove_dir_all(&state_dir)
+            .with_context(|| format!("removing {}", state_dir.display()))?;
+        write_stdout(&format!("  ✓ removed {}\n", state_dir.display()))?;
+    }
+    write_stdout("Uninstalled.\n")?;
+    Ok(0)
+}
+
+fn tell_the_api(run: &RunArgs, within: Duration) -> anyhow::Result<()> {
+    let settings = settings_from(run)?;
+    let outcome = block_on(async move {
+        match crate::runtime::leave::leave(&settings, within).await {
+            Ok(id) => Ok(format!("  ✓ the control plane forgot runner {id}\n")),
+            Err(e) => Ok(format!(
+                "  ! could not tell the control plane ({e}); it will count the runner as lost\n"
+            )),
+        }
+        .map(|line| {
+            let _ = write_stdout(&line);
+            0
+        })
+    });
+    outcome.map(|_| ())
+}
+
+// ---------------------------------------------------------------- service
+
+pub fn service(action: ServiceAction, config: Option<&Path>) -> anyhow::Result<i32> {
+    match action {
+        ServiceAction::Render {
+            manager,
+            scope,
+            config_path,
+            state_dir,
+            drain_deadline,
+            user,
+        } => {
+            let scope = scope_or_default(scope);
+            let config_path = absolute(
+                config_path
+                    .or(config.map(Path::to_path_buf))
+                    .unwrap_or_else(|| config_path_for(scope, None)),
+            )?;
+            let state_dir = absolute(state_dir.unwrap_or_else(|| state_dir_for(scope)))?;
+            let binary = std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/fyn-runner"));
+            let mut spec = ServiceSpec::new(binary, config_path, state_dir, scope, drain_deadline);
+            spec.user = user;
+            spec.validate()?;
+            let text =
+                crate::service::render_for(manager, &spec, &crate::service::Host::current())?;
+            write_stdout(&text)?;
+            Ok(0)
+        }
+        ServiceAction::Start(s) => control(s.scope, |m| m.start().map(|()| "started".to_owned())),
+        ServiceAction::Stop(s) => control(s.scope, |m| m.stop().map(|()| "stopped".to_owned())),
+        ServiceAction::Restart(s) => {
+            control(s.scope, |m| m.restart().map(|()| "restarted".to_owned()))
+        }
+        ServiceAction::Status(s) => control(s.scope, |m| {
+            m.status().map(|status| describe_service(&status))
+        }),
+    }
+}
+
+fn control(
+    scope: Option<Scope>,
+    act: impl FnOnce(&dyn ServiceManager) -> Result<String, crate::service::ServiceError>,
+) -> anyhow::Result<i32> {
+    let manager = crate::service::detect_or_explain()?;
+    let service = crate::service::manager_for(manager, scope_or_default(scope));
+    let said = act(service.as_ref())?;
+    write_stdout(&format!("{said}\n"))?;
+    Ok(0)
+}
+
+pub fn describe_service(status: &crate::service::ServiceStatus) -> String {
+    let mut parts = vec![format!("service: {:?}", status.state)];
+    if !status.installed {
+        parts.push("not installed".into());
+    }
+    if let Some(pid) = status.pid {
+        parts.push(format!("pid {pid}"));
+    }
+    if let Some(enabled) = status.enabled {
+        parts.push(if enabled {
+            "starts at boot".into()
+        } else {
+            "does not start at boot".into()
+        });
+    }
+    if let Some(code) = status.last_exit {
+        parts.push(format!("last exit {code}"));
+    }
+    if let Some(detail) = &status.detail {
+        parts.push(detail.clone());
+    }
+    parts.join(", ")
+}
