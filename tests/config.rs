@@ -5,9 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use fyn_runner::config::{
-    self, ConfigError, FileConfig, KEYS, LogFormat, apply_file, given_explicitly,
-};
+use fyn_runner::config::{self, ConfigError, FileConfig, KEYS, LogFormat, apply_file};
 
 fn write(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("config.toml");
@@ -371,56 +369,4 @@ fn keys_absent_from_the_file_keep_the_defaults() {
     assert_eq!((args.name, args.slots, args.drain_deadline), (None, 1, 120));
     assert!(!args.no_trace);
     assert_eq!(log_format, "text");
-}
-
-/// Environment variables are process-wide, and setting them while other test threads
-/// read the environment is unsound; so the environment case runs in a child process
-/// of this test binary with the variables set from the start.
-#[test]
-fn the_environment_beats_the_file() {
-    let exe = std::env::current_exe().expect("the test binary");
-    let output = std::process::Command::new(exe)
-        .args(["--exact", "environment_child", "--ignored", "--nocapture"])
-        .env("FYN_TEST_CFG_CHILD", "1")
-        .env("FYN_TEST_CFG_SLOTS", "2")
-        .env("FYN_TEST_CFG_NO_TRACE", "false")
-        .env("FYN_TEST_CFG_LOG_FORMAT", "text")
-        .env_remove("FYN_TEST_CFG_NAME")
-        .env_remove("FYN_TEST_CFG_DRAIN_DEADLINE")
-        .output()
-        .expect("run the child");
-    let said = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "child failed:\n{said}");
-    assert!(
-        said.contains("1 passed"),
-        "the child test did not run:\n{said}"
-    );
-}
-
-#[test]
-#[ignore = "run by the_environment_beats_the_file in a child process"]
-fn environment_child() {
-    assert_eq!(std::env::var("FYN_TEST_CFG_CHILD").as_deref(), Ok("1"));
-    let matches = TestCli::command()
-        .try_get_matches_from(["fyn", "run"])
-        .expect("valid argv");
-    let (_, run) = matches.subcommand().expect("a subcommand");
-    assert!(given_explicitly(run, "slots"));
-    assert!(!given_explicitly(run, "drain_deadline"));
-    let (args, log_format) = merged(&["fyn", "run"], &file());
-    assert_eq!(args.slots, 2, "FYN_TEST_CFG_SLOTS beats the file");
-    assert!(
-        !args.no_trace,
-        "FYN_TEST_CFG_NO_TRACE=false beats the file's true"
-    );
-    assert_eq!(log_format, "text", "the global flag's env beats the file");
-    assert_eq!(
-        args.drain_deadline, 30,
-        "the file still fills what env left out"
-    );
-    assert_eq!(args.name.as_deref(), Some("from-file"));
-    // And a flag beats the environment (clap's own rule, kept by apply_file).
-    let (args, _) = merged(&["fyn", "run", "--slots", "7"], &file());
-    assert_eq!(args.slots, 7);
 }

@@ -252,3 +252,40 @@ fn service_render_prints_a_unit_that_agrees_with_the_drain_deadline() {
         text(&plist)
     );
 }
+
+#[test]
+fn precedence_is_flags_then_environment_then_file_then_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "server = \"ws://127.0.0.1:1\"\nslots = 5\nname = \"from-file\"\ndrain_deadline = 30\n",
+    )
+    .expect("write");
+    let effective = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut command = fyn(&["run", "--print-config"]);
+        command.arg("--config").arg(&config).args(extra);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let out = run(&mut command);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let file_only = effective(&[], &[]);
+    assert!(
+        file_only.contains("slots = 5") && file_only.contains("name = \"from-file\""),
+        "{file_only}"
+    );
+    assert!(
+        file_only.contains("hardware_recheck = 600"),
+        "defaults fill the rest: {file_only}"
+    );
+    let env = effective(&[], &[("FYN_RUNNER_SLOTS", "2")]);
+    assert!(
+        env.contains("slots = 2") && env.contains("drain_deadline = 30"),
+        "env beats the file: {env}"
+    );
+    let flag = effective(&["--slots", "7"], &[("FYN_RUNNER_SLOTS", "2")]);
+    assert!(flag.contains("slots = 7"), "a flag beats env: {flag}");
+}

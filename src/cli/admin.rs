@@ -182,7 +182,7 @@ pub fn install(args: InstallArgs) -> anyhow::Result<i32> {
     };
     write_stdout(&format!("Installing fyn-runner ({scope:?} scope)\n"))?;
     block_on(async move {
-        let handle = crate::runtime::start_install(settings, plan)?;
+        let mut handle = crate::runtime::start_install(settings, plan)?;
         let mut steps = handle.transitions();
         let mut status = handle.status.clone();
         let narrate = tokio::spawn(async move {
@@ -261,7 +261,7 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
 }
 
 /// The config an install writes: what the operator chose, never the token.
-fn file_config(run: &RunArgs, state_dir: &Path) -> FileConfig {
+pub(super) fn file_config(run: &RunArgs, state_dir: &Path) -> FileConfig {
     FileConfig {
         server: run.server.clone(),
         name: run.name.clone(),
@@ -270,9 +270,9 @@ fn file_config(run: &RunArgs, state_dir: &Path) -> FileConfig {
         ca_file: run.ca_file.clone(),
         allow_insecure_transport: run.allow_insecure_transport.then_some(true),
         drain_deadline: Some(run.drain_deadline),
-        hardware_recheck: None,
-        trace_max_bytes: None,
-        trace_keep: None,
+        hardware_recheck: Some(run.hardware_recheck),
+        trace_max_bytes: Some(run.trace_max_bytes),
+        trace_keep: Some(run.trace_keep),
         no_trace: run.no_trace.then_some(true),
         log_format: None,
     }

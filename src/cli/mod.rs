@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Do not record a session trace.
     #[arg(long, env = "FYN_RUNNER_NO_TRACE")]
     pub no_trace: bool,
+    /// Print the settings `run` would use — after flags, environment and the config
+    /// file — and exit without connecting.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +220,12 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         Command::Run(mut args) => {
             let sub = matches.subcommand_matches("run").unwrap_or(matches);
             apply_config_file(&mut args, sub, cli.config.as_deref())?;
+            if args.print_config {
+                let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+                let text = crate::config::render(&admin::file_config(&args, &state_dir))?;
+                write_stdout(&text)?;
+                return Ok(0);
+            }
             run_runner(args)
         }
         Command::Install(args) => admin::install(*args),

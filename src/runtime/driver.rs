@@ -134,6 +134,8 @@ pub struct Transition {
 pub struct RunnerHandle {
     pub status: watch::Receiver<RunnerStatus>,
     transitions: broadcast::Sender<Transition>,
+    /// Subscribed before the runner started, so the first reader misses nothing.
+    first_transitions: Option<broadcast::Receiver<Transition>>,
     control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<ExitCode>,
     trace_path: Option<PathBuf>,
@@ -153,10 +155,12 @@ impl RunnerHandle {
         let _ = self.control.send(Control::Force);
     }
 
-    /// Every phase change from now on (a slow reader misses the oldest, never blocks
-    /// the runner).
-    pub fn transitions(&self) -> broadcast::Receiver<Transition> {
-        self.transitions.subscribe()
+    /// Every phase change (a slow reader misses the oldest, never blocks the runner).
+    /// The first call sees them from the start; later calls from the moment of the call.
+    pub fn transitions(&mut self) -> broadcast::Receiver<Transition> {
+        self.first_transitions
+            .take()
+            .unwrap_or_else(|| self.transitions.subscribe())
     }
 
     pub fn control(&self) -> mpsc::UnboundedSender<Control> {
@@ -263,7 +267,7 @@ fn launch(
     let (control_tx, control) = mpsc::unbounded_channel();
     let (status_tx, status) =
         watch::channel(status_of(&core, None, settings.endpoint.as_str(), None));
-    let (transitions_tx, _) = broadcast::channel(1024);
+    let (transitions_tx, first_transitions) = broadcast::channel(1024);
     info!(mode = ?mode, state_dir = %settings.state_dir.display(), endpoint = %settings.endpoint, "runner starting");
     let trace_path = trace.as_ref().map(|t| t.recorder.path().to_path_buf());
     let notifier = super::notify::Notifier::new(settings.notify_socket.as_deref());
@@ -314,6 +318,7 @@ fn launch(
     Ok(RunnerHandle {
         status,
         transitions: transitions_tx,
+        first_transitions: Some(first_transitions),
         control: control_tx,
         task,
         trace_path,
