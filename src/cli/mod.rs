@@ -178,7 +178,8 @@ pub enum Command {
     /// Run the reference control plane (a development tool, not a production API).
     DevServer(crate::devserver::DevServerArgs),
     /// The whole lifecycle in one process against an embedded dev-server: register,
-    /// sync, Active, a dev-server restart with reconnect and resync, then a clean stop.
+    /// sync, Active, a dev-server restart (reconnect and resync), four jobs (succeeded,
+    /// failed, cancelled, timed out), a clean stop, and where to replay its trace.
     Demo,
     /// Render the lifecycle spec table (the source of truth for the state machine).
     Spec {
