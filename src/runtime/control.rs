@@ -14,7 +14,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
-use super::driver::{Control, RunnerStatus};
+use super::driver::Control;
+use super::status::RunnerStatus;
 
 pub const SOCKET_NAME: &str = "control.sock";
 

@@ -13,13 +13,16 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::core::{
-    BootMode, Core, Delay, Durable, Effect, Effects, Event, ExitCode, HardwareCache, InstallStep,
-    Notice, Outbound, TimerKind,
+    BootMode, Core, Delay, Durable, Effect, Effects, Event, ExitCode, InstallStep, Outbound,
+    TimerKind,
 };
 use crate::protocol::{RunnerMessage, encode};
 
+use super::hardware_check::collect_and_compare;
 use super::identity::{Identity, IdentityError};
+use super::notices::{log_notice, problem_of};
 use super::settings::RunnerSettings;
+use super::status::{RunnerStatus, status_of, unix_ms};
 use super::store::{Store, StoreError};
 use super::timers::{Timers, backoff_delay, random_unit};
 use super::ws::{self, Connection, TlsSetupError, WsStream};
@@ -67,32 +70,6 @@ pub enum Control {
         deadline_secs: Option<u64>,
     },
     Force,
-}
-
-/// What the runner is doing, for `status`, the demo and tests.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RunnerStatus {
-    pub state: String,
-    pub phase: String,
-    pub runner_id: Option<String>,
-    pub server: String,
-    pub pid: u32,
-    /// Unix milliseconds when the current state was entered.
-    pub state_since_ms: u64,
-    /// Unix milliseconds when the current session reached Active (none while not).
-    pub session_since_ms: Option<u64>,
-    /// Unix milliseconds of the last heartbeat acknowledgement.
-    pub last_heartbeat_ack_ms: Option<u64>,
-    pub slots: u32,
-    pub jobs_running: usize,
-    pub jobs: Vec<String>,
-    pub outbox_depth: u64,
-    /// The drain deadline in seconds, while draining.
-    pub drain_deadline_secs: Option<u64>,
-    /// The last failure the runner reported (registration refused, install step
-    /// failed, identity rejected, ...), for the operator.
-    pub problem: Option<String>,
-    pub transitions: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -969,151 +946,5 @@ fn phase_of(effect: &Effect) -> u8 {
         | Effect::CollectHardware => 6,
         Effect::Notify(_) => 7,
         Effect::Exit { .. } => 8,
-    }
-}
-
-fn collect_and_compare(source: &super::settings::HardwareSource, state_dir: PathBuf) -> Event {
-    let job_area = state_dir.join("jobs");
-    if let Err(e) = std::fs::create_dir_all(&job_area) {
-        return Event::HardwareFailed {
-            error: format!("cannot create {}: {e}", job_area.display()),
-        };
-    }
-    let report = match source.collect(&job_area) {
-        Ok(report) => report,
-        Err(error) => return Event::HardwareFailed { error },
-    };
-    let cached = match crate::hardware::load_cache(&state_dir) {
-        Ok(cached) => cached,
-        Err(e) => {
-            warn!(error = %e, "hardware cache unreadable; sending the full record");
-            None
-        }
-    };
-    let cache = match crate::hardware::compare(cached.as_ref(), &report) {
-        crate::hardware::CacheStatus::Missing => HardwareCache::Missing,
-        crate::hardware::CacheStatus::Unchanged => HardwareCache::Unchanged,
-        crate::hardware::CacheStatus::Changed(changes) => HardwareCache::Changed {
-            changes: serde_json::to_value(changes).unwrap_or_default(),
-        },
-    };
-    match serde_json::to_value(&report) {
-        Ok(report) => Event::HardwareCollected { report, cache },
-        Err(e) => Event::HardwareFailed {
-            error: format!("encoding the report: {e}"),
-        },
-    }
-}
-
-fn status_of(
-    core: &Core,
-    previous: Option<&RunnerStatus>,
-    server: &str,
-    event: Option<&Event>,
-) -> RunnerStatus {
-    let now = unix_ms();
-    let state = core.state_name();
-    let changed = previous.is_none_or(|p| p.state != state);
-    let state = state.to_owned();
-    let jobs = core.running_jobs();
-    let session_since_ms = match (state.as_str(), previous) {
-        ("Active" | "Draining", Some(p)) if p.session_since_ms.is_some() => p.session_since_ms,
-        ("Active", _) => Some(now),
-        _ => None,
-    };
-    let heartbeat_acked = matches!(
-        event,
-        Some(Event::Message(
-            crate::protocol::ServerMessage::HeartbeatAck { .. }
-        ))
-    );
-    RunnerStatus {
-        state,
-        phase: core.phase(),
-        runner_id: core.runner_id().map(str::to_owned),
-        server: server.to_owned(),
-        pid: std::process::id(),
-        state_since_ms: if changed {
-            now
-        } else {
-            previous.map_or(now, |p| p.state_since_ms)
-        },
-        session_since_ms,
-        last_heartbeat_ack_ms: if heartbeat_acked {
-            Some(now)
-        } else {
-            previous.and_then(|p| p.last_heartbeat_ack_ms)
-        },
-        slots: core.slots(),
-        jobs_running: jobs.len(),
-        jobs: jobs
-            .iter()
-            .map(|j| format!("{}#{}", j.job_id, j.attempt))
-            .collect(),
-        outbox_depth: core.outbox_depth(),
-        drain_deadline_secs: (core.state_name() == "Draining").then(|| core.drain_deadline_secs()),
-        problem: previous.and_then(|p| p.problem.clone()),
-        transitions: previous.map_or(0, |p| p.transitions)
-            + u64::from(previous.is_some_and(|p| p.phase != core.phase())),
-    }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The notices that explain why a runner stopped or failed.
-fn problem_of(notice: &Notice) -> Option<String> {
-    match notice {
-        Notice::InstallFailed { error } => Some(format!("installation failed: {error}")),
-        Notice::RegistrationFailed { reason } => Some(format!("registration failed: {reason}")),
-        Notice::AuthRejected { reason } => {
-            Some(format!("the control plane rejected this runner: {reason}"))
-        }
-        Notice::Incompatible { server_protocol } => Some(format!(
-            "the control plane speaks protocol {server_protocol}, this runner {}",
-            crate::protocol::PROTOCOL_VERSION
-        )),
-        Notice::Evicted { reason } => Some(format!("evicted: {reason}")),
-        Notice::StoreFailed { error } => Some(format!("the durable store failed: {error}")),
-        _ => None,
-    }
-}
-
-fn log_notice(notice: &Notice) {
-    match notice {
-        Notice::Registered { runner_id } => info!(runner_id, "registered with the control plane"),
-        Notice::InstallFailed { error } => error!(error, "installation failed; rolling back"),
-        Notice::RegistrationFailed { reason } => error!(reason, "registration failed"),
-        Notice::AuthRejected { reason } => {
-            error!(reason, "the control plane rejected this runner's identity")
-        }
-        Notice::Incompatible { server_protocol } => error!(
-            server_protocol,
-            ours = crate::protocol::PROTOCOL_VERSION,
-            "the control plane speaks another protocol version"
-        ),
-        Notice::Evicted { reason } => warn!(
-            reason,
-            "evicted by a newer session of this runner; stopping"
-        ),
-        Notice::ProtocolViolation { phase, got } => warn!(
-            phase,
-            got, "protocol violation by the control plane; reconnecting"
-        ),
-        Notice::BadFrame { error } => warn!(
-            error,
-            "undecodable frame from the control plane; reconnecting"
-        ),
-        Notice::HardwareFailed { error } => warn!(error, "hardware collection failed"),
-        Notice::RunnerLost => {
-            warn!("disconnected past the runner-lost threshold; stopping running jobs")
-        }
-        Notice::StoreFailed { error } => error!(error, "the durable store failed"),
-        Notice::StaleJob { job, what } => {
-            info!(job = %job.job_id, attempt = job.attempt, what, "ignored a report about a job not running here")
-        }
     }
 }

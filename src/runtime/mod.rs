@@ -12,20 +12,22 @@ writes; this module makes them durable, exactly as asked, and reports failures.
 
 pub mod control;
 pub mod driver;
+mod hardware_check;
 pub mod identity;
 pub mod install;
 pub mod jobs;
 pub mod leave;
+mod notices;
 pub mod notify;
 pub mod orphans;
 pub mod secure_fs;
 pub mod settings;
 pub mod signals;
+pub mod status;
 pub mod store;
 pub mod timers;
 pub mod ws;
 
-pub use driver::{
-    Control, RunnerHandle, RunnerStatus, StartError, Transition, start, start_install,
-};
+pub use driver::{Control, RunnerHandle, StartError, Transition, start, start_install};
 pub use settings::{HardwareSource, RunnerSettings, Secret, SettingsError, TraceLimits};
+pub use status::RunnerStatus;

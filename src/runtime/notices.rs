@@ -1,0 +1,60 @@
+//! How the core's notices reach the operator: a log line each, and for the ones that
+//! explain a failure, the `problem` shown by `status` and `install`.
+
+use tracing::{error, info, warn};
+
+use crate::core::Notice;
+
+/// The notices that explain why a runner stopped or failed.
+pub(crate) fn problem_of(notice: &Notice) -> Option<String> {
+    match notice {
+        Notice::InstallFailed { error } => Some(format!("installation failed: {error}")),
+        Notice::RegistrationFailed { reason } => Some(format!("registration failed: {reason}")),
+        Notice::AuthRejected { reason } => {
+            Some(format!("the control plane rejected this runner: {reason}"))
+        }
+        Notice::Incompatible { server_protocol } => Some(format!(
+            "the control plane speaks protocol {server_protocol}, this runner {}",
+            crate::protocol::PROTOCOL_VERSION
+        )),
+        Notice::Evicted { reason } => Some(format!("evicted: {reason}")),
+        Notice::StoreFailed { error } => Some(format!("the durable store failed: {error}")),
+        _ => None,
+    }
+}
+
+pub(crate) fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::Registered { runner_id } => info!(runner_id, "registered with the control plane"),
+        Notice::InstallFailed { error } => error!(error, "installation failed; rolling back"),
+        Notice::RegistrationFailed { reason } => error!(reason, "registration failed"),
+        Notice::AuthRejected { reason } => {
+            error!(reason, "the control plane rejected this runner's identity")
+        }
+        Notice::Incompatible { server_protocol } => error!(
+            server_protocol,
+            ours = crate::protocol::PROTOCOL_VERSION,
+            "the control plane speaks another protocol version"
+        ),
+        Notice::Evicted { reason } => warn!(
+            reason,
+            "evicted by a newer session of this runner; stopping"
+        ),
+        Notice::ProtocolViolation { phase, got } => warn!(
+            phase,
+            got, "protocol violation by the control plane; reconnecting"
+        ),
+        Notice::BadFrame { error } => warn!(
+            error,
+            "undecodable frame from the control plane; reconnecting"
+        ),
+        Notice::HardwareFailed { error } => warn!(error, "hardware collection failed"),
+        Notice::RunnerLost => {
+            warn!("disconnected past the runner-lost threshold; stopping running jobs")
+        }
+        Notice::StoreFailed { error } => error!(error, "the durable store failed"),
+        Notice::StaleJob { job, what } => {
+            info!(job = %job.job_id, attempt = job.attempt, what, "ignored a report about a job not running here")
+        }
+    }
+}

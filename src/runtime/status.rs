@@ -1,0 +1,90 @@
+//! What the runner reports about itself: the status behind `fyn-runner status`, the
+//! demo's narration and the tests' waits. Derived from the core's getters after every
+//! dispatch; it never feeds back into the core.
+
+use crate::core::{Core, Event};
+
+/// What the runner is doing, for `status`, the demo and tests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunnerStatus {
+    pub state: String,
+    pub phase: String,
+    pub runner_id: Option<String>,
+    pub server: String,
+    pub pid: u32,
+    /// Unix milliseconds when the current state was entered.
+    pub state_since_ms: u64,
+    /// Unix milliseconds when the current session reached Active (none while not).
+    pub session_since_ms: Option<u64>,
+    /// Unix milliseconds of the last heartbeat acknowledgement.
+    pub last_heartbeat_ack_ms: Option<u64>,
+    pub slots: u32,
+    pub jobs_running: usize,
+    pub jobs: Vec<String>,
+    pub outbox_depth: u64,
+    /// The drain deadline in seconds, while draining.
+    pub drain_deadline_secs: Option<u64>,
+    /// The last failure the runner reported (registration refused, install step
+    /// failed, identity rejected, ...), for the operator.
+    pub problem: Option<String>,
+    pub transitions: u64,
+}
+
+pub(crate) fn status_of(
+    core: &Core,
+    previous: Option<&RunnerStatus>,
+    server: &str,
+    event: Option<&Event>,
+) -> RunnerStatus {
+    let now = unix_ms();
+    let state = core.state_name();
+    let changed = previous.is_none_or(|p| p.state != state);
+    let state = state.to_owned();
+    let jobs = core.running_jobs();
+    let session_since_ms = match (state.as_str(), previous) {
+        ("Active" | "Draining", Some(p)) if p.session_since_ms.is_some() => p.session_since_ms,
+        ("Active", _) => Some(now),
+        _ => None,
+    };
+    let heartbeat_acked = matches!(
+        event,
+        Some(Event::Message(
+            crate::protocol::ServerMessage::HeartbeatAck { .. }
+        ))
+    );
+    RunnerStatus {
+        state,
+        phase: core.phase(),
+        runner_id: core.runner_id().map(str::to_owned),
+        server: server.to_owned(),
+        pid: std::process::id(),
+        state_since_ms: if changed {
+            now
+        } else {
+            previous.map_or(now, |p| p.state_since_ms)
+        },
+        session_since_ms,
+        last_heartbeat_ack_ms: if heartbeat_acked {
+            Some(now)
+        } else {
+            previous.and_then(|p| p.last_heartbeat_ack_ms)
+        },
+        slots: core.slots(),
+        jobs_running: jobs.len(),
+        jobs: jobs
+            .iter()
+            .map(|j| format!("{}#{}", j.job_id, j.attempt))
+            .collect(),
+        outbox_depth: core.outbox_depth(),
+        drain_deadline_secs: (core.state_name() == "Draining").then(|| core.drain_deadline_secs()),
+        problem: previous.and_then(|p| p.problem.clone()),
+        transitions: previous.map_or(0, |p| p.transitions)
+            + u64::from(previous.is_some_and(|p| p.phase != core.phase())),
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
