@@ -47,7 +47,7 @@ pub fn render(spec: &ServiceSpec) -> String {
         unit.push_str(text);
         unit.push('\n');
     };
-    line("# fyn-runner, written by `fyn-runner service install` (docs/operations.md).");
+    line("# fyn-runner, written by `fyn-runner install` (docs/operations.md).");
     line(&format!(
         "# Settings belong in {}; overrides in `systemctl edit fyn-runner`.",
         single_line(&spec.config_path.to_string_lossy())
