@@ -109,11 +109,7 @@ fn config_path_for(scope: Scope, config_dir: Option<&Path>) -> PathBuf {
 }
 
 fn state_dir_for(scope: Scope) -> PathBuf {
-    if scope == Scope::System {
-        PathBuf::from("/var/lib/fyn-runner")
-    } else {
-        super::default_state_dir()
-    }
+    super::default_state_dir_for(scope == Scope::System)
 }
 
 fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {

@@ -330,9 +330,12 @@ fn init_logging(format: LogFormat, default_filter: &str) {
 /// The state directory when none is given: the system location for root, the XDG
 /// state directory for everyone else.
 pub fn default_state_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
+    default_state_dir_for(is_root())
+}
+
+/// The system location, or the XDG state directory of this user.
+pub fn default_state_dir_for(system: bool) -> PathBuf {
+    if system {
         return PathBuf::from("/var/lib/fyn-runner");
     }
     let base = std::env::var_os("XDG_STATE_HOME")
@@ -439,9 +442,7 @@ async fn show_status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<
 }
 
 fn render_status(status: &crate::runtime::RunnerStatus) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now = crate::runtime::status::unix_ms();
     let ago = |ms: u64| format_duration(now.saturating_sub(ms));
     let mut out = String::new();
     let _ = writeln!(

@@ -166,52 +166,55 @@ async fn run_jobs(server: &DevServer, started: Instant) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_running(server: &DevServer, id: &str) -> anyhow::Result<()> {
+/// Poll the dev-server until the job satisfies `done`, within the step timeout.
+async fn wait_until(
+    server: &DevServer,
+    id: &str,
+    what: &str,
+    done: impl Fn(&crate::devserver::JobInfo) -> bool,
+) -> anyhow::Result<crate::devserver::JobInfo> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
         let job = server
             .job(id)
             .context("reading a job")?
             .context("the job vanished")?;
-        if job.state == crate::devserver::JobState::Running {
-            return Ok(());
+        if done(&job) {
+            return Ok(job);
         }
         if Instant::now() > deadline {
-            bail!("job {id} did not start in time ({:?})", job.state);
+            bail!("job {id} did not {what} in time ({:?})", job.state);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
+async fn wait_running(server: &DevServer, id: &str) -> anyhow::Result<()> {
+    wait_until(server, id, "start", |job| {
+        job.state == crate::devserver::JobState::Running
+    })
+    .await?;
+    Ok(())
+}
+
 async fn wait_job(server: &DevServer, id: &str, started: Instant) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        let job = server
-            .job(id)
-            .context("reading a job")?
-            .context("the job vanished")?;
-        if let Some(outcome) = job.outcome {
-            let status = job
-                .exit_status
-                .map(|s| format!("{s:?}"))
-                .unwrap_or_default();
-            say(&format!(
-                "[{:>5} ms] {id} finished: {outcome:?} ({status}, {} ms)",
-                ms(started),
-                job.duration_ms.unwrap_or(0)
-            ));
-            for (name, text) in [("stdout", &job.stdout), ("stderr", &job.stderr)] {
-                for line in text.lines() {
-                    say(&format!("            {name}| {line}"));
-                }
-            }
-            return Ok(());
+    let job = wait_until(server, id, "finish", |job| job.outcome.is_some()).await?;
+    let outcome = job.outcome.map(|o| format!("{o:?}")).unwrap_or_default();
+    let status = job
+        .exit_status
+        .map(|s| format!("{s:?}"))
+        .unwrap_or_default();
+    say(&format!(
+        "[{:>5} ms] {id} finished: {outcome} ({status}, {} ms)",
+        ms(started),
+        job.duration_ms.unwrap_or(0)
+    ));
+    for (name, text) in [("stdout", &job.stdout), ("stderr", &job.stderr)] {
+        for line in text.lines() {
+            say(&format!("            {name}| {line}"));
         }
-        if Instant::now() > deadline {
-            bail!("job {id} did not finish in time ({:?})", job.state);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    Ok(())
 }
 
 async fn start_server(

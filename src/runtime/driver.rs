@@ -219,7 +219,7 @@ fn launch(
     let (core, boot_effects) = Core::boot(settings.core.clone(), mode, durable);
     let trace = start_trace(&settings, mode, &booted_from, &boot_effects);
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
-    let jobs_root = settings.state_dir.join("jobs");
+    let jobs_root = settings.jobs_root();
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let jobs = super::jobs::JobSupervisor::new(jobs_root.clone(), reports_tx);
     jobs.preflight().map_err(StartError::Jobs)?;
@@ -227,8 +227,7 @@ fn launch(
     let reaper_inputs = inputs_tx.clone();
     tokio::spawn(async move {
         for job in restored {
-            let dir = super::jobs::ProcessExecutor::new(jobs_root.clone()).job_dir(&job);
-            if let Ok(dir) = dir {
+            if let Ok(dir) = super::jobs::job_dir(&jobs_root, &job) {
                 super::orphans::reap(&dir, &job).await;
             }
             let lost = Event::JobExited {
@@ -867,18 +866,20 @@ impl Driver {
 
     fn collect_hardware(&mut self) {
         let state_dir = self.settings.state_dir.clone();
+        let job_area = self.settings.jobs_root();
         let source = self.settings.hardware.clone();
         let inputs = self.inputs_tx.clone();
         tokio::spawn(async move {
-            let event =
-                match tokio::task::spawn_blocking(move || collect_and_compare(&source, state_dir))
-                    .await
-                {
-                    Ok(event) => event,
-                    Err(e) => Event::HardwareFailed {
-                        error: format!("hardware collection task failed: {e}"),
-                    },
-                };
+            let event = match tokio::task::spawn_blocking(move || {
+                collect_and_compare(&source, &state_dir, &job_area)
+            })
+            .await
+            {
+                Ok(event) => event,
+                Err(e) => Event::HardwareFailed {
+                    error: format!("hardware collection task failed: {e}"),
+                },
+            };
             let _ = inputs.send(Input::Event(event));
         });
     }
@@ -887,7 +888,7 @@ impl Driver {
         &self,
         job: &crate::protocol::JobRef,
     ) -> Result<PathBuf, super::jobs::ExecutorError> {
-        super::jobs::ProcessExecutor::new(self.settings.state_dir.join("jobs")).job_dir(job)
+        super::jobs::job_dir(&self.settings.jobs_root(), job)
     }
 
     fn install_step(&mut self, step: InstallStep) {

@@ -1,7 +1,7 @@
 //! Hardware collection for HardwareSync and the periodic re-check: collect (on a
 //! blocking thread), compare with the cache, and hand the core the result as an event.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use tracing::warn;
 
@@ -9,19 +9,19 @@ use crate::core::{Event, HardwareCache};
 
 pub(crate) fn collect_and_compare(
     source: &super::settings::HardwareSource,
-    state_dir: PathBuf,
+    state_dir: &Path,
+    job_area: &Path,
 ) -> Event {
-    let job_area = state_dir.join("jobs");
-    if let Err(e) = std::fs::create_dir_all(&job_area) {
+    if let Err(e) = std::fs::create_dir_all(job_area) {
         return Event::HardwareFailed {
             error: format!("cannot create {}: {e}", job_area.display()),
         };
     }
-    let report = match source.collect(&job_area) {
+    let report = match source.collect(job_area) {
         Ok(report) => report,
         Err(error) => return Event::HardwareFailed { error },
     };
-    let cached = match crate::hardware::load_cache(&state_dir) {
+    let cached = match crate::hardware::load_cache(state_dir) {
         Ok(cached) => cached,
         Err(e) => {
             warn!(error = %e, "hardware cache unreadable; sending the full record");

@@ -118,6 +118,11 @@ impl Default for TraceLimits {
 }
 
 impl RunnerSettings {
+    /// Where job directories live (and whose disk is reported as the job area).
+    pub fn jobs_root(&self) -> PathBuf {
+        self.state_dir.join("jobs")
+    }
+
     /// Defaults an operator would expect: one slot, backoff from 0.5 s to 60 s, a
     /// 15 s connect timeout, the machine's own hardware, the trace on, no token.
     pub fn new(endpoint: Url, state_dir: PathBuf) -> Self {

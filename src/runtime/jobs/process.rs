@@ -59,18 +59,20 @@ impl ProcessExecutor {
         &self.jobs_root
     }
 
-    /// `<jobs_root>/<job_id>-<attempt>`. The ID was validated when the command
-    /// arrived; it is checked again here because it becomes a path.
     pub fn job_dir(&self, job: &JobRef) -> Result<PathBuf, ExecutorError> {
-        validate_job_id(&job.job_id)?;
-        let name = format!("{}-{}", job.job_id, job.attempt);
-        let mut parts = Path::new(&name).components();
-        match (parts.next(), parts.next()) {
-            (Some(Component::Normal(part)), None) if part == name.as_str() => {
-                Ok(self.jobs_root.join(&name))
-            }
-            _ => Err(ExecutorError::UnsafeJobDir { name }),
-        }
+        job_dir(&self.jobs_root, job)
+    }
+}
+
+/// `<jobs_root>/<job_id>-<attempt>`. The ID was validated when the command arrived; it
+/// is checked again here because it becomes a path.
+pub fn job_dir(jobs_root: &Path, job: &JobRef) -> Result<PathBuf, ExecutorError> {
+    validate_job_id(&job.job_id)?;
+    let name = format!("{}-{}", job.job_id, job.attempt);
+    let mut parts = Path::new(&name).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(part)), None) if part == name.as_str() => Ok(jobs_root.join(&name)),
+        _ => Err(ExecutorError::UnsafeJobDir { name }),
     }
 }
 
