@@ -454,6 +454,77 @@ async fn a_missing_program_is_a_spawn_failure() {
     assert!(h.reports.try_recv().is_err(), "nothing follows SpawnFailed");
 }
 
+/// The runner looks the program up itself (so it can use `posix_spawn`); it must find
+/// what `execvp` in the job's environment would have found.
+#[tokio::test]
+async fn the_program_is_found_as_execvp_would_find_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::new();
+    let tools = h.dir.path().join("tools");
+    let (first, second) = (tools.join("first"), tools.join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let script = |dir: &Path, text: &str, mode: u32| {
+        let path = dir.join("fyn-tool");
+        std::fs::write(&path, format!("#!/bin/sh\necho {text} \"$0\" \"$@\"\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // Not executable in the first directory: skipped, as execvp skips it.
+    script(&first, "first", 0o644);
+    script(&second, "second", 0o755);
+
+    // argv[0] stays as the job wrote it.
+    let run = h.run(&spec("argv0", &["cat", "/proc/self/cmdline"])).await;
+    assert_eq!(run.stdout_text(), "cat\0/proc/self/cmdline\0");
+
+    // The job's own PATH is searched, in order. (A script's `$0` is the path the
+    // kernel ran, with execvp as here.)
+    let mut own_path = spec("own-path", &["fyn-tool", "arg"]);
+    let search = format!("{}:{}:/usr/bin:/bin", first.display(), second.display());
+    own_path.env = BTreeMap::from([("PATH".to_owned(), search)]);
+    let run = h.run(&own_path).await;
+    assert_eq!(run.status, Some(ExitStatus::Exited { code: 0 }));
+    assert_eq!(
+        run.stdout_text(),
+        format!("second {} arg\n", second.join("fyn-tool").display())
+    );
+
+    // An empty entry and a relative one are taken from where the job starts.
+    let mut relative = spec("relative-path", &["fyn-tool"]);
+    relative.workdir = Some("bin".into());
+    relative.env = BTreeMap::from([("PATH".to_owned(), "/nonexistent::/usr/bin:/bin".to_owned())]);
+    let dir = h.job_dir(&relative).join("work/bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    script(&dir, "workdir", 0o755);
+    let run = h.run(&relative).await;
+    assert_eq!(
+        run.stdout_text(),
+        format!("workdir {}\n", dir.join("fyn-tool").display())
+    );
+
+    // A path with a slash is not searched, and is relative to the start directory.
+    let mut slash = spec("slash", &["./fyn-tool"]);
+    slash.workdir = Some("bin".into());
+    let dir = h.job_dir(&slash).join("work/bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    script(&dir, "slash", 0o755);
+    let run = h.run(&slash).await;
+    let text = run.stdout_text();
+    assert!(
+        text.starts_with("slash ") && text.ends_with("/work/bin/./fyn-tool\n"),
+        "{text}"
+    );
+
+    // Found nowhere, or only without the execute bit: the error says where it looked.
+    let mut nowhere = spec("nowhere", &["fyn-tool"]);
+    nowhere.env = BTreeMap::from([("PATH".to_owned(), first.display().to_string())]);
+    let error = h.spawn_failed(&nowhere).await;
+    assert!(
+        error.contains("fyn-tool") && error.contains("PATH"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn a_bad_workdir_is_a_spawn_failure() {
     let mut h = Harness::new();

@@ -1,6 +1,13 @@
 //! The durable store: `<state_dir>/runner.db`, a SQLite database in WAL mode with
 //! `synchronous=FULL`, so a committed batch survives a crash or power loss.
 //!
+//! One kind of batch is committed without waiting for the disk: one that only records
+//! acknowledgements (`OutboxAcked`). Losing it to a power cut loses nothing: the
+//! events it retired are sent again and the API drops them by index. Every other
+//! batch waits (`FULL`), and since the WAL is one file written in order, its sync
+//! also covers any acknowledgement committed before it. An acknowledgement arrives
+//! for nearly every event, so this keeps one disk sync per event off the job path.
+//!
 //! It holds exactly what `DurableState` needs to rebuild the core, plus the outbox
 //! bodies to resend: the `meta` counters, the unacknowledged `outbox` events and the
 //! running `jobs`. The core decides every write; the store only applies a batch of
@@ -143,6 +150,8 @@ pub struct Store {
     conn: Connection,
     /// For error messages: the file, or `:memory:`.
     path: String,
+    /// Whether a commit now returns only once it is on disk (`synchronous=FULL`).
+    waits_for_disk: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -198,7 +207,11 @@ impl Store {
             // runner small (SQLite's default is 2 MiB).
             .and_then(|()| conn.pragma_update(None, "cache_size", -256))
             .map_err(open_err)?;
-        let mut store = Store { conn, path };
+        let mut store = Store {
+            conn,
+            path,
+            waits_for_disk: true,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -253,6 +266,14 @@ impl Store {
     /// Applies the batch in one transaction: all of it is stored, or none of it.
     pub fn commit(&mut self, writes: &[Durable]) -> Result<(), StoreError> {
         let path = self.path.clone();
+        let only_acks = writes
+            .iter()
+            .all(|write| matches!(write, Durable::OutboxAcked { .. }));
+        self.wait_for_disk(!only_acks)
+            .map_err(|source| StoreError::Commit {
+                path: path.clone(),
+                source,
+            })?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -272,6 +293,16 @@ impl Store {
         }
         tx.commit()
             .map_err(|source| StoreError::Commit { path, source })
+    }
+
+    /// `synchronous` is FULL or NORMAL per batch; set only when it changes.
+    fn wait_for_disk(&mut self, wait: bool) -> rusqlite::Result<()> {
+        if self.waits_for_disk != wait {
+            let level = if wait { "FULL" } else { "NORMAL" };
+            self.conn.pragma_update(None, "synchronous", level)?;
+            self.waits_for_disk = wait;
+        }
+        Ok(())
     }
 
     /// Outbox events with an index above `after`, in index order.
@@ -486,4 +517,48 @@ fn ack_events(tx: &Transaction<'_>, up_to: u64) -> Result<(), StoreFault> {
     tx.prepare_cached("DELETE FROM outbox WHERE idx <= ?1")?
         .execute([up_to_sql])?;
     raise_meta(tx, ACKED_EVENT, up_to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(store: &Store) -> i64 {
+        store
+            .conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .expect("the pragma reads")
+    }
+
+    /// 2 is FULL (the commit waits for the disk), 1 is NORMAL.
+    #[test]
+    fn only_acknowledgements_skip_the_wait_for_the_disk() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(dir.path()).expect("the store opens");
+        assert_eq!(synchronous(&store), 2);
+        let job = crate::protocol::JobRef {
+            job_id: "j".to_owned(),
+            attempt: 1,
+        };
+        let append = |index| Durable::OutboxAppend {
+            index,
+            event: RunnerEvent::JobAccepted { job: job.clone() },
+        };
+        store.commit(&[append(1), append(2)]).expect("commit");
+        assert_eq!(synchronous(&store), 2);
+        store
+            .commit(&[Durable::OutboxAcked { up_to: 1 }])
+            .expect("commit");
+        assert_eq!(synchronous(&store), 1);
+        // An ack in the same batch as anything else waits with it.
+        store
+            .commit(&[Durable::OutboxAcked { up_to: 2 }, append(3)])
+            .expect("commit");
+        assert_eq!(synchronous(&store), 2);
+        store
+            .commit(&[Durable::LastApplied { index: 4 }])
+            .expect("commit");
+        assert_eq!(synchronous(&store), 2);
+        assert_eq!(store.outbox_depth().expect("depth"), 1);
+    }
 }

@@ -12,10 +12,10 @@ job outlives it. A process that leaves the group (`setsid`) escapes this; only a
 cgroup could hold it, and that is a later backend's business.
 */
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
@@ -123,8 +123,13 @@ impl Executor for ProcessExecutor {
         let Some((program, args)) = spec.command.split_first() else {
             return Err(JobSpecError::EmptyCommand.into());
         };
-        let mut command = Command::new(program);
+        let search_path = spec
+            .env
+            .get("PATH")
+            .map_or(self.path.as_os_str(), |path| path.as_ref());
+        let mut command = Command::new(resolve_program(program, search_path, &start_dir)?);
         command
+            .arg0(program)
             .args(args)
             .current_dir(&start_dir)
             // Nothing of the runner's environment (its token above all) reaches a job
@@ -410,6 +415,38 @@ fn open_log(path: PathBuf) -> Result<LogFile, ExecutorError> {
             source,
         }),
     }
+}
+
+/// The program as `execvp` would find it: a name without `/` is looked up in the job's
+/// `PATH` (an empty or relative entry taken from the directory the job starts in),
+/// first executable file wins. Doing the lookup here rather than in the child lets the standard library
+/// start the job with `posix_spawn` instead of `fork`: with a `PATH` of its own set, it
+/// must fork to search that `PATH` in the child, which costs the runner a copy of its
+/// page tables and a wait for the child's scheduling on every job start.
+fn resolve_program(
+    program: &str,
+    path: &OsStr,
+    start_dir: &Path,
+) -> Result<PathBuf, ExecutorError> {
+    if program.contains('/') {
+        // Relative to where the job starts, as the child would see it after its chdir.
+        return Ok(start_dir.join(program));
+    }
+    let not_found = || ExecutorError::Spawn {
+        program: program.to_owned(),
+        source: io::Error::new(io::ErrorKind::NotFound, "not found in the job's PATH"),
+    };
+    if program.is_empty() || program.contains('\0') {
+        return Err(not_found());
+    }
+    std::env::split_paths(path)
+        .map(|dir| start_dir.join(dir).join(program))
+        .find(|candidate| is_executable_file(candidate))
+        .ok_or_else(not_found)
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// What `execve` cannot carry: an empty name, `=` in a name (it would split
