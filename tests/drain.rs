@@ -101,11 +101,16 @@ fn recorded_once(server: &DevServer, runner: &str, jobs: &[(&str, JobOutcome)]) 
     }
 }
 
-fn pid_of(dir: &Path, id: &str) -> i32 {
-    std::fs::read_to_string(dir.join("jobs").join(format!("{id}-1")).join("pid"))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .expect("the job's pid file")
+/// The pid the runner reported in the job's `job_started` event.
+fn pid_of(server: &DevServer, runner_id: &str, id: &str) -> i32 {
+    server
+        .events(runner_id)
+        .expect("events")
+        .iter()
+        .filter(|e| e.kind == "job_started" && e.body["job"]["job_id"] == id)
+        .find_map(|e| e.body["pid"].as_i64())
+        .and_then(|pid| i32::try_from(pid).ok())
+        .expect("a job_started event with the pid")
 }
 
 fn alive(pid: i32) -> bool {
@@ -147,7 +152,7 @@ async fn a_job_that_outlives_the_deadline_is_cancelled_and_leaves_no_process() {
     let runner = handle.status.borrow().runner_id.clone().expect("id");
     let id = server.submit_job(sleep_job("300", 1)).expect("submit");
     running(&server, &id).await;
-    let pid = pid_of(dir.path(), &id);
+    let pid = pid_of(&server, &runner, &id);
     handle.shutdown();
     assert_eq!(
         tokio::time::timeout(WAIT, handle.wait())

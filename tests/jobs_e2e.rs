@@ -401,12 +401,17 @@ fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-fn job_pid(dir: &Path, id: &str, attempt: u32) -> Option<i32> {
-    std::fs::read_to_string(dir.join("jobs").join(format!("{id}-{attempt}")).join("pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The pid the runner reported in the job's `job_started` event.
+fn started_pid(server: &DevServer, job: &JobInfo) -> i32 {
+    let runner_id = job.runner.as_deref().expect("assigned");
+    server
+        .events(runner_id)
+        .expect("events")
+        .iter()
+        .filter(|e| e.kind == "job_started" && e.body["job"]["job_id"] == job.id.as_str())
+        .find_map(|e| e.body["pid"].as_i64())
+        .and_then(|pid| i32::try_from(pid).ok())
+        .expect("a job_started event with the pid")
 }
 
 #[tokio::test]
@@ -419,14 +424,7 @@ async fn kill_9_mid_job_then_restart_reports_it_lost_once_and_leaves_no_process(
         .submit_job(request(&["sleep", "300"], 600))
         .expect("submit");
     let job = until_job(&server, &id, |j| j.state == JobState::Running).await;
-    let deadline = Instant::now() + WAIT;
-    let pid = loop {
-        if let Some(pid) = job_pid(dir.path(), &id, job.attempt) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no pid file");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let pid = started_pid(&server, &job);
     runner.kill().expect("kill -9");
     let _ = runner.wait();
     assert!(

@@ -86,7 +86,7 @@ fn the_db_file_is_private_wal_and_versioned() {
     let version: u32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, fyn_runner::runtime::store::SCHEMA_VERSION);
 }
 
 #[test]
@@ -276,6 +276,65 @@ fn a_missing_state_dir_fails_to_open_naming_the_file() {
     let dir = tmp.path().join("missing");
     let err = Store::open(&dir).unwrap_err().to_string();
     assert!(err.contains(&db_path(&dir).display().to_string()), "{err}");
+}
+
+/// The pid comes with the `job_started` event, in its transaction, and survives a crash;
+/// a job that never started has none.
+#[test]
+fn a_started_jobs_pid_is_kept_with_its_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path()).unwrap();
+    let (running, waiting) = (job("running", 2), job("waiting", 1));
+    store
+        .commit(&[
+            Durable::JobAdded {
+                job: running.clone(),
+            },
+            Durable::JobAdded { job: waiting },
+        ])
+        .unwrap();
+    let started = RunnerEvent::JobStarted {
+        job: running.job_ref(),
+        pid: 4242,
+    };
+    store
+        .commit(&[Durable::OutboxAppend {
+            index: 1,
+            event: started,
+        }])
+        .unwrap();
+    let store = reopen_after_crash(store, tmp.path());
+    assert_eq!(
+        store.job_pids().unwrap(),
+        vec![(job_ref("running", 2), 4242)]
+    );
+}
+
+/// A database written by the first schema opens, migrates, and keeps its jobs.
+#[test]
+fn a_version_1_database_is_migrated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(db_path(tmp.path())).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) STRICT;
+         CREATE TABLE outbox (idx INTEGER PRIMARY KEY NOT NULL, kind TEXT NOT NULL,
+                              body TEXT NOT NULL) STRICT;
+         CREATE TABLE jobs (job_id TEXT PRIMARY KEY NOT NULL, attempt INTEGER NOT NULL,
+                            spec TEXT NOT NULL) STRICT;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    let spec = job("old", 1);
+    conn.execute(
+        "INSERT INTO jobs (job_id, attempt, spec) VALUES ('old', 1, ?1)",
+        [serde_json::to_string(&spec).unwrap()],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.load().unwrap().jobs, vec![spec]);
+    assert!(store.job_pids().unwrap().is_empty());
 }
 
 #[test]

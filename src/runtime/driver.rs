@@ -215,20 +215,21 @@ fn launch(
     durable.runner_id = identity.as_ref().map(|i| i.runner_id().to_owned());
     let tls = ws::tls_config(settings.ca_file.as_deref())?;
     let restored: Vec<_> = durable.jobs.iter().map(|job| job.job_ref()).collect();
+    let pids = store.job_pids()?;
     let booted_from = durable.clone();
     let (core, boot_effects) = Core::boot(settings.core.clone(), mode, durable);
     let trace = start_trace(&settings, mode, &booted_from, &boot_effects);
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let jobs_root = settings.jobs_root();
     let (reports_tx, reports) = mpsc::unbounded_channel();
-    let jobs = super::jobs::JobSupervisor::new(jobs_root.clone(), reports_tx);
+    let jobs = super::jobs::JobSupervisor::new(jobs_root, reports_tx);
     jobs.preflight().map_err(StartError::Jobs)?;
     // Jobs of a previous runner that died with it: kill what is left, report them lost.
     let reaper_inputs = inputs_tx.clone();
     tokio::spawn(async move {
         for job in restored {
-            if let Ok(dir) = super::jobs::job_dir(&jobs_root, &job) {
-                super::orphans::reap(&dir, &job).await;
+            if let Some((_, pid)) = pids.iter().find(|(started, _)| *started == job) {
+                super::orphans::reap(*pid, &job).await;
             }
             let lost = Event::JobExited {
                 job,
@@ -429,14 +430,7 @@ impl Driver {
             Input::Event(event) => Some(event),
             // Only a wake-up: the loop re-checks the brake and the resend.
             Input::Drained { .. } => None,
-            Input::Job(report) => {
-                if let super::jobs::JobReport::Started { job, pid } = &report
-                    && let Ok(dir) = self.job_dir(job)
-                {
-                    super::orphans::record_pid(&dir, *pid);
-                }
-                Some(report.into_event())
-            }
+            Input::Job(report) => Some(report.into_event()),
             Input::Socket { conn, event } => {
                 if Some(conn) != current {
                     return None;
@@ -882,13 +876,6 @@ impl Driver {
             };
             let _ = inputs.send(Input::Event(event));
         });
-    }
-
-    fn job_dir(
-        &self,
-        job: &crate::protocol::JobRef,
-    ) -> Result<PathBuf, super::jobs::ExecutorError> {
-        super::jobs::job_dir(&self.settings.jobs_root(), job)
     }
 
     fn install_step(&mut self, step: InstallStep) {

@@ -3,32 +3,19 @@
 //! after checking, through `/proc`, that the process really is that job, since a pid
 //! can be reused — and the core reports the job `lost`, once.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use crate::protocol::JobRef;
 
-const PID_FILE: &str = "pid";
-
-pub fn pid_file(job_dir: &Path) -> PathBuf {
-    job_dir.join(PID_FILE)
-}
-
-/// Remember a job's process group so a later runner can clean up after a crash.
-pub fn record_pid(job_dir: &Path, pid: u32) {
-    if let Err(e) = std::fs::write(pid_file(job_dir), pid.to_string()) {
-        warn!(dir = %job_dir.display(), error = %e, "cannot record the job's pid; a crash would leave it unreaped");
-    }
-}
-
-/// Kill the process group of a job left by a previous runner, if it still runs.
-pub async fn reap(job_dir: &Path, job: &JobRef) {
-    let Some(pid) = std::fs::read_to_string(pid_file(job_dir))
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-    else {
+/// Kill the process group of a job left by a previous runner, if it still runs. `pid`
+/// is the one the store kept from the job's `job_started` event (the job leads its
+/// own group, so it is also the group's id).
+pub async fn reap(pid: u32, job: &JobRef) {
+    // Never 0 or 1: `kill(-1, ..)` would signal every process the runner may signal.
+    let Some(pid) = i32::try_from(pid).ok().filter(|pid| *pid > 1) else {
+        warn!(job = %job.job_id, pid, "the stored pid cannot be a job's process group");
         return;
     };
     if !is_that_job(pid, job) {

@@ -27,12 +27,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::secure_fs::{self, PRIVATE_FILE_MODE, SecureFsError};
 use crate::core::{Durable, DurableState};
-use crate::protocol::{JobSpec, RunnerEvent};
+use crate::protocol::{JobRef, JobSpec, RunnerEvent};
 
 pub const DB_FILE: &str = "runner.db";
 
 /// The schema version this build writes, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// How long a write waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +54,9 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          attempt INTEGER NOT NULL,
          spec    TEXT NOT NULL
      ) STRICT;",
+    // Version 2. The pid of a running job, from its `job_started` event: what a
+    // runner restarted after a crash kills if that process is still the job's.
+    "ALTER TABLE jobs ADD COLUMN pid INTEGER;",
 ];
 
 const LAST_APPLIED: &str = "last_applied_command";
@@ -395,6 +398,28 @@ impl Store {
             .collect()
     }
 
+    /// The pid each stored job was started with, if it got that far.
+    pub fn job_pids(&self) -> Result<Vec<(JobRef, u32)>, StoreError> {
+        let read = || -> rusqlite::Result<Vec<(JobRef, u32)>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT job_id, attempt, pid FROM jobs WHERE pid IS NOT NULL ORDER BY job_id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                let job = JobRef {
+                    job_id: row.get(0)?,
+                    attempt: row.get(1)?,
+                };
+                Ok((job, row.get(2)?))
+            })?;
+            rows.collect()
+        };
+        read().map_err(|e| StoreError::Read {
+            path: self.path.clone(),
+            what: "jobs",
+            source: e.into(),
+        })
+    }
+
     fn select_jobs(&self) -> rusqlite::Result<Vec<(String, i64, String)>> {
         let mut stmt = self
             .conn
@@ -448,7 +473,13 @@ fn to_sql_int(value: u64) -> Result<i64, StoreFault> {
 fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
     match write {
         Durable::LastApplied { index } => set_meta(tx, LAST_APPLIED, *index),
-        Durable::OutboxAppend { index, event } => append_event(tx, *index, event),
+        Durable::OutboxAppend { index, event } => {
+            append_event(tx, *index, event)?;
+            match event {
+                RunnerEvent::JobStarted { job, pid } => record_pid(tx, job, *pid),
+                _ => Ok(()),
+            }
+        }
         Durable::OutboxAcked { up_to } => ack_events(tx, *up_to),
         Durable::JobAdded { job } => {
             let spec = serde_json::to_string(job)?;
@@ -510,6 +541,14 @@ fn append_event(tx: &Transaction<'_>, index: u64, event: &RunnerEvent) -> Result
     tx.prepare_cached("INSERT INTO outbox (idx, kind, body) VALUES (?1, ?2, ?3)")?
         .execute(params![to_sql_int(index)?, event.kind(), body])?;
     raise_meta(tx, LAST_EVENT, index)
+}
+
+/// In the transaction that stores `job_started`, so the pid is known exactly when the
+/// API can know it.
+fn record_pid(tx: &Transaction<'_>, job: &JobRef, pid: u32) -> Result<(), StoreFault> {
+    tx.prepare_cached("UPDATE jobs SET pid = ?1 WHERE job_id = ?2 AND attempt = ?3")?
+        .execute(params![pid, job.job_id, job.attempt])?;
+    Ok(())
 }
 
 fn ack_events(tx: &Transaction<'_>, up_to: u64) -> Result<(), StoreFault> {
