@@ -2,7 +2,10 @@
 //! - dispatch latency: job submitted at the dev-server → `job_started` stored there,
 //!   p50 and p99 over 1,000 jobs running `true`;
 //! - the floor for that: a bare tokio-tungstenite client that spawns `true` on each
-//!   message and replies, timed the same way (send → reply received);
+//!   `start_job` and replies `job_started`, through a dev-server of its own and timed
+//!   the same way; the same client doing the durable records and job directory the
+//!   issue requires ("floor with duties"); and a raw floor with no control plane at
+//!   all (send → reply received);
 //! - output throughput for a 1 GiB job, and the runner's peak resident memory.
 //!
 //! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT`, `JOBS_BENCH_BYTES` to change sizes).
@@ -106,12 +109,12 @@ fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
 /// each `start_job`, spawns `true` and replies `job_started` — no store, no trace, no
 /// job directory, no checks. Timed exactly as the runner is (`dispatch_latency`), on a
 /// dev-server of its own, so the ratio measures what the runner adds and nothing else.
-async fn floor_through_devserver(count: usize) -> Vec<Duration> {
+async fn floor_through_devserver(count: usize, duties: Option<Duties>) -> Vec<Duration> {
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await
         .expect("dev-server");
     let token = server.mint_token().expect("token");
-    let client = tokio::spawn(bare_runner(server.runner_url(), token));
+    let client = tokio::spawn(bare_runner(server.runner_url(), token, duties));
     while !server
         .runners()
         .expect("runners")
@@ -145,8 +148,49 @@ async fn recv(ws: &mut Socket) -> ServerMessage {
     }
 }
 
-/// The least a runner can be: handshake, then spawn-and-reply per `start_job`.
-async fn bare_runner(url: String, token: String) {
+/// What the issue asks of any runner before it may say `job_started`, done the plainest
+/// way: the command recorded durably before the process starts (SQLite, WAL,
+/// `synchronous=FULL`), the job's own directory with its `work/` and two log files, the
+/// process started there, and `job_started` recorded durably before it is sent. The
+/// "floor with duties" is the bare client doing exactly this and nothing more: what
+/// fyn-runner costs beyond it is overhead of its own making.
+struct Duties {
+    root: tempfile::TempDir,
+    db: rusqlite::Connection,
+}
+
+impl Duties {
+    fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let db = rusqlite::Connection::open(root.path().join("floor.db")).expect("db");
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+             CREATE TABLE log (idx INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+        )
+        .expect("schema");
+        Self { root, db }
+    }
+
+    fn record(&self, body: &str) {
+        self.db
+            .execute("INSERT INTO log (body) VALUES (?1)", [body])
+            .expect("durable insert");
+    }
+
+    fn prepare(&self, job_id: &str) -> std::path::PathBuf {
+        let dir = self.root.path().join(job_id);
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).expect("job dir");
+        for log in ["stdout.log", "stderr.log"] {
+            std::fs::File::create(dir.join(log)).expect("log file");
+        }
+        work
+    }
+}
+
+/// The least a runner can be: handshake, then spawn-and-reply per `start_job` (with
+/// `duties`, also the durable records and the job directory).
+async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
     let mut request = url.into_client_request().expect("runner URL");
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -208,11 +252,19 @@ async fn bare_runner(url: String, token: String) {
                 else {
                     continue;
                 };
-                let mut child = tokio::process::Command::new("true").spawn().expect("spawn");
+                let mut command = tokio::process::Command::new("true");
+                if let Some(duties) = &duties {
+                    duties.record(&job.job_id);
+                    command.current_dir(duties.prepare(&job.job_id));
+                }
+                let mut child = command.spawn().expect("spawn");
                 let pid = child.id().unwrap_or(0);
                 index += 1;
                 let job = job.job_ref();
                 let event = RunnerEvent::JobStarted { job: job.clone(), pid };
+                if let Some(duties) = &duties {
+                    duties.record(&encode(&RunnerMessage::Event { index, event: event.clone() }));
+                }
                 send(&mut ws, &RunnerMessage::Event { index, event }).await;
                 let done = done_tx.clone();
                 tokio::spawn(async move {
@@ -301,7 +353,8 @@ async fn main() {
     }
 
     let ours = tokio::task::block_in_place(|| dispatch_latency(&server, count));
-    let floor = floor_through_devserver(count).await;
+    let floor = floor_through_devserver(count, None).await;
+    let with_duties = floor_through_devserver(count, Some(Duties::new())).await;
     let raw = floor_latency(count).await;
     let (p50, p99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
     println!(
@@ -310,6 +363,7 @@ async fn main() {
     println!("  fyn-runner:                              p50 {p50:?}, p99 {p99:?}");
     for (name, floor) in [
         ("floor: bare client via the dev-server", &floor),
+        ("floor with the issue's duties", &with_duties),
         ("raw floor: bare client, bare server", &raw),
     ] {
         let (f50, f99) = (percentile(floor, 0.5), percentile(floor, 0.99));
