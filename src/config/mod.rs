@@ -326,6 +326,8 @@ fn server<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 mod tests {
     use super::*;
 
+    // XDG paths: Unix semantics ("/x" is not absolute on Windows).
+    #[cfg(unix)]
     #[test]
     fn user_path_prefers_an_absolute_xdg_config_home() {
         let home = Some(PathBuf::from("/home/ada"));
