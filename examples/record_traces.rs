@@ -179,12 +179,9 @@ async fn eviction() {
         std::fs::create_dir_all(to.parent().expect("parent")).expect("dir");
         std::fs::copy(dir.path().join(name), &to).expect("copy identity");
     }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        copy.path().join("identity"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .expect("chmod");
+    // The copy must be private, as the runner checks.
+    fyn_runner::runtime::secure_fs::create_private_dir(&copy.path().join("identity"))
+        .expect("private identity folder");
     let mut second = runtime::start(settings(&server, copy.path(), None)).expect("start");
     active(&mut second).await;
     let _ = tokio::time::timeout(WAIT, first.wait_for(|s| s.state == "Stopped")).await;

@@ -12,6 +12,7 @@ pub mod core;
 pub mod demo;
 pub mod devserver;
 pub mod hardware;
+pub mod platform;
 pub mod protocol;
 pub mod runtime;
 pub mod service;

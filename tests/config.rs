@@ -229,6 +229,7 @@ fn an_empty_config_renders_every_key_commented_out() {
     assert_eq!(all.log_format, Some(LogFormat::Text));
 }
 
+#[cfg(unix)]
 #[test]
 fn a_path_that_is_not_utf8_is_not_written_lossily() {
     use std::os::unix::ffi::OsStrExt;

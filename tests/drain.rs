@@ -1,6 +1,8 @@
 //! Draining and shutdown end to end (seed 001's shutdown): say stopping, take no new
 //! work, let running jobs finish until the deadline, deliver every result exactly once,
 //! close with 1000, exit with the documented code.
+// Unix only: its jobs are `sh` scripts, and it checks processes through signals and sd_notify.
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::path::Path;

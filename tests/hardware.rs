@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::fs;
 use std::io;
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -491,6 +492,7 @@ fn text_summary() {
 
 // ---- cache ---------------------------------------------------------------
 
+#[cfg(unix)]
 #[test]
 fn cache_missing_then_written_then_read_back() {
     let state = tempfile::tempdir().unwrap();

@@ -1,12 +1,16 @@
 //! The identity files: layout, modes, refusals and signatures.
 
-use std::fs::{self, Permissions};
+use std::fs;
+#[cfg(unix)]
+use std::fs::Permissions;
+#[cfg(unix)]
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use fyn_runner::protocol::{AuthError, verify_signature};
 use fyn_runner::runtime::identity::{Identity, IdentityError, identity_dir};
 
+#[cfg(unix)]
 fn mode_of(path: &Path) -> u32 {
     fs::metadata(path).unwrap().mode() & 0o7777
 }
@@ -17,6 +21,7 @@ fn saved(state: &Path, runner_id: &str) -> Identity {
     Identity::load(state).unwrap().unwrap()
 }
 
+#[cfg(unix)]
 #[test]
 fn save_then_load_round_trips_with_private_modes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -42,6 +47,7 @@ fn save_then_load_round_trips_with_private_modes() {
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
 }
 
+#[cfg(unix)]
 #[test]
 fn save_tightens_an_existing_open_identity_dir() {
     let tmp = tempfile::tempdir().unwrap();
@@ -130,6 +136,7 @@ fn runner_json_without_key_is_refused() {
     assert!(err.to_string().contains("runner-9"), "{err}");
 }
 
+#[cfg(unix)]
 #[test]
 fn refuses_a_key_readable_by_others() {
     let tmp = tempfile::tempdir().unwrap();
@@ -147,6 +154,7 @@ fn refuses_a_key_readable_by_others() {
     assert!(err.contains(&format!("run chmod 600 {shown}")), "{err}");
 }
 
+#[cfg(unix)]
 #[test]
 fn refuses_an_identity_dir_open_to_others() {
     let tmp = tempfile::tempdir().unwrap();
@@ -161,6 +169,7 @@ fn refuses_an_identity_dir_open_to_others() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn refuses_a_key_that_does_not_match_the_public_key() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! fails. The service step here is a stand-in; the systemd/launchd call sequences are
 //! tested against a fake command runner in `tests/service.rs`.
 
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,7 @@ fn plan(config: &Path, service: Option<FakeService>) -> InstallPlan {
     }
 }
 
+#[cfg(unix)]
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .expect("exists")
@@ -87,11 +89,14 @@ async fn install_without_a_service_creates_folders_config_and_identity() {
         ExitCode::Clean
     );
 
-    assert_eq!(mode(&state), 0o700);
-    assert_eq!(mode(&state.join("identity")), 0o700);
-    assert_eq!(mode(&state.join("identity/key")), 0o600);
-    assert_eq!(mode(&state.join("jobs")), 0o700);
-    assert_eq!(mode(&config), 0o640);
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("identity")), 0o700);
+        assert_eq!(mode(&state.join("identity/key")), 0o600);
+        assert_eq!(mode(&state.join("jobs")), 0o700);
+        assert_eq!(mode(&config), 0o640);
+    }
     let text = std::fs::read_to_string(&config).expect("config");
     assert!(!text.contains(&token), "the token is never written");
     assert_eq!(server.runners().expect("runners").len(), 1, "registered");

@@ -1,6 +1,7 @@
 //! `fyn-runner install --no-service`, `run --config`, `uninstall`, as an operator types
 //! them, against the dev-server, into temporary folders.
 
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -30,6 +31,7 @@ fn text(output: &Output) -> String {
     )
 }
 
+#[cfg(unix)]
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .expect("exists")
@@ -88,9 +90,12 @@ async fn install_run_and_uninstall_as_an_operator_would() {
         assert!(said.contains(step), "install reports `{step}`: {said}");
     }
     let config = config_dir.join("config.toml");
-    assert_eq!(mode(&state), 0o700);
-    assert_eq!(mode(&state.join("identity/key")), 0o600);
-    assert_eq!(mode(&config), 0o640);
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("identity/key")), 0o600);
+        assert_eq!(mode(&config), 0o640);
+    }
     let config_text = std::fs::read_to_string(&config).expect("config");
     assert!(
         config_text.contains("slots = 3") && !config_text.contains(&token),

@@ -1,6 +1,8 @@
 //! The job executor against real processes: exit statuses, output order and offsets,
 //! the clean environment, the cancellation ladder, process groups that leave nothing
 //! behind, spawn failures, the output limit, and bounded memory under a flood.
+// Unix only: its jobs are `sh` scripts and its checks are signals and process groups; `tests/jobs_windows.rs` covers Windows.
+#![cfg(unix)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

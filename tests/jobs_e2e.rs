@@ -2,6 +2,8 @@
 //! memory must be observed) against the reference control plane, plus a scripted API
 //! for deliveries the dev-server never makes (a slot overrun, a duplicated command, a
 //! job ID that climbs out of the job area).
+// Unix only: its jobs are `sh` scripts and it checks processes through signals.
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::path::Path;

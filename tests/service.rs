@@ -1,6 +1,8 @@
 //! Service definitions and the service-manager command sequences, checked without a
 //! service manager: units through `systemd-analyze verify`, plists through a strict
 //! little property-list reader, commands through the recording runner.
+// Unix only: systemd and launchd; `tests/windows_service.rs` covers the Windows service.
+#![cfg(unix)]
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -36,7 +38,7 @@ fn host(root: &Path) -> Host {
         root: root.to_owned(),
         home: Some(PathBuf::from("/home/ada")),
         xdg_config_home: None,
-        uid: UID,
+        uid: Some(UID),
     }
 }
 

@@ -88,24 +88,34 @@ async fn fresh_registration_reaches_active_and_restarts_with_its_identity() {
     assert!(me.hardware.is_some(), "the full hardware record was sent");
 
     // The identity is private; the token is nowhere on disk.
-    use std::os::unix::fs::PermissionsExt;
     let identity = dir.path().join("identity");
-    assert_eq!(
-        std::fs::metadata(&identity)
-            .expect("identity dir")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
-    );
-    assert_eq!(
-        std::fs::metadata(identity.join("key"))
-            .expect("key")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&identity)
+                .expect("identity dir")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::metadata(identity.join("key"))
+                .expect("key")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    #[cfg(windows)]
+    for private in [
+        dir.path().join("identity"),
+        dir.path().join("identity").join("key"),
+    ] {
+        fyn_runner::runtime::secure_fs::check_private(&private).expect("private");
+    }
     assert_no_file_contains(dir.path(), &token);
     // Nor is the private key anywhere but its own file: not in the store, not in the
     // session trace (which records every event and effect of the registration).
@@ -264,6 +274,7 @@ fn assert_no_file_contains(dir: &Path, needle: &str) {
     }
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_key_readable_by_others_is_refused_with_the_reason() {
     use std::os::unix::fs::PermissionsExt;

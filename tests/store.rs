@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+#[cfg(unix)]
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -71,6 +72,7 @@ fn a_new_store_is_empty() {
     assert!(store.outbox_after(0).unwrap().is_empty());
 }
 
+#[cfg(unix)]
 #[test]
 fn the_db_file_is_private_wal_and_versioned() {
     let tmp = tempfile::tempdir().unwrap();

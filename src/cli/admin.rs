@@ -60,8 +60,9 @@ pub struct UninstallArgs {
 pub enum ServiceAction {
     /// Print the service definition without installing it.
     Render {
-        #[arg(long, value_enum, default_value_t = Manager::Systemd)]
-        manager: Manager,
+        /// The service manager to render for [default: this machine's, else systemd].
+        #[arg(long, value_enum)]
+        manager: Option<Manager>,
         #[arg(long, value_enum)]
         scope: Option<Scope>,
         /// The config file the service will run with [default: the scope's].
@@ -127,7 +128,10 @@ fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
 pub fn install(args: InstallArgs) -> anyhow::Result<i32> {
     let scope = scope_or_default(args.scope);
     if scope == Scope::System && !is_root() {
-        bail!("a system install needs root; run it with sudo, or pass --scope user");
+        bail!(
+            "a system install needs root (on Windows: an elevated Administrator prompt); run it \
+             with sudo, or pass --scope user"
+        );
     }
     let config_path = absolute(config_path_for(scope, args.config_dir.as_deref()))?;
     let mut run = args.run;
@@ -231,7 +235,7 @@ fn replace_existing(
     state_dir: &Path,
 ) -> anyhow::Result<()> {
     if let Some(manager) = manager {
-        let service = crate::service::manager_for(manager, scope);
+        let service = crate::service::manager_for(manager, scope)?;
         if service.status().is_ok_and(|s| s.installed) {
             service
                 .uninstall()
@@ -280,7 +284,7 @@ struct ServiceInstall {
 }
 
 impl ServiceInstall {
-    fn service(&self) -> Box<dyn ServiceManager> {
+    fn service(&self) -> Result<Box<dyn ServiceManager>, crate::service::ServiceError> {
         crate::service::manager_for(self.manager, self.spec.scope)
     }
 }
@@ -289,7 +293,7 @@ impl ServiceStep for ServiceInstall {
     fn install(&mut self) -> Result<String, String> {
         let installed = self
             .service()
-            .install(&self.spec)
+            .and_then(|service| service.install(&self.spec))
             .map_err(|e| e.to_string())?;
         Ok(format!(
             "{} service at {}; logs: {}",
@@ -300,7 +304,9 @@ impl ServiceStep for ServiceInstall {
     }
 
     fn remove(&mut self) -> Result<(), String> {
-        self.service().uninstall().map_err(|e| e.to_string())
+        self.service()
+            .and_then(|service| service.uninstall())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -328,7 +334,7 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
     run.state_dir = Some(state_dir.clone());
 
     if let Some(manager) = crate::service::detect() {
-        let service = crate::service::manager_for(manager, scope);
+        let service = crate::service::manager_for(manager, scope)?;
         if service.status().is_ok_and(|s| s.installed) {
             write_stdout("  … stopping the service (the runner drains first)\n")?;
             service.uninstall().context("removing the service")?;
@@ -401,7 +407,14 @@ pub fn service(action: ServiceAction, config: Option<&Path>) -> anyhow::Result<i
             drain_deadline,
             user,
         } => {
-            let scope = scope_or_default(scope);
+            let manager = manager
+                .or_else(crate::service::detect)
+                .unwrap_or(Manager::Systemd);
+            // A Windows service is machine-wide whoever renders it.
+            let scope = match (scope, manager) {
+                (None, Manager::Windows) => Scope::System,
+                (scope, _) => scope_or_default(scope),
+            };
             let config_path = absolute(
                 config_path
                     .or(config.map(Path::to_path_buf))
@@ -434,7 +447,7 @@ fn control(
     act: impl FnOnce(&dyn ServiceManager) -> Result<String, crate::service::ServiceError>,
 ) -> anyhow::Result<i32> {
     let manager = crate::service::detect_or_explain()?;
-    let service = crate::service::manager_for(manager, scope_or_default(scope));
+    let service = crate::service::manager_for(manager, scope_or_default(scope))?;
     let said = act(service.as_ref())?;
     write_stdout(&format!("{said}\n"))?;
     Ok(0)

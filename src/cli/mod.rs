@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::spec;
 
 pub mod admin;
+mod service_main;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -188,6 +189,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = SpecFormat::Table)]
         format: SpecFormat,
     },
+    /// The Windows service's entry point, started by the service control manager.
+    #[command(name = "service-main", hide = true)]
+    ServiceMain(ServiceMainArgs),
     /// Print the hardware inventory this runner would report to the control plane.
     Hardware {
         /// Print the report as JSON, exactly as it is sent.
@@ -197,6 +201,17 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         job_area: PathBuf,
     },
+}
+
+/// `service-main`: the runner's settings, and where its log goes (a service has no
+/// console).
+#[derive(Debug, clap::Args)]
+pub struct ServiceMainArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Append the log to this file [default: standard error].
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -216,7 +231,13 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     } else {
         "info"
     };
-    init_logging(cli.log_format, default_filter);
+    match &cli.command {
+        Command::ServiceMain(ServiceMainArgs {
+            log_file: Some(file),
+            ..
+        }) => init_file_logging(cli.log_format, default_filter, file)?,
+        _ => init_logging(cli.log_format, default_filter),
+    }
     match cli.command {
         Command::Run(mut args) => {
             let sub = matches.subcommand_matches("run").unwrap_or(matches);
@@ -228,6 +249,13 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             run_runner(args)
+        }
+        Command::ServiceMain(mut args) => {
+            let sub = matches
+                .subcommand_matches("service-main")
+                .unwrap_or(matches);
+            apply_config_file(&mut args.run, sub, cli.config.as_deref())?;
+            service_main::run(args.run)
         }
         Command::Install(args) => admin::install(*args),
         Command::Uninstall(args) => admin::uninstall(args, cli.config.as_deref()),
@@ -327,22 +355,45 @@ fn init_logging(format: LogFormat, default_filter: &str) {
     };
 }
 
+/// Log to `file` (appending, created with its folder): for the Windows service, which
+/// has no console.
+fn init_file_logging(
+    format: LogFormat,
+    default_filter: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    use crate::platform::{self, Access};
+    if let Some(folder) = file.parent().filter(|f| !f.as_os_str().is_empty()) {
+        platform::create_dir_all(folder, Access::Readable)
+            .with_context(|| format!("creating the log folder {}", folder.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("opening the log file {}", file.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    Ok(())
+}
+
 /// The state directory when none is given: the system location for root, the XDG
 /// state directory for everyone else.
 pub fn default_state_dir() -> PathBuf {
     default_state_dir_for(is_root())
 }
 
-/// The system location, or the XDG state directory of this user.
+/// The system location, or this user's (see `config::default_state_dir`).
 pub fn default_state_dir_for(system: bool) -> PathBuf {
-    if system {
-        return PathBuf::from("/var/lib/fyn-runner");
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("fyn-runner")
+    crate::config::default_state_dir(system)
 }
 
 pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSettings> {
@@ -608,10 +659,10 @@ pub fn apply_config_file(
     Ok(())
 }
 
-/// Whether this process runs as root (system paths and the system service).
+/// Whether this process runs as root, or elevated on Windows (system paths and the
+/// system service).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    crate::platform::is_privileged()
 }
 
 pub fn default_config_path() -> PathBuf {
@@ -658,6 +709,9 @@ fn service_view() -> Option<String> {
     } else {
         crate::service::Scope::User
     };
-    let status = crate::service::manager_for(manager, scope).status().ok()?;
+    let status = crate::service::manager_for(manager, scope)
+        .ok()?
+        .status()
+        .ok()?;
     Some(admin::describe_service(&status))
 }

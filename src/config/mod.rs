@@ -11,6 +11,7 @@ network, no hardware), nor hold the one-time registration token, which is not
 configuration and is never written to disk.
 */
 
+pub mod dirs;
 mod keys;
 mod merge;
 mod render;
@@ -113,15 +114,18 @@ pub enum ConfigError {
 }
 
 /// Where the config file lives: `/etc/fyn-runner/config.toml` for the system service,
-/// `$XDG_CONFIG_HOME/fyn-runner/config.toml` (or `~/.config/...`) for a user's.
+/// `$XDG_CONFIG_HOME/fyn-runner/config.toml` (or `~/.config/...`) for a user's; on
+/// Windows `%ProgramData%\fyn-runner\config.toml` and
+/// `%LOCALAPPDATA%\fyn-runner\config.toml` (see [`dirs`]).
 pub fn default_config_path(system: bool) -> PathBuf {
-    if system {
-        return PathBuf::from(SYSTEM_CONFIG_PATH);
-    }
-    user_config_path(
-        std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
-        std::env::var_os("HOME").map(PathBuf::from),
-    )
+    dirs::default_config_path(system)
+}
+
+/// Where the state lives when nothing says: `/var/lib/fyn-runner` for the system
+/// service, `$XDG_STATE_HOME/fyn-runner` (or `~/.local/state/...`) for a user's; on
+/// Windows `%ProgramData%\fyn-runner\state` and `%LOCALAPPDATA%\fyn-runner\state`.
+pub fn default_state_dir(system: bool) -> PathBuf {
+    dirs::default_state_dir(system)
 }
 
 /// The user location from the two variables it depends on (split out to test it).
@@ -322,6 +326,8 @@ fn server<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 mod tests {
     use super::*;
 
+    // XDG paths: Unix semantics ("/x" is not absolute on Windows).
+    #[cfg(unix)]
     #[test]
     fn user_path_prefers_an_absolute_xdg_config_home() {
         let home = Some(PathBuf::from("/home/ada"));

@@ -7,9 +7,8 @@
 //! so a record patched with [`super::apply_changes`] keeps the volatile
 //! values it had; fresh values travel with full reports.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,14 +16,15 @@ use serde_json::Value;
 
 use super::diff::{HardwareChanges, diff_values};
 use super::report::HardwareReport;
+use crate::platform::Access;
 
 pub const CACHE_FILE_NAME: &str = "hardware.json";
 
 /// Report fields that change without the hardware changing.
 pub const VOLATILE_PATHS: &[&str] = &["job_disk.available_bytes"];
 
-/// Operators read the cache to see what the runner reported.
-const CACHE_FILE_MODE: u32 = 0o644;
+/// Operators read the cache to see what the runner reported (mode 0644).
+const CACHE_FILE_ACCESS: Access = Access::Readable;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CacheStatus {
@@ -121,9 +121,9 @@ pub fn write_cache(state_dir: &Path, report: &HardwareReport) -> Result<(), Cach
 fn write_atomically(dir: &Path, path: &Path, contents: &[u8]) -> io::Result<()> {
     let temp = temp_path(dir);
     let result = write_synced(&temp, contents).and_then(|()| {
-        fs::rename(&temp, path)?;
+        crate::platform::replace_file(&temp, path)?;
         // The rename is only durable once the directory entry is on disk.
-        File::open(dir)?.sync_all()
+        crate::platform::sync_dir(dir)
     });
     if result.is_err() {
         // Best effort: a leftover temp file is harmless, the error that
@@ -134,14 +134,13 @@ fn write_atomically(dir: &Path, path: &Path, contents: &[u8]) -> io::Result<()> 
 }
 
 fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
+    let mut file = crate::platform::open_options(CACHE_FILE_ACCESS)
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(CACHE_FILE_MODE)
         .open(path)?;
-    // `mode` above is filtered by the process umask; set it explicitly.
-    file.set_permissions(Permissions::from_mode(CACHE_FILE_MODE))?;
+    // The mode given to open is filtered by the process umask; set it exactly.
+    crate::platform::set_access(path, CACHE_FILE_ACCESS)?;
     file.write_all(contents)?;
     file.sync_all()
 }

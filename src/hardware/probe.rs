@@ -3,15 +3,16 @@
 //! Blocking: it reads `/proc` and runs `lscpu` and `nvidia-smi`. Async
 //! callers run [`collect`] on `tokio::task::spawn_blocking`.
 //!
+//! On Windows there is no `/proc`, `os-release` or `lscpu`: the OS, CPU and memory
+//! come from sysinfo (which asks Windows itself), the job disk from
+//! `GetVolumePathNameW`/`GetDiskFreeSpaceExW` (`crate::platform::filesystem_of`), and
+//! GPUs from `nvidia-smi`, which the NVIDIA driver installs on Windows too.
+//!
 //! External tools are reached through [`CommandRunner`] so tests can replay
 //! output captured on other machines.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read};
-use std::mem::MaybeUninit;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -25,6 +26,7 @@ use super::parse::{
     parse_lscpu_json, parse_meminfo, parse_nvidia_smi_query, parse_os_release,
 };
 use super::report::{CpuInfo, GpuInventory, HardwareReport, JobDisk, MemoryInfo, OsInfo};
+use crate::platform;
 
 /// How much of a failing tool's output goes into a report.
 const DETAIL_MAX_CHARS: usize = 500;
@@ -338,15 +340,27 @@ pub fn probe_job_disk(job_area: &Path) -> Result<JobDisk, CollectError> {
         // hides earlier ones on the same mount point.
         .max_by_key(|disk| disk.mount_point().components().count());
     match longest_prefix {
-        Some(disk) if same_filesystem(&target, disk.mount_point()) => Ok(JobDisk {
+        Some(disk) if platform::same_filesystem(&target, disk.mount_point()) => Ok(JobDisk {
             mount_point: disk.mount_point().display().to_string(),
             total_bytes: disk.total_space(),
             available_bytes: disk.available_space(),
         }),
         // sysinfo skips tmpfs and network filesystems, so the longest listed
         // prefix can be a parent mount (`/` for a job area on a tmpfs
-        // `/tmp`); ask the kernel about the path itself instead.
-        _ => statvfs_job_disk(&target),
+        // `/tmp`); ask the kernel about the path itself instead. (On Windows the
+        // canonical path is `\\?\C:\..`, which no listed volume prefixes: it is
+        // always asked about directly.)
+        _ => {
+            let fs = platform::filesystem_of(&target).map_err(|source| CollectError::JobDisk {
+                path: target.clone(),
+                source,
+            })?;
+            Ok(JobDisk {
+                mount_point: fs.mount_point.display().to_string(),
+                total_bytes: fs.total_bytes,
+                available_bytes: fs.available_bytes,
+            })
+        }
     }
 }
 
@@ -363,53 +377,6 @@ fn existing_ancestor(job_area: &Path) -> Result<PathBuf, CollectError> {
             path: job_area.to_owned(),
             source: io::Error::new(io::ErrorKind::NotFound, "no ancestor of the path exists"),
         })
-}
-
-fn same_filesystem(a: &Path, b: &Path) -> bool {
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev(),
-        _ => false,
-    }
-}
-
-// The statvfs field types are u64 on 64-bit Linux but narrower elsewhere.
-#[allow(clippy::useless_conversion)]
-fn statvfs_job_disk(target: &Path) -> Result<JobDisk, CollectError> {
-    let stats = statvfs(target).map_err(|source| CollectError::JobDisk {
-        path: target.to_owned(),
-        source,
-    })?;
-    let block_size = u64::from(stats.f_frsize);
-    Ok(JobDisk {
-        mount_point: mount_point_of(target).display().to_string(),
-        total_bytes: u64::from(stats.f_blocks).saturating_mul(block_size),
-        available_bytes: u64::from(stats.f_bavail).saturating_mul(block_size),
-    })
-}
-
-/// The topmost ancestor on the same device: the device number changes where
-/// a mount starts.
-fn mount_point_of(path: &Path) -> &Path {
-    let device = |path: &Path| fs::metadata(path).map(|meta| meta.dev()).ok();
-    let own = device(path);
-    path.ancestors()
-        .take_while(|ancestor| device(ancestor) == own)
-        .last()
-        .unwrap_or(path)
-}
-
-fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-    let mut stats = MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c_path` is NUL-terminated and outlives the call; `stats` is
-    // writable memory of the type statvfs(3) fills in.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it initialised every field.
-    Ok(unsafe { stats.assume_init() })
 }
 
 /// The GPU inventory via `nvidia-smi`:
@@ -491,6 +458,7 @@ fn excerpt(text: &str) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
     fn system_runner_captures_output_and_status() {
         let runner = SystemCommandRunner::default();
@@ -510,6 +478,7 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
     }
 
+    #[cfg(unix)]
     #[test]
     fn system_runner_kills_a_hanging_program() {
         let runner = SystemCommandRunner::new(Duration::from_millis(200));
@@ -534,10 +503,13 @@ mod tests {
         let disk = probe_job_disk(&missing).unwrap();
         assert!(!missing.exists(), "probing must not create the job area");
         let existing = fs::canonicalize(dir.path()).unwrap();
+        #[cfg(windows)]
+        let existing = platform::without_verbatim_prefix(&existing);
         assert!(existing.starts_with(&disk.mount_point), "{disk:?}");
         assert!(disk.total_bytes > 0);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn job_area_on_tmpfs_reports_the_tmpfs_mount() {
         // /dev/shm is a tmpfs on Linux, which sysinfo does not list.
@@ -546,8 +518,9 @@ mod tests {
         assert!(disk.total_bytes > 0);
     }
 
+    #[cfg(unix)]
     #[test]
     fn mount_point_of_root_is_root() {
-        assert_eq!(mount_point_of(Path::new("/")), Path::new("/"));
+        assert_eq!(platform::mount_point_of(Path::new("/")), Path::new("/"));
     }
 }

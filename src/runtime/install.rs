@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::core::InstallStep;
+use crate::platform::Access;
 
 /// The OS service part of an install, behind a seam so the runtime does not depend on
 /// a particular service manager (and tests need none).
@@ -72,24 +73,20 @@ impl Installer {
 
     fn create_directories(&mut self) -> Result<String, String> {
         let jobs = self.state_dir.join("jobs");
-        self.create_dir(&jobs, 0o700)?;
+        self.create_dir(&jobs, Access::Private)?;
         if let Some(config_dir) = self.plan.config_path.parent().map(Path::to_path_buf) {
-            self.create_dir(&config_dir, 0o755)?;
+            self.create_dir(&config_dir, Access::Readable)?;
         }
         Ok(format!("state in {}", self.state_dir.display()))
     }
 
-    fn create_dir(&mut self, dir: &Path, mode: u32) -> Result<(), String> {
+    fn create_dir(&mut self, dir: &Path, access: Access) -> Result<(), String> {
         if dir.exists() {
             return Ok(());
         }
         // Remember the outermost folder we create, so rollback removes all of it.
         let first_new = outermost_missing(dir);
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(dir)
+        crate::platform::create_dir_all(dir, access)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         self.created
             .push(Created::Dir(first_new.unwrap_or_else(|| dir.to_path_buf())));
@@ -100,18 +97,19 @@ impl Installer {
         let path = &self.plan.config_path;
         let tmp = path.with_extension("toml.tmp");
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let written = std::fs::OpenOptions::new()
+        // The config holds no secret (never the token): the runner's group may read it.
+        let access = Access::GroupReadable;
+        let written = crate::platform::open_options(access)
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o640)
             .open(&tmp)
             .and_then(|mut f| {
+                crate::platform::finish_new_file(&tmp, access)?;
                 f.write_all(self.plan.config_text.as_bytes())
                     .and_then(|()| f.sync_all())
             })
-            .and_then(|()| std::fs::rename(&tmp, path));
+            .and_then(|()| crate::platform::replace_file(&tmp, path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(format!("cannot write {}: {e}", path.display()));

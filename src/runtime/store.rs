@@ -17,15 +17,13 @@
 //! writes them (see `runtime::identity` and `hardware::cache`) *before* committing
 //! the batch, and `commit` skips them.
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::secure_fs::{self, PRIVATE_FILE_MODE, SecureFsError};
+use super::secure_fs::{self, SecureFsError};
 use crate::core::{Durable, DurableState};
 use crate::protocol::{JobRef, JobSpec, RunnerEvent};
 
@@ -447,21 +445,20 @@ impl Store {
     }
 }
 
-/// Creates an empty database file with mode 0600 if there is none. Returns whether
-/// it created one. An empty file is a valid, empty SQLite database.
+/// Creates an empty, private database file (mode 0600; on Windows a private access
+/// list) if there is none. Returns whether it created one. An empty file is a valid,
+/// empty SQLite database.
 fn create_private_db_file(file: &Path) -> Result<bool, StoreError> {
-    let created = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(PRIVATE_FILE_MODE)
-        .open(file);
-    match created {
+    match secure_fs::create_private_file(file) {
         Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(StoreError::Create {
+        Err(SecureFsError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            Ok(false)
+        }
+        Err(SecureFsError::Io { source, .. }) => Err(StoreError::Create {
             path: file.to_path_buf(),
             source,
         }),
+        Err(other) => Err(other.into()),
     }
 }
 

@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Output, Stdio};
 
 use super::ServiceError;
@@ -158,8 +157,7 @@ impl CommandRunner for RecordingRunner {
                 stdout,
                 stderr,
             } => Ok(Output {
-                // A wait status holds the exit code in its second byte.
-                status: ExitStatus::from_raw((code & 0xff) << 8),
+                status: exit_status(code),
                 stdout: stdout.into_bytes(),
                 stderr: stderr.into_bytes(),
             }),
@@ -169,6 +167,22 @@ impl CommandRunner for RecordingRunner {
             )),
         }
     }
+}
+
+/// A process exit status that says `code`.
+#[cfg(unix)]
+fn exit_status(code: i32) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    // A wait status holds the exit code in its second byte.
+    ExitStatus::from_raw((code & 0xff) << 8)
+}
+
+/// A process exit status that says `code`.
+#[cfg(windows)]
+fn exit_status(code: i32) -> ExitStatus {
+    use std::os::windows::process::ExitStatusExt;
+    // Windows keeps the exit code whole, as an unsigned 32-bit number.
+    ExitStatus::from_raw(code as u32)
 }
 
 /// The command line as the operator would type it, for messages.

@@ -1,16 +1,16 @@
 //! Files under a [`Host`]'s root: the definitions are written whole (a temporary file
 //! renamed into place) so a service manager never reads half a unit.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::{Host, ServiceError};
+use crate::platform::Access;
 
-/// Mode of service definitions: readable by the manager, writable by root (launchd
-/// refuses a daemon plist that group or others can write).
-pub(crate) const DEFINITION_MODE: u32 = 0o644;
+/// Access to service definitions: readable by the manager, writable by root (mode
+/// 0644; launchd refuses a daemon plist that group or others can write).
+pub(crate) const DEFINITION_ACCESS: Access = Access::Readable;
 
 pub(crate) fn exists(host: &Host, real: &Path) -> bool {
     host.path(real).exists()
@@ -25,12 +25,12 @@ pub(crate) fn create_dir_all(host: &Host, real: &Path) -> Result<(), ServiceErro
     })
 }
 
-/// Write `contents` to `real` atomically with `mode`, creating the folder.
+/// Write `contents` to `real` atomically with `access`, creating the folder.
 pub(crate) fn write(
     host: &Host,
     real: &Path,
     contents: &str,
-    mode: u32,
+    access: Access,
 ) -> Result<(), ServiceError> {
     let target = host.path(real);
     let error = |op: &'static str| {
@@ -46,19 +46,18 @@ pub(crate) fn write(
     let mut temp_name = target.file_name().unwrap_or_default().to_os_string();
     temp_name.push(format!(".tmp-{}", std::process::id()));
     let temp = target.with_file_name(temp_name);
-    let written = OpenOptions::new()
+    let written = crate::platform::open_options(access)
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(mode)
         .open(&temp)
         .and_then(|mut file| {
             file.write_all(contents.as_bytes())?;
             // The mode given to open is filtered by the umask; set it exactly.
-            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            crate::platform::set_access(&temp, access)?;
             file.sync_all()
         })
-        .and_then(|()| fs::rename(&temp, &target));
+        .and_then(|()| crate::platform::replace_file(&temp, &target));
     if let Err(source) = written {
         let _ = fs::remove_file(&temp);
         return Err(error("write")(source));

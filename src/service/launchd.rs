@@ -148,13 +148,13 @@ impl<R: CommandRunner> Launchd<R> {
         plist_path(self.scope, &self.host)
     }
 
-    fn domain(&self) -> String {
-        domain(self.scope, self.host.uid)
+    fn domain(&self) -> Result<String, ServiceError> {
+        Ok(domain(self.scope, self.host.require_uid()?))
     }
 
     /// `<domain>/<label>`, the service target of `print`, `bootout`, `kickstart`.
-    fn target(&self) -> String {
-        format!("{}/{LABEL}", self.domain())
+    fn target(&self) -> Result<String, ServiceError> {
+        Ok(format!("{}/{LABEL}", self.domain()?))
     }
 
     fn launchctl(&self, words: &[&OsStr]) -> Result<std::process::Output, ServiceError> {
@@ -169,7 +169,7 @@ impl<R: CommandRunner> Launchd<R> {
 
     /// `launchctl print <target>`, whose failure is an answer ("not loaded").
     fn print(&self) -> Result<std::process::Output, ServiceError> {
-        let target = self.target();
+        let target = self.target()?;
         let argv = args([OsStr::new("print"), OsStr::new(&target)]);
         self.runner
             .run("launchctl", &argv)
@@ -191,7 +191,7 @@ impl<R: CommandRunner> Launchd<R> {
     /// Load the plist; RunAtLoad starts the runner. `bootstrap` is the current
     /// interface; `load -w` is the one older systems (and some sessions) still take.
     fn bootstrap(&self, plist: &Path) -> Result<(), ServiceError> {
-        let domain = self.domain();
+        let domain = self.domain()?;
         let first = self.launchctl(&[
             OsStr::new("bootstrap"),
             OsStr::new(&domain),
@@ -220,7 +220,7 @@ impl<R: CommandRunner> Launchd<R> {
     fn activate(&self, plist: &Path) -> Result<(), ServiceError> {
         // Clears a disabled override left by an earlier `launchctl disable` or
         // `unload -w`, which would make bootstrap refuse the service.
-        let target = self.target();
+        let target = self.target()?;
         self.launchctl(&[OsStr::new("enable"), OsStr::new(&target)])?;
         self.bootstrap(plist)
     }
@@ -248,7 +248,7 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
             &self.host,
             &path,
             &render(spec, &log),
-            files::DEFINITION_MODE,
+            files::DEFINITION_ACCESS,
         )?;
         if let Err(error) = self.activate(&path) {
             let problems = files::remove(&self.host, &path)
@@ -273,7 +273,7 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
         let path = self.require_installed()?;
         if self.loaded()? {
             // bootout sends SIGTERM (the drain) and waits up to ExitTimeOut.
-            let target = self.target();
+            let target = self.target()?;
             self.launchctl(&[OsStr::new("bootout"), OsStr::new(&target)])?;
         }
         files::remove(&self.host, &path)
@@ -282,7 +282,7 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
     fn start(&self) -> Result<(), ServiceError> {
         let path = self.require_installed()?;
         if self.loaded()? {
-            let target = self.target();
+            let target = self.target()?;
             self.launchctl(&[OsStr::new("kickstart"), OsStr::new(&target)])
                 .map(drop)
         } else {
@@ -297,7 +297,7 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
         if !self.loaded()? {
             return Ok(());
         }
-        let target = self.target();
+        let target = self.target()?;
         self.launchctl(&[OsStr::new("bootout"), OsStr::new(&target)])
             .map(drop)
     }
@@ -306,7 +306,7 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
         let path = self.require_installed()?;
         if self.loaded()? {
             // -k: SIGTERM the running instance (it drains), then start it again.
-            let target = self.target();
+            let target = self.target()?;
             self.launchctl(&[
                 OsStr::new("kickstart"),
                 OsStr::new("-k"),

@@ -1,6 +1,7 @@
 /*!
-Running the runner as an OS service: the systemd unit and the launchd property list,
-and installing, starting, stopping and querying them through `systemctl`/`launchctl`.
+Running the runner as an OS service: the systemd unit, the launchd property list and
+the Windows service, and installing, starting, stopping and querying them through
+`systemctl`/`launchctl` or the Windows service control manager.
 
 Owns: the text of the service definitions (which must agree with the runner's drain:
 SIGTERM drains, and the stop timeout is the drain deadline plus a margin), where they
@@ -8,14 +9,17 @@ live, and the exact sequence of service-manager commands for each operation —
 including undoing a half-done install.
 
 Must not: import `core` or the runtime. Every external command goes through
-[`CommandRunner`] and every file through a [`Host`] root, so the sequences are tested
-without a service manager.
+[`CommandRunner`], every file through a [`Host`] root and every call to the Windows
+service control manager through [`windows::Scm`], so the sequences are tested without
+a service manager. (The Windows service's entry point runs the runner through a
+closure the CLI hands it, for the same reason.)
 */
 
 mod command;
 mod files;
 pub mod launchd;
 pub mod systemd;
+pub mod windows;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,7 @@ use std::path::{Path, PathBuf};
 pub use command::{CommandRunner, Recorded, RecordingRunner, SystemRunner};
 pub use launchd::Launchd;
 pub use systemd::Systemd;
+pub use windows::WindowsService;
 
 /// Seconds added to the drain deadline for the service manager's stop timeout: the
 /// runner's own forced stop (each job's kill grace, then the outbox flush) has to fit
@@ -45,6 +50,8 @@ pub enum Scope {
 pub enum Manager {
     Systemd,
     Launchd,
+    /// The Windows service control manager.
+    Windows,
 }
 
 impl Manager {
@@ -52,6 +59,7 @@ impl Manager {
         match self {
             Self::Systemd => "systemd",
             Self::Launchd => "launchd",
+            Self::Windows => "windows",
         }
     }
 }
@@ -244,6 +252,17 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("the Windows service control manager could not {op} service {name}: {detail}")]
+    Scm {
+        op: &'static str,
+        name: String,
+        detail: String,
+    },
+    #[error(
+        "the service made no progress for {waited_secs} s while stopping (still {state}); \
+         see its log, or end it with `fyn-runner drain --force`"
+    )]
+    StopTimedOut { state: String, waited_secs: u64 },
 }
 
 fn rollback_note(problems: &[String]) -> String {
@@ -278,8 +297,9 @@ pub struct Host {
     pub home: Option<PathBuf>,
     /// `$XDG_CONFIG_HOME`, which moves systemd's user unit folder.
     pub xdg_config_home: Option<PathBuf>,
-    /// The installing user's uid (launchd's `gui/<uid>` domain, lingering).
-    pub uid: u32,
+    /// The installing user's uid (launchd's `gui/<uid>` domain, lingering); `None`
+    /// where the OS has none (Windows).
+    pub uid: Option<u32>,
 }
 
 impl Host {
@@ -293,8 +313,7 @@ impl Host {
             xdg_config_home: std::env::var_os("XDG_CONFIG_HOME")
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute()),
-            // SAFETY: getuid has no preconditions and cannot fail.
-            uid: unsafe { libc::getuid() },
+            uid: crate::platform::user_id(),
         }
     }
 
@@ -309,6 +328,15 @@ impl Host {
         })
     }
 
+    /// The user ID, which the Unix managers' user scope needs.
+    pub fn require_uid(&self) -> Result<u32, ServiceError> {
+        self.uid.ok_or_else(|| {
+            ServiceError::Environment(
+                "this system has no numeric user IDs, which systemd and launchd need".into(),
+            )
+        })
+    }
+
     /// Where a real path lies under `root`.
     pub fn path(&self, real: &Path) -> PathBuf {
         self.root.join(real.strip_prefix("/").unwrap_or(real))
@@ -316,9 +344,12 @@ impl Host {
 }
 
 /// The service manager of this machine: systemd when it is running (it creates
-/// `/run/systemd/system` at boot), launchd on macOS, otherwise none — see
-/// [`explain_missing`].
+/// `/run/systemd/system` at boot), launchd on macOS, the service control manager on
+/// Windows, otherwise none — see [`explain_missing`].
 pub fn detect() -> Option<Manager> {
+    if cfg!(windows) {
+        return Some(Manager::Windows);
+    }
     if cfg!(target_os = "macos") {
         return Some(Manager::Launchd);
     }
@@ -334,9 +365,6 @@ pub fn explain_missing() -> &'static str {
         "systemd is not running here (/run/systemd/system is missing): run \
          `fyn-runner run --config <file>` under your init system or container supervisor, \
          or use `fyn-runner service render --manager systemd` as a starting point"
-    } else if cfg!(windows) {
-        "Windows services are not supported yet (see docs/operations.md); run \
-         `fyn-runner run --config <file>` from a scheduled task or a service wrapper"
     } else {
         "no supported service manager on this system (systemd and launchd are); run \
          `fyn-runner run --config <file>` under your own supervisor"
@@ -358,6 +386,7 @@ pub fn render_for(
     Ok(match manager {
         Manager::Systemd => systemd::render(spec),
         Manager::Launchd => launchd::render(spec, &launchd::log_file(spec.scope, host)?),
+        Manager::Windows => windows::render(spec)?,
     })
 }
 
@@ -370,14 +399,35 @@ pub fn definition_path(
     match manager {
         Manager::Systemd => systemd::unit_path(scope, host),
         Manager::Launchd => launchd::plist_path(scope, host),
+        // The SCM keeps the definition in the registry.
+        Manager::Windows => Ok(PathBuf::from(windows::REGISTRY_KEY)),
     }
 }
 
-/// The manager for this machine, talking to the real `systemctl`/`launchctl`.
-pub fn manager_for(manager: Manager, scope: Scope) -> Box<dyn ServiceManager> {
+/// The manager for this machine, talking to the real `systemctl`/`launchctl` or the
+/// Windows service control manager (which exists only on Windows).
+pub fn manager_for(
+    manager: Manager,
+    scope: Scope,
+) -> Result<Box<dyn ServiceManager>, ServiceError> {
     let host = Host::current();
-    match manager {
+    Ok(match manager {
         Manager::Systemd => Box::new(Systemd::new(scope, host, SystemRunner)),
         Manager::Launchd => Box::new(Launchd::new(scope, host, SystemRunner)),
-    }
+        Manager::Windows => windows_manager(scope)?,
+    })
+}
+
+#[cfg(windows)]
+fn windows_manager(scope: Scope) -> Result<Box<dyn ServiceManager>, ServiceError> {
+    Ok(Box::new(WindowsService::new(scope, windows::SystemScm)))
+}
+
+#[cfg(not(windows))]
+fn windows_manager(_scope: Scope) -> Result<Box<dyn ServiceManager>, ServiceError> {
+    Err(ServiceError::Unsupported(
+        "the Windows service control manager exists only on Windows (`fyn-runner service \
+         render --manager windows` shows what install would create)"
+            .into(),
+    ))
 }

@@ -3,7 +3,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::command::{CommandRunner, args, run_checked};
@@ -178,7 +177,8 @@ pub fn exec_arg(word: &OsStr) -> String {
 }
 
 fn exec_word(word: &OsStr, expands_dollars: bool) -> String {
-    let bytes = word.as_bytes();
+    // The bytes of the path as the OS holds it (on Windows, WTF-8).
+    let bytes = word.as_encoded_bytes();
     // A leading '-', '@', ':', '+' or '!' would be read as an ExecStart= prefix.
     let plain = bytes.first().is_some_and(|b| !b"-@:+!".contains(b))
         && bytes
@@ -266,7 +266,7 @@ impl<R: CommandRunner> Systemd<R> {
             // Without lingering the user manager, and the runner with it, only runs
             // while the user is logged in. Lingering is left on at uninstall: it may
             // have been on before and other services may rely on it.
-            let uid = self.host.uid.to_string();
+            let uid = self.host.require_uid()?.to_string();
             run_checked(
                 &self.runner,
                 "loginctl",
@@ -321,7 +321,7 @@ impl<R: CommandRunner> ServiceManager for Systemd<R> {
         if files::exists(&self.host, &path) {
             return Err(ServiceError::AlreadyInstalled { path });
         }
-        files::write(&self.host, &path, &render(spec), files::DEFINITION_MODE)?;
+        files::write(&self.host, &path, &render(spec), files::DEFINITION_ACCESS)?;
         let mut progress = Progress::default();
         if let Err(error) = self.activate(&mut progress) {
             return Err(self.roll_back(&path, &progress, error));
@@ -438,10 +438,15 @@ mod tests {
             exec_arg(OsStr::new("/a/$HOME\\\"x")),
             "\"/a/$$HOME\\\\\\\"x\""
         );
-        assert_eq!(
-            exec_arg(OsStr::from_bytes(b"/a/\xff\n")),
-            "\"/a/\\xff\\x0a\""
-        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            assert_eq!(
+                exec_arg(OsStr::from_bytes(b"/a/\xff\n")),
+                "\"/a/\\xff\\x0a\""
+            );
+        }
+        assert_eq!(exec_arg(OsStr::new("/a/\n")), "\"/a/\\x0a\"");
         assert_eq!(exec_arg(OsStr::new("")), "\"\"");
         assert_eq!(exec_arg(OsStr::new("-x")), "\"-x\"");
         assert_eq!(exec_program(OsStr::new("/a/$b c")), "\"/a/$b c\"");

@@ -6,7 +6,7 @@
 //! (and drops) further entries silently, so a full disk gives one error, not one per
 //! event.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -178,26 +178,24 @@ impl Recorder {
     }
 
     fn open_part(&mut self) -> Result<(), TraceError> {
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            // Redacted, but still a record of what ran on this machine: owner only.
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options.open(&self.path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                TraceError::Exists {
-                    path: self.path.clone(),
+        // Redacted, but still a record of what ran on this machine: owner only (the
+        // traces folder is private, which is what a new file gets on Windows).
+        let file = crate::platform::open_options(crate::platform::Access::Private)
+            .write(true)
+            .create_new(true)
+            .open(&self.path)
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    TraceError::Exists {
+                        path: self.path.clone(),
+                    }
+                } else {
+                    TraceError::Io {
+                        path: self.path.clone(),
+                        source,
+                    }
                 }
-            } else {
-                TraceError::Io {
-                    path: self.path.clone(),
-                    source,
-                }
-            }
-        })?;
+            })?;
         let mut writer = BufWriter::with_capacity(64 * 1024, file);
         self.line.clear();
         serde_json::to_writer(&mut self.line, &self.header)?;

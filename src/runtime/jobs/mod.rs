@@ -27,6 +27,6 @@ mod supervisor;
 
 pub use executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};
 pub use output::{CHUNK_BYTES, CREDITS_PER_STREAM, OutputChunk, OutputSink, StreamSink};
-pub use process::{DEFAULT_PATH, ProcessExecutor, job_dir};
+pub use process::{ProcessExecutor, default_path, job_dir};
 pub use report::JobReport;
 pub use supervisor::JobSupervisor;

@@ -1,45 +1,48 @@
 /*!
-The process executor: each job is a local child process, leader of its own process
-group, in its own directory, with a clean environment.
+The process executor: each job is a local child process, with every process it starts
+held together as one tree the runner can stop, in its own directory, with a clean
+environment.
 
-Layout of a job: `<jobs_root>/<job_id>-<attempt>/` (mode 0700, the job's `HOME`)
-holds `stdout.log`, `stderr.log` and `work/`, where the job starts (or in the
-relative `workdir` below it that the spec names).
+Layout of a job: `<jobs_root>/<job_id>-<attempt>/` (private: mode 0700, or a private
+access list on Windows; the job's `HOME`) holds `stdout.log`, `stderr.log` and `work/`,
+where the job starts (or in the relative `workdir` below it that the spec names).
 
-Every signal goes to the whole group (`kill(-pgid, ..)`), so a cancel reaches what the
-job started too, and when the main process exits the group is SIGKILLed: nothing of a
-job outlives it. A process that leaves the group (`setsid`) escapes this; only a
-cgroup could hold it, and that is a later backend's business.
+What holds a job's processes together is the platform's: a process group on Unix
+(`process_group.rs`: signals to the whole group, SIGKILL when the main process
+exits), a kill-on-close job object on Windows (`job_object.rs`: Ctrl+Break to the
+group, `TerminateJobObject`). Either way nothing of a job outlives it.
 */
 
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::ffi::OsString;
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::protocol::{ExitStatus, JobRef, JobSpecError, OutputStream, validate_job_id};
 
 use super::executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};
 use super::output::{LogFile, StreamSink, pump};
+use crate::platform::{self, Access};
 
-/// The `PATH` a job gets when the runner itself has none.
-pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+#[cfg(unix)]
+#[path = "process_group.rs"]
+mod tree;
+#[cfg(windows)]
+#[path = "job_object.rs"]
+mod tree;
 
-/// The locale a job gets unless it declares its own: UTF-8 without local surprises.
-const DEFAULT_LOCALE: &str = "C.UTF-8";
+use tree::ProcessTree;
+pub use tree::default_path;
 
 /// Job directories and logs hold the job's data; only the runner's user may read them.
-const DIR_MODE: u32 = 0o700;
-const LOG_MODE: u32 = 0o600;
+const JOB_ACCESS: Access = Access::Private;
 
 pub struct ProcessExecutor {
     jobs_root: PathBuf,
@@ -51,7 +54,7 @@ impl ProcessExecutor {
     pub fn new(jobs_root: PathBuf) -> Self {
         let path = std::env::var_os("PATH")
             .filter(|path| !path.is_empty())
-            .unwrap_or_else(|| DEFAULT_PATH.into());
+            .unwrap_or_else(default_path);
         Self { jobs_root, path }
     }
 
@@ -94,10 +97,9 @@ impl Executor for ProcessExecutor {
             let path = probe.clone();
             move |source| ExecutorError::Io { op, path, source }
         };
-        let written = OpenOptions::new()
+        let written = platform::open_options(JOB_ACCESS)
             .write(true)
             .create_new(true)
-            .mode(LOG_MODE)
             .open(&probe)
             .and_then(|mut file| file.write_all(b"ok\n").and_then(|()| file.sync_all()))
             .map_err(io_error("write"));
@@ -127,18 +129,14 @@ impl Executor for ProcessExecutor {
             .env
             .get("PATH")
             .map_or(self.path.as_os_str(), |path| path.as_ref());
-        let mut command = Command::new(resolve_program(program, search_path, &start_dir)?);
+        let mut command = tree::command(program, search_path, &start_dir)?;
         command
-            .arg0(program)
             .args(args)
             .current_dir(&start_dir)
             // Nothing of the runner's environment (its token above all) reaches a job
             // unless listed here.
             .env_clear()
-            .env("PATH", &self.path)
-            .env("HOME", &job_dir)
-            .env("LANG", DEFAULT_LOCALE)
-            .env("LC_ALL", DEFAULT_LOCALE);
+            .envs(tree::base_environment(&job_dir, &self.path));
         // The job's own variables may replace the defaults above...
         for (name, value) in &spec.env {
             check_env(name, value)?;
@@ -151,8 +149,8 @@ impl Executor for ProcessExecutor {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(true);
+        tree::prepare(&mut command);
 
         let mut child = command.spawn().map_err(|source| ExecutorError::Spawn {
             program: program.clone(),
@@ -160,13 +158,9 @@ impl Executor for ProcessExecutor {
         })?;
         let started = Instant::now();
         // On an early return from here, dropping `child` kills the main process and
-        // dropping `group` kills the rest of its group.
+        // dropping `guard` kills the rest of its tree.
         let pid = child.id().ok_or(ExecutorError::NoPid)?;
-        let pgid = i32::try_from(pid)
-            .ok()
-            .filter(|pgid| *pgid > 1)
-            .ok_or(ExecutorError::BadPid { pid })?;
-        let group = Arc::new(ProcessGroup::new(pgid, job.clone()));
+        let group = Arc::new(ProcessTree::adopt(&child, job.clone())?);
         let guard = RetireOnDrop(group.clone());
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(ExecutorError::Spawn {
@@ -235,7 +229,7 @@ async fn run_to_end(
         group.0.retire();
         // An error only means both readers are done already.
         let _ = ended_tx.send(true);
-        (exit_status(status, &group.0.job), duration_ms)
+        (exit_status(status, group.0.job()), duration_ms)
     };
     let ((status, duration_ms), (stdout_bytes, stderr_bytes)) =
         tokio::join!(main, async { tokio::join!(stdout, stderr) });
@@ -249,11 +243,7 @@ async fn run_to_end(
 
 fn exit_status(status: io::Result<std::process::ExitStatus>, job: &JobRef) -> ExitStatus {
     match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => ExitStatus::Exited { code },
-            (None, Some(signal)) => ExitStatus::Signaled { signal },
-            (None, None) => ExitStatus::Unknown,
-        },
+        Ok(status) => tree::exit_status_of(status),
         Err(error) => {
             warn!(job = %job.job_id, attempt = job.attempt, %error, "cannot observe the job's exit");
             ExitStatus::Unknown
@@ -261,69 +251,19 @@ fn exit_status(status: io::Result<std::process::ExitStatus>, job: &JobRef) -> Ex
     }
 }
 
-/// The job's process group, signalled as a whole. Once retired (the main process
-/// exited and the group was killed), it is never signalled again: its number may
-/// then belong to someone else.
-struct ProcessGroup {
-    pgid: i32,
-    job: JobRef,
-    /// Held while a signal is sent, so a retire never races a ladder step.
-    live: Mutex<bool>,
-}
-
-impl ProcessGroup {
-    fn new(pgid: i32, job: JobRef) -> Self {
-        Self {
-            pgid,
-            job,
-            live: Mutex::new(true),
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // A poisoned lock still holds a correct flag: only a bool is written under it.
-        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if *live {
-            self.send(signal);
-        }
-    }
-
-    /// SIGKILL the group one last time and never signal it again.
-    fn retire(&self) {
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if *live {
-            self.send(libc::SIGKILL);
-            *live = false;
-        }
-    }
-
-    fn send(&self, signal: libc::c_int) {
-        match signal_group(self.pgid, signal) {
-            Ok(()) => {
-                debug!(job = %self.job.job_id, attempt = self.job.attempt, pgid = self.pgid, signal, "signalled the job's process group")
-            }
-            // Every process of the group is gone already: nothing to stop.
-            Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(error) => {
-                warn!(job = %self.job.job_id, attempt = self.job.attempt, pgid = self.pgid, signal, %error, "cannot signal the job's process group")
-            }
-        }
-    }
-}
-
-impl JobControl for ProcessGroup {
+impl JobControl for ProcessTree {
     fn terminate(&self) {
-        self.signal(libc::SIGTERM);
+        ProcessTree::terminate(self);
     }
 
     fn kill(&self) {
-        self.signal(libc::SIGKILL);
+        ProcessTree::kill(self);
     }
 }
 
-/// Kills the group if the job's future is dropped before it finished (the runtime
+/// Kills the tree if the job's future is dropped before it finished (the runtime
 /// shutting down, a spawn error after the fork): no process of a job outlives it.
-struct RetireOnDrop(Arc<ProcessGroup>);
+struct RetireOnDrop(Arc<ProcessTree>);
 
 impl Drop for RetireOnDrop {
     fn drop(&mut self) {
@@ -331,38 +271,12 @@ impl Drop for RetireOnDrop {
     }
 }
 
-/// `kill(-pgid, signal)`.
-fn signal_group(pgid: i32, signal: libc::c_int) -> io::Result<()> {
-    // kill(0, ..) would hit the runner's own group and kill(-1, ..) every process it
-    // may signal; a group ID is never either.
-    if pgid <= 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{pgid} is not a job's process group"),
-        ));
-    }
-    // SAFETY: kill(2) reads its two integer arguments and no memory of this process.
-    // `-pgid` names the group the job's main process leads (spawned with
-    // `process_group(0)`), and `pgid > 1` was checked above, so it can never name the
-    // runner's own group or every process.
-    let rc = unsafe { libc::kill(-pgid, signal) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 fn create_dir(path: &Path) -> Result<(), ExecutorError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(path)
-        .map_err(|source| ExecutorError::Io {
-            op: "create",
-            path: path.to_owned(),
-            source,
-        })
+    platform::create_dir_all(path, JOB_ACCESS).map_err(|source| ExecutorError::Io {
+        op: "create",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The directory the job starts in: `work`, or the relative `workdir` below it,
@@ -400,13 +314,13 @@ fn start_dir(work: &Path, workdir: Option<&str>) -> Result<PathBuf, ExecutorErro
 
 /// The log starts empty; a symlink in its place is refused rather than followed.
 fn open_log(path: PathBuf) -> Result<LogFile, ExecutorError> {
-    match OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(LOG_MODE)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
+    match platform::no_follow(
+        platform::open_options(JOB_ACCESS)
+            .write(true)
+            .create(true)
+            .truncate(true),
+    )
+    .open(&path)
     {
         Ok(file) => Ok(LogFile::new(file, path)),
         Err(source) => Err(ExecutorError::Io {
@@ -415,38 +329,6 @@ fn open_log(path: PathBuf) -> Result<LogFile, ExecutorError> {
             source,
         }),
     }
-}
-
-/// The program as `execvp` would find it: a name without `/` is looked up in the job's
-/// `PATH` (an empty or relative entry taken from the directory the job starts in),
-/// first executable file wins. Doing the lookup here rather than in the child lets the standard library
-/// start the job with `posix_spawn` instead of `fork`: with a `PATH` of its own set, it
-/// must fork to search that `PATH` in the child, which costs the runner a copy of its
-/// page tables and a wait for the child's scheduling on every job start.
-fn resolve_program(
-    program: &str,
-    path: &OsStr,
-    start_dir: &Path,
-) -> Result<PathBuf, ExecutorError> {
-    if program.contains('/') {
-        // Relative to where the job starts, as the child would see it after its chdir.
-        return Ok(start_dir.join(program));
-    }
-    let not_found = || ExecutorError::Spawn {
-        program: program.to_owned(),
-        source: io::Error::new(io::ErrorKind::NotFound, "not found in the job's PATH"),
-    };
-    if program.is_empty() || program.contains('\0') {
-        return Err(not_found());
-    }
-    std::env::split_paths(path)
-        .map(|dir| start_dir.join(dir).join(program))
-        .find(|candidate| is_executable_file(candidate))
-        .ok_or_else(not_found)
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// What `execve` cannot carry: an empty name, `=` in a name (it would split

@@ -1,26 +1,41 @@
 //! The local control socket: how `fyn-runner status` and `fyn-runner drain` reach the
-//! running daemon. A Unix socket in the state directory (0700), itself 0600, so only the
-//! runner's user and root can use it. One JSON request line, one JSON response line.
+//! running daemon. One JSON request line, one JSON response line.
+//!
+//! The endpoint is the platform's ([`unix`], [`windows`]): on Unix a socket in the
+//! state directory (0700), itself 0600; on Windows a local named pipe named after the
+//! state directory, whose access list lets in only the runner's account, `SYSTEM` and
+//! Administrators. Either way only the runner's user and the administrators can use it.
 //!
 //! It also guards the state directory: a second runner on the same directory finds a
-//! live socket and refuses to start.
+//! live endpoint and refuses to start.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::driver::Control;
 use super::status::RunnerStatus;
 
-pub const SOCKET_NAME: &str = "control.sock";
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as endpoint;
+#[cfg(unix)]
+pub use unix::{SOCKET_NAME, socket_path};
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as endpoint;
+#[cfg(windows)]
+pub use windows::pipe_name;
 
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(SOCKET_NAME)
+/// Where the runner of `state_dir` listens, in words (a socket path or a pipe name).
+pub fn endpoint_name(state_dir: &Path) -> String {
+    endpoint::name(state_dir)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,21 +78,20 @@ pub enum ControlError {
 
 /// The socket, removed when the runner stops.
 pub struct ControlSocket {
-    path: PathBuf,
+    endpoint: endpoint::Bound,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ControlSocket {
     pub fn close(self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        self.endpoint.remove();
     }
 }
 
 /// Refuse early when another runner owns the state directory.
 pub fn ensure_unused(state_dir: &Path) -> Result<(), ControlError> {
-    let path = socket_path(state_dir);
-    if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_ok() {
+    if endpoint::answers(state_dir) {
         return Err(ControlError::InUse {
             path: state_dir.display().to_string(),
         });
@@ -90,24 +104,10 @@ pub fn serve(
     status: watch::Receiver<RunnerStatus>,
     control: mpsc::UnboundedSender<Control>,
 ) -> Result<ControlSocket, ControlError> {
-    let path = socket_path(state_dir);
-    let shown = path.display().to_string();
     ensure_unused(state_dir)?;
-    // A socket file with nobody behind it is left over from a crash: replace it.
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind {
-        path: shown.clone(),
-        source,
-    })?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        ControlError::Bind {
-            path: shown,
-            source,
-        }
-    })?;
+    let (mut listener, bound) = endpoint::bind(state_dir)?;
     let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        while let Ok(stream) = listener.accept().await {
             let status = status.clone();
             let control = control.clone();
             tokio::spawn(async move {
@@ -117,15 +117,18 @@ pub fn serve(
             });
         }
     });
-    Ok(ControlSocket { path, task })
+    Ok(ControlSocket {
+        endpoint: bound,
+        task,
+    })
 }
 
 async fn answer(
-    stream: UnixStream,
+    stream: impl AsyncRead + AsyncWrite,
     status: watch::Receiver<RunnerStatus>,
     control: mpsc::UnboundedSender<Control>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = String::new();
     // A request is a short line; a client that sends more is cut off, not buffered.
     let mut reader = BufReader::new(read.take(64 * 1024));
@@ -160,9 +163,8 @@ async fn answer(
 
 /// Ask the runner that owns `state_dir`.
 pub async fn request(state_dir: &Path, request: &Request) -> Result<Response, ControlError> {
-    let path = socket_path(state_dir);
-    let shown = path.display().to_string();
-    let stream = match UnixStream::connect(&path).await {
+    let shown = endpoint::name(state_dir);
+    let stream = match endpoint::connect(state_dir).await {
         Ok(stream) => stream,
         Err(e)
             if matches!(
@@ -183,7 +185,7 @@ pub async fn request(state_dir: &Path, request: &Request) -> Result<Response, Co
         }
     };
     let exchange = async {
-        let (read, mut write) = stream.into_split();
+        let (read, mut write) = tokio::io::split(stream);
         let mut text =
             serde_json::to_string(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
         text.push('\n');

@@ -1,48 +1,13 @@
-//! Files and folders that only the runner's user may read: the identity key and the
-//! store. Writes are atomic (temp file, fsync, rename, fsync the folder) so a crash
-//! leaves the old file or the new one, never a torn or half-private one.
+//! Unix: private means mode 0700 (folders) and 0600 (files), owned by this user.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
-pub const PRIVATE_DIR_MODE: u32 = 0o700;
-pub const PRIVATE_FILE_MODE: u32 = 0o600;
+use super::{PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, SecureFsError, io_error};
 
 /// Permission bits that give the group or others any access.
 const SHARED_BITS: u32 = 0o077;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SecureFsError {
-    #[error("cannot {op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path} is accessible by group or others (mode {mode:04o}); run chmod {fix:o} {path}")]
-    TooOpen { path: PathBuf, mode: u32, fix: u32 },
-    #[error("{path} exists but is not a directory")]
-    NotADirectory { path: PathBuf },
-    #[error(
-        "{path} is accessible by group or others (mode {mode:04o}) and is owned by uid {owner}, \
-         not by this user (uid {me}), so it cannot be tightened; fix its owner or mode"
-    )]
-    ForeignOwner {
-        path: PathBuf,
-        mode: u32,
-        owner: u32,
-        me: u32,
-    },
-}
-
-fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SecureFsError {
-    let path = path.to_path_buf();
-    move |source| SecureFsError::Io { op, path, source }
-}
 
 fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -86,22 +51,6 @@ pub fn create_private_dir(path: &Path) -> Result<(), SecureFsError> {
         .map_err(io_error("chmod 700", path))
 }
 
-/// Replaces `path` with `bytes` atomically, mode 0600. The parent must exist.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), SecureFsError> {
-    let dir = parent_of(path);
-    let temp = temp_path(&dir, path);
-    let result = write_new_private(&temp, bytes).and_then(|()| {
-        fs::rename(&temp, path).map_err(io_error("rename into place", path))?;
-        // The rename is only durable once the directory entry is on disk.
-        sync_dir(&dir)
-    });
-    if result.is_err() {
-        // Best effort: the error that matters is already in `result`.
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
-
 /// Fails, naming the path and its mode, when group or others have any access.
 pub fn check_private(path: &Path) -> Result<(), SecureFsError> {
     let meta = fs::metadata(path).map_err(io_error("inspect", path))?;
@@ -128,40 +77,19 @@ pub fn sync_dir(dir: &Path) -> Result<(), SecureFsError> {
         .map_err(io_error("sync directory", dir))
 }
 
-/// The parent directory, or `.` for a bare file name.
-fn parent_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn write_new_private(temp: &Path, bytes: &[u8]) -> Result<(), SecureFsError> {
-    // create_new: never follow or reuse a file someone else planted at this name.
-    // The mode applies at creation, so the secret is never briefly world-readable.
-    let mut file = OpenOptions::new()
+/// Creates a new file (never an existing one) with mode 0600 from its first moment.
+pub fn create_private_file(path: &Path) -> Result<File, SecureFsError> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(PRIVATE_FILE_MODE)
-        .open(temp)
-        .map_err(io_error("create", temp))?;
-    file.write_all(bytes).map_err(io_error("write", temp))?;
-    file.sync_all().map_err(io_error("sync", temp))
-}
-
-/// Unique per process and per call, so concurrent writers never share a temp file.
-fn temp_path(dir: &Path, target: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()))
+        .open(path)
+        .map_err(io_error("create", path))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::write_private_file;
     use super::*;
 
     fn mode_of(path: &Path) -> u32 {

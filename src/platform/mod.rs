@@ -1,0 +1,56 @@
+/*!
+The few operating-system calls that differ between Unix and Windows, each behind one
+function with the same meaning on both. Callers never write `cfg(unix)` themselves.
+
+Owns: file permissions (Unix mode bits; Windows ACLs), whether this process is
+privileged (root; an elevated Administrator), durable renames, free disk space.
+
+Must not: import `core`, the runtime or the service managers. Larger platform splits
+that carry logic of their own (job process trees, the control endpoint, signals, the
+Windows service) live beside their callers, under the same rule.
+*/
+
+#[cfg(any(windows, test))]
+pub mod acl;
+#[cfg(unix)]
+#[path = "unix.rs"]
+mod imp;
+#[cfg(windows)]
+#[path = "windows.rs"]
+mod imp;
+
+pub use imp::*;
+
+/// Who may use a file or folder the runner creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only the runner's own account (Unix 0700/0600; Windows: the owner, SYSTEM and
+    /// Administrators, nothing inherited).
+    Private,
+    /// Readable by everyone, writable by the owner (Unix 0755/0644; Windows: the
+    /// owner, SYSTEM and Administrators in full, Users read).
+    Readable,
+    /// Readable by the owner's group as well (Unix 0640). On Windows, where groups do
+    /// not map, the same as [`Access::Private`].
+    GroupReadable,
+}
+
+impl Access {
+    /// The Unix mode of a folder with this access.
+    pub fn dir_mode(self) -> u32 {
+        match self {
+            Self::Private => 0o700,
+            Self::Readable => 0o755,
+            Self::GroupReadable => 0o750,
+        }
+    }
+
+    /// The Unix mode of a file with this access.
+    pub fn file_mode(self) -> u32 {
+        match self {
+            Self::Private => 0o600,
+            Self::Readable => 0o644,
+            Self::GroupReadable => 0o640,
+        }
+    }
+}
