@@ -51,16 +51,27 @@ fn an_unreadable_file_is_an_error_naming_it() {
     assert!(error.to_string().contains(&path.display().to_string()));
 }
 
+/// An absolute path on this platform: `/var/lib` on Unix is only rooted, not
+/// absolute, on Windows (the drive is missing), and the loader would resolve it.
+fn absolute(unix_path: &str) -> String {
+    if cfg!(windows) {
+        format!("C:{unix_path}")
+    } else {
+        unix_path.to_owned()
+    }
+}
+
 #[test]
 fn every_key_parses() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(
         dir.path(),
-        r#"
+        &format!(
+            r#"
 server = "wss://api.example.com"
 name = "gpu-box-1"
 slots = 4
-state_dir = "/var/lib/fyn-runner"
+state_dir = "{}"
 ca_file = "ca.pem"
 allow_insecure_transport = true
 drain_deadline = 0
@@ -70,6 +81,8 @@ trace_keep = 3
 no_trace = false
 log_format = "json"
 "#,
+            absolute("/var/lib/fyn-runner")
+        ),
     );
     let config = config::load(&path).expect("valid").expect("present");
     assert_eq!(
@@ -78,7 +91,7 @@ log_format = "json"
             server: Some("wss://api.example.com".into()),
             name: Some("gpu-box-1".into()),
             slots: Some(4),
-            state_dir: Some("/var/lib/fyn-runner".into()),
+            state_dir: Some(absolute("/var/lib/fyn-runner").into()),
             // Relative to the file's folder.
             ca_file: Some(dir.path().join("ca.pem")),
             allow_insecure_transport: Some(true),
@@ -172,8 +185,8 @@ fn full_config() -> FileConfig {
         server: Some("wss://api.example.com/runner/v1".into()),
         name: Some("box \"one\" \\ ü".into()),
         slots: Some(8),
-        state_dir: Some("/var/lib/fyn runner".into()),
-        ca_file: Some("/etc/fyn-runner/ca.pem".into()),
+        state_dir: Some(absolute("/var/lib/fyn runner").into()),
+        ca_file: Some(absolute("/etc/fyn-runner/ca.pem").into()),
         allow_insecure_transport: Some(false),
         drain_deadline: Some(300),
         hardware_recheck: Some(900),

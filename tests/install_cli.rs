@@ -227,7 +227,9 @@ fn a_config_file_with_an_unknown_key_is_an_error_naming_key_and_file() {
 
 #[test]
 fn service_render_prints_a_unit_that_agrees_with_the_drain_deadline() {
-    let out = run(&mut fyn(&[
+    // A user unit's paths come from HOME, which Windows does not set.
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = run(fyn(&[
         "service",
         "render",
         "--manager",
@@ -236,21 +238,23 @@ fn service_render_prints_a_unit_that_agrees_with_the_drain_deadline() {
         "user",
         "--drain-deadline",
         "300",
-    ]));
+    ])
+    .env("HOME", home.path()));
     assert!(out.status.success(), "{}", text(&out));
     let unit = String::from_utf8_lossy(&out.stdout);
     assert!(
         unit.contains("Type=notify") && unit.contains("TimeoutStopSec=360"),
         "{unit}"
     );
-    let plist = run(&mut fyn(&[
+    let plist = run(fyn(&[
         "service",
         "render",
         "--manager",
         "launchd",
         "--scope",
         "user",
-    ]));
+    ])
+    .env("HOME", home.path()));
     assert!(
         String::from_utf8_lossy(&plist.stdout).contains("<key>RunAtLoad</key>"),
         "{}",

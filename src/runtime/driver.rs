@@ -901,6 +901,9 @@ impl Driver {
     }
 
     fn rollback(&mut self) {
+        if self.installer.is_some() {
+            self.let_go_of_state_files();
+        }
         if let Some(installer) = self.installer.as_mut() {
             // The whole install goes, the identity with the state folder it lives in.
             installer.rollback();
@@ -916,6 +919,18 @@ impl Driver {
             self.identity = None;
         }
         self.pending_key = None;
+    }
+
+    /// Close the database and the trace before the install's folders are removed:
+    /// Windows refuses to delete a file that is open. What little the runner still
+    /// writes before it exits goes to memory; the install is gone with its folders.
+    fn let_go_of_state_files(&mut self) {
+        self.flush_trace();
+        self.trace = None;
+        match Store::open_in_memory() {
+            Ok(memory) => self.store = memory,
+            Err(error) => warn!(%error, "cannot swap the store out; its files may stay behind"),
+        }
     }
 }
 
