@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use base64::Engine;
@@ -100,7 +101,6 @@ fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
             std::thread::sleep(Duration::from_micros(50));
         }
     }
-    samples.sort();
     samples
 }
 
@@ -109,12 +109,18 @@ fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
 /// each `start_job`, spawns `true` and replies `job_started` — no store, no trace, no
 /// job directory, no checks. Timed exactly as the runner is (`dispatch_latency`), on a
 /// dev-server of its own, so the ratio measures what the runner adds and nothing else.
-async fn floor_through_devserver(count: usize, duties: Option<Duties>) -> Vec<Duration> {
+async fn bare_runner_on_its_own_server(duties: Option<Duties>) -> (DevServer, JoinHandle<()>) {
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await
         .expect("dev-server");
     let token = server.mint_token().expect("token");
     let client = tokio::spawn(bare_runner(server.runner_url(), token, duties));
+    until_ready(&server).await;
+    (server, client)
+}
+
+/// Until a runner is connected and Active with a free slot.
+async fn until_ready(server: &DevServer) {
     while !server
         .runners()
         .expect("runners")
@@ -123,10 +129,6 @@ async fn floor_through_devserver(count: usize, duties: Option<Duties>) -> Vec<Du
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let samples = tokio::task::block_in_place(|| dispatch_latency(&server, count));
-    client.abort();
-    server.shutdown().await;
-    samples
 }
 
 type Socket =
@@ -326,7 +328,6 @@ async fn floor_latency(count: usize) -> Vec<Duration> {
     }
     drop(server);
     client.abort();
-    samples.sort();
     samples
 }
 
@@ -334,6 +335,7 @@ async fn floor_latency(count: usize) -> Vec<Duration> {
 async fn main() {
     let count = env_or("JOBS_BENCH_COUNT", 1000);
     let bytes = env_or("JOBS_BENCH_BYTES", 1 << 30);
+    let rounds = env_or("JOBS_BENCH_ROUNDS", 10).clamp(1, count);
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await
         .expect("dev-server");
@@ -343,22 +345,34 @@ async fn main() {
         dir.path(),
         &server.mint_token().expect("token"),
     );
-    while !server
-        .runners()
-        .expect("runners")
-        .iter()
-        .any(|r| r.connected && r.slots_free > 0)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_ready(&server).await;
+    let (bare_server, bare) = bare_runner_on_its_own_server(None).await;
+    let (duty_server, duty) = bare_runner_on_its_own_server(Some(Duties::new())).await;
 
-    let ours = tokio::task::block_in_place(|| dispatch_latency(&server, count));
-    let floor = floor_through_devserver(count, None).await;
-    let with_duties = floor_through_devserver(count, Some(Duties::new())).await;
-    let raw = floor_latency(count).await;
+    // Interleaved rounds, so that a slow spell of the machine (a shared VM) falls on
+    // every contender alike rather than on whichever ran then.
+    let (mut ours, mut floor, mut with_duties, mut raw) = (vec![], vec![], vec![], vec![]);
+    let per_round = count / rounds;
+    for _ in 0..rounds {
+        tokio::task::block_in_place(|| {
+            ours.extend(dispatch_latency(&server, per_round));
+            floor.extend(dispatch_latency(&bare_server, per_round));
+            with_duties.extend(dispatch_latency(&duty_server, per_round));
+        });
+        raw.extend(floor_latency(per_round).await);
+    }
+    for samples in [&mut ours, &mut floor, &mut with_duties, &mut raw] {
+        samples.sort();
+    }
+    bare.abort();
+    duty.abort();
+    bare_server.shutdown().await;
+    duty_server.shutdown().await;
+    let count = per_round * rounds;
     let (p50, p99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
     println!(
-        "dispatch latency ({count} jobs of `true`, submitted -> job_started at the dev-server)"
+        "dispatch latency ({count} jobs of `true` each, in {rounds} interleaved rounds; \
+         submitted -> job_started at the dev-server)"
     );
     println!("  fyn-runner:                              p50 {p50:?}, p99 {p99:?}");
     for (name, floor) in [
