@@ -250,15 +250,24 @@ async fn a_second_instance_with_the_same_identity_evicts_the_first() {
     server.shutdown().await;
 }
 
-/// Copy a state directory (identity and store) as an operator cloning a VM would.
+/// Copy a state directory (identity and store), permissions included, as an operator
+/// cloning a VM would.
 fn stop_nothing_but_copy(from: &Path, to: &Path) {
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp runs");
-    assert!(status.success());
+    std::fs::create_dir(to).expect("the copy's folder");
+    for entry in std::fs::read_dir(from).expect("readable") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().expect("a type");
+        if kind.is_dir() {
+            stop_nothing_but_copy(&entry.path(), &target);
+        } else if kind.is_file() {
+            // Copies the permission bits too.
+            std::fs::copy(entry.path(), &target).expect("copied");
+        }
+        // The running runner's control socket is its own; the copy makes its own.
+    }
+    let permissions = std::fs::metadata(from).expect("metadata").permissions();
+    std::fs::set_permissions(to, permissions).expect("the folder's permissions");
 }
 
 fn assert_no_file_contains(dir: &Path, needle: &str) {

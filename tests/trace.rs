@@ -869,6 +869,9 @@ fn a_rotated_chain_replays_from_its_first_file() {
     assert_eq!(trace.entries.len() as u64, total);
 }
 
+/// Unix only: Windows cannot take away a folder while the recorder holds a file in it,
+/// so the failure cannot be provoked this way there.
+#[cfg(unix)]
 #[test]
 fn recording_stops_after_one_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -187,8 +187,8 @@ pub fn install(args: InstallArgs) -> anyhow::Result<i32> {
         let mut status = handle.status.clone();
         let narrate = tokio::spawn(async move {
             while let Ok(t) = steps.recv().await {
-                if let Some(line) = install_step_line(&t.from, &t.to) {
-                    let _ = write_stdout(&format!("  ✓ {line}\n"));
+                if let Some(line) = install_step_line(&t.from, t.event) {
+                    let _ = write_stdout(&format!("{line}\n"));
                 }
             }
         });
@@ -210,17 +210,27 @@ pub fn install(args: InstallArgs) -> anyhow::Result<i32> {
     })
 }
 
-/// What a finished step of the install looks like to the operator.
-fn install_step_line(from: &str, to: &str) -> Option<String> {
-    Some(match (from, to) {
-        ("Installing.create_dirs", _) => "folders created".into(),
-        ("Installing.write_config", _) => "config written".into(),
-        ("Registering.saving", _) => "registered with the control plane".into(),
-        ("Installing.install_service", "Stopped") => {
-            "service installed and started (or skipped with --no-service)".into()
-        }
+/// What a finished step of the install looks like to the operator: done, or failed.
+/// (A registration the API refuses ends in other events; the summary line says why.)
+fn install_step_line(from: &str, event: &str) -> Option<String> {
+    let (done, doing) = match from {
+        "Installing.create_dirs" => ("folders created", "creating the folders"),
+        "Installing.write_config" => ("config written", "writing the config"),
+        "Registering.saving" => (
+            "registered with the control plane",
+            "saving the runner's identity",
+        ),
+        "Installing.install_service" => (
+            "service installed and started (or skipped with --no-service)",
+            "installing the service",
+        ),
         _ => return None,
-    })
+    };
+    match event {
+        "StepDone" => Some(format!("  ✓ {done}")),
+        "StepFailed" => Some(format!("  ✗ {doing} failed")),
+        _ => None,
+    }
 }
 
 fn existing_installation(config_path: &Path, state_dir: &Path) -> bool {
@@ -475,4 +485,29 @@ pub fn describe_service(status: &crate::service::ServiceStatus) -> String {
         parts.push(detail.clone());
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::install_step_line;
+
+    #[test]
+    fn a_failed_step_is_never_shown_as_done() {
+        let done = install_step_line("Installing.install_service", "StepDone");
+        assert_eq!(
+            done.as_deref(),
+            Some("  ✓ service installed and started (or skipped with --no-service)")
+        );
+        let failed = install_step_line("Installing.install_service", "StepFailed");
+        assert_eq!(failed.as_deref(), Some("  ✗ installing the service failed"));
+        let saved = install_step_line("Registering.saving", "StepDone");
+        assert_eq!(
+            saved.as_deref(),
+            Some("  ✓ registered with the control plane")
+        );
+        assert_eq!(
+            install_step_line("Registering.await_token", "TokenRejected"),
+            None
+        );
+    }
 }

@@ -251,15 +251,8 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
             files::DEFINITION_ACCESS,
         )?;
         if let Err(error) = self.activate(&path) {
-            let problems = files::remove(&self.host, &path)
-                .err()
-                .map(|e| e.to_string())
-                .into_iter()
-                .collect();
-            return Err(ServiceError::RolledBack {
-                error: Box::new(error),
-                problems,
-            });
+            let undo = files::remove(&self.host, &path);
+            return Err(ServiceError::undone_by(error, undo));
         }
         Ok(InstalledService {
             manager: Manager::Launchd,

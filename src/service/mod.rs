@@ -265,6 +265,16 @@ pub enum ServiceError {
     StopTimedOut { state: String, waited_secs: u64 },
 }
 
+impl ServiceError {
+    /// The install failed with `error` and was undone by one step, `undo`.
+    fn undone_by<E: std::fmt::Display>(error: ServiceError, undo: Result<(), E>) -> Self {
+        ServiceError::RolledBack {
+            error: Box::new(error),
+            problems: undo.err().map(|e| e.to_string()).into_iter().collect(),
+        }
+    }
+}
+
 fn rollback_note(problems: &[String]) -> String {
     if problems.is_empty() {
         String::new()

@@ -344,17 +344,8 @@ impl<S: Scm> ServiceManager for WindowsService<S> {
         }
         self.scm.create(&def)?;
         if let Err(error) = self.scm.start(SERVICE_NAME) {
-            let problems = self
-                .scm
-                .delete(SERVICE_NAME)
-                .err()
-                .map(|e| e.to_string())
-                .into_iter()
-                .collect();
-            return Err(ServiceError::RolledBack {
-                error: Box::new(error),
-                problems,
-            });
+            let undo = self.scm.delete(SERVICE_NAME);
+            return Err(ServiceError::undone_by(error, undo));
         }
         Ok(InstalledService {
             manager: Manager::Windows,

@@ -8,7 +8,9 @@ use windows_service::service::{
     ServiceType,
 };
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
-use windows_sys::Win32::Foundation::{ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SERVICE_NOT_ACTIVE};
+use windows_sys::Win32::Foundation::{
+    ERROR_INVALID_LEVEL, ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SERVICE_NOT_ACTIVE,
+};
 
 use super::{Definition, Scm, ScmExit, ScmState, ScmStatus};
 use crate::service::ServiceError;
@@ -28,6 +30,19 @@ fn os_code(error: &windows_service::Error) -> Option<i32> {
     match error {
         windows_service::Error::Winapi(e) => e.raw_os_error(),
         _ => None,
+    }
+}
+
+/// A configuration level this SCM does not know (`ERROR_INVALID_LEVEL`; Windows has
+/// them all since Vista, Wine lacks some) is worth a warning, not a failed install,
+/// where the service runs correctly without it.
+fn optional_level(what: &str, result: windows_service::Result<()>) -> windows_service::Result<()> {
+    match result {
+        Err(error) if os_code(&error) == Some(ERROR_INVALID_LEVEL as i32) => {
+            tracing::warn!(%error, "this service control manager cannot set {what}; going on without");
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -130,12 +145,22 @@ impl Scm for SystemScm {
         };
         let configured = service
             .set_description(&definition.description)
-            .and_then(|()| service.set_delayed_auto_start(definition.delayed_auto_start))
+            .and_then(|()| {
+                optional_level(
+                    "delayed auto-start",
+                    service.set_delayed_auto_start(definition.delayed_auto_start),
+                )
+            })
             .and_then(|()| service.update_failure_actions(actions))
             .and_then(|()| {
-                service.set_failure_actions_on_non_crash_failures(
-                    definition.failure_actions_on_non_crash_failures,
-                )
+                let flag = definition.failure_actions_on_non_crash_failures;
+                let set = service.set_failure_actions_on_non_crash_failures(flag);
+                // `false` is every SCM's default: not being able to say it changes nothing.
+                if flag {
+                    set
+                } else {
+                    optional_level("the failure-actions flag", set)
+                }
             })
             .and_then(|()| service.set_preshutdown_timeout(definition.preshutdown_timeout));
         if let Err(error) = configured {
