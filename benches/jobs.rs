@@ -151,9 +151,10 @@ async fn recv(ws: &mut Socket) -> ServerMessage {
 }
 
 /// What the issue asks of any runner before it may say `job_started`, done the plainest
-/// way: the command recorded durably before the process starts (SQLite, WAL,
-/// `synchronous=FULL`), the job's own directory with its `work/` and two log files, the
-/// process started there, and `job_started` recorded durably before it is sent. The
+/// way: the command and `job_accepted` recorded durably before the process starts
+/// (SQLite, WAL, `synchronous=FULL`), the job's own directory with its `work/` and two
+/// log files, the process started there, `job_accepted` sent, and `job_started`
+/// recorded durably before it is sent. The
 /// "floor with duties" is the bare client doing exactly this and nothing more: what
 /// fyn-runner costs beyond it is overhead of its own making.
 struct Duties {
@@ -254,15 +255,24 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
                 else {
                     continue;
                 };
+                let job_ref = job.job_ref();
                 let mut command = tokio::process::Command::new("true");
+                let mut accepted = None;
                 if let Some(duties) = &duties {
-                    duties.record(&job.job_id);
+                    index += 1;
+                    let event = RunnerEvent::JobAccepted { job: job_ref.clone() };
+                    let message = RunnerMessage::Event { index, event };
+                    duties.record(&encode(&message));
+                    accepted = Some(message);
                     command.current_dir(duties.prepare(&job.job_id));
                 }
                 let mut child = command.spawn().expect("spawn");
                 let pid = child.id().unwrap_or(0);
+                if let Some(message) = accepted {
+                    send(&mut ws, &message).await;
+                }
                 index += 1;
-                let job = job.job_ref();
+                let job = job_ref;
                 let event = RunnerEvent::JobStarted { job: job.clone(), pid };
                 if let Some(duties) = &duties {
                     duties.record(&encode(&RunnerMessage::Event { index, event: event.clone() }));
