@@ -260,3 +260,41 @@ fn a_user_scope_manager_refuses_to_install() {
     assert!(matches!(err, ServiceError::ScopeMismatch { .. }), "{err}");
     assert!(scm.calls().is_empty());
 }
+
+/// The SCM refuses STOP in the middle of a change: a service already stopping (a drain,
+/// a second `stop`) is only waited for; one still starting is stopped once it runs.
+#[test]
+fn stop_during_a_change_waits_instead_of_sending_a_refused_stop() {
+    let scm = RecordingScm::new();
+    scm.answer([
+        status(ScmState::StopPending, 3),
+        status(ScmState::StopPending, 4),
+        status(ScmState::Stopped, 0),
+    ]);
+    manager(&scm).stop().expect("stop");
+    assert_eq!(
+        scm.calls(),
+        ["query fyn-runner", "query fyn-runner", "query fyn-runner"]
+    );
+
+    let scm = RecordingScm::new();
+    scm.answer([
+        status(ScmState::StartPending, 1),
+        status(ScmState::StartPending, 2),
+        status(ScmState::Running, 0),
+        status(ScmState::StopPending, 1),
+        status(ScmState::Stopped, 0),
+    ]);
+    manager(&scm).stop().expect("stop");
+    assert_eq!(
+        scm.calls(),
+        [
+            "query fyn-runner",
+            "query fyn-runner",
+            "query fyn-runner",
+            "stop fyn-runner",
+            "query fyn-runner",
+            "query fyn-runner"
+        ]
+    );
+}

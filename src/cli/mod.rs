@@ -231,11 +231,19 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     } else {
         "info"
     };
+    // A service has no console: what goes wrong before it runs must still reach the
+    // service manager (as its exit code) rather than a stderr nobody reads.
+    let mut logging_failed = None;
     match &cli.command {
         Command::ServiceMain(ServiceMainArgs {
             log_file: Some(file),
             ..
-        }) => init_file_logging(cli.log_format, default_filter, file)?,
+        }) => {
+            if let Err(error) = init_file_logging(cli.log_format, default_filter, file) {
+                init_logging(cli.log_format, default_filter);
+                logging_failed = Some(error);
+            }
+        }
         _ => init_logging(cli.log_format, default_filter),
     }
     match cli.command {
@@ -254,8 +262,12 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
             let sub = matches
                 .subcommand_matches("service-main")
                 .unwrap_or(matches);
-            apply_config_file(&mut args.run, sub, cli.config.as_deref())?;
-            service_main::run(args.run)
+            let prepared = match logging_failed {
+                Some(error) => Err(error),
+                None => apply_config_file(&mut args.run, sub, cli.config.as_deref())
+                    .and_then(|()| settings_from(&args.run)),
+            };
+            service_main::run(&args.run, prepared)
         }
         Command::Install(args) => admin::install(*args),
         Command::Uninstall(args) => admin::uninstall(args, cli.config.as_deref()),

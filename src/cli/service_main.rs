@@ -5,13 +5,19 @@
 
 use super::RunArgs;
 
+/// `prepared` is the runner's settings, or why they could not be made (config file,
+/// flags, log file): either way the process goes through the dispatcher, so the SCM
+/// sees the service start and then stop with the runner's exit code, instead of a
+/// process that vanished (which it would count as a crash and restart, over and over).
 #[cfg(windows)]
-pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+pub fn run(
+    args: &RunArgs,
+    prepared: anyhow::Result<crate::runtime::RunnerSettings>,
+) -> anyhow::Result<i32> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::time::Duration;
 
-    let settings = super::settings_from(&args)?;
     let stop_budget = Duration::from_secs(
         args.drain_deadline
             .saturating_add(crate::service::STOP_MARGIN_SECS),
@@ -19,7 +25,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let code = Arc::new(AtomicI32::new(1));
     let reported = code.clone();
     crate::service::windows::run_dispatcher(stop_budget, move |stops, reporter| {
-        let exit = body(settings, stops, reporter);
+        let exit = match prepared {
+            Ok(settings) => body(settings, stops, reporter),
+            Err(error) => {
+                tracing::error!("the service cannot start: {error:#}");
+                // As `fyn-runner run` exits on a setup error.
+                1
+            }
+        };
         reported.store(exit, Ordering::SeqCst);
         exit
     })?;
@@ -82,7 +95,10 @@ fn body(
 }
 
 #[cfg(not(windows))]
-pub fn run(_args: RunArgs) -> anyhow::Result<i32> {
+pub fn run(
+    _args: &RunArgs,
+    _prepared: anyhow::Result<crate::runtime::RunnerSettings>,
+) -> anyhow::Result<i32> {
     anyhow::bail!(
         "`service-main` is the Windows service's entry point, started by the service control \
          manager; use `fyn-runner run` here"

@@ -90,6 +90,10 @@ mod system {
         TOKEN_QUERY, TOKEN_USER, TokenUser,
     };
     use windows_sys::Win32::System::SystemServices::ACCESS_ALLOWED_ACE_TYPE;
+
+    /// ACCESS_DENIED, ACCESS_DENIED_OBJECT, ACCESS_DENIED_CALLBACK,
+    /// ACCESS_DENIED_CALLBACK_OBJECT: entries that only ever take access away.
+    const DENY_TYPES: [u32; 4] = [1, 6, 10, 12];
     use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
     use super::{Access, Ace, sddl};
@@ -260,9 +264,22 @@ mod system {
             }
             // SAFETY: every ACE starts with an ACE_HEADER.
             let header = unsafe { &*(ace as *const ACE_HEADER) };
-            let allows = u32::from(header.AceType) == ACCESS_ALLOWED_ACE_TYPE;
-            if !allows {
-                // Deny and object entries never widen access; skip their layouts.
+            let kind = u32::from(header.AceType);
+            if DENY_TYPES.contains(&kind) {
+                // Deny entries never widen access.
+                continue;
+            }
+            let inherit_only = u32::from(header.AceFlags) & INHERIT_ONLY_ACE != 0;
+            if kind != ACCESS_ALLOWED_ACE_TYPE {
+                // Object, callback and compound entries can grant access too; their
+                // layouts differ, so the trustee is not read: such an entry counts as a
+                // grant to someone unknown, which no private file may have.
+                aces.push(Ace {
+                    allows: true,
+                    inherit_only,
+                    sid: format!("(an access entry of type {kind})"),
+                    mask: u32::MAX,
+                });
                 continue;
             }
             // SAFETY: an ACCESS_ALLOWED_ACE_TYPE entry has the ACCESS_ALLOWED_ACE
@@ -270,8 +287,8 @@ mod system {
             let allowed = unsafe { &*(ace as *const ACCESS_ALLOWED_ACE) };
             let sid = sid_string(ptr::addr_of!(allowed.SidStart) as PSID)?;
             aces.push(Ace {
-                allows,
-                inherit_only: u32::from(header.AceFlags) & INHERIT_ONLY_ACE != 0,
+                allows: true,
+                inherit_only,
                 sid,
                 mask: allowed.Mask,
             });

@@ -75,8 +75,9 @@ pub fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Renames `from` over `to`, replacing it, and returns only once the rename is on
-/// disk (`MOVEFILE_WRITE_THROUGH`).
+/// Renames `from` over `to`, replacing it. `MOVEFILE_WRITE_THROUGH` makes a move across
+/// volumes wait for the disk; for a rename within one volume Windows documents no such
+/// wait (NTFS journals it), so after a power cut the old file may come back.
 pub fn replace_file(from: &Path, to: &Path) -> io::Result<()> {
     let (from, to) = (wide(from.as_os_str()), wide(to.as_os_str()));
     // SAFETY: both names are NUL-terminated and live across the call.
@@ -162,8 +163,9 @@ pub fn same_filesystem(a: &Path, b: &Path) -> bool {
 
 fn volume_path(path: &Path) -> io::Result<PathBuf> {
     let name = wide(path.as_os_str());
-    // A volume path is at most as long as the path itself, plus a separator.
-    let mut buffer = vec![0u16; name.len() + 2];
+    // A relative path, or one through a mounted folder, can name a volume path longer
+    // than itself: leave room for a full MAX_PATH beyond it.
+    let mut buffer = vec![0u16; name.len() + 260 + 2];
     let capacity = u32::try_from(buffer.len()).unwrap_or(u32::MAX);
     // SAFETY: `name` is NUL-terminated; `buffer` is writable for `capacity` units.
     if unsafe { GetVolumePathNameW(name.as_ptr(), buffer.as_mut_ptr(), capacity) } == 0 {

@@ -99,6 +99,9 @@ pub fn ensure_unused(state_dir: &Path) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// How long the control endpoint waits after a failed accept before the next.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub fn serve(
     state_dir: &Path,
     status: watch::Receiver<RunnerStatus>,
@@ -107,7 +110,17 @@ pub fn serve(
     ensure_unused(state_dir)?;
     let (mut listener, bound) = endpoint::bind(state_dir)?;
     let task = tokio::spawn(async move {
-        while let Ok(stream) = listener.accept().await {
+        loop {
+            let stream = match listener.accept().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // Out of file handles, say: `status` and `drain` must come back
+                    // when that passes, not stay gone until a restart.
+                    warn!(error = %e, "control socket: accepting failed; trying again");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
             let status = status.clone();
             let control = control.clone();
             tokio::spawn(async move {

@@ -12,6 +12,7 @@ use tokio::net::windows::named_pipe::{
     ClientOptions, NamedPipeClient, NamedPipeServer, ServerOptions,
 };
 use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY};
+use windows_sys::Win32::Storage::FileSystem::{SECURITY_IDENTIFICATION, SECURITY_SQOS_PRESENT};
 
 use super::ControlError;
 use crate::platform::acl;
@@ -40,9 +41,13 @@ pub fn name(state_dir: &Path) -> String {
 
 /// Whether a runner owns the pipe of `state_dir` (it exists; busy counts as yes).
 pub fn answers(state_dir: &Path) -> bool {
+    use std::os::windows::fs::OpenOptionsExt;
+    // Identification only: whoever serves that name (it could be a squatter, if the
+    // runner is not up) must not be able to act as this process, which may be SYSTEM.
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .security_qos_flags(SECURITY_SQOS_PRESENT | SECURITY_IDENTIFICATION)
         .open(pipe_name(state_dir))
     {
         Ok(_) => true,
@@ -71,7 +76,11 @@ pub struct Listener {
 
 impl Listener {
     pub async fn accept(&mut self) -> io::Result<NamedPipeServer> {
-        self.next.connect().await?;
+        if let Err(error) = self.next.connect().await {
+            // That instance may be unusable now: wait on a fresh one next time.
+            self.next = create(&self.name, false)?;
+            return Err(error);
+        }
         let waiting = create(&self.name, false)?;
         Ok(std::mem::replace(&mut self.next, waiting))
     }

@@ -292,13 +292,43 @@ impl<S: Scm> WindowsService<S> {
         }
     }
 
-    /// Send STOP (unless it is stopped already) and wait until it has stopped.
+    /// Send STOP and wait until it has stopped. The SCM refuses STOP to a service in
+    /// the middle of a change (`ERROR_SERVICE_CANNOT_ACCEPT_CTRL`), so: stopped already,
+    /// nothing to do; stopping already (a drain, a second `stop`), only wait; still
+    /// starting, wait until it runs, then stop it.
     fn stop_and_wait(&self, status: &ScmStatus) -> Result<(), ServiceError> {
+        let status = match status.state {
+            ScmState::Stopped => return Ok(()),
+            ScmState::StopPending => return self.wait_until_stopped(),
+            ScmState::StartPending => self.wait_while_starting()?,
+            _ => status.clone(),
+        };
         if status.state == ScmState::Stopped {
             return Ok(());
         }
         self.scm.stop(SERVICE_NAME)?;
         self.wait_until_stopped()
+    }
+
+    /// Until the service leaves StartPending. The runner reports Running at the latest
+    /// [`START_PENDING_LIMIT`] after it starts, so this is bounded.
+    fn wait_while_starting(&self) -> Result<ScmStatus, ServiceError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let status = self.require_installed()?;
+            if status.state != ScmState::StartPending {
+                return Ok(status);
+            }
+            if waited > START_PENDING_LIMIT + WAIT_HINT {
+                return Err(ServiceError::StopTimedOut {
+                    state: format!("{:?}", status.state),
+                    waited_secs: waited.as_secs(),
+                });
+            }
+            let pause = Duration::from_millis(500);
+            (self.sleep)(pause);
+            waited += pause;
+        }
     }
 
     /// Wait, as the SCM's own clients do, for as long as the service shows progress:
