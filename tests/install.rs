@@ -196,6 +196,11 @@ async fn a_failing_service_step_rolls_back_service_identity_config_and_folders()
         !state.exists() && !root.path().join("etc").exists(),
         "everything the install created is gone"
     );
+    assert_eq!(
+        server.runners().expect("runners").len(),
+        0,
+        "the API forgot the registration the install rolled back"
+    );
     server.shutdown().await;
 }
 

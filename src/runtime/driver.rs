@@ -33,6 +33,9 @@ const DRAIN_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs
 /// Events read from the outbox per resend step.
 const RESEND_PAGE: u32 = 32;
 
+/// How long a rolled-back registration may take to be forgotten by the API.
+const FAREWELL_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Everything that reaches the driver's loop.
 pub enum Input {
     Event(Event),
@@ -265,6 +268,7 @@ fn launch(
         pending_key: None,
         resend_after: None,
         created_identity: false,
+        farewell: None,
         connection: None,
         next_conn: 0,
         tls,
@@ -360,6 +364,8 @@ struct Driver {
     /// The resend cursor: events after this index still wait to be resent.
     resend_after: Option<u64>,
     created_identity: bool,
+    /// Telling the API to forget a registration that was rolled back.
+    farewell: Option<tokio::task::JoinHandle<()>>,
     connection: Option<Connection>,
     next_conn: u64,
     tls: Arc<rustls::ClientConfig>,
@@ -417,6 +423,13 @@ impl Driver {
         }
         self.flush_trace();
         self.timers.cancel_all();
+        if let Some(farewell) = self.farewell.take() {
+            let _ = tokio::time::timeout(
+                FAREWELL_WITHIN + std::time::Duration::from_secs(1),
+                farewell,
+            )
+            .await;
+        }
         let code = self.exit.unwrap_or(ExitCode::StoreFailure);
         info!(code = code.code(), "runner stopped");
         code
@@ -909,6 +922,24 @@ impl Driver {
             installer.rollback();
         }
         if self.created_identity {
+            // The API keeps the runner this registration created unless told; it is
+            // told in the background (bounded), and `run` waits for that before it ends.
+            if let Some(identity) = self.identity.take() {
+                let settings = self.settings.clone();
+                self.farewell = Some(tokio::spawn(async move {
+                    let reason = "installation rolled back";
+                    match super::leave::leave_as(&identity, &settings, reason, FAREWELL_WITHIN)
+                        .await
+                    {
+                        Ok(id) => {
+                            info!(runner_id = %id, "the control plane forgot the rolled-back registration")
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "could not tell the control plane to forget the rolled-back registration")
+                        }
+                    }
+                }));
+            }
             match Identity::remove(&self.settings.state_dir) {
                 Ok(()) => info!("rolled back the identity this registration created"),
                 Err(e) => {

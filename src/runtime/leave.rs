@@ -39,6 +39,17 @@ pub enum LeaveError {
 pub async fn leave(settings: &RunnerSettings, within: Duration) -> Result<String, LeaveError> {
     let identity = Identity::load(&settings.state_dir)?
         .ok_or_else(|| LeaveError::NoIdentity(settings.state_dir.display().to_string()))?;
+    leave_as(&identity, settings, "uninstalled", within).await
+}
+
+/// The same exchange with an identity in hand (an install rolling back a registration
+/// has already taken its files away), giving `reason` to the API.
+pub async fn leave_as(
+    identity: &Identity,
+    settings: &RunnerSettings,
+    reason: &str,
+    within: Duration,
+) -> Result<String, LeaveError> {
     let tls = super::ws::tls_config(settings.ca_file.as_deref())?;
     let exchange = async {
         let mut ws = super::ws::connect(&settings.endpoint, tls, within)
@@ -80,7 +91,7 @@ pub async fn leave(settings: &RunnerSettings, within: Duration) -> Result<String
                     send(
                         &mut ws,
                         RunnerMessage::Leaving {
-                            reason: "uninstalled".into(),
+                            reason: reason.to_owned(),
                         },
                     )
                     .await?;
