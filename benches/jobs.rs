@@ -63,11 +63,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn hwm_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` figure in KiB (`VmHWM`: peak resident; `VmRSS`: now).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
@@ -379,6 +380,11 @@ async fn main() {
     bare_server.shutdown().await;
     duty_server.shutdown().await;
     let count = per_round * rounds;
+    println!(
+        "runner after {count} jobs: resident {:.1} MiB, peak {:.1} MiB",
+        status_kib(runner.id(), "VmRSS") as f64 / 1024.0,
+        status_kib(runner.id(), "VmHWM") as f64 / 1024.0
+    );
     let (p50, p99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
     println!(
         "dispatch latency ({count} jobs of `true` each, in {rounds} interleaved rounds; \
@@ -422,7 +428,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let peak = hwm_kib(runner.id());
+    let peak = status_kib(runner.id(), "VmHWM");
     println!(
         "output: {} MiB in {elapsed:.1} s = {:.1} MB/s; runner peak RSS {:.1} MiB",
         bytes >> 20,
