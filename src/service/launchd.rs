@@ -315,14 +315,7 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
         let installed = files::exists(&self.host, &self.plist_path()?);
         let output = self.print()?;
         if !output.status.success() {
-            return Ok(ServiceStatus {
-                installed,
-                state: ServiceState::NotLoaded,
-                pid: None,
-                enabled: None,
-                last_exit: None,
-                detail: None,
-            });
+            return Ok(ServiceStatus::not_loaded(installed));
         }
         Ok(parse_print(
             &String::from_utf8_lossy(&output.stdout),

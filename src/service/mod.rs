@@ -192,6 +192,20 @@ pub struct ServiceStatus {
     pub detail: Option<String>,
 }
 
+impl ServiceStatus {
+    /// Known to the manager only as a definition (`installed`) or not at all.
+    pub fn not_loaded(installed: bool) -> Self {
+        Self {
+            installed,
+            state: ServiceState::NotLoaded,
+            pid: None,
+            enabled: None,
+            last_exit: None,
+            detail: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceState {
     /// Running (for systemd: READY=1 sent, i.e. the runner reached Active).

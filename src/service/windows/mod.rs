@@ -412,14 +412,7 @@ impl<S: Scm> ServiceManager for WindowsService<S> {
     fn status(&self) -> Result<ServiceStatus, ServiceError> {
         Ok(match self.scm.query(SERVICE_NAME)? {
             Some(status) => service_status(&status),
-            None => ServiceStatus {
-                installed: false,
-                state: ServiceState::NotLoaded,
-                pid: None,
-                enabled: None,
-                last_exit: None,
-                detail: None,
-            },
+            None => ServiceStatus::not_loaded(false),
         })
     }
 }
