@@ -155,7 +155,8 @@ async fn recv(ws: &mut Socket) -> ServerMessage {
 /// way: the command and `job_accepted` recorded durably before the process starts
 /// (SQLite, WAL, `synchronous=FULL`), the job's own directory with its `work/` and two
 /// log files, the process started there, `job_accepted` sent, and `job_started`
-/// recorded durably before it is sent. The
+/// recorded before it is sent (committed without waiting for the disk, as fyn-runner
+/// does: see `runtime/store.rs` for why that is safe). The
 /// "floor with duties" is the bare client doing exactly this and nothing more: what
 /// fyn-runner costs beyond it is overhead of its own making.
 struct Duties {
@@ -175,10 +176,14 @@ impl Duties {
         Self { root, db }
     }
 
-    fn record(&self, body: &str) {
+    fn record(&self, body: &str, wait_for_disk: bool) {
+        let level = if wait_for_disk { "FULL" } else { "NORMAL" };
+        self.db
+            .pragma_update(None, "synchronous", level)
+            .expect("synchronous");
         self.db
             .execute("INSERT INTO log (body) VALUES (?1)", [body])
-            .expect("durable insert");
+            .expect("insert");
     }
 
     fn prepare(&self, job_id: &str) -> std::path::PathBuf {
@@ -263,7 +268,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
                     index += 1;
                     let event = RunnerEvent::JobAccepted { job: job_ref.clone() };
                     let message = RunnerMessage::Event { index, event };
-                    duties.record(&encode(&message));
+                    duties.record(&encode(&message), true);
                     accepted = Some(message);
                     command.current_dir(duties.prepare(&job.job_id));
                 }
@@ -276,7 +281,8 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
                 let job = job_ref;
                 let event = RunnerEvent::JobStarted { job: job.clone(), pid };
                 if let Some(duties) = &duties {
-                    duties.record(&encode(&RunnerMessage::Event { index, event: event.clone() }));
+                    let started = RunnerMessage::Event { index, event: event.clone() };
+                    duties.record(&encode(&started), false);
                 }
                 send(&mut ws, &RunnerMessage::Event { index, event }).await;
                 let done = done_tx.clone();

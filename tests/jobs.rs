@@ -798,6 +798,99 @@ async fn cancelling_an_unknown_job_does_nothing() {
     assert_eq!(h.supervisor.running(), 0);
 }
 
+/// (spare job folders, anything else) in a jobs root.
+fn spares_and_others(root: &Path) -> (usize, usize) {
+    let names: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let spares = names.iter().filter(|n| n.starts_with(".spare-")).count();
+    (spares, names.len() - spares)
+}
+
+/// The one spare job folder in `root`, once it is there.
+async fn ready_spare(root: &Path) -> PathBuf {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let spare = std::fs::read_dir(root)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| {
+                path.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".spare-")
+            });
+        // Complete: the logs are made last.
+        if let Some(spare) = spare.filter(|s| s.join("stderr.log").exists()) {
+            return spare;
+        }
+        assert!(Instant::now() < deadline, "no spare job folder in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// A job's folder is the spare made ahead of time, moved into place; the next spare
+/// follows. A job whose folder exists already (the same attempt run again) uses that
+/// folder, with fresh logs, and leaves the spare for the next. Spares an earlier run
+/// left are removed at preflight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_folders_are_the_spare_made_ahead_of_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("jobs");
+    std::fs::create_dir_all(root.join(".spare-1-0/work")).unwrap();
+    let (tx, mut reports) = unbounded_channel();
+    let mut supervisor = JobSupervisor::new(root.clone(), tx);
+    supervisor.preflight().expect("preflight");
+    assert!(!root.join(".spare-1-0").exists(), "an old spare is removed");
+    assert_eq!(spares_and_others(&root), (1, 0));
+    let spare = ready_spare(&root).await;
+    let spare_inode = inode(&spare);
+
+    let mut run = async |spec: JobSpec| {
+        supervisor.spawn(&spec);
+        loop {
+            let report = timeout(WAIT, reports.recv()).await.unwrap().unwrap();
+            assert_eq!(report.job(), &spec.job_ref());
+            if matches!(report, JobReport::Exited { .. }) {
+                return;
+            }
+        }
+    };
+    let job_dir = root.join("a-1");
+    run(spec("a", &["sh", "-c", "echo first; pwd"])).await;
+    assert_eq!(
+        inode(&job_dir),
+        spare_inode,
+        "the spare became the job's folder"
+    );
+    let work = std::fs::canonicalize(job_dir.join("work")).unwrap();
+    let log = std::fs::read_to_string(job_dir.join("stdout.log")).unwrap();
+    assert_eq!(log, format!("first\n{}\n", work.display()));
+    let next = ready_spare(&root).await;
+    assert_ne!(inode(&next), spare_inode, "a new spare is made");
+
+    let next_inode = inode(&next);
+    run(spec("a", &["sh", "-c", "echo again"])).await;
+    assert_eq!(inode(&job_dir), spare_inode, "the existing folder is used");
+    assert_eq!(
+        std::fs::read_to_string(job_dir.join("stdout.log")).unwrap(),
+        "again\n",
+        "with fresh logs"
+    );
+    assert_eq!(
+        inode(&ready_spare(&root).await),
+        next_inode,
+        "the spare stays"
+    );
+    assert_eq!(spares_and_others(&root), (1, 1));
+}
+
 #[test]
 fn preflight_checks_the_jobs_root() {
     let dir = tempfile::tempdir().unwrap();
@@ -806,11 +899,9 @@ fn preflight_checks_the_jobs_root() {
     fresh.preflight().expect("a creatable root passes");
     assert!(dir.path().join("a/b/jobs").is_dir());
     assert_eq!(
-        std::fs::read_dir(dir.path().join("a/b/jobs"))
-            .unwrap()
-            .count(),
-        0,
-        "the probe is removed"
+        spares_and_others(&dir.path().join("a/b/jobs")),
+        (1, 0),
+        "the probe is removed; a spare job folder is ready"
     );
 
     let file = dir.path().join("file");

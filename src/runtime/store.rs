@@ -1,12 +1,23 @@
 //! The durable store: `<state_dir>/runner.db`, a SQLite database in WAL mode with
 //! `synchronous=FULL`, so a committed batch survives a crash or power loss.
 //!
-//! One kind of batch is committed without waiting for the disk: one that only records
-//! acknowledgements (`OutboxAcked`). Losing it to a power cut loses nothing: the
-//! events it retired are sent again and the API drops them by index. Every other
-//! batch waits (`FULL`), and since the WAL is one file written in order, its sync
-//! also covers any acknowledgement committed before it. An acknowledgement arrives
-//! for nearly every event, so this keeps one disk sync per event off the job path.
+//! Two kinds of batch are committed without waiting for the disk (`NORMAL`): they
+//! are in the WAL, so they survive the runner's own crash (`kill -9`), but a power
+//! cut or a kernel crash can take them back. Every other batch waits (`FULL`), and
+//! since the WAL is one file replayed in order up to its first missing commit, a
+//! crash can only ever take back a suffix of not-waited-for batches.
+//! - Acknowledgements alone (`OutboxAcked`). Losing one loses nothing: the events it
+//!   retired are sent again and the API drops them by index. One arrives for nearly
+//!   every event, so this keeps a disk sync per event off the job path.
+//! - A `job_started` alone. Its job's acceptance waited for the disk before the
+//!   process was spawned, so a job is never run twice; what a power cut can take back
+//!   is only the news that a process started, and that process died with the power.
+//!   The job's row is then without its pid, so `load` reports it lost like any job
+//!   that did not outlive its runner. The one danger is its event index: the API may
+//!   hold it, and it drops an event whose index it has seen. So `load` counts one
+//!   possibly-used index for each job without a pid and starts after them; the API
+//!   may see a gap, never a reused index. This takes the second of the two disk
+//!   syncs between a `start_job` and its `job_started`.
 //!
 //! It holds exactly what `DurableState` needs to rebuild the core, plus the outbox
 //! bodies to resend: the `meta` counters, the unacknowledged `outbox` events and the
@@ -258,7 +269,7 @@ impl Store {
         Ok(DurableState {
             runner_id: None,
             last_applied_command: self.meta(LAST_APPLIED)?,
-            last_event_index: self.meta(LAST_EVENT)?,
+            last_event_index: self.meta(LAST_EVENT)? + self.jobs_without_pid()?,
             acked_event_index: self.meta(ACKED_EVENT)?,
             jobs: self.jobs()?,
         })
@@ -267,10 +278,8 @@ impl Store {
     /// Applies the batch in one transaction: all of it is stored, or none of it.
     pub fn commit(&mut self, writes: &[Durable]) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let only_acks = writes
-            .iter()
-            .all(|write| matches!(write, Durable::OutboxAcked { .. }));
-        self.wait_for_disk(!only_acks)
+        let may_be_undone = writes.iter().all(may_be_undone_by_power_loss);
+        self.wait_for_disk(!may_be_undone)
             .map_err(|source| StoreError::Commit {
                 path: path.clone(),
                 source,
@@ -396,6 +405,22 @@ impl Store {
             .collect()
     }
 
+    /// Jobs whose `job_started` is not on record: it was never sent, or its batch (not
+    /// waited for) was taken back by a power cut after it was sent.
+    fn jobs_without_pid(&self) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM jobs WHERE pid IS NULL", [], |row| {
+                row.get(0)
+            })
+            .map_err(|e| StoreError::Read {
+                path: self.path.clone(),
+                what: "jobs",
+                source: e.into(),
+            })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// The pid each stored job was started with, if it got that far.
     pub fn job_pids(&self) -> Result<Vec<(JobRef, u32)>, StoreError> {
         let read = || -> rusqlite::Result<Vec<(JobRef, u32)>> {
@@ -464,6 +489,19 @@ fn create_private_db_file(file: &Path) -> Result<bool, StoreError> {
 
 fn to_sql_int(value: u64) -> Result<i64, StoreFault> {
     i64::try_from(value).map_err(|_| StoreFault::OutOfRange(value))
+}
+
+/// The writes a batch may consist of and still be committed without waiting for the
+/// disk (see the module doc for why each is safe to lose to a power cut).
+fn may_be_undone_by_power_loss(write: &Durable) -> bool {
+    matches!(
+        write,
+        Durable::OutboxAcked { .. }
+            | Durable::OutboxAppend {
+                event: RunnerEvent::JobStarted { .. },
+                ..
+            }
+    )
 }
 
 /// One write inside the batch transaction.
@@ -566,9 +604,39 @@ mod tests {
             .expect("the pragma reads")
     }
 
+    fn job_spec(job_id: &str) -> JobSpec {
+        JobSpec {
+            job_id: job_id.to_owned(),
+            attempt: 1,
+            command: vec!["true".to_owned()],
+            env: std::collections::BTreeMap::new(),
+            workdir: None,
+            timeout_secs: 60,
+            output_limit_bytes: 1 << 20,
+            cancel_grace_secs: 1,
+        }
+    }
+
+    fn started(job: &JobSpec, pid: u32) -> RunnerEvent {
+        RunnerEvent::JobStarted {
+            job: job.job_ref(),
+            pid,
+        }
+    }
+
+    /// What the disk holds after a power cut at this moment: the database and its WAL
+    /// up to the last synced commit (the caller copies right after one).
+    fn copy_of_disk(dir: &Path) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().expect("a temporary directory");
+        for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal")] {
+            std::fs::copy(dir.join(&name), copy.path().join(&name)).expect("copy");
+        }
+        copy
+    }
+
     /// 2 is FULL (the commit waits for the disk), 1 is NORMAL.
     #[test]
-    fn only_acknowledgements_skip_the_wait_for_the_disk() {
+    fn only_acknowledgements_and_job_started_skip_the_wait_for_the_disk() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut store = Store::open(dir.path()).expect("the store opens");
         assert_eq!(synchronous(&store), 2);
@@ -596,5 +664,67 @@ mod tests {
             .expect("commit");
         assert_eq!(synchronous(&store), 2);
         assert_eq!(store.outbox_depth().expect("depth"), 1);
+        let spec = job_spec("j");
+        let start = |index| Durable::OutboxAppend {
+            index,
+            event: started(&spec, 42),
+        };
+        store.commit(&[start(4)]).expect("commit");
+        assert_eq!(synchronous(&store), 1);
+        store
+            .commit(&[start(5), Durable::LastApplied { index: 5 }])
+            .expect("commit");
+        assert_eq!(synchronous(&store), 2);
+    }
+
+    /// A power cut takes back a `job_started` the API may already hold: the job comes
+    /// back without its pid (so it is reported lost) and the next event index is past
+    /// the one that event used, so the API cannot drop the report as a duplicate.
+    #[test]
+    fn a_job_started_taken_back_by_a_power_cut_never_has_its_index_reused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(dir.path()).expect("the store opens");
+        let (running, starting) = (job_spec("running"), job_spec("starting"));
+        let accepted = |job: &JobSpec, index| {
+            vec![
+                Durable::JobAdded { job: job.clone() },
+                Durable::OutboxAppend {
+                    index,
+                    event: RunnerEvent::JobAccepted { job: job.job_ref() },
+                },
+            ]
+        };
+        store.commit(&accepted(&running, 1)).expect("commit");
+        store
+            .commit(&[Durable::OutboxAppend {
+                index: 2,
+                event: started(&running, 7),
+            }])
+            .expect("commit");
+        // Waited for the disk: also makes the start of `running` durable.
+        store.commit(&accepted(&starting, 3)).expect("commit");
+        let disk = copy_of_disk(dir.path());
+        store
+            .commit(&[Durable::OutboxAppend {
+                index: 4,
+                event: started(&starting, 8),
+            }])
+            .expect("commit");
+
+        // The runner's own crash keeps everything committed.
+        drop(store);
+        let after_crash = Store::open(dir.path()).expect("the store opens");
+        assert_eq!(after_crash.load().expect("load").last_event_index, 4);
+        assert_eq!(after_crash.job_pids().expect("pids").len(), 2);
+
+        let after_power_cut = Store::open(disk.path()).expect("the copy opens");
+        let state = after_power_cut.load().expect("load");
+        assert_eq!(state.jobs.len(), 2);
+        let pids = after_power_cut.job_pids().expect("pids");
+        assert_eq!(pids, vec![(running.job_ref(), 7)]);
+        assert_eq!(
+            state.last_event_index, 4,
+            "index 4 may be at the API already"
+        );
     }
 }

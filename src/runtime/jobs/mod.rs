@@ -10,6 +10,7 @@ single `SpawnFailed`.
 
 Layout: `executor` is the pluggable backend interface with its preflight check (seed
 002); `process` is the first backend, local processes in their own process group;
+`spare_dir` keeps a job folder made ahead of time;
 `output` copies a job's output to its log files and to the reports with bounded
 memory; `supervisor` is what the driver holds; `report` is what comes back.
 
@@ -23,6 +24,7 @@ mod executor;
 mod output;
 mod process;
 mod report;
+mod spare_dir;
 mod supervisor;
 
 pub use executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};

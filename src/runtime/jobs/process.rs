@@ -29,6 +29,7 @@ use crate::protocol::{ExitStatus, JobRef, JobSpecError, OutputStream, validate_j
 
 use super::executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};
 use super::output::{LogFile, StreamSink, pump};
+use super::spare_dir::{self, SpareDirs};
 use crate::platform::{self, Access};
 
 #[cfg(unix)]
@@ -48,6 +49,7 @@ pub struct ProcessExecutor {
     jobs_root: PathBuf,
     /// The runner's `PATH`, read once, so every job of this runner sees the same one.
     path: OsString,
+    spares: SpareDirs,
 }
 
 impl ProcessExecutor {
@@ -55,7 +57,11 @@ impl ProcessExecutor {
         let path = std::env::var_os("PATH")
             .filter(|path| !path.is_empty())
             .unwrap_or_else(default_path);
-        Self { jobs_root, path }
+        Self {
+            spares: SpareDirs::new(jobs_root.clone()),
+            jobs_root,
+            path,
+        }
     }
 
     pub fn jobs_root(&self) -> &Path {
@@ -105,7 +111,9 @@ impl Executor for ProcessExecutor {
             .map_err(io_error("write"));
         // Remove the probe even when the write failed half way.
         let removed = fs::remove_file(&probe).map_err(io_error("remove"));
-        written.and(removed)
+        written.and(removed)?;
+        self.spares.prepare();
+        Ok(())
     }
 
     fn spawn(&self, request: SpawnRequest) -> Result<RunningJob, ExecutorError> {
@@ -113,14 +121,8 @@ impl Executor for ProcessExecutor {
         spec.validate()?;
         let job = spec.job_ref();
         let job_dir = self.job_dir(&job)?;
-        create_dir(&self.jobs_root)?;
-        create_dir(&job_dir)?;
-        let work = job_dir.join("work");
-        create_dir(&work)?;
-        let start_dir = start_dir(&work, spec.workdir.as_deref())?;
-        // A log that cannot be opened is a job that cannot be run as promised.
-        let stdout_log = open_log(job_dir.join("stdout.log"))?;
-        let stderr_log = open_log(job_dir.join("stderr.log"))?;
+        let [stdout_log, stderr_log] = self.make_job_dir(&job_dir)?;
+        let start_dir = start_dir(&job_dir.join("work"), spec.workdir.as_deref())?;
 
         let Some((program, args)) = spec.command.split_first() else {
             return Err(JobSpecError::EmptyCommand.into());
@@ -183,6 +185,21 @@ impl Executor for ProcessExecutor {
             control: group,
             finished: Box::pin(run_to_end(child, guard, streams, started)),
         })
+    }
+}
+
+impl ProcessExecutor {
+    /// The job's folder with `work/` and its two logs, open: the spare moved into
+    /// place, or else made here. A log that cannot be opened is a job that cannot be
+    /// run as promised.
+    fn make_job_dir(&self, job_dir: &Path) -> Result<[LogFile; 2], ExecutorError> {
+        let [stdout, stderr] = spare_dir::LOGS.map(|log| job_dir.join(log));
+        if self.spares.take_into(job_dir) {
+            // Made empty with the spare: opened as they are, no change to the disk.
+            return Ok([open_log(stdout, false)?, open_log(stderr, false)?]);
+        }
+        create_dir(&job_dir.join("work"))?;
+        Ok([open_log(stdout, true)?, open_log(stderr, true)?])
     }
 }
 
@@ -313,12 +330,12 @@ fn start_dir(work: &Path, workdir: Option<&str>) -> Result<PathBuf, ExecutorErro
 }
 
 /// The log starts empty; a symlink in its place is refused rather than followed.
-fn open_log(path: PathBuf) -> Result<LogFile, ExecutorError> {
+fn open_log(path: PathBuf, create: bool) -> Result<LogFile, ExecutorError> {
     match platform::no_follow(
         platform::open_options(JOB_ACCESS)
             .write(true)
-            .create(true)
-            .truncate(true),
+            .create(create)
+            .truncate(create),
     )
     .open(&path)
     {

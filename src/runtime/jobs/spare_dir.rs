@@ -1,0 +1,139 @@
+/*!
+A job folder made ahead of time: `<jobs_root>/.spare-<runner pid>/`, with `work/` and
+the two empty logs in it. A job start renames it into place, one change to the file
+system where making the folder costs four (two folders, two files), on the path
+between `start_job` and `job_started`; the next spare is then made on a blocking
+thread, off that path. When there is none ready (jobs started back to back, a
+failure making it, a job folder that exists already), the start makes its folder
+itself, as it would without spares.
+
+Job IDs never start with '.', so a spare never meets a job's folder; spares that an
+earlier run left behind are removed when the executor's preflight makes the first.
+*/
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::debug;
+
+use crate::platform::{self, Access};
+
+/// What the spare folder and its logs are made with: the job's own access.
+const ACCESS: Access = Access::Private;
+const PREFIX: &str = ".spare-";
+pub const LOGS: [&str; 2] = ["stdout.log", "stderr.log"];
+
+pub struct SpareDirs {
+    root: PathBuf,
+    /// `.spare-<pid>-<n>`: one name per executor, so two in one process never share.
+    path: PathBuf,
+    slot: Arc<Mutex<Slot>>,
+}
+
+enum Slot {
+    Empty,
+    Making,
+    Ready(PathBuf),
+}
+
+impl SpareDirs {
+    pub fn new(root: PathBuf) -> Self {
+        static EXECUTORS: AtomicU64 = AtomicU64::new(0);
+        let n = EXECUTORS.fetch_add(1, Ordering::Relaxed);
+        Self {
+            path: root.join(format!("{PREFIX}{}-{n}", std::process::id())),
+            root,
+            slot: Arc::new(Mutex::new(Slot::Empty)),
+        }
+    }
+
+    /// Removes spares left by earlier runs and makes the first one now. A failure is
+    /// only logged: job starts then make their folders themselves.
+    pub fn prepare(&self) {
+        remove_leftovers(&self.root);
+        *self.lock() = Slot::Making;
+        fill(&self.slot, self.path.clone());
+    }
+
+    /// Moves the spare to `job_dir` and starts making the next. Returns whether the
+    /// job's folder (with `work/` and both logs) is now in place.
+    pub fn take_into(&self, job_dir: &Path) -> bool {
+        let mut slot = self.lock();
+        let moved = match std::mem::replace(&mut *slot, Slot::Making) {
+            Slot::Making => return false,
+            Slot::Empty => false,
+            Slot::Ready(spare) => match fs::rename(&spare, job_dir) {
+                Ok(()) => true,
+                Err(error) if spare.exists() => {
+                    // Most likely the job's folder exists (a retried attempt): the
+                    // spare stays for the next job.
+                    debug!(%error, to = %job_dir.display(), "spare job folder not used");
+                    *slot = Slot::Ready(spare);
+                    return false;
+                }
+                Err(_) => false,
+            },
+        };
+        drop(slot);
+        self.make_next();
+        moved
+    }
+
+    /// Makes the next spare on a blocking thread (inline outside a tokio runtime); the
+    /// slot says `Making` until then.
+    fn make_next(&self) {
+        let (slot, path) = (self.slot.clone(), self.path.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || fill(&slot, path))),
+            Err(_) => fill(&slot, path),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn fill(slot: &Mutex<Slot>, path: PathBuf) {
+    let made = make(&path);
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    *slot = match made {
+        Ok(()) => Slot::Ready(path),
+        Err(error) => {
+            debug!(%error, path = %path.display(), "cannot make a spare job folder; job starts make their own");
+            Slot::Empty
+        }
+    };
+}
+
+/// The folder, `work/` and the two logs, from scratch (a half-made one from an earlier
+/// attempt is removed first).
+fn make(path: &Path) -> io::Result<()> {
+    if path.exists() {
+        fs::remove_dir_all(path)?;
+    }
+    platform::create_dir_all(&path.join("work"), ACCESS)?;
+    for log in LOGS {
+        let file = path.join(log);
+        platform::no_follow(platform::open_options(ACCESS).write(true).create_new(true))
+            .open(&file)?;
+    }
+    Ok(())
+}
+
+fn remove_leftovers(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(PREFIX)
+            && let Err(error) = fs::remove_dir_all(entry.path())
+        {
+            debug!(%error, path = %entry.path().display(), "cannot remove an old spare job folder");
+        }
+    }
+}
