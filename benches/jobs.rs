@@ -73,14 +73,18 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Polls from a blocked worker with short sleeps: spinning would steal one of the two
-/// cores from the runner and the dev-server and inflate the figure.
-fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
+/// Looks at the job each time the dev-server stored an event, rather than polling:
+/// a poll loop would take one of the two cores from the runner, the dev-server and
+/// the job itself, and most from whoever has the most to do at a job's start.
+async fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
+    let mut stored = server.events_stored();
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
+        stored.borrow_and_update();
         let submitted = Instant::now();
         let id = server.submit_job(request(&["true"])).expect("submit");
         loop {
+            stored.changed().await.expect("the dev-server runs");
             let job = server.job(&id).expect("query").expect("job");
             if !matches!(
                 job.state,
@@ -89,7 +93,6 @@ fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
                 samples.push(submitted.elapsed());
                 break;
             }
-            std::thread::sleep(Duration::from_micros(20));
         }
         // Let the job finish before the next, so one job at a time is measured.
         while server
@@ -99,7 +102,7 @@ fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
             .outcome
             .is_none()
         {
-            std::thread::sleep(Duration::from_micros(50));
+            stored.changed().await.expect("the dev-server runs");
         }
     }
     samples
@@ -371,11 +374,9 @@ async fn main() {
     let (mut ours, mut floor, mut with_duties, mut raw) = (vec![], vec![], vec![], vec![]);
     let per_round = count / rounds;
     for _ in 0..rounds {
-        tokio::task::block_in_place(|| {
-            ours.extend(dispatch_latency(&server, per_round));
-            floor.extend(dispatch_latency(&bare_server, per_round));
-            with_duties.extend(dispatch_latency(&duty_server, per_round));
-        });
+        ours.extend(dispatch_latency(&server, per_round).await);
+        floor.extend(dispatch_latency(&bare_server, per_round).await);
+        with_duties.extend(dispatch_latency(&duty_server, per_round).await);
         raw.extend(floor_latency(per_round).await);
     }
     for samples in [&mut ours, &mut floor, &mut with_duties, &mut raw] {

@@ -39,6 +39,8 @@ struct Harness {
     dir: TempDir,
     supervisor: JobSupervisor,
     reports: UnboundedReceiver<JobReport>,
+    /// What `spawn` returned, read by `next` before the channel.
+    spawned: std::collections::VecDeque<JobReport>,
 }
 
 impl Harness {
@@ -50,7 +52,13 @@ impl Harness {
             dir,
             supervisor,
             reports,
+            spawned: std::collections::VecDeque::new(),
         }
+    }
+
+    fn spawn(&mut self, spec: &JobSpec) {
+        let report = self.supervisor.spawn(spec);
+        self.spawned.push_back(report);
     }
 
     fn root(&self) -> PathBuf {
@@ -63,6 +71,9 @@ impl Harness {
     }
 
     async fn next(&mut self) -> JobReport {
+        if let Some(report) = self.spawned.pop_front() {
+            return report;
+        }
         timeout(WAIT, self.reports.recv())
             .await
             .expect("a report in time")
@@ -127,13 +138,13 @@ impl Harness {
 
     async fn run(&mut self, spec: &JobSpec) -> Run {
         let job = spec.job_ref();
-        self.supervisor.spawn(spec);
+        self.spawn(spec);
         self.started(&job).await;
         self.until_exit(&job).await
     }
 
     async fn spawn_failed(&mut self, spec: &JobSpec) -> String {
-        self.supervisor.spawn(spec);
+        self.spawn(spec);
         match self.next().await {
             JobReport::SpawnFailed { job, error } => {
                 assert_eq!(job, spec.job_ref());
@@ -233,7 +244,7 @@ fn rss_kib() -> u64 {
 async fn a_successful_job_reports_started_then_exit_code_zero() {
     let mut h = Harness::new();
     let spec = spec("ok", &["true"]);
-    h.supervisor.spawn(&spec);
+    h.spawn(&spec);
     let pid = h.started(&spec.job_ref()).await;
     assert!(pid > 1);
     let run = h.until_exit(&spec.job_ref()).await;
@@ -362,7 +373,7 @@ async fn a_job_starts_in_its_workdir_below_work() {
 async fn cancel_sends_sigterm_to_the_group() {
     let mut h = Harness::new();
     let spec = spec("cancel", &["sleep", "100"]);
-    h.supervisor.spawn(&spec);
+    h.spawn(&spec);
     h.started(&spec.job_ref()).await;
     assert_eq!(h.supervisor.running(), 1);
     h.supervisor
@@ -382,7 +393,7 @@ async fn cancel_sends_sigterm_to_the_group() {
 async fn cancel_reaches_the_jobs_children() {
     let mut h = Harness::new();
     let spec = spec("cancel-tree", &["sh", "-c", "sleep 1000 & echo $!; wait"]);
-    h.supervisor.spawn(&spec);
+    h.spawn(&spec);
     h.started(&spec.job_ref()).await;
     let child: i32 = h
         .output_containing(OutputStream::Stdout, "\n")
@@ -409,7 +420,7 @@ async fn a_job_ignoring_sigterm_is_killed_after_the_grace() {
         "stubborn",
         &["sh", "-c", "trap '' TERM; echo ready; sleep 100"],
     );
-    h.supervisor.spawn(&spec);
+    h.spawn(&spec);
     h.started(&spec.job_ref()).await;
     // Once it printed, the trap is set.
     h.output_containing(OutputStream::Stdout, "ready").await;
@@ -610,7 +621,7 @@ async fn fifty_mib_stream_in_full_with_bounded_memory() {
     let before = rss_kib();
     let mut peak = before;
     let began = Instant::now();
-    h.supervisor.spawn(&spec);
+    h.spawn(&spec);
     h.started(&spec.job_ref()).await;
     let mut received: u64 = 0;
     let mut chunks: u64 = 0;
@@ -659,7 +670,7 @@ async fn fifty_mib_stream_in_full_with_bounded_memory() {
 async fn a_stalled_consumer_holds_the_job_back_instead_of_buffering() {
     let mut h = Harness::new();
     let spec = spec("stalled", &["head", "-c", "52428800", "/dev/zero"]);
-    h.supervisor.spawn(&spec);
+    h.spawn(&spec);
     h.started(&spec.job_ref()).await;
     // Without reading, wait until the reader runs out of credits: the reports stop.
     let mut held = Vec::new();
@@ -699,9 +710,9 @@ async fn kill_all_kills_every_job_now() {
     let mut h = Harness::new();
     let a = spec("kill-a", &["sleep", "100"]);
     let b = spec("kill-b", &["sh", "-c", "trap '' TERM; sleep 100"]);
-    h.supervisor.spawn(&a);
+    h.spawn(&a);
     h.started(&a.job_ref()).await;
-    h.supervisor.spawn(&b);
+    h.spawn(&b);
     h.started(&b.job_ref()).await;
     assert_eq!(h.supervisor.running(), 2);
     h.supervisor.kill_all();
@@ -727,7 +738,7 @@ async fn kill_all_kills_every_job_now() {
 async fn dropping_the_supervisor_kills_its_jobs() {
     let mut h = Harness::new();
     let spec = spec("dropped", &["sh", "-c", "sleep 1000 & echo $!; wait"]);
-    h.supervisor.spawn(&spec);
+    h.spawn(&spec);
     let main = h.started(&spec.job_ref()).await;
     let child: i32 = h
         .output_containing(OutputStream::Stdout, "\n")
@@ -739,6 +750,7 @@ async fn dropping_the_supervisor_kills_its_jobs() {
         dir: _dir,
         supervisor,
         mut reports,
+        ..
     } = h;
     drop(supervisor);
     let exited = timeout(WAIT, async {
@@ -766,7 +778,7 @@ async fn dropping_the_supervisor_kills_its_jobs() {
 async fn the_same_attempt_never_runs_twice() {
     let mut h = Harness::new();
     let spec = spec("twice", &["sleep", "100"]);
-    h.supervisor.spawn(&spec);
+    h.spawn(&spec);
     h.started(&spec.job_ref()).await;
     let error = h.spawn_failed(&spec).await;
     assert!(error.contains("already running"), "{error}");
@@ -836,7 +848,7 @@ fn inode(path: &Path) -> u64 {
 }
 
 /// A job's folder is the spare made ahead of time, moved into place; the next spare
-/// follows. A job whose folder exists already (the same attempt run again) uses that
+/// follows when the runner is idle. A job whose folder exists already (the same attempt run again) uses that
 /// folder, with fresh logs, and leaves the spare for the next. Spares an earlier run
 /// left are removed at preflight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -852,8 +864,9 @@ async fn job_folders_are_the_spare_made_ahead_of_time() {
     let spare = ready_spare(&root).await;
     let spare_inode = inode(&spare);
 
-    let mut run = async |spec: JobSpec| {
-        supervisor.spawn(&spec);
+    let mut run = async |supervisor: &mut JobSupervisor, spec: JobSpec| {
+        let started = supervisor.spawn(&spec);
+        assert!(matches!(started, JobReport::Started { .. }), "{started:?}");
         loop {
             let report = timeout(WAIT, reports.recv()).await.unwrap().unwrap();
             assert_eq!(report.job(), &spec.job_ref());
@@ -863,7 +876,7 @@ async fn job_folders_are_the_spare_made_ahead_of_time() {
         }
     };
     let job_dir = root.join("a-1");
-    run(spec("a", &["sh", "-c", "echo first; pwd"])).await;
+    run(&mut supervisor, spec("a", &["sh", "-c", "echo first; pwd"])).await;
     assert_eq!(
         inode(&job_dir),
         spare_inode,
@@ -872,11 +885,17 @@ async fn job_folders_are_the_spare_made_ahead_of_time() {
     let work = std::fs::canonicalize(job_dir.join("work")).unwrap();
     let log = std::fs::read_to_string(job_dir.join("stdout.log")).unwrap();
     assert_eq!(log, format!("first\n{}\n", work.display()));
+    assert_eq!(
+        spares_and_others(&root),
+        (0, 1),
+        "made only when the runner is idle"
+    );
+    supervisor.prepare_ahead();
     let next = ready_spare(&root).await;
     assert_ne!(inode(&next), spare_inode, "a new spare is made");
 
     let next_inode = inode(&next);
-    run(spec("a", &["sh", "-c", "echo again"])).await;
+    run(&mut supervisor, spec("a", &["sh", "-c", "echo again"])).await;
     assert_eq!(inode(&job_dir), spare_inode, "the existing folder is used");
     assert_eq!(
         std::fs::read_to_string(job_dir.join("stdout.log")).unwrap(),
@@ -1016,10 +1035,10 @@ async fn a_refusing_executor_reports_spawn_failed() {
     let mut supervisor = JobSupervisor::with_executor(Arc::new(Refusing), tx);
     assert_eq!(supervisor.executor_name(), "refusing");
     supervisor.preflight().unwrap();
-    supervisor.spawn(&spec("refused", &["true"]));
-    let report = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let report = supervisor.spawn(&spec("refused", &["true"]));
     assert!(
         matches!(report, JobReport::SpawnFailed { .. }),
         "{report:?}"
     );
+    assert!(rx.try_recv().is_err(), "nothing else is reported");
 }

@@ -59,10 +59,11 @@ async fn a_job_runs_with_its_exit_code_output_and_a_clean_environment() {
     jobs.preflight().expect("preflight");
     // SAFETY: set before any job starts; this test binary's threads do not read it.
     unsafe { std::env::set_var("FYN_RUNNER_TEST_SECRET", "leaked") };
-    jobs.spawn(&spec(
+    let started = jobs.spawn(&spec(
         "env",
         &cmd("echo id=%FYN_JOB_ID% secret=%FYN_RUNNER_TEST_SECRET% root=%SystemRoot%& exit 3"),
     ));
+    assert!(matches!(started, JobReport::Started { .. }), "{started:?}");
     let (stdout, status) = run_to_exit(&mut reports).await;
     let text = String::from_utf8_lossy(&stdout);
     assert!(text.contains("id=env "), "{text}");
@@ -82,9 +83,8 @@ async fn a_cancel_ends_the_job_and_what_it_started() {
     let mut jobs = JobSupervisor::new(dir.path().join("jobs"), tx);
     // The main process waits on a child of its own; both must go.
     let job = spec("tree", &cmd("ping -n 120 127.0.0.1 > nul"));
-    jobs.spawn(&job);
-    match timeout(WAIT, reports.recv()).await.expect("in time") {
-        Some(JobReport::Started { .. }) => {}
+    match jobs.spawn(&job) {
+        JobReport::Started { .. } => {}
         other => panic!("expected Started, got {other:?}"),
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

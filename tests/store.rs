@@ -113,7 +113,8 @@ fn commit_survives_a_crash() {
         DurableState {
             runner_id: None,
             last_applied_command: 4,
-            last_event_index: 3,
+            // 3 stored, and one each for the two jobs with no start on record.
+            last_event_index: 5,
             acked_event_index: 1,
             jobs: vec![job("a", 1), job("b", 2)],
         }
@@ -387,6 +388,8 @@ enum Op {
     /// Ack up to `last_event_index + 2 - n` (saturating), so some acks are stale.
     Ack(u64),
     AddJob(u8, u32),
+    /// `job_started` for this job (its current attempt), which records its pid.
+    Started(u8),
     RemoveJob(u8),
     Identity,
     Hardware,
@@ -399,6 +402,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::AppendStale),
         3 => (0u64..5).prop_map(Op::Ack),
         3 => (0u8..4, 1u32..4).prop_map(|(id, attempt)| Op::AddJob(id, attempt)),
+        2 => (0u8..4).prop_map(Op::Started),
         2 => (0u8..4).prop_map(Op::RemoveJob),
         1 => Just(Op::Identity),
         1 => Just(Op::Hardware),
@@ -412,14 +416,23 @@ struct Model {
     acked: u64,
     outbox: BTreeMap<u64, RunnerEvent>,
     jobs: BTreeMap<String, JobSpec>,
+    /// Jobs whose `job_started` (and so pid) is on record.
+    started: std::collections::BTreeSet<String>,
 }
 
 impl Model {
     fn state(&self) -> DurableState {
+        // A job without a recorded start may have sent one that a power cut took
+        // back: its index counts as used (see `runtime/store.rs`).
+        let unconfirmed = self
+            .jobs
+            .keys()
+            .filter(|id| !self.started.contains(*id))
+            .count() as u64;
         DurableState {
             runner_id: None,
             last_applied_command: self.last_applied,
-            last_event_index: self.last_event,
+            last_event_index: self.last_event + unconfirmed,
             acked_event_index: self.acked,
             jobs: self.jobs.values().cloned().collect(),
         }
@@ -454,11 +467,31 @@ impl Model {
                 Op::AddJob(id, attempt) => {
                     let spec = job(&format!("job-{id}"), *attempt);
                     self.jobs.insert(spec.job_id.clone(), spec.clone());
+                    // A new row: no pid until its own start.
+                    self.started.remove(&spec.job_id);
                     Durable::JobAdded { job: spec }
+                }
+                Op::Started(id) => {
+                    let id = format!("job-{id}");
+                    let attempt = self.jobs.get(&id).map_or(1, |spec| spec.attempt);
+                    if self.jobs.contains_key(&id) {
+                        self.started.insert(id.clone());
+                    }
+                    let event = RunnerEvent::JobStarted {
+                        job: job_ref(&id, attempt),
+                        pid: 4242,
+                    };
+                    self.last_event += 1;
+                    self.outbox.insert(self.last_event, event.clone());
+                    Durable::OutboxAppend {
+                        index: self.last_event,
+                        event,
+                    }
                 }
                 Op::RemoveJob(id) => {
                     let id = format!("job-{id}");
                     self.jobs.remove(&id);
+                    self.started.remove(&id);
                     Durable::JobRemoved {
                         job: job_ref(&id, 1),
                     }

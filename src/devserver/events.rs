@@ -47,6 +47,7 @@ impl Inner {
             store.record_event(runner_id, index, event.kind(), &log_body(event), now_ms())?;
             apply_event(store, runner_id, event)
         })?;
+        self.stored.send_modify(|count| *count += 1);
         Ok(Received::Stored { frees_slot })
     }
 }

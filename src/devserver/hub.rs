@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub store: Store,
     pub live: HashMap<String, Live>,
     pub params: SessionParams,
+    /// How many runner events were stored so far; see `DevServer::events_stored`.
+    pub stored: tokio::sync::watch::Sender<u64>,
 }
 
 pub(crate) struct Hub {
@@ -90,6 +92,7 @@ impl Hub {
                 store,
                 live: HashMap::new(),
                 params,
+                stored: tokio::sync::watch::Sender::new(0),
             }),
             next_session: AtomicU64::new(1),
             params,
@@ -114,6 +117,10 @@ impl Hub {
         let value = f(&mut inner, &mut post)?;
         post.deliver();
         Ok(value)
+    }
+
+    pub fn events_stored(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.lock().stored.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

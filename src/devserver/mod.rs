@@ -235,6 +235,12 @@ impl DevServer {
         self.hub.job(id)
     }
 
+    /// Counts the runner events stored so far (a job accepted, started, its output,
+    /// its end, ...): await `changed()` on it instead of polling `job` in a loop.
+    pub fn events_stored(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.hub.events_stored()
+    }
+
     /// Queue a job (as `POST /admin/v1/jobs`); returns its ID.
     pub fn submit_job(&self, request: JobRequest) -> Result<String, DevServerError> {
         self.hub.submit_job(request)

@@ -221,7 +221,25 @@ impl Store {
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Room for every statement `exec` and `one` run, so none is parsed twice.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self { conn })
+    }
+
+    /// One statement, prepared once per connection: the dev-server runs the same few
+    /// statements for every frame, and parsing them each time was most of its work.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute(params)
+    }
+
+    /// A query for one row, through the same statement cache.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.conn.prepare_cached(sql)?.query_row(params, row)
     }
 
     /// Run `f` in one transaction: all of it is stored, or none of it.
@@ -241,7 +259,7 @@ impl Store {
     // ------------------------------------------------------------ tokens
 
     pub fn insert_token(&self, token: &str, now: u64) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO tokens (token, created_ms) VALUES (?1, ?2)",
             params![token, int(now)],
         )?;
@@ -250,8 +268,7 @@ impl Store {
 
     pub fn token_status(&self, token: &str) -> Result<TokenStatus, StoreError> {
         let used: Option<Option<String>> = self
-            .conn
-            .query_row(
+            .one(
                 "SELECT used_by FROM tokens WHERE token = ?1",
                 params![token],
                 |row| row.get(0),
@@ -272,7 +289,7 @@ impl Store {
         runner_id: &str,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let changed = self.conn.execute(
+        let changed = self.exec(
             "UPDATE tokens SET used_by = ?2, used_ms = ?3 WHERE token = ?1 AND used_by IS NULL",
             params![token, runner_id, int(now)],
         )?;
@@ -282,7 +299,7 @@ impl Store {
     // ------------------------------------------------------------ runners
 
     pub fn insert_runner(&self, runner: &RunnerRow, now: u64) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO runners (id, name, public_key, version, slots, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -312,8 +329,7 @@ impl Store {
 
     pub fn runner(&self, id: &str) -> Result<Option<RunnerRow>, StoreError> {
         let row = self
-            .conn
-            .query_row(
+            .one(
                 &format!("SELECT {RUNNER_COLUMNS} FROM runners WHERE id = ?1"),
                 params![id],
                 raw_runner,
@@ -323,7 +339,7 @@ impl Store {
     }
 
     pub fn runners(&self) -> Result<Vec<RunnerRow>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {RUNNER_COLUMNS} FROM runners ORDER BY created_ms, id"
         ))?;
         let raws = stmt
@@ -340,7 +356,7 @@ impl Store {
         version: &str,
         slots: u32,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE runners SET name = ?2, version = ?3, slots = ?4 WHERE id = ?1",
             params![id, name, version, slots],
         )?;
@@ -348,7 +364,7 @@ impl Store {
     }
 
     pub fn set_runner_version(&self, id: &str, version: &str) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE runners SET version = ?2 WHERE id = ?1",
             params![id, version],
         )?;
@@ -361,7 +377,7 @@ impl Store {
         hardware: &serde_json::Value,
         known: bool,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE runners SET hardware = ?2, hardware_known = ?3 WHERE id = ?1",
             params![id, serde_json::to_string(hardware)?, known],
         )?;
@@ -369,7 +385,7 @@ impl Store {
     }
 
     pub fn set_hardware_known(&self, id: &str, known: bool) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE runners SET hardware_known = ?2 WHERE id = ?1",
             params![id, known],
         )?;
@@ -377,7 +393,7 @@ impl Store {
     }
 
     pub fn set_last_seen(&self, id: &str, now: u64) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE runners SET last_seen_ms = ?2 WHERE id = ?1",
             params![id, int(now)],
         )?;
@@ -393,13 +409,13 @@ impl Store {
         command: &Command,
         now: u64,
     ) -> Result<u64, StoreError> {
-        let index: u64 = self.conn.query_row(
+        let index: u64 = self.one(
             "UPDATE runners SET next_command_index = next_command_index + 1
              WHERE id = ?1 RETURNING next_command_index - 1",
             params![runner_id],
             |row| get_u64(row, 0),
         )?;
-        self.conn.execute(
+        self.exec(
             "INSERT INTO commands (runner_id, idx, body, created_ms) VALUES (?1, ?2, ?3, ?4)",
             params![
                 runner_id,
@@ -418,7 +434,7 @@ impl Store {
         runner_id: &str,
         applied: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE runners SET next_command_index = MAX(next_command_index, ?2 + 1) WHERE id = ?1",
             params![runner_id, int(applied)],
         )?;
@@ -426,7 +442,7 @@ impl Store {
     }
 
     pub fn ack_command(&self, runner_id: &str, index: u64) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE commands SET acked = 1 WHERE runner_id = ?1 AND idx = ?2",
             params![runner_id, int(index)],
         )?;
@@ -436,7 +452,7 @@ impl Store {
     /// `authenticate` carries the last index the runner applied: everything up to it is
     /// acknowledged, everything after it is not, whatever was recorded before.
     pub fn reset_acks(&self, runner_id: &str, last_applied: u64) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE commands SET acked = (idx <= ?2) WHERE runner_id = ?1",
             params![runner_id, int(last_applied)],
         )?;
@@ -444,7 +460,7 @@ impl Store {
     }
 
     pub fn unacked_commands(&self, runner_id: &str) -> Result<Vec<CommandRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT idx, body FROM commands WHERE runner_id = ?1 AND acked = 0 ORDER BY idx",
         )?;
         let raws = stmt
@@ -463,7 +479,7 @@ impl Store {
     }
 
     pub fn unacked_count(&self, runner_id: &str) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row(
+        Ok(self.one(
             "SELECT COUNT(*) FROM commands WHERE runner_id = ?1 AND acked = 0",
             params![runner_id],
             |row| get_u64(row, 0),
@@ -481,11 +497,11 @@ impl Store {
         body: &serde_json::Value,
         now: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO events (runner_id, idx, kind, body, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![runner_id, int(index), kind, serde_json::to_string(body)?, int(now)],
         )?;
-        self.conn.execute(
+        self.exec(
             "UPDATE runners SET last_event_index = ?2 WHERE id = ?1",
             params![runner_id, int(index)],
         )?;
@@ -493,7 +509,7 @@ impl Store {
     }
 
     pub fn events(&self, runner_id: &str) -> Result<Vec<EventRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT idx, kind, body, received_ms FROM events WHERE runner_id = ?1 ORDER BY idx",
         )?;
         let raws = stmt
@@ -521,7 +537,7 @@ impl Store {
     // ------------------------------------------------------------ jobs
 
     pub fn insert_job(&self, job: &JobRow) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO jobs (id, command, env, timeout_secs, output_limit_bytes,
                                cancel_grace_secs, state, attempt, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -548,7 +564,7 @@ impl Store {
             .exit_status
             .map(|s| serde_json::to_string(&s))
             .transpose()?;
-        self.conn.execute(
+        self.exec(
             "UPDATE jobs SET state = ?2, attempt = ?3, runner_id = ?4, cancel_requested = ?5,
                 outcome = ?6, exit_status = ?7, duration_ms = ?8, truncated = ?9,
                 stdout_len = ?10, stderr_len = ?11, detail = ?12, held_by = ?13
@@ -574,8 +590,7 @@ impl Store {
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
         let raw = self
-            .conn
-            .query_row(
+            .one(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
                 params![id],
                 raw_job,
@@ -606,7 +621,7 @@ impl Store {
     }
 
     pub fn count_jobs_on_runner(&self, runner_id: &str) -> Result<u32, StoreError> {
-        Ok(self.conn.query_row(
+        Ok(self.one(
             "SELECT COUNT(*) FROM jobs
              WHERE runner_id = ?1 AND state IN ('assigned', 'accepted', 'running')",
             params![runner_id],
@@ -619,7 +634,7 @@ impl Store {
         condition: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<JobRow>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE {condition} ORDER BY seq"
         ))?;
         let raws = stmt
@@ -635,7 +650,7 @@ impl Store {
         pos: u64,
         data: &[u8],
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT OR REPLACE INTO job_output (job_id, stream, pos, data) VALUES (?1, ?2, ?3, ?4)",
             params![job_id, stream_name(stream), int(pos), data],
         )?;
@@ -643,7 +658,7 @@ impl Store {
     }
 
     pub fn output(&self, job_id: &str, stream: OutputStream) -> Result<Vec<u8>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT data FROM job_output WHERE job_id = ?1 AND stream = ?2 ORDER BY pos",
         )?;
         let chunks = stmt
@@ -656,8 +671,7 @@ impl Store {
 
     /// A new attempt starts with no output.
     pub fn clear_output(&self, job_id: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM job_output WHERE job_id = ?1", params![job_id])?;
+        self.exec("DELETE FROM job_output WHERE job_id = ?1", params![job_id])?;
         Ok(())
     }
 }

@@ -278,6 +278,7 @@ fn launch(
         local: VecDeque::new(),
         exit: None,
         scratch: Effects::default(),
+        spawns: Vec::new(),
     };
     // An install is no daemon: it leaves the socket to the service it starts.
     let socket = if driver.installer.is_none() {
@@ -380,6 +381,8 @@ struct Driver {
     local: VecDeque<Event>,
     exit: Option<ExitCode>,
     scratch: Effects,
+    /// Jobs to start once the frames of the batch that asked for them are written.
+    spawns: Vec<crate::protocol::JobSpec>,
 }
 
 impl Driver {
@@ -394,6 +397,13 @@ impl Driver {
         let mut progress = tokio::time::interval(DRAIN_PROGRESS_EVERY);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while self.exit.is_none() {
+            if !self.spawns.is_empty() {
+                // One turn for the writer first: the API hears `job_accepted` (and the
+                // command's ack) while the process starts, not after it.
+                tokio::task::yield_now().await;
+                self.spawn_jobs();
+                continue;
+            }
             if let Some(event) = self.local.pop_front() {
                 self.dispatch(event);
                 continue;
@@ -401,6 +411,9 @@ impl Driver {
             // Job output waits (and so does the job, once its credits are spent) while
             // the API is behind: memory stays bounded however slow the link is.
             self.flush_trace();
+            if inputs.is_empty() && reports.is_empty() {
+                self.jobs.prepare_ahead();
+            }
             let paused = self.backpressured();
             let next = tokio::select! {
                 _ = progress.tick() => {
@@ -692,10 +705,7 @@ impl Driver {
                 self.timers.start(timer, after);
             }
             Effect::CancelTimer { timer } => self.timers.cancel(&timer),
-            Effect::SpawnJob { job } => {
-                info!(job = %job.job_id, attempt = job.attempt, program = ?job.command.first(), "starting job");
-                self.jobs.spawn(&job);
-            }
+            Effect::SpawnJob { job } => self.spawns.push(job),
             Effect::CancelJob {
                 job,
                 reason,
@@ -725,10 +735,22 @@ impl Driver {
                 }
             }
             Effect::Exit { code } => {
+                // Accepted and not started: the next start reports them lost.
+                for job in self.spawns.drain(..) {
+                    warn!(job = %job.job_id, attempt = job.attempt, "not started: the runner is stopping");
+                }
                 // No process of a job outlives the runner that ran it.
                 self.jobs.kill_all();
                 self.exit = Some(code);
             }
+        }
+    }
+
+    fn spawn_jobs(&mut self) {
+        for job in std::mem::take(&mut self.spawns) {
+            info!(job = %job.job_id, attempt = job.attempt, program = ?job.command.first(), "starting job");
+            let started = self.jobs.spawn(&job).into_event();
+            self.local.push_back(started);
         }
     }
 

@@ -142,6 +142,26 @@ pub struct Connection {
 pub const HIGH_WATER: usize = 64;
 pub const LOW_WATER: usize = 16;
 
+/// Frames the writer takes from its queue at once and sends with one flush: what one
+/// batch of effects queues (an event, a command ack, the next event) leaves in one
+/// write instead of one each. Bounded so a resend does not buffer the whole queue.
+const WRITE_BATCH: usize = 16;
+
+/// Every frame of `batch` (emptied), then one flush; nothing after a `Close`.
+async fn write_all(
+    sink: &mut futures_util::stream::SplitSink<WsStream, Message>,
+    batch: &mut Vec<Message>,
+) -> Result<(), tungstenite::Error> {
+    for message in batch.drain(..) {
+        let closing = matches!(message, Message::Close(_));
+        sink.feed(message).await?;
+        if closing {
+            break;
+        }
+    }
+    sink.flush().await
+}
+
 impl Connection {
     pub fn spawn(id: u64, stream: WsStream, inputs: UnboundedSender<Input>) -> Self {
         let (mut sink, mut source) = stream.split();
@@ -150,16 +170,19 @@ impl Connection {
         let writer_queued = queued.clone();
         let writer_inputs = inputs.clone();
         tokio::spawn(async move {
-            while let Some(message) = queue.recv().await {
-                let closing = matches!(message, Message::Close(_));
-                if let Err(e) = sink.send(message).await {
+            let mut batch = Vec::with_capacity(WRITE_BATCH);
+            while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+                let written = batch.len();
+                let closing = batch.iter().any(|m| matches!(m, Message::Close(_)));
+                if let Err(e) = write_all(&mut sink, &mut batch).await {
                     let event = Event::SocketFailed {
                         error: format!("write failed: {e}"),
                     };
                     let _ = writer_inputs.send(Input::Socket { conn: id, event });
                     return;
                 }
-                if writer_queued.fetch_sub(1, Ordering::AcqRel) == LOW_WATER + 1 {
+                let before = writer_queued.fetch_sub(written, Ordering::AcqRel);
+                if before > LOW_WATER && before - written <= LOW_WATER {
                     let _ = writer_inputs.send(Input::Drained { conn: id });
                 }
                 if closing {

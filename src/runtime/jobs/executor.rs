@@ -30,6 +30,10 @@ pub trait Executor: Send + Sync {
     fn preflight(&self) -> Result<(), ExecutorError>;
 
     fn spawn(&self, request: SpawnRequest) -> Result<RunningJob, ExecutorError>;
+
+    /// The runner has nothing else to do: prepare what makes the next start quicker.
+    /// Must return at once (heavy work goes to a blocking thread).
+    fn prepare_ahead(&self) {}
 }
 
 /// What to run, and where its output goes.

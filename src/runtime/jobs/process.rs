@@ -116,6 +116,10 @@ impl Executor for ProcessExecutor {
         Ok(())
     }
 
+    fn prepare_ahead(&self) {
+        self.spares.refill();
+    }
+
     fn spawn(&self, request: SpawnRequest) -> Result<RunningJob, ExecutorError> {
         let SpawnRequest { spec, output } = request;
         spec.validate()?;

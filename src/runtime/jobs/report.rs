@@ -1,6 +1,7 @@
 /*!
 What the job executor tells the driver: one enum that mirrors the core's job events,
-and its conversion into them. The driver forwards each report as it arrives.
+and its conversion into them. `Started` or `SpawnFailed` is what a spawn returns; the
+rest arrive through the reports channel, and the driver forwards each as it arrives.
 */
 
 use crate::core::Event;

@@ -1,11 +1,12 @@
 /*!
-A job folder made ahead of time: `<jobs_root>/.spare-<runner pid>/`, with `work/` and
-the two empty logs in it. A job start renames it into place, one change to the file
-system where making the folder costs four (two folders, two files), on the path
-between `start_job` and `job_started`; the next spare is then made on a blocking
-thread, off that path. When there is none ready (jobs started back to back, a
-failure making it, a job folder that exists already), the start makes its folder
-itself, as it would without spares.
+A job folder made ahead of time: `<jobs_root>/.spare-<runner pid>-<n>/`, with `work/`
+and the two empty logs in it. A job start renames it into place, one change to the
+file system where making the folder costs four (two folders, two files), on the path
+between `start_job` and `job_started`. The next spare is made on a blocking thread
+once the runner is idle (`Executor::prepare_ahead`), so it competes neither for the
+CPU nor for the file system's journal with the start that used the last one. When
+there is none ready (jobs started back to back, a failure making it, a job folder
+that exists already), the start makes its folder itself, as it would without spares.
 
 Job IDs never start with '.', so a spare never meets a job's folder; spares that an
 earlier run left behind are removed when the executor's preflight makes the first.
@@ -58,33 +59,36 @@ impl SpareDirs {
         fill(&self.slot, self.path.clone());
     }
 
-    /// Moves the spare to `job_dir` and starts making the next. Returns whether the
-    /// job's folder (with `work/` and both logs) is now in place.
+    /// Moves the spare to `job_dir`. Returns whether the job's folder (with `work/`
+    /// and both logs) is now in place.
     pub fn take_into(&self, job_dir: &Path) -> bool {
         let mut slot = self.lock();
-        let moved = match std::mem::replace(&mut *slot, Slot::Making) {
-            Slot::Making => return false,
-            Slot::Empty => false,
-            Slot::Ready(spare) => match fs::rename(&spare, job_dir) {
-                Ok(()) => true,
-                Err(error) if spare.exists() => {
-                    // Most likely the job's folder exists (a retried attempt): the
-                    // spare stays for the next job.
-                    debug!(%error, to = %job_dir.display(), "spare job folder not used");
-                    *slot = Slot::Ready(spare);
-                    return false;
-                }
-                Err(_) => false,
-            },
+        let Slot::Ready(spare) = std::mem::replace(&mut *slot, Slot::Empty) else {
+            return false;
         };
-        drop(slot);
-        self.make_next();
-        moved
+        match fs::rename(&spare, job_dir) {
+            Ok(()) => true,
+            Err(error) => {
+                // Most likely the job's folder exists (a retried attempt): the spare
+                // stays for the next job, unless it is gone.
+                debug!(%error, to = %job_dir.display(), "spare job folder not used");
+                if spare.exists() {
+                    *slot = Slot::Ready(spare);
+                }
+                false
+            }
+        }
     }
 
-    /// Makes the next spare on a blocking thread (inline outside a tokio runtime); the
-    /// slot says `Making` until then.
-    fn make_next(&self) {
+    /// Starts making a spare if there is none, on a blocking thread (inline outside a
+    /// tokio runtime); returns at once.
+    pub fn refill(&self) {
+        let mut slot = self.lock();
+        if !matches!(*slot, Slot::Empty) {
+            return;
+        }
+        *slot = Slot::Making;
+        drop(slot);
         let (slot, path) = (self.slot.clone(), self.path.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(move || fill(&slot, path))),

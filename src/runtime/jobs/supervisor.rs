@@ -60,21 +60,26 @@ impl JobSupervisor {
         self.executor.preflight()
     }
 
-    /// Start a job: `Started` and later `Exited` are reported, or `SpawnFailed`. Never
-    /// panics on a bad spec; must be called from inside a tokio runtime.
-    pub fn spawn(&mut self, spec: &JobSpec) {
+    /// Called when the runner is idle: the executor prepares for the next start then,
+    /// never on a job's way to `job_started`.
+    pub fn prepare_ahead(&self) {
+        self.executor.prepare_ahead();
+    }
+
+    /// Start a job. Returns how that went, `Started` or `SpawnFailed`, at once: the
+    /// driver tells the API before anything else that arrived meanwhile. After
+    /// `Started`, the job's output and its `Exited` come through the reports channel.
+    /// Never panics on a bad spec; must be called from inside a tokio runtime.
+    pub fn spawn(&mut self, spec: &JobSpec) -> JobReport {
         self.prune();
         let job = spec.job_ref();
         if self.jobs.contains_key(&job) {
             // Running the same attempt twice is the one thing worse than not running it.
-            self.spawn_failed(
-                job.clone(),
-                ExecutorError::AlreadyRunning {
-                    job_id: job.job_id,
-                    attempt: job.attempt,
-                },
-            );
-            return;
+            let error = ExecutorError::AlreadyRunning {
+                job_id: job.job_id.clone(),
+                attempt: job.attempt,
+            };
+            return spawn_failed(job, error);
         }
         let request = SpawnRequest {
             spec: spec.clone(),
@@ -86,16 +91,8 @@ impl JobSupervisor {
             finished,
         } = match self.executor.spawn(request) {
             Ok(running) => running,
-            Err(error) => {
-                self.spawn_failed(job, error);
-                return;
-            }
+            Err(error) => return spawn_failed(job, error),
         };
-        // Sent before the job's task first polls `finished`, so before any output.
-        let _ = self.reports.send(JobReport::Started {
-            job: job.clone(),
-            pid,
-        });
         let (cancels, cancel_rx) = mpsc::unbounded_channel();
         let ended = Arc::new(AtomicBool::new(false));
         tokio::spawn(supervise(
@@ -107,13 +104,16 @@ impl JobSupervisor {
             ended.clone(),
         ));
         self.jobs.insert(
-            job,
+            job.clone(),
             Supervised {
                 control,
                 cancels,
                 ended,
             },
         );
+        // Output only follows once the job's task first polls `finished`, which is
+        // after the caller has this.
+        JobReport::Started { job, pid }
     }
 
     /// SIGTERM the job's processes, then SIGKILL them after `grace` unless they ended.
@@ -156,13 +156,13 @@ impl JobSupervisor {
         self.jobs
             .retain(|_, supervised| !supervised.ended.load(Ordering::Acquire));
     }
+}
 
-    fn spawn_failed(&self, job: JobRef, error: ExecutorError) {
-        warn!(job = %job.job_id, attempt = job.attempt, %error, "job could not be started");
-        let _ = self.reports.send(JobReport::SpawnFailed {
-            job,
-            error: error.to_string(),
-        });
+fn spawn_failed(job: JobRef, error: ExecutorError) -> JobReport {
+    warn!(job = %job.job_id, attempt = job.attempt, %error, "job could not be started");
+    JobReport::SpawnFailed {
+        job,
+        error: error.to_string(),
     }
 }
 
