@@ -355,7 +355,7 @@ async fn floor_latency(count: usize) -> Vec<Duration> {
 async fn main() {
     let count = env_or("JOBS_BENCH_COUNT", 1000);
     let bytes = env_or("JOBS_BENCH_BYTES", 1 << 30);
-    let rounds = env_or("JOBS_BENCH_ROUNDS", 10).clamp(1, count);
+    let rounds = env_or("JOBS_BENCH_ROUNDS", 100).clamp(1, count);
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await
         .expect("dev-server");

@@ -143,6 +143,10 @@ async fn a_job_that_finishes_before_the_deadline_succeeds_and_the_runner_exits_0
         server.job(&late).expect("query").expect("job").state,
         JobState::Queued
     );
+    // Acknowledgements are written with the next batch or before the exit: none is
+    // left to resend after a clean stop.
+    let store = fyn_runner::runtime::store::Store::open(dir.path()).expect("store");
+    assert_eq!(store.outbox_depth().expect("depth"), 0);
     server.shutdown().await;
 }
 

@@ -279,6 +279,7 @@ fn launch(
         exit: None,
         scratch: Effects::default(),
         spawns: Vec::new(),
+        unsaved_ack: None,
     };
     // An install is no daemon: it leaves the socket to the service it starts.
     let socket = if driver.installer.is_none() {
@@ -383,6 +384,11 @@ struct Driver {
     scratch: Effects,
     /// Jobs to start once the frames of the batch that asked for them are written.
     spawns: Vec<crate::protocol::JobSpec>,
+    /// An acknowledgement not written yet. A batch of acknowledgements alone is not
+    /// worth a commit of its own: it goes with the next batch, or at the next progress
+    /// tick, or before the runner stops. Losing it only means the API is sent those
+    /// events again and drops them by index.
+    unsaved_ack: Option<u64>,
 }
 
 impl Driver {
@@ -418,6 +424,7 @@ impl Driver {
             let next = tokio::select! {
                 _ = progress.tick() => {
                     self.drain_progress();
+                    self.save_acks();
                     None
                 }
                 Some(input) = inputs.recv() => self.accept(input),
@@ -434,6 +441,7 @@ impl Driver {
             }
             self.pump_resend();
         }
+        self.save_acks();
         self.flush_trace();
         self.timers.cancel_all();
         if let Some(farewell) = self.farewell.take() {
@@ -633,7 +641,27 @@ impl Driver {
         if rows.is_empty() {
             return Ok(());
         }
+        if let Some(up_to) = only_acks(&rows) {
+            self.unsaved_ack = self.unsaved_ack.max(Some(up_to));
+            return Ok(());
+        }
+        if let Some(up_to) = self.unsaved_ack.take() {
+            rows.push(Durable::OutboxAcked { up_to });
+        }
         self.store.commit(&rows).map_err(|e| e.to_string())
+    }
+
+    /// Writes the acknowledgement that waits, if any (see `unsaved_ack`).
+    fn save_acks(&mut self) {
+        let Some(up_to) = self.unsaved_ack.take() else {
+            return;
+        };
+        if let Err(error) = self.store.commit(&[Durable::OutboxAcked { up_to }]) {
+            error!(%error, "persisting an acknowledgement failed");
+            self.local.push_back(Event::StoreFailed {
+                error: error.to_string(),
+            });
+        }
     }
 
     fn save_identity(&mut self, runner_id: &str) -> Result<(), String> {
@@ -985,6 +1013,14 @@ impl Driver {
             Err(error) => warn!(%error, "cannot swap the store out; its files may stay behind"),
         }
     }
+}
+
+/// The highest `up_to` when `rows` are acknowledgements and nothing else.
+fn only_acks(rows: &[Durable]) -> Option<u64> {
+    rows.iter().try_fold(0, |highest, row| match row {
+        Durable::OutboxAcked { up_to } => Some(highest.max(*up_to)),
+        _ => None,
+    })
 }
 
 /// Persist before send: the order in which a batch's effects are performed.

@@ -7,8 +7,8 @@
 //! since the WAL is one file replayed in order up to its first missing commit, a
 //! crash can only ever take back a suffix of not-waited-for batches.
 //! - Acknowledgements alone (`OutboxAcked`). Losing one loses nothing: the events it
-//!   retired are sent again and the API drops them by index. One arrives for nearly
-//!   every event, so this keeps a disk sync per event off the job path.
+//!   retired are sent again and the API drops them by index. (The driver rarely
+//!   commits one alone: it holds them back and adds them to the next batch.)
 //! - A `job_started` alone. Its job's acceptance waited for the disk before the
 //!   process was spawned, so a job is never run twice; what a power cut can take back
 //!   is only the news that a process started, and that process died with the power.
