@@ -257,8 +257,15 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
 
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut index = 0;
+    // Idle while the other contenders' rounds run: heartbeats keep the session open.
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut seq = 0;
     loop {
         tokio::select! {
+            _ = heartbeat.tick() => {
+                seq += 1;
+                send(&mut ws, &RunnerMessage::Heartbeat { seq, jobs_running: 0 }).await;
+            }
             message = recv(&mut ws) => {
                 let ServerMessage::Command { command: ServerCommand::StartJob { job }, .. } = message
                 else {
