@@ -8,7 +8,9 @@
 //!   all (send → reply received);
 //! - output throughput for a 1 GiB job, and the runner's peak resident memory.
 //!
-//! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT`, `JOBS_BENCH_BYTES` to change sizes).
+//! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT`, `JOBS_BENCH_BYTES` to change sizes,
+//! `JOBS_BENCH_ROUNDS` for the interleaving, `JOBS_BENCH_RUNNER` to measure another
+//! build's binary).
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -37,8 +39,12 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The runner measured: this build's, or `JOBS_BENCH_RUNNER` (another build's binary,
+/// to compare two versions against the same floors in one run).
 fn spawn_runner(url: &str, dir: &std::path::Path, token: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fyn-runner"))
+    let binary = std::env::var_os("JOBS_BENCH_RUNNER")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_fyn-runner").into());
+    Command::new(binary)
         .args(["run", "--server", url, "--slots", "4", "--token", token])
         .arg("--state-dir")
         .arg(dir)
