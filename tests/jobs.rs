@@ -908,6 +908,12 @@ async fn job_folders_are_the_spare_made_ahead_of_time() {
         "the spare stays"
     );
     assert_eq!(spares_and_others(&root), (1, 1));
+    drop(supervisor);
+    assert_eq!(
+        spares_and_others(&root),
+        (0, 1),
+        "the spare goes with the runner"
+    );
 }
 
 #[test]

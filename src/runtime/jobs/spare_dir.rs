@@ -8,8 +8,9 @@ CPU nor for the file system's journal with the start that used the last one. Whe
 there is none ready (jobs started back to back, a failure making it, a job folder
 that exists already), the start makes its folder itself, as it would without spares.
 
-Job IDs never start with '.', so a spare never meets a job's folder; spares that an
-earlier run left behind are removed when the executor's preflight makes the first.
+Job IDs never start with '.', so a spare never meets a job's folder. A runner removes
+its spare when it stops; one that an earlier run left behind (a crash) is removed when
+the executor's preflight makes the first.
 */
 
 use std::fs;
@@ -98,6 +99,16 @@ impl SpareDirs {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A runner that stops takes its ready spare with it (one still being made is left
+/// to the next start, which removes it).
+impl Drop for SpareDirs {
+    fn drop(&mut self) {
+        if let Slot::Ready(spare) = std::mem::replace(&mut *self.lock(), Slot::Empty) {
+            let _ = fs::remove_dir_all(spare);
+        }
     }
 }
 
