@@ -171,6 +171,8 @@ async fn recv(ws: &mut Socket) -> ServerMessage {
 struct Duties {
     root: tempfile::TempDir,
     db: rusqlite::Connection,
+    /// The `synchronous` level set now: changed only when it must, as the runner does.
+    waits_for_disk: std::cell::Cell<bool>,
 }
 
 impl Duties {
@@ -182,14 +184,20 @@ impl Duties {
              CREATE TABLE log (idx INTEGER PRIMARY KEY, body TEXT NOT NULL);",
         )
         .expect("schema");
-        Self { root, db }
+        Self {
+            root,
+            db,
+            waits_for_disk: std::cell::Cell::new(true),
+        }
     }
 
     fn record(&self, body: &str, wait_for_disk: bool) {
-        let level = if wait_for_disk { "FULL" } else { "NORMAL" };
-        self.db
-            .pragma_update(None, "synchronous", level)
-            .expect("synchronous");
+        if self.waits_for_disk.replace(wait_for_disk) != wait_for_disk {
+            let level = if wait_for_disk { "FULL" } else { "NORMAL" };
+            self.db
+                .pragma_update(None, "synchronous", level)
+                .expect("synchronous");
+        }
         self.db
             .execute("INSERT INTO log (body) VALUES (?1)", [body])
             .expect("insert");

@@ -774,11 +774,8 @@ fn systemd_start_stop_restart() {
     }
 }
 
-#[test]
-fn systemd_operations_need_an_installed_unit() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let runner = RecordingRunner::new();
-    let manager = systemd_in(root.path(), Scope::System, &runner);
+/// Uninstall, start, stop and restart all say the service is not installed.
+fn refuses_everything_but_install(manager: &dyn ServiceManager) {
     for result in [
         manager.uninstall(),
         manager.start(),
@@ -790,6 +787,14 @@ fn systemd_operations_need_an_installed_unit() {
             "{result:?}"
         );
     }
+}
+
+#[test]
+fn systemd_operations_need_an_installed_unit() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let runner = RecordingRunner::new();
+    let manager = systemd_in(root.path(), Scope::System, &runner);
+    refuses_everything_but_install(&manager);
     assert!(runner.lines().is_empty());
 }
 
@@ -1041,17 +1046,7 @@ fn launchd_operations_need_an_installed_plist() {
     let root = tempfile::tempdir().expect("tempdir");
     let runner = RecordingRunner::new();
     let manager = launchd_in(root.path(), Scope::User, &runner);
-    for result in [
-        manager.uninstall(),
-        manager.start(),
-        manager.stop(),
-        manager.restart(),
-    ] {
-        assert!(
-            matches!(result, Err(ServiceError::NotInstalled { .. })),
-            "{result:?}"
-        );
-    }
+    refuses_everything_but_install(&manager);
     assert!(runner.lines().is_empty());
 }
 
