@@ -76,6 +76,7 @@ ca_file = "ca.pem"
 allow_insecure_transport = true
 drain_deadline = 0
 hardware_recheck = 60
+job_retention_hours = 0
 trace_max_bytes = 1048576
 trace_keep = 3
 no_trace = false
@@ -97,6 +98,7 @@ log_format = "json"
             allow_insecure_transport: Some(true),
             drain_deadline: Some(0),
             hardware_recheck: Some(60),
+            job_retention_hours: Some(0),
             trace_max_bytes: Some(1 << 20),
             trace_keep: Some(3),
             no_trace: Some(false),
@@ -141,6 +143,9 @@ fn negative_and_out_of_range_numbers_are_named() {
     assert!(message.contains("between 1 and 1000"), "{message}");
     let (_, message) = error_for("hardware_recheck = 0\n", "hardware_recheck");
     assert!(message.contains("between 1 and"), "{message}");
+    // Seconds written where hours are meant: caught, not kept for a century.
+    let (_, message) = error_for("job_retention_hours = 604800\n", "job_retention_hours");
+    assert!(message.contains("between 0 and 87600"), "{message}");
 }
 
 #[test]
@@ -190,6 +195,7 @@ fn full_config() -> FileConfig {
         allow_insecure_transport: Some(false),
         drain_deadline: Some(300),
         hardware_recheck: Some(900),
+        job_retention_hours: Some(720),
         trace_max_bytes: Some(1234),
         trace_keep: Some(2),
         no_trace: Some(true),

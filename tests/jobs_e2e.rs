@@ -384,9 +384,14 @@ async fn slots_full_rejects_a_resent_command_runs_once_and_a_climbing_id_is_refu
 // ---------------------------------------------------------------- the real binary
 
 fn spawn_runner(url: &str, dir: &Path, token: Option<&str>) -> Child {
+    spawn_runner_with(url, dir, token, &[])
+}
+
+fn spawn_runner_with(url: &str, dir: &Path, token: Option<&str>, flags: &[&str]) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fyn-runner"));
     command
         .args(["run", "--server", url, "--slots", "2"])
+        .args(flags)
         .arg("--state-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")
@@ -453,6 +458,71 @@ async fn kill_9_mid_job_then_restart_reports_it_lost_once_and_leaves_no_process(
         .filter(|e| format!("{e:?}").contains("job_finished"))
         .count();
     assert_eq!(finishes, 1, "reported exactly once");
+    runner.kill().expect("stop");
+    let _ = runner.wait();
+    server.shutdown().await;
+}
+
+/// Until `done` holds of the job folders, or the wait runs out.
+async fn until_folders(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A folder as a job leaves it, whose output was last written `hours_ago`.
+fn ended_job_folder(jobs: &Path, name: &str, hours_ago: u64) -> std::path::PathBuf {
+    let folder = jobs.join(name);
+    std::fs::create_dir_all(folder.join("work")).expect("folder");
+    let written = std::time::SystemTime::now() - Duration::from_secs(hours_ago * 3600);
+    for log in ["stdout.log", "stderr.log"] {
+        let file = std::fs::File::create(folder.join(log)).expect("log");
+        file.set_modified(written).expect("log time");
+    }
+    folder
+}
+
+#[tokio::test]
+async fn ended_jobs_folders_go_when_their_term_is_up_and_a_start_sweeps_old_ones() {
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jobs = dir.path().join("jobs");
+    let token = server.mint_token().expect("token");
+    let keep_nothing = ["--job-retention-hours", "0"];
+    let mut runner = spawn_runner_with(&server.url(), dir.path(), Some(&token), &keep_nothing);
+    let id = server
+        .submit_job(request(&["sh", "-c", "echo result > out.txt"], 60))
+        .expect("submit");
+    let job = finished(&server, &id).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded));
+    let folder = jobs.join(format!("{id}-{}", job.attempt));
+    until_folders("the ended job's folder was not removed", || {
+        !folder.exists()
+    })
+    .await;
+    let spare_kept = std::fs::read_dir(&jobs)
+        .expect("jobs folder")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".spare-"));
+    assert!(spare_kept, "the spare folder is not an ended job's");
+    runner.kill().expect("stop");
+    let _ = runner.wait();
+
+    // What a run that kept folders longer left behind, judged at the next start with
+    // the default term of a week.
+    let old = ended_job_folder(&jobs, "old-job-1", 200);
+    let recent = ended_job_folder(&jobs, "recent-job-1", 2);
+    let mut runner = spawn_runner(&server.url(), dir.path(), None);
+    until_folders("a folder past its term was not removed at start", || {
+        !old.exists()
+    })
+    .await;
+    assert!(
+        recent.join("stdout.log").exists(),
+        "a folder within its term was removed"
+    );
     runner.kill().expect("stop");
     let _ = runner.wait();
     server.shutdown().await;

@@ -281,6 +281,7 @@ pub(super) fn file_config(run: &RunArgs, state_dir: &Path) -> FileConfig {
         allow_insecure_transport: run.allow_insecure_transport.then_some(true),
         drain_deadline: Some(run.drain_deadline),
         hardware_recheck: Some(run.hardware_recheck),
+        job_retention_hours: Some(run.job_retention_hours),
         trace_max_bytes: Some(run.trace_max_bytes),
         trace_keep: Some(run.trace_keep),
         no_trace: run.no_trace.then_some(true),

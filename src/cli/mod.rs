@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// sent as events.
     #[arg(long, env = "FYN_RUNNER_HARDWARE_RECHECK", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub hardware_recheck: u64,
+    /// Hours an ended job's folder (its output logs and work/) is kept before it is
+    /// removed; 0 removes it as soon as the job ends. Folders left by an earlier run are
+    /// judged by when their job last wrote output or ended.
+    #[arg(long, env = "FYN_RUNNER_JOB_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(0..=crate::config::MAX_JOB_RETENTION_HOURS))]
+    pub job_retention_hours: u64,
     /// Size in bytes at which the session trace (<state-dir>/traces) rotates.
     #[arg(long, env = "FYN_RUNNER_TRACE_MAX_BYTES", default_value_t = 64 << 20)]
     pub trace_max_bytes: u64,
@@ -435,6 +440,9 @@ pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSet
         backoff_max: std::time::Duration::from_secs(60),
         connect_timeout: std::time::Duration::from_secs(15),
         hardware: crate::runtime::HardwareSource::System,
+        job_retention: std::time::Duration::from_secs(
+            args.job_retention_hours.saturating_mul(3600),
+        ),
         trace: (!args.no_trace).then_some(crate::runtime::TraceLimits {
             max_bytes: args.trace_max_bytes,
             keep: usize::try_from(args.trace_keep).unwrap_or(8),
@@ -662,6 +670,12 @@ pub fn apply_config_file(
     );
     apply_file(
         matches,
+        "job_retention_hours",
+        &mut args.job_retention_hours,
+        file.job_retention_hours,
+    );
+    apply_file(
+        matches,
         "trace_max_bytes",
         &mut args.trace_max_bytes,
         file.trace_max_bytes,
@@ -688,6 +702,7 @@ impl RunArgs {
             slots: 1,
             drain_deadline: 120,
             hardware_recheck: 600,
+            job_retention_hours: 168,
             trace_max_bytes: 64 << 20,
             trace_keep: 8,
             ..Self::default()

@@ -83,6 +83,14 @@ pub const KEYS: &[KeyDoc] = &[
         help: "How often, in seconds, the hardware is re-checked while Active (at least 1).",
     },
     KeyDoc {
+        key: "job_retention_hours",
+        flag: "--job-retention-hours",
+        env: "FYN_RUNNER_JOB_RETENTION_HOURS",
+        default: Some("168"),
+        example: "168",
+        help: "Hours an ended job's folder (its output logs and work/) is kept before it is removed; 0 removes it as soon as the job ends (0 to 87600).",
+    },
+    KeyDoc {
         key: "trace_max_bytes",
         flag: "--trace-max-bytes",
         env: "FYN_RUNNER_TRACE_MAX_BYTES",

@@ -29,6 +29,9 @@ pub use render::render;
 /// The system-wide file, read by the system service.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/fyn-runner/config.toml";
 
+/// Ten years: a bound that catches a unit mistake (seconds given as hours).
+pub const MAX_JOB_RETENTION_HOURS: u64 = 87_600;
+
 /// Every `run` setting, each optional: a key left out falls back to the environment
 /// or the built-in default. Relative paths are taken relative to the file's folder.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -50,6 +53,8 @@ pub struct FileConfig {
     pub drain_deadline: Option<u64>,
     #[serde(default, deserialize_with = "positive")]
     pub hardware_recheck: Option<u64>,
+    #[serde(default, deserialize_with = "job_retention_hours")]
+    pub job_retention_hours: Option<u64>,
     #[serde(default, deserialize_with = "non_negative")]
     pub trace_max_bytes: Option<u64>,
     #[serde(default, deserialize_with = "trace_keep")]
@@ -295,6 +300,10 @@ fn slots<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     u32::try_from(value)
         .map(Some)
         .map_err(|_| D::Error::custom(format!("out of range: {value}")))
+}
+
+fn job_retention_hours<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    ranged(d, 0, MAX_JOB_RETENTION_HOURS as i64).map(Some)
 }
 
 fn trace_keep<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

@@ -74,6 +74,7 @@ fn value_of(config: &FileConfig, key: &'static str) -> Result<Option<String>, Co
         "allow_insecure_transport" => config.allow_insecure_transport.map(|b| b.to_string()),
         "drain_deadline" => config.drain_deadline.map(number),
         "hardware_recheck" => config.hardware_recheck.map(number),
+        "job_retention_hours" => config.job_retention_hours.map(number),
         "trace_max_bytes" => config.trace_max_bytes.map(number),
         "trace_keep" => config.trace_keep.map(number),
         "no_trace" => config.no_trace.map(|b| b.to_string()),

@@ -225,8 +225,9 @@ fn launch(
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let jobs_root = settings.jobs_root();
     let (reports_tx, reports) = mpsc::unbounded_channel();
-    let jobs = super::jobs::JobSupervisor::new(jobs_root, reports_tx);
+    let jobs = super::jobs::JobSupervisor::new(jobs_root.clone(), reports_tx);
     jobs.preflight().map_err(StartError::Jobs)?;
+    let retention = ended_jobs_retention(&settings, &restored);
     // Jobs of a previous runner that died with it: kill what is left, report them lost.
     let reaper_inputs = inputs_tx.clone();
     tokio::spawn(async move {
@@ -261,6 +262,7 @@ fn launch(
         ready_sent: false,
         timers: Timers::new(inputs_tx.clone()),
         jobs,
+        retention,
         inputs_tx,
         core,
         store,
@@ -352,6 +354,29 @@ fn start_trace(
     }
 }
 
+/// The term of ended jobs' folders, with what an earlier run left: those past it are
+/// removed now, the rest queued. Folders of jobs the store still holds are not
+/// touched; they start their term when those jobs end in this run.
+fn ended_jobs_retention(
+    settings: &RunnerSettings,
+    restored: &[crate::protocol::JobRef],
+) -> super::jobs::Retention {
+    let jobs_root = settings.jobs_root();
+    let live: Vec<PathBuf> = restored
+        .iter()
+        .filter_map(|job| super::jobs::job_dir(&jobs_root, job).ok())
+        .collect();
+    let mut retention = super::jobs::Retention::new(settings.job_retention);
+    let expired = retention.adopt_leftovers(
+        &jobs_root,
+        &live,
+        std::time::SystemTime::now(),
+        tokio::time::Instant::now(),
+    );
+    super::jobs::remove_folders(expired, settings.job_retention);
+    retention
+}
+
 struct Driver {
     /// Present only for `fyn-runner install`.
     installer: Option<super::install::Installer>,
@@ -374,6 +399,8 @@ struct Driver {
     settings: RunnerSettings,
     timers: Timers,
     jobs: super::jobs::JobSupervisor,
+    /// Ended jobs' folders, removed when their term is up.
+    retention: super::jobs::Retention,
     inputs_tx: mpsc::UnboundedSender<Input>,
     status: watch::Sender<RunnerStatus>,
     transitions_tx: broadcast::Sender<Transition>,
@@ -421,10 +448,16 @@ impl Driver {
                 self.jobs.prepare_ahead();
             }
             let paused = self.backpressured();
+            let removal = self.retention.next_due();
             let next = tokio::select! {
                 _ = progress.tick() => {
                     self.drain_progress();
                     self.save_acks();
+                    None
+                }
+                () = tokio::time::sleep_until(removal.unwrap_or_else(tokio::time::Instant::now)),
+                    if removal.is_some() => {
+                    self.remove_ended_folders();
                     None
                 }
                 Some(input) = inputs.recv() => self.accept(input),
@@ -648,7 +681,27 @@ impl Driver {
         if let Some(up_to) = self.unsaved_ack.take() {
             rows.push(Durable::OutboxAcked { up_to });
         }
-        self.store.commit(&rows).map_err(|e| e.to_string())
+        self.store.commit(&rows).map_err(|e| e.to_string())?;
+        for row in &rows {
+            if let Durable::JobRemoved { job } = row {
+                self.job_folder_ended(job);
+            }
+        }
+        Ok(())
+    }
+
+    /// A job's end is on disk: its folder starts its term.
+    fn job_folder_ended(&mut self, job: &crate::protocol::JobRef) {
+        if let Ok(folder) = super::jobs::job_dir(&self.settings.jobs_root(), job) {
+            super::jobs::mark_ended(&folder);
+            self.retention
+                .job_ended(folder, tokio::time::Instant::now());
+        }
+    }
+
+    fn remove_ended_folders(&mut self) {
+        let due = self.retention.take_due(tokio::time::Instant::now());
+        super::jobs::remove_folders(due, self.settings.job_retention);
     }
 
     /// Writes the acknowledgement that waits, if any (see `unsaved_ack`).

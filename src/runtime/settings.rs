@@ -95,9 +95,14 @@ pub struct RunnerSettings {
     pub hardware: HardwareSource,
     /// Record the session trace under `<state_dir>/traces`; `None` turns it off.
     pub trace: Option<TraceLimits>,
+    /// How long an ended job's folder (its logs and `work/`) is kept.
+    pub job_retention: Duration,
     /// The service manager's notification socket (`NOTIFY_SOCKET` under systemd).
     pub notify_socket: Option<String>,
 }
+
+/// Ended jobs' folders are kept a week unless the operator says otherwise.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Size-based rotation of the trace files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +143,7 @@ impl RunnerSettings {
             connect_timeout: Duration::from_secs(15),
             hardware: HardwareSource::System,
             trace: Some(TraceLimits::default()),
+            job_retention: DEFAULT_JOB_RETENTION,
             notify_socket: None,
         }
     }

@@ -10,7 +10,8 @@ single `SpawnFailed`.
 
 Layout: `executor` is the pluggable backend interface with its preflight check (seed
 002); `process` is the first backend, local processes in their own process group;
-`spare_dir` keeps a job folder made ahead of time;
+`spare_dir` keeps a job folder made ahead of time; `retention` removes ended jobs'
+folders once their term is up;
 `output` copies a job's output to its log files and to the reports with bounded
 memory; `supervisor` is what the driver holds; `report` is what comes back.
 
@@ -24,6 +25,7 @@ mod executor;
 mod output;
 mod process;
 mod report;
+mod retention;
 mod spare_dir;
 mod supervisor;
 
@@ -31,4 +33,14 @@ pub use executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, Spaw
 pub use output::{CHUNK_BYTES, CREDITS_PER_STREAM, OutputChunk, OutputSink, StreamSink};
 pub use process::{ProcessExecutor, default_path, job_dir};
 pub use report::JobReport;
+pub use retention::{Retention, mark_ended, remove_folders};
 pub use supervisor::JobSupervisor;
+
+/// File-system work the driver must not wait for, on a blocking thread; inline where
+/// there is no tokio runtime (a preflight before one starts, unit tests).
+fn off_the_loop(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => work(),
+    }
+}

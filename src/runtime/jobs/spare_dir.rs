@@ -91,10 +91,7 @@ impl SpareDirs {
         *slot = Slot::Making;
         drop(slot);
         let (slot, path) = (self.slot.clone(), self.path.clone());
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || fill(&slot, path))),
-            Err(_) => fill(&slot, path),
-        }
+        super::off_the_loop(move || fill(&slot, path));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
