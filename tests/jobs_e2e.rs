@@ -156,6 +156,83 @@ async fn every_outcome_reaches_the_api() {
     server.shutdown().await;
 }
 
+/// A copy of the state folder's files, as a backup or a snapshot of the machine has
+/// them (the runner is stopped).
+fn copy_state(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let target = to.join(entry.strip_prefix(from).expect("inside"));
+        if entry.is_dir() {
+            std::fs::create_dir_all(&target).expect("folder");
+        } else {
+            std::fs::copy(&entry, &target).expect("file");
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read").flatten() {
+        let path = entry.path();
+        found.push(path.clone());
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+    }
+    found
+}
+
+async fn stop(handle: RunnerHandle) {
+    handle.shutdown();
+    let code = tokio::time::timeout(WAIT, handle.wait())
+        .await
+        .expect("stops");
+    assert_eq!(code.code(), 0);
+}
+
+#[tokio::test]
+async fn a_store_restored_from_an_older_copy_numbers_new_events_after_what_the_api_holds() {
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup = tempfile::tempdir().expect("tempdir");
+    let token = Some(server.mint_token().expect("token"));
+    let mut handle = runtime::start(settings(&server.url(), dir.path(), token, 1)).expect("starts");
+    active(&mut handle).await;
+    stop(handle).await;
+    copy_state(dir.path(), backup.path());
+
+    // Events the API holds and the backup does not.
+    let mut handle = runtime::start(settings(&server.url(), dir.path(), None, 1)).expect("starts");
+    active(&mut handle).await;
+    let before = server.submit_job(request(&["true"], 60)).expect("submit");
+    assert_eq!(
+        finished(&server, &before).await.outcome,
+        Some(JobOutcome::Succeeded)
+    );
+    stop(handle).await;
+
+    // The machine is restored from the backup: its store has gone back in time.
+    for name in ["runner.db", "runner.db-wal", "runner.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(name));
+        if backup.path().join(name).exists() {
+            std::fs::copy(backup.path().join(name), dir.path().join(name)).expect("restore");
+        }
+    }
+    let mut handle = runtime::start(settings(&server.url(), dir.path(), None, 1)).expect("starts");
+    active(&mut handle).await;
+    let after = server
+        .submit_job(request(&["sh", "-c", "echo after"], 60))
+        .expect("submit");
+    // Numbered from where the backup stopped, its events would be dropped as ones the
+    // API holds, and this job's result would never arrive.
+    let job = finished(&server, &after).await;
+    assert_eq!(
+        (job.outcome, job.stdout.as_str()),
+        (Some(JobOutcome::Succeeded), "after\n")
+    );
+    stop(handle).await;
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_job_survives_a_lost_link_and_its_result_arrives_after_reconnect() {
     let db_dir = tempfile::tempdir().expect("tempdir");

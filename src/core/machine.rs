@@ -360,7 +360,7 @@ impl Runner {
                 self.link = Link::Authenticated;
                 self.session = *session;
                 self.api_has_hardware = *hardware_known;
-                self.acknowledge_events(fx, *last_event_index);
+                self.adopt_api_position(fx, *last_event_index);
                 fx.push(Effect::ResendOutbox {
                     after: self.acked_event_index,
                 });

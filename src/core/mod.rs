@@ -22,7 +22,9 @@ pub use effect::{
 };
 pub use event::{Event, EventKind, HardwareCache};
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
-pub use runner::{BootMode, CoreConfig, DurableState, Link, RunningJob, outcome_of};
+pub use runner::{
+    BootMode, CoreConfig, DurableState, Link, MAX_EVENT_INDEX, RunningJob, outcome_of,
+};
 
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 

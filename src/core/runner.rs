@@ -14,6 +14,10 @@ use crate::protocol::{
 
 use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
 
+/// The highest event index adopted from the API: far below where SQLite's integers
+/// end, so numbering can always go on, whatever an API claims.
+pub const MAX_EVENT_INDEX: u64 = (i64::MAX as u64) >> 1;
+
 /// How the process was started, which fixes the machine's first state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,6 +173,17 @@ impl Runner {
         if self.link == Link::Authenticated {
             fx.send(Outbound::Event { index, event });
         }
+    }
+
+    /// The API's word, at authentication, on the last event it holds. Past this runner's
+    /// own last index, this runner's store has gone back in time (restored from an older
+    /// copy, or a snapshot of the machine): the events in between were sent by the
+    /// runner it was, and the API holds them, so numbering goes on after them. A new
+    /// event that reused one of their indexes would be dropped by the API as one it has.
+    pub(crate) fn adopt_api_position(&mut self, fx: &mut Effects, api_last: u64) {
+        let api_last = api_last.min(MAX_EVENT_INDEX);
+        self.last_event_index = self.last_event_index.max(api_last);
+        self.acknowledge_events(fx, api_last);
     }
 
     /// The API holds every event up to `up_to`. Claims beyond what we sent are clamped.

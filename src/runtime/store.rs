@@ -590,7 +590,20 @@ fn ack_events(tx: &Transaction<'_>, up_to: u64) -> Result<(), StoreFault> {
     let up_to_sql = to_sql_int(up_to)?;
     tx.prepare_cached("DELETE FROM outbox WHERE idx <= ?1")?
         .execute([up_to_sql])?;
-    raise_meta(tx, ACKED_EVENT, up_to)
+    raise_meta(tx, ACKED_EVENT, up_to)?;
+    // Only the API's position at authentication reaches past our last event: the store
+    // was restored from an older copy, and numbering goes on after what the API holds.
+    let last = get_meta(tx, LAST_EVENT)?;
+    if up_to > last {
+        tracing::warn!(
+            api_holds_up_to = up_to,
+            store_reaches = last,
+            "the API holds events this runner's store has no record of: the store was \
+             restored from an older copy; numbering goes on after the API's"
+        );
+        raise_meta(tx, LAST_EVENT, up_to)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

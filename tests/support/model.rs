@@ -229,7 +229,11 @@ impl Model {
                 ..
             }) if has("persist(outbox_acked)") => {
                 self.api_hw_known = *hardware_known;
-                self.acked = self.acked.max((*last_event_index).min(self.last_event));
+                // Past our own last event: the store went back in time, and numbering
+                // goes on after what the API holds.
+                let api_last = (*last_event_index).min(fyn_runner::core::MAX_EVENT_INDEX);
+                self.last_event = self.last_event.max(api_last);
+                self.acked = self.acked.max(api_last);
             }
             Event::Message(ServerMessage::Command { index, .. })
                 if has("persist(last_applied)") =>
