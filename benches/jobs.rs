@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use base64::Engine;
@@ -119,15 +118,32 @@ async fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
 /// each `start_job`, spawns `true` and replies `job_started` — no store, no trace, no
 /// job directory, no checks. Timed exactly as the runner is (`dispatch_latency`), on a
 /// dev-server of its own, so the ratio measures what the runner adds and nothing else.
-async fn bare_runner_on_its_own_server(duties: Option<Duties>) -> (DevServer, JoinHandle<()>) {
+/// Like the runner, it is a process of its own on a current-thread runtime (this bench
+/// binary, started again in client mode): run inside the bench, its blocking spawns
+/// held up whatever dev-server task shared their worker thread, and the floor swung
+/// between runs from 0.55 to 0.99 ms.
+async fn bare_runner_on_its_own_server(duties: Option<&std::path::Path>) -> (DevServer, Child) {
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await
         .expect("dev-server");
     let token = server.mint_token().expect("token");
-    let client = tokio::spawn(bare_runner(server.runner_url(), token, duties));
+    let mut command = Command::new(std::env::current_exe().expect("the bench binary"));
+    command
+        .env(CLIENT_URL, server.runner_url())
+        .env(CLIENT_TOKEN, token)
+        .stdout(Stdio::null());
+    if let Some(dir) = duties {
+        command.env(CLIENT_DUTIES_DIR, dir);
+    }
+    let client = command.spawn().expect("the bare client starts");
     until_ready(&server).await;
     (server, client)
 }
+
+/// Client mode: what `bare_runner_on_its_own_server` starts this binary with.
+const CLIENT_URL: &str = "JOBS_BENCH_CLIENT_URL";
+const CLIENT_TOKEN: &str = "JOBS_BENCH_CLIENT_TOKEN";
+const CLIENT_DUTIES_DIR: &str = "JOBS_BENCH_CLIENT_DUTIES_DIR";
 
 /// Until a runner is connected and Active with a free slot.
 async fn until_ready(server: &DevServer) {
@@ -169,23 +185,22 @@ async fn recv(ws: &mut Socket) -> ServerMessage {
 /// "floor with duties" is the bare client doing exactly this and nothing more: what
 /// fyn-runner costs beyond it is overhead of its own making.
 struct Duties {
-    root: tempfile::TempDir,
+    root: std::path::PathBuf,
     db: rusqlite::Connection,
     /// The `synchronous` level set now: changed only when it must, as the runner does.
     waits_for_disk: std::cell::Cell<bool>,
 }
 
 impl Duties {
-    fn new() -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
-        let db = rusqlite::Connection::open(root.path().join("floor.db")).expect("db");
+    fn new(root: &std::path::Path) -> Self {
+        let db = rusqlite::Connection::open(root.join("floor.db")).expect("db");
         db.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
              CREATE TABLE log (idx INTEGER PRIMARY KEY, body TEXT NOT NULL);",
         )
         .expect("schema");
         Self {
-            root,
+            root: root.to_path_buf(),
             db,
             waits_for_disk: std::cell::Cell::new(true),
         }
@@ -204,7 +219,7 @@ impl Duties {
     }
 
     fn prepare(&self, job_id: &str) -> std::path::PathBuf {
-        let dir = self.root.path().join(job_id);
+        let dir = self.root.join(job_id);
         let work = dir.join("work");
         std::fs::create_dir_all(&work).expect("job dir");
         for log in ["stdout.log", "stderr.log"] {
@@ -387,8 +402,26 @@ async fn floor_latency(count: usize) -> Vec<Duration> {
     samples
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    if let (Ok(url), Ok(token)) = (std::env::var(CLIENT_URL), std::env::var(CLIENT_TOKEN)) {
+        let duties =
+            std::env::var_os(CLIENT_DUTIES_DIR).map(|dir| Duties::new(std::path::Path::new(&dir)));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(bare_runner(url, token, duties));
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     let count = env_or("JOBS_BENCH_COUNT", 1000);
     let bytes = env_or("JOBS_BENCH_BYTES", 1 << 30);
     let rounds = env_or("JOBS_BENCH_ROUNDS", 100).clamp(1, count);
@@ -403,13 +436,15 @@ async fn main() {
     );
     until_ready(&server).await;
     let (bare_server, bare) = bare_runner_on_its_own_server(None).await;
-    let (duty_server, duty) = bare_runner_on_its_own_server(Some(Duties::new())).await;
+    let duty_dir = tempfile::tempdir().expect("tempdir");
+    let (duty_server, duty) = bare_runner_on_its_own_server(Some(duty_dir.path())).await;
 
     // Interleaved rounds, so that a slow spell of the machine (a shared VM) falls on
     // every contender alike rather than on whichever ran then.
     let (mut ours, mut floor, mut with_duties, mut raw) = (vec![], vec![], vec![], vec![]);
     // In the runner's state folder's file system (both are temporary folders).
-    let commits = Duties::new();
+    let commit_dir = tempfile::tempdir().expect("tempdir");
+    let commits = Duties::new(commit_dir.path());
     let mut durable = vec![];
     let per_round = count / rounds;
     for _ in 0..rounds {
@@ -428,8 +463,10 @@ async fn main() {
     ] {
         samples.sort();
     }
-    bare.abort();
-    duty.abort();
+    for mut client in [bare, duty] {
+        let _ = client.kill();
+        let _ = client.wait();
+    }
     bare_server.shutdown().await;
     duty_server.shutdown().await;
     let count = per_round * rounds;
