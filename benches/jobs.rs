@@ -120,8 +120,8 @@ async fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
 /// dev-server of its own, so the ratio measures what the runner adds and nothing else.
 /// Like the runner, it is a process of its own on a current-thread runtime (this bench
 /// binary, started again in client mode): run inside the bench, its blocking spawns
-/// held up whatever dev-server task shared their worker thread, and the floor swung
-/// between runs from 0.55 to 0.99 ms.
+/// would hold up whatever dev-server task shared their worker thread, which the
+/// runner's spawns never can.
 async fn bare_runner_on_its_own_server(duties: Option<&std::path::Path>) -> (DevServer, Child) {
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await

@@ -361,6 +361,7 @@ impl ReferenceStateMachine for Table {
                     last_applied: if resume { last_applied } else { 0 },
                     last_event: if resume { last_event } else { 0 },
                     acked: if resume { acked.min(last_event) } else { 0 },
+                    sent_up_to: if resume { last_event } else { 0 },
                     armed: Default::default(),
                     last: None,
                 }

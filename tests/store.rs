@@ -385,9 +385,7 @@ enum Op {
     Append,
     /// An append that reuses an index: the batch must fail and leave nothing.
     AppendStale,
-    /// Ack up to `last_event_index + 2 - n` (saturating), so some acks are stale and
-    /// some pass the last event: the API's position after a restore, which numbering
-    /// then goes on from.
+    /// Ack up to `last_event_index + 2 - n` (saturating), so some acks are stale.
     Ack(u64),
     AddJob(u8, u32),
     /// `job_started` for this job (its current attempt), which records its pid.
@@ -463,7 +461,6 @@ impl Model {
                 Op::Ack(n) => {
                     let up_to = (self.last_event + 2).saturating_sub(*n);
                     self.acked = self.acked.max(up_to);
-                    self.last_event = self.last_event.max(up_to);
                     self.outbox.retain(|index, _| *index > up_to);
                     Durable::OutboxAcked { up_to }
                 }

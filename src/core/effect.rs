@@ -119,13 +119,36 @@ impl Outbound {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "write", rename_all = "snake_case")]
 pub enum Durable {
-    Identity { runner_id: String },
-    LastApplied { index: u64 },
-    OutboxAppend { index: u64, event: RunnerEvent },
-    OutboxAcked { up_to: u64 },
-    JobAdded { job: JobSpec },
-    JobRemoved { job: JobRef },
-    HardwareCache { report: serde_json::Value },
+    Identity {
+        runner_id: String,
+    },
+    LastApplied {
+        index: u64,
+    },
+    OutboxAppend {
+        index: u64,
+        event: RunnerEvent,
+    },
+    OutboxAcked {
+        up_to: u64,
+    },
+    /// The API holds events up to `api_last`, past any this runner's store has sent
+    /// (`sent_up_to`): the store went back in time (restored from an older copy).
+    /// Events after `sent_up_to`, made since and never sent, move up to follow
+    /// `api_last`, in order, and numbering goes on after them.
+    OutboxRenumbered {
+        sent_up_to: u64,
+        api_last: u64,
+    },
+    JobAdded {
+        job: JobSpec,
+    },
+    JobRemoved {
+        job: JobRef,
+    },
+    HardwareCache {
+        report: serde_json::Value,
+    },
 }
 
 impl Durable {
@@ -135,6 +158,7 @@ impl Durable {
             Self::LastApplied { .. } => "last_applied",
             Self::OutboxAppend { .. } => "outbox",
             Self::OutboxAcked { .. } => "outbox_acked",
+            Self::OutboxRenumbered { .. } => "outbox_renumbered",
             Self::JobAdded { .. } => "job_added",
             Self::JobRemoved { .. } => "job_removed",
             Self::HardwareCache { .. } => "hw_cache",

@@ -97,6 +97,10 @@ pub struct Runner {
     pub(crate) last_applied: u64,
     pub(crate) last_event_index: u64,
     pub(crate) acked_event_index: u64,
+    /// The highest index the API can hold from this store: its last at boot (an
+    /// earlier process may have sent them all), then whatever this process sent.
+    #[serde(default)]
+    pub(crate) sent_up_to: u64,
     pub(crate) jobs: BTreeMap<String, RunningJob>,
     pub(crate) link: Link,
     pub(crate) nonce: Option<String>,
@@ -133,6 +137,7 @@ impl Runner {
             last_applied: durable.last_applied_command,
             last_event_index: durable.last_event_index,
             acked_event_index: durable.acked_event_index.min(durable.last_event_index),
+            sent_up_to: durable.last_event_index,
             jobs,
             link: Link::Down,
             nonce: None,
@@ -171,19 +176,34 @@ impl Runner {
             event: event.clone(),
         });
         if self.link == Link::Authenticated {
+            self.sent_up_to = index;
             fx.send(Outbound::Event { index, event });
         }
     }
 
-    /// The API's word, at authentication, on the last event it holds. Past this runner's
-    /// own last index, this runner's store has gone back in time (restored from an older
-    /// copy, or a snapshot of the machine): the events in between were sent by the
-    /// runner it was, and the API holds them, so numbering goes on after them. A new
-    /// event that reused one of their indexes would be dropped by the API as one it has.
+    /// Whether the API holds events past any this store has sent: the store has gone
+    /// back in time (restored from an older copy, or a snapshot of the machine).
+    pub(crate) fn behind_api(&self, api_last: u64) -> bool {
+        api_last.min(MAX_EVENT_INDEX) > self.sent_up_to
+    }
+
+    /// The API's word, at authentication, on the last event it holds. When it is past
+    /// what this store has sent, the events in between were sent by the runner this
+    /// store was before it went back in time, and the API holds them: events made since
+    /// and never sent move up to follow them, and numbering goes on from there. One
+    /// that kept its index would be dropped by the API as one it has.
     pub(crate) fn adopt_api_position(&mut self, fx: &mut Effects, api_last: u64) {
         let api_last = api_last.min(MAX_EVENT_INDEX);
-        self.last_event_index = self.last_event_index.max(api_last);
+        if self.behind_api(api_last) {
+            fx.persist(Durable::OutboxRenumbered {
+                sent_up_to: self.sent_up_to,
+                api_last,
+            });
+            self.last_event_index += api_last - self.sent_up_to;
+        }
         self.acknowledge_events(fx, api_last);
+        // The resend that follows authentication sends everything after that.
+        self.sent_up_to = self.last_event_index;
     }
 
     /// The API holds every event up to `up_to`. Claims beyond what we sent are clamped.

@@ -227,7 +227,7 @@ fn launch(
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let jobs = super::jobs::JobSupervisor::new(jobs_root.clone(), reports_tx);
     jobs.preflight().map_err(StartError::Jobs)?;
-    let retention = ended_jobs_retention(&settings, &restored);
+    let (retention, janitor) = ended_jobs_retention(&settings, &restored);
     // Jobs of a previous runner that died with it: kill what is left, report them lost.
     let reaper_inputs = inputs_tx.clone();
     tokio::spawn(async move {
@@ -263,6 +263,7 @@ fn launch(
         timers: Timers::new(inputs_tx.clone()),
         jobs,
         retention,
+        janitor,
         inputs_tx,
         core,
         store,
@@ -360,7 +361,7 @@ fn start_trace(
 fn ended_jobs_retention(
     settings: &RunnerSettings,
     restored: &[crate::protocol::JobRef],
-) -> super::jobs::Retention {
+) -> (super::jobs::Retention, super::jobs::Janitor) {
     let jobs_root = settings.jobs_root();
     let live: Vec<PathBuf> = restored
         .iter()
@@ -373,8 +374,9 @@ fn ended_jobs_retention(
         std::time::SystemTime::now(),
         tokio::time::Instant::now(),
     );
-    super::jobs::remove_folders(expired, settings.job_retention);
-    retention
+    let mut janitor = super::jobs::Janitor::default();
+    janitor.remove(expired, settings.job_retention);
+    (retention, janitor)
 }
 
 struct Driver {
@@ -401,6 +403,7 @@ struct Driver {
     jobs: super::jobs::JobSupervisor,
     /// Ended jobs' folders, removed when their term is up.
     retention: super::jobs::Retention,
+    janitor: super::jobs::Janitor,
     inputs_tx: mpsc::UnboundedSender<Input>,
     status: watch::Sender<RunnerStatus>,
     transitions_tx: broadcast::Sender<Transition>,
@@ -429,6 +432,11 @@ impl Driver {
         self.perform(boot);
         let mut progress = tokio::time::interval(DRAIN_PROGRESS_EVERY);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the next folder due, moved when that changes, not made anew on
+        // every turn of the loop.
+        let removal = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(removal);
+        let mut removal_at = None;
         while self.exit.is_none() {
             if !self.spawns.is_empty() {
                 // One turn for the writer first: the API hears `job_accepted` (and the
@@ -448,15 +456,20 @@ impl Driver {
                 self.jobs.prepare_ahead();
             }
             let paused = self.backpressured();
-            let removal = self.retention.next_due();
+            let due = self.retention.next_due();
+            if due != removal_at {
+                removal_at = due;
+                if let Some(at) = due {
+                    removal.as_mut().reset(at);
+                }
+            }
             let next = tokio::select! {
                 _ = progress.tick() => {
                     self.drain_progress();
                     self.save_acks();
                     None
                 }
-                () = tokio::time::sleep_until(removal.unwrap_or_else(tokio::time::Instant::now)),
-                    if removal.is_some() => {
+                () = &mut removal, if removal_at.is_some() => {
                     self.remove_ended_folders();
                     None
                 }
@@ -693,15 +706,26 @@ impl Driver {
     /// A job's end is on disk: its folder starts its term.
     fn job_folder_ended(&mut self, job: &crate::protocol::JobRef) {
         if let Ok(folder) = super::jobs::job_dir(&self.settings.jobs_root(), job) {
-            super::jobs::mark_ended(&folder);
+            if !self.settings.job_retention.is_zero() {
+                self.janitor.stamp_end(folder.clone());
+            }
             self.retention
                 .job_ended(folder, tokio::time::Instant::now());
         }
     }
 
     fn remove_ended_folders(&mut self) {
-        let due = self.retention.take_due(tokio::time::Instant::now());
-        super::jobs::remove_folders(due, self.settings.job_retention);
+        let mut due = self.retention.take_due(tokio::time::Instant::now());
+        // An API that sends an ended job's attempt again gets the same folder back.
+        let jobs_root = self.settings.jobs_root();
+        let running: Vec<PathBuf> = self
+            .core
+            .running_jobs()
+            .iter()
+            .filter_map(|job| super::jobs::job_dir(&jobs_root, job).ok())
+            .collect();
+        due.retain(|folder| !running.contains(folder));
+        self.janitor.remove(due, self.settings.job_retention);
     }
 
     /// Writes the acknowledgement that waits, if any (see `unsaved_ack`).

@@ -516,6 +516,10 @@ fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
             }
         }
         Durable::OutboxAcked { up_to } => ack_events(tx, *up_to),
+        Durable::OutboxRenumbered {
+            sent_up_to,
+            api_last,
+        } => renumber_unsent(tx, *sent_up_to, *api_last),
         Durable::JobAdded { job } => {
             let spec = serde_json::to_string(job)?;
             tx.prepare_cached(
@@ -590,20 +594,27 @@ fn ack_events(tx: &Transaction<'_>, up_to: u64) -> Result<(), StoreFault> {
     let up_to_sql = to_sql_int(up_to)?;
     tx.prepare_cached("DELETE FROM outbox WHERE idx <= ?1")?
         .execute([up_to_sql])?;
-    raise_meta(tx, ACKED_EVENT, up_to)?;
-    // Only the API's position at authentication reaches past our last event: the store
-    // was restored from an older copy, and numbering goes on after what the API holds.
+    raise_meta(tx, ACKED_EVENT, up_to)
+}
+
+/// Events after `sent_up_to` (made since the store went back in time, never sent)
+/// move up to follow `api_last`, in order; the last index follows them. Two steps
+/// through negative indexes, so no row meets another's index on the way.
+fn renumber_unsent(tx: &Transaction<'_>, sent_up_to: u64, api_last: u64) -> Result<(), StoreFault> {
+    let shift = api_last.saturating_sub(sent_up_to);
     let last = get_meta(tx, LAST_EVENT)?;
-    if up_to > last {
-        tracing::warn!(
-            api_holds_up_to = up_to,
-            store_reaches = last,
-            "the API holds events this runner's store has no record of: the store was \
-             restored from an older copy; numbering goes on after the API's"
-        );
-        raise_meta(tx, LAST_EVENT, up_to)?;
-    }
-    Ok(())
+    tracing::warn!(
+        api_holds_up_to = api_last,
+        store_sent_up_to = sent_up_to,
+        "the API holds events this runner's store has no record of: the store was \
+         restored from an older copy; events not yet sent are renumbered after the API's"
+    );
+    let (after, shift_sql) = (to_sql_int(sent_up_to)?, to_sql_int(shift)?);
+    tx.prepare_cached("UPDATE outbox SET idx = -(idx + ?2) WHERE idx > ?1")?
+        .execute(params![after, shift_sql])?;
+    tx.prepare_cached("UPDATE outbox SET idx = -idx WHERE idx < 0")?
+        .execute([])?;
+    raise_meta(tx, LAST_EVENT, last.max(sent_up_to).saturating_add(shift))
 }
 
 #[cfg(test)]
@@ -739,5 +750,48 @@ mod tests {
             state.last_event_index, 4,
             "index 4 may be at the API already"
         );
+    }
+
+    #[test]
+    fn unsent_events_move_up_past_the_apis_in_order_and_numbering_follows() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(dir.path()).expect("the store opens");
+        let job = |id: &str| crate::protocol::JobRef {
+            job_id: id.to_owned(),
+            attempt: 1,
+        };
+        let append = |index, id: &str| Durable::OutboxAppend {
+            index,
+            event: RunnerEvent::JobAccepted { job: job(id) },
+        };
+        // 1 and 2 were sent before the copy was taken; 3 and 4 were made since.
+        store
+            .commit(&[
+                append(1, "a"),
+                append(2, "b"),
+                append(3, "c"),
+                append(4, "d"),
+            ])
+            .expect("commit");
+        // The API holds up to 6 (3 and 4 of the lost timeline, and more).
+        let renumber = Durable::OutboxRenumbered {
+            sent_up_to: 2,
+            api_last: 6,
+        };
+        store
+            .commit(&[renumber, Durable::OutboxAcked { up_to: 6 }])
+            .expect("commit");
+        let left = store.outbox_after(0).expect("read");
+        assert_eq!(
+            left,
+            vec![
+                (7, RunnerEvent::JobAccepted { job: job("c") }),
+                (8, RunnerEvent::JobAccepted { job: job("d") })
+            ]
+        );
+        assert_eq!(store.load().expect("load").last_event_index, 8);
+        // An index the renumbered events now hold is refused; the next one is fine.
+        assert!(store.commit(&[append(8, "e")]).is_err());
+        store.commit(&[append(9, "e")]).expect("numbering goes on");
     }
 }

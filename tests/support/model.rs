@@ -33,6 +33,9 @@ pub struct Model {
     pub last_applied: u64,
     pub last_event: u64,
     pub acked: u64,
+    /// The highest event index the API can hold: the store's last at boot, then
+    /// whatever was sent.
+    pub sent_up_to: u64,
     /// Timers armed by the table's effects (job timers by job id).
     pub armed: BTreeSet<String>,
     /// What the last step must have produced, and what held before it.
@@ -114,6 +117,11 @@ impl Model {
                 matches!(event, Event::Message(ServerMessage::Hello { protocol, .. }) if *protocol == PROTOCOL_VERSION)
             }
             "resumed" => self.startup_reported,
+            "behind_api" => matches!(
+                event,
+                Event::Message(ServerMessage::Authenticated { last_event_index, .. })
+                    if (*last_event_index).min(fyn_runner::core::MAX_EVENT_INDEX) > self.sent_up_to
+            ),
             "hw_known" => matches!(
                 event,
                 Event::Message(ServerMessage::Authenticated {
@@ -229,11 +237,15 @@ impl Model {
                 ..
             }) if has("persist(outbox_acked)") => {
                 self.api_hw_known = *hardware_known;
-                // Past our own last event: the store went back in time, and numbering
-                // goes on after what the API holds.
+                // Past what was sent: the store went back in time, and the events not
+                // sent move up to follow the API's.
                 let api_last = (*last_event_index).min(fyn_runner::core::MAX_EVENT_INDEX);
-                self.last_event = self.last_event.max(api_last);
-                self.acked = self.acked.max(api_last);
+                if has("persist(outbox_renumbered)") {
+                    self.last_event += api_last - self.sent_up_to;
+                }
+                self.acked = self.acked.max(api_last.min(self.last_event));
+                // The resend after authentication sends the rest.
+                self.sent_up_to = self.last_event;
             }
             Event::Message(ServerMessage::Command { index, .. })
                 if has("persist(last_applied)") =>
@@ -243,6 +255,9 @@ impl Model {
             _ => {}
         }
         self.last_event += tokens.iter().filter(|t| **t == "persist(outbox)").count() as u64;
+        if has("send(event)") {
+            self.sent_up_to = self.last_event;
+        }
         if let Event::Message(ServerMessage::EventsAck { up_to }) = event
             && has("persist(outbox_acked)")
         {

@@ -33,14 +33,5 @@ pub use executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, Spaw
 pub use output::{CHUNK_BYTES, CREDITS_PER_STREAM, OutputChunk, OutputSink, StreamSink};
 pub use process::{ProcessExecutor, default_path, job_dir};
 pub use report::JobReport;
-pub use retention::{Retention, mark_ended, remove_folders};
+pub use retention::{Janitor, Retention};
 pub use supervisor::JobSupervisor;
-
-/// File-system work the driver must not wait for, on a blocking thread; inline where
-/// there is no tokio runtime (a preflight before one starts, unit tests).
-fn off_the_loop(work: impl FnOnce() + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(work)),
-        Err(_) => work(),
-    }
-}

@@ -4,21 +4,28 @@ How long a finished job's folder stays: its logs are the job's whole output and
 runner that runs jobs for months must not fill its disk with them. A folder goes
 once its job has ended (finished, failed to start, or lost) and `keep` has passed.
 
-Owns: the queue of ended jobs' folders and when each may go, and removing them on a
-blocking thread. Folders an earlier run left behind are judged by their logs' last
-modification, since that run's queue died with it: a job's end touches its
-`stdout.log` (`mark_ended`), so a job that printed nothing is not judged by when its
-folder was made (a spare can wait long before a job takes it).
+Owns: the queue of ended jobs' folders and when each may go (`Retention`, which
+decides and does no I/O but read the job area at start), and the one thread that
+stamps ends and removes folders, in order (`Janitor`): a large `work/` must not take
+the blocking threads that job output is written on. Folders an earlier run left
+behind are judged by their logs' last modification, since that run's queue died with
+it: a job's end touches its `stdout.log`, so a job that printed nothing is not judged
+by when its folder was made (a spare can wait long before a job takes it). The queue
+costs about 100 bytes per job ended within the term.
 
 Must not: touch the folder of a job that has not ended. The driver hands over a folder
-only after the job's removal from the store is committed, and at start names the
-folders of the jobs the store still holds. Entries whose names start with '.' (the
-spare folder, the executor's preflight probe) are never this module's.
+only after the job's removal from the store is committed, names the folders of the
+jobs the store still holds at start, and leaves out those of running jobs when it
+hands folders to the janitor (an API that sent an ended job's attempt again). Entries
+whose names start with '.' (the spare folder, the executor's preflight probe) are
+never this module's.
 */
 
 use std::collections::VecDeque;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -97,9 +104,10 @@ impl Retention {
 }
 
 /// When the job last wrote output or ended (the later of its logs' modification
-/// times); the folder's own time where it has no logs.
+/// times); the folder's own time where it has no logs. Links are not followed: the
+/// job could have left any.
 fn last_change(folder: &Path) -> Option<SystemTime> {
-    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
+    let modified = |path: &Path| fs::symlink_metadata(path).and_then(|m| m.modified()).ok();
     let logs = super::spare_dir::LOGS.map(|log| modified(&folder.join(log)));
     logs.into_iter()
         .flatten()
@@ -107,40 +115,120 @@ fn last_change(folder: &Path) -> Option<SystemTime> {
         .or_else(|| modified(folder))
 }
 
-/// Stamps the job's end on its folder (`stdout.log`'s modification time), for a later
-/// start's judgement of it; off the driver's loop.
-pub fn mark_ended(folder: &Path) {
-    let log = folder.join(super::spare_dir::LOGS[0]);
-    super::off_the_loop(move || {
-        let stamped = fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .and_then(|file| file.set_modified(SystemTime::now()));
-        if let Err(error) = stamped {
-            tracing::debug!(log = %log.display(), %error, "cannot stamp a job's end on its log");
-        }
-    });
+/// What the janitor does, in the order it was asked.
+enum Chore {
+    /// Stamp a job's end on its folder (`stdout.log`'s modification time), for a later
+    /// start's judgement of it.
+    StampEnd(PathBuf),
+    Remove {
+        folders: Vec<PathBuf>,
+        keep: Duration,
+    },
 }
 
-/// Removes `folders` off the driver's loop: a job's `work/` can hold many files. A folder that cannot be removed is logged and left; the
-/// next start tries again.
-pub fn remove_folders(folders: Vec<PathBuf>, keep: Duration) {
-    if folders.is_empty() {
-        return;
+/// The thread that stamps ends and removes folders, one chore at a time; started on
+/// first use. Chores not done when the runner exits are left to the next start.
+#[derive(Default)]
+pub struct Janitor {
+    chores: Option<mpsc::Sender<Chore>>,
+    #[cfg(test)]
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Janitor {
+    pub fn stamp_end(&mut self, folder: PathBuf) {
+        self.give(Chore::StampEnd(folder));
     }
-    super::off_the_loop(move || {
-        for folder in folders {
-            match fs::remove_dir_all(&folder) {
-                Ok(()) => {
-                    info!(folder = %folder.display(), kept_hours = keep.as_secs() / 3600, "removed an ended job's folder");
+
+    pub fn remove(&mut self, folders: Vec<PathBuf>, keep: Duration) {
+        if !folders.is_empty() {
+            self.give(Chore::Remove { folders, keep });
+        }
+    }
+
+    fn give(&mut self, chore: Chore) {
+        if self.chores.is_none() {
+            let (chores, queue) = mpsc::channel::<Chore>();
+            let started = std::thread::Builder::new()
+                .name("fyn-runner-janitor".to_owned())
+                .spawn(move || queue.into_iter().for_each(do_chore));
+            match started {
+                Ok(_thread) => {
+                    self.chores = Some(chores);
+                    #[cfg(test)]
+                    {
+                        self.thread = Some(_thread);
+                    }
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(error) => {
-                    warn!(folder = %folder.display(), %error, "cannot remove an ended job's folder; the next start tries again");
+                    warn!(%error, "cannot start the job-folder janitor; doing its work in place");
                 }
             }
         }
-    });
+        let undone = match &self.chores {
+            Some(chores) => chores.send(chore).err().map(|failed| failed.0),
+            None => Some(chore),
+        };
+        if let Some(chore) = undone {
+            do_chore(chore);
+        }
+    }
+
+    /// Waits for every chore given so far.
+    #[cfg(test)]
+    fn finish(mut self) {
+        self.chores = None;
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the janitor ends");
+        }
+    }
+}
+
+fn do_chore(chore: Chore) {
+    match chore {
+        Chore::StampEnd(folder) => {
+            let log = folder.join(super::spare_dir::LOGS[0]);
+            if let Err(error) = stamp(&log) {
+                tracing::debug!(log = %log.display(), %error, "cannot stamp a job's end on its log");
+            }
+        }
+        Chore::Remove { folders, keep } => {
+            for folder in folders {
+                remove(&folder, keep);
+            }
+        }
+    }
+}
+
+/// Not through a link the job left, and not held up by a FIFO it left.
+fn stamp(log: &Path) -> io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    #[cfg(windows)]
+    crate::platform::no_follow(&mut options);
+    let file = options.open(log)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    file.set_modified(SystemTime::now())
+}
+
+/// A folder that cannot be removed is logged and left; the next start tries again.
+fn remove(folder: &Path, keep: Duration) {
+    match fs::remove_dir_all(folder) {
+        Ok(()) => {
+            info!(folder = %folder.display(), kept_hours = keep.as_secs() / 3600, "removed an ended job's folder");
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => {
+            warn!(folder = %folder.display(), %error, "cannot remove an ended job's folder; the next start tries again");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -223,7 +311,9 @@ mod tests {
         let wall_now = SystemTime::now();
         // A folder made from a spare that waited for days, for a job that printed nothing.
         let folder = job_folder(root.path(), "quiet-1", 100 * HOUR, wall_now);
-        mark_ended(&folder);
+        let mut janitor = Janitor::default();
+        janitor.stamp_end(folder.clone());
+        janitor.finish();
         let mut retention = Retention::new(24 * HOUR);
         let expired =
             retention.adopt_leftovers(root.path(), &[], SystemTime::now(), Instant::now());
@@ -236,7 +326,44 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let folder = job_folder(root.path(), "done-1", HOUR, SystemTime::now());
         fs::write(folder.join("work").join("result.dat"), b"data").expect("work file");
-        remove_folders(vec![root.path().join("gone-1"), folder.clone()], HOUR);
+        let mut janitor = Janitor::default();
+        janitor.remove(vec![root.path().join("gone-1"), folder.clone()], HOUR);
+        janitor.finish();
         assert!(!folder.exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_stamp_follows_no_link_and_waits_on_no_fifo_the_job_left() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = root.path().join("outside");
+        fs::write(&outside, b"x").expect("file");
+        let long_ago = SystemTime::now() - 100 * HOUR;
+        fs::File::options()
+            .append(true)
+            .open(&outside)
+            .and_then(|f| f.set_modified(long_ago))
+            .expect("time");
+        let linked = root.path().join("linked-1");
+        fs::create_dir_all(&linked).expect("folder");
+        std::os::unix::fs::symlink(&outside, linked.join("stdout.log")).expect("link");
+        let piped = root.path().join("piped-1");
+        fs::create_dir_all(&piped).expect("folder");
+        let fifo = std::ffi::CString::new(piped.join("stdout.log").to_str().expect("utf-8"))
+            .expect("path");
+        // SAFETY: a plain mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+
+        let mut janitor = Janitor::default();
+        janitor.stamp_end(linked);
+        janitor.stamp_end(piped);
+        janitor.finish();
+        let modified = fs::metadata(&outside)
+            .and_then(|m| m.modified())
+            .expect("time");
+        assert_eq!(
+            modified, long_ago,
+            "the file behind the link was not touched"
+        );
     }
 }

@@ -91,7 +91,10 @@ impl SpareDirs {
         *slot = Slot::Making;
         drop(slot);
         let (slot, path) = (self.slot.clone(), self.path.clone());
-        super::off_the_loop(move || fill(&slot, path));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || fill(&slot, path))),
+            Err(_) => fill(&slot, path),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
