@@ -209,7 +209,9 @@ async fn a_store_restored_from_an_older_copy_delivers_old_and_new_events_after_t
 
     // The machine is rolled back. The restored store reports the job it holds lost
     // again, before it reaches the API: an event it never sent, numbered where the API
-    // already holds one.
+    // already holds one. (The report is made at start, before the connection is even
+    // opened; were it made after authentication, it would be numbered after the API's
+    // in the ordinary way and this test would still pass, without the renumbering.)
     copy_store(backup.path(), dir.path());
     let mut runner = spawn_runner(&server.url(), dir.path(), None);
     let after = server

@@ -200,15 +200,17 @@ impl Runner {
                 api_last,
             });
             self.last_event_index += api_last - self.sent_up_to;
+            self.sent_up_to = api_last;
         }
         self.acknowledge_events(fx, api_last);
         // The resend that follows authentication sends everything after that.
         self.sent_up_to = self.last_event_index;
     }
 
-    /// The API holds every event up to `up_to`. Claims beyond what we sent are clamped.
+    /// The API holds every event up to `up_to`. Claims beyond what it can hold are
+    /// clamped: an event never sent must not be taken off the outbox.
     pub(crate) fn acknowledge_events(&mut self, fx: &mut Effects, up_to: u64) {
-        self.acked_event_index = self.acked_event_index.max(up_to.min(self.last_event_index));
+        self.acked_event_index = self.acked_event_index.max(up_to.min(self.sent_up_to));
         fx.persist(Durable::OutboxAcked {
             up_to: self.acked_event_index,
         });

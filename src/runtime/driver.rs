@@ -374,8 +374,8 @@ fn ended_jobs_retention(
         std::time::SystemTime::now(),
         tokio::time::Instant::now(),
     );
-    let mut janitor = super::jobs::Janitor::default();
-    janitor.remove(expired, settings.job_retention);
+    let mut janitor = super::jobs::Janitor::new(settings.job_retention);
+    janitor.remove(expired);
     (retention, janitor)
 }
 
@@ -707,7 +707,7 @@ impl Driver {
     fn job_folder_ended(&mut self, job: &crate::protocol::JobRef) {
         if let Ok(folder) = super::jobs::job_dir(&self.settings.jobs_root(), job) {
             if !self.settings.job_retention.is_zero() {
-                self.janitor.stamp_end(folder.clone());
+                super::jobs::stamp_end(&folder);
             }
             self.retention
                 .job_ended(folder, tokio::time::Instant::now());
@@ -725,7 +725,7 @@ impl Driver {
             .filter_map(|job| super::jobs::job_dir(&jobs_root, job).ok())
             .collect();
         due.retain(|folder| !running.contains(folder));
-        self.janitor.remove(due, self.settings.job_retention);
+        self.janitor.remove(due);
     }
 
     /// Writes the acknowledgement that waits, if any (see `unsaved_ack`).

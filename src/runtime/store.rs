@@ -794,4 +794,37 @@ mod tests {
         assert!(store.commit(&[append(8, "e")]).is_err());
         store.commit(&[append(9, "e")]).expect("numbering goes on");
     }
+
+    #[test]
+    fn renumbering_starts_above_the_index_a_job_without_a_pid_holds_in_reserve() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(dir.path()).expect("the store opens");
+        let spec = job_spec("j");
+        let accepted = Durable::OutboxAppend {
+            index: 1,
+            event: RunnerEvent::JobAccepted {
+                job: spec.job_ref(),
+            },
+        };
+        store
+            .commit(&[Durable::JobAdded { job: spec.clone() }, accepted])
+            .expect("commit");
+        // 1 is on disk; 2 is held in reserve for the job's `job_started`, which a power
+        // cut may have taken back after the API got it.
+        let sent_up_to = store.load().expect("load").last_event_index;
+        assert_eq!(sent_up_to, 2);
+        let renumber = Durable::OutboxRenumbered {
+            sent_up_to,
+            api_last: 4,
+        };
+        store
+            .commit(&[renumber, Durable::OutboxAcked { up_to: 4 }])
+            .expect("commit");
+        let append = |index| Durable::OutboxAppend {
+            index,
+            event: started(&spec, 7),
+        };
+        assert!(store.commit(&[append(4)]).is_err(), "4 is the API's");
+        store.commit(&[append(5)]).expect("numbering goes on");
+    }
 }

@@ -170,7 +170,7 @@ impl Model {
             "link_down" => !self.link_up(),
             "authed" => self.authed(),
             "acks_all" => {
-                matches!(event, Event::Message(ServerMessage::EventsAck { up_to }) if *up_to >= self.last_event)
+                matches!(event, Event::Message(ServerMessage::EventsAck { up_to }) if (*up_to).min(self.sent_up_to) >= self.last_event)
             }
             "drained" => self.drained(),
             other => panic!("the model does not know guard {other:?}"),
@@ -242,8 +242,9 @@ impl Model {
                 let api_last = (*last_event_index).min(fyn_runner::core::MAX_EVENT_INDEX);
                 if has("persist(outbox_renumbered)") {
                     self.last_event += api_last - self.sent_up_to;
+                    self.sent_up_to = api_last;
                 }
-                self.acked = self.acked.max(api_last.min(self.last_event));
+                self.acked = self.acked.max(api_last.min(self.sent_up_to));
                 // The resend after authentication sends the rest.
                 self.sent_up_to = self.last_event;
             }
@@ -261,7 +262,8 @@ impl Model {
         if let Event::Message(ServerMessage::EventsAck { up_to }) = event
             && has("persist(outbox_acked)")
         {
-            self.acked = self.acked.max((*up_to).min(self.last_event));
+            // Never past what the API can hold: an event not sent stays in the outbox.
+            self.acked = self.acked.max((*up_to).min(self.sent_up_to));
         }
         if let Some(job) = Self::event_job(event) {
             if has("spawn") {

@@ -33,5 +33,5 @@ pub use executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, Spaw
 pub use output::{CHUNK_BYTES, CREDITS_PER_STREAM, OutputChunk, OutputSink, StreamSink};
 pub use process::{ProcessExecutor, default_path, job_dir};
 pub use report::JobReport;
-pub use retention::{Janitor, Retention};
+pub use retention::{Janitor, Retention, stamp_end};
 pub use supervisor::JobSupervisor;

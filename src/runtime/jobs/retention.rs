@@ -6,8 +6,10 @@ once its job has ended (finished, failed to start, or lost) and `keep` has passe
 
 Owns: the queue of ended jobs' folders and when each may go (`Retention`, which
 decides and does no I/O but read the job area at start), and the one thread that
-stamps ends and removes folders, in order (`Janitor`): a large `work/` must not take
-the blocking threads that job output is written on. Folders an earlier run left
+removes folders (`Janitor`): a large `work/` must not take the blocking threads that
+job output is written on. A folder due is first set aside (renamed to
+`.removing-<pid>-<n>`) on the driver's thread, so nothing that starts later can meet
+it. Folders an earlier run left
 behind are judged by their logs' last modification, since that run's queue died with
 it: a job's end touches its `stdout.log`, so a job that printed nothing is not judged
 by when its folder was made (a spare can wait long before a job takes it). The queue
@@ -16,7 +18,7 @@ costs about 100 bytes per job ended within the term.
 Must not: touch the folder of a job that has not ended. The driver hands over a folder
 only after the job's removal from the store is committed, names the folders of the
 jobs the store still holds at start, and leaves out those of running jobs when it
-hands folders to the janitor (an API that sent an ended job's attempt again). Entries
+hands folders to the janitor (an API that sent an ended job's attempt again). Other entries
 whose names start with '.' (the spare folder, the executor's preflight probe) are
 never this module's.
 */
@@ -65,8 +67,13 @@ impl Retention {
         for entry in entries.flatten() {
             let path = entry.path();
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if !is_dir || hidden || live.contains(&path) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_dir && name.starts_with(SET_ASIDE) {
+                // Set aside by an earlier run that exited before removing it.
+                expired.push(path);
+                continue;
+            }
+            if !is_dir || name.starts_with('.') || live.contains(&path) {
                 continue;
             }
             // A folder whose age cannot be read counts as just changed: kept a full term.
@@ -115,87 +122,111 @@ fn last_change(folder: &Path) -> Option<SystemTime> {
         .or_else(|| modified(folder))
 }
 
-/// What the janitor does, in the order it was asked.
-enum Chore {
-    /// Stamp a job's end on its folder (`stdout.log`'s modification time), for a later
-    /// start's judgement of it.
-    StampEnd(PathBuf),
-    Remove {
-        folders: Vec<PathBuf>,
-        keep: Duration,
-    },
+/// Where a folder waits for the janitor: out of its job's name at once, so a job that
+/// starts again under that name (an API that resends an ended attempt) gets a new
+/// folder, never one the janitor is about to remove.
+const SET_ASIDE: &str = ".removing-";
+
+/// Stamps a job's end on its folder (`stdout.log`'s modification time), for a later
+/// start's judgement of it. In place: one open and one time set, and a stamp that
+/// waited on a thread could be lost when the runner exits.
+pub fn stamp_end(folder: &Path) {
+    let log = folder.join(super::spare_dir::LOGS[0]);
+    if let Err(error) = stamp(&log) {
+        tracing::debug!(log = %log.display(), %error, "cannot stamp a job's end on its log");
+    }
 }
 
-/// The thread that stamps ends and removes folders, one chore at a time; started on
-/// first use. Chores not done when the runner exits are left to the next start.
+/// The thread that removes folders set aside, one at a time; started on first use.
+/// What it has not removed when the runner exits, the next start removes.
 #[derive(Default)]
 pub struct Janitor {
-    chores: Option<mpsc::Sender<Chore>>,
+    removals: Option<mpsc::Sender<Vec<PathBuf>>>,
+    /// Numbers the names folders are set aside under.
+    set_aside: u64,
+    keep: Duration,
     #[cfg(test)]
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Janitor {
-    pub fn stamp_end(&mut self, folder: PathBuf) {
-        self.give(Chore::StampEnd(folder));
-    }
-
-    pub fn remove(&mut self, folders: Vec<PathBuf>, keep: Duration) {
-        if !folders.is_empty() {
-            self.give(Chore::Remove { folders, keep });
+    /// `keep` is only for the log lines.
+    pub fn new(keep: Duration) -> Self {
+        Self {
+            keep,
+            ..Self::default()
         }
     }
 
-    fn give(&mut self, chore: Chore) {
-        if self.chores.is_none() {
-            let (chores, queue) = mpsc::channel::<Chore>();
+    /// Sets each folder aside now (a rename in its parent) and has it removed in the
+    /// background. A folder already gone is skipped.
+    pub fn remove(&mut self, folders: Vec<PathBuf>) {
+        let aside: Vec<PathBuf> = folders
+            .into_iter()
+            .filter_map(|folder| self.set_aside(&folder))
+            .collect();
+        if !aside.is_empty() {
+            self.give(aside);
+        }
+    }
+
+    fn set_aside(&mut self, folder: &Path) -> Option<PathBuf> {
+        let parent = folder.parent()?;
+        self.set_aside += 1;
+        let aside = parent.join(format!(
+            "{SET_ASIDE}{}-{}",
+            std::process::id(),
+            self.set_aside
+        ));
+        match fs::rename(folder, &aside) {
+            Ok(()) => Some(aside),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => {
+                warn!(folder = %folder.display(), %error, "cannot set an ended job's folder aside for removal; the next start tries again");
+                None
+            }
+        }
+    }
+
+    fn give(&mut self, folders: Vec<PathBuf>) {
+        let keep = self.keep;
+        if self.removals.is_none() {
+            let (removals, queue) = mpsc::channel::<Vec<PathBuf>>();
             let started = std::thread::Builder::new()
                 .name("fyn-runner-janitor".to_owned())
-                .spawn(move || queue.into_iter().for_each(do_chore));
+                .spawn(move || {
+                    for folders in queue {
+                        folders.iter().for_each(|folder| remove(folder, keep));
+                    }
+                });
             match started {
                 Ok(_thread) => {
-                    self.chores = Some(chores);
+                    self.removals = Some(removals);
                     #[cfg(test)]
                     {
                         self.thread = Some(_thread);
                     }
                 }
                 Err(error) => {
-                    warn!(%error, "cannot start the job-folder janitor; doing its work in place");
+                    warn!(%error, "cannot start the job-folder janitor; removing in place");
                 }
             }
         }
-        let undone = match &self.chores {
-            Some(chores) => chores.send(chore).err().map(|failed| failed.0),
-            None => Some(chore),
+        let undone = match &self.removals {
+            Some(removals) => removals.send(folders).err().map(|failed| failed.0),
+            None => Some(folders),
         };
-        if let Some(chore) = undone {
-            do_chore(chore);
+        for folder in undone.unwrap_or_default() {
+            remove(&folder, keep);
         }
     }
 
-    /// Waits for every chore given so far.
+    /// Waits for every removal given so far.
     #[cfg(test)]
     fn finish(mut self) {
-        self.chores = None;
+        self.removals = None;
         if let Some(thread) = self.thread.take() {
             thread.join().expect("the janitor ends");
-        }
-    }
-}
-
-fn do_chore(chore: Chore) {
-    match chore {
-        Chore::StampEnd(folder) => {
-            let log = folder.join(super::spare_dir::LOGS[0]);
-            if let Err(error) = stamp(&log) {
-                tracing::debug!(log = %log.display(), %error, "cannot stamp a job's end on its log");
-            }
-        }
-        Chore::Remove { folders, keep } => {
-            for folder in folders {
-                remove(&folder, keep);
-            }
         }
     }
 }
@@ -256,6 +287,8 @@ mod tests {
         let young = job_folder(root.path(), "young-1", 4 * HOUR, wall_now);
         let live = job_folder(root.path(), "running-1", 300 * HOUR, wall_now);
         let spare = job_folder(root.path(), ".spare-1-1", 300 * HOUR, wall_now);
+        // Set aside by a run that exited before its janitor removed it: whatever its age.
+        let set_aside = job_folder(root.path(), ".removing-1-1", Duration::ZERO, wall_now);
         fs::write(root.path().join("stray-file"), b"x").expect("file");
 
         let mut retention = Retention::new(24 * HOUR);
@@ -263,7 +296,9 @@ mod tests {
         let expired =
             retention.adopt_leftovers(root.path(), std::slice::from_ref(&live), wall_now, now);
 
-        assert_eq!(expired, vec![old]);
+        let mut expired = expired;
+        expired.sort();
+        assert_eq!(expired, vec![set_aside, old]);
         // The young one is due when its 24 hours are up: in 20 hours.
         let due = retention.next_due().expect("queued");
         assert_eq!(due - now, 20 * HOUR);
@@ -311,9 +346,7 @@ mod tests {
         let wall_now = SystemTime::now();
         // A folder made from a spare that waited for days, for a job that printed nothing.
         let folder = job_folder(root.path(), "quiet-1", 100 * HOUR, wall_now);
-        let mut janitor = Janitor::default();
-        janitor.stamp_end(folder.clone());
-        janitor.finish();
+        stamp_end(&folder);
         let mut retention = Retention::new(24 * HOUR);
         let expired =
             retention.adopt_leftovers(root.path(), &[], SystemTime::now(), Instant::now());
@@ -326,10 +359,12 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let folder = job_folder(root.path(), "done-1", HOUR, SystemTime::now());
         fs::write(folder.join("work").join("result.dat"), b"data").expect("work file");
-        let mut janitor = Janitor::default();
-        janitor.remove(vec![root.path().join("gone-1"), folder.clone()], HOUR);
-        janitor.finish();
+        let mut janitor = Janitor::new(HOUR);
+        janitor.remove(vec![root.path().join("gone-1"), folder.clone()]);
+        // Out of its name at once, before the janitor gets to it.
         assert!(!folder.exists());
+        janitor.finish();
+        assert_eq!(fs::read_dir(root.path()).expect("read").count(), 0);
     }
 
     #[cfg(unix)]
@@ -354,10 +389,8 @@ mod tests {
         // SAFETY: a plain mkfifo on a path we own.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
 
-        let mut janitor = Janitor::default();
-        janitor.stamp_end(linked);
-        janitor.stamp_end(piped);
-        janitor.finish();
+        stamp_end(&linked);
+        stamp_end(&piped);
         let modified = fs::metadata(&outside)
             .and_then(|m| m.modified())
             .expect("time");
