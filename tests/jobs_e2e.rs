@@ -175,14 +175,7 @@ async fn a_store_restored_from_an_older_copy_delivers_old_and_new_events_after_t
     let token = server.mint_token().expect("token");
 
     // The copy is taken while a job runs (a snapshot of a live machine).
-    let mut runner = spawn_runner(&server.url(), dir.path(), Some(&token));
-    let running = server
-        .submit_job(request(&["sleep", "300"], 600))
-        .expect("submit");
-    let job = until_job(&server, &running, |j| j.state == JobState::Running).await;
-    let pid = started_pid(&server, &job);
-    runner.kill().expect("kill -9");
-    let _ = runner.wait();
+    let (running, pid) = kill_9_mid_job(&server, dir.path(), &token).await;
     copy_store(dir.path(), backup.path());
 
     // Life goes on: the job is reported lost, another runs; the API holds these events.
@@ -191,14 +184,7 @@ async fn a_store_restored_from_an_older_copy_delivers_old_and_new_events_after_t
         finished(&server, &running).await.outcome,
         Some(JobOutcome::Lost)
     );
-    let deadline = Instant::now() + WAIT;
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the orphaned job {pid} was not killed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_gone(pid).await;
     let between = server.submit_job(request(&["true"], 60)).expect("submit");
     assert_eq!(
         finished(&server, &between).await.outcome,
@@ -504,27 +490,22 @@ fn started_pid(server: &DevServer, job: &JobInfo) -> i32 {
         .expect("a job_started event with the pid")
 }
 
-#[tokio::test]
-async fn kill_9_mid_job_then_restart_reports_it_lost_once_and_leaves_no_process() {
-    let server = dev_server(None, None).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = server.mint_token().expect("token");
-    let mut runner = spawn_runner(&server.url(), dir.path(), Some(&token));
+/// The real binary runs a long job, and is killed with SIGKILL while it does: the job
+/// ID, and the pid the runner reported for its process.
+async fn kill_9_mid_job(server: &DevServer, dir: &Path, token: &str) -> (String, i32) {
+    let mut runner = spawn_runner(&server.url(), dir, Some(token));
     let id = server
         .submit_job(request(&["sleep", "300"], 600))
         .expect("submit");
-    let job = until_job(&server, &id, |j| j.state == JobState::Running).await;
-    let pid = started_pid(&server, &job);
+    let job = until_job(server, &id, |j| j.state == JobState::Running).await;
+    let pid = started_pid(server, &job);
     runner.kill().expect("kill -9");
     let _ = runner.wait();
-    assert!(
-        alive(pid),
-        "the job's process outlives a SIGKILLed runner until the next start"
-    );
+    (id, pid)
+}
 
-    let mut runner = spawn_runner(&server.url(), dir.path(), None);
-    let job = finished(&server, &id).await;
-    assert_eq!(job.outcome, Some(JobOutcome::Lost));
+/// Until the orphaned job process `pid` is gone (killed by the next start).
+async fn until_gone(pid: i32) {
     let deadline = Instant::now() + WAIT;
     while alive(pid) {
         assert!(
@@ -533,6 +514,23 @@ async fn kill_9_mid_job_then_restart_reports_it_lost_once_and_leaves_no_process(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn kill_9_mid_job_then_restart_reports_it_lost_once_and_leaves_no_process() {
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let (id, pid) = kill_9_mid_job(&server, dir.path(), &token).await;
+    assert!(
+        alive(pid),
+        "the job's process outlives a SIGKILLed runner until the next start"
+    );
+
+    let mut runner = spawn_runner(&server.url(), dir.path(), None);
+    let job = finished(&server, &id).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Lost));
+    until_gone(pid).await;
     let runner_id = job.runner.clone().expect("assigned");
     let finishes = server
         .events(&runner_id)
