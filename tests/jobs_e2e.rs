@@ -452,11 +452,35 @@ async fn slots_full_rejects_a_resent_command_runs_once_and_a_climbing_id_is_refu
 
 // ---------------------------------------------------------------- the real binary
 
-fn spawn_runner(url: &str, dir: &Path, token: Option<&str>) -> Child {
+/// The runner binary, killed when dropped: a test that fails half way leaves no runner
+/// behind.
+struct Runner(Child);
+
+impl std::ops::Deref for Runner {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Runner {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_runner(url: &str, dir: &Path, token: Option<&str>) -> Runner {
     spawn_runner_with(url, dir, token, &[])
 }
 
-fn spawn_runner_with(url: &str, dir: &Path, token: Option<&str>, flags: &[&str]) -> Child {
+fn spawn_runner_with(url: &str, dir: &Path, token: Option<&str>, flags: &[&str]) -> Runner {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fyn-runner"));
     command
         .args(["run", "--server", url, "--slots", "2"])
@@ -469,7 +493,7 @@ fn spawn_runner_with(url: &str, dir: &Path, token: Option<&str>, flags: &[&str])
     if let Some(token) = token {
         command.args(["--token", token]);
     }
-    command.spawn().expect("the binary starts")
+    Runner(command.spawn().expect("the binary starts"))
 }
 
 fn alive(pid: i32) -> bool {
