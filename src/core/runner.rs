@@ -181,20 +181,15 @@ impl Runner {
         }
     }
 
-    /// Whether the API holds events past any this store has sent: the store has gone
-    /// back in time (restored from an older copy, or a snapshot of the machine).
-    pub(crate) fn behind_api(&self, api_last: u64) -> bool {
-        api_last.min(MAX_EVENT_INDEX) > self.sent_up_to
-    }
-
     /// The API's word, at authentication, on the last event it holds. When it is past
     /// what this store has sent, the events in between were sent by the runner this
-    /// store was before it went back in time, and the API holds them: events made since
-    /// and never sent move up to follow them, and numbering goes on from there. One
-    /// that kept its index would be dropped by the API as one it has.
+    /// store was before it went back in time (restored from an older copy, or a snapshot
+    /// of the machine), and the API holds them: events made since and never sent move
+    /// up to follow them, and numbering goes on from there. One that kept its index
+    /// would be dropped by the API as one it has.
     pub(crate) fn adopt_api_position(&mut self, fx: &mut Effects, api_last: u64) {
         let api_last = api_last.min(MAX_EVENT_INDEX);
-        if self.behind_api(api_last) {
+        if api_last > self.sent_up_to {
             fx.persist(Durable::OutboxRenumbered {
                 sent_up_to: self.sent_up_to,
                 api_last,

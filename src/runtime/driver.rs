@@ -227,7 +227,7 @@ fn launch(
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let jobs = super::jobs::JobSupervisor::new(jobs_root.clone(), reports_tx);
     jobs.preflight().map_err(StartError::Jobs)?;
-    let (retention, janitor) = ended_jobs_retention(&settings, &restored);
+    let (retention, janitor) = ended_jobs_retention(&settings, &jobs_root, &restored);
     // Jobs of a previous runner that died with it: kill what is left, report them lost.
     let reaper_inputs = inputs_tx.clone();
     tokio::spawn(async move {
@@ -360,21 +360,21 @@ fn start_trace(
 /// touched; they start their term when those jobs end in this run.
 fn ended_jobs_retention(
     settings: &RunnerSettings,
+    jobs_root: &std::path::Path,
     restored: &[crate::protocol::JobRef],
 ) -> (super::jobs::Retention, super::jobs::Janitor) {
-    let jobs_root = settings.jobs_root();
     let live: Vec<PathBuf> = restored
         .iter()
-        .filter_map(|job| super::jobs::job_dir(&jobs_root, job).ok())
+        .filter_map(|job| super::jobs::job_dir(jobs_root, job).ok())
         .collect();
     let mut retention = super::jobs::Retention::new(settings.job_retention);
     let expired = retention.adopt_leftovers(
-        &jobs_root,
+        jobs_root,
         &live,
         std::time::SystemTime::now(),
         tokio::time::Instant::now(),
     );
-    let mut janitor = super::jobs::Janitor::new(settings.job_retention);
+    let mut janitor = super::jobs::Janitor::default();
     janitor.remove(expired);
     (retention, janitor)
 }

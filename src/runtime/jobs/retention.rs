@@ -144,20 +144,11 @@ pub struct Janitor {
     removals: Option<mpsc::Sender<Vec<PathBuf>>>,
     /// Numbers the names folders are set aside under.
     set_aside: u64,
-    keep: Duration,
     #[cfg(test)]
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Janitor {
-    /// `keep` is only for the log lines.
-    pub fn new(keep: Duration) -> Self {
-        Self {
-            keep,
-            ..Self::default()
-        }
-    }
-
     /// Sets each folder aside now (a rename in its parent) and has it removed in the
     /// background. A folder already gone is skipped.
     pub fn remove(&mut self, folders: Vec<PathBuf>) {
@@ -170,8 +161,14 @@ impl Janitor {
         }
     }
 
+    /// Named as the job's folder was, for the log; one an earlier run set aside is
+    /// taken as it is.
     fn set_aside(&mut self, folder: &Path) -> Option<PathBuf> {
         let parent = folder.parent()?;
+        let name = folder.file_name()?.to_string_lossy();
+        if name.starts_with(SET_ASIDE) {
+            return Some(folder.to_path_buf());
+        }
         self.set_aside += 1;
         let aside = parent.join(format!(
             "{SET_ASIDE}{}-{}",
@@ -179,7 +176,10 @@ impl Janitor {
             self.set_aside
         ));
         match fs::rename(folder, &aside) {
-            Ok(()) => Some(aside),
+            Ok(()) => {
+                info!(folder = %folder.display(), "removing an ended job's folder");
+                Some(aside)
+            }
             Err(error) if error.kind() == io::ErrorKind::NotFound => None,
             Err(error) => {
                 warn!(folder = %folder.display(), %error, "cannot set an ended job's folder aside for removal; the next start tries again");
@@ -189,14 +189,13 @@ impl Janitor {
     }
 
     fn give(&mut self, folders: Vec<PathBuf>) {
-        let keep = self.keep;
         if self.removals.is_none() {
             let (removals, queue) = mpsc::channel::<Vec<PathBuf>>();
             let started = std::thread::Builder::new()
                 .name("fyn-runner-janitor".to_owned())
                 .spawn(move || {
                     for folders in queue {
-                        folders.iter().for_each(|folder| remove(folder, keep));
+                        folders.iter().for_each(|folder| remove(folder));
                     }
                 });
             match started {
@@ -217,7 +216,7 @@ impl Janitor {
             None => Some(folders),
         };
         for folder in undone.unwrap_or_default() {
-            remove(&folder, keep);
+            remove(&folder);
         }
     }
 
@@ -250,11 +249,9 @@ fn stamp(log: &Path) -> io::Result<()> {
 }
 
 /// A folder that cannot be removed is logged and left; the next start tries again.
-fn remove(folder: &Path, keep: Duration) {
+fn remove(folder: &Path) {
     match fs::remove_dir_all(folder) {
-        Ok(()) => {
-            info!(folder = %folder.display(), kept_hours = keep.as_secs() / 3600, "removed an ended job's folder");
-        }
+        Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => {
             warn!(folder = %folder.display(), %error, "cannot remove an ended job's folder; the next start tries again");
@@ -359,8 +356,10 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let folder = job_folder(root.path(), "done-1", HOUR, SystemTime::now());
         fs::write(folder.join("work").join("result.dat"), b"data").expect("work file");
-        let mut janitor = Janitor::new(HOUR);
-        janitor.remove(vec![root.path().join("gone-1"), folder.clone()]);
+        // One an earlier run set aside goes as it is.
+        let set_aside = job_folder(root.path(), ".removing-9-9", HOUR, SystemTime::now());
+        let mut janitor = Janitor::default();
+        janitor.remove(vec![root.path().join("gone-1"), folder.clone(), set_aside]);
         // Out of its name at once, before the janitor gets to it.
         assert!(!folder.exists());
         janitor.finish();
