@@ -58,6 +58,7 @@ fn request(command: &[&str]) -> JobRequest {
     JobRequest {
         command: command.iter().map(|s| (*s).to_owned()).collect(),
         env: BTreeMap::new(),
+        workdir: None,
         timeout_secs: 600,
         output_limit_bytes: Some(2 << 30),
         cancel_grace_secs: Some(1),

@@ -1,317 +1,26 @@
 //! End-to-end tests of the reference control plane, driven by a raw WebSocket client
 //! that speaks the protocol by hand (not the runner runtime), plus a minimal HTTP
-//! client for the admin API. Everything runs on loopback with port 0.
+//! client for the admin API (`wire/`). Everything runs on loopback with port 0.
 
-use std::net::SocketAddr;
+mod wire;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::{Signer, SigningKey};
-use futures_util::{SinkExt, StreamExt};
+use ed25519_dalek::SigningKey;
+use futures_util::SinkExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use fyn_runner::devserver::{
-    DevServer, DevServerConfig, JobInfo, JobRequest, JobState, RunnerState, TlsFiles,
-};
+use fyn_runner::devserver::{DevServer, DevServerConfig, JobState, RunnerState, TlsFiles};
 use fyn_runner::protocol::{
-    Command, JobOutcome, JobRef, MAX_FRAME_BYTES, OutputStream, PROTOCOL_VERSION, RejectReason,
-    RunnerEvent, RunnerMessage, SUBPROTOCOL, ServerMessage, SessionParams, auth_message,
-    decode_server, encode,
+    Command, JobOutcome, MAX_FRAME_BYTES, OutputStream, RejectReason, RunnerEvent, RunnerMessage,
+    ServerMessage, SessionParams, encode,
 };
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------- helpers
-
-async fn start() -> DevServer {
-    start_with(DevServerConfig::ephemeral()).await
-}
-
-async fn start_with(config: DevServerConfig) -> DevServer {
-    DevServer::start(config)
-        .await
-        .expect("the dev-server starts")
-}
-
-/// A runner's identity: its key pair and the ID the server gave it.
-struct Identity {
-    key: SigningKey,
-    runner_id: String,
-}
-
-fn new_key() -> SigningKey {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).expect("randomness");
-    SigningKey::from_bytes(&seed)
-}
-
-fn public_key(key: &SigningKey) -> String {
-    STANDARD.encode(key.verifying_key().to_bytes())
-}
-
-impl Identity {
-    fn authenticate(&self, nonce: &str, last_command_index: u64) -> RunnerMessage {
-        let signature = self.key.sign(&auth_message(nonce, &self.runner_id));
-        RunnerMessage::Authenticate {
-            runner_id: self.runner_id.clone(),
-            signature: STANDARD.encode(signature.to_bytes()),
-            name: "test-runner".to_owned(),
-            version: "0.1.0".to_owned(),
-            slots: 2,
-            last_command_index,
-        }
-    }
-}
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A hand-driven runner connection.
-struct Client {
-    ws: Socket,
-    nonce: String,
-}
-
-impl Client {
-    async fn connect(server: &DevServer) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(runner_request(server))
-            .await
-            .expect("the WebSocket upgrade succeeds");
-        Client::after_upgrade(ws).await
-    }
-
-    async fn after_upgrade(ws: Socket) -> Client {
-        let mut client = Client {
-            ws,
-            nonce: String::new(),
-        };
-        match client.recv().await {
-            ServerMessage::Hello { protocol, nonce } => {
-                assert_eq!(protocol, PROTOCOL_VERSION);
-                assert!(nonce.len() >= 16, "nonce {nonce:?} is too short");
-                client.nonce = nonce;
-            }
-            other => panic!("expected hello, got {other:?}"),
-        }
-        client
-    }
-
-    async fn send(&mut self, message: &RunnerMessage) {
-        self.send_text(encode(message)).await;
-    }
-
-    async fn send_text(&mut self, text: String) {
-        self.ws
-            .send(Message::text(text))
-            .await
-            .expect("the frame is sent");
-    }
-
-    async fn recv(&mut self) -> ServerMessage {
-        loop {
-            let frame = timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame arrives in time")
-                .expect("the socket is open")
-                .expect("the socket works");
-            match frame {
-                Message::Text(text) => {
-                    return decode_server(text.as_str()).expect("the server's frame decodes");
-                }
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// Nothing arrives within `quiet`.
-    async fn recv_nothing(&mut self, quiet: Duration) {
-        if let Ok(frame) = timeout(quiet, self.ws.next()).await {
-            panic!("expected silence, got {frame:?}");
-        }
-    }
-
-    /// The close code the server closes with.
-    async fn close_code(&mut self) -> u16 {
-        loop {
-            let frame = timeout(WAIT, self.ws.next())
-                .await
-                .expect("the close arrives in time");
-            match frame {
-                Some(Ok(Message::Close(Some(close)))) => return close.code.into(),
-                Some(Ok(Message::Close(None))) => return 1005,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(other)) => panic!("expected a close frame, got {other:?}"),
-                Some(Err(error)) => panic!("expected a close frame, got error {error}"),
-                None => panic!("the socket ended without a close frame"),
-            }
-        }
-    }
-}
-
-fn runner_request(server: &DevServer) -> tungstenite::handshake::client::Request {
-    let mut request = server
-        .runner_url()
-        .into_client_request()
-        .expect("the runner URL is valid");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
-    request
-}
-
-/// Token, register, authenticate: a new runner with an authenticated session.
-async fn register(server: &DevServer) -> (Identity, Client) {
-    let token = server.mint_token().expect("a token is minted");
-    let mut client = Client::connect(server).await;
-    client.send(&RunnerMessage::ValidateToken { token }).await;
-    assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
-    let key = new_key();
-    client
-        .send(&RunnerMessage::Register {
-            public_key: public_key(&key),
-            name: "test-runner".to_owned(),
-            version: "0.1.0".to_owned(),
-            slots: 2,
-        })
-        .await;
-    let runner_id = match client.recv().await {
-        ServerMessage::Registered { runner_id } => runner_id,
-        other => panic!("expected registered, got {other:?}"),
-    };
-    let identity = Identity { key, runner_id };
-    let auth = identity.authenticate(&client.nonce, 0);
-    client.send(&auth).await;
-    match client.recv().await {
-        ServerMessage::Authenticated { runner_id, .. } => assert_eq!(runner_id, identity.runner_id),
-        other => panic!("expected authenticated, got {other:?}"),
-    }
-    (identity, client)
-}
-
-/// A fresh connection for a known runner, authenticated; returns what the server said.
-async fn reconnect(
-    server: &DevServer,
-    identity: &Identity,
-    last_command: u64,
-) -> (Client, ServerMessage) {
-    let mut client = Client::connect(server).await;
-    let auth = identity.authenticate(&client.nonce, last_command);
-    client.send(&auth).await;
-    let answer = client.recv().await;
-    (client, answer)
-}
-
-/// Startup, full hardware report, ready: the session becomes Active.
-async fn activate(client: &mut Client) {
-    client
-        .send(&RunnerMessage::Startup {
-            version: "0.1.0".to_owned(),
-            jobs: Vec::new(),
-        })
-        .await;
-    assert_eq!(client.recv().await, ServerMessage::StartupAck {});
-    client
-        .send(&RunnerMessage::HardwareFull {
-            report: json!({"cpu": {"cores": 4}, "memory": {"total_bytes": 1024}}),
-        })
-        .await;
-    assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
-    ready(client).await;
-}
-
-async fn ready(client: &mut Client) {
-    client.send(&RunnerMessage::Ready { slots_free: 2 }).await;
-    assert_eq!(client.recv().await, ServerMessage::ReadyAck {});
-}
-
-fn job_request(command: &[&str]) -> JobRequest {
-    JobRequest {
-        command: command.iter().map(|s| (*s).to_owned()).collect(),
-        env: Default::default(),
-        timeout_secs: 60,
-        output_limit_bytes: None,
-        cancel_grace_secs: None,
-    }
-}
-
-/// The next frame must be a `start_job` command; returns its index and job.
-async fn expect_start_job(client: &mut Client) -> (u64, fyn_runner::protocol::JobSpec) {
-    match client.recv().await {
-        ServerMessage::Command {
-            index,
-            command: Command::StartJob { job },
-        } => (index, job),
-        other => panic!("expected start_job, got {other:?}"),
-    }
-}
-
-async fn send_event(client: &mut Client, index: u64, event: RunnerEvent) {
-    client.send(&RunnerMessage::Event { index, event }).await;
-    assert_eq!(
-        client.recv().await,
-        ServerMessage::EventsAck { up_to: index }
-    );
-}
-
-fn job_ref(id: &str, attempt: u32) -> JobRef {
-    JobRef {
-        job_id: id.to_owned(),
-        attempt,
-    }
-}
-
-fn job(server: &DevServer, id: &str) -> JobInfo {
-    server
-        .job(id)
-        .expect("the store answers")
-        .expect("the job exists")
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns the status and JSON body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).await.expect("the server accepts");
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("the request is sent");
-    let mut response = Vec::new();
-    timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("the response arrives in time")
-        .expect("the response is read");
-    let text = String::from_utf8(response).expect("the response is UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status code");
-    let json = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(body).expect("a JSON body")
-    };
-    (status, json)
-}
-
+use wire::*;
 // ---------------------------------------------------------------- registration and auth
 
 #[tokio::test]
@@ -351,7 +60,7 @@ async fn registration_end_to_end() -> TestResult {
     );
     activate(&mut client).await;
 
-    let (status, runners) = http(server.local_addr(), "GET", "/admin/v1/runners", None).await;
+    let (status, runners) = http(&server, "GET", "/admin/v1/runners", None).await;
     assert_eq!(status, 200);
     let runner = &runners[0];
     assert_eq!(runner["id"], json!(identity.runner_id));
@@ -378,13 +87,7 @@ async fn registration_end_to_end() -> TestResult {
 #[tokio::test]
 async fn registration_token_via_admin_api() -> TestResult {
     let server = start().await;
-    let (status, body) = http(
-        server.local_addr(),
-        "POST",
-        "/admin/v1/registration-tokens",
-        None,
-    )
-    .await;
+    let (status, body) = http(&server, "POST", "/admin/v1/registration-tokens", None).await;
     assert_eq!(status, 201);
     let token = body["token"].as_str().ok_or("no token")?.to_owned();
     let mut client = Client::connect(&server).await;
@@ -393,39 +96,87 @@ async fn registration_token_via_admin_api() -> TestResult {
     Ok(())
 }
 
+fn register_message(key: &SigningKey) -> RunnerMessage {
+    RunnerMessage::Register {
+        public_key: public_key(key),
+        name: "a".to_owned(),
+        version: "0.1.0".to_owned(),
+        slots: 1,
+    }
+}
+
+/// Validate `token` and register `key` on a fresh connection; what `register` got.
+async fn validate_and_register(
+    server: &DevServer,
+    token: &str,
+    key: &SigningKey,
+) -> (Client, ServerMessage) {
+    let mut client = Client::connect(server).await;
+    client
+        .send(&RunnerMessage::ValidateToken {
+            token: token.to_owned(),
+        })
+        .await;
+    assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
+    client.send(&register_message(key)).await;
+    let answer = client.recv().await;
+    (client, answer)
+}
+
+/// Section 4.1: a `register` retried with the spent token and the same key (the first
+/// answer was lost) gets the same runner; another key is refused.
 #[tokio::test]
-async fn reused_token_is_refused() -> TestResult {
+async fn a_spent_token_registers_the_same_key_again_and_no_other() -> TestResult {
     let server = start().await;
     let token = server.mint_token()?;
-    let mut first = Client::connect(&server).await;
-    first
-        .send(&RunnerMessage::ValidateToken {
-            token: token.clone(),
-        })
-        .await;
-    assert_eq!(first.recv().await, ServerMessage::TokenAccepted {});
-    first
-        .send(&RunnerMessage::Register {
-            public_key: public_key(&new_key()),
-            name: "a".to_owned(),
-            version: "0.1.0".to_owned(),
-            slots: 1,
-        })
-        .await;
-    assert!(matches!(
-        first.recv().await,
-        ServerMessage::Registered { .. }
-    ));
+    let key = new_key();
+    // Committed by the server, but the runner never reads the answer.
+    let (first, answer) = validate_and_register(&server, &token, &key).await;
+    let ServerMessage::Registered { runner_id } = answer else {
+        panic!("expected registered, got {answer:?}");
+    };
+    drop(first);
 
-    let mut second = Client::connect(&server).await;
-    second.send(&RunnerMessage::ValidateToken { token }).await;
+    let (mut retry, answer) = validate_and_register(&server, &token, &key).await;
     assert_eq!(
-        second.recv().await,
+        answer,
+        ServerMessage::Registered {
+            runner_id: runner_id.clone()
+        }
+    );
+    let identity = Identity { key, runner_id };
+    retry.send(&identity.authenticate(&retry.nonce, 0)).await;
+    assert!(matches!(
+        retry.recv().await,
+        ServerMessage::Authenticated { .. }
+    ));
+    assert_eq!(server.runners()?.len(), 1, "one runner, no token wasted");
+
+    let (mut other, answer) = validate_and_register(&server, &token, &new_key()).await;
+    assert_eq!(
+        answer,
         ServerMessage::TokenRejected {
             reason: "registration token was already used".to_owned()
         }
     );
-    assert_eq!(second.close_code().await, 1000);
+    assert_eq!(other.close_code().await, 1000);
+
+    // Once the runner has left for good, its token is simply spent.
+    retry
+        .send(&RunnerMessage::Leaving {
+            reason: "test".to_owned(),
+        })
+        .await;
+    assert_eq!(retry.recv().await, ServerMessage::Left {});
+    let mut late = Client::connect(&server).await;
+    late.send(&RunnerMessage::ValidateToken { token }).await;
+    assert_eq!(
+        late.recv().await,
+        ServerMessage::TokenRejected {
+            reason: "registration token was already used".to_owned()
+        }
+    );
+    assert_eq!(late.close_code().await, 1000);
     Ok(())
 }
 
@@ -460,15 +211,9 @@ async fn token_validated_twice_registers_once() -> TestResult {
             .await;
         assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
     }
-    let register = RunnerMessage::Register {
-        public_key: public_key(&new_key()),
-        name: "a".to_owned(),
-        version: "0.1.0".to_owned(),
-        slots: 1,
-    };
-    a.send(&register).await;
+    a.send(&register_message(&new_key())).await;
     assert!(matches!(a.recv().await, ServerMessage::Registered { .. }));
-    b.send(&register).await;
+    b.send(&register_message(&new_key())).await;
     assert!(matches!(
         b.recv().await,
         ServerMessage::TokenRejected { .. }
@@ -558,7 +303,7 @@ async fn a_job_runs_end_to_end() -> TestResult {
     activate(&mut client).await;
 
     let body = r#"{"command": ["echo", "hi"], "env": {"A": "1"}, "timeout_secs": 30}"#;
-    let (status, created) = http(server.local_addr(), "POST", "/admin/v1/jobs", Some(body)).await;
+    let (status, created) = http(&server, "POST", "/admin/v1/jobs", Some(body)).await;
     assert_eq!(status, 201);
     let id = created["id"].as_str().ok_or("no id")?.to_owned();
     assert!(id.starts_with("j-"));
@@ -605,25 +350,36 @@ async fn a_job_runs_end_to_end() -> TestResult {
             duration_ms: 12,
             stdout_bytes: 12,
             stderr_bytes: 0,
+            detail: None,
         },
     )
     .await;
 
-    let (status, done) = http(
-        server.local_addr(),
-        "GET",
-        &format!("/admin/v1/jobs/{id}"),
-        None,
-    )
-    .await;
+    let (status, done) = http(&server, "GET", &format!("/admin/v1/jobs/{id}"), None).await;
     assert_eq!(status, 200);
     assert_eq!(done["state"], json!("finished"));
     assert_eq!(done["outcome"], json!("succeeded"));
     assert_eq!(done["exit_status"], json!({"how": "exited", "code": 0}));
     assert_eq!(done["duration_ms"], json!(12));
-    assert_eq!(done["stdout"], json!("hello world\n"));
     assert_eq!(done["stdout_bytes"], json!(12));
-    assert_eq!(done["stderr"], json!(""));
+    assert_eq!(done["stderr_bytes"], json!(0));
+    assert!(
+        done.get("stdout").is_none(),
+        "the job view carries no output"
+    );
+    let (status, out) = http(
+        &server,
+        "GET",
+        &format!("/admin/v1/jobs/{id}/output?stream=stdout"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(out["data"], json!(STANDARD.encode(b"hello world\n")));
+    assert_eq!(
+        (&out["next_offset"], &out["complete"]),
+        (&json!(12), &json!(true))
+    );
     let runner = &server.runners()?[0];
     assert_eq!(runner.unacked_commands, 0);
     assert_eq!(runner.slots_free, 2);
@@ -653,7 +409,7 @@ async fn a_duplicate_event_is_stored_once_and_acked_twice() -> TestResult {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "job_output");
     assert_eq!(events[0].body["data_bytes"], json!(4));
-    assert_eq!(job(&server, &id).stderr, "once");
+    assert_eq!(stream_text(&server, &id, OutputStream::Stderr), "once");
 
     // An event about an attempt the job is not on is stored (and acked) but ignored.
     send_event(
@@ -676,7 +432,7 @@ async fn unacked_commands_are_resent_after_reconnect() -> TestResult {
     let (identity, mut client) = register(&server).await;
     activate(&mut client).await;
     let (status, created) = http(
-        server.local_addr(),
+        &server,
         "POST",
         "/admin/v1/jobs",
         Some(r#"{"command": ["sleep", "1"], "timeout_secs": 5}"#),
@@ -732,8 +488,13 @@ async fn cancel_and_drain_send_commands() -> TestResult {
     let (index, _) = expect_start_job(&mut client).await;
     client.send(&RunnerMessage::CommandAck { index }).await;
 
-    let addr = server.local_addr();
-    let (status, body) = http(addr, "POST", &format!("/admin/v1/jobs/{id}/cancel"), None).await;
+    let (status, body) = http(
+        &server,
+        "POST",
+        &format!("/admin/v1/jobs/{id}/cancel"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body["cancel_requested"], json!(true));
     assert_eq!(
@@ -756,15 +517,22 @@ async fn cancel_and_drain_send_commands() -> TestResult {
             duration_ms: 5,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            detail: None,
         },
     )
     .await;
     assert_eq!(job(&server, &id).state, JobState::Cancelled);
-    let (status, _) = http(addr, "POST", &format!("/admin/v1/jobs/{id}/cancel"), None).await;
+    let (status, _) = http(
+        &server,
+        "POST",
+        &format!("/admin/v1/jobs/{id}/cancel"),
+        None,
+    )
+    .await;
     assert_eq!(status, 409);
 
     let path = format!("/admin/v1/runners/{}/drain", identity.runner_id);
-    let (status, body) = http(addr, "POST", &path, Some(r#"{"deadline_secs": 30}"#)).await;
+    let (status, body) = http(&server, "POST", &path, Some(r#"{"deadline_secs": 30}"#)).await;
     assert_eq!(status, 202);
     assert_eq!(body["command_index"], json!(3));
     assert_eq!(
@@ -792,7 +560,7 @@ async fn cancel_and_drain_send_commands() -> TestResult {
 
     // A queued job is cancelled at once.
     let (status, body) = http(
-        addr,
+        &server,
         "POST",
         &format!("/admin/v1/jobs/{queued}/cancel"),
         None,
@@ -986,7 +754,7 @@ async fn runner_with_a_started_job(server: &DevServer) -> (Identity, Client, Str
 async fn wait_for_attempt(server: &DevServer, id: &str, attempt: u32) -> Value {
     let path = format!("/admin/v1/jobs/{id}");
     for _ in 0..100 {
-        let (_, body) = http(server.local_addr(), "GET", &path, None).await;
+        let (_, body) = http(server, "GET", &path, None).await;
         if body["attempt"] == json!(attempt) {
             return body;
         }
@@ -1036,6 +804,7 @@ async fn a_lost_runner_gives_its_jobs_away() -> TestResult {
             duration_ms: 1,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            detail: None,
         },
     )
     .await;
@@ -1159,7 +928,6 @@ async fn the_upgrade_requires_the_subprotocol() -> TestResult {
 #[tokio::test]
 async fn admin_api_errors_are_json() -> TestResult {
     let server = start().await;
-    let addr = server.local_addr();
     let cases = [
         ("GET", "/admin/v1/jobs/j-missing", None, 404),
         ("POST", "/admin/v1/jobs/j-missing/cancel", None, 404),
@@ -1188,11 +956,11 @@ async fn admin_api_errors_are_json() -> TestResult {
         ),
     ];
     for (method, path, body, code) in cases {
-        let (status, json) = http(addr, method, path, body).await;
+        let (status, json) = http(&server, method, path, body).await;
         assert_eq!(status, code, "{method} {path}");
         assert!(json["error"].is_string(), "{method} {path}: {json}");
     }
-    let (status, jobs) = http(addr, "GET", "/admin/v1/jobs", None).await;
+    let (status, jobs) = http(&server, "GET", "/admin/v1/jobs", None).await;
     assert_eq!((status, jobs), (200, json!([])));
     Ok(())
 }

@@ -58,6 +58,7 @@ fn sleep_job(secs: &str, grace: u64) -> JobRequest {
     JobRequest {
         command: vec!["sleep".into(), secs.into()],
         env: BTreeMap::new(),
+        workdir: None,
         timeout_secs: 600,
         output_limit_bytes: None,
         cancel_grace_secs: Some(grace),

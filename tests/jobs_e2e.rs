@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 use fyn_runner::core::CoreConfig;
 use fyn_runner::devserver::{DevServer, DevServerConfig, JobInfo, JobRequest, JobState};
 use fyn_runner::protocol::{
-    Command as ApiCommand, JobOutcome, JobSpec, PROTOCOL_VERSION, RejectReason, RunnerEvent,
-    RunnerMessage, ServerMessage, SessionParams, decode_runner, encode,
+    Command as ApiCommand, JobOutcome, JobSpec, OutputStream, PROTOCOL_VERSION, RejectReason,
+    RunnerEvent, RunnerMessage, ServerMessage, SessionParams, decode_runner, encode,
 };
 use fyn_runner::runtime::identity::Identity;
 use fyn_runner::runtime::{self, RunnerHandle, RunnerSettings, Secret};
@@ -61,10 +61,17 @@ fn settings(url: &str, dir: &Path, token: Option<String>, slots: u32) -> RunnerS
     }
 }
 
+/// A stream of a job's output, as text.
+fn output(server: &DevServer, id: &str, stream: OutputStream) -> String {
+    let bytes = server.output_bytes(id, stream).expect("the output");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 fn request(command: &[&str], timeout_secs: u64) -> JobRequest {
     JobRequest {
         command: command.iter().map(|s| (*s).to_owned()).collect(),
         env: BTreeMap::new(),
+        workdir: None,
         timeout_secs,
         output_limit_bytes: None,
         cancel_grace_secs: Some(1),
@@ -124,10 +131,17 @@ async fn every_outcome_reaches_the_api() {
     let timed_out = server
         .submit_job(request(&["sleep", "300"], 1))
         .expect("submit");
+    let unstartable = server
+        .submit_job(request(&["/no/such/program"], 60))
+        .expect("submit");
 
     let job = finished(&server, &ok).await;
     assert_eq!(
-        (job.outcome, job.stdout.as_str(), job.stderr.as_str()),
+        (
+            job.outcome,
+            output(&server, &ok, OutputStream::Stdout).as_str(),
+            output(&server, &ok, OutputStream::Stderr).as_str()
+        ),
         (Some(JobOutcome::Succeeded), "hello\n", "err\n")
     );
     assert_eq!(
@@ -144,6 +158,11 @@ async fn every_outcome_reaches_the_api() {
         finished(&server, &timed_out).await.outcome,
         Some(JobOutcome::TimedOut)
     );
+    // A process that cannot start: failed, and the runner's reason reaches the API.
+    let job = finished(&server, &unstartable).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Failed));
+    let detail = job.detail.unwrap_or_default();
+    assert!(detail.contains("/no/such/program"), "detail: {detail:?}");
 
     handle.shutdown();
     assert_eq!(
@@ -207,7 +226,10 @@ async fn a_store_restored_from_an_older_copy_delivers_old_and_new_events_after_t
     // API holds, and this job's output with them.
     let job = finished(&server, &after).await;
     assert_eq!(
-        (job.outcome, job.stdout.as_str()),
+        (
+            job.outcome,
+            output(&server, &after, OutputStream::Stdout).as_str()
+        ),
         (Some(JobOutcome::Succeeded), "after\n")
     );
     // The restored store's report reached the API (which ignores it: the job ended
@@ -260,7 +282,8 @@ async fn a_job_survives_a_lost_link_and_its_result_arrives_after_reconnect() {
     let job = finished(&server, &id).await;
     assert_eq!(job.outcome, Some(JobOutcome::Succeeded));
     assert_eq!(
-        job.stdout, "before\nafter\n",
+        output(&server, &id, OutputStream::Stdout),
+        "before\nafter\n",
         "all output delivered exactly once"
     );
     handle.shutdown();
@@ -680,17 +703,17 @@ async fn two_hundred_mib_of_output_arrive_byte_for_byte_in_bounded_memory() {
     let peak = vm_hwm_kib(runner.id());
     assert_eq!(job.outcome, Some(JobOutcome::Succeeded));
     assert_eq!(job.stdout_bytes, SIZE as u64);
+    let stdout = server
+        .output_bytes(&id, OutputStream::Stdout)
+        .expect("the output");
     assert!(
-        job.stdout.len() == SIZE,
+        stdout.len() == SIZE,
         "every byte arrived ({} of {SIZE})",
-        job.stdout.len()
+        stdout.len()
     );
     let line = b"0123456789abcde\n";
     assert!(
-        job.stdout
-            .as_bytes()
-            .chunks(line.len())
-            .all(|c| line.starts_with(c)),
+        stdout.chunks(line.len()).all(|c| line.starts_with(c)),
         "and in order"
     );
     assert!(

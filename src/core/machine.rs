@@ -971,17 +971,17 @@ impl Runner {
                     status: *status,
                     duration_ms: *duration_ms,
                     output_bytes: (*stdout_bytes, *stderr_bytes),
-                    spawn_failed: false,
+                    spawn_error: None,
                 };
                 self.job_finished(fx, end);
             }
-            Event::JobSpawnFailed { .. } => {
+            Event::JobSpawnFailed { error, .. } => {
                 let end = JobEnd {
                     job: &job,
                     status: crate::protocol::ExitStatus::Unknown,
                     duration_ms: 0,
                     output_bytes: (0, 0),
-                    spawn_failed: true,
+                    spawn_error: Some(error),
                 };
                 self.job_finished(fx, end);
             }

@@ -270,22 +270,23 @@ impl Runner {
         known
     }
 
-    /// Record the end of a job we run. `spawn_failed` marks a job whose process never
-    /// started: it failed, whatever its (unknown) exit status says.
+    /// Record the end of a job we run. `spawn_error` marks a job whose process never
+    /// started: it failed, whatever its (unknown) exit status says, and the API is
+    /// told why.
     pub(crate) fn job_finished(&mut self, fx: &mut Effects, end: JobEnd<'_>) {
         let JobEnd {
             job,
             status,
             duration_ms,
             output_bytes,
-            spawn_failed,
+            spawn_error,
         } = end;
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
         };
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
-        let outcome = if spawn_failed {
+        let outcome = if spawn_error.is_some() {
             JobOutcome::Failed
         } else {
             outcome_of(entry.cancel, status)
@@ -299,6 +300,7 @@ impl Runner {
                 duration_ms,
                 stdout_bytes: output_bytes.0,
                 stderr_bytes: output_bytes.1,
+                detail: spawn_error.map(str::to_owned),
             },
         );
     }
@@ -444,7 +446,8 @@ pub(crate) struct JobEnd<'a> {
     pub status: ExitStatus,
     pub duration_ms: u64,
     pub output_bytes: (u64, u64),
-    pub spawn_failed: bool,
+    /// Why the process could not be started, when it could not.
+    pub spawn_error: Option<&'a str>,
 }
 
 /// The outcome the API is told. A cancellation the core asked for wins over the exit

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 
 use crate::core::CoreConfig;
 use crate::devserver::{DevServer, DevServerConfig};
-use crate::protocol::SessionParams;
+use crate::protocol::{OutputStream, SessionParams};
 use crate::runtime::{self, RunnerHandle, RunnerSettings, Secret};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +131,7 @@ async fn run_jobs(server: &DevServer, started: Instant) -> anyhow::Result<()> {
     let job = |command: &[&str], timeout_secs| JobRequest {
         command: command.iter().map(|s| (*s).to_owned()).collect(),
         env: [("GREETING".to_owned(), "hello from the demo".to_owned())].into(),
+        workdir: None,
         timeout_secs,
         output_limit_bytes: None,
         cancel_grace_secs: Some(2),
@@ -209,8 +210,18 @@ async fn wait_job(server: &DevServer, id: &str, started: Instant) -> anyhow::Res
         ms(started),
         job.duration_ms.unwrap_or(0)
     ));
-    for (name, text) in [("stdout", &job.stdout), ("stderr", &job.stderr)] {
-        for line in text.lines() {
+    for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+        let name = if stream == OutputStream::Stdout {
+            "stdout"
+        } else {
+            "stderr"
+        };
+        // The demo's jobs print a line or two; read a bounded head of each stream.
+        let chunk = server
+            .job_output(id, stream, 0, 64 * 1024)
+            .context("reading the job's output")?;
+        let bytes = chunk.bytes().context("decoding the job's output")?;
+        for line in String::from_utf8_lossy(&bytes).lines() {
             say(&format!("            {name}| {line}"));
         }
     }

@@ -1,24 +1,38 @@
 //! Routing: the runner endpoint and the admin HTTP API (JSON in, JSON out). Every
 //! handler is a thin call into `Hub`; errors become `{"error": ...}` with a status.
+//! Every request passes `access::guard` first (see there for who may do what).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use tokio::time::{Instant, timeout_at};
 
+use super::access::{AccessPolicy, guard, json_errors};
 use super::api::{
-    CommandIssued, DrainRequest, EventRecord, JobCreated, JobInfo, JobRequest, RunnerInfo,
-    TokenCreated,
+    CommandIssued, DrainRequest, ErrorBody, EventRecord, JobCreated, JobInfo, JobRequest,
+    OutputChunk, RunnerInfo, TokenCreated,
 };
 use super::error::DevServerError;
 use super::server::{AppState, error_response};
 use super::ws::runner_endpoint;
-use crate::protocol::RUNNER_PATH;
+use crate::protocol::{MAX_FRAME_BYTES, OutputStream, RUNNER_PATH};
 
-pub(crate) fn router(state: AppState) -> Router {
+/// The largest request body: a job whose `start_job` fits a frame fits in this too.
+const BODY_LIMIT: usize = 2 * MAX_FRAME_BYTES;
+/// How long one output read may wait for new bytes (`wait_ms`).
+const MAX_OUTPUT_WAIT: Duration = Duration::from_secs(30);
+/// How many bytes one output read returns unless asked otherwise.
+const DEFAULT_OUTPUT_READ: u64 = 64 * 1024;
+
+pub(crate) fn router(state: AppState, policy: Arc<AccessPolicy>) -> Router {
     Router::new()
         .route(RUNNER_PATH, get(runner_endpoint))
         .route("/admin/v1/registration-tokens", post(create_token))
@@ -28,9 +42,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/admin/v1/runners/{id}/drain", post(drain_runner))
         .route("/admin/v1/jobs", get(list_jobs).post(create_job))
         .route("/admin/v1/jobs/{id}", get(get_job))
+        .route("/admin/v1/jobs/{id}/output", get(job_output))
         .route("/admin/v1/jobs/{id}/cancel", post(cancel_job))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Layers run outside in: the JSON rewrite sees every answer, the guard's too.
+        .layer(middleware::from_fn_with_state(policy, guard))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
 }
 
@@ -41,14 +60,17 @@ impl IntoResponse for DevServerError {
         if status.is_server_error() {
             tracing::error!(error = %self, "admin request failed");
         }
-        error_response(status, &self.to_string())
+        let body = ErrorBody {
+            error: self.to_string(),
+            field: self.field().map(str::to_owned),
+        };
+        (status, Json(body)).into_response()
     }
 }
 
 type ApiResult<T> = Result<T, DevServerError>;
 
-/// Parse a JSON body ourselves, so a bad body is a JSON 400 like every other error
-/// (axum's `Json` extractor answers in plain text).
+/// Parse a JSON body ourselves, so a bad body is a JSON 400 that says what was wrong.
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|error| DevServerError::BadRequest(error.to_string()))
 }
@@ -111,6 +133,53 @@ async fn get_job(State(app): State<AppState>, Path(id): Path<String>) -> ApiResu
         .job(&id)?
         .map(Json)
         .ok_or(DevServerError::JobNotFound(id))
+}
+
+/// `GET /admin/v1/jobs/{id}/output?stream=stdout&offset=N&limit=M&wait_ms=W`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputQuery {
+    #[serde(default = "default_stream")]
+    stream: OutputStream,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    limit: Option<u64>,
+    /// Wait this long (at most 30 s) for bytes at `offset` when there are none yet and
+    /// the job has not ended: a follower's long poll.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn default_stream() -> OutputStream {
+    OutputStream::Stdout
+}
+
+/// A bounded range of a job's output; with `wait_ms`, waits for it to grow.
+async fn job_output(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<OutputQuery>,
+) -> ApiResult<Json<OutputChunk>> {
+    let limit = query.limit.unwrap_or(DEFAULT_OUTPUT_READ);
+    let wait = Duration::from_millis(query.wait_ms).min(MAX_OUTPUT_WAIT);
+    let deadline = Instant::now() + wait;
+    // Subscribed before the first read, so a change between the read and the wait
+    // still wakes it.
+    let mut changes = app.hub.events_stored();
+    loop {
+        let chunk = app.hub.output(&id, query.stream, query.offset, limit)?;
+        let nothing_yet = chunk.data.is_empty() && !chunk.complete;
+        // A re-queued job starts its output again: below `offset` is news too.
+        let restarted = chunk.held_bytes < query.offset;
+        if !nothing_yet || restarted || limit == 0 {
+            return Ok(Json(chunk));
+        }
+        // Out of time, or the server is going away: answer with what there is.
+        if !matches!(timeout_at(deadline, changes.changed()).await, Ok(Ok(()))) {
+            return Ok(Json(chunk));
+        }
+    }
 }
 
 async fn cancel_job(

@@ -1,11 +1,11 @@
 //! The admin API's JSON types. `DevServer`'s read accessors return the same types, so
-//! a test sees exactly what `curl` would.
+//! a test sees exactly what an HTTP client would; `fyn-runner ctl` decodes them too.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{ExitStatus, JobOutcome};
+use crate::protocol::{ExitStatus, JobOutcome, OutputStream};
 
 /// Where a job stands as the control plane sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +125,9 @@ pub struct JobRequest {
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A relative folder inside the job's folder to start in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
     pub timeout_secs: u64,
     #[serde(default)]
     pub output_limit_bytes: Option<u64>,
@@ -132,7 +135,9 @@ pub struct JobRequest {
     pub cancel_grace_secs: Option<u64>,
 }
 
-/// One job, as `GET /admin/v1/jobs/{id}` shows it.
+/// One job, as `GET /admin/v1/jobs/{id}` shows it. Its output is not in it (a job may
+/// print gigabytes): `stdout_bytes`/`stderr_bytes` say how much is held, and
+/// `GET /admin/v1/jobs/{id}/output` reads it ([`OutputChunk`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobInfo {
     pub id: String,
@@ -143,6 +148,7 @@ pub struct JobInfo {
     pub runner: Option<String>,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
     pub timeout_secs: u64,
     pub output_limit_bytes: u64,
     pub cancel_grace_secs: u64,
@@ -150,17 +156,44 @@ pub struct JobInfo {
     pub outcome: Option<JobOutcome>,
     pub exit_status: Option<ExitStatus>,
     pub duration_ms: Option<u64>,
-    /// The output held for the current attempt, as lossy UTF-8.
-    pub stdout: String,
-    pub stderr: String,
+    /// Bytes of output held for the current attempt.
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
     /// The runner reported that a stream passed the output limit.
     pub truncated: bool,
-    /// Why the runner rejected the job, when it did.
+    /// Why the job failed to start, was rejected or re-queued, when it did.
     pub detail: Option<String>,
     /// Unix milliseconds.
     pub created: u64,
+}
+
+/// A range of a job's output (`GET /admin/v1/jobs/{id}/output`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub job_id: String,
+    /// The attempt the bytes belong to. A re-queued job starts its output again: a
+    /// reader that sees the attempt change starts again from offset 0.
+    pub attempt: u32,
+    pub stream: OutputStream,
+    /// Where `data` starts in the stream.
+    pub offset: u64,
+    /// The bytes, standard base64 (output need not be text).
+    pub data: String,
+    /// The offset to ask for next: `offset` plus the length of `data`.
+    pub next_offset: u64,
+    /// How many bytes of the stream are held now.
+    pub held_bytes: u64,
+    /// The job has ended and every held byte up to here was read: no more will come.
+    pub complete: bool,
+    pub state: JobState,
+}
+
+impl OutputChunk {
+    /// The bytes of `data`.
+    pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(&self.data)
+    }
 }
 
 /// One stored event (`GET /admin/v1/runners/{id}/events`). The bytes of `job_output`
@@ -200,8 +233,11 @@ pub struct CommandIssued {
     pub command_index: u64,
 }
 
-/// Every error response: `{"error": "..."}`.
+/// Every error response: `{"error": "..."}`, with `"field"` naming the job field at
+/// fault when a job is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }

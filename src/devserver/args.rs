@@ -33,6 +33,22 @@ pub struct DevServerArgs {
     /// How long a disconnected runner keeps its jobs, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 120_000)]
     pub runner_lost_ms: u64,
+    /// How long a runner connection may take to authenticate, in milliseconds,
+    /// whatever it sends meanwhile.
+    #[arg(long, value_name = "MS", default_value_t = super::DEFAULT_HANDSHAKE_TIMEOUT_MS)]
+    pub handshake_timeout_ms: u64,
+    /// The admin API's token file: used when it exists, else a fresh token is written
+    /// there (0600). [default: a fresh token each start, written to
+    /// $XDG_RUNTIME_DIR/fyn-runner-dev-server/admin-token-PORT (else under
+    /// $XDG_STATE_HOME or ~/.local/state), where `fyn-runner ctl` finds it, and
+    /// removed at exit]
+    #[arg(long, value_name = "PATH", env = "FYN_RUNNER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// A host name the admin API may be reached by, besides this server's addresses
+    /// (e.g. behind a proxy, or on the network with --listen 0.0.0.0:PORT); repeat for
+    /// more. Requests naming any other Host are refused, against DNS rebinding.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl From<&DevServerArgs> for DevServerConfig {
@@ -53,6 +69,9 @@ impl From<&DevServerArgs> for DevServerConfig {
                 ack_timeout_ms: args.ack_timeout_ms,
                 runner_lost_threshold_ms: args.runner_lost_ms,
             },
+            admin_token_file: args.admin_token_file.clone(),
+            allowed_hosts: args.allowed_hosts.clone(),
+            handshake_timeout_ms: args.handshake_timeout_ms,
         }
     }
 }

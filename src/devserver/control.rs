@@ -1,17 +1,23 @@
 //! What the control plane does with runners and jobs: submit, assign, cancel, drain,
-//! resend unacknowledged commands, and give away the jobs of a lost runner.
+//! and give away the jobs of a lost runner (commands themselves are `commands.rs`'s).
 //!
 //! All of it runs on `Inner` under the hub's lock; the `Hub` methods at the bottom are
 //! the entry points the admin API and `DevServer` share.
 
 use std::cmp::Reverse;
 
-use super::api::{EventRecord, JobInfo, JobRequest, JobState, RunnerInfo, RunnerState};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::api::{
+    EventRecord, JobInfo, JobRequest, JobState, OutputChunk, RunnerInfo, RunnerState,
+};
+use super::commands::largest_start_frame_len;
 use super::error::DevServerError;
 use super::hub::{Hub, Inner, Post};
 use super::store::{JobRow, RunnerRow, Store, StoreError};
 use super::util::{now_ms, random_hex};
-use crate::protocol::{Command, JobRef, JobSpec, OutputStream, ServerMessage};
+use crate::protocol::{Command, JobRef, JobSpec, MAX_FRAME_BYTES, OutputStream};
 
 /// The runner-side default of `JobSpec::output_limit_bytes` (1 GiB).
 const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 30;
@@ -19,72 +25,6 @@ const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 30;
 const DEFAULT_CANCEL_GRACE: u64 = 10;
 
 impl Inner {
-    // ------------------------------------------------------------ commands
-
-    /// Persist a command for a runner, then queue it if the runner's session takes
-    /// commands now; otherwise it goes out after the runner's next `ready`.
-    pub fn issue(
-        &mut self,
-        runner_id: &str,
-        command: Command,
-        post: &mut Post,
-    ) -> Result<u64, StoreError> {
-        let index = self.store.append_command(runner_id, &command, now_ms())?;
-        self.send_command(runner_id, index, command, post);
-        Ok(index)
-    }
-
-    fn send_command(&mut self, runner_id: &str, index: u64, command: Command, post: &mut Post) {
-        if let Some(live) = self.live.get_mut(runner_id)
-            && live.active
-        {
-            if matches!(command, Command::Drain { .. }) {
-                live.draining = true;
-            }
-            post.message(&live.tx, ServerMessage::Command { index, command });
-        }
-    }
-
-    /// After `ready_ack`: every unacknowledged command again, in index order. A command
-    /// about a job attempt that has moved on (re-queued, finished) is retired instead,
-    /// so a runner back from the dead does not start an attempt given to another.
-    pub fn resend_unacked(&mut self, runner_id: &str, post: &mut Post) -> Result<(), StoreError> {
-        for pending in self.store.unacked_commands(runner_id)? {
-            if self.still_wanted(runner_id, &pending.command)? {
-                self.send_command(runner_id, pending.index, pending.command, post);
-                continue;
-            }
-            tracing::info!(
-                runner_id,
-                index = pending.index,
-                "retiring a superseded command"
-            );
-            self.store.ack_command(runner_id, pending.index)?;
-            if let Command::StartJob { job } = &pending.command {
-                // Never applied (its index is above what the runner applied), so the
-                // runner cannot hold that attempt.
-                release_hold(&self.store, runner_id, &job.job_id)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn still_wanted(&self, runner_id: &str, command: &Command) -> Result<bool, StoreError> {
-        let (job_id, attempt, is_cancel) = match command {
-            Command::StartJob { job } => (&job.job_id, job.attempt, false),
-            Command::CancelJob { job_id, attempt } => (job_id, *attempt, true),
-            Command::Drain { .. } => return Ok(true),
-        };
-        Ok(self.store.job(job_id)?.is_some_and(|job| {
-            let current = job.runner_id.as_deref() == Some(runner_id)
-                && job.attempt == attempt
-                && job.state.on_runner();
-            // A cancel of an attempt the runner lost but may still be running.
-            let lingering = job.held_by.as_deref() == Some(runner_id) && attempt <= job.attempt;
-            current || (is_cancel && lingering)
-        }))
-    }
-
     // ------------------------------------------------------------ assignment
 
     /// Hand queued jobs, oldest first, to connected Active runners with free slots,
@@ -170,10 +110,11 @@ impl Inner {
                 tracing::warn!(job_id = %job.id, attempt = job.attempt, runner_id = %runner.id,
                     "runner lost: giving the job away");
                 let old = job.attempt;
-                if self
+                let requeued = self
                     .store
-                    .atomically(|store| requeue_lost(store, &mut job))?
-                {
+                    .atomically(|store| requeue_lost(store, &mut job))?;
+                self.changed();
+                if requeued {
                     let cancel = Command::CancelJob {
                         job_id: job.id.clone(),
                         attempt: old,
@@ -222,12 +163,10 @@ impl Inner {
         })
     }
 
-    pub fn job_info(&self, row: JobRow) -> Result<JobInfo, StoreError> {
-        let stdout = self.store.output(&row.id, OutputStream::Stdout)?;
-        let stderr = self.store.output(&row.id, OutputStream::Stderr)?;
-        Ok(JobInfo {
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    /// A job without its output (which may be any size): `held_bytes` says how much
+    /// is held, `GET .../output` reads it a bounded range at a time.
+    pub fn job_info(row: JobRow) -> JobInfo {
+        JobInfo {
             stdout_bytes: row.stdout_len,
             stderr_bytes: row.stderr_len,
             state: row.state,
@@ -235,6 +174,7 @@ impl Inner {
             runner: row.runner_id,
             command: row.command,
             env: row.env,
+            workdir: row.workdir,
             timeout_secs: row.timeout_secs,
             output_limit_bytes: row.output_limit_bytes,
             cancel_grace_secs: row.cancel_grace_secs,
@@ -246,7 +186,7 @@ impl Inner {
             detail: row.detail,
             created: row.created_ms,
             id: row.id,
-        })
+        }
     }
 }
 
@@ -257,7 +197,7 @@ fn job_spec(job: &JobRow) -> JobSpec {
         attempt: job.attempt,
         command: job.command.clone(),
         env: job.env.clone(),
-        workdir: None,
+        workdir: job.workdir.clone(),
         timeout_secs: job.timeout_secs,
         output_limit_bytes: job.output_limit_bytes,
         cancel_grace_secs: job.cancel_grace_secs,
@@ -329,7 +269,9 @@ pub(crate) fn release_absent_holds(
     Ok(())
 }
 
-/// A new job from an admin request, validated as the runner would validate it.
+/// A new job from an admin request, validated as the runner would validate it, and
+/// small enough that its `start_job` always fits a frame: what is accepted here can
+/// reach the runner, so it never fails later for a reason known now.
 fn new_job(request: JobRequest) -> Result<JobRow, DevServerError> {
     let id = format!("j-{}", random_hex(8)?);
     let limits = (
@@ -337,9 +279,54 @@ fn new_job(request: JobRequest) -> Result<JobRow, DevServerError> {
         request.output_limit_bytes.unwrap_or(DEFAULT_OUTPUT_LIMIT),
         request.cancel_grace_secs.unwrap_or(DEFAULT_CANCEL_GRACE),
     );
-    let job = JobRow::queued(id, request.command, request.env, limits, now_ms());
-    job_spec(&job).validate()?;
+    let mut job = JobRow::queued(id, request.command, request.env, limits, now_ms());
+    job.workdir = request.workdir;
+    let spec = job_spec(&job);
+    spec.validate()?;
+    let size = largest_start_frame_len(&spec);
+    if size > MAX_FRAME_BYTES {
+        return Err(DevServerError::JobTooLarge {
+            size,
+            limit: MAX_FRAME_BYTES,
+        });
+    }
     Ok(job)
+}
+
+/// The largest `limit` one output read returns.
+pub const MAX_OUTPUT_READ: u64 = 1 << 20;
+
+/// Read a range of a job's output under the lock; bounded by `limit` (at most
+/// `MAX_OUTPUT_READ`).
+fn read_output(
+    store: &Store,
+    id: &str,
+    stream: OutputStream,
+    offset: u64,
+    limit: u64,
+) -> Result<OutputChunk, DevServerError> {
+    let job = store
+        .job(id)?
+        .ok_or_else(|| DevServerError::JobNotFound(id.to_owned()))?;
+    let held = job.output_len(stream);
+    let limit = limit.min(MAX_OUTPUT_READ);
+    let data = if offset < held {
+        store.output_range(id, stream, offset, limit)?
+    } else {
+        Vec::new()
+    };
+    let next_offset = offset + data.len() as u64;
+    Ok(OutputChunk {
+        job_id: job.id,
+        attempt: job.attempt,
+        stream,
+        offset,
+        data: STANDARD.encode(&data),
+        next_offset,
+        held_bytes: held,
+        complete: job.state.is_terminal() && next_offset >= held,
+        state: job.state,
+    })
 }
 
 // ---------------------------------------------------------------- entry points
@@ -373,6 +360,7 @@ impl Hub {
                 JobState::Queued => {
                     job.state = JobState::Cancelled;
                     inner.store.save_job(&job)?;
+                    inner.changed();
                 }
                 state if state.on_runner() => {
                     if !job.cancel_requested {
@@ -393,7 +381,7 @@ impl Hub {
                     });
                 }
             }
-            Ok(inner.job_info(job)?)
+            Ok(Inner::job_info(job))
         })
     }
 
@@ -442,17 +430,36 @@ impl Hub {
     pub fn jobs(&self) -> Result<Vec<JobInfo>, DevServerError> {
         self.with(|inner, _| {
             let rows = inner.store.jobs()?;
-            Ok(rows
-                .into_iter()
-                .map(|row| inner.job_info(row))
-                .collect::<Result<_, StoreError>>()?)
+            Ok(rows.into_iter().map(Inner::job_info).collect())
         })
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobInfo>, DevServerError> {
         self.with(|inner, _| {
             let row = inner.store.job(id)?;
-            Ok(row.map(|row| inner.job_info(row)).transpose()?)
+            Ok(row.map(Inner::job_info))
+        })
+    }
+
+    /// At most `limit` bytes of a job's output from `offset` on.
+    pub fn output(
+        &self,
+        id: &str,
+        stream: OutputStream,
+        offset: u64,
+        limit: u64,
+    ) -> Result<OutputChunk, DevServerError> {
+        self.with(|inner, _| read_output(&inner.store, id, stream, offset, limit))
+    }
+
+    /// All of a job's output held for a stream (in-process callers only: it is as large
+    /// as the job made it).
+    pub fn output_bytes(&self, id: &str, stream: OutputStream) -> Result<Vec<u8>, DevServerError> {
+        self.with(|inner, _| {
+            if inner.store.job(id)?.is_none() {
+                return Err(DevServerError::JobNotFound(id.to_owned()));
+            }
+            Ok(inner.store.output(id, stream)?)
         })
     }
 

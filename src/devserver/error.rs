@@ -33,6 +33,12 @@ pub enum DevServerError {
     RunnerNotFound(String),
     #[error("job {id:?} is {state} and cannot be cancelled")]
     NotCancellable { id: String, state: JobState },
+    #[error(
+        "invalid job: its start_job frame would be {size} bytes, over the protocol's {limit}-byte frame limit; make command and env smaller"
+    )]
+    JobTooLarge { size: usize, limit: usize },
+    #[error("admin token: {0}")]
+    AdminToken(#[from] super::admin_token::AdminTokenError),
 }
 
 impl From<getrandom::Error> for DevServerError {
@@ -45,14 +51,23 @@ impl DevServerError {
     /// The HTTP status the admin API answers this error with.
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::BadRequest(_) | Self::InvalidJob(_) => 400,
+            Self::BadRequest(_) | Self::InvalidJob(_) | Self::JobTooLarge { .. } => 400,
             Self::JobNotFound(_) | Self::RunnerNotFound(_) => 404,
             Self::NotCancellable { .. } => 409,
             Self::Config(_)
             | Self::Bind { .. }
             | Self::Tls(_)
             | Self::Store(_)
-            | Self::Random(_) => 500,
+            | Self::Random(_)
+            | Self::AdminToken(_) => 500,
+        }
+    }
+
+    /// The request field at fault, for `{"error": ..., "field": ...}`.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidJob(error) => Some(error.field()),
+            _ => None,
         }
     }
 }

@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 use super::api::JobState;
+use super::commands::command_rejected;
 use super::control::release_hold;
 use super::hub::Inner;
 use super::store::{JobRow, Store, StoreError};
@@ -47,7 +48,7 @@ impl Inner {
             store.record_event(runner_id, index, event.kind(), &log_body(event), now_ms())?;
             apply_event(store, runner_id, event)
         })?;
-        self.stored.send_modify(|count| *count += 1);
+        self.changed();
         Ok(Received::Stored { frees_slot })
     }
 }
@@ -71,6 +72,9 @@ fn apply_event(store: &Store, runner_id: &str, event: &RunnerEvent) -> Result<bo
         RunnerEvent::HardwareChanged { changes } => {
             apply_hardware_changes(store, runner_id, changes)?;
             return Ok(false);
+        }
+        RunnerEvent::CommandRejected { index, reason } => {
+            return command_rejected(store, runner_id, *index, reason);
         }
         RunnerEvent::JobAccepted { job }
         | RunnerEvent::JobRejected { job, .. }
@@ -171,15 +175,19 @@ fn apply_job_event(
             outcome,
             status,
             duration_ms,
+            detail,
             ..
         } => {
             job.state = finished_state(*outcome);
             job.outcome = Some(*outcome);
             job.exit_status = Some(*status);
             job.duration_ms = Some(*duration_ms);
+            if let Some(detail) = detail {
+                job.detail = Some(detail.clone());
+            }
             Ok(true)
         }
-        RunnerEvent::HardwareChanged { .. } => Ok(false),
+        RunnerEvent::HardwareChanged { .. } | RunnerEvent::CommandRejected { .. } => Ok(false),
     }
 }
 

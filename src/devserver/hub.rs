@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -75,18 +76,27 @@ pub(crate) struct Inner {
     pub store: Store,
     pub live: HashMap<String, Live>,
     pub params: SessionParams,
-    /// How many runner events were stored so far; see `DevServer::events_stored`.
+    /// How many runner events were stored (and jobs changed otherwise: cancelled while
+    /// queued, re-queued) so far; see `DevServer::events_stored`.
     pub stored: tokio::sync::watch::Sender<u64>,
+}
+
+impl Inner {
+    /// Wake whoever waits for news of jobs (a follower of a job's output, a test).
+    pub fn changed(&self) {
+        self.stored.send_modify(|count| *count += 1);
+    }
 }
 
 pub(crate) struct Hub {
     inner: Mutex<Inner>,
     next_session: AtomicU64,
     params: SessionParams,
+    handshake_timeout: Duration,
 }
 
 impl Hub {
-    pub fn new(store: Store, params: SessionParams) -> Self {
+    pub fn new(store: Store, params: SessionParams, handshake_timeout: Duration) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 store,
@@ -96,11 +106,17 @@ impl Hub {
             }),
             next_session: AtomicU64::new(1),
             params,
+            handshake_timeout,
         }
     }
 
     pub fn params(&self) -> SessionParams {
         self.params
+    }
+
+    /// How long a connection may take from its upgrade to `authenticated`.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     pub fn new_session_id(&self) -> u64 {

@@ -5,21 +5,25 @@ end without a production control plane.
 
 Owns: the runner endpoint (`/runner/v1`: registration, authentication, the session,
 commands and events with their indexes and acknowledgements, eviction, runner-lost),
-a small admin HTTP API (`/admin/v1/...`) to mint tokens, submit and cancel jobs and
-look at runners, and SQLite storage so a restart keeps runners, keys, indexes and jobs.
+a small admin HTTP API (`/admin/v1/...`) to mint tokens, submit and cancel jobs, read
+their output and look at runners, the admin token that guards it, and SQLite storage
+so a restart keeps runners, keys, indexes and jobs.
 
 Must not import: `core` or the runner's runtime. It builds on `crate::protocol` alone
 (plus `crate::hardware`'s pure change applier for stored hardware records), exactly as
 a third-party control plane would; `docs/protocol.md` is the contract it implements
 and `docs/dev-server.md` its manual.
 
-Not for production: the admin API has no authentication (it listens on loopback by
-default) and registration tokens are stored in clear text.
+Not for production: one admin token stands for every user, and registration tokens are
+stored in clear text (in a private file). `docs/dev-server.md` has the security model.
 */
 
+mod access;
 mod admin;
+mod admin_token;
 mod api;
 mod args;
+mod commands;
 mod control;
 mod error;
 mod events;
@@ -41,16 +45,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use admin_token::{AdminToken, AdminTokenError, default_token_path};
 pub use api::{
     CommandIssued, DrainRequest, ErrorBody, EventRecord, JobCreated, JobInfo, JobRequest, JobState,
-    RunnerInfo, RunnerState, TokenCreated,
+    OutputChunk, RunnerInfo, RunnerState, TokenCreated,
 };
 pub use args::DevServerArgs;
+pub use control::MAX_OUTPUT_READ;
 pub use error::DevServerError;
 pub use store::StoreError;
 pub use tls::TlsError;
 
-use crate::protocol::{RUNNER_PATH, SessionParams};
+use crate::protocol::{OutputStream, RUNNER_PATH, SessionParams};
+use access::AccessPolicy;
 use hub::Hub;
 use server::AppState;
 use store::Store;
@@ -76,7 +83,20 @@ pub struct DevServerConfig {
     /// Handed to every runner in `authenticated`; `runner_lost_threshold_ms` is also
     /// the server's own runner-lost threshold.
     pub session: SessionParams,
+    /// The admin token's file: read when it exists, else minted and written there
+    /// (0600). `None`: minted and kept in memory (`DevServer::admin_token`).
+    pub admin_token_file: Option<PathBuf>,
+    /// Host names (besides this server's addresses) the admin API answers to: names a
+    /// proxy or the network reaches it by. Lowercase, no port.
+    pub allowed_hosts: Vec<String>,
+    /// How long a runner connection may take from its upgrade to `authenticated`,
+    /// whatever it sends meanwhile.
+    pub handshake_timeout_ms: u64,
 }
+
+/// The default of `DevServerConfig::handshake_timeout_ms`: the runner's own
+/// handshake timeout.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 30_000;
 
 impl Default for DevServerConfig {
     fn default() -> Self {
@@ -85,6 +105,9 @@ impl Default for DevServerConfig {
             db: None,
             tls: None,
             session: SessionParams::default(),
+            admin_token_file: None,
+            allowed_hosts: Vec::new(),
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
         }
     }
 }
@@ -112,7 +135,30 @@ impl DevServerConfig {
                 s.ack_timeout_ms, s.heartbeat_interval_ms
             )));
         }
+        if self.handshake_timeout_ms == 0 {
+            return Err(DevServerError::Config(
+                "the handshake timeout must be above 0".to_owned(),
+            ));
+        }
+        for host in &self.allowed_hosts {
+            let plain = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            if !plain {
+                return Err(DevServerError::Config(format!(
+                    "--allow-host {host:?} is not a host name (give the name alone, without scheme or port)"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    fn allowed_hosts(&self) -> Vec<String> {
+        self.allowed_hosts
+            .iter()
+            .map(|host| host.trim_end_matches('.').to_ascii_lowercase())
+            .collect()
     }
 }
 
@@ -122,6 +168,7 @@ pub struct DevServer {
     hub: Arc<Hub>,
     local_addr: SocketAddr,
     tls: bool,
+    admin_token: AdminToken,
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
     ticker: JoinHandle<()>,
@@ -132,6 +179,10 @@ impl DevServer {
     /// Open the database, bind the listener and start serving.
     pub async fn start(config: DevServerConfig) -> Result<DevServer, DevServerError> {
         config.validate()?;
+        let admin_token = match &config.admin_token_file {
+            Some(path) => AdminToken::read_or_mint(path)?.0,
+            None => AdminToken::mint()?,
+        };
         let tls = config
             .tls
             .as_ref()
@@ -151,7 +202,8 @@ impl DevServer {
                 addr: config.listen,
                 source,
             })?;
-        let hub = Arc::new(Hub::new(store, config.session));
+        let handshake = Duration::from_millis(config.handshake_timeout_ms);
+        let hub = Arc::new(Hub::new(store, config.session, handshake));
         let (stop, shutdown) = watch::channel(false);
         let (guard, done) = mpsc::channel(1);
         let state = AppState {
@@ -159,7 +211,13 @@ impl DevServer {
             shutdown,
             guard,
         };
-        let router = admin::router(state.clone());
+        let policy = Arc::new(AccessPolicy {
+            token: admin_token.clone(),
+            local: local_addr,
+            tls: tls.is_some(),
+            allowed_hosts: config.allowed_hosts(),
+        });
+        let router = admin::router(state.clone(), policy);
         let accept = tokio::spawn(server::accept_loop(listener, tls.clone(), router, state));
         let ticker = tokio::spawn(tick_loop(Arc::clone(&hub), tick_period(&config.session)));
         tracing::info!(%local_addr, tls = tls.is_some(), db = ?config.db, "dev-server started");
@@ -167,6 +225,7 @@ impl DevServer {
             hub,
             local_addr,
             tls: tls.is_some(),
+            admin_token,
             stop,
             accept,
             ticker,
@@ -209,6 +268,11 @@ impl DevServer {
         }
     }
 
+    /// The admin API's bearer token (`Authorization: Bearer <token>`).
+    pub fn admin_token(&self) -> &str {
+        self.admin_token.as_str()
+    }
+
     /// A fresh single-use registration token.
     pub fn mint_token(&self) -> Result<String, DevServerError> {
         self.hub.mint_token()
@@ -233,6 +297,23 @@ impl DevServer {
 
     pub fn job(&self, id: &str) -> Result<Option<JobInfo>, DevServerError> {
         self.hub.job(id)
+    }
+
+    /// As `GET /admin/v1/jobs/{id}/output`: at most `limit` bytes from `offset` on.
+    pub fn job_output(
+        &self,
+        id: &str,
+        stream: OutputStream,
+        offset: u64,
+        limit: u64,
+    ) -> Result<OutputChunk, DevServerError> {
+        self.hub.output(id, stream, offset, limit)
+    }
+
+    /// Every byte of a stream held for the job's current attempt (for tests and the
+    /// demo; the admin API only reads bounded ranges).
+    pub fn output_bytes(&self, id: &str, stream: OutputStream) -> Result<Vec<u8>, DevServerError> {
+        self.hub.output_bytes(id, stream)
     }
 
     /// Counts the runner events stored so far (a job accepted, started, its output,
@@ -309,16 +390,47 @@ pub async fn run(args: DevServerArgs) -> anyhow::Result<()> {
         .await
         .context("starting the dev-server")?;
     tracing::info!(runner_url = %server.runner_url(), admin_url = %server.admin_url(), "dev-server listening");
+    let minted_file = match &args.admin_token_file {
+        Some(path) => {
+            tracing::info!(path = %path.display(), "admin token file");
+            None
+        }
+        None => write_default_token(&server),
+    };
+    // One line each on stdout, so a script can read them; logs go to stderr.
+    println!("admin-token: {}", server.admin_token());
     if args.print_token {
         let token = server
             .mint_token()
             .context("minting a registration token")?;
-        // One line on stdout, so a script can read it; logs go to stderr.
         println!("token: {token}");
     }
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
     server.shutdown().await;
+    if let Some(path) = minted_file {
+        // This start's token is worthless now; a stale file would only mislead `ctl`.
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
+}
+
+/// Write this start's token where `fyn-runner ctl` looks for it by default. A server
+/// that cannot still serves: its token is on stdout.
+fn write_default_token(server: &DevServer) -> Option<PathBuf> {
+    let written = default_token_path(server.local_addr().port()).and_then(|path| {
+        server.admin_token.write(&path)?;
+        Ok(path)
+    });
+    match written {
+        Ok(path) => {
+            tracing::info!(path = %path.display(), "admin token written (fyn-runner ctl reads it from there)");
+            Some(path)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "admin token not written to a file; pass --admin-token-file to choose one");
+            None
+        }
+    }
 }

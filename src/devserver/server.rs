@@ -45,6 +45,7 @@ pub(crate) async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>) {
 pub(crate) fn error_response(status: StatusCode, error: &str) -> Response {
     let body = ErrorBody {
         error: error.to_owned(),
+        field: None,
     };
     (status, Json(body)).into_response()
 }

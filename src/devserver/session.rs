@@ -8,7 +8,7 @@ use super::api::RunnerState;
 use super::control::release_absent_holds;
 use super::events::{Received, apply_hardware_changes};
 use super::hub::{Hub, Inner, Live, Outgoing, Post};
-use super::store::{RunnerRow, StoreError, TokenStatus};
+use super::store::{RunnerRow, Store, StoreError, TokenStatus};
 use super::util::{now_ms, random_hex};
 use crate::protocol::{CloseReason, RunnerMessage, ServerMessage, verify_signature};
 
@@ -181,19 +181,23 @@ fn validate_token(
     token: String,
 ) -> Result<(), SessionError> {
     let reason = match inner.store.token_status(&token)? {
-        TokenStatus::Valid => {
-            post.message(&conn.tx, ServerMessage::TokenAccepted {});
-            conn.phase = Phase::AwaitRegister { token };
-            return Ok(());
-        }
-        TokenStatus::Unknown => "unknown registration token",
-        TokenStatus::Used => "registration token was already used",
+        TokenStatus::Valid => None,
+        // A runner whose registration was cut off after we committed it retries with
+        // the same token: it may go on, and `register` tells it apart by its key.
+        TokenStatus::Used { runner_id } if inner.store.runner(&runner_id)?.is_some() => None,
+        TokenStatus::Used { .. } => Some("registration token was already used"),
+        TokenStatus::Unknown => Some("unknown registration token"),
     };
-    tracing::info!(reason, "registration token rejected");
-    let rejected = ServerMessage::TokenRejected {
-        reason: reason.to_owned(),
-    };
-    refuse(conn, post, rejected, "token rejected");
+    if let Some(reason) = reason {
+        tracing::info!(reason, "registration token rejected");
+        let rejected = ServerMessage::TokenRejected {
+            reason: reason.to_owned(),
+        };
+        refuse(conn, post, rejected, "token rejected");
+        return Ok(());
+    }
+    post.message(&conn.tx, ServerMessage::TokenAccepted {});
+    conn.phase = Phase::AwaitRegister { token };
     Ok(())
 }
 
@@ -234,30 +238,46 @@ fn register(
     };
     let now = now_ms();
     // The token is spent in the same transaction that creates the runner, so of two
-    // connections that validated the same token only one can register.
+    // connections that validated the same token only one can register; the other is
+    // the same runner retrying only if it holds the same key.
     let registered = inner.store.atomically(|store| {
-        if !store.consume_token(token, &runner.id, now)? {
-            return Ok::<_, StoreError>(false);
+        if store.consume_token(token, &runner.id, now)? {
+            store.insert_runner(&runner, now)?;
+            return Ok::<_, StoreError>(Some(runner.id.clone()));
         }
-        store.insert_runner(&runner, now)?;
-        Ok(true)
+        retried_registration(store, token, &runner.public_key)
     })?;
-    if !registered {
+    let Some(runner_id) = registered else {
         let rejected = ServerMessage::TokenRejected {
             reason: "registration token was already used".to_owned(),
         };
         refuse(conn, post, rejected, "token rejected");
         return Ok(());
+    };
+    if runner_id == runner.id {
+        tracing::info!(%runner_id, name = %runner.name, "runner registered");
+    } else {
+        tracing::info!(%runner_id, "registration retried with the same key: same runner");
     }
-    tracing::info!(runner_id = %runner.id, name = %runner.name, "runner registered");
-    post.message(
-        &conn.tx,
-        ServerMessage::Registered {
-            runner_id: runner.id,
-        },
-    );
+    post.message(&conn.tx, ServerMessage::Registered { runner_id });
     conn.phase = Phase::AwaitAuthenticate;
     Ok(())
+}
+
+/// The runner a spent token registered, if it holds `public_key`: a `register` the
+/// runner repeats because it never saw our `registered` gets the same answer again.
+fn retried_registration(
+    store: &Store,
+    token: &str,
+    public_key: &str,
+) -> Result<Option<String>, StoreError> {
+    let TokenStatus::Used { runner_id } = store.token_status(token)? else {
+        return Ok(None);
+    };
+    let same_key = store
+        .runner(&runner_id)?
+        .is_some_and(|runner| runner.public_key == public_key);
+    Ok(same_key.then_some(runner_id))
 }
 
 fn is_public_key(b64: &str) -> bool {

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::hub::{Hub, Outgoing};
 use super::server::{AppState, error_response, wait_shutdown};
-use super::session::{self, Conn};
+use super::session::{self, Conn, Phase};
 use super::util::random_hex;
 use crate::protocol::{
     CloseReason, FrameError, MAX_FRAME_BYTES, PROTOCOL_VERSION, SUBPROTOCOL, ServerMessage,
@@ -157,18 +157,36 @@ where
     let idle = Duration::from_millis(params.heartbeat_interval_ms + params.ack_timeout_ms);
     let send_limit = Duration::from_millis(params.ack_timeout_ms);
     let mut deadline = Instant::now() + idle;
+    // The handshake must end within this however busy the peer keeps the socket.
+    let handshake_deadline = Instant::now() + hub.handshake_timeout();
     let ending = loop {
+        let handshaking = matches!(
+            conn.phase,
+            Phase::AwaitFirst | Phase::AwaitRegister { .. } | Phase::AwaitAuthenticate
+        );
         tokio::select! {
             incoming = ws.next() => {
-                deadline = Instant::now() + idle;
+                // Liveness is the protocol's own traffic: WebSocket pings and pongs
+                // (which anyone can send) do not keep a connection open.
+                if matches!(incoming, Some(Ok(Message::Text(_)))) {
+                    deadline = Instant::now() + idle;
+                }
                 if let Some(ending) = on_frame(&hub, &mut conn, incoming) {
                     break ending;
                 }
             }
             Some(outgoing) = rx.recv() => match outgoing {
                 Outgoing::Message(message) => {
+                    let text = encode(&message);
+                    if text.len() > MAX_FRAME_BYTES {
+                        // Commands are checked long before this; nothing is ever sent
+                        // that the peer must refuse.
+                        tracing::error!(session = conn.session, size = text.len(),
+                            "not sending a frame over the protocol's size limit");
+                        continue;
+                    }
                     // A peer that stops reading must not pin this task (and shutdown).
-                    let sent = timeout(send_limit, ws.send(Message::text(encode(&message)))).await;
+                    let sent = timeout(send_limit, ws.send(Message::text(text))).await;
                     match sent {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => {
@@ -186,6 +204,10 @@ where
             () = wait_shutdown(&mut shutdown) => break Ending::Shutdown,
             () = sleep_until(deadline) => {
                 let text = "nothing received within heartbeat interval + ack timeout";
+                break Ending::Close(CloseReason::AckTimeout, text.to_owned());
+            }
+            () = sleep_until(handshake_deadline), if handshaking => {
+                let text = "not authenticated within the handshake timeout";
                 break Ending::Close(CloseReason::AckTimeout, text.to_owned());
             }
         }

@@ -43,10 +43,31 @@ pub enum JobSpecError {
     BadAttempt,
     #[error("command is empty")]
     EmptyCommand,
+    #[error("command[{index}] contains a NUL byte, which no program argument can hold")]
+    NulInCommand { index: usize },
+    #[error("env name {name:?} is not valid: {why}")]
+    BadEnvName { name: String, why: &'static str },
+    #[error("env value of {name:?} contains a NUL byte, which no environment value can hold")]
+    NulInEnvValue { name: String },
     #[error("timeout_secs must be at least 1")]
     NoTimeout,
     #[error("workdir {0:?} must be a relative path inside the job directory")]
     BadWorkdir(String),
+}
+
+impl JobSpecError {
+    /// The `JobSpec` field the error is about, for an API that names it apart from the
+    /// message (the dev-server's `{"error": ..., "field": ...}`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::BadJobId(_) => "job_id",
+            Self::BadAttempt => "attempt",
+            Self::EmptyCommand | Self::NulInCommand { .. } => "command",
+            Self::BadEnvName { .. } | Self::NulInEnvValue { .. } => "env",
+            Self::NoTimeout => "timeout_secs",
+            Self::BadWorkdir(_) => "workdir",
+        }
+    }
 }
 
 /// A job ID names a directory under the runner's state dir, so it must never be able
@@ -65,25 +86,76 @@ pub fn validate_job_id(id: &str) -> Result<(), JobSpecError> {
     }
 }
 
+/// argv: a program, and no element with a NUL byte (the OS takes C strings).
+fn validate_command(command: &[String]) -> Result<(), JobSpecError> {
+    if command.first().is_none_or(String::is_empty) {
+        return Err(JobSpecError::EmptyCommand);
+    }
+    match command.iter().position(|arg| arg.contains('\0')) {
+        Some(index) => Err(JobSpecError::NulInCommand { index }),
+        None => Ok(()),
+    }
+}
+
+/// An environment entry the OS can hold: a name that is not empty and has neither `=`
+/// (it ends the name) nor NUL, and a value without NUL.
+fn validate_env(name: &str, value: &str) -> Result<(), JobSpecError> {
+    let why = if name.is_empty() {
+        Some("it is empty")
+    } else if name.contains('=') {
+        Some("it contains '='")
+    } else if name.contains('\0') {
+        Some("it contains a NUL byte")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(JobSpecError::BadEnvName {
+            name: name.to_owned(),
+            why,
+        });
+    }
+    if value.contains('\0') {
+        return Err(JobSpecError::NulInEnvValue {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A relative path that stays inside the job's folder on every platform: no root
+/// (`/x`, `\x`), no drive (`C:x`), no `..` component with either separator, no NUL.
+/// (A symbolic link planted inside the folder is the runner's to catch when it
+/// resolves the path.)
+fn validate_workdir(dir: &str) -> Result<(), JobSpecError> {
+    let rooted = dir.starts_with(['/', '\\']);
+    let drive = dir.as_bytes().get(1) == Some(&b':');
+    let climbs = dir.split(['/', '\\']).any(|part| part == "..");
+    if rooted || drive || climbs || dir.contains('\0') {
+        return Err(JobSpecError::BadWorkdir(dir.to_owned()));
+    }
+    Ok(())
+}
+
 impl JobSpec {
+    /// Every rule of `docs/protocol.md` §5.5. The runner checks a `start_job` with it
+    /// (and rejects a spec that breaks one with `invalid_spec`); a control plane checks
+    /// a job with it before it accepts the job, so nothing is accepted that can only
+    /// fail later.
     pub fn validate(&self) -> Result<(), JobSpecError> {
         validate_job_id(&self.job_id)?;
         if self.attempt == 0 {
             return Err(JobSpecError::BadAttempt);
         }
-        if self.command.is_empty() || self.command[0].is_empty() {
-            return Err(JobSpecError::EmptyCommand);
+        validate_command(&self.command)?;
+        for (name, value) in &self.env {
+            validate_env(name, value)?;
         }
         if self.timeout_secs == 0 {
             return Err(JobSpecError::NoTimeout);
         }
         if let Some(dir) = &self.workdir {
-            let escapes = dir.starts_with('/')
-                || dir.split(['/', '\\']).any(|part| part == "..")
-                || dir.contains('\0');
-            if escapes {
-                return Err(JobSpecError::BadWorkdir(dir.clone()));
-            }
+            validate_workdir(dir)?;
         }
         Ok(())
     }
@@ -141,4 +213,66 @@ pub enum ExitStatus {
 pub enum OutputStream {
     Stdout,
     Stderr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            job_id: "j-1".to_owned(),
+            attempt: 1,
+            command: vec!["true".to_owned()],
+            env: BTreeMap::new(),
+            workdir: None,
+            timeout_secs: 1,
+            output_limit_bytes: default_output_limit(),
+            cancel_grace_secs: default_cancel_grace(),
+        }
+    }
+
+    fn field_of(change: impl FnOnce(&mut JobSpec)) -> Option<&'static str> {
+        let mut spec = spec();
+        change(&mut spec);
+        spec.validate().err().map(|error| error.field())
+    }
+
+    #[test]
+    fn what_the_os_cannot_hold_is_refused_naming_the_field() {
+        assert_eq!(field_of(|_| {}), None);
+        assert_eq!(field_of(|s| s.command.push("a\0b".into())), Some("command"));
+        assert_eq!(
+            field_of(|s| s.command = vec![String::new()]),
+            Some("command")
+        );
+        for name in ["", "A=B", "A\0B"] {
+            let env = |s: &mut JobSpec| {
+                s.env.insert(name.to_owned(), "v".to_owned());
+            };
+            assert_eq!(field_of(env), Some("env"), "name {name:?}");
+        }
+        let nul_value = |s: &mut JobSpec| {
+            s.env.insert("A".to_owned(), "x\0y".to_owned());
+        };
+        assert_eq!(field_of(nul_value), Some("env"));
+        let fine = |s: &mut JobSpec| {
+            s.env.insert("A_1".to_owned(), "a=b c".to_owned());
+        };
+        assert_eq!(field_of(fine), None);
+    }
+
+    #[test]
+    fn a_workdir_stays_inside_the_job_folder() {
+        for dir in [
+            "/etc", "\\x", "C:x", "c:\\x", "..", "a/../..", "a\\..\\b", "a\0",
+        ] {
+            let bad = |s: &mut JobSpec| s.workdir = Some(dir.to_owned());
+            assert_eq!(field_of(bad), Some("workdir"), "{dir:?}");
+        }
+        for dir in ["", ".", "a/b", "./a", "a..b", "..a"] {
+            let good = |s: &mut JobSpec| s.workdir = Some(dir.to_owned());
+            assert_eq!(field_of(good), None, "{dir:?}");
+        }
+    }
 }

@@ -182,9 +182,20 @@ pub enum RunnerEvent {
         duration_ms: u64,
         stdout_bytes: u64,
         stderr_bytes: u64,
+        /// Optional: why the attempt failed when the runner knows more than the exit
+        /// status says (its process could not be started: no such program, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     HardwareChanged {
         changes: serde_json::Value,
+    },
+    /// The runner read the index of command `index` but cannot decode or apply the
+    /// command, and never will: it says why here (durably, like every event), then
+    /// acknowledges the index. The server retires the command and resends it no more.
+    CommandRejected {
+        index: u64,
+        reason: String,
     },
 }
 
@@ -199,6 +210,7 @@ impl RunnerEvent {
             Self::JobOutputTruncated { .. } => "job_output_truncated",
             Self::JobFinished { .. } => "job_finished",
             Self::HardwareChanged { .. } => "hardware_changed",
+            Self::CommandRejected { .. } => "command_rejected",
         }
     }
 }

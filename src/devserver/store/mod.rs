@@ -1,0 +1,543 @@
+//! SQLite storage: tokens, runners (with their keys and indexes), commands, events and
+//! jobs with their output. Every SQL statement of the dev-server lives here.
+//!
+//! Registration tokens are stored in clear text: this is a development tool, and the
+//! crate has no hash function to spare. A production control plane stores a hash. So
+//! the database file is made private (0600) and kept so.
+
+mod commands;
+mod jobs;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::platform::{self, Access};
+use crate::protocol::OutputStream;
+
+pub(crate) use commands::StoredCommand;
+pub(crate) use jobs::JobRow;
+
+/// Bumped when the schema changes incompatibly; an older build refuses a newer file.
+const SCHEMA_VERSION: i64 = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    token      TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    used_by    TEXT,
+    used_ms    INTEGER
+);
+CREATE TABLE IF NOT EXISTS runners (
+    id                 TEXT PRIMARY KEY,
+    name               TEXT NOT NULL,
+    public_key         TEXT NOT NULL,
+    version            TEXT NOT NULL,
+    slots              INTEGER NOT NULL,
+    hardware           TEXT,
+    hardware_known     INTEGER NOT NULL DEFAULT 0,
+    last_event_index   INTEGER NOT NULL DEFAULT 0,
+    next_command_index INTEGER NOT NULL DEFAULT 1,
+    last_seen_ms       INTEGER,
+    created_ms         INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    runner_id  TEXT NOT NULL,
+    idx        INTEGER NOT NULL,
+    body       TEXT NOT NULL,
+    acked      INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (runner_id, idx)
+);
+CREATE TABLE IF NOT EXISTS events (
+    runner_id   TEXT NOT NULL,
+    idx         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (runner_id, idx)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                 TEXT NOT NULL UNIQUE,
+    command            TEXT NOT NULL,
+    env                TEXT NOT NULL,
+    timeout_secs       INTEGER NOT NULL,
+    output_limit_bytes INTEGER NOT NULL,
+    cancel_grace_secs  INTEGER NOT NULL,
+    state              TEXT NOT NULL,
+    attempt            INTEGER NOT NULL,
+    runner_id          TEXT,
+    cancel_requested   INTEGER NOT NULL DEFAULT 0,
+    outcome            TEXT,
+    exit_status        TEXT,
+    duration_ms        INTEGER,
+    truncated          INTEGER NOT NULL DEFAULT 0,
+    stdout_len         INTEGER NOT NULL DEFAULT 0,
+    stderr_len         INTEGER NOT NULL DEFAULT 0,
+    detail             TEXT,
+    held_by            TEXT,
+    workdir            TEXT,
+    created_ms         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS job_output (
+    job_id TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    pos    INTEGER NOT NULL,
+    data   BLOB NOT NULL,
+    PRIMARY KEY (job_id, stream, pos)
+);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("stored value {value:?} in {column} is not valid")]
+    BadValue { column: &'static str, value: String },
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("cannot make the database file {path} private: {source}")]
+    Private {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What `validate_token` finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TokenStatus {
+    Unknown,
+    /// Spent by this runner (which may be retrying its registration).
+    Used {
+        runner_id: String,
+    },
+    Valid,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunnerRow {
+    pub id: String,
+    pub name: String,
+    pub public_key: String,
+    pub version: String,
+    pub slots: u32,
+    pub hardware: Option<serde_json::Value>,
+    pub hardware_known: bool,
+    pub last_event_index: u64,
+    pub next_command_index: u64,
+    pub last_seen_ms: Option<u64>,
+}
+
+pub(crate) struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Open (or create) the database; in memory when `path` is `None`.
+    pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
+        let conn = match path {
+            Some(path) => {
+                make_private(path)?;
+                Connection::open(path)?
+            }
+            None => Connection::open_in_memory()?,
+        };
+        // A restarted dev-server may briefly overlap the old one on the same file.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        if path.is_some() {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+        }
+        let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA)?;
+        if found == 1 {
+            // Version 2 added the jobs' workdir.
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN workdir TEXT")?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Room for every statement `exec` and `one` run, so none is parsed twice.
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Self { conn })
+    }
+
+    /// One statement, prepared once per connection: the dev-server runs the same few
+    /// statements for every frame, and parsing them each time was most of its work.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute(params)
+    }
+
+    /// A query for one row, through the same statement cache.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.conn.prepare_cached(sql)?.query_row(params, row)
+    }
+
+    /// Run `f` in one transaction: all of it is stored, or none of it.
+    pub fn atomically<T, E>(&self, f: impl FnOnce(&Self) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(StoreError::from)?;
+        let value = f(self)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(value)
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    pub fn insert_token(&self, token: &str, now: u64) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO tokens (token, created_ms) VALUES (?1, ?2)",
+            params![token, int(now)],
+        )?;
+        Ok(())
+    }
+
+    pub fn token_status(&self, token: &str) -> Result<TokenStatus, StoreError> {
+        let used: Option<Option<String>> = self
+            .one(
+                "SELECT used_by FROM tokens WHERE token = ?1",
+                params![token],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(match used {
+            None => TokenStatus::Unknown,
+            Some(Some(runner_id)) => TokenStatus::Used { runner_id },
+            Some(None) => TokenStatus::Valid,
+        })
+    }
+
+    /// Mark the token used by `runner_id`; false when it was used (or vanished) since
+    /// it was validated, so two connections cannot both register with it.
+    pub fn consume_token(
+        &self,
+        token: &str,
+        runner_id: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let changed = self.exec(
+            "UPDATE tokens SET used_by = ?2, used_ms = ?3 WHERE token = ?1 AND used_by IS NULL",
+            params![token, runner_id, int(now)],
+        )?;
+        Ok(changed == 1)
+    }
+
+    // ------------------------------------------------------------ runners
+
+    pub fn insert_runner(&self, runner: &RunnerRow, now: u64) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO runners (id, name, public_key, version, slots, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                runner.id,
+                runner.name,
+                runner.public_key,
+                runner.version,
+                runner.slots,
+                int(now)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forget a runner and its commands; its events stay as history.
+    pub fn delete_runner(&self, id: &str) -> Result<(), StoreError> {
+        self.atomically(|store: &Self| -> Result<(), StoreError> {
+            store
+                .conn
+                .execute("DELETE FROM commands WHERE runner_id = ?1", params![id])?;
+            store
+                .conn
+                .execute("DELETE FROM runners WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+    }
+
+    pub fn runner(&self, id: &str) -> Result<Option<RunnerRow>, StoreError> {
+        let row = self
+            .one(
+                &format!("SELECT {RUNNER_COLUMNS} FROM runners WHERE id = ?1"),
+                params![id],
+                raw_runner,
+            )
+            .optional()?;
+        row.map(RawRunner::parse).transpose()
+    }
+
+    pub fn runners(&self) -> Result<Vec<RunnerRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {RUNNER_COLUMNS} FROM runners ORDER BY created_ms, id"
+        ))?;
+        let raws = stmt
+            .query_map([], raw_runner)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(RawRunner::parse).collect()
+    }
+
+    /// What the runner says about itself on every `authenticate`.
+    pub fn update_runner_identity(
+        &self,
+        id: &str,
+        name: &str,
+        version: &str,
+        slots: u32,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE runners SET name = ?2, version = ?3, slots = ?4 WHERE id = ?1",
+            params![id, name, version, slots],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_runner_version(&self, id: &str, version: &str) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE runners SET version = ?2 WHERE id = ?1",
+            params![id, version],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_hardware(
+        &self,
+        id: &str,
+        hardware: &serde_json::Value,
+        known: bool,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE runners SET hardware = ?2, hardware_known = ?3 WHERE id = ?1",
+            params![id, serde_json::to_string(hardware)?, known],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_hardware_known(&self, id: &str, known: bool) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE runners SET hardware_known = ?2 WHERE id = ?1",
+            params![id, known],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_last_seen(&self, id: &str, now: u64) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE runners SET last_seen_ms = ?2 WHERE id = ?1",
+            params![id, int(now)],
+        )?;
+        Ok(())
+    }
+}
+
+/// The database holds registration tokens and runner keys in clear text: create it
+/// 0600 (SQLite gives its `-wal` and `-shm` files the same mode), and narrow a file an
+/// older build left readable to others.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    let failed = |source| StoreError::Private {
+        path: path.display().to_string(),
+        source,
+    };
+    let existed = path.exists();
+    let mut options = platform::open_options(Access::Private);
+    options.read(true).write(true).create(true);
+    options.open(path).map_err(failed)?;
+    if !existed {
+        return platform::finish_new_file(path, Access::Private).map_err(failed);
+    }
+    for file in [
+        path.to_owned(),
+        suffixed(path, "-wal"),
+        suffixed(path, "-shm"),
+    ] {
+        if file.exists() && !is_private(&file) {
+            tracing::warn!(path = %file.display(), "the database file was readable by others; made it private");
+            platform::set_access(&file, Access::Private).map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+fn suffixed(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+#[cfg(unix)]
+fn is_private(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 == 0)
+}
+
+/// Windows: a file created by an older build keeps its ACL; new files get a private one.
+#[cfg(not(unix))]
+fn is_private(_path: &Path) -> bool {
+    true
+}
+
+// SQLite integers are i64, and rusqlite maps u64 only with a feature this crate does
+// not enable. Every u64 here (times, indexes, sizes) is far below i64::MAX, so the
+// conversions saturate instead of failing.
+
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn get_u64(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    Ok(u64::try_from(row.get::<_, i64>(index)?).unwrap_or(0))
+}
+
+fn get_opt_u64(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row
+        .get::<_, Option<i64>>(index)?
+        .map(|value| u64::try_from(value).unwrap_or(0)))
+}
+
+fn stream_name(stream: OutputStream) -> &'static str {
+    match stream {
+        OutputStream::Stdout => "stdout",
+        OutputStream::Stderr => "stderr",
+    }
+}
+
+// ---------------------------------------------------------------- row mapping
+// Rows are read as raw column values first (rusqlite's error type), then parsed into
+// the typed rows (our error type), so a corrupt JSON column is a clear StoreError.
+
+const RUNNER_COLUMNS: &str = "id, name, public_key, version, slots, hardware, hardware_known,
+    last_event_index, next_command_index, last_seen_ms";
+
+struct RawRunner {
+    row: RunnerRow,
+    hardware: Option<String>,
+}
+
+fn raw_runner(row: &Row<'_>) -> rusqlite::Result<RawRunner> {
+    Ok(RawRunner {
+        row: RunnerRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            public_key: row.get(2)?,
+            version: row.get(3)?,
+            slots: row.get(4)?,
+            hardware: None,
+            hardware_known: row.get(6)?,
+            last_event_index: get_u64(row, 7)?,
+            next_command_index: get_u64(row, 8)?,
+            last_seen_ms: get_opt_u64(row, 9)?,
+        },
+        hardware: row.get(5)?,
+    })
+}
+
+impl RawRunner {
+    fn parse(self) -> Result<RunnerRow, StoreError> {
+        let mut row = self.row;
+        row.hardware = self
+            .hardware
+            .map(|text| serde_json::from_str(&text))
+            .transpose()?;
+        Ok(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Command;
+
+    fn runner(id: &str) -> RunnerRow {
+        RunnerRow {
+            id: id.to_owned(),
+            name: "n".to_owned(),
+            public_key: "k".to_owned(),
+            version: "v".to_owned(),
+            slots: 2,
+            hardware: None,
+            hardware_known: false,
+            last_event_index: 0,
+            next_command_index: 1,
+            last_seen_ms: None,
+        }
+    }
+
+    #[test]
+    fn tokens_are_single_use() -> Result<(), StoreError> {
+        let store = Store::open(None)?;
+        store.insert_token("t", 1)?;
+        assert_eq!(store.token_status("t")?, TokenStatus::Valid);
+        assert_eq!(store.token_status("x")?, TokenStatus::Unknown);
+        store.insert_runner(&runner("r-1"), 1)?;
+        assert!(store.consume_token("t", "r-1", 2)?);
+        assert!(!store.consume_token("t", "r-1", 3)?);
+        assert_eq!(
+            store.token_status("t")?,
+            TokenStatus::Used {
+                runner_id: "r-1".to_owned()
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn command_indexes_count_up_and_acks_reset() -> Result<(), StoreError> {
+        let store = Store::open(None)?;
+        store.insert_runner(&runner("r-1"), 1)?;
+        let drain = Command::Drain {
+            deadline_secs: None,
+        };
+        assert_eq!(store.append_command("r-1", &drain, 1)?, 1);
+        assert_eq!(store.append_command("r-1", &drain, 1)?, 2);
+        store.raise_next_command_index("r-1", 9)?;
+        assert_eq!(store.append_command("r-1", &drain, 1)?, 10);
+        store.reset_acks("r-1", 2)?;
+        let pending: Vec<u64> = store
+            .unacked_commands("r-1")?
+            .iter()
+            .map(|c| c.index)
+            .collect();
+        assert_eq!(pending, vec![10]);
+        store.ack_command("r-1", 10)?;
+        assert_eq!(store.unacked_count("r-1")?, 0);
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_database_file_is_private() -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let mode = |path: &Path| std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777);
+        let path = dir.path().join("dev.db");
+        let store = Store::open(Some(&path))?;
+        store.insert_token("secret", 1)?;
+        assert_eq!(mode(&path)?, 0o600);
+        assert_eq!(
+            mode(&suffixed(&path, "-wal"))?,
+            0o600,
+            "SQLite copies the mode"
+        );
+        drop(store);
+
+        // A file an older build left world-readable is narrowed.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        Store::open(Some(&path))?;
+        assert_eq!(mode(&path)?, 0o600);
+        Ok(())
+    }
+}
