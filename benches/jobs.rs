@@ -355,6 +355,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
                     duration_ms: 0,
                     stdout_bytes: 0,
                     stderr_bytes: 0,
+                    detail: None,
                 };
                 send(&mut ws, &RunnerMessage::Event { index, event }).await;
             }

@@ -54,6 +54,7 @@ fn job(command: &[&str], timeout_secs: u64) -> JobRequest {
     JobRequest {
         command: command.iter().map(|s| (*s).to_owned()).collect(),
         env: BTreeMap::from([("SECRET".to_owned(), "do-not-record-me".to_owned())]),
+        workdir: None,
         timeout_secs,
         output_limit_bytes: None,
         cancel_grace_secs: Some(1),

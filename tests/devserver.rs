@@ -874,6 +874,193 @@ async fn a_lost_runner_still_gets_a_pending_cancel() -> TestResult {
     Ok(())
 }
 
+// ---------------------------------------------------------------- retiring commands
+
+/// Section 5.4/6.1: the runner says, by event, that it can never apply a command; the
+/// server retires it (no resend, in this session or the next) and fails its job.
+#[tokio::test]
+async fn a_command_the_runner_rejects_is_retired_and_its_job_fails() -> TestResult {
+    let server = start().await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["true"]))?;
+    let (index, _) = expect_start_job(&mut client).await;
+    // Sent by hand, exactly as the document writes it, then the acknowledgement.
+    let rejected = format!(
+        r#"{{"type": "event", "index": 1, "event": {{"kind": "command_rejected", "index": {index}, "reason": "field `job` is malformed"}}}}"#
+    );
+    client.send_text(rejected).await;
+    assert_eq!(client.recv().await, ServerMessage::EventsAck { up_to: 1 });
+    client.send(&RunnerMessage::CommandAck { index }).await;
+
+    let failed = job(&server, &id);
+    assert_eq!(failed.state, JobState::Failed);
+    let detail = failed.detail.unwrap_or_default();
+    assert!(detail.contains("field `job` is malformed"), "{detail}");
+    assert_eq!(server.runners()?[0].slots_free, 2, "the slot is free again");
+
+    // Not resent, even to a runner that says it applied nothing.
+    drop(client);
+    let (mut client, _) = reconnect(&server, &identity, 0).await;
+    ready(&mut client).await;
+    client.recv_nothing(Duration::from_millis(200)).await;
+    assert_eq!(server.runners()?[0].unacked_commands, 0);
+
+    // An index never issued is logged and otherwise ignored (still acknowledged).
+    send_event(
+        &mut client,
+        2,
+        RunnerEvent::CommandRejected {
+            index: 999,
+            reason: "what?".to_owned(),
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// A database from before the frame check can hold a `start_job` over the limit, and
+/// one from another build a body this one cannot read: both are retired with a log
+/// line at the next resend, never sent, and the session goes on.
+#[tokio::test]
+async fn stored_commands_that_cannot_be_sent_are_retired() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("dev.db");
+    let config = DevServerConfig {
+        db: Some(db.clone()),
+        ..DevServerConfig::ephemeral()
+    };
+    let server = start_with(config.clone()).await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let big = server.submit_job(job_request(&["true"]))?;
+    let (big_index, _) = expect_start_job(&mut client).await;
+    let bad = server.submit_job(job_request(&["true"]))?;
+    let (bad_index, _) = expect_start_job(&mut client).await;
+    drop(client);
+    server.shutdown().await;
+
+    // Tamper with the stored commands, as an older or other build would have left them.
+    {
+        let (big_index, bad_index) = (i64::try_from(big_index)?, i64::try_from(bad_index)?);
+        let conn = rusqlite::Connection::open(&db)?;
+        let body: String = conn.query_row(
+            "SELECT body FROM commands WHERE idx = ?1",
+            [big_index],
+            |row| row.get(0),
+        )?;
+        let huge = body.replacen(
+            r#""command":["true"]"#,
+            &format!(r#""command":["true","{}"]"#, "x".repeat(MAX_FRAME_BYTES)),
+            1,
+        );
+        assert_ne!(huge, body);
+        conn.execute(
+            "UPDATE commands SET body = ?1 WHERE idx = ?2",
+            rusqlite::params![huge, big_index],
+        )?;
+        let unreadable = format!(
+            r#"{{"kind": "start_job", "job": {{"job_id": "{bad}", "attempt": 1, "command": "not a list"}}}}"#
+        );
+        conn.execute(
+            "UPDATE commands SET body = ?1 WHERE idx = ?2",
+            rusqlite::params![unreadable, bad_index],
+        )?;
+    }
+
+    let server = start_with(config).await;
+    let (mut client, _) = reconnect(&server, &identity, 0).await;
+    ready(&mut client).await;
+    client.recv_nothing(Duration::from_millis(300)).await;
+    assert_eq!(server.runners()?[0].unacked_commands, 0);
+    let big_job = job(&server, &big);
+    assert_eq!(big_job.state, JobState::Failed);
+    assert!(big_job.detail.unwrap_or_default().contains("limit"));
+    let bad_job = job(&server, &bad);
+    assert_eq!(bad_job.state, JobState::Failed);
+    assert!(bad_job.detail.unwrap_or_default().contains("cannot read"));
+    assert_eq!(server.runners()?[0].slots_free, 2);
+    // Nothing was sent, and the session is alive.
+    client
+        .send(&RunnerMessage::Heartbeat {
+            seq: 1,
+            jobs_running: 0,
+        })
+        .await;
+    assert_eq!(client.recv().await, ServerMessage::HeartbeatAck { seq: 1 });
+    server.shutdown().await;
+    Ok(())
+}
+
+/// The runner's reason for a job that could not start reaches the API's job view.
+#[tokio::test]
+async fn a_job_finished_detail_is_shown_with_the_job() -> TestResult {
+    let server = start().await;
+    let (_identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["no-such-program"]))?;
+    let (index, _) = expect_start_job(&mut client).await;
+    client.send(&RunnerMessage::CommandAck { index }).await;
+    // As the document writes it: `detail` is an optional field of job_finished.
+    let finished = format!(
+        r#"{{"type": "event", "index": 1, "event": {{"kind": "job_finished", "job": {{"job_id": "{id}", "attempt": 1}}, "outcome": "failed", "status": {{"how": "unknown"}}, "duration_ms": 0, "stdout_bytes": 0, "stderr_bytes": 0, "detail": "cannot start no-such-program: No such file or directory"}}}}"#
+    );
+    client.send_text(finished).await;
+    assert_eq!(client.recv().await, ServerMessage::EventsAck { up_to: 1 });
+    let (status, body) = http(&server, "GET", &format!("/admin/v1/jobs/{id}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["outcome"], json!("failed"));
+    assert_eq!(
+        body["detail"],
+        json!("cannot start no-such-program: No such file or directory")
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- handshake timeout
+
+/// An unauthenticated connection is closed after the handshake timeout whatever it
+/// sends: WebSocket pings every few milliseconds do not keep it open.
+#[tokio::test]
+async fn pings_do_not_keep_an_unauthenticated_connection_open() -> TestResult {
+    let server = start_with(DevServerConfig {
+        handshake_timeout_ms: 300,
+        ..DevServerConfig::ephemeral()
+    })
+    .await;
+    for frame in [Message::Ping(vec![1].into()), Message::Pong(vec![1].into())] {
+        let mut client = Client::connect(&server).await;
+        let started = std::time::Instant::now();
+        let pinger = async {
+            loop {
+                if client.ws.send(frame.clone()).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        // The pinger stops when the server closes the socket; the close frame was read
+        // by its sends' flushes, so look at the time instead.
+        let _ = tokio::time::timeout(Duration::from_secs(5), pinger).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "closed after {took:?}"
+        );
+    }
+    // A registration that completes in time is not cut.
+    let (_identity, mut client) = register(&server).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    client
+        .send(&RunnerMessage::Startup {
+            version: "0.1.0".to_owned(),
+            jobs: Vec::new(),
+        })
+        .await;
+    assert_eq!(client.recv().await, ServerMessage::StartupAck {});
+    Ok(())
+}
+
 // ---------------------------------------------------------------- bad input
 
 #[tokio::test]

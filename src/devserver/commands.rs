@@ -95,8 +95,11 @@ impl Inner {
         let command = match pending.decode() {
             Ok(command) => command,
             Err(error) => {
-                tracing::error!(runner_id, index, %error, "retiring a stored command this build cannot read");
-                self.store.ack_command(runner_id, index)?;
+                let reason = format!("it is stored in a form this build cannot read ({error})");
+                tracing::error!(runner_id, index, "retiring a stored command: {reason}");
+                let target = target_of_raw(&pending.body);
+                self.store
+                    .atomically(|store| retire(store, runner_id, index, target, &reason))?;
                 return Ok(None);
             }
         };
@@ -113,8 +116,9 @@ impl Inner {
             size,
             "retiring a stored command that cannot be sent: {reason}"
         );
+        let target = target_of(&command);
         self.store
-            .atomically(|store| retire(store, runner_id, index, &command, &reason))?;
+            .atomically(|store| retire(store, runner_id, index, target, &reason))?;
         Ok(None)
     }
 
@@ -159,19 +163,44 @@ pub(crate) fn command_rejected(
         reason,
         "the runner rejected a command; retired"
     );
-    match stored.decode() {
-        Ok(command) => retire(
-            store,
-            runner_id,
-            index,
-            &command,
-            &format!("the runner rejected it: {reason}"),
-        ),
-        Err(_) => {
-            store.ack_command(runner_id, index)?;
-            Ok(false)
-        }
+    let target = match stored.decode() {
+        Ok(command) => target_of(&command),
+        Err(_) => target_of_raw(&stored.body),
+    };
+    let why = format!("the runner rejected it: {reason}");
+    retire(store, runner_id, index, target, &why)
+}
+
+/// What a command is about: a job attempt and the command's kind, or nothing (drain).
+type Target = Option<(JobRef, &'static str)>;
+
+fn target_of(command: &Command) -> Target {
+    match command {
+        Command::StartJob { job } => Some((job.job_ref(), "start_job")),
+        Command::CancelJob { job_id, attempt } => Some((
+            JobRef {
+                job_id: job_id.clone(),
+                attempt: *attempt,
+            },
+            "cancel_job",
+        )),
+        Command::Drain { .. } => None,
     }
+}
+
+/// The same from a body that does not decode as a whole: what its `job_id` and
+/// `attempt` fields say, if they can be found, so the job still learns its fate.
+fn target_of_raw(body: &str) -> Target {
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let kind = value.get("kind")?.as_str()?;
+    let (what, fields) = match kind {
+        "start_job" => ("start_job", value.get("job")?),
+        "cancel_job" => ("cancel_job", &value),
+        _ => return None,
+    };
+    let job_id = fields.get("job_id")?.as_str()?.to_owned();
+    let attempt = u32::try_from(fields.get("attempt")?.as_u64()?).ok()?;
+    Some((JobRef { job_id, attempt }, what))
 }
 
 /// Mark a command that can never be applied as done, and tell its job why. A
@@ -182,20 +211,12 @@ fn retire(
     store: &Store,
     runner_id: &str,
     index: u64,
-    command: &Command,
+    target: Target,
     why: &str,
 ) -> Result<bool, StoreError> {
     store.ack_command(runner_id, index)?;
-    let (job, what) = match command {
-        Command::StartJob { job } => (job.job_ref(), "start_job"),
-        Command::CancelJob { job_id, attempt } => (
-            JobRef {
-                job_id: job_id.clone(),
-                attempt: *attempt,
-            },
-            "cancel_job",
-        ),
-        Command::Drain { .. } => return Ok(false),
+    let Some((job, what)) = target else {
+        return Ok(false);
     };
     let Some(mut row) = store.job(&job.job_id)? else {
         return Ok(false);

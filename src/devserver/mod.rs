@@ -384,8 +384,11 @@ async fn tick_loop(hub: Arc<Hub>, period: Duration) {
     }
 }
 
-/// `fyn-runner dev-server`: serve until Ctrl-C.
+/// `fyn-runner dev-server`: serve until Ctrl-C (or, on Unix, SIGTERM).
 pub async fn run(args: DevServerArgs) -> anyhow::Result<()> {
+    // Listening for the stop before anything is printed: a script that reads the
+    // token and stops the server at once must get the clean stop.
+    let stop = stop_requested().context("installing the signal handlers")?;
     let server = DevServer::start(DevServerConfig::from(&args))
         .await
         .context("starting the dev-server")?;
@@ -398,6 +401,8 @@ pub async fn run(args: DevServerArgs) -> anyhow::Result<()> {
         None => write_default_token(&server),
     };
     // One line each on stdout, so a script can read them; logs go to stderr.
+    println!("runner-url: {}", server.url());
+    println!("admin-url: {}", server.admin_url());
     println!("admin-token: {}", server.admin_token());
     if args.print_token {
         let token = server
@@ -405,15 +410,36 @@ pub async fn run(args: DevServerArgs) -> anyhow::Result<()> {
             .context("minting a registration token")?;
         println!("token: {token}");
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    stop.await;
     server.shutdown().await;
     if let Some(path) = minted_file {
         // This start's token is worthless now; a stale file would only mislead `ctl`.
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Resolves at the first Ctrl-C or SIGTERM; the handlers are in place on return.
+#[cfg(unix)]
+fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot wait for Ctrl-C; stopping");
+        }
+    })
 }
 
 /// Write this start's token where `fyn-runner ctl` looks for it by default. A server

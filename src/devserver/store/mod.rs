@@ -540,4 +540,30 @@ mod tests {
         assert_eq!(mode(&path)?, 0o600);
         Ok(())
     }
+
+    #[test]
+    fn a_version_1_database_is_upgraded() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path)?;
+            conn.execute_batch(&SCHEMA.replace("    workdir            TEXT,\n", ""))?;
+            conn.pragma_update(None, "user_version", 1)?;
+        }
+        let store = Store::open(Some(&path))?;
+        let mut job = JobRow::queued(
+            "j-1".into(),
+            vec!["x".into()],
+            Default::default(),
+            (1, 1, 1),
+            1,
+        );
+        job.workdir = Some("w".into());
+        store.insert_job(&job)?;
+        assert_eq!(
+            store.job("j-1")?.and_then(|j| j.workdir),
+            Some("w".to_owned())
+        );
+        Ok(())
+    }
 }
