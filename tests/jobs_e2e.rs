@@ -436,6 +436,15 @@ async fn slots_full_rejects_a_resent_command_runs_once_and_a_climbing_id_is_refu
         ApiCommand::StartJob {
             job: spec("../escape", &["true"]),
         },
+        ApiCommand::StartJob {
+            job: JobSpec {
+                env: BTreeMap::from([("A=B".to_owned(), "x".to_owned())]),
+                ..spec("bad-env", &["true"])
+            },
+        },
+        ApiCommand::StartJob {
+            job: spec("nul-arg", &["echo", "a\0b"]),
+        },
     ];
     // The first command is delivered twice under the same index; one slot only.
     let (url, api) = scripted_api(commands, true, |events| finished_count(events) >= 1).await;
@@ -468,6 +477,19 @@ async fn slots_full_rejects_a_resent_command_runs_once_and_a_climbing_id_is_refu
     };
     assert_eq!(rejected("second"), Some(RejectReason::NoFreeSlot));
     assert_eq!(rejected("../escape"), Some(RejectReason::InvalidSpec));
+    // What the OS cannot hold is refused before anything starts, saying why.
+    let detail = |id: &str| {
+        events.iter().find_map(|e| match e {
+            RunnerEvent::JobRejected {
+                job,
+                reason: RejectReason::InvalidSpec,
+                detail,
+            } if job.job_id == id => Some(detail.clone()),
+            _ => None,
+        })
+    };
+    assert!(detail("bad-env").is_some_and(|d| d.contains("env name \"A=B\"")));
+    assert!(detail("nul-arg").is_some_and(|d| d.contains("command[1]")));
     assert!(!dir.path().join("escape-1").exists() && !dir.path().join("jobs/../escape-1").exists());
     handle.shutdown();
     let _ = tokio::time::timeout(WAIT, handle.wait()).await;
