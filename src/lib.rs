@@ -9,6 +9,7 @@ the wire, and everything that touches the world lives outside `core`.
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod ctl;
 pub mod demo;
 pub mod devserver;
 pub mod hardware;

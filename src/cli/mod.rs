@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::spec;
 
 pub mod admin;
+pub mod ctl;
 mod service_main;
 
 #[derive(Debug, Parser)]
@@ -183,6 +184,8 @@ pub enum Command {
     Service(admin::ServiceAction),
     /// Run the reference control plane (a development tool, not a production API).
     DevServer(crate::devserver::DevServerArgs),
+    /// Use the dev-server's admin API: runners, tokens, jobs, their output.
+    Ctl(ctl::CtlArgs),
     /// The whole lifecycle in one process against an embedded dev-server: register,
     /// sync, Active, a dev-server restart (reconnect and resync), four jobs (succeeded,
     /// failed, cancelled, timed out), a clean stop, and where to replay its trace.
@@ -231,7 +234,7 @@ pub enum SpecFormat {
 /// Run the parsed command; the returned code becomes the process exit status.
 pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
-    let default_filter = if matches!(cli.command, Command::Demo) {
+    let default_filter = if matches!(cli.command, Command::Demo | Command::Ctl(_)) {
         "warn"
     } else {
         "info"
@@ -281,6 +284,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
             block_on(async move { crate::devserver::run(args).await.map(|()| 0) })
         }
         Command::Demo => block_on(crate::demo::run()),
+        Command::Ctl(args) => ctl::run(args),
         Command::Replay {
             trace,
             from,
