@@ -7,7 +7,7 @@ mod wire;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -211,7 +211,7 @@ async fn a_web_page_cannot_use_the_admin_api_of_the_binary() -> TestResult {
 async fn the_default_token_file_lives_as_long_as_the_server() -> TestResult {
     let runtime = tempfile::tempdir()?;
     let mut server = spawn_dev_server(&[], &[("XDG_RUNTIME_DIR", runtime.path())]);
-    let expected: PathBuf = runtime
+    let expected: std::path::PathBuf = runtime
         .path()
         .join("fyn-runner-dev-server")
         .join(format!("admin-token-{}", server.addr.port()));
