@@ -224,7 +224,7 @@ async fn activate(client: &mut Client) {
     assert_eq!(client.recv().await, ServerMessage::StartupAck {});
     client
         .send(&RunnerMessage::HardwareFull {
-            report: json!({"cpu": {"cores": 4}, "memory": {"total_bytes": 1024}}),
+            report: hardware_report(4),
         })
         .await;
     assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
@@ -843,18 +843,25 @@ async fn hardware_changes_are_applied_or_a_full_report_is_asked_for() -> TestRes
     let (mut client, _) = reconnect(&server, &identity, 0).await;
     client
         .send(&RunnerMessage::HardwareChanges {
-            changes: json!([{"path": "cpu.cores", "old": 4, "new": 8}]),
+            changes: serde_json::from_value(
+                json!([{"path": "cpu.logical_cores", "old": 4, "new": 8}]),
+            )?,
         })
         .await;
     assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
     let runner = server.runner(&identity.runner_id)?.ok_or("runner")?;
-    assert_eq!(runner.hardware.ok_or("hardware")?["cpu"]["cores"], json!(8));
+    assert_eq!(
+        runner.hardware.ok_or("hardware")?["cpu"]["logical_cores"],
+        json!(8)
+    );
     assert!(runner.hardware_known);
 
     // A change that does not fit the stored record: confirmed, but asked for in full.
     client
         .send(&RunnerMessage::HardwareChanges {
-            changes: json!([{"path": "cpu.cores", "old": 2, "new": 16}]),
+            changes: serde_json::from_value(
+                json!([{"path": "cpu.logical_cores", "old": 2, "new": 16}]),
+            )?,
         })
         .await;
     assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
@@ -1238,4 +1245,16 @@ async fn serves_wss_with_a_self_signed_certificate() -> TestResult {
     assert_eq!(client.recv().await, ServerMessage::TokenAccepted {});
     server.shutdown().await;
     Ok(())
+}
+
+/// A small but complete hardware record, `cores` logical cores.
+fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": cores},
+        "memory": {"total_bytes": 1u64 << 30},
+        "job_disk": {"mount_point": "/", "total_bytes": 1u64 << 40, "available_bytes": 1u64 << 39},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
 }

@@ -135,7 +135,7 @@ impl Session {
         self.step(
             3_000,
             Event::HardwareCollected {
-                report: serde_json::json!({"cpu": {"cores": 16}, "memory_gib": 128}),
+                report: hardware_report(16),
                 cache: HardwareCache::Missing,
             },
         );
@@ -716,7 +716,7 @@ fn secrets_never_reach_the_trace() {
     session.step(
         400,
         Event::HardwareCollected {
-            report: serde_json::json!({"cpu": {"cores": 16}}),
+            report: hardware_report(16),
             cache: HardwareCache::Missing,
         },
     );
@@ -1047,7 +1047,7 @@ fn the_comparison_notices_redacted_fields_changing() {
         }),
         msg(ServerMessage::StartupAck {}),
         Event::HardwareCollected {
-            report: serde_json::json!({}),
+            report: hardware_report(1),
             cache: HardwareCache::Unchanged,
         },
         msg(ServerMessage::HardwareConfirmed {}),
@@ -1106,4 +1106,16 @@ fn the_comparison_notices_redacted_fields_changing() {
     let mut shorter = redact_effects(&output.list);
     shorter.pop();
     assert!(!effects_match(&output.list, &shorter, None));
+}
+
+/// A small but complete hardware record, `cores` logical cores.
+fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": cores},
+        "memory": {"total_bytes": 1u64 << 30},
+        "job_disk": {"mount_point": "/", "total_bytes": 1u64 << 40, "available_bytes": 1u64 << 39},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
 }

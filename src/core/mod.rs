@@ -11,20 +11,20 @@ and `tests/core_purity.rs` fails if this folder names a forbidden crate. Imports
 serde, statig, thiserror, and `crate::protocol` only.
 */
 
+mod backoff;
 mod effect;
 mod event;
 mod machine;
 mod runner;
 
+pub use backoff::{BackoffPolicy, Jitter};
 pub use effect::{
-    CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, Notice, Outbound,
-    TimerKind,
+    CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice,
+    Outbound, TimerKind,
 };
 pub use event::{Event, EventKind, HardwareCache};
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
-pub use runner::{
-    BootMode, CoreConfig, DurableState, Link, MAX_EVENT_INDEX, RunningJob, outcome_of,
-};
+pub use runner::{BootMode, CoreConfig, DurableState, JobEntry, Link, MAX_EVENT_INDEX, outcome_of};
 
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 
@@ -48,7 +48,7 @@ impl Core {
             BootMode::Register => State::Registering {
                 step: RegisterStep::Connecting,
             },
-            BootMode::Resume => State::Validating {
+            BootMode::Resume | BootMode::Leave => State::Validating {
                 step: ValidateStep::Connecting,
             },
         };

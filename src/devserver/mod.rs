@@ -8,9 +8,9 @@ commands and events with their indexes and acknowledgements, eviction, runner-lo
 a small admin HTTP API (`/admin/v1/...`) to mint tokens, submit and cancel jobs and
 look at runners, and SQLite storage so a restart keeps runners, keys, indexes and jobs.
 
-Must not import: `core` or the runner's runtime. It builds on `crate::protocol` alone
-(plus `crate::hardware`'s pure change applier for stored hardware records), exactly as
-a third-party control plane would; `docs/protocol.md` is the contract it implements
+Must not import: `core`, the runner's runtime or `hardware`. It builds on
+`crate::protocol` alone (the hardware record and its change applier included), exactly
+as a third-party control plane would; `docs/protocol.md` is the contract it implements
 and `docs/dev-server.md` its manual.
 
 Not for production: the admin API has no authentication (it listens on loopback by

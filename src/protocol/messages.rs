@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::hardware::{HardwareChanges, HardwareReport};
 use super::job::{ExitStatus, JobOutcome, JobRef, JobSpec, OutputStream, RejectReason};
 
 /// Session parameters the API hands the runner when it authenticates.
@@ -113,10 +114,10 @@ pub enum RunnerMessage {
         jobs: Vec<JobRef>,
     },
     HardwareFull {
-        report: serde_json::Value,
+        report: HardwareReport,
     },
     HardwareChanges {
-        changes: serde_json::Value,
+        changes: HardwareChanges,
     },
     HardwareUnchanged {},
     Ready {
@@ -184,7 +185,7 @@ pub enum RunnerEvent {
         stderr_bytes: u64,
     },
     HardwareChanged {
-        changes: serde_json::Value,
+        changes: HardwareChanges,
     },
 }
 

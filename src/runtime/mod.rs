@@ -16,9 +16,7 @@ mod hardware_check;
 pub mod identity;
 pub mod install;
 pub mod jobs;
-pub mod leave;
 mod notices;
-pub mod notify;
 pub mod orphans;
 pub mod secure_fs;
 pub mod settings;
@@ -28,6 +26,7 @@ pub mod store;
 pub mod timers;
 pub mod ws;
 
-pub use driver::{Control, RunnerHandle, StartError, Transition, start, start_install};
+pub use control::Control;
+pub use driver::{RunnerHandle, StartError, Transition, leave, start, start_install};
 pub use settings::{HardwareSource, RunnerSettings, Secret, SettingsError, TraceLimits};
 pub use status::RunnerStatus;
