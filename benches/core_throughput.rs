@@ -1,6 +1,7 @@
 //! Events per second through the lifecycle core on a realistic session: handshake, then
 //! heartbeats, commands, job reports and acknowledgements, with a reconnect now and
 //! then. Run with `cargo bench --bench core_throughput`. One core, no I/O.
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -33,7 +34,7 @@ fn handshake(resumed: bool) -> Vec<Event> {
     if !resumed {
         events.push(msg(ServerMessage::StartupAck {}));
         events.push(Event::HardwareCollected {
-            report: hardware_report(1),
+            report: Box::new(hardware_report(1)),
             cache: HardwareCache::Unchanged,
         });
         events.push(msg(ServerMessage::HardwareConfirmed {}));

@@ -11,6 +11,7 @@
 //! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT`, `JOBS_BENCH_BYTES` to change sizes,
 //! `JOBS_BENCH_ROUNDS` for the interleaving, `JOBS_BENCH_RUNNER` to measure another
 //! build's binary).
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -292,7 +293,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
     send(&mut ws, &startup).await;
     recv(&mut ws).await;
     let hardware = RunnerMessage::HardwareFull {
-        report: hardware_report(1),
+        report: Box::new(hardware_report(1)),
     };
     send(&mut ws, &hardware).await;
     recv(&mut ws).await;

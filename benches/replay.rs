@@ -6,6 +6,7 @@
 //!
 //! `cargo bench --bench replay`. Under `cargo test` (no `--bench` argument) it runs a
 //! small trace once, as a smoke test.
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,7 +40,7 @@ fn handshake() -> Vec<Event> {
         }),
         msg(ServerMessage::StartupAck {}),
         Event::HardwareCollected {
-            report: hardware_report(16),
+            report: Box::new(hardware_report(16)),
             cache: HardwareCache::Unchanged,
         },
         msg(ServerMessage::HardwareConfirmed {}),

@@ -1,6 +1,7 @@
 //! End-to-end tests of the reference control plane, driven by a raw WebSocket client
 //! that speaks the protocol by hand (not the runner runtime), plus a minimal HTTP
 //! client for the admin API. Everything runs on loopback with port 0.
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,7 +225,7 @@ async fn activate(client: &mut Client) {
     assert_eq!(client.recv().await, ServerMessage::StartupAck {});
     client
         .send(&RunnerMessage::HardwareFull {
-            report: hardware_report(4),
+            report: Box::new(hardware_report(4)),
         })
         .await;
     assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});

@@ -83,7 +83,7 @@ fn hardware_collected() -> impl Strategy<Value = Event> {
         }),
     ];
     cache.prop_map(|cache| Event::HardwareCollected {
-        report: report(),
+        report: Box::new(report()),
         cache,
     })
 }
@@ -775,7 +775,7 @@ fn the_seed_lifecycle_end_to_end() {
         ),
         (
             Event::HardwareCollected {
-                report: report(),
+                report: Box::new(report()),
                 cache: HardwareCache::Missing,
             },
             "HardwareSync.await_confirm",

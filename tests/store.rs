@@ -247,7 +247,7 @@ fn file_writes_are_not_rows() {
                 runner_id: "r".into(),
             },
             Durable::HardwareCache {
-                report: hardware_report(1),
+                report: Box::new(hardware_report(1)),
             },
         ])
         .unwrap();
@@ -503,7 +503,7 @@ impl Model {
                     runner_id: "r".into(),
                 },
                 Op::Hardware => Durable::HardwareCache {
-                    report: hardware_report(2),
+                    report: Box::new(hardware_report(2)),
                 },
             })
             .collect();

@@ -135,7 +135,7 @@ impl Session {
         self.step(
             3_000,
             Event::HardwareCollected {
-                report: hardware_report(16),
+                report: Box::new(hardware_report(16)),
                 cache: HardwareCache::Missing,
             },
         );
@@ -716,7 +716,7 @@ fn secrets_never_reach_the_trace() {
     session.step(
         400,
         Event::HardwareCollected {
-            report: hardware_report(16),
+            report: Box::new(hardware_report(16)),
             cache: HardwareCache::Missing,
         },
     );
@@ -1047,7 +1047,7 @@ fn the_comparison_notices_redacted_fields_changing() {
         }),
         msg(ServerMessage::StartupAck {}),
         Event::HardwareCollected {
-            report: hardware_report(1),
+            report: Box::new(hardware_report(1)),
             cache: HardwareCache::Unchanged,
         },
         msg(ServerMessage::HardwareConfirmed {}),

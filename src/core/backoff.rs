@@ -32,8 +32,7 @@ impl BackoffPolicy {
     pub fn ceiling_ms(&self, attempt: u32) -> u64 {
         let doublings = attempt.saturating_sub(1).min(62);
         self.base_ms
-            .checked_mul(1u64 << doublings)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(1u64 << doublings)
             .min(self.cap_ms)
     }
 }

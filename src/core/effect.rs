@@ -69,8 +69,9 @@ pub enum Outbound {
     Startup {
         jobs: Vec<JobRef>,
     },
+    /// Boxed: a record is large, and most effects are small.
     HardwareFull {
-        report: HardwareReport,
+        report: Box<HardwareReport>,
     },
     HardwareChanges {
         changes: HardwareChanges,
@@ -140,7 +141,7 @@ pub enum Durable {
     },
     #[strum(serialize = "hw_cache")]
     HardwareCache {
-        report: HardwareReport,
+        report: Box<HardwareReport>,
     },
 }
 

@@ -27,8 +27,9 @@ pub enum Event {
     KeyGenerated {
         public_key: String,
     },
+    /// Boxed: a record is large, and most events are small.
     HardwareCollected {
-        report: HardwareReport,
+        report: Box<HardwareReport>,
         cache: HardwareCache,
     },
     HardwareFailed {

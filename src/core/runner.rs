@@ -124,7 +124,7 @@ pub struct Runner {
     pub(crate) jitter: Jitter,
     pub(crate) heartbeat_seq: u64,
     /// The report collected in HardwareSync, cached once the API confirms it.
-    pub(crate) pending_hardware: Option<HardwareReport>,
+    pub(crate) pending_hardware: Option<Box<HardwareReport>>,
     pub(crate) drain_deadline_secs: u64,
     /// The service manager was told the runner is ready (once per process).
     pub(crate) told_ready: bool,

@@ -10,6 +10,7 @@
 //!
 //! External tools are reached through [`CommandRunner`] so tests can replay
 //! output captured on other machines.
+#![allow(clippy::disallowed_methods)] // deadlines for the commands it runs
 
 use std::fs;
 use std::io::{self, Read};

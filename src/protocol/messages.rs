@@ -113,8 +113,9 @@ pub enum RunnerMessage {
         version: String,
         jobs: Vec<JobRef>,
     },
+    /// Boxed: a record is large, and most messages are small.
     HardwareFull {
-        report: HardwareReport,
+        report: Box<HardwareReport>,
     },
     HardwareChanges {
         changes: HardwareChanges,

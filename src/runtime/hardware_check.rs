@@ -33,5 +33,8 @@ pub(crate) fn collect_and_compare(
         crate::hardware::CacheStatus::Unchanged => HardwareCache::Unchanged,
         crate::hardware::CacheStatus::Changed(changes) => HardwareCache::Changed { changes },
     };
-    Event::HardwareCollected { report, cache }
+    Event::HardwareCollected {
+        report: Box::new(report),
+        cache,
+    }
 }

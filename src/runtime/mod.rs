@@ -9,6 +9,7 @@ the helpers that keep secrets private on disk (`secure_fs`), and the processes o
 Must not: decide what to persist or when. The core (`crate::core`) emits `Durable`
 writes; this module makes them durable, exactly as asked, and reports failures.
 */
+#![allow(clippy::disallowed_methods)] // the I/O shell owns the clock and randomness (clippy.toml)
 
 pub mod control;
 pub mod driver;
