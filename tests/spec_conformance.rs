@@ -824,3 +824,49 @@ fn the_seed_lifecycle_end_to_end() {
         assert_eq!(core.phase(), phase, "after {event:?}");
     }
 }
+
+/// The `alive` superstate swallows nothing: a local step's failure arriving in Active
+/// (nothing there asked for a step) changes nothing, but leaves a notice with its error.
+#[test]
+fn an_unexpected_event_leaves_a_notice() {
+    use fyn_runner::core::{Effect, Notice};
+    let durable = DurableState {
+        runner_id: Some("r-1".into()),
+        ..DurableState::default()
+    };
+    let (mut core, _) = Core::boot(CoreConfig::default(), BootMode::Resume, durable);
+    for event in [
+        Event::SocketOpened,
+        Event::Message(ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            nonce: "n".into(),
+        }),
+        Event::Message(ServerMessage::Authenticated {
+            runner_id: "r-1".into(),
+            last_event_index: 0,
+            session: SessionParams::default(),
+            hardware_known: true,
+        }),
+        Event::Message(ServerMessage::StartupAck {}),
+        Event::HardwareCollected {
+            report: Box::new(report()),
+            cache: HardwareCache::Unchanged,
+        },
+        Event::Message(ServerMessage::HardwareConfirmed {}),
+        Event::Message(ServerMessage::ReadyAck {}),
+    ] {
+        let _ = core.dispatch(&event);
+    }
+    assert_eq!(core.phase(), "Active");
+    let effects = core.dispatch(&Event::StepFailed {
+        error: "a message needed a token".into(),
+    });
+    assert_eq!(core.phase(), "Active", "nothing changes");
+    assert_eq!(
+        effects.list,
+        [Effect::Notify(Notice::Unexpected {
+            event: "StepFailed".into(),
+            detail: "a message needed a token".into(),
+        })]
+    );
+}

@@ -6,9 +6,11 @@ Owns: the nine lifecycle states and their transitions, the `Event` it takes and 
 deciding is concerned. `Core::dispatch` is its only input.
 
 Must not touch: I/O of any kind, the clock, randomness, tokio, rusqlite, sockets or
-processes. `clippy.toml` forbids the clock and randomness crate-wide outside the runtime,
-and `tests/core_purity.rs` fails if this folder names a forbidden crate. Imports: std,
-serde, statig, thiserror, and `crate::protocol` only.
+processes. `clippy.toml` forbids the clock and randomness crate-wide outside the modules
+that own the world (the runtime first), and `tests/core_purity.rs` fails if this folder
+names a forbidden crate. The one random input, the backoff's jitter seed, arrives in
+`CoreConfig::rng_seed`. Imports: std, serde, statig, strum (names), thiserror, and
+`crate::protocol` only.
 */
 
 mod backoff;

@@ -170,8 +170,8 @@ pub(super) fn launch(
     let jobs_root = settings.jobs_root();
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (jobs, retention, janitor) = if farewell {
-        let idle = (Retention::new(settings.job_retention), Janitor::default());
-        (None, idle.0, idle.1)
+        let nothing_kept = Retention::new(settings.job_retention);
+        (None, nothing_kept, Janitor::default())
     } else {
         let jobs = JobSupervisor::new(jobs_root.clone(), reports_tx);
         jobs.preflight().map_err(StartError::Jobs)?;
