@@ -359,7 +359,7 @@ async fn registration_end_to_end() -> TestResult {
     assert_eq!(runner["state"], json!("Active"));
     assert_eq!(runner["connected"], json!(true));
     assert_eq!(runner["slots"], json!(2), "authenticate updates the slots");
-    assert_eq!(runner["hardware"]["cpu"]["cores"], json!(4));
+    assert_eq!(runner["hardware"]["cpu"]["logical_cores"], json!(4));
     assert!(runner["last_seen"].is_u64());
 
     // The next connect finds the hardware known.
