@@ -1,6 +1,7 @@
 //! Events per second through the lifecycle core on a realistic session: handshake, then
 //! heartbeats, commands, job reports and acknowledgements, with a reconnect now and
 //! then. Run with `cargo bench --bench core_throughput`. One core, no I/O.
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -33,7 +34,7 @@ fn handshake(resumed: bool) -> Vec<Event> {
     if !resumed {
         events.push(msg(ServerMessage::StartupAck {}));
         events.push(Event::HardwareCollected {
-            report: serde_json::json!({}),
+            report: Box::new(hardware_report(1)),
             cache: HardwareCache::Unchanged,
         });
         events.push(msg(ServerMessage::HardwareConfirmed {}));
@@ -157,4 +158,16 @@ fn main() {
         best * 1e9 / events.len() as f64,
         effects_seen
     );
+}
+
+/// A small but complete hardware record, `cores` logical cores.
+fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": cores},
+        "memory": {"total_bytes": 1u64 << 30},
+        "job_disk": {"mount_point": "/", "total_bytes": 1u64 << 40, "available_bytes": 1u64 << 39},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
 }

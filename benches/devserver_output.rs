@@ -4,6 +4,7 @@
 //! ranges (by `fyn-runner ctl logs`, and range by range). The dev-server is the real
 //! binary with `--db`; its memory is read from /proc. `cargo bench --bench
 //! devserver_output` (`FYN_BENCH_OUTPUT_MIB` changes the size).
+#![allow(clippy::disallowed_methods)] // a bench measures time
 
 #[cfg(target_os = "linux")]
 mod linux_bench {

@@ -11,6 +11,7 @@
 //! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT`, `JOBS_BENCH_BYTES` to change sizes,
 //! `JOBS_BENCH_ROUNDS` for the interleaving, `JOBS_BENCH_RUNNER` to measure another
 //! build's binary).
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -293,7 +294,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
     send(&mut ws, &startup).await;
     recv(&mut ws).await;
     let hardware = RunnerMessage::HardwareFull {
-        report: serde_json::json!({"cpu": {"cores": 1}}),
+        report: Box::new(hardware_report(1)),
     };
     send(&mut ws, &hardware).await;
     recv(&mut ws).await;
@@ -537,4 +538,16 @@ async fn bench() {
     let _ = runner.kill();
     let _ = runner.wait();
     server.shutdown().await;
+}
+
+/// A small but complete hardware record, `cores` logical cores.
+fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": cores},
+        "memory": {"total_bytes": 1u64 << 30},
+        "job_disk": {"mount_point": "/", "total_bytes": 1u64 << 40, "available_bytes": 1u64 << 39},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
 }

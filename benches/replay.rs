@@ -6,6 +6,7 @@
 //!
 //! `cargo bench --bench replay`. Under `cargo test` (no `--bench` argument) it runs a
 //! small trace once, as a smoke test.
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,7 +40,7 @@ fn handshake() -> Vec<Event> {
         }),
         msg(ServerMessage::StartupAck {}),
         Event::HardwareCollected {
-            report: serde_json::json!({"cpu": {"cores": 16}}),
+            report: Box::new(hardware_report(16)),
             cache: HardwareCache::Unchanged,
         },
         msg(ServerMessage::HardwareConfirmed {}),
@@ -223,4 +224,16 @@ fn main() {
         "  replay / parse: {:.2}x (target <= 1.50x)",
         replay_s / parse_s
     );
+}
+
+/// A small but complete hardware record, `cores` logical cores.
+fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": cores},
+        "memory": {"total_bytes": 1u64 << 30},
+        "job_disk": {"mount_point": "/", "total_bytes": 1u64 << 40, "available_bytes": 1u64 << 39},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
 }

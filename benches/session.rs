@@ -2,6 +2,7 @@
 //! the control plane seeing the runner Active (fresh registration and restart with a
 //! stored identity), and the runner's resident memory while it idles in Active.
 //! `cargo bench --bench session`.
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 // The bench stops the runner with SIGTERM and reads its memory from /proc: Unix only.
 #[cfg(unix)]

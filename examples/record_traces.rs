@@ -1,6 +1,7 @@
 //! Records the session traces kept in `tests/traces/`, which `tests/trace_corpus.rs`
 //! replays against today's machine. Run after a deliberate change to the lifecycle:
 //! `cargo run --example record_traces` (then review and commit the new traces).
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

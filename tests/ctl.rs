@@ -2,6 +2,7 @@
 //! binary: tokens, submit --wait with the job's exit code, logs --follow streaming a
 //! running job live, and the exit codes of what goes wrong. Unix: the jobs are `sh`.
 #![cfg(unix)]
+#![allow(clippy::disallowed_methods)] // deadlines for what the tests wait on
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! End-to-end tests of the reference control plane, driven by a raw WebSocket client
 //! that speaks the protocol by hand (not the runner runtime), plus a minimal HTTP
 //! client for the admin API (`wire/`). Everything runs on loopback with port 0.
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 mod wire;
 
@@ -67,7 +68,7 @@ async fn registration_end_to_end() -> TestResult {
     assert_eq!(runner["state"], json!("Active"));
     assert_eq!(runner["connected"], json!(true));
     assert_eq!(runner["slots"], json!(2), "authenticate updates the slots");
-    assert_eq!(runner["hardware"]["cpu"]["cores"], json!(4));
+    assert_eq!(runner["hardware"]["cpu"]["logical_cores"], json!(4));
     assert!(runner["last_seen"].is_u64());
 
     // The next connect finds the hardware known.
@@ -611,18 +612,25 @@ async fn hardware_changes_are_applied_or_a_full_report_is_asked_for() -> TestRes
     let (mut client, _) = reconnect(&server, &identity, 0).await;
     client
         .send(&RunnerMessage::HardwareChanges {
-            changes: json!([{"path": "cpu.cores", "old": 4, "new": 8}]),
+            changes: serde_json::from_value(
+                json!([{"path": "cpu.logical_cores", "old": 4, "new": 8}]),
+            )?,
         })
         .await;
     assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
     let runner = server.runner(&identity.runner_id)?.ok_or("runner")?;
-    assert_eq!(runner.hardware.ok_or("hardware")?["cpu"]["cores"], json!(8));
+    assert_eq!(
+        runner.hardware.ok_or("hardware")?["cpu"]["logical_cores"],
+        json!(8)
+    );
     assert!(runner.hardware_known);
 
     // A change that does not fit the stored record: confirmed, but asked for in full.
     client
         .send(&RunnerMessage::HardwareChanges {
-            changes: json!([{"path": "cpu.cores", "old": 2, "new": 16}]),
+            changes: serde_json::from_value(
+                json!([{"path": "cpu.logical_cores", "old": 2, "new": 16}]),
+            )?,
         })
         .await;
     assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});

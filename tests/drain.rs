@@ -1,8 +1,9 @@
 //! Draining and shutdown end to end (seed 001's shutdown): say stopping, take no new
 //! work, let running jobs finish until the deadline, deliver every result exactly once,
 //! close with 1000, exit with the documented code.
-// Unix only: its jobs are `sh` scripts, and it checks processes through signals and sd_notify.
+// Unix only: its jobs are `sh` scripts, and it checks processes through signals.
 #![cfg(unix)]
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -303,56 +304,6 @@ async fn a_drain_while_disconnected_keeps_results_for_the_next_start() {
     recorded_once(&server, &runner, &[(&id, JobOutcome::Succeeded)]);
     handle.shutdown();
     let _ = tokio::time::timeout(WAIT, handle.wait_for(|s| s.state == "Stopped")).await;
-    assert_eq!(
-        tokio::time::timeout(WAIT, handle.wait())
-            .await
-            .expect("stops"),
-        ExitCode::Clean
-    );
-    server.shutdown().await;
-}
-
-#[tokio::test]
-async fn systemd_hears_ready_stopping_and_extend_timeout() {
-    let server = dev_server(None, None).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket_path = dir.path().join("notify.sock");
-    let listener = tokio::net::UnixDatagram::bind(&socket_path).expect("bind");
-    let mut config = settings(
-        &server,
-        &dir.path().join("state"),
-        Some(server.mint_token().expect("token")),
-        30,
-    );
-    config.notify_socket = Some(socket_path.display().to_string());
-    let mut handle = runtime::start(config).expect("starts");
-    let mut heard = String::new();
-    let mut buf = vec![0u8; 4096];
-    let deadline = Instant::now() + WAIT;
-    while !heard.contains("READY=1") {
-        assert!(Instant::now() < deadline, "no READY=1: {heard}");
-        let n = tokio::time::timeout(WAIT, listener.recv(&mut buf))
-            .await
-            .expect("a notification")
-            .expect("recv");
-        heard.push_str(&String::from_utf8_lossy(&buf[..n]));
-        heard.push('\n');
-    }
-    assert!(heard.contains("STATUS=Registering"), "{heard}");
-    let id = server.submit_job(sleep_job("0.5", 1)).expect("submit");
-    running(&server, &id).await;
-    handle.shutdown();
-    draining(&mut handle).await;
-    while !heard.contains("STOPPING=1") {
-        assert!(Instant::now() < deadline, "no STOPPING=1: {heard}");
-        let n = tokio::time::timeout(WAIT, listener.recv(&mut buf))
-            .await
-            .expect("a notification")
-            .expect("recv");
-        heard.push_str(&String::from_utf8_lossy(&buf[..n]));
-        heard.push('\n');
-    }
-    assert!(heard.contains("EXTEND_TIMEOUT_USEC="), "{heard}");
     assert_eq!(
         tokio::time::timeout(WAIT, handle.wait())
             .await

@@ -1,5 +1,6 @@
 //! `fyn-runner install --no-service`, `run --config`, `uninstall`, as an operator types
 //! them, against the dev-server, into temporary folders.
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 #[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,7 @@
 //! behind, spawn failures, the output limit, and bounded memory under a flood.
 // Unix only: its jobs are `sh` scripts and its checks are signals and process groups; `tests/jobs_windows.rs` covers Windows.
 #![cfg(unix)]
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

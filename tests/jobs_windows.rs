@@ -2,6 +2,7 @@
 //! exit codes, output, the clean environment, and a cancel that ends every process of
 //! the job through its job object. The Unix counterparts are in `tests/jobs.rs`.
 #![cfg(windows)]
+#![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
 use std::time::Duration;

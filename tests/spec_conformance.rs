@@ -12,11 +12,12 @@ mod support;
 use std::collections::BTreeMap;
 
 use fyn_runner::core::{
-    BootMode, Core, CoreConfig, DurableState, Event, EventKind, HardwareCache, TimerKind,
+    BootMode, Core, CoreConfig, Delay, DurableState, Effect, Event, EventKind, HardwareCache,
+    TimerKind,
 };
 use fyn_runner::protocol::{
-    CloseReason, Command, ExitStatus, JobRef, JobSpec, OutputStream, PROTOCOL_VERSION,
-    ServerMessage, SessionParams,
+    CloseReason, Command, ExitStatus, HardwareReport, JobRef, JobSpec, OutputStream,
+    PROTOCOL_VERSION, ServerMessage, SessionParams,
 };
 use fyn_runner::spec::effects_match;
 use proptest::prelude::*;
@@ -58,16 +59,31 @@ fn command() -> impl Strategy<Value = Event> {
         .prop_map(|(index, command)| Event::Message(ServerMessage::Command { index, command }))
 }
 
+/// A small but complete hardware record.
+fn report() -> HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": 16},
+        "memory": {"total_bytes": 2},
+        "job_disk": {"mount_point": "/", "total_bytes": 1024, "available_bytes": 512},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
+}
+
 fn hardware_collected() -> impl Strategy<Value = Event> {
     let cache = prop_oneof![
         Just(HardwareCache::Missing),
         Just(HardwareCache::Unchanged),
         Just(HardwareCache::Changed {
-            changes: serde_json::json!([{"path": "memory.total_bytes", "old": 1, "new": 2}])
+            changes: serde_json::from_value(
+                serde_json::json!([{"path": "memory.total_bytes", "old": 1, "new": 2}])
+            )
+            .expect("a valid change list")
         }),
     ];
     cache.prop_map(|cache| Event::HardwareCollected {
-        report: serde_json::json!({"memory": {"total_bytes": 2}}),
+        report: Box::new(report()),
         cache,
     })
 }
@@ -120,6 +136,7 @@ fn timer() -> impl Strategy<Value = Event> {
         Just(TimerKind::RunnerLost),
         Just(TimerKind::DrainDeadline),
         Just(TimerKind::HardwareRecheck),
+        Just(TimerKind::DrainProgress),
         job_ref().prop_map(TimerKind::JobTimeout),
     ]
     .prop_map(|timer| Event::TimerFired { timer })
@@ -211,6 +228,11 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
     };
     let acks = || (0u64..=8).prop_map(|up_to| Event::Message(ServerMessage::EventsAck { up_to }));
     match model.phase.as_str() {
+        "Installing.install_service" => prop_oneof![
+            3 => Just(Event::StepDone),
+            1 => Just(Event::StepFailed { error: "unit masked".into() }),
+        ]
+        .boxed(),
         p if p.starts_with("Installing") => Just(Event::StepDone).boxed(),
         "Registering.connecting" | "Validating.connecting" | "Reconnecting.connecting" => Just(Event::SocketOpened).boxed(),
         "Registering.await_hello" | "Validating.await_hello" => {
@@ -233,6 +255,7 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         ]
         .boxed(),
         "Validating.await_startup" => prop_oneof![4 => m(ServerMessage::StartupAck {}), 1 => acks()].boxed(),
+        "Validating.await_left" => prop_oneof![4 => m(ServerMessage::Left {}), 1 => acks()].boxed(),
         "HardwareSync.collecting" => prop_oneof![4 => hardware_collected(), 1 => acks()].boxed(),
         "HardwareSync.await_confirm" => prop_oneof![4 => m(ServerMessage::HardwareConfirmed {}), 1 => acks()].boxed(),
         "Ready" => prop_oneof![4 => m(ServerMessage::ReadyAck {}), 1 => acks()].boxed(),
@@ -330,10 +353,12 @@ impl ReferenceStateMachine for Table {
     type Transition = Event;
 
     fn init_state() -> BoxedStrategy<Model> {
+        // A farewell is short: a few runs cover its rows, the rest go deep.
         let boot = prop_oneof![
-            Just(BootMode::Install),
-            Just(BootMode::Register),
-            Just(BootMode::Resume)
+            4 => Just(BootMode::Install),
+            4 => Just(BootMode::Register),
+            4 => Just(BootMode::Resume),
+            1 => Just(BootMode::Leave)
         ];
         let restored = prop::collection::btree_map(
             prop::sample::select(&JOB_IDS[..]).prop_map(str::to_owned),
@@ -343,7 +368,7 @@ impl ReferenceStateMachine for Table {
         (boot, 1u32..=2, restored, 0u64..=2, 0u64..=3, 0u64..=3)
             .prop_map(|(boot, slots, restored, last_applied, last_event, acked)| {
                 // Only a runner with an identity can have a history.
-                let resume = boot == BootMode::Resume;
+                let resume = matches!(boot, BootMode::Resume | BootMode::Leave);
                 let phase = SPEC
                     .boots
                     .iter()
@@ -358,6 +383,8 @@ impl ReferenceStateMachine for Table {
                     draining_link: false,
                     startup_reported: false,
                     api_hw_known: false,
+                    told_ready: false,
+                    backoff_attempt: 0,
                     last_applied: if resume { last_applied } else { 0 },
                     last_event: if resume { last_event } else { 0 },
                     acked: if resume { acked.min(last_event) } else { 0 },
@@ -383,6 +410,7 @@ fn boot_name(mode: BootMode) -> &'static str {
         BootMode::Install => "install",
         BootMode::Register => "register",
         BootMode::Resume => "resume",
+        BootMode::Leave => "leave",
     }
 }
 
@@ -397,7 +425,8 @@ impl StateMachineTest for Machine {
 
     fn init_test(model: &Model) -> Machine {
         let durable = DurableState {
-            runner_id: (model.boot == BootMode::Resume).then(|| "r-1".to_owned()),
+            runner_id: matches!(model.boot, BootMode::Resume | BootMode::Leave)
+                .then(|| "r-1".to_owned()),
             last_applied_command: model.last_applied,
             last_event_index: model.last_event,
             acked_event_index: model.acked,
@@ -464,6 +493,24 @@ impl StateMachineTest for Machine {
             "effects differ from the table{context}"
         );
         check_step_invariants(&mut sut, model, &event, &actual, &context);
+        // The backoff's delay stays below the ceiling of the attempt the model counts,
+        // which starts again only after a healthy session.
+        let ceiling = CoreConfig::default()
+            .backoff
+            .ceiling_ms(model.backoff_attempt);
+        for effect in &effects.list {
+            if let Effect::StartTimer {
+                timer: TimerKind::Backoff,
+                delay: Delay::Millis(ms),
+            } = effect
+            {
+                assert!(
+                    *ms <= ceiling,
+                    "backoff {ms} ms above the ceiling {ceiling} ms of attempt {}{context}",
+                    model.backoff_attempt
+                );
+            }
+        }
         sut
     }
 
@@ -728,7 +775,7 @@ fn the_seed_lifecycle_end_to_end() {
         ),
         (
             Event::HardwareCollected {
-                report: serde_json::json!({}),
+                report: Box::new(report()),
                 cache: HardwareCache::Missing,
             },
             "HardwareSync.await_confirm",
@@ -776,4 +823,50 @@ fn the_seed_lifecycle_end_to_end() {
         let _ = core.dispatch(&event);
         assert_eq!(core.phase(), phase, "after {event:?}");
     }
+}
+
+/// The `alive` superstate swallows nothing: a local step's failure arriving in Active
+/// (nothing there asked for a step) changes nothing, but leaves a notice with its error.
+#[test]
+fn an_unexpected_event_leaves_a_notice() {
+    use fyn_runner::core::{Effect, Notice};
+    let durable = DurableState {
+        runner_id: Some("r-1".into()),
+        ..DurableState::default()
+    };
+    let (mut core, _) = Core::boot(CoreConfig::default(), BootMode::Resume, durable);
+    for event in [
+        Event::SocketOpened,
+        Event::Message(ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            nonce: "n".into(),
+        }),
+        Event::Message(ServerMessage::Authenticated {
+            runner_id: "r-1".into(),
+            last_event_index: 0,
+            session: SessionParams::default(),
+            hardware_known: true,
+        }),
+        Event::Message(ServerMessage::StartupAck {}),
+        Event::HardwareCollected {
+            report: Box::new(report()),
+            cache: HardwareCache::Unchanged,
+        },
+        Event::Message(ServerMessage::HardwareConfirmed {}),
+        Event::Message(ServerMessage::ReadyAck {}),
+    ] {
+        let _ = core.dispatch(&event);
+    }
+    assert_eq!(core.phase(), "Active");
+    let effects = core.dispatch(&Event::StepFailed {
+        error: "a message needed a token".into(),
+    });
+    assert_eq!(core.phase(), "Active", "nothing changes");
+    assert_eq!(
+        effects.list,
+        [Effect::Notify(Notice::Unexpected {
+            event: "StepFailed".into(),
+            detail: "a message needed a token".into(),
+        })]
+    );
 }

@@ -43,7 +43,10 @@ fn event(seed: u64) -> RunnerEvent {
             data: "aGVsbG8=".into(),
         },
         _ => RunnerEvent::HardwareChanged {
-            changes: serde_json::json!({"seed": seed}),
+            changes: serde_json::from_value(
+                serde_json::json!([{"path": "seed", "old": seed, "new": seed + 1}]),
+            )
+            .expect("a valid change list"),
         },
     }
 }
@@ -244,7 +247,7 @@ fn file_writes_are_not_rows() {
                 runner_id: "r".into(),
             },
             Durable::HardwareCache {
-                report: serde_json::json!({"cpu": 1}),
+                report: Box::new(hardware_report(1)),
             },
         ])
         .unwrap();
@@ -500,7 +503,7 @@ impl Model {
                     runner_id: "r".into(),
                 },
                 Op::Hardware => Durable::HardwareCache {
-                    report: serde_json::json!({}),
+                    report: Box::new(hardware_report(2)),
                 },
             })
             .collect();
@@ -546,4 +549,16 @@ proptest! {
             check(&store, &model)?;
         }
     }
+}
+
+/// A small but complete hardware record, `cores` logical cores.
+fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": cores},
+        "memory": {"total_bytes": 1u64 << 30},
+        "job_disk": {"mount_point": "/", "total_bytes": 1u64 << 40, "available_bytes": 1u64 << 39},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
 }

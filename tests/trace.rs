@@ -135,7 +135,7 @@ impl Session {
         self.step(
             3_000,
             Event::HardwareCollected {
-                report: serde_json::json!({"cpu": {"cores": 16}, "memory_gib": 128}),
+                report: Box::new(hardware_report(16)),
                 cache: HardwareCache::Missing,
             },
         );
@@ -444,6 +444,67 @@ fn an_edited_effect_is_caught_at_its_seq() {
     assert_eq!(d.expected_phase, d.actual_phase);
 }
 
+/// The seq of the first entry that arms the reconnect backoff, and its delay.
+fn first_backoff(path: &Path) -> (u64, u64) {
+    lines(path)
+        .iter()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find_map(|entry| {
+            let delay = entry["effects"].as_array()?.iter().find_map(|e| {
+                (e["effect"] == "start_timer" && e["timer"] == "backoff")
+                    .then(|| e["delay"]["millis"].as_u64())
+                    .flatten()
+            })?;
+            Some((entry["seq"].as_u64()?, delay))
+        })
+        .expect("the session loses its link once")
+}
+
+#[test]
+fn an_edited_backoff_delay_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = record_session(dir.path());
+    let (seq, delay) = first_backoff(&path);
+    edit_line(&path, seq, |v| {
+        for effect in v["effects"].as_array_mut().unwrap() {
+            if effect["timer"] == "backoff" && effect["effect"] == "start_timer" {
+                effect["delay"] = serde_json::json!({"millis": delay + 1});
+            }
+        }
+    });
+    let ReplayOutcome::Diverged(d) = replay_all(&path).unwrap() else {
+        panic!("the edited delay went unnoticed");
+    };
+    assert_eq!(d.seq, Some(seq));
+    assert_eq!(d.aspect, DivergenceAspect::Effects);
+}
+
+#[test]
+fn the_jitter_seed_in_the_header_decides_the_backoff_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = record_session(dir.path());
+    let (seq, _) = first_backoff(&path);
+    let mut all = lines(&path);
+    let mut header: serde_json::Value = serde_json::from_str(&all[0]).unwrap();
+    assert_eq!(
+        header["boot"]["config"]["rng_seed"], 0,
+        "recorded with its seed"
+    );
+    header["boot"]["config"]["rng_seed"] = 12_345.into();
+    all[0] = serde_json::to_string(&header).unwrap();
+    write_lines(&path, &all);
+    let ReplayOutcome::Diverged(d) = replay_all(&path).unwrap() else {
+        panic!("another seed drew the same delay");
+    };
+    assert_eq!(
+        d.seq,
+        Some(seq),
+        "the first backoff is where the seeds part"
+    );
+    assert_eq!(d.aspect, DivergenceAspect::Effects);
+}
+
 #[test]
 fn an_edited_output_summary_is_caught() {
     let dir = tempfile::tempdir().unwrap();
@@ -716,7 +777,7 @@ fn secrets_never_reach_the_trace() {
     session.step(
         400,
         Event::HardwareCollected {
-            report: serde_json::json!({"cpu": {"cores": 16}}),
+            report: Box::new(hardware_report(16)),
             cache: HardwareCache::Missing,
         },
     );
@@ -1047,7 +1108,7 @@ fn the_comparison_notices_redacted_fields_changing() {
         }),
         msg(ServerMessage::StartupAck {}),
         Event::HardwareCollected {
-            report: serde_json::json!({}),
+            report: Box::new(hardware_report(1)),
             cache: HardwareCache::Unchanged,
         },
         msg(ServerMessage::HardwareConfirmed {}),
@@ -1106,4 +1167,16 @@ fn the_comparison_notices_redacted_fields_changing() {
     let mut shorter = redact_effects(&output.list);
     shorter.pop();
     assert!(!effects_match(&output.list, &shorter, None));
+}
+
+/// A small but complete hardware record, `cores` logical cores.
+fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": cores},
+        "memory": {"total_bytes": 1u64 << 30},
+        "job_disk": {"mount_point": "/", "total_bytes": 1u64 << 40, "available_bytes": 1u64 << 39},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
 }

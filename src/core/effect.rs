@@ -2,17 +2,23 @@
 //!
 //! An `Effect` says what must happen; the runtime decides how. Effects never name a
 //! runtime type. The runtime performs one batch in this order: persist (one
-//! transaction for the whole batch), send, close, timers, processes, notices, exit.
+//! transaction for the whole batch), send, close, connect, timers, processes, local
+//! steps, notices, exit.
 //! That order is what makes "persist before send" hold by construction.
 
 use serde::{Deserialize, Serialize};
+use strum::IntoStaticStr;
 
-use crate::protocol::{CloseReason, JobRef, JobSpec, RunnerEvent};
+use crate::protocol::{CloseReason, HardwareChanges, HardwareReport, JobRef, JobSpec, RunnerEvent};
 
 /// Every timer the core can arm. Arming one that is armed replaces it; the runtime
-/// never delivers a timer that was cancelled or replaced.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// never delivers a timer that was cancelled or replaced. The name (`name()`) is the
+/// spec table's; the serde name is the trace's.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum TimerKind {
     Heartbeat,
     /// Waiting for the reply the current phase expects (handshake step or heartbeat).
@@ -20,40 +26,34 @@ pub enum TimerKind {
     Backoff,
     RunnerLost,
     DrainDeadline,
+    #[strum(serialize = "hw_recheck")]
     HardwareRecheck,
+    /// While draining: report what is left, to the log and the service manager.
+    DrainProgress,
     JobTimeout(JobRef),
 }
 
 impl TimerKind {
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Heartbeat => "heartbeat",
-            Self::Ack => "ack",
-            Self::Backoff => "backoff",
-            Self::RunnerLost => "runner_lost",
-            Self::DrainDeadline => "drain_deadline",
-            Self::HardwareRecheck => "hw_recheck",
-            Self::JobTimeout(_) => "job_timeout",
-        }
+        self.into()
     }
 }
 
-/// How long a timer runs. Backoff delays are left to the runtime, which draws the
-/// jitter and records the delay it chose in the trace, so the core stays deterministic.
+/// How long a timer runs, in milliseconds. Every delay is decided by the core, the
+/// reconnect backoff's jitter included (`super::backoff`), so the trace records the
+/// exact delay of every timer and replay checks it. (An enum, so the trace reads
+/// `{"millis": 1500}` and another unit can be added without changing that form.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Delay {
     Millis(u64),
-    /// Exponential backoff with full jitter for this attempt (1 = first retry).
-    Backoff {
-        attempt: u32,
-    },
 }
 
 /// What must be sent. The runtime adds what the core must not hold: the one-time
-/// token, the signature, the runner's name and version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// token, the signature, the runner's name and version, the farewell's reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(tag = "message", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Outbound {
     ValidateToken,
     Register {
@@ -69,11 +69,12 @@ pub enum Outbound {
     Startup {
         jobs: Vec<JobRef>,
     },
+    /// Boxed: a record is large, and most effects are small.
     HardwareFull {
-        report: serde_json::Value,
+        report: Box<HardwareReport>,
     },
     HardwareChanges {
-        changes: serde_json::Value,
+        changes: HardwareChanges,
     },
     HardwareUnchanged,
     Ready {
@@ -94,30 +95,21 @@ pub enum Outbound {
         reason: String,
         deadline_secs: u64,
     },
+    /// The runner goes away for good (`fyn-runner uninstall`, or an install rolling
+    /// back its registration); the runtime adds the reason it was started with.
+    Leaving,
 }
 
 impl Outbound {
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::ValidateToken => "validate_token",
-            Self::Register { .. } => "register",
-            Self::Authenticate { .. } => "authenticate",
-            Self::Startup { .. } => "startup",
-            Self::HardwareFull { .. } => "hardware_full",
-            Self::HardwareChanges { .. } => "hardware_changes",
-            Self::HardwareUnchanged => "hardware_unchanged",
-            Self::Ready { .. } => "ready",
-            Self::Heartbeat { .. } => "heartbeat",
-            Self::CommandAck { .. } => "command_ack",
-            Self::Event { .. } => "event",
-            Self::Stopping { .. } => "stopping",
-        }
+        self.into()
     }
 }
 
 /// What must become durable. All `Persist` effects of one batch commit together.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(tag = "write", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Durable {
     Identity {
         runner_id: String,
@@ -125,6 +117,7 @@ pub enum Durable {
     LastApplied {
         index: u64,
     },
+    #[strum(serialize = "outbox")]
     OutboxAppend {
         index: u64,
         event: RunnerEvent,
@@ -146,29 +139,23 @@ pub enum Durable {
     JobRemoved {
         job: JobRef,
     },
+    #[strum(serialize = "hw_cache")]
     HardwareCache {
-        report: serde_json::Value,
+        report: Box<HardwareReport>,
     },
 }
 
 impl Durable {
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Identity { .. } => "identity",
-            Self::LastApplied { .. } => "last_applied",
-            Self::OutboxAppend { .. } => "outbox",
-            Self::OutboxAcked { .. } => "outbox_acked",
-            Self::OutboxRenumbered { .. } => "outbox_renumbered",
-            Self::JobAdded { .. } => "job_added",
-            Self::JobRemoved { .. } => "job_removed",
-            Self::HardwareCache { .. } => "hw_cache",
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum InstallStep {
+    #[strum(serialize = "create_dirs")]
     CreateDirectories,
     WriteConfig,
     InstallService,
@@ -176,20 +163,18 @@ pub enum InstallStep {
 
 impl InstallStep {
     pub fn name(self) -> &'static str {
-        match self {
-            Self::CreateDirectories => "create_dirs",
-            Self::WriteConfig => "write_config",
-            Self::InstallService => "install_service",
-        }
+        self.into()
     }
 }
 
 /// Why the core asks for a job to be stopped; it decides the reported outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum CancelReason {
     /// The API cancelled it.
     Cancelled,
+    #[strum(serialize = "timeout")]
     TimedOut,
     /// The link stayed down past the runner-lost threshold; the API has given it away.
     RunnerLost,
@@ -201,21 +186,20 @@ pub enum CancelReason {
 
 impl CancelReason {
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Cancelled => "cancelled",
-            Self::TimedOut => "timeout",
-            Self::RunnerLost => "runner_lost",
-            Self::Shutdown => "shutdown",
-            Self::Abandoned => "abandoned",
-        }
+        self.into()
     }
 }
 
 /// Something the operator must be told, beyond the transition log line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(tag = "notice", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Notice {
     Registered {
+        runner_id: String,
+    },
+    /// The API confirmed the farewell: it forgot this runner.
+    Left {
         runner_id: String,
     },
     InstallFailed {
@@ -233,6 +217,7 @@ pub enum Notice {
     Evicted {
         reason: String,
     },
+    #[strum(serialize = "violation")]
     ProtocolViolation {
         phase: String,
         got: String,
@@ -252,24 +237,50 @@ pub enum Notice {
         job: JobRef,
         what: String,
     },
+    /// An event no state of the machine expects where it arrived (a local step's
+    /// failure in Active, a timer that belongs to another phase, ...). It changes
+    /// nothing, but it is never dropped without a word.
+    Unexpected {
+        /// The event kind, as the spec table names it.
+        event: String,
+        /// What the event said, when it carried an error.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        detail: String,
+    },
 }
 
 impl Notice {
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Registered { .. } => "registered",
-            Self::InstallFailed { .. } => "install_failed",
-            Self::RegistrationFailed { .. } => "registration_failed",
-            Self::AuthRejected { .. } => "auth_rejected",
-            Self::Incompatible { .. } => "incompatible",
-            Self::Evicted { .. } => "evicted",
-            Self::ProtocolViolation { .. } => "violation",
-            Self::BadFrame { .. } => "bad_frame",
-            Self::HardwareFailed { .. } => "hardware_failed",
-            Self::RunnerLost => "runner_lost",
-            Self::StoreFailed { .. } => "store_failed",
-            Self::StaleJob { .. } => "stale_job",
-        }
+        self.into()
+    }
+}
+
+/// What the service manager is told (systemd's `sd_notify`; nothing where there is
+/// none). Decided here, so the spec table lists it and the trace records it; the
+/// runtime only delivers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
+#[serde(tag = "notice", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ManagerNotice {
+    /// Start-up is finished (`READY=1`): once per process, at the first Active.
+    Ready,
+    /// The lifecycle state changed (`STATUS=`).
+    Status { state: String },
+    /// A drain began (`STOPPING=1`): the stop takes at most `within_secs`, which the
+    /// service manager is asked to allow (`EXTEND_TIMEOUT_USEC`).
+    Stopping { within_secs: u64 },
+    /// While draining, every few seconds: what is left (`STATUS=`), and the stop's
+    /// bound again from now (`EXTEND_TIMEOUT_USEC`).
+    DrainProgress {
+        jobs_left: u32,
+        undelivered: u64,
+        within_secs: u64,
+    },
+}
+
+impl ManagerNotice {
+    pub fn name(&self) -> &'static str {
+        self.into()
     }
 }
 
@@ -341,9 +352,13 @@ pub enum Effect {
     },
     /// Undo every install step that ran: folders, files, identity, service.
     RollbackInstall,
+    /// Tell the API to forget the registration this install made and rolled back: a
+    /// short farewell session of its own (`BootMode::Leave`), bounded in time.
+    Farewell,
     GenerateKey,
     CollectHardware,
     Notify(Notice),
+    TellManager(ManagerNotice),
     /// Kill what is left of any job process group, then exit with this code.
     Exit {
         code: ExitCode,
@@ -365,9 +380,11 @@ impl Effect {
             Self::Persist(write) => format!("persist({})", write.name()),
             Self::RunInstallStep { step } => format!("step({})", step.name()),
             Self::RollbackInstall => "rollback".into(),
+            Self::Farewell => "farewell".into(),
             Self::GenerateKey => "keygen".into(),
             Self::CollectHardware => "collect_hw".into(),
             Self::Notify(notice) => format!("notify({})", notice.name()),
+            Self::TellManager(notice) => format!("tell({})", notice.name()),
             Self::Exit { code } => format!("exit({})", code.code()),
         }
     }
@@ -403,6 +420,10 @@ impl Effects {
 
     pub fn notify(&mut self, notice: Notice) {
         self.push(Effect::Notify(notice));
+    }
+
+    pub fn tell_manager(&mut self, notice: ManagerNotice) {
+        self.push(Effect::TellManager(notice));
     }
 
     pub fn close(&mut self, reason: CloseReason) {

@@ -6,8 +6,11 @@
 //! core needs to know travels as data.
 
 use serde::{Deserialize, Serialize};
+use strum::{EnumString, IntoStaticStr, VariantArray};
 
-use crate::protocol::{CloseReason, ExitStatus, JobRef, OutputStream, ServerMessage};
+use crate::protocol::{
+    CloseReason, ExitStatus, HardwareChanges, HardwareReport, JobRef, OutputStream, ServerMessage,
+};
 
 use super::effect::TimerKind;
 
@@ -24,8 +27,9 @@ pub enum Event {
     KeyGenerated {
         public_key: String,
     },
+    /// Boxed: a record is large, and most events are small.
     HardwareCollected {
-        report: serde_json::Value,
+        report: Box<HardwareReport>,
         cache: HardwareCache,
     },
     HardwareFailed {
@@ -101,11 +105,24 @@ pub enum Event {
 pub enum HardwareCache {
     Missing,
     Unchanged,
-    Changed { changes: serde_json::Value },
+    Changed { changes: HardwareChanges },
 }
 
-/// The fieldless name of every event kind: the vocabulary of the spec table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The fieldless name of every event kind: the vocabulary of the spec table, which
+/// names each kind exactly as the variant is written (`HeartbeatDue`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    IntoStaticStr,
+    EnumString,
+    VariantArray,
+)]
 pub enum EventKind {
     StepDone,
     StepFailed,
@@ -139,6 +156,7 @@ pub enum EventKind {
     RunnerLostElapsed,
     DrainDeadline,
     HardwareRecheckDue,
+    DrainProgressDue,
     JobTimeout,
     JobStarted,
     JobOutput,
@@ -150,96 +168,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 40] = [
-        Self::StepDone,
-        Self::StepFailed,
-        Self::KeyGenerated,
-        Self::HardwareCollected,
-        Self::HardwareFailed,
-        Self::StoreFailed,
-        Self::SocketOpened,
-        Self::SocketClosed,
-        Self::SocketFailed,
-        Self::BadFrame,
-        Self::Hello,
-        Self::TokenAccepted,
-        Self::TokenRejected,
-        Self::Registered,
-        Self::Authenticated,
-        Self::AuthRejected,
-        Self::StartupAck,
-        Self::HardwareConfirmed,
-        Self::ReadyAck,
-        Self::HeartbeatAck,
-        Self::StartJob,
-        Self::CancelJob,
-        Self::DrainCommand,
-        Self::EventsAck,
-        Self::Evicted,
-        Self::Left,
-        Self::HeartbeatDue,
-        Self::AckOverdue,
-        Self::BackoffElapsed,
-        Self::RunnerLostElapsed,
-        Self::DrainDeadline,
-        Self::HardwareRecheckDue,
-        Self::JobTimeout,
-        Self::JobStarted,
-        Self::JobOutput,
-        Self::JobOutputTruncated,
-        Self::JobExited,
-        Self::JobSpawnFailed,
-        Self::ShutdownRequested,
-        Self::ForceShutdown,
-    ];
+    pub const ALL: &'static [EventKind] = <Self as VariantArray>::VARIANTS;
 
     pub fn name(self) -> &'static str {
-        match self {
-            Self::StepDone => "StepDone",
-            Self::StepFailed => "StepFailed",
-            Self::KeyGenerated => "KeyGenerated",
-            Self::HardwareCollected => "HardwareCollected",
-            Self::HardwareFailed => "HardwareFailed",
-            Self::StoreFailed => "StoreFailed",
-            Self::SocketOpened => "SocketOpened",
-            Self::SocketClosed => "SocketClosed",
-            Self::SocketFailed => "SocketFailed",
-            Self::BadFrame => "BadFrame",
-            Self::Hello => "Hello",
-            Self::TokenAccepted => "TokenAccepted",
-            Self::TokenRejected => "TokenRejected",
-            Self::Registered => "Registered",
-            Self::Authenticated => "Authenticated",
-            Self::AuthRejected => "AuthRejected",
-            Self::StartupAck => "StartupAck",
-            Self::HardwareConfirmed => "HardwareConfirmed",
-            Self::ReadyAck => "ReadyAck",
-            Self::HeartbeatAck => "HeartbeatAck",
-            Self::StartJob => "StartJob",
-            Self::CancelJob => "CancelJob",
-            Self::DrainCommand => "DrainCommand",
-            Self::EventsAck => "EventsAck",
-            Self::Evicted => "Evicted",
-            Self::Left => "Left",
-            Self::HeartbeatDue => "HeartbeatDue",
-            Self::AckOverdue => "AckOverdue",
-            Self::BackoffElapsed => "BackoffElapsed",
-            Self::RunnerLostElapsed => "RunnerLostElapsed",
-            Self::DrainDeadline => "DrainDeadline",
-            Self::HardwareRecheckDue => "HardwareRecheckDue",
-            Self::JobTimeout => "JobTimeout",
-            Self::JobStarted => "JobStarted",
-            Self::JobOutput => "JobOutput",
-            Self::JobOutputTruncated => "JobOutputTruncated",
-            Self::JobExited => "JobExited",
-            Self::JobSpawnFailed => "JobSpawnFailed",
-            Self::ShutdownRequested => "ShutdownRequested",
-            Self::ForceShutdown => "ForceShutdown",
-        }
+        self.into()
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
+        name.parse().ok()
     }
 }
 
@@ -284,6 +220,7 @@ impl Event {
                 TimerKind::RunnerLost => EventKind::RunnerLostElapsed,
                 TimerKind::DrainDeadline => EventKind::DrainDeadline,
                 TimerKind::HardwareRecheck => EventKind::HardwareRecheckDue,
+                TimerKind::DrainProgress => EventKind::DrainProgressDue,
                 TimerKind::JobTimeout(_) => EventKind::JobTimeout,
             },
             Self::JobStarted { .. } => EventKind::JobStarted,

@@ -20,17 +20,29 @@
 
 use serde::{Deserialize, Serialize};
 use statig::blocking::*;
+use strum::IntoStaticStr;
 
 use crate::protocol::{CloseReason, Command, PROTOCOL_VERSION, ServerMessage};
 
 use super::effect::{
-    CancelReason, Delay, Effect, Effects, ExitCode, InstallStep, Notice, Outbound, TimerKind,
+    CancelReason, Delay, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice, Outbound,
+    TimerKind,
 };
 use super::event::{Event, HardwareCache};
-use super::runner::{BootMode, JobEnd, Link, Runner};
+use super::runner::{BootMode, JobFinish, Link, Runner};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How often a drain reports what it still waits for.
+pub const DRAIN_PROGRESS_MS: u64 = 5_000;
+
+/// Beyond its own bound, the time a stop is given to flush and exit, which the service
+/// manager is asked to allow on top.
+const STOP_MARGIN_SECS: u64 = 30;
+
+// The steps' names are the spec table's (`Validating.await_auth`), the same as serde's.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RegisterStep {
     Connecting,
     AwaitHello,
@@ -40,24 +52,29 @@ pub enum RegisterStep {
     Saving,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ValidateStep {
     Connecting,
     AwaitHello,
     AwaitAuth,
     AwaitStartup,
+    /// A farewell (`BootMode::Leave`): `leaving` sent, waiting for `left`.
+    AwaitLeft,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum SyncStep {
     Collecting,
     AwaitConfirm,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ReconnectStep {
     /// Waiting out the backoff delay.
     Waiting,
@@ -65,8 +82,9 @@ pub enum ReconnectStep {
     Connecting,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum DrainMode {
     /// Jobs may finish until the deadline.
     Graceful,
@@ -74,30 +92,17 @@ pub enum DrainMode {
     Forced,
 }
 
-/// Names as the spec table writes them (`Validating.await_auth`).
 macro_rules! step_names {
-    ($($ty:ident { $($variant:ident => $name:literal),* $(,)? })*) => {$(
+    ($($ty:ident)*) => {$(
         impl $ty {
             pub fn name(self) -> &'static str {
-                match self { $(Self::$variant => $name),* }
+                self.into()
             }
         }
     )*};
 }
 
-step_names! {
-    RegisterStep {
-        Connecting => "connecting", AwaitHello => "await_hello", AwaitToken => "await_token",
-        AwaitKey => "await_key", AwaitRegistration => "await_registration", Saving => "saving",
-    }
-    ValidateStep {
-        Connecting => "connecting", AwaitHello => "await_hello", AwaitAuth => "await_auth",
-        AwaitStartup => "await_startup",
-    }
-    SyncStep { Collecting => "collecting", AwaitConfirm => "await_confirm" }
-    ReconnectStep { Waiting => "waiting", Connecting => "connecting" }
-    DrainMode { Graceful => "graceful", Forced => "forced" }
-}
+step_names!(RegisterStep ValidateStep SyncStep ReconnectStep DrainMode);
 
 #[state_machine(
     initial = "State::validating(ValidateStep::Connecting)",
@@ -132,12 +137,10 @@ impl Runner {
                 fx.notify(Notice::InstallFailed {
                     error: error.clone(),
                 });
-                fx.push(Effect::RollbackInstall);
-                Transition(State::stopped(ExitCode::RegistrationFailed))
+                Self::roll_back_install(*step, fx)
             }
             Event::ShutdownRequested { .. } | Event::ForceShutdown => {
-                fx.push(Effect::RollbackInstall);
-                Transition(State::stopped(ExitCode::RegistrationFailed))
+                Self::roll_back_install(*step, fx)
             }
             _ => Super,
         }
@@ -145,6 +148,7 @@ impl Runner {
 
     #[action]
     fn enter_installing(step: &mut InstallStep, fx: &mut Effects) {
+        tell_state(fx, "Installing");
         fx.push(Effect::RunInstallStep { step: *step });
     }
 
@@ -247,6 +251,7 @@ impl Runner {
 
     #[action]
     fn enter_registering(&mut self, fx: &mut Effects) {
+        tell_state(fx, "Registering");
         fx.push(Effect::OpenConnection);
         self.arm_handshake_timer(fx);
     }
@@ -348,6 +353,15 @@ impl Runner {
                 *step = S::AwaitAuth;
                 Handled
             }
+            (S::AwaitAuth, Event::Message(ServerMessage::Authenticated { .. }))
+                if self.boot == BootMode::Leave =>
+            {
+                // A farewell: nothing to resend or report; the API forgets this runner.
+                fx.send(Outbound::Leaving);
+                self.arm_handshake_timer(fx);
+                *step = S::AwaitLeft;
+                Handled
+            }
             (
                 S::AwaitAuth,
                 Event::Message(ServerMessage::Authenticated {
@@ -388,12 +402,22 @@ impl Runner {
             (S::AwaitStartup, Event::Message(ServerMessage::StartupAck {})) => {
                 self.begin_hardware_sync(fx)
             }
+            (S::AwaitLeft, Event::Message(ServerMessage::Left {})) => {
+                let runner_id = self.runner_id.clone().unwrap_or_default();
+                fx.notify(Notice::Left { runner_id });
+                self.close(fx, CloseReason::Normal);
+                Transition(State::stopped(ExitCode::Clean))
+            }
+            // The API may acknowledge events any time after `authenticated`; a farewell
+            // resent none, so there is nothing to take off the outbox.
+            (S::AwaitLeft, Event::Message(ServerMessage::EventsAck { .. })) => Handled,
             _ => Super,
         }
     }
 
     #[action]
     fn enter_validating(step: &mut ValidateStep, fx: &mut Effects) {
+        tell_state(fx, "Validating");
         if *step == ValidateStep::Connecting {
             fx.push(Effect::OpenConnection);
         }
@@ -401,7 +425,7 @@ impl Runner {
 
     /// Rows `HardwareSync.*`: send the full record, the changes, or "unchanged", and wait
     /// for the API's confirmation; cache the record only once the API holds it.
-    #[state(superstate = "session")]
+    #[state(superstate = "session", entry_action = "enter_hardware_sync")]
     fn hardware_sync(
         &mut self,
         step: &mut SyncStep,
@@ -447,16 +471,31 @@ impl Runner {
         }
     }
 
-    /// Row `Ready`: wait for the API to acknowledge readiness.
-    #[state(superstate = "session")]
+    #[action]
+    fn enter_hardware_sync(fx: &mut Effects) {
+        tell_state(fx, "HardwareSync");
+    }
+
+    /// Rows `Ready`: wait for the API to acknowledge readiness; the first time in this
+    /// process, tell the service manager the runner is up.
+    #[state(superstate = "session", entry_action = "enter_ready_state")]
     fn ready(&mut self, event: &Event, fx: &mut Effects) -> Outcome<State> {
         match event {
             Event::Message(ServerMessage::ReadyAck {}) => {
                 fx.cancel(TimerKind::Ack);
+                if !self.told_ready {
+                    self.told_ready = true;
+                    fx.tell_manager(ManagerNotice::Ready);
+                }
                 Transition(State::active())
             }
             _ => Super,
         }
+    }
+
+    #[action]
+    fn enter_ready_state(fx: &mut Effects) {
+        tell_state(fx, "Ready");
     }
 
     /// Rows `Active`: heartbeats, commands, event acknowledgements, hardware re-checks.
@@ -475,6 +514,10 @@ impl Runner {
             }
             Event::Message(ServerMessage::HeartbeatAck { .. }) => {
                 fx.cancel(TimerKind::Ack);
+                // The session has proven healthy: the next loss backs off from the
+                // first step again. Not before: a failure right after each handshake
+                // must not turn into a tight reconnect loop.
+                self.reconnect_attempt = 0;
                 Handled
             }
             Event::Message(ServerMessage::EventsAck { up_to }) => {
@@ -532,9 +575,7 @@ impl Runner {
 
     #[action]
     fn enter_active(&mut self, fx: &mut Effects) {
-        // A session that reached Active was a good one: the next loss starts from the
-        // first backoff step again.
-        self.reconnect_attempt = 0;
+        tell_state(fx, "Active");
         fx.start(
             TimerKind::Heartbeat,
             Delay::Millis(self.session.heartbeat_interval_ms),
@@ -553,10 +594,10 @@ impl Runner {
 
     // ---------------------------------------------------------------- Reconnecting
 
-    /// Rows `Reconnecting.*`: back off (exponential, full jitter, chosen by the runtime),
+    /// Rows `Reconnecting.*`: back off (exponential, full jitter, `super::backoff`),
     /// try again; past the runner-lost threshold, stop the jobs the API has given away.
-    /// A second close or error report for the same loss is ignored, so one loss counts
-    /// once.
+    /// A second close or error report for the same loss starts no second backoff, so
+    /// one loss counts once.
     #[state(
         superstate = "alive",
         entry_action = "enter_reconnecting",
@@ -607,6 +648,7 @@ impl Runner {
 
     #[action]
     fn enter_reconnecting(&mut self, fx: &mut Effects) {
+        tell_state(fx, "Reconnecting");
         self.schedule_backoff(fx);
         fx.start(
             TimerKind::RunnerLost,
@@ -645,6 +687,17 @@ impl Runner {
             }
             Event::Message(ServerMessage::HeartbeatAck { .. }) if self.link_up() => {
                 fx.cancel(TimerKind::Ack);
+                Handled
+            }
+            Event::TimerFired {
+                timer: TimerKind::DrainProgress,
+            } => {
+                fx.tell_manager(ManagerNotice::DrainProgress {
+                    jobs_left: u32::try_from(self.jobs.len()).unwrap_or(u32::MAX),
+                    undelivered: self.last_event_index.saturating_sub(self.acked_event_index),
+                    within_secs: self.stop_bound_secs(*mode),
+                });
+                fx.start(TimerKind::DrainProgress, Delay::Millis(DRAIN_PROGRESS_MS));
                 Handled
             }
             Event::TimerFired {
@@ -718,6 +771,10 @@ impl Runner {
 
     #[action]
     fn enter_draining(&mut self, mode: &mut DrainMode, fx: &mut Effects) {
+        tell_state(fx, "Draining");
+        fx.tell_manager(ManagerNotice::Stopping {
+            within_secs: self.stop_bound_secs(*mode),
+        });
         let deadline_secs = match mode {
             DrainMode::Graceful => self.drain_deadline_secs,
             DrainMode::Forced => self.max_grace_secs() + self.config.flush_grace_secs,
@@ -738,6 +795,7 @@ impl Runner {
                 Delay::Millis(self.session.heartbeat_interval_ms),
             );
         }
+        fx.start(TimerKind::DrainProgress, Delay::Millis(DRAIN_PROGRESS_MS));
     }
 
     #[action]
@@ -745,13 +803,15 @@ impl Runner {
         fx.cancel(TimerKind::DrainDeadline);
         fx.cancel(TimerKind::Heartbeat);
         fx.cancel(TimerKind::Ack);
+        fx.cancel(TimerKind::DrainProgress);
     }
 
     // ---------------------------------------------------------------- alive
 
     /// Rows `alive`: what every living state shares. Job processes report wherever the
     /// machine is (jobs outlive reconnects), a signal starts the drain, a store failure
-    /// stops. Everything else that reaches here is ignored, by an explicit default row.
+    /// stops. Anything else that reaches here changes nothing but leaves a notice (and
+    /// so a log line and a trace line): no event disappears without a word.
     #[superstate]
     fn alive(&mut self, event: &Event, fx: &mut Effects) -> Outcome<State> {
         match event {
@@ -766,7 +826,7 @@ impl Runner {
             Event::TimerFired {
                 timer: TimerKind::JobTimeout(job),
             } => {
-                if self.is_known(job) {
+                if self.check_job(fx, job, "job_timeout") {
                     self.cancel_job(fx, job, CancelReason::TimedOut);
                 }
                 Handled
@@ -787,7 +847,13 @@ impl Runner {
                 }
                 self.stop_now(fx, ExitCode::StoreFailure)
             }
-            _ => Handled,
+            _ => {
+                fx.notify(Notice::Unexpected {
+                    event: event.kind().name().to_owned(),
+                    detail: error_of(event).unwrap_or_default().to_owned(),
+                });
+                Handled
+            }
         }
     }
 
@@ -802,6 +868,7 @@ impl Runner {
 
     #[action]
     fn enter_stopped(&mut self, code: &mut ExitCode, fx: &mut Effects) {
+        tell_state(fx, "Stopped");
         for job in self.job_refs() {
             fx.cancel(TimerKind::JobTimeout(job));
         }
@@ -809,7 +876,34 @@ impl Runner {
     }
 }
 
+/// The service manager hears each new lifecycle state.
+fn tell_state(fx: &mut Effects, state: &str) {
+    fx.tell_manager(ManagerNotice::Status {
+        state: state.to_owned(),
+    });
+}
+
 impl Runner {
+    /// Undo the install. Past registration (the service step) the API holds a runner
+    /// this install made: it is told to forget it, so no ghost stays behind.
+    fn roll_back_install(step: InstallStep, fx: &mut Effects) -> Outcome<State> {
+        fx.push(Effect::RollbackInstall);
+        if step == InstallStep::InstallService {
+            fx.push(Effect::Farewell);
+        }
+        Transition(State::stopped(ExitCode::RegistrationFailed))
+    }
+
+    /// How long a drain in `mode` may still take, at most: its deadline (graceful), the
+    /// longest cancel grace and the flush, and a margin to exit.
+    fn stop_bound_secs(&self, mode: DrainMode) -> u64 {
+        let tail = self.max_grace_secs() + self.config.flush_grace_secs + STOP_MARGIN_SECS;
+        match mode {
+            DrainMode::Graceful => self.drain_deadline_secs.saturating_add(tail),
+            DrainMode::Forced => tail,
+        }
+    }
+
     fn registration_failed(
         &mut self,
         fx: &mut Effects,
@@ -907,14 +1001,14 @@ impl Runner {
         Transition(State::stopped(code))
     }
 
+    /// The next reconnect attempt's delay, drawn here (full jitter below the ceiling
+    /// of this attempt) so the effect carries the exact delay.
     fn schedule_backoff(&mut self, fx: &mut Effects) {
         self.reconnect_attempt = self.reconnect_attempt.saturating_add(1);
-        fx.start(
-            TimerKind::Backoff,
-            Delay::Backoff {
-                attempt: self.reconnect_attempt,
-            },
-        );
+        let delay = self
+            .jitter
+            .delay_ms(&self.config.backoff, self.reconnect_attempt);
+        fx.start(TimerKind::Backoff, Delay::Millis(delay));
     }
 
     /// Job-process reports: persisted as outbox events, sent when the session allows.
@@ -966,7 +1060,7 @@ impl Runner {
                 stderr_bytes,
                 ..
             } => {
-                let end = JobEnd {
+                let end = JobFinish {
                     job: &job,
                     status: *status,
                     duration_ms: *duration_ms,
@@ -976,7 +1070,7 @@ impl Runner {
                 self.job_finished(fx, end);
             }
             Event::JobSpawnFailed { error, .. } => {
-                let end = JobEnd {
+                let end = JobFinish {
                     job: &job,
                     status: crate::protocol::ExitStatus::Unknown,
                     duration_ms: 0,
@@ -987,6 +1081,18 @@ impl Runner {
             }
             _ => {}
         }
+    }
+}
+
+/// The error an event carries, if any.
+fn error_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::StepFailed { error }
+        | Event::HardwareFailed { error }
+        | Event::StoreFailed { error }
+        | Event::SocketFailed { error }
+        | Event::BadFrame { error, .. } => Some(error),
+        _ => None,
     }
 }
 

@@ -6,25 +6,27 @@ Owns: the nine lifecycle states and their transitions, the `Event` it takes and 
 deciding is concerned. `Core::dispatch` is its only input.
 
 Must not touch: I/O of any kind, the clock, randomness, tokio, rusqlite, sockets or
-processes. `clippy.toml` forbids the clock and randomness crate-wide outside the runtime,
-and `tests/core_purity.rs` fails if this folder names a forbidden crate. Imports: std,
-serde, statig, thiserror, and `crate::protocol` only.
+processes. `clippy.toml` forbids the clock and randomness crate-wide outside the modules
+that own the world (the runtime first), and `tests/core_purity.rs` fails if this folder
+names a forbidden crate. The one random input, the backoff's jitter seed, arrives in
+`CoreConfig::rng_seed`. Imports: std, serde, statig, strum (names), thiserror, and
+`crate::protocol` only.
 */
 
+mod backoff;
 mod effect;
 mod event;
 mod machine;
 mod runner;
 
+pub use backoff::{BackoffPolicy, Jitter};
 pub use effect::{
-    CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, Notice, Outbound,
-    TimerKind,
+    CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice,
+    Outbound, TimerKind,
 };
 pub use event::{Event, EventKind, HardwareCache};
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
-pub use runner::{
-    BootMode, CoreConfig, DurableState, Link, MAX_EVENT_INDEX, RunningJob, outcome_of,
-};
+pub use runner::{BootMode, CoreConfig, DurableState, JobEntry, Link, MAX_EVENT_INDEX, outcome_of};
 
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 
@@ -48,7 +50,7 @@ impl Core {
             BootMode::Register => State::Registering {
                 step: RegisterStep::Connecting,
             },
-            BootMode::Resume => State::Validating {
+            BootMode::Resume | BootMode::Leave => State::Validating {
                 step: ValidateStep::Connecting,
             },
         };

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    CloseReason, Command, ExitStatus, JobOutcome, JobRef, JobSpec, RejectReason, RunnerEvent,
-    SessionParams,
+    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, RejectReason,
+    RunnerEvent, SessionParams,
 };
 
+use super::backoff::{BackoffPolicy, Jitter};
 use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
 
 /// The highest event index adopted from the API: far below where SQLite's integers
@@ -28,6 +29,9 @@ pub enum BootMode {
     Register,
     /// `fyn-runner run` with a stored identity.
     Resume,
+    /// A farewell with a stored identity: authenticate, say `leaving`, stop once the
+    /// API answers `left` (`fyn-runner uninstall`, or an install rolling back).
+    Leave,
 }
 
 /// Settings the core needs to decide durations; chosen by the operator, not the API.
@@ -42,6 +46,11 @@ pub struct CoreConfig {
     pub flush_grace_secs: u64,
     /// Session parameters to use until the API sends its own.
     pub default_session: SessionParams,
+    /// The reconnect delays' bounds.
+    pub backoff: BackoffPolicy,
+    /// Seeds the backoff's jitter. Drawn once per process by the runtime, and recorded
+    /// with the rest of this config in the trace header, so replay draws the same.
+    pub rng_seed: u64,
 }
 
 impl Default for CoreConfig {
@@ -53,6 +62,8 @@ impl Default for CoreConfig {
             hardware_recheck_ms: 600_000,
             flush_grace_secs: 5,
             default_session: SessionParams::default(),
+            backoff: BackoffPolicy::default(),
+            rng_seed: 0,
         }
     }
 }
@@ -81,8 +92,9 @@ pub enum Link {
     Authenticated,
 }
 
+/// One row of the core's job table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunningJob {
+pub struct JobEntry {
     pub attempt: u32,
     pub grace_secs: u64,
     /// Set when the core asked for the job to stop; decides the reported outcome.
@@ -101,17 +113,21 @@ pub struct Runner {
     /// earlier process may have sent them all), then whatever this process sent.
     #[serde(default)]
     pub(crate) sent_up_to: u64,
-    pub(crate) jobs: BTreeMap<String, RunningJob>,
+    pub(crate) jobs: BTreeMap<String, JobEntry>,
     pub(crate) link: Link,
     pub(crate) nonce: Option<String>,
     pub(crate) session: SessionParams,
     pub(crate) api_has_hardware: bool,
     pub(crate) startup_reported: bool,
+    /// Reconnect attempts since the last healthy session (see `super::backoff`).
     pub(crate) reconnect_attempt: u32,
+    pub(crate) jitter: Jitter,
     pub(crate) heartbeat_seq: u64,
     /// The report collected in HardwareSync, cached once the API confirms it.
-    pub(crate) pending_hardware: Option<serde_json::Value>,
+    pub(crate) pending_hardware: Option<Box<HardwareReport>>,
     pub(crate) drain_deadline_secs: u64,
+    /// The service manager was told the runner is ready (once per process).
+    pub(crate) told_ready: bool,
 }
 
 impl Runner {
@@ -120,7 +136,7 @@ impl Runner {
             .jobs
             .into_iter()
             .map(|job| {
-                let entry = RunningJob {
+                let entry = JobEntry {
                     attempt: job.attempt,
                     grace_secs: job.cancel_grace_secs,
                     cancel: None,
@@ -130,6 +146,7 @@ impl Runner {
             .collect();
         Self {
             session: config.default_session,
+            jitter: Jitter::new(config.rng_seed),
             drain_deadline_secs: config.drain_deadline_secs,
             config,
             boot,
@@ -146,6 +163,7 @@ impl Runner {
             reconnect_attempt: 0,
             heartbeat_seq: 0,
             pending_hardware: None,
+            told_ready: false,
         }
     }
 
@@ -273,8 +291,8 @@ impl Runner {
     /// Record the end of a job we run. `spawn_error` marks a job whose process never
     /// started: it failed, whatever its (unknown) exit status says, and the API is
     /// told why.
-    pub(crate) fn job_finished(&mut self, fx: &mut Effects, end: JobEnd<'_>) {
-        let JobEnd {
+    pub(crate) fn job_finished(&mut self, fx: &mut Effects, end: JobFinish<'_>) {
+        let JobFinish {
             job,
             status,
             duration_ms,
@@ -395,7 +413,7 @@ impl Runner {
             None => {
                 self.jobs.insert(
                     job.job_id.clone(),
-                    RunningJob {
+                    JobEntry {
                         attempt: job.attempt,
                         grace_secs: job.cancel_grace_secs,
                         cancel: None,
@@ -441,7 +459,7 @@ impl Runner {
 }
 
 /// How a job ended, as the runtime observed it.
-pub(crate) struct JobEnd<'a> {
+pub(crate) struct JobFinish<'a> {
     pub job: &'a JobRef,
     pub status: ExitStatus,
     pub duration_ms: u64,

@@ -5,6 +5,7 @@ plane on a loopback port, in temporary folders.
 Owns: the demo's script and its printed narration. Must not touch: lifecycle decisions
 (it drives the real runtime and the real dev-server through their public APIs only).
 */
+#![allow(clippy::disallowed_methods)] // the narration is timed
 
 use std::io::Write;
 use std::path::Path;

@@ -11,8 +11,9 @@ use super::control::release_hold;
 use super::hub::Inner;
 use super::store::{JobRow, Store, StoreError};
 use super::util::now_ms;
-use crate::hardware::{HardwareChanges, apply_changes};
-use crate::protocol::{JobOutcome, JobRef, OutputStream, RejectReason, RunnerEvent};
+use crate::protocol::{
+    HardwareChanges, JobOutcome, JobRef, OutputStream, RejectReason, RunnerEvent, apply_changes,
+};
 
 /// What became of an incoming event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,21 +249,17 @@ fn append_output(
 }
 
 /// Apply a change list to the stored hardware record. When it does not fit (no record,
-/// a conflict, a malformed list) the record is marked unknown, so the next
+/// or a conflict) the record is marked unknown, so the next
 /// `authenticated` says `hardware_known: false` and the runner sends it in full.
 pub(crate) fn apply_hardware_changes(
     store: &Store,
     runner_id: &str,
-    changes: &Value,
+    changes: &HardwareChanges,
 ) -> Result<bool, StoreError> {
     let base = store.runner(runner_id)?.and_then(|runner| runner.hardware);
-    let applied = match (
-        base,
-        serde_json::from_value::<HardwareChanges>(changes.clone()),
-    ) {
-        (None, _) => Err("no hardware record is stored".to_owned()),
-        (_, Err(error)) => Err(format!("change list is malformed: {error}")),
-        (Some(base), Ok(list)) => apply_changes(&base, &list).map_err(|error| error.to_string()),
+    let applied = match base {
+        None => Err("no hardware record is stored".to_owned()),
+        Some(base) => apply_changes(&base, changes).map_err(|error| error.to_string()),
     };
     match applied {
         Ok(updated) => {

@@ -9,14 +9,15 @@ a small admin HTTP API (`/admin/v1/...`) to mint tokens, submit and cancel jobs,
 their output and look at runners, the admin token that guards it, and SQLite storage
 so a restart keeps runners, keys, indexes and jobs.
 
-Must not import: `core` or the runner's runtime. It builds on `crate::protocol` alone
-(plus `crate::hardware`'s pure change applier for stored hardware records), exactly as
-a third-party control plane would; `docs/protocol.md` is the contract it implements
+Must not import: `core`, the runner's runtime or `hardware`. It builds on
+`crate::protocol` alone (the hardware record and its change applier included), exactly
+as a third-party control plane would; `docs/protocol.md` is the contract it implements
 and `docs/dev-server.md` its manual.
 
 Not for production: one admin token stands for every user, and registration tokens are
 stored in clear text (in a private file). `docs/dev-server.md` has the security model.
 */
+#![allow(clippy::disallowed_methods)] // the control plane keeps its own clock and draws nonces
 
 mod access;
 mod admin;

@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
-use super::diff::{HardwareChanges, diff_values};
-use super::report::HardwareReport;
 use crate::platform::Access;
+use crate::protocol::{HardwareChanges, HardwareReport, diff_values};
 
 pub const CACHE_FILE_NAME: &str = "hardware.json";
 

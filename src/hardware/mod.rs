@@ -26,20 +26,21 @@ list. Only `job_disk.total_bytes` and the mount point count as disk changes.
 */
 
 pub mod cache;
-pub mod diff;
 pub mod parse;
 pub mod probe;
 mod render;
-pub mod report;
 
 pub use cache::{
     CACHE_FILE_NAME, CacheError, CacheStatus, VOLATILE_PATHS, cache_path, compare, diff_reports,
     load_cache, write_cache,
 };
-pub use diff::{ApplyError, FieldChange, HardwareChanges, apply_changes, diff_values};
+// The record and its change lists are wire types, shared with the control plane.
+pub use crate::protocol::{
+    ApplyError, CpuInfo, FieldChange, Gpu, GpuInventory, HardwareChanges, HardwareReport, JobDisk,
+    MemoryInfo, OsInfo, apply_changes, diff_values,
+};
 pub use parse::ParseError;
 pub use probe::{
     CollectError, CommandOutput, CommandRunner, SystemCommandRunner, collect, collect_with,
 };
 pub use render::render_text;
-pub use report::{CpuInfo, Gpu, GpuInventory, HardwareReport, JobDisk, MemoryInfo, OsInfo};

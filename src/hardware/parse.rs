@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::report::Gpu;
+use crate::protocol::Gpu;
 
 /// The `--query-gpu` field list [`parse_nvidia_smi_query`] expects, in order.
 pub const NVIDIA_SMI_QUERY_FIELDS: &str =

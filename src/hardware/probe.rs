@@ -10,6 +10,7 @@
 //!
 //! External tools are reached through [`CommandRunner`] so tests can replay
 //! output captured on other machines.
+#![allow(clippy::disallowed_methods)] // deadlines for the commands it runs
 
 use std::fs;
 use std::io::{self, Read};
@@ -25,8 +26,8 @@ use super::parse::{
     LscpuInfo, NVIDIA_SMI_QUERY_FIELDS, OsRelease, ParseError, parse_cuda_version,
     parse_lscpu_json, parse_meminfo, parse_nvidia_smi_query, parse_os_release,
 };
-use super::report::{CpuInfo, GpuInventory, HardwareReport, JobDisk, MemoryInfo, OsInfo};
 use crate::platform;
+use crate::protocol::{CpuInfo, GpuInventory, HardwareReport, JobDisk, MemoryInfo, OsInfo};
 
 /// How much of a failing tool's output goes into a report.
 const DETAIL_MAX_CHARS: usize = 500;

@@ -1,6 +1,6 @@
 //! Human-readable summary for `fyn-runner hardware`.
 
-use super::report::{CpuInfo, Gpu, GpuInventory, HardwareReport, JobDisk, OsInfo};
+use crate::protocol::{CpuInfo, Gpu, GpuInventory, HardwareReport, JobDisk, OsInfo};
 
 /// A multi-line summary of the report, for people rather than programs (the
 /// JSON form is the stable one).

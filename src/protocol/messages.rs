@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::hardware::{HardwareChanges, HardwareReport};
 use super::job::{ExitStatus, JobOutcome, JobRef, JobSpec, OutputStream, RejectReason};
 
 /// Session parameters the API hands the runner when it authenticates.
@@ -112,11 +113,12 @@ pub enum RunnerMessage {
         version: String,
         jobs: Vec<JobRef>,
     },
+    /// Boxed: a record is large, and most messages are small.
     HardwareFull {
-        report: serde_json::Value,
+        report: Box<HardwareReport>,
     },
     HardwareChanges {
-        changes: serde_json::Value,
+        changes: HardwareChanges,
     },
     HardwareUnchanged {},
     Ready {
@@ -188,7 +190,7 @@ pub enum RunnerEvent {
         detail: Option<String>,
     },
     HardwareChanged {
-        changes: serde_json::Value,
+        changes: HardwareChanges,
     },
     /// The runner read the index of command `index` but cannot decode or apply the
     /// command, and never will: it says why here (durably, like every event), then

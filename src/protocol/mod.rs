@@ -11,11 +11,16 @@ Must not import: `core`, `runtime`, `devserver`, tokio or any socket type. Both 
 
 mod auth;
 mod codec;
+mod hardware;
 mod job;
 mod messages;
 
 pub use auth::{AuthError, auth_message, verify_signature};
 pub use codec::{CloseReason, FrameError, MAX_FRAME_BYTES, decode_runner, decode_server, encode};
+pub use hardware::{
+    ApplyError, CpuInfo, FieldChange, Gpu, GpuInventory, HardwareChanges, HardwareReport, JobDisk,
+    MemoryInfo, OsInfo, apply_changes, diff_values,
+};
 pub use job::{
     ExitStatus, JobOutcome, JobRef, JobSpec, JobSpecError, OutputStream, RejectReason,
     validate_job_id,

@@ -31,14 +31,10 @@ pub(crate) fn collect_and_compare(
     let cache = match crate::hardware::compare(cached.as_ref(), &report) {
         crate::hardware::CacheStatus::Missing => HardwareCache::Missing,
         crate::hardware::CacheStatus::Unchanged => HardwareCache::Unchanged,
-        crate::hardware::CacheStatus::Changed(changes) => HardwareCache::Changed {
-            changes: serde_json::to_value(changes).unwrap_or_default(),
-        },
+        crate::hardware::CacheStatus::Changed(changes) => HardwareCache::Changed { changes },
     };
-    match serde_json::to_value(&report) {
-        Ok(report) => Event::HardwareCollected { report, cache },
-        Err(e) => Event::HardwareFailed {
-            error: format!("encoding the report: {e}"),
-        },
+    Event::HardwareCollected {
+        report: Box::new(report),
+        cache,
     }
 }

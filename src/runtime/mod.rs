@@ -9,6 +9,7 @@ the helpers that keep secrets private on disk (`secure_fs`), and the processes o
 Must not: decide what to persist or when. The core (`crate::core`) emits `Durable`
 writes; this module makes them durable, exactly as asked, and reports failures.
 */
+#![allow(clippy::disallowed_methods)] // the I/O shell owns the clock and randomness (clippy.toml)
 
 pub mod control;
 pub mod driver;
@@ -16,9 +17,7 @@ mod hardware_check;
 pub mod identity;
 pub mod install;
 pub mod jobs;
-pub mod leave;
 mod notices;
-pub mod notify;
 pub mod orphans;
 pub mod secure_fs;
 pub mod settings;
@@ -28,6 +27,7 @@ pub mod store;
 pub mod timers;
 pub mod ws;
 
-pub use driver::{Control, RunnerHandle, StartError, Transition, start, start_install};
+pub use control::Control;
+pub use driver::{RunnerHandle, StartError, Transition, leave, start, start_install};
 pub use settings::{HardwareSource, RunnerSettings, Secret, SettingsError, TraceLimits};
 pub use status::RunnerStatus;

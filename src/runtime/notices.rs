@@ -26,6 +26,13 @@ pub(crate) fn problem_of(notice: &Notice) -> Option<String> {
 pub(crate) fn log_notice(notice: &Notice) {
     match notice {
         Notice::Registered { runner_id } => info!(runner_id, "registered with the control plane"),
+        Notice::Left { runner_id } => info!(runner_id, "the control plane forgot this runner"),
+        Notice::Unexpected { event, detail } => {
+            warn!(
+                event,
+                detail, "an event no phase expected here; it changed nothing"
+            )
+        }
         Notice::InstallFailed { error } => error!(error, "installation failed; rolling back"),
         Notice::RegistrationFailed { reason } => error!(reason, "registration failed"),
         Notice::AuthRejected { reason } => {

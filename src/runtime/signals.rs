@@ -9,7 +9,7 @@
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use super::driver::Control;
+use super::control::Control;
 
 pub fn forward_signals(control: UnboundedSender<Control>) -> std::io::Result<()> {
     let mut signals = os::StopSignals::new()?;

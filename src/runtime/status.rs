@@ -2,7 +2,7 @@
 //! demo's narration and the tests' waits. Derived from the core's getters after every
 //! dispatch; it never feeds back into the core.
 
-use crate::core::{Core, Event};
+use crate::core::{Core, Event, State};
 
 /// What the runner is doing, for `status`, the demo and tests.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -41,9 +41,12 @@ pub(crate) fn status_of(
     let changed = previous.is_none_or(|p| p.state != state);
     let state = state.to_owned();
     let jobs = core.running_jobs();
-    let session_since_ms = match (state.as_str(), previous) {
-        ("Active" | "Draining", Some(p)) if p.session_since_ms.is_some() => p.session_since_ms,
-        ("Active", _) => Some(now),
+    let draining = matches!(core.state(), State::Draining { .. });
+    let session_since_ms = match (core.state(), previous) {
+        (State::Active {} | State::Draining { .. }, Some(p)) if p.session_since_ms.is_some() => {
+            p.session_since_ms
+        }
+        (State::Active {}, _) => Some(now),
         _ => None,
     };
     let heartbeat_acked = matches!(
@@ -76,7 +79,7 @@ pub(crate) fn status_of(
             .map(|j| format!("{}#{}", j.job_id, j.attempt))
             .collect(),
         outbox_depth: core.outbox_depth(),
-        drain_deadline_secs: (core.state_name() == "Draining").then(|| core.drain_deadline_secs()),
+        drain_deadline_secs: draining.then(|| core.drain_deadline_secs()),
         problem: previous.and_then(|p| p.problem.clone()),
         transitions: previous.map_or(0, |p| p.transitions)
             + u64::from(previous.is_some_and(|p| p.phase != core.phase())),

@@ -1,6 +1,9 @@
 //! The core's timers as tokio sleeps. A timer that is re-armed replaces the old one; a
 //! cancelled or replaced timer is never delivered (its generation no longer matches).
-//! What a timer means is the core's business, not this module's.
+//! What a timer means, and how long it runs, is the core's business, not this module's.
+//!
+//! Must not import the driver: a timer that fires sends its own small type
+//! ([`TimerFired`]) down whatever channel it was given.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,16 +13,21 @@ use tokio::task::AbortHandle;
 
 use crate::core::TimerKind;
 
-use super::driver::Input;
-
-pub struct Timers {
-    armed: HashMap<TimerKind, (u64, AbortHandle)>,
-    next_generation: u64,
-    inputs: UnboundedSender<Input>,
+/// A timer ran out; deliver it only if [`Timers::accept`] says it is still armed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerFired {
+    pub timer: TimerKind,
+    pub generation: u64,
 }
 
-impl Timers {
-    pub fn new(inputs: UnboundedSender<Input>) -> Self {
+pub struct Timers<T> {
+    armed: HashMap<TimerKind, (u64, AbortHandle)>,
+    next_generation: u64,
+    inputs: UnboundedSender<T>,
+}
+
+impl<T: From<TimerFired> + Send + 'static> Timers<T> {
+    pub fn new(inputs: UnboundedSender<T>) -> Self {
         Self {
             armed: HashMap::new(),
             next_generation: 0,
@@ -36,10 +44,10 @@ impl Timers {
         let task = tokio::spawn(async move {
             tokio::time::sleep(after).await;
             // The driver may be gone at shutdown; then nobody needs the timer.
-            let _ = inputs.send(Input::Timer {
+            let _ = inputs.send(T::from(TimerFired {
                 timer: fired,
                 generation,
-            });
+            }));
         });
         self.armed.insert(timer, (generation, task.abort_handle()));
     }
@@ -68,21 +76,15 @@ impl Timers {
     }
 }
 
-/// Exponential backoff with full jitter: a uniform draw from [0, min(max, min·2^(n-1))].
-/// `unit` is a random number in [0, 1). The core counts attempts; this only shapes them.
-pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(30);
-    let ceiling = min.saturating_mul(1u32 << exponent).min(max);
-    ceiling.mul_f64(unit.clamp(0.0, 1.0))
-}
-
-/// A uniform number in [0, 1) from the OS generator (0.5 if it is unavailable, which
-/// only makes the jitter less random, never the delay unbounded).
-pub fn random_unit() -> f64 {
+/// The seed of this process's backoff jitter, from the OS generator: the one random
+/// draw of a run, made once at start and recorded in the trace header (with the core's
+/// config), so the core stays deterministic and replay exact. Without an OS generator
+/// the process id stands in: the jitter is then less random, never unbounded.
+pub fn jitter_seed() -> u64 {
     let mut bytes = [0u8; 8];
     match getrandom::fill(&mut bytes) {
-        Ok(()) => (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64,
-        Err(_) => 0.5,
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => u64::from(std::process::id()),
     }
 }
 
@@ -91,32 +93,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_to_the_cap_and_jitters_below_it() {
-        let min = Duration::from_millis(500);
-        let max = Duration::from_secs(60);
-        assert_eq!(
-            backoff_delay(1, min, max, 0.999_999),
-            Duration::from_millis(500).mul_f64(0.999_999)
-        );
-        assert_eq!(backoff_delay(3, min, max, 0.5), Duration::from_millis(1000));
-        assert_eq!(backoff_delay(40, min, max, 0.5), Duration::from_secs(30));
-        assert_eq!(backoff_delay(2, min, max, 0.0), Duration::ZERO);
-        for _ in 0..100 {
-            let unit = random_unit();
-            assert!((0.0..1.0).contains(&unit));
-        }
+    fn seeds_differ_between_draws() {
+        let seeds: std::collections::HashSet<u64> = (0..8).map(|_| jitter_seed()).collect();
+        assert!(seeds.len() > 1, "the OS generator gives new seeds");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_replaced_timer_is_never_delivered() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<TimerFired>();
         let mut timers = Timers::new(tx);
         let started = tokio::time::Instant::now();
         timers.start(TimerKind::Heartbeat, Duration::from_secs(5));
         timers.start(TimerKind::Heartbeat, Duration::from_secs(10));
         timers.start(TimerKind::Ack, Duration::from_secs(1));
         timers.cancel(&TimerKind::Ack);
-        let Some(Input::Timer { timer, generation }) = rx.recv().await else {
+        let Some(TimerFired { timer, generation }) = rx.recv().await else {
             panic!("a timer fires")
         };
         assert_eq!(timer, TimerKind::Heartbeat);

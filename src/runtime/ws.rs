@@ -1,6 +1,9 @@
 //! The WebSocket pump: connect (rustls with the ring provider, chosen explicitly),
 //! read frames into events, write what the driver hands over, close with a code.
 //! It knows frames and close codes, not what the messages mean.
+//!
+//! Must not import the driver: what a connection reports travels as its own small
+//! type ([`LinkReport`]) down whatever channel it was given.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +24,15 @@ use url::Url;
 use crate::core::Event;
 use crate::protocol::{CloseReason, FrameError, MAX_FRAME_BYTES, SUBPROTOCOL, decode_server};
 
-use super::driver::Input;
+/// What a live connection reports, tagged with its id so the driver can drop the
+/// reports of a connection that is no longer current.
+#[derive(Debug)]
+pub enum LinkReport {
+    /// A frame, the close or a failure, as the core event it is.
+    Event { conn: u64, event: Event },
+    /// The writer's queue fell below [`LOW_WATER`]: the driver may send again.
+    BelowLowWater { conn: u64 },
+}
 
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -163,7 +174,11 @@ async fn write_all(
 }
 
 impl Connection {
-    pub fn spawn(id: u64, stream: WsStream, inputs: UnboundedSender<Input>) -> Self {
+    pub fn spawn<T: From<LinkReport> + Send + 'static>(
+        id: u64,
+        stream: WsStream,
+        inputs: UnboundedSender<T>,
+    ) -> Self {
         let (mut sink, mut source) = stream.split();
         let (outgoing, mut queue) = mpsc::unbounded_channel::<Message>();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -178,12 +193,12 @@ impl Connection {
                     let event = Event::SocketFailed {
                         error: format!("write failed: {e}"),
                     };
-                    let _ = writer_inputs.send(Input::Socket { conn: id, event });
+                    let _ = writer_inputs.send(T::from(LinkReport::Event { conn: id, event }));
                     return;
                 }
                 let before = writer_queued.fetch_sub(written, Ordering::AcqRel);
                 if before > LOW_WATER && before - written <= LOW_WATER {
-                    let _ = writer_inputs.send(Input::Drained { conn: id });
+                    let _ = writer_inputs.send(T::from(LinkReport::BelowLowWater { conn: id }));
                 }
                 if closing {
                     return;
@@ -203,12 +218,12 @@ impl Connection {
                         break event;
                     }
                     Some(event) => {
-                        let _ = inputs.send(Input::Socket { conn: id, event });
+                        let _ = inputs.send(T::from(LinkReport::Event { conn: id, event }));
                     }
                     None => {}
                 }
             };
-            let _ = inputs.send(Input::Socket { conn: id, event });
+            let _ = inputs.send(T::from(LinkReport::Event { conn: id, event }));
         });
         Self {
             id,

@@ -491,7 +491,7 @@ mod tests {
         assert!(same(&Effect::OpenConnection));
         assert!(same(&Effect::StartTimer {
             timer: TimerKind::JobTimeout(job.clone()),
-            delay: Delay::Backoff { attempt: 2 },
+            delay: Delay::Millis(2),
         }));
         assert!(same(&Effect::StartTimer {
             timer: TimerKind::Ack,

@@ -30,6 +30,11 @@ pub struct Model {
     pub draining_link: bool,
     pub startup_reported: bool,
     pub api_hw_known: bool,
+    /// The service manager was told the runner is ready (`tell(ready)`).
+    pub told_ready: bool,
+    /// Reconnect attempts since the last healthy session: one per `start(backoff)`,
+    /// none again after a heartbeat acknowledged in Active.
+    pub backoff_attempt: u32,
     pub last_applied: u64,
     pub last_event: u64,
     pub acked: u64,
@@ -113,6 +118,8 @@ impl Model {
     pub fn guard(&self, name: &str, event: &Event) -> bool {
         match name {
             "boot_install" => self.boot == BootMode::Install,
+            "boot_leave" => self.boot == BootMode::Leave,
+            "told_ready" => self.told_ready,
             "version_ok" => {
                 matches!(event, Event::Message(ServerMessage::Hello { protocol, .. }) if *protocol == PROTOCOL_VERSION)
             }
@@ -227,6 +234,13 @@ impl Model {
         if has("send(startup)") {
             self.startup_reported = true;
         }
+        if has("tell(ready)") {
+            self.told_ready = true;
+        }
+        if kind == EventKind::HeartbeatAck && phase_before == "Active" {
+            self.backoff_attempt = 0;
+        }
+        self.backoff_attempt += tokens.iter().filter(|t| **t == "start(backoff)").count() as u32;
         if kind == EventKind::HardwareConfirmed && phase_before == "HardwareSync.await_confirm" {
             self.api_hw_known = true;
         }

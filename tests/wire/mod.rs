@@ -3,6 +3,7 @@
 //! API: what the dev-server's end-to-end tests drive it with.
 
 #![allow(dead_code)] // each test crate uses the helpers it needs
+#![allow(clippy::disallowed_methods)] // a test client draws its own keys and keeps its own time
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signer, SigningKey};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -222,7 +223,7 @@ pub async fn activate(client: &mut Client) {
     assert_eq!(client.recv().await, ServerMessage::StartupAck {});
     client
         .send(&RunnerMessage::HardwareFull {
-            report: json!({"cpu": {"cores": 4}, "memory": {"total_bytes": 1024}}),
+            report: Box::new(hardware_report(4)),
         })
         .await;
     assert_eq!(client.recv().await, ServerMessage::HardwareConfirmed {});
@@ -348,4 +349,16 @@ pub fn parse_response(response: &[u8]) -> (u16, String, Value) {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("a JSON body ({e}): {body:?}"))
     };
     (status, head.to_owned(), json)
+}
+
+/// A small but complete hardware record, `cores` logical cores.
+pub fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
+    serde_json::from_value(serde_json::json!({
+        "os": {"name": "Linux", "kernel": "6.8.0", "arch": "x86_64", "hostname": "test"},
+        "cpu": {"model": "Test CPU", "vendor": "GenuineIntel", "logical_cores": cores},
+        "memory": {"total_bytes": 1u64 << 30},
+        "job_disk": {"mount_point": "/", "total_bytes": 1u64 << 40, "available_bytes": 1u64 << 39},
+        "gpus": {"kind": "none"}
+    }))
+    .expect("a valid hardware record")
 }

@@ -317,7 +317,7 @@ impl Store {
     pub fn set_hardware(
         &self,
         id: &str,
-        hardware: &serde_json::Value,
+        hardware: &impl serde::Serialize,
         known: bool,
     ) -> Result<(), StoreError> {
         self.exec(

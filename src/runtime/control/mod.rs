@@ -17,7 +17,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
-use super::driver::Control;
 use super::status::RunnerStatus;
 
 #[cfg(unix)]
@@ -36,6 +35,18 @@ pub use windows::pipe_name;
 /// Where the runner of `state_dir` listens, in words (a socket path or a pipe name).
 pub fn endpoint_name(state_dir: &Path) -> String {
     endpoint::name(state_dir)
+}
+
+/// What the operator asks of a running runner, from the control socket, a signal, the
+/// Windows service control manager or a test. The driver turns it into a core event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Shutdown,
+    /// Drain with this deadline (from `fyn-runner drain --deadline`).
+    Drain {
+        deadline_secs: Option<u64>,
+    },
+    Force,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

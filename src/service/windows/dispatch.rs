@@ -4,6 +4,7 @@
 //! handler, reports StartPending, and runs the runner through the body the CLI gave
 //! [`run`] — this module does not import the runtime — reporting what the body tells
 //! it through [`ServiceReporter`] as [`Progress`] decides.
+#![allow(clippy::disallowed_methods)] // wait hints for the service control manager
 
 use std::ffi::OsString;
 use std::sync::Mutex;

@@ -63,7 +63,7 @@ pub struct JobDisk {
     pub mount_point: String,
     pub total_bytes: u64,
     /// Free space when the report was collected. Volatile: the cache
-    /// comparison ignores it (see [`super::cache::compare`]).
+    /// comparison ignores it (see `crate::hardware::compare`).
     pub available_bytes: u64,
 }
 

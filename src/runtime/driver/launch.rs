@@ -1,0 +1,315 @@
+//! Starting a runner: the state folder, the control socket's guard, the identity, the
+//! store, the boot mode and the core's boot record (the operator's config plus this
+//! process's jitter seed), the trace, the job executor and what an earlier run left.
+//!
+//! Owns: `start`, `start_install`, the farewell's launch, `StartError`. Must not: run
+//! the loop (`super::Driver::run`) or decide anything the core decides; the boot mode
+//! follows from what the caller asked for and what the state folder holds.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::info;
+
+use crate::core::{BackoffPolicy, BootMode, Core, CoreConfig, Effects, Event};
+use crate::protocol::JobRef;
+use crate::runtime::control::{self, ControlError};
+use crate::runtime::identity::{Identity, IdentityError};
+use crate::runtime::install::{self, InstallPlan, Installer};
+use crate::runtime::jobs::{self, ExecutorError, Janitor, JobSupervisor, Retention};
+use crate::runtime::secure_fs::{self, SecureFsError};
+use crate::runtime::settings::RunnerSettings;
+use crate::runtime::status::status_of;
+use crate::runtime::store::{Store, StoreError};
+use crate::runtime::timers::{Timers, jitter_seed};
+use crate::runtime::ws::{self, TlsSetupError};
+
+use super::Driver;
+use super::durable::Durability;
+use super::handle::RunnerHandle;
+use super::input::Input;
+use super::link::{Credentials, Link};
+use super::local_steps::LocalSteps;
+use super::observe::{Observer, start_trace};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "no runner identity in {state_dir} and no registration token: pass --token (or FYN_RUNNER_TOKEN) once to register"
+    )]
+    NoIdentity { state_dir: String },
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir { path: String, source: SecureFsError },
+    #[error(
+        "{state_dir} already holds a registered runner; uninstall it first, or pass --force to replace it"
+    )]
+    AlreadyInstalled { state_dir: String },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("the job executor cannot run: {0}")]
+    Jobs(ExecutorError),
+}
+
+/// What a start is for, beyond the settings.
+pub(super) enum Purpose {
+    /// `fyn-runner run`: register with the token, or resume with the identity.
+    Run,
+    /// `fyn-runner install`: install steps around a registration, then stop.
+    Install(InstallPlan),
+    /// A farewell (see `super::leave`). `identity` is given when its files are gone
+    /// already (an install rolling back): then nothing on disk is touched.
+    Leave {
+        identity: Option<Identity>,
+        reason: &'static str,
+    },
+}
+
+/// Prepare the state directory, the store and the identity, then start the loop.
+pub fn start(settings: RunnerSettings) -> Result<RunnerHandle, StartError> {
+    launch(settings, Purpose::Run)
+}
+
+/// `fyn-runner install`: the same runner, booted into Installing with the steps of
+/// `plan`; it registers, installs the service and stops. Refuses when this state
+/// directory already has an identity (the caller handles `--force`).
+pub fn start_install(
+    settings: RunnerSettings,
+    plan: InstallPlan,
+) -> Result<RunnerHandle, StartError> {
+    if settings.token.is_none() {
+        return Err(StartError::NoIdentity {
+            state_dir: settings.state_dir.display().to_string(),
+        });
+    }
+    if Identity::load(&settings.state_dir)?.is_some() {
+        return Err(StartError::AlreadyInstalled {
+            state_dir: settings.state_dir.display().to_string(),
+        });
+    }
+    launch(settings, Purpose::Install(plan))
+}
+
+pub(super) fn launch(
+    settings: RunnerSettings,
+    purpose: Purpose,
+) -> Result<RunnerHandle, StartError> {
+    let state_dir = settings.state_dir.clone();
+    let shown = || state_dir.display().to_string();
+    // A farewell whose identity is in memory has no state folder left to use.
+    let on_disk = !matches!(
+        purpose,
+        Purpose::Leave {
+            identity: Some(_),
+            ..
+        }
+    );
+    // The outermost folder this start creates, so a failed install removes all of it.
+    let created_root = install::outermost_missing(&state_dir);
+    if on_disk {
+        secure_fs::create_private_dir(&state_dir).map_err(|source| StartError::StateDir {
+            path: shown(),
+            source,
+        })?;
+    }
+    // A farewell runs after the runner stopped (the caller checked that no other runs).
+    if !matches!(purpose, Purpose::Leave { .. }) {
+        control::ensure_unused(&state_dir)?;
+    }
+    let (mode, identity, plan, leaving_reason) = match purpose {
+        Purpose::Install(plan) => (
+            BootMode::Install,
+            Identity::load(&state_dir)?,
+            Some(plan),
+            "",
+        ),
+        Purpose::Leave { identity, reason } => {
+            let identity = match identity {
+                Some(identity) => identity,
+                None => Identity::load(&state_dir)?
+                    .ok_or_else(|| StartError::NoIdentity { state_dir: shown() })?,
+            };
+            (BootMode::Leave, Some(identity), None, reason)
+        }
+        Purpose::Run => match (Identity::load(&state_dir)?, &settings.token) {
+            (Some(identity), _) => (BootMode::Resume, Some(identity), None, ""),
+            (None, Some(_)) => (BootMode::Register, None, None, ""),
+            (None, None) => return Err(StartError::NoIdentity { state_dir: shown() }),
+        },
+    };
+    let store = if on_disk {
+        Store::open(&state_dir)?
+    } else {
+        Store::open_in_memory()?
+    };
+    let mut durable = store.load()?;
+    durable.runner_id = identity.as_ref().map(|i| i.runner_id().to_owned());
+    let tls = ws::tls_config(settings.ca_file.as_deref())?;
+    // A farewell runs no jobs (the core boots it with none): nothing to reap or keep.
+    let farewell = mode == BootMode::Leave;
+    let restored: Vec<JobRef> = if farewell {
+        Vec::new()
+    } else {
+        durable.jobs.iter().map(|job| job.job_ref()).collect()
+    };
+    let pids = store.job_pids()?;
+    let config = boot_config(&settings);
+    let booted_from = durable.clone();
+    let (core, boot_effects) = Core::boot(config.clone(), mode, durable);
+    let trace = on_disk
+        .then(|| start_trace(&settings, mode, &config, &booted_from, &boot_effects))
+        .flatten();
+    let trace_path = trace.as_ref().map(|t| t.path());
+    let (inputs_tx, inputs) = mpsc::unbounded_channel();
+    let jobs_root = settings.jobs_root();
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let (jobs, retention, janitor) = if farewell {
+        let nothing_kept = Retention::new(settings.job_retention);
+        (None, nothing_kept, Janitor::default())
+    } else {
+        let jobs = JobSupervisor::new(jobs_root.clone(), reports_tx);
+        jobs.preflight().map_err(StartError::Jobs)?;
+        let (retention, janitor) = ended_jobs_retention(&settings, &jobs_root, &restored);
+        (Some(jobs), retention, janitor)
+    };
+    reap_orphans(restored, pids, inputs_tx.clone());
+    let (control_tx, control) = mpsc::unbounded_channel();
+    let (status_tx, status) =
+        watch::channel(status_of(&core, None, settings.endpoint.as_str(), None));
+    let (transitions_tx, first_transitions) = broadcast::channel(1024);
+    info!(mode = ?mode, state_dir = %state_dir.display(), endpoint = %settings.endpoint, "runner starting");
+    let installer = plan.map(|plan| Installer::new(plan, &state_dir, created_root.as_deref()));
+    // Only a runner that stays up serves the socket: an install leaves it to the
+    // service it starts, and a farewell is over in seconds.
+    let serves = installer.is_none() && !farewell;
+    let credentials = Credentials {
+        name: settings.name.clone(),
+        token: settings.token.clone(),
+        leaving_reason,
+    };
+    let driver = Driver {
+        core,
+        observer: Observer::new(
+            trace,
+            status_tx,
+            transitions_tx.clone(),
+            settings.endpoint.to_string(),
+        ),
+        link: Link::new(
+            tls,
+            settings.endpoint.clone(),
+            settings.connect_timeout,
+            credentials,
+        ),
+        durable: Durability::new(
+            store,
+            retention,
+            janitor,
+            jobs_root,
+            !settings.job_retention.is_zero(),
+        ),
+        timers: Timers::new(inputs_tx.clone()),
+        jobs,
+        inputs_tx,
+        local: VecDeque::new(),
+        exit: None,
+        scratch: Effects::default(),
+        spawns: Vec::new(),
+        steps: LocalSteps::new(installer, identity, settings),
+    };
+    let socket = if serves {
+        Some(control::serve(
+            &state_dir,
+            status.clone(),
+            control_tx.clone(),
+        )?)
+    } else {
+        None
+    };
+    let task = tokio::spawn(async move {
+        let code = driver.run(boot_effects, inputs, reports, control).await;
+        if let Some(socket) = socket {
+            socket.close();
+        }
+        code
+    });
+    Ok(RunnerHandle {
+        status,
+        transitions: transitions_tx,
+        first_transitions: Some(first_transitions),
+        control: control_tx,
+        task,
+        trace_path,
+    })
+}
+
+/// The core's boot record: the operator's settings, the backoff's bounds, and this
+/// process's jitter seed (the run's one random draw; the trace header records it).
+fn boot_config(settings: &RunnerSettings) -> CoreConfig {
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    CoreConfig {
+        backoff: BackoffPolicy {
+            base_ms: millis(settings.backoff_min),
+            cap_ms: millis(settings.backoff_max),
+        },
+        rng_seed: jitter_seed(),
+        ..settings.core.clone()
+    }
+}
+
+/// Jobs of a previous runner that died with it: kill what is left of each (by the pid
+/// its `job_started` recorded), and report it lost.
+fn reap_orphans(
+    restored: Vec<JobRef>,
+    pids: Vec<(JobRef, u32)>,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    if restored.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for job in restored {
+            if let Some((_, pid)) = pids.iter().find(|(started, _)| *started == job) {
+                crate::runtime::orphans::reap(*pid, &job).await;
+            }
+            let lost = Event::JobExited {
+                job,
+                status: crate::protocol::ExitStatus::Unknown,
+                duration_ms: 0,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+            };
+            let _ = inputs.send(Input::Event(lost));
+        }
+    });
+}
+
+/// The term of ended jobs' folders, with what an earlier run left: those past it are
+/// removed now, the rest queued. Folders of jobs the store still holds are not
+/// touched; they start their term when those jobs end in this run.
+fn ended_jobs_retention(
+    settings: &RunnerSettings,
+    jobs_root: &Path,
+    restored: &[JobRef],
+) -> (Retention, Janitor) {
+    let live: Vec<PathBuf> = restored
+        .iter()
+        .filter_map(|job| jobs::job_dir(jobs_root, job).ok())
+        .collect();
+    let mut retention = Retention::new(settings.job_retention);
+    let expired = retention.adopt_leftovers(
+        jobs_root,
+        &live,
+        std::time::SystemTime::now(),
+        tokio::time::Instant::now(),
+    );
+    let mut janitor = Janitor::default();
+    janitor.remove(expired);
+    (retention, janitor)
+}

@@ -1,0 +1,354 @@
+/*!
+The driver: the one place where events enter the core.
+
+Owns: the loop and the one dispatch point. Every input (socket frames, connection
+results, timers, job reports, control requests, its own follow-up events) is filtered
+here — reports of a connection that is no longer current and timers that were
+cancelled or replaced never reach the core — then dispatched, observed (`observe`:
+trace, transition, status) and performed in a fixed order: persist (files first, then
+one SQLite transaction), send, close, connect, timers, processes, local steps,
+notices, exit. If the transaction fails nothing of the batch is sent and the core gets
+`StoreFailed`.
+
+Must not: decide a lifecycle question, or look at the core's state except to report
+it. Each duty lives in its own file and imports nothing of the others but what the
+loop hands it:
+
+- `input`: what reaches the loop, converted from each source's own type;
+- `launch`: starting a runner (state folder, identity, store, boot record, trace);
+- `link`: the connection, the writer's queue, the resend cursor, `wire()`;
+- `durable`: a batch's transaction, acknowledgements batched, ended jobs' folders;
+- `local_steps`: install steps and rollback, keys, hardware, the install's farewell;
+- `observe`: the trace, transitions, status, operator and service-manager notices;
+- `leave`: `fyn-runner uninstall`'s farewell (the runner booted to leave);
+- `handle`: what the caller holds.
+*/
+
+mod durable;
+mod handle;
+mod input;
+mod launch;
+pub mod leave;
+mod link;
+mod local_steps;
+mod observe;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::core::{Core, Durable, Effect, Effects, Event, ExitCode};
+use crate::protocol::JobSpec;
+
+use super::control::Control;
+use super::jobs::{JobReport, JobSupervisor};
+use super::timers::Timers;
+use durable::Durability;
+use input::Input;
+use link::Link;
+use local_steps::{FAREWELL_WITHIN, LocalSteps};
+use observe::Observer;
+
+pub use handle::{RunnerHandle, Transition};
+pub use launch::{StartError, start, start_install};
+
+/// How often acknowledgements that wait are written (see `Durability::save_acks`).
+const SAVE_ACKS_EVERY: Duration = Duration::from_secs(5);
+
+struct Driver {
+    core: Core,
+    observer: Observer,
+    link: Link,
+    durable: Durability,
+    steps: LocalSteps,
+    timers: Timers<Input>,
+    /// None for a farewell, which runs no jobs and must not touch the jobs folder
+    /// (an install rolling back has just removed it).
+    jobs: Option<JobSupervisor>,
+    inputs_tx: mpsc::UnboundedSender<Input>,
+    /// Events the driver itself produced while performing a batch; they go in before
+    /// anything from outside, in order.
+    local: VecDeque<Event>,
+    exit: Option<ExitCode>,
+    /// The batch list, reused so a long-running runner does not allocate one per event.
+    scratch: Effects,
+    /// Jobs to start once the frames of the batch that asked for them are written.
+    spawns: Vec<JobSpec>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        boot: Effects,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut reports: mpsc::UnboundedReceiver<JobReport>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) -> ExitCode {
+        self.perform(boot);
+        let mut save_acks = tokio::time::interval(SAVE_ACKS_EVERY);
+        save_acks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the next folder due, moved when that changes, not made anew on
+        // every turn of the loop.
+        let removal = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(removal);
+        let mut removal_at = None;
+        while self.exit.is_none() {
+            if !self.spawns.is_empty() {
+                // One turn for the writer first: the API hears `job_accepted` (and the
+                // command's ack) while the process starts, not after it.
+                tokio::task::yield_now().await;
+                self.spawn_jobs();
+                continue;
+            }
+            if let Some(event) = self.local.pop_front() {
+                self.dispatch(event);
+                continue;
+            }
+            self.observer.flush_trace();
+            if inputs.is_empty()
+                && reports.is_empty()
+                && let Some(jobs) = &self.jobs
+            {
+                jobs.prepare_ahead();
+            }
+            // Job output waits (and so does the job, once its credits are spent) while
+            // the API is behind: memory stays bounded however slow the link is.
+            let paused = self.link.backpressured();
+            let due = self.durable.next_removal();
+            if due != removal_at {
+                removal_at = due;
+                if let Some(at) = due {
+                    removal.as_mut().reset(at);
+                }
+            }
+            let next = tokio::select! {
+                _ = save_acks.tick() => {
+                    self.save_acks();
+                    None
+                }
+                () = &mut removal, if removal_at.is_some() => {
+                    self.durable.remove_ended_folders(&self.core.running_jobs());
+                    None
+                }
+                Some(input) = inputs.recv() => self.accept(input),
+                Some(report) = reports.recv(), if !paused => self.accept(Input::Job(report)),
+                Some(request) = control.recv() => Some(match request {
+                    Control::Shutdown => Event::ShutdownRequested { deadline_secs: None },
+                    Control::Drain { deadline_secs } => Event::ShutdownRequested { deadline_secs },
+                    Control::Force => Event::ForceShutdown,
+                }),
+                else => break,
+            };
+            if let Some(event) = next {
+                self.dispatch(event);
+            }
+            self.pump_resend();
+        }
+        self.save_acks();
+        self.observer.flush_trace();
+        self.timers.cancel_all();
+        if let Some(farewell) = self.steps.take_farewell() {
+            let _ = tokio::time::timeout(FAREWELL_WITHIN + Duration::from_secs(1), farewell).await;
+        }
+        let code = self.exit.unwrap_or(ExitCode::StoreFailure);
+        info!(code = code.code(), "runner stopped");
+        code
+    }
+
+    /// Filter what arrives: reports of a connection that is no longer current, and
+    /// timers that were cancelled or replaced, never reach the core.
+    fn accept(&mut self, input: Input) -> Option<Event> {
+        match input {
+            Input::Event(event) => Some(event),
+            Input::Job(report) => Some(report.into_event()),
+            Input::Link(report) => self.link.accept_report(report),
+            Input::Connected { conn, stream } => {
+                self.link.accept_connected(conn, *stream, &self.inputs_tx)
+            }
+            Input::ConnectFailed { conn, error } => self.link.accept_connect_failed(conn, error),
+            Input::Timer(fired) => self
+                .timers
+                .accept(&fired.timer, fired.generation)
+                .then_some(Event::TimerFired { timer: fired.timer }),
+        }
+    }
+
+    /// The one dispatch point: every event into the core and every transition out of it
+    /// passes here.
+    fn dispatch(&mut self, event: Event) {
+        let before = self.core.phase();
+        let mut effects = std::mem::take(&mut self.scratch);
+        self.core.dispatch_into(&event, &mut effects);
+        let after = self.core.phase();
+        self.observer.dispatched(&event, &before, &after, &effects);
+        let batch = std::mem::take(&mut effects.list);
+        self.scratch = effects;
+        self.perform(Effects { list: batch });
+        self.observer.performed(&self.core, &event);
+    }
+
+    fn perform(&mut self, effects: Effects) {
+        let mut list = effects.list;
+        // The written order; within a phase, the core's order.
+        list.sort_by_key(phase_of);
+        let (writes, rest): (Vec<Effect>, Vec<Effect>) = list
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Persist(_)));
+        if let Err(error) = self.persist(writes) {
+            error!(%error, "persisting failed; nothing of this batch is sent");
+            self.local.push_back(Event::StoreFailed { error });
+            // Only what cannot leak unpersisted state goes ahead: closing and exiting.
+            for effect in rest {
+                if matches!(effect, Effect::Exit { .. } | Effect::Close { .. }) {
+                    self.perform_one(effect);
+                }
+            }
+            return;
+        }
+        for effect in rest {
+            self.perform_one(effect);
+        }
+    }
+
+    /// Files first (identity, hardware cache), then one SQLite transaction.
+    fn persist(&mut self, writes: Vec<Effect>) -> Result<(), String> {
+        let mut rows = Vec::new();
+        for effect in writes {
+            let Effect::Persist(write) = effect else {
+                continue;
+            };
+            match write {
+                Durable::Identity { runner_id } => {
+                    let saved = self.steps.save_identity(&runner_id);
+                    self.local.push_back(saved);
+                }
+                Durable::HardwareCache { report } => self.steps.save_hardware_cache(&report)?,
+                other => rows.push(other),
+            }
+        }
+        self.durable.commit(rows)
+    }
+
+    fn perform_one(&mut self, effect: Effect) {
+        match effect {
+            Effect::Persist(_) => {}
+            Effect::OpenConnection => self.link.open(&self.inputs_tx),
+            Effect::Send(message) => {
+                if let Err(error) = self.link.send(message, self.steps.identity()) {
+                    self.local.push_back(Event::StepFailed { error });
+                }
+            }
+            Effect::ResendOutbox { after } => {
+                self.link.start_resend(after);
+                self.pump_resend();
+            }
+            Effect::Close { reason } => self.link.close(reason),
+            Effect::StartTimer { timer, delay } => {
+                let crate::core::Delay::Millis(ms) = delay;
+                if timer == crate::core::TimerKind::Backoff {
+                    info!(delay_ms = ms, "reconnecting after backoff");
+                }
+                self.timers.start(timer, Duration::from_millis(ms));
+            }
+            Effect::CancelTimer { timer } => self.timers.cancel(&timer),
+            Effect::SpawnJob { job } => self.spawns.push(job),
+            Effect::CancelJob {
+                job,
+                reason,
+                grace_secs,
+            } => {
+                info!(job = %job.job_id, attempt = job.attempt, reason = reason.name(), grace_secs, "cancelling job");
+                if let Some(jobs) = &mut self.jobs {
+                    jobs.cancel(&job, Duration::from_secs(grace_secs));
+                }
+            }
+            Effect::RunInstallStep { step } => {
+                let done = self.steps.install_step(step);
+                self.local.push_back(done);
+            }
+            Effect::RollbackInstall => {
+                if self.steps.installing() {
+                    // The install's folders go: let go of the files held open in them.
+                    self.observer.close_trace();
+                    self.durable.let_go_of_files();
+                }
+                self.steps.rollback();
+            }
+            Effect::Farewell => self.steps.farewell(),
+            Effect::GenerateKey => {
+                let generated = self.steps.generate_key();
+                self.local.push_back(generated);
+            }
+            Effect::CollectHardware => self.steps.collect_hardware(&self.inputs_tx),
+            Effect::Notify(notice) => self.observer.notify(&notice),
+            Effect::TellManager(notice) => self.observer.tell_manager(&notice),
+            Effect::Exit { code } => {
+                // Accepted and not started: the next start reports them lost.
+                for job in self.spawns.drain(..) {
+                    warn!(job = %job.job_id, attempt = job.attempt, "not started: the runner is stopping");
+                }
+                // No process of a job outlives the runner that ran it.
+                if let Some(jobs) = &mut self.jobs {
+                    jobs.kill_all();
+                }
+                self.exit = Some(code);
+            }
+        }
+    }
+
+    fn spawn_jobs(&mut self) {
+        for job in std::mem::take(&mut self.spawns) {
+            let started = match &mut self.jobs {
+                Some(jobs) => {
+                    info!(job = %job.job_id, attempt = job.attempt, program = ?job.command.first(), "starting job");
+                    jobs.spawn(&job).into_event()
+                }
+                None => Event::JobSpawnFailed {
+                    job: job.job_ref(),
+                    error: "a farewell runs no jobs".into(),
+                },
+            };
+            self.local.push_back(started);
+        }
+    }
+
+    fn pump_resend(&mut self) {
+        if let Err(e) = self
+            .link
+            .pump_resend(&self.durable.store, self.steps.identity())
+        {
+            self.local.push_back(Event::StoreFailed {
+                error: e.to_string(),
+            });
+        }
+    }
+
+    fn save_acks(&mut self) {
+        if let Err(e) = self.durable.save_acks() {
+            self.local.push_back(Event::StoreFailed {
+                error: e.to_string(),
+            });
+        }
+    }
+}
+
+/// Persist before send: the order in which a batch's effects are performed.
+fn phase_of(effect: &Effect) -> u8 {
+    match effect {
+        Effect::Persist(_) => 0,
+        Effect::Send(_) | Effect::ResendOutbox { .. } => 1,
+        Effect::Close { .. } => 2,
+        Effect::OpenConnection => 3,
+        Effect::StartTimer { .. } | Effect::CancelTimer { .. } => 4,
+        Effect::SpawnJob { .. } | Effect::CancelJob { .. } => 5,
+        Effect::RunInstallStep { .. }
+        | Effect::RollbackInstall
+        | Effect::Farewell
+        | Effect::GenerateKey
+        | Effect::CollectHardware => 6,
+        Effect::Notify(_) | Effect::TellManager(_) => 7,
+        Effect::Exit { .. } => 8,
+    }
+}
