@@ -590,8 +590,11 @@ impl Driver {
     /// While a drain is under way, ask systemd for time up to the drain's own bound
     /// (the deadline, then the kill grace and flush), so it does not cut the drain short.
     fn extend_timeout(&self) -> String {
-        let secs = self.core.drain_deadline_secs() + self.settings.core.flush_grace_secs + 30;
-        format!("\nEXTEND_TIMEOUT_USEC={}", secs.saturating_mul(1_000_000))
+        let usec = crate::config::value::extend_timeout_usec(
+            self.core.drain_deadline_secs(),
+            self.settings.core.flush_grace_secs,
+        );
+        format!("\nEXTEND_TIMEOUT_USEC={usec}")
     }
 
     /// Every few seconds while draining: what is left, in the log and for systemd.

@@ -1,48 +1,17 @@
-//! What the runtime needs to know to run, resolved and checked before anything starts.
+//! What the runtime needs to know to run, resolved and checked before anything starts
+//! (by `crate::config`, whose [`Resolved`] settings become a [`RunnerSettings`] here).
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
 
+use crate::config::{Resolved, value};
 use crate::core::CoreConfig;
-use crate::protocol::RUNNER_PATH;
+use crate::platform::Account;
 
-/// A secret that never prints: `Debug` and `Display` show a placeholder.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("--server {url:?} is not a valid URL: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("--server must use wss:// (or ws://), not {0}://")]
-    BadScheme(String),
-    #[error(
-        "refusing plain ws:// to {host}, which is not a loopback address: tokens and job \
-         output would cross the network unencrypted. Use wss://, or pass \
-         --allow-insecure-transport if this network is trusted"
-    )]
-    InsecureTransport { host: String },
-}
+pub use crate::config::{Secret, SettingsError, endpoint};
 
 /// Where hardware reports come from: the machine itself, or (tests, demos of the
 /// change path) a function that stands in for it.
@@ -99,6 +68,11 @@ pub struct RunnerSettings {
     pub job_retention: Duration,
     /// The service manager's notification socket (`NOTIFY_SOCKET` under systemd).
     pub notify_socket: Option<String>,
+    /// Where job folders live; `None`: the default for `state_dir` (see
+    /// [`RunnerSettings::jobs_root`]).
+    pub jobs_dir: Option<PathBuf>,
+    /// The account jobs run as, when not the runner's own.
+    pub job_account: Option<Account>,
 }
 
 /// Ended jobs' folders are kept a week unless the operator says otherwise.
@@ -125,7 +99,45 @@ impl Default for TraceLimits {
 impl RunnerSettings {
     /// Where job directories live (and whose disk is reported as the job area).
     pub fn jobs_root(&self) -> PathBuf {
-        self.state_dir.join("jobs")
+        self.jobs_dir.clone().unwrap_or_else(|| {
+            crate::config::default_jobs_dir(&self.state_dir, self.job_account.is_some())
+        })
+    }
+
+    /// The runner `run` starts from its resolved settings.
+    pub fn from_config(resolved: Resolved) -> Self {
+        let Resolved {
+            settings,
+            endpoint,
+            state_dir,
+            jobs_dir,
+            job_account,
+            name,
+            token,
+            notify_socket,
+        } = resolved;
+        let core = CoreConfig {
+            slots: settings.slots,
+            drain_deadline_secs: settings.drain_deadline,
+            hardware_recheck_ms: value::secs_to_ms(settings.hardware_recheck),
+            ..CoreConfig::default()
+        };
+        let trace = (!settings.no_trace).then_some(TraceLimits {
+            max_bytes: settings.trace_max_bytes,
+            keep: usize::try_from(settings.trace_keep).unwrap_or(TraceLimits::default().keep),
+        });
+        Self {
+            token,
+            name,
+            ca_file: settings.ca_file,
+            core,
+            trace,
+            job_retention: value::hours(settings.job_retention_hours),
+            notify_socket,
+            jobs_dir: Some(jobs_dir),
+            job_account,
+            ..Self::new(endpoint, state_dir)
+        }
     }
 
     /// Defaults an operator would expect: one slot, backoff from 0.5 s to 60 s, a
@@ -145,73 +157,8 @@ impl RunnerSettings {
             trace: Some(TraceLimits::default()),
             job_retention: DEFAULT_JOB_RETENTION,
             notify_socket: None,
+            jobs_dir: None,
+            job_account: None,
         }
-    }
-}
-
-/// Turn `--server` into the runner endpoint, refusing plain text off loopback unless the
-/// operator opted in.
-pub fn endpoint(server: &str, allow_insecure: bool) -> Result<Url, SettingsError> {
-    let mut url = Url::parse(server).map_err(|e| SettingsError::BadUrl {
-        url: server.to_owned(),
-        reason: e.to_string(),
-    })?;
-    match url.scheme() {
-        "wss" => {}
-        "ws" => {
-            let host = url.host_str().unwrap_or_default().to_owned();
-            if !is_loopback(&host) && !allow_insecure {
-                return Err(SettingsError::InsecureTransport { host });
-            }
-        }
-        other => return Err(SettingsError::BadScheme(other.to_owned())),
-    }
-    if url.path().is_empty() || url.path() == "/" {
-        url.set_path(RUNNER_PATH);
-    }
-    Ok(url)
-}
-
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_text_only_to_loopback() {
-        assert!(endpoint("ws://127.0.0.1:7480", false).is_ok());
-        assert!(endpoint("ws://[::1]:7480", false).is_ok());
-        assert!(endpoint("ws://localhost:7480", false).is_ok());
-        let refused = endpoint("ws://10.0.0.5:7480", false).expect_err("must refuse");
-        assert!(refused.to_string().contains("--allow-insecure-transport"));
-        assert!(endpoint("ws://10.0.0.5:7480", true).is_ok());
-        assert!(endpoint("wss://api.example.com", false).is_ok());
-        assert!(matches!(
-            endpoint("http://x", false),
-            Err(SettingsError::BadScheme(_))
-        ));
-        assert!(matches!(
-            endpoint("not a url", false),
-            Err(SettingsError::BadUrl { .. })
-        ));
-    }
-
-    #[test]
-    fn the_runner_path_is_added_to_a_bare_server() {
-        let url = endpoint("wss://api.example.com", false).expect("valid");
-        assert_eq!(url.as_str(), "wss://api.example.com/runner/v1");
-        let url = endpoint("wss://api.example.com/custom/path", false).expect("valid");
-        assert_eq!(url.path(), "/custom/path");
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("tok-123");
-        assert!(!format!("{s:?}").contains("tok-123"));
     }
 }
