@@ -223,6 +223,26 @@ pub enum SpecFormat {
     Markdown,
 }
 
+/// An error as the operator reads it: each cause once. The library's errors name their
+/// cause in their own message (so a log line with one `%error` is whole) and also
+/// give it as their `source()`, and `anyhow`'s `{:#}` would print it again after a
+/// colon — `Permission denied (os error 13): Permission denied (os error 13)`. Here a
+/// cause already said is left out.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
 /// Run the parsed command; the returned code becomes the process exit status.
 pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
@@ -699,4 +719,33 @@ fn service_view() -> Option<String> {
         .status()
         .ok()?;
     Some(admin::describe_service(&status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_error;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot create {path}: {source}")]
+    struct Create {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_named_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let error = anyhow::Error::from(Create {
+            path: "/x",
+            source: io,
+        })
+        .context("cannot create the state directory /x");
+        let text = describe_error(&error);
+        assert_eq!(text.matches("os error 13").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot create the state directory /x: cannot create /x: "),
+            "{text}"
+        );
+    }
 }

@@ -24,7 +24,10 @@ pub fn run(
         let exit = match prepared {
             Ok(settings) => body(settings, stops, reporter),
             Err(error) => {
-                tracing::error!("the service cannot start: {error:#}");
+                tracing::error!(
+                    "the service cannot start: {}",
+                    super::describe_error(&error)
+                );
                 // As `fyn-runner run` exits on a setup error.
                 1
             }

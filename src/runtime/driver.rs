@@ -225,7 +225,7 @@ fn launch(
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let jobs_root = settings.jobs_root();
     let (reports_tx, reports) = mpsc::unbounded_channel();
-    let jobs = super::jobs::JobSupervisor::new(jobs_root.clone(), reports_tx);
+    let jobs = super::jobs::JobSupervisor::with_layout(settings.jobs_layout(), reports_tx);
     jobs.preflight().map_err(StartError::Jobs)?;
     let (retention, janitor) = ended_jobs_retention(&settings, &jobs_root, &restored);
     // Jobs of a previous runner that died with it: kill what is left, report them lost.

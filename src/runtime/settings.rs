@@ -104,6 +104,22 @@ impl RunnerSettings {
         })
     }
 
+    /// Where jobs live and whom they run as. With a job account the jobs folder is
+    /// outside the state folder, and job folders an earlier layout kept inside it are
+    /// moved out.
+    pub fn jobs_layout(&self) -> crate::runtime::jobs::JobsLayout {
+        let root = self.jobs_root();
+        let inside = self.state_dir.join("jobs");
+        crate::runtime::jobs::JobsLayout {
+            moved_from: (root != inside).then_some(inside),
+            root,
+            account: self
+                .job_account
+                .clone()
+                .map(crate::runtime::jobs::JobAccount::new),
+        }
+    }
+
     /// The runner `run` starts from its resolved settings.
     pub fn from_config(resolved: Resolved) -> Self {
         let Resolved {
