@@ -779,3 +779,123 @@ fn an_error_names_its_cause_once() {
         "{said}"
     );
 }
+
+// ---------------------------------------------------------------- item 2: install
+
+/// Removes the test's account whatever happens.
+struct TestAccount(String);
+
+impl Drop for TestAccount {
+    fn drop(&mut self) {
+        if fyn_runner::platform::lookup_account(&self.0).is_ok_and(|a| a.is_some()) {
+            let _ = Command::new("userdel").arg(&self.0).output();
+        }
+    }
+}
+
+fn account_exists(name: &str) -> bool {
+    fyn_runner::platform::lookup_account(name)
+        .expect("look up")
+        .is_some()
+}
+
+// Several threads: the install is waited for synchronously while the dev-server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_install_creates_the_job_account_and_a_rollback_removes_it() {
+    if !is_root() || !cfg!(target_os = "linux") {
+        eprintln!("skipped: creating accounts needs root on Linux (CI runs as root)");
+        return;
+    }
+    let account = TestAccount(format!("fyn-t{}", std::process::id()));
+    let name = account.0.clone();
+    assert!(!account_exists(&name), "a leftover account {name}");
+    let server = dev_server().await;
+    let dir = passable_tempdir();
+    let config_dir = dir.path().join("etc");
+    let state = dir.path().join("state");
+    let install = |token: &str| {
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, token).expect("token file");
+        output(&mut fyn(&[
+            "install",
+            "--scope",
+            "system",
+            "--no-service",
+            "--config-dir",
+            config_dir.to_str().expect("utf-8"),
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+            "--server",
+            &server.url(),
+            "--job-user",
+            &name,
+            "--token-file",
+            token_file.to_str().expect("utf-8"),
+        ]))
+    };
+
+    // A token the control plane refuses: everything the install created goes, the
+    // account included.
+    let (code, said, _) = install("not-a-token");
+    assert_ne!(code, 0, "{said}");
+    assert!(
+        said.contains(&format!("created the account {name}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("removed the job account {name}")),
+        "{said}"
+    );
+    assert!(!account_exists(&name), "the rollback left the account");
+
+    let (code, said, err) = install(&server.mint_token().expect("token"));
+    assert_eq!(code, 0, "{said}{err}");
+    let config = config_dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains(&format!("job_user = \"{name}\"")), "{text}");
+    let uid = fyn_runner::platform::lookup_account(&name)
+        .expect("look up")
+        .expect("created")
+        .uid;
+
+    // The service's command line: jobs run as the account.
+    let child = fyn(&["run", "--config", config.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runs");
+    let mut runner = Runner(child);
+    runner_active(&server, &mut runner).await;
+    let id = server
+        .submit_job(shell("id -u; echo \"$USER $HOME\"", &[]))
+        .expect("submit");
+    let job = finished(&server, &id).await;
+    let jobs_dir = dir.path().join("state-jobs");
+    assert!(
+        job.stdout
+            .starts_with(&format!("{uid}\n{name} {}", jobs_dir.display())),
+        "{}{}",
+        job.stdout,
+        job.stderr
+    );
+    signal(&runner, libc::SIGTERM);
+    assert_eq!(runner.0.wait().expect("ends").code(), Some(0));
+
+    let (code, said, err) = output(&mut fyn(&[
+        "uninstall",
+        "--scope",
+        "system",
+        "--config-dir",
+        config_dir.to_str().expect("utf-8"),
+    ]));
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(said.contains(&format!("left the account {name}")), "{said}");
+    assert!(!state.exists() && !jobs_dir.exists(), "{said}");
+    assert!(
+        account_exists(&name),
+        "uninstall leaves the account, as it says"
+    );
+    drop(account);
+    assert!(!account_exists(&name));
+    server.shutdown().await;
+}

@@ -184,8 +184,8 @@ pub fn install(args: InstallArgs, matches: &clap::ArgMatches) -> anyhow::Result<
     installed
 }
 
-/// The account jobs run as: as given, else — for a system service running as root —
-/// a dedicated one ([`DEFAULT_JOB_USER`]).
+/// The account jobs run as: as given, else — for a system service running as root on
+/// Linux — a dedicated one ([`DEFAULT_JOB_USER`]).
 fn job_user_for(
     scope: Scope,
     service_user: Option<&str>,
@@ -199,7 +199,8 @@ fn job_user_for(
             service_user.unwrap_or_default()
         ),
         (Some(job_user), _) => Ok(Some(job_user.clone())),
-        (None, true) if scope == Scope::System && is_root() => {
+        // Where install can create the account (Linux); elsewhere the operator names one.
+        (None, true) if scope == Scope::System && is_root() && cfg!(target_os = "linux") => {
             Ok(Some(DEFAULT_JOB_USER.to_owned()))
         }
         (None, _) => Ok(None),

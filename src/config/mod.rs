@@ -126,31 +126,3 @@ pub enum ConfigError {
         mode: u32,
     },
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // XDG paths: Unix semantics ("/x" is not absolute on Windows).
-    #[cfg(unix)]
-    #[test]
-    fn user_path_prefers_an_absolute_xdg_config_home() {
-        let home = Some(PathBuf::from("/home/ada"));
-        assert_eq!(
-            user_config_path(Some("/x/cfg".into()), home.clone()),
-            PathBuf::from("/x/cfg/fyn-runner/config.toml")
-        );
-        assert_eq!(
-            user_config_path(Some("relative".into()), home.clone()),
-            PathBuf::from("/home/ada/.config/fyn-runner/config.toml")
-        );
-        assert_eq!(
-            user_config_path(None, home),
-            PathBuf::from("/home/ada/.config/fyn-runner/config.toml")
-        );
-        assert_eq!(
-            default_config_path(true),
-            PathBuf::from("/etc/fyn-runner/config.toml")
-        );
-    }
-}
