@@ -159,6 +159,32 @@ async fn a_job_of_the_job_account_cannot_reach_the_key_the_store_or_the_socket()
 }
 
 #[tokio::test]
+async fn a_jobs_folder_the_job_account_could_change_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: running jobs as another account needs root (CI runs as root)");
+        return;
+    }
+    let server = dev_server().await;
+    let dir = passable_tempdir();
+    let jobs = dir.path().join("jobs-of-nobody");
+    std::fs::create_dir(&jobs).expect("mkdir");
+    std::os::unix::fs::chown(&jobs, Some(65534), Some(65534)).expect("chown");
+    let mut config = settings(&server, &dir.path().join("state"));
+    config.job_account = fyn_runner::platform::lookup_account("nobody").expect("look up");
+    config.jobs_dir = Some(jobs.clone());
+    let Err(error) = runtime::start(config) else {
+        panic!("a jobs folder owned by the job account was accepted");
+    };
+    let said = error.to_string();
+    assert!(
+        said.contains(&format!("refusing the jobs folder {}", jobs.display()))
+            && said.contains("owned by uid 65534"),
+        "{said}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn job_folders_of_the_old_layout_move_out_of_the_state_folder() {
     if !is_root() {
         eprintln!("skipped: running jobs as another account needs root (CI runs as root)");

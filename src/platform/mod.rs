@@ -71,6 +71,23 @@ pub enum ForeignWrite {
     },
 }
 
+impl std::fmt::Display for ForeignWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mode { mode } => write!(f, "it is writable by group or others (mode {mode:04o})"),
+            Self::Owner { owner, me } => write!(
+                f,
+                "it is owned by uid {owner}, neither root nor this user (uid {me})"
+            ),
+            Self::Folder { folder, mode } => write!(
+                f,
+                "its folder {} is writable by others (mode {mode:04o}) without the sticky bit",
+                folder.display()
+            ),
+        }
+    }
+}
+
 /// A user account jobs can run as: what `setgroups`, `setgid` and `setuid` need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {

@@ -194,15 +194,16 @@ impl Store {
     /// Opens (creating if needed) `<state_dir>/runner.db`. The state folder must
     /// exist. A new database file is created with mode 0600: job specs may carry
     /// secrets in their environment. SQLite gives the WAL files the same mode. A
-    /// file another user owns, or others may read, is refused; so is a missing or
-    /// empty store beside a registered identity (see [`check_not_lost`]).
+    /// file another user owns is refused, one others may read is made private; so is
+    /// a missing or empty store beside a registered identity refused (see
+    /// [`check_not_lost`]).
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let file = db_path(state_dir);
         check_not_lost(state_dir, &file)?;
         if create_private_db_file(&file)? {
             secure_fs::sync_dir(state_dir)?;
         }
-        secure_fs::check_private(&file)?;
+        secure_fs::ensure_private_file(&file)?;
         let path = file.display().to_string();
         let conn = Connection::open(&file).map_err(|source| StoreError::Open {
             path: path.clone(),

@@ -114,4 +114,13 @@ pub enum ExecutorError {
         folder: PathBuf,
         mode: u32,
     },
+    #[error(
+        "refusing the jobs folder {}: {why}, and whoever can change it could have the \
+         runner, as root, follow a link a job planted there. Give it to root, mode 0711",
+        root.display()
+    )]
+    JobsRootUntrusted {
+        root: PathBuf,
+        why: crate::platform::ForeignWrite,
+    },
 }

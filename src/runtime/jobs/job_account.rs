@@ -66,14 +66,27 @@ impl JobAccount {
         Ok(())
     }
 
-    /// The jobs folder: the runner's, mode 0711, and every folder above it passable by
-    /// the account (otherwise no job could start in it: better said at start).
+    /// The jobs folder: the runner's, mode 0711, in a folder no other user can replace
+    /// it in, and every folder above it passable by the account (otherwise no job could
+    /// start in it: better said at start).
     pub fn open_jobs_root(&self, root: &Path) -> Result<(), ExecutorError> {
         imp::set_mode(root, 0o711).map_err(|source| ExecutorError::Io {
             op: "chmod 711",
             path: root.to_owned(),
             source,
         })?;
+        let untrusted =
+            crate::platform::foreign_write_access(root).map_err(|source| ExecutorError::Io {
+                op: "inspect",
+                path: root.to_owned(),
+                source,
+            })?;
+        if let Some(why) = untrusted {
+            return Err(ExecutorError::JobsRootUntrusted {
+                root: root.to_owned(),
+                why,
+            });
+        }
         for folder in root.ancestors() {
             if folder.as_os_str().is_empty() {
                 continue;

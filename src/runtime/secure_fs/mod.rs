@@ -20,7 +20,9 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-pub use imp::{check_private, create_private_dir, create_private_file, sync_dir};
+pub use imp::{
+    check_private, create_private_dir, create_private_file, ensure_private_file, sync_dir,
+};
 
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 pub const PRIVATE_FILE_MODE: u32 = 0o600;

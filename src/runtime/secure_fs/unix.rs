@@ -74,6 +74,18 @@ pub fn check_private(path: &Path) -> Result<(), SecureFsError> {
     })
 }
 
+/// An existing file of the runner's that must be private (the store): refused when
+/// another user owns it, tightened to 0600 when group or others could read it.
+pub fn ensure_private_file(path: &Path) -> Result<(), SecureFsError> {
+    let meta = fs::metadata(path).map_err(io_error("inspect", path))?;
+    check_owner(path, &meta)?;
+    if meta.mode() & SHARED_BITS == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(path, Permissions::from_mode(PRIVATE_FILE_MODE))
+        .map_err(io_error("chmod 600", path))
+}
+
 /// Makes the entries of `dir` (creations, renames, removals) durable.
 pub fn sync_dir(dir: &Path) -> Result<(), SecureFsError> {
     File::open(dir)
