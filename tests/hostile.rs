@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use fyn_runner::devserver::{DevServer, DevServerConfig, JobInfo, JobRequest};
-use fyn_runner::protocol::{JobOutcome, SessionParams};
+use fyn_runner::protocol::{JobOutcome, OutputStream, SessionParams};
 use fyn_runner::runtime::{self, RunnerHandle, RunnerSettings, Secret};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -53,6 +53,7 @@ fn shell(script: &str, env: &[(&str, &str)]) -> JobRequest {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect::<BTreeMap<_, _>>(),
+        workdir: None,
         timeout_secs: 60,
         output_limit_bytes: None,
         cancel_grace_secs: Some(1),
@@ -80,6 +81,12 @@ async fn finished(server: &DevServer, id: &str) -> JobInfo {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// What the job printed on `stream`, as the dev-server holds it.
+fn printed(server: &DevServer, id: &str, stream: OutputStream) -> String {
+    let bytes = server.output_bytes(id, stream).expect("output");
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// A temporary folder every account may pass through (the default is 0700 root), as
@@ -124,8 +131,13 @@ async fn a_job_of_the_job_account_cannot_reach_the_key_the_store_or_the_socket()
         .submit_job(shell(script, &[("STATE", &state_text)]))
         .expect("submit");
     let job = finished(&server, &id).await;
-    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{}", job.stderr);
-    let out = job.stdout;
+    let out = printed(&server, &id, OutputStream::Stdout);
+    assert_eq!(
+        job.outcome,
+        Some(JobOutcome::Succeeded),
+        "{}",
+        printed(&server, &id, OutputStream::Stderr)
+    );
     for file in ["identity/key", "runner.db", "control.sock"] {
         let refused = format!("refused {}: ", state.join(file).display());
         assert!(out.contains(&refused), "{file} was not refused:\n{out}");
@@ -508,7 +520,10 @@ async fn stray_signals_do_not_kill_the_runner_mid_job() {
     }
     let job = finished(&server, &id).await;
     assert_eq!(
-        (job.outcome, job.stdout.as_str()),
+        (
+            job.outcome,
+            printed(&server, &id, OutputStream::Stdout).as_str()
+        ),
         (Some(JobOutcome::Succeeded), "done\n")
     );
     assert!(
@@ -897,12 +912,12 @@ async fn a_system_install_creates_the_job_account_and_a_rollback_removes_it() {
         .expect("submit");
     let job = finished(&server, &id).await;
     let jobs_dir = dir.path().join("state-jobs");
+    let out = printed(&server, &id, OutputStream::Stdout);
     assert!(
-        job.stdout
-            .starts_with(&format!("{uid}\n{name} {}", jobs_dir.display())),
-        "{}{}",
-        job.stdout,
-        job.stderr
+        out.starts_with(&format!("{uid}\n{name} {}", jobs_dir.display())),
+        "{out}{}{:?}",
+        printed(&server, &id, OutputStream::Stderr),
+        job.outcome
     );
     signal(&runner, libc::SIGTERM);
     assert_eq!(runner.0.wait().expect("ends").code(), Some(0));
