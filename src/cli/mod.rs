@@ -256,7 +256,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     let sub = matches.subcommand().map_or(matches, |(_, sub)| sub);
     let file = match &cli.command {
         Command::Run(_) | Command::ServiceMain(_) => {
-            crate::config::merge_file(cli.config.as_deref())
+            crate::config::load_chosen(cli.config.as_deref())
         }
         _ => Ok(None),
     };
@@ -684,10 +684,6 @@ pub fn is_root() -> bool {
     crate::platform::is_privileged()
 }
 
-pub fn default_config_path() -> PathBuf {
-    crate::config::default_config_path(is_root())
-}
-
 /// The state directory a command talks to: the flag, else the config file's, else the
 /// default for this user.
 fn resolve_state_dir(
@@ -697,10 +693,7 @@ fn resolve_state_dir(
     if let Some(dir) = explicit {
         return Ok(dir);
     }
-    let file = match config {
-        Some(path) => Some(crate::config::load_required(path)?),
-        None => crate::config::load(&default_config_path())?,
-    };
+    let file = crate::config::load_chosen(config)?;
     Ok(file
         .and_then(|f| f.state_dir)
         .unwrap_or_else(default_state_dir))

@@ -94,7 +94,7 @@ pub fn load_required(path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// The file a command reads: the one named (`--config`, which must exist), else the
 /// default location for this user (which may be absent).
-pub fn merge_file(explicit: Option<&Path>) -> Result<Option<FileConfig>, ConfigError> {
+pub fn load_chosen(explicit: Option<&Path>) -> Result<Option<FileConfig>, ConfigError> {
     match explicit {
         Some(path) => load_required(path).map(Some),
         None => load(&default_config_path(platform::is_privileged())),

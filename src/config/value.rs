@@ -342,11 +342,6 @@ fn is_loopback(host: &str) -> bool {
 
 // ---------------------------------------------------------------- durations
 
-/// Whole seconds as a duration; no arithmetic, so nothing to overflow.
-pub fn secs(value: u64) -> Duration {
-    Duration::from_secs(value)
-}
-
 /// Whole hours as a duration, saturating (hours are bounded anyway).
 pub fn hours(value: u64) -> Duration {
     Duration::from_secs(value.saturating_mul(3600))

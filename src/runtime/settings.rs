@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::config::{Resolved, value};
+use crate::config::{Resolved, RunSettings, value};
 use crate::core::CoreConfig;
 use crate::platform::Account;
 
@@ -75,9 +75,6 @@ pub struct RunnerSettings {
     pub job_account: Option<Account>,
 }
 
-/// Ended jobs' folders are kept a week unless the operator says otherwise.
-pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-
 /// Size-based rotation of the trace files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceLimits {
@@ -85,15 +82,6 @@ pub struct TraceLimits {
     pub max_bytes: u64,
     /// Trace files kept in the folder, the current one included.
     pub keep: usize,
-}
-
-impl Default for TraceLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: 64 << 20,
-            keep: 8,
-        }
-    }
 }
 
 impl RunnerSettings {
@@ -132,34 +120,38 @@ impl RunnerSettings {
             token,
             notify_socket,
         } = resolved;
-        let core = CoreConfig {
-            slots: settings.slots,
-            drain_deadline_secs: settings.drain_deadline,
-            hardware_recheck_ms: value::secs_to_ms(settings.hardware_recheck),
-            ..CoreConfig::default()
-        };
-        let trace = (!settings.no_trace).then_some(TraceLimits {
-            max_bytes: settings.trace_max_bytes,
-            keep: usize::try_from(settings.trace_keep).unwrap_or(TraceLimits::default().keep),
-        });
-        Self {
+        let mut runner = Self {
             token,
             name,
-            ca_file: settings.ca_file,
-            core,
-            trace,
-            job_retention: value::hours(settings.job_retention_hours),
             notify_socket,
             jobs_dir: Some(jobs_dir),
             job_account,
             ..Self::new(endpoint, state_dir)
-        }
+        };
+        runner.take(&settings);
+        runner
     }
 
-    /// Defaults an operator would expect: one slot, backoff from 0.5 s to 60 s, a
-    /// 15 s connect timeout, the machine's own hardware, the trace on, no token.
+    /// What the table of settings decides (`crate::config`, defined once there): the
+    /// core's slots and deadlines, the trace, the retention, the CA.
+    fn take(&mut self, settings: &RunSettings) {
+        self.core.slots = settings.slots;
+        self.core.drain_deadline_secs = settings.drain_deadline;
+        self.core.hardware_recheck_ms = value::secs_to_ms(settings.hardware_recheck);
+        self.trace = (!settings.no_trace).then_some(TraceLimits {
+            max_bytes: settings.trace_max_bytes,
+            // At most 1000 (the setting's check).
+            keep: usize::try_from(settings.trace_keep).unwrap_or(1000),
+        });
+        self.job_retention = value::hours(settings.job_retention_hours);
+        self.ca_file = settings.ca_file.clone();
+    }
+
+    /// Defaults an operator would expect: the settings' own defaults (one slot, the
+    /// trace on, a week's retention), backoff from 0.5 s to 60 s, a 15 s connect
+    /// timeout, the machine's own hardware, no token.
     pub fn new(endpoint: Url, state_dir: PathBuf) -> Self {
-        Self {
+        let mut runner = Self {
             endpoint,
             state_dir,
             token: None,
@@ -170,11 +162,13 @@ impl RunnerSettings {
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(15),
             hardware: HardwareSource::System,
-            trace: Some(TraceLimits::default()),
-            job_retention: DEFAULT_JOB_RETENTION,
+            trace: None,
+            job_retention: Duration::ZERO,
             notify_socket: None,
             jobs_dir: None,
             job_account: None,
-        }
+        };
+        runner.take(&RunSettings::default());
+        runner
     }
 }
