@@ -13,7 +13,7 @@ fn main() {
     let code = match fyn_runner::cli::run(cli, &matches) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("fyn-runner: {error:#}");
+            eprintln!("fyn-runner: {}", fyn_runner::cli::describe_error(&error));
             1
         }
     };

@@ -72,6 +72,8 @@ server = "wss://api.example.com"
 name = "gpu-box-1"
 slots = 4
 state_dir = "{}"
+job_user = "fyn-runner-job"
+jobs_dir = "jobs"
 ca_file = "ca.pem"
 allow_insecure_transport = true
 drain_deadline = 0
@@ -93,7 +95,9 @@ log_format = "json"
             name: Some("gpu-box-1".into()),
             slots: Some(4),
             state_dir: Some(absolute("/var/lib/fyn-runner").into()),
+            job_user: Some("fyn-runner-job".into()),
             // Relative to the file's folder.
+            jobs_dir: Some(dir.path().join("jobs")),
             ca_file: Some(dir.path().join("ca.pem")),
             allow_insecure_transport: Some(true),
             drain_deadline: Some(0),
@@ -191,6 +195,8 @@ fn full_config() -> FileConfig {
         name: Some("box \"one\" \\ ü".into()),
         slots: Some(8),
         state_dir: Some(absolute("/var/lib/fyn runner").into()),
+        job_user: Some("jobs".into()),
+        jobs_dir: Some(absolute("/srv/fyn jobs").into()),
         ca_file: Some(absolute("/etc/fyn-runner/ca.pem").into()),
         allow_insecure_transport: Some(false),
         drain_deadline: Some(300),

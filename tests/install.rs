@@ -59,6 +59,8 @@ fn plan(config: &Path, service: Option<FakeService>) -> InstallPlan {
         config_path: config.to_path_buf(),
         config_text: "server = \"ws://127.0.0.1\"\n".into(),
         service: service.map(|s| Box::new(s) as Box<dyn ServiceStep>),
+        jobs_dir: None,
+        created_jobs_dir: None,
     }
 }
 

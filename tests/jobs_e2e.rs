@@ -414,6 +414,9 @@ fn spec(job_id: &str, command: &[&str]) -> JobSpec {
 fn identity_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = Identity::generate_key().expect("key");
+    // A registered runner: its store comes first (the runner refuses an identity
+    // without one).
+    drop(fyn_runner::runtime::store::Store::open(dir.path()).expect("store"));
     Identity::save(dir.path(), "r-scripted", &key).expect("identity");
     dir
 }

@@ -94,19 +94,21 @@ fn systemd_hears_ready_stopping_and_extend_timeout() {
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(hears(dir, socket_path));
+        .block_on(async {
+            hears(&dir, &socket_path).await;
+            a_huge_drain_deadline_does_not_overflow(&dir, &socket_path).await;
+        });
 }
 
-async fn hears(dir: tempfile::TempDir, socket_path: std::path::PathBuf) {
+async fn hears(dir: &tempfile::TempDir, socket_path: &Path) {
     let server = dev_server(None, None).await;
-    let listener = tokio::net::UnixDatagram::bind(&socket_path).expect("bind");
-    let mut config = settings(
+    let listener = tokio::net::UnixDatagram::bind(socket_path).expect("bind");
+    let config = settings(
         &server,
         &dir.path().join("state"),
         Some(server.mint_token().expect("token")),
         30,
     );
-    config.notify_socket = Some(socket_path.display().to_string());
     let mut handle = runtime::start(config).expect("starts");
     let mut heard = String::new();
     let mut buf = vec![0u8; 4096];
@@ -141,5 +143,68 @@ async fn hears(dir: tempfile::TempDir, socket_path: std::path::PathBuf) {
             .expect("stops"),
         ExitCode::Clean
     );
+    server.shutdown().await;
+}
+
+/// Issue 15 item 10: a drain deadline of u64::MAX seconds (past the control socket's
+/// own check, straight to the runner) must not overflow into a tiny timeout that gets
+/// the runner killed mid-drain. The bound saturates, and the crate's `u32` field
+/// clamps it to its largest value (the drain's progress notices extend it again).
+async fn a_huge_drain_deadline_does_not_overflow(dir: &tempfile::TempDir, socket_path: &Path) {
+    let server = dev_server(None, None).await;
+    let _ = std::fs::remove_file(socket_path);
+    let listener = tokio::net::UnixDatagram::bind(socket_path).expect("bind");
+    let config = settings(
+        &server,
+        &dir.path().join("state-huge"),
+        Some(server.mint_token().expect("token")),
+        30,
+    );
+    let handle = runtime::start(config).expect("starts");
+    let mut heard = String::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + WAIT;
+    while !heard.contains("READY=1") {
+        assert!(Instant::now() < deadline, "no READY=1: {heard}");
+        let n = tokio::time::timeout(WAIT, listener.recv(&mut buf))
+            .await
+            .expect("a notification")
+            .expect("recv");
+        heard.push_str(&String::from_utf8_lossy(&buf[..n]));
+        heard.push('\n');
+    }
+    // A running job keeps the drain going.
+    let id = server.submit_job(sleep_job("300", 1)).expect("submit");
+    running(&server, &id).await;
+    handle
+        .control()
+        .send(runtime::Control::Drain {
+            deadline_secs: Some(u64::MAX),
+        })
+        .expect("sent");
+    heard.clear();
+    while !heard.contains("EXTEND_TIMEOUT_USEC=") {
+        assert!(Instant::now() < deadline, "no EXTEND_TIMEOUT_USEC: {heard}");
+        let n = tokio::time::timeout(WAIT, listener.recv(&mut buf))
+            .await
+            .expect("a notification")
+            .expect("recv");
+        heard.push_str(&String::from_utf8_lossy(&buf[..n]));
+        heard.push('\n');
+    }
+    assert!(
+        heard.contains(&format!("EXTEND_TIMEOUT_USEC={}", u32::MAX)),
+        "{heard}"
+    );
+    assert_eq!(
+        handle.status.borrow().state,
+        "Draining",
+        "still draining, no panic"
+    );
+    handle.force();
+    let code = tokio::time::timeout(WAIT, handle.wait())
+        .await
+        .expect("stops");
+    assert_eq!(code.code(), 2, "a forced stop, not a panic");
     server.shutdown().await;
 }

@@ -97,6 +97,9 @@ async fn hostile_server(
 async fn garbage_unknown_and_oversized_frames_are_refused_and_the_runner_reconnects() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = Identity::generate_key().expect("key");
+    // A registered runner: its store comes first (the runner refuses an identity
+    // without one).
+    drop(fyn_runner::runtime::store::Store::open(dir.path()).expect("store"));
     Identity::save(dir.path(), "r-fault", &key).expect("identity");
     let oversized = format!(
         "{{\"type\":\"heartbeat_ack\",\"seq\":1,\"pad\":\"{}\"}}",

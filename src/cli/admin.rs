@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use super::{RunArgs, block_on, is_root, settings_from, write_stdout};
-use crate::config::FileConfig;
+use super::{RunArgs, block_on, is_root, resolve_run, write_stdout};
+use crate::config::{FileConfig, RunSettings};
 use crate::runtime::install::{InstallPlan, ServiceStep};
+use crate::service::account::{DEFAULT_JOB_USER, create_job_account, remove_job_account};
 use crate::service::{Manager, Scope, ServiceManager, ServiceSpec};
 
 #[derive(Debug, Args)]
@@ -30,7 +31,8 @@ pub struct InstallArgs {
     /// $XDG_CONFIG_HOME/fyn-runner (user)].
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
-    /// System scope: the account the service runs as [default: root].
+    /// System scope: the account the service runs as [default: root]. With another
+    /// account than root, jobs run as that account too (--job-user needs root).
     #[arg(long)]
     pub user: Option<String>,
     /// Replace an existing installation (its service, identity, state and config).
@@ -71,8 +73,9 @@ pub enum ServiceAction {
         /// The state directory [default: the scope's].
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// The runner's drain deadline; the stop timeout is derived from it.
-        #[arg(long, default_value_t = 120)]
+        /// The runner's drain deadline, 0 to 2592000 (30 days); the stop timeout is
+        /// derived from it.
+        #[arg(long, default_value = "120", value_parser = crate::config::value::arg_parser(crate::config::value::drain_deadline))]
         drain_deadline: u64,
         /// System scope: the account the service runs as.
         #[arg(long)]
@@ -125,7 +128,7 @@ fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
 /// Install: paths, config, registration through the machine, then the service.
 /// An install states its own settings (flags and environment); an old config file is
 /// what it replaces, not a source.
-pub fn install(args: InstallArgs) -> anyhow::Result<i32> {
+pub fn install(args: InstallArgs, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     let scope = scope_or_default(args.scope);
     if scope == Scope::System && !is_root() {
         bail!(
@@ -136,14 +139,22 @@ pub fn install(args: InstallArgs) -> anyhow::Result<i32> {
     let config_path = absolute(config_path_for(scope, args.config_dir.as_deref()))?;
     let mut run = args.run;
     let state_dir = absolute(
-        run.state_dir
+        run.settings
+            .state_dir
             .clone()
             .unwrap_or_else(|| state_dir_for(scope)),
     )?;
-    run.state_dir = Some(state_dir.clone());
-    if run.token.is_none() {
-        bail!("install needs a one-time registration token: pass --token (or FYN_RUNNER_TOKEN)");
+    run.settings.state_dir = Some(state_dir.clone());
+    if let Some(jobs_dir) = run.settings.jobs_dir.take() {
+        run.settings.jobs_dir = Some(absolute(jobs_dir)?);
     }
+    if !run.token.is_given() {
+        bail!(
+            "install needs a one-time registration token: pass --token-file PATH or --token - \
+             (standard input); --token VALUE and FYN_RUNNER_TOKEN work too"
+        );
+    }
+    run.settings.job_user = job_user_for(scope, args.user.as_deref(), &run.settings)?;
     let manager = if args.no_service {
         None
     } else {
@@ -159,28 +170,99 @@ pub fn install(args: InstallArgs) -> anyhow::Result<i32> {
         }
         replace_existing(manager, scope, &config_path, &state_dir)?;
     }
-    let settings = settings_from(&run)?;
-    let config_text = crate::config::render(&file_config(&run, &state_dir))
-        .context("rendering the config file")?;
+    let created_account = ensure_job_account(run.settings.job_user.as_deref())?;
+    let installed = install_with(&run, matches, scope, manager, &config_path, args.user);
+    let failed = !matches!(installed, Ok(0));
+    if let (true, Some(name)) = (failed, created_account) {
+        match remove_job_account(&crate::service::SystemRunner, &name) {
+            Ok(()) => write_stdout(&format!("  ✓ removed the job account {name} it created\n"))?,
+            Err(e) => write_stdout(&format!(
+                "  ! could not remove the job account {name}: {e}\n"
+            ))?,
+        }
+    }
+    installed
+}
+
+/// The account jobs run as: as given, else — for a system service running as root on
+/// Linux — a dedicated one ([`DEFAULT_JOB_USER`]).
+fn job_user_for(
+    scope: Scope,
+    service_user: Option<&str>,
+    settings: &RunSettings,
+) -> anyhow::Result<Option<String>> {
+    let service_as_root = service_user.is_none_or(|user| user == "root");
+    match (&settings.job_user, service_as_root) {
+        (Some(job_user), false) if job_user != "root" => bail!(
+            "--job-user {job_user} needs the runner to run as root, but --user runs it as {}; \
+             drop one of them (with --user, jobs run as that account)",
+            service_user.unwrap_or_default()
+        ),
+        (Some(job_user), _) => Ok(Some(job_user.clone())),
+        // Where install can create the account (Linux); elsewhere the operator names one.
+        (None, true) if scope == Scope::System && is_root() && cfg!(target_os = "linux") => {
+            Ok(Some(DEFAULT_JOB_USER.to_owned()))
+        }
+        (None, _) => Ok(None),
+    }
+}
+
+/// Creates the job account when it does not exist; returns its name if it did.
+fn ensure_job_account(job_user: Option<&str>) -> anyhow::Result<Option<String>> {
+    let Some(name) = job_user.filter(|name| *name != "root") else {
+        return Ok(None);
+    };
+    let exists = crate::platform::lookup_account(name)
+        .with_context(|| format!("looking up the job account {name}"))?
+        .is_some();
+    if exists {
+        write_stdout(&format!("  ✓ jobs run as the existing account {name}\n"))?;
+        return Ok(None);
+    }
+    create_job_account(&crate::service::SystemRunner, name)?;
+    write_stdout(&format!(
+        "  ✓ created the account {name} for jobs (system account, no login)\n"
+    ))?;
+    Ok(Some(name.to_owned()))
+}
+
+/// Register through the machine, write the config, install the service.
+fn install_with(
+    run: &RunArgs,
+    matches: &clap::ArgMatches,
+    scope: Scope,
+    manager: Option<Manager>,
+    config_path: &Path,
+    service_user: Option<String>,
+) -> anyhow::Result<i32> {
+    let settings = resolve_run(run, matches)?;
+    let state_dir = settings.state_dir.clone();
+    let jobs_dir = settings.jobs_root();
+    let mut file = FileConfig::default();
+    run.settings.write_into(&mut file);
+    let config_text = crate::config::render(&file).context("rendering the config file")?;
     let service = manager.map(|manager| {
         let binary =
             std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/fyn-runner"));
         let mut spec = ServiceSpec::new(
             binary,
-            config_path.clone(),
+            config_path.to_path_buf(),
             state_dir.clone(),
             scope,
-            run.drain_deadline,
+            run.settings.drain_deadline,
         );
-        spec.user = args.user.clone();
+        spec.user = service_user;
         Box::new(ServiceInstall { manager, spec }) as Box<dyn ServiceStep>
     });
     let plan = InstallPlan {
-        config_path: config_path.clone(),
+        config_path: config_path.to_path_buf(),
         config_text,
         service,
+        created_jobs_dir: crate::runtime::install::outermost_missing(&jobs_dir),
+        jobs_dir: Some(jobs_dir),
     };
     write_stdout(&format!("Installing fyn-runner ({scope:?} scope)\n"))?;
+    let config_path = config_path.to_path_buf();
     block_on(async move {
         let mut handle = crate::runtime::start_install(settings, plan)?;
         let mut steps = handle.transitions();
@@ -270,25 +352,6 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// The config an install writes: what the operator chose, never the token.
-pub(super) fn file_config(run: &RunArgs, state_dir: &Path) -> FileConfig {
-    FileConfig {
-        server: run.server.clone(),
-        name: run.name.clone(),
-        slots: Some(run.slots),
-        state_dir: Some(state_dir.to_path_buf()),
-        ca_file: run.ca_file.clone(),
-        allow_insecure_transport: run.allow_insecure_transport.then_some(true),
-        drain_deadline: Some(run.drain_deadline),
-        hardware_recheck: Some(run.hardware_recheck),
-        job_retention_hours: Some(run.job_retention_hours),
-        trace_max_bytes: Some(run.trace_max_bytes),
-        trace_keep: Some(run.trace_keep),
-        no_trace: run.no_trace.then_some(true),
-        log_format: None,
-    }
-}
-
 struct ServiceInstall {
     manager: Manager,
     spec: ServiceSpec,
@@ -330,19 +393,22 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
         None => config_path_for(scope, args.config_dir.as_deref()),
     };
     let file = crate::config::load(&config_path)?;
-    let mut run = RunArgs::empty();
+    let mut settings = RunSettings::default();
     if let Some(file) = &file {
-        run.server = file.server.clone();
-        run.state_dir = file.state_dir.clone();
-        run.ca_file = file.ca_file.clone();
-        run.allow_insecure_transport = file.allow_insecure_transport.unwrap_or(false);
-        run.name = file.name.clone();
+        settings.overlay(file);
     }
     let state_dir = args
         .state_dir
-        .or(run.state_dir.clone())
+        .or(settings.state_dir.clone())
         .unwrap_or_else(|| state_dir_for(scope));
-    run.state_dir = Some(state_dir.clone());
+    settings.state_dir = Some(state_dir.clone());
+    let job_user = settings.job_user.clone().filter(|user| user != "root");
+    // Job folders live beside the state folder when jobs run as their own account.
+    let jobs_dir = settings.jobs_dir.clone().or_else(|| {
+        job_user
+            .as_ref()
+            .map(|_| crate::config::default_jobs_dir(&state_dir, true))
+    });
 
     if let Some(manager) = crate::service::detect() {
         let service = crate::service::manager_for(manager, scope)?;
@@ -360,10 +426,10 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
         );
     }
     match (
-        run.server.is_some(),
+        settings.server.is_some(),
         crate::runtime::identity::identity_dir(&state_dir).exists(),
     ) {
-        (true, true) => tell_the_api(&run, Duration::from_secs(args.leave_timeout))?,
+        (true, true) => tell_the_api(settings, Duration::from_secs(args.leave_timeout))?,
         (false, true) => write_stdout(
             "  ! no server in the config: the control plane was not told; it will count the runner as lost\n",
         )?,
@@ -375,22 +441,32 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
         let _ = std::fs::remove_dir(dir);
     }
     write_stdout(&format!("  ✓ removed {}\n", config_path.display()))?;
-    if args.keep_state {
+    for dir in std::iter::once(&state_dir).chain(jobs_dir.as_ref()) {
+        if args.keep_state {
+            write_stdout(&format!("  ✓ kept {} (--keep-state)\n", dir.display()))?;
+        } else if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+            write_stdout(&format!("  ✓ removed {}\n", dir.display()))?;
+        }
+    }
+    if let Some(user) = job_user {
         write_stdout(&format!(
-            "  ✓ kept {} (--keep-state)\n",
-            state_dir.display()
+            "  ! left the account {user} that jobs ran as (files of theirs outside the runner's \
+             folders may still belong to it); remove it with `userdel {user}` when nothing \
+             needs it\n"
         ))?;
-    } else if state_dir.exists() {
-        std::fs::remove_dir_all(&state_dir)
-            .with_context(|| format!("removing {}", state_dir.display()))?;
-        write_stdout(&format!("  ✓ removed {}\n", state_dir.display()))?;
     }
     write_stdout("Uninstalled.\n")?;
     Ok(0)
 }
 
-fn tell_the_api(run: &RunArgs, within: Duration) -> anyhow::Result<()> {
-    let settings = settings_from(run)?;
+fn tell_the_api(mut settings: RunSettings, within: Duration) -> anyhow::Result<()> {
+    // Only the endpoint and the identity matter here: not the jobs' account, which may
+    // be gone already.
+    settings.job_user = None;
+    settings.jobs_dir = None;
+    let resolved = crate::config::resolve(settings, None)?;
+    let settings = crate::runtime::RunnerSettings::from_config(resolved);
     let outcome = block_on(async move {
         match crate::runtime::leave::leave(&settings, within).await {
             Ok(id) => Ok(format!("  ✓ the control plane forgot runner {id}\n")),

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::{GlobalSettings, LogFormat, RunSettings, Secret, TokenSource};
 use crate::spec;
 
 pub mod admin;
@@ -36,73 +37,64 @@ pub struct Cli {
     /// variables override what it says.
     #[arg(long, global = true, env = "FYN_RUNNER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Log format: readable lines, or JSON for journald and log pipelines. The usual
-    /// RUST_LOG filter applies (default: info).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FYN_RUNNER_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub global: GlobalSettings,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// How to reach the control plane and where to keep local state.
-#[derive(Debug, Default, clap::Args)]
+/// How to reach the control plane and where to keep local state: every setting (see
+/// `crate::config`), the one-time token, and `--print-config`.
+#[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The control plane, e.g. wss://api.example.com (the runner path /runner/v1 is
-    /// added when the URL has no path).
-    #[arg(long, env = "FYN_RUNNER_SERVER")]
-    pub server: Option<String>,
-    /// One-time registration token, needed only while this runner has no identity.
-    /// It is used once and never written to disk.
-    #[arg(long, env = "FYN_RUNNER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Where the identity, the outbox and the job area live.
-    #[arg(long, env = "FYN_RUNNER_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// The name the control plane shows for this runner [default: the host name].
-    #[arg(long, env = "FYN_RUNNER_NAME")]
-    pub name: Option<String>,
-    /// How many jobs may run at once.
-    #[arg(long, env = "FYN_RUNNER_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub slots: u32,
-    /// PEM file of the CA that signed the control plane's certificate; it replaces the
-    /// public web roots.
-    #[arg(long, env = "FYN_RUNNER_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Allow plain ws:// to a host that is not loopback. Tokens and job output then
-    /// cross the network unencrypted.
-    #[arg(long, env = "FYN_RUNNER_ALLOW_INSECURE_TRANSPORT")]
-    pub allow_insecure_transport: bool,
-    /// Seconds running jobs get to finish after a stop is requested.
-    #[arg(long, env = "FYN_RUNNER_DRAIN_DEADLINE", default_value_t = 120)]
-    pub drain_deadline: u64,
-    /// How often, in seconds, the hardware is re-checked while Active; changes are
-    /// sent as events.
-    #[arg(long, env = "FYN_RUNNER_HARDWARE_RECHECK", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
-    pub hardware_recheck: u64,
-    /// Hours an ended job's folder (its output logs and work/) is kept before it is
-    /// removed; 0 removes it as soon as the job ends. Folders left by an earlier run are
-    /// judged by when their job last wrote output or ended.
-    #[arg(long, env = "FYN_RUNNER_JOB_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(0..=crate::config::MAX_JOB_RETENTION_HOURS))]
-    pub job_retention_hours: u64,
-    /// Size in bytes at which the session trace (<state-dir>/traces) rotates.
-    #[arg(long, env = "FYN_RUNNER_TRACE_MAX_BYTES", default_value_t = 64 << 20)]
-    pub trace_max_bytes: u64,
-    /// How many trace files to keep.
-    #[arg(long, env = "FYN_RUNNER_TRACE_KEEP", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
-    pub trace_keep: u64,
-    /// Do not record a session trace.
-    #[arg(long, env = "FYN_RUNNER_NO_TRACE")]
-    pub no_trace: bool,
+    #[command(flatten)]
+    pub settings: RunSettings,
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Print the settings `run` would use — after flags, environment and the config
     /// file — and exit without connecting.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// The one-time registration token: not a setting, never written to disk.
+#[derive(Debug, Default, clap::Args)]
+pub struct TokenArgs {
+    /// One-time registration token, needed only while this runner has no identity; `-`
+    /// reads it from standard input. A value given here is visible to every local user
+    /// (in /proc/<pid>/cmdline) while the runner runs: prefer --token-file or --token -.
+    #[arg(long, env = "FYN_RUNNER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the one-time registration token (its first line). Wins over
+    /// --token.
+    #[arg(long, env = "FYN_RUNNER_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    pub fn is_given(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
+    }
+
+    /// Read the token from where it was given. `matches` tells whether a value came
+    /// from the command line, where every local user can read it: that gets a warning.
+    pub fn read(&self, matches: &clap::ArgMatches) -> anyhow::Result<Option<Secret>> {
+        let Some(source) = TokenSource::from_flags(self.token.clone(), self.token_file.clone())
+        else {
+            return Ok(None);
+        };
+        let on_command_line = matches!(source, TokenSource::Value(_))
+            && matches.try_get_raw("token").is_ok()
+            && matches.value_source("token") == Some(clap::parser::ValueSource::CommandLine);
+        if on_command_line {
+            tracing::warn!(
+                "the token was given on the command line, where every local user can read it \
+                 while this process runs; prefer --token-file PATH or --token - (standard input)"
+            );
+        }
+        let mut stdin = std::io::stdin().lock();
+        Ok(Some(crate::config::read_token(&source, &mut stdin)?))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,9 +120,9 @@ pub enum Command {
     /// Ask the running runner to drain: take no new jobs, let running ones finish (up to
     /// the deadline), deliver their results, then stop.
     Drain {
-        /// Seconds running jobs may take before they are cancelled [default: the
-        /// runner's --drain-deadline].
-        #[arg(long)]
+        /// Seconds running jobs may take before they are cancelled, 0 to 2592000 (30
+        /// days) [default: the runner's --drain-deadline].
+        #[arg(long, value_parser = crate::config::value::arg_parser(crate::config::value::drain_deadline))]
         deadline: Option<u64>,
         /// Cancel running jobs now instead of waiting for them.
         #[arg(long)]
@@ -231,14 +223,47 @@ pub enum SpecFormat {
     Markdown,
 }
 
+/// An error as the operator reads it: each cause once. The library's errors name their
+/// cause in their own message (so a log line with one `%error` is whole) and also
+/// give it as their `source()`, and `anyhow`'s `{:#}` would print it again after a
+/// colon — `Permission denied (os error 13): Permission denied (os error 13)`. Here a
+/// cause already said is left out.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
 /// Run the parsed command; the returned code becomes the process exit status.
-pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
+pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
     let default_filter = if matches!(cli.command, Command::Demo | Command::Ctl(_)) {
         "warn"
     } else {
         "info"
     };
+    // `run` and the service read the config file before logging starts: it may say
+    // how to log. (A file that cannot be read is reported once logging is up.)
+    let sub = matches.subcommand().map_or(matches, |(_, sub)| sub);
+    let file = match &cli.command {
+        Command::Run(_) | Command::ServiceMain(_) => {
+            crate::config::load_chosen(cli.config.as_deref())
+        }
+        _ => Ok(None),
+    };
+    if let Ok(Some(file)) = &file {
+        cli.global.apply_file(sub, file);
+    }
+    let log_format = cli.global.log_format;
     // A service has no console: what goes wrong before it runs must still reach the
     // service manager (as its exit code) rather than a stderr nobody reads.
     let mut logging_failed = None;
@@ -247,37 +272,44 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
             log_file: Some(file),
             ..
         }) => {
-            if let Err(error) = init_file_logging(cli.log_format, default_filter, file) {
-                init_logging(cli.log_format, default_filter);
+            if let Err(error) = init_file_logging(log_format, default_filter, file) {
+                init_logging(log_format, default_filter);
                 logging_failed = Some(error);
             }
         }
-        _ => init_logging(cli.log_format, default_filter),
+        _ => init_logging(log_format, default_filter),
     }
     match cli.command {
         Command::Run(mut args) => {
-            let sub = matches.subcommand_matches("run").unwrap_or(matches);
-            apply_config_file(&mut args, sub, cli.config.as_deref())?;
+            if let Some(file) = file? {
+                args.settings.apply_file(sub, &file);
+            }
             if args.print_config {
-                let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-                let text = crate::config::render(&admin::file_config(&args, &state_dir))?;
-                write_stdout(&text)?;
+                crate::config::check(&args.settings)?;
+                let mut shown = args.settings.clone();
+                shown.state_dir = Some(shown.state_dir.unwrap_or_else(default_state_dir));
+                let mut file = crate::config::FileConfig::default();
+                shown.write_into(&mut file);
+                cli.global.write_into(&mut file);
+                write_stdout(&crate::config::render(&file)?)?;
                 return Ok(0);
             }
-            run_runner(args)
+            run_runner(resolve_run(&args, sub)?)
         }
         Command::ServiceMain(mut args) => {
-            let sub = matches
-                .subcommand_matches("service-main")
-                .unwrap_or(matches);
-            let prepared = match logging_failed {
-                Some(error) => Err(error),
-                None => apply_config_file(&mut args.run, sub, cli.config.as_deref())
-                    .and_then(|()| settings_from(&args.run)),
+            let prepared = match (logging_failed, file) {
+                (Some(error), _) => Err(error),
+                (None, Err(error)) => Err(error.into()),
+                (None, Ok(file)) => {
+                    if let Some(file) = file {
+                        args.run.settings.apply_file(sub, &file);
+                    }
+                    resolve_run(&args.run, sub)
+                }
             };
-            service_main::run(&args.run, prepared)
+            service_main::run(args.run.settings.drain_deadline, prepared)
         }
-        Command::Install(args) => admin::install(*args),
+        Command::Install(args) => admin::install(*args, sub),
         Command::Uninstall(args) => admin::uninstall(args, cli.config.as_deref()),
         Command::Service(action) => admin::service(action, cli.config.as_deref()),
         Command::DevServer(args) => {
@@ -364,16 +396,8 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests calling in) is harmless; ignore it.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr);
+    install_logging(format, default_filter, writer, true);
 }
 
 /// Log to `file` (appending, created with its folder): for the Windows service, which
@@ -393,17 +417,59 @@ fn init_file_logging(
         .append(true)
         .open(file)
         .with_context(|| format!("opening the log file {}", file.display()))?;
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(log));
+    install_logging(format, default_filter, writer, false);
+    Ok(())
+}
+
+/// The subscriber: `RUST_LOG` (else `default_filter`), with the libraries that see
+/// what crosses the wire capped whatever `RUST_LOG` says (see [`wire_library_caps`]).
+fn install_logging(
+    format: LogFormat,
+    default_filter: &str,
+    writer: tracing_subscriber::fmt::writer::BoxMakeWriter,
+    ansi: bool,
+) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(log));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
+    let layer = match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().boxed(),
     };
-    Ok(())
+    // A second initialisation (tests calling in) is harmless; ignore it.
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter.and(wire_library_caps())))
+        .try_init();
+}
+
+/// The WebSocket, TLS and HTTP libraries log frames, headers and records at debug and
+/// trace — tokens, signatures and job environments among them. They are capped at
+/// info for every `RUST_LOG` (a filter of its own, so no `RUST_LOG` directive, however
+/// specific its target, can lift it); their warnings and errors still show.
+fn wire_library_caps() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    const WIRE_LIBRARIES: [&str; 10] = [
+        "tungstenite",
+        "tokio_tungstenite",
+        "rustls",
+        "tokio_rustls",
+        "hyper",
+        "hyper_util",
+        "h2",
+        "axum",
+        "tower",
+        "tower_http",
+    ];
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(WIRE_LIBRARIES.map(|target| (target, LevelFilter::INFO)))
 }
 
 /// The state directory when none is given: the system location for root, the XDG
@@ -417,43 +483,21 @@ pub fn default_state_dir_for(system: bool) -> PathBuf {
     crate::config::default_state_dir(system)
 }
 
-pub fn settings_from(args: &RunArgs) -> anyhow::Result<crate::runtime::RunnerSettings> {
-    let server = args
-        .server
-        .as_deref()
-        .context("no control plane given: pass --server, set FYN_RUNNER_SERVER, or put `server` in the config file")?;
-    let endpoint = crate::runtime::settings::endpoint(server, args.allow_insecure_transport)?;
-    let name = match &args.name {
-        Some(name) => name.clone(),
-        None => sysinfo::System::host_name().unwrap_or_else(|_| "fyn-runner".to_owned()),
-    };
-    let core = crate::core::CoreConfig {
-        slots: args.slots,
-        drain_deadline_secs: args.drain_deadline,
-        hardware_recheck_ms: args.hardware_recheck.saturating_mul(1000),
-        ..crate::core::CoreConfig::default()
-    };
-    Ok(crate::runtime::RunnerSettings {
-        endpoint,
-        state_dir: args.state_dir.clone().unwrap_or_else(default_state_dir),
-        token: args.token.clone().map(crate::runtime::Secret::new),
-        name,
-        ca_file: args.ca_file.clone(),
-        core,
-        backoff_min: std::time::Duration::from_millis(500),
-        backoff_max: std::time::Duration::from_secs(60),
-        connect_timeout: std::time::Duration::from_secs(15),
-        hardware: crate::runtime::HardwareSource::System,
-        job_retention: std::time::Duration::from_secs(
-            args.job_retention_hours.saturating_mul(3600),
-        ),
-        trace: (!args.no_trace).then_some(crate::runtime::TraceLimits {
-            max_bytes: args.trace_max_bytes,
-            keep: usize::try_from(args.trace_keep).unwrap_or(8),
-        }),
-        // Set by systemd for Type=notify units; read once, here, at the edge.
-        notify_socket: std::env::var("NOTIFY_SOCKET").ok(),
-    })
+/// The settings `run` starts with: the merged settings resolved against the system
+/// (`crate::config::resolve`), and the token read from where it was given.
+pub fn resolve_run(
+    args: &RunArgs,
+    matches: &clap::ArgMatches,
+) -> anyhow::Result<crate::runtime::RunnerSettings> {
+    let token = args.token.read(matches)?;
+    let resolved = crate::config::resolve(args.settings.clone(), token)?;
+    if resolved.job_account.is_none() && resolved.settings.job_user.is_none() && is_root() {
+        tracing::warn!(
+            "jobs run as root: every job can read this runner's key and store. Set job_user \
+             (install creates fyn-runner-job) to run them as an unprivileged account"
+        );
+    }
+    Ok(crate::runtime::RunnerSettings::from_config(resolved))
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(
@@ -467,8 +511,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(
     runtime.block_on(future)
 }
 
-fn run_runner(args: RunArgs) -> anyhow::Result<i32> {
-    let settings = settings_from(&args)?;
+fn run_runner(settings: crate::runtime::RunnerSettings) -> anyhow::Result<i32> {
     // One thread is plenty for a runner: it waits on a socket, timers and pipes; the
     // blocking work (hardware probes, SQLite) is short. It also keeps memory small.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -635,83 +678,10 @@ async fn drain(
     }
 }
 
-/// Fill in from the config file what neither a flag nor the environment gave:
-/// precedence flags > env > file > defaults. An explicit `--config` must exist; the
-/// default one may be absent.
-pub fn apply_config_file(
-    args: &mut RunArgs,
-    matches: &clap::ArgMatches,
-    explicit: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    use crate::config::apply_file;
-    let file = match explicit {
-        Some(path) => Some(crate::config::load_required(path)?),
-        None => crate::config::load(&default_config_path())?,
-    };
-    let Some(file) = file else { return Ok(()) };
-    apply_file(matches, "server", &mut args.server, file.server);
-    apply_file(matches, "name", &mut args.name, file.name);
-    apply_file(matches, "slots", &mut args.slots, file.slots);
-    apply_file(matches, "state_dir", &mut args.state_dir, file.state_dir);
-    apply_file(matches, "ca_file", &mut args.ca_file, file.ca_file);
-    apply_file(
-        matches,
-        "allow_insecure_transport",
-        &mut args.allow_insecure_transport,
-        file.allow_insecure_transport,
-    );
-    apply_file(
-        matches,
-        "drain_deadline",
-        &mut args.drain_deadline,
-        file.drain_deadline,
-    );
-    apply_file(
-        matches,
-        "hardware_recheck",
-        &mut args.hardware_recheck,
-        file.hardware_recheck,
-    );
-    apply_file(
-        matches,
-        "job_retention_hours",
-        &mut args.job_retention_hours,
-        file.job_retention_hours,
-    );
-    apply_file(
-        matches,
-        "trace_max_bytes",
-        &mut args.trace_max_bytes,
-        file.trace_max_bytes,
-    );
-    apply_file(matches, "trace_keep", &mut args.trace_keep, file.trace_keep);
-    apply_file(matches, "no_trace", &mut args.no_trace, file.no_trace);
-    Ok(())
-}
-
 /// Whether this process runs as root, or elevated on Windows (system paths and the
 /// system service).
 pub fn is_root() -> bool {
     crate::platform::is_privileged()
-}
-
-pub fn default_config_path() -> PathBuf {
-    crate::config::default_config_path(is_root())
-}
-
-impl RunArgs {
-    /// Every setting at its default, for commands that read them from the config file.
-    pub fn empty() -> Self {
-        Self {
-            slots: 1,
-            drain_deadline: 120,
-            hardware_recheck: 600,
-            job_retention_hours: 168,
-            trace_max_bytes: 64 << 20,
-            trace_keep: 8,
-            ..Self::default()
-        }
-    }
 }
 
 /// The state directory a command talks to: the flag, else the config file's, else the
@@ -723,10 +693,7 @@ fn resolve_state_dir(
     if let Some(dir) = explicit {
         return Ok(dir);
     }
-    let file = match config {
-        Some(path) => Some(crate::config::load_required(path)?),
-        None => crate::config::load(&default_config_path())?,
-    };
+    let file = crate::config::load_chosen(config)?;
     Ok(file
         .and_then(|f| f.state_dir)
         .unwrap_or_else(default_state_dir))
@@ -745,4 +712,33 @@ fn service_view() -> Option<String> {
         .status()
         .ok()?;
     Some(admin::describe_service(&status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_error;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot create {path}: {source}")]
+    struct Create {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_named_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let error = anyhow::Error::from(Create {
+            path: "/x",
+            source: io,
+        })
+        .context("cannot create the state directory /x");
+        let text = describe_error(&error);
+        assert_eq!(text.matches("os error 13").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot create the state directory /x: cannot create /x: "),
+            "{text}"
+        );
+    }
 }

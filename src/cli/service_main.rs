@@ -3,32 +3,31 @@
 //! STOP and PRESHUTDOWN to the drain (what SIGTERM does on Unix) and the runner's
 //! progress back to the SCM. Not for people: on other systems it refuses to run.
 
-use super::RunArgs;
-
 /// `prepared` is the runner's settings, or why they could not be made (config file,
 /// flags, log file): either way the process goes through the dispatcher, so the SCM
 /// sees the service start and then stop with the runner's exit code, instead of a
 /// process that vanished (which it would count as a crash and restart, over and over).
 #[cfg(windows)]
 pub fn run(
-    args: &RunArgs,
+    drain_deadline_secs: u64,
     prepared: anyhow::Result<crate::runtime::RunnerSettings>,
 ) -> anyhow::Result<i32> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::time::Duration;
 
-    let stop_budget = Duration::from_secs(
-        args.drain_deadline
-            .saturating_add(crate::service::STOP_MARGIN_SECS),
-    );
+    let stop_budget =
+        Duration::from_secs(drain_deadline_secs.saturating_add(crate::service::STOP_MARGIN_SECS));
     let code = Arc::new(AtomicI32::new(1));
     let reported = code.clone();
     crate::service::windows::run_dispatcher(stop_budget, move |stops, reporter| {
         let exit = match prepared {
             Ok(settings) => body(settings, stops, reporter),
             Err(error) => {
-                tracing::error!("the service cannot start: {error:#}");
+                tracing::error!(
+                    "the service cannot start: {}",
+                    super::describe_error(&error)
+                );
                 // As `fyn-runner run` exits on a setup error.
                 1
             }
@@ -96,7 +95,7 @@ fn body(
 
 #[cfg(not(windows))]
 pub fn run(
-    _args: &RunArgs,
+    _drain_deadline_secs: u64,
     _prepared: anyhow::Result<crate::runtime::RunnerSettings>,
 ) -> anyhow::Result<i32> {
     anyhow::bail!(

@@ -4,18 +4,8 @@
 //! clap already merges the first two and the defaults into the parsed arguments, and
 //! remembers where each value came from. So the file is applied afterwards, one
 //! setting at a time, and only where clap fell back to the default (or had no value
-//! at all):
-//!
-//! ```ignore
-//! let matches = Cli::command().get_matches();
-//! let mut cli = Cli::from_arg_matches(&matches)?;
-//! let run = matches.subcommand_matches("run").expect("the run subcommand");
-//! if let Some(file) = config::load(&path)? {
-//!     config::apply_file(run, "slots", &mut args.slots, file.slots);
-//!     config::apply_file(run, "name", &mut args.name, file.name); // Option<String>
-//!     // ... one line per key in config::KEYS
-//! }
-//! ```
+//! at all). The settings table generates one [`apply_file`] call per setting
+//! (`RunSettings::apply_file`).
 
 use clap::ArgMatches;
 use clap::parser::ValueSource;

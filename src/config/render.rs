@@ -1,10 +1,9 @@
 //! Writing the config file: every key with its meaning, set keys as values and the
 //! rest commented out with their default, so the file documents itself.
 
-use std::path::Path;
+use std::path::PathBuf;
 
-use super::keys::{KEYS, KeyDoc};
-use super::{ConfigError, FileConfig};
+use super::{ConfigError, FileConfig, KEYS, KeyDoc, LogFormat};
 
 const HEADER: &str = "\
 # fyn-runner configuration, read by `fyn-runner run --config <this file>`.
@@ -14,7 +13,7 @@ const HEADER: &str = "\
 # folder. Keys not listed here are refused. See docs/configuration.md.
 #
 # The one-time registration token is deliberately not a setting: it is used once, to
-# register, and never written to disk. Pass it with --token or FYN_RUNNER_TOKEN.
+# register, and never written to disk. Pass it with --token-file or `--token -`.
 ";
 
 const WIDTH: usize = 88;
@@ -26,7 +25,7 @@ pub fn render(config: &FileConfig) -> Result<String, ConfigError> {
     for doc in KEYS {
         out.push('\n');
         push_comment(&mut out, doc);
-        match value_of(config, doc.key)? {
+        match config.toml_value(doc.key)? {
             Some(value) => out.push_str(&format!("{} = {value}\n", doc.key)),
             None => out.push_str(&format!("# {} = {}\n", doc.key, doc.example)),
         }
@@ -53,33 +52,44 @@ fn push_comment(out: &mut String, doc: &KeyDoc) {
     out.push('\n');
 }
 
-/// The TOML literal of one key's value, if set.
-fn value_of(config: &FileConfig, key: &'static str) -> Result<Option<String>, ConfigError> {
-    let text = |s: &String| toml::Value::String(s.clone()).to_string();
-    let number = |n: u64| n.to_string();
-    let path = |p: &Path| {
-        p.to_str()
+/// A setting's value as a TOML literal.
+pub trait ToToml {
+    /// Fails only for a path that is not UTF-8, which TOML cannot hold (writing it
+    /// lossily would point the runner elsewhere).
+    fn to_toml(&self, key: &'static str) -> Result<String, ConfigError>;
+}
+
+impl ToToml for String {
+    fn to_toml(&self, _key: &'static str) -> Result<String, ConfigError> {
+        Ok(toml::Value::String(self.clone()).to_string())
+    }
+}
+
+impl ToToml for PathBuf {
+    fn to_toml(&self, key: &'static str) -> Result<String, ConfigError> {
+        self.to_str()
             .map(|s| toml::Value::String(s.to_owned()).to_string())
             .ok_or_else(|| ConfigError::NotUtf8 {
                 key,
-                path: p.to_owned(),
+                path: self.clone(),
             })
-    };
-    Ok(match key {
-        "server" => config.server.as_ref().map(text),
-        "name" => config.name.as_ref().map(text),
-        "slots" => config.slots.map(|n| n.to_string()),
-        "state_dir" => config.state_dir.as_deref().map(path).transpose()?,
-        "ca_file" => config.ca_file.as_deref().map(path).transpose()?,
-        "allow_insecure_transport" => config.allow_insecure_transport.map(|b| b.to_string()),
-        "drain_deadline" => config.drain_deadline.map(number),
-        "hardware_recheck" => config.hardware_recheck.map(number),
-        "job_retention_hours" => config.job_retention_hours.map(number),
-        "trace_max_bytes" => config.trace_max_bytes.map(number),
-        "trace_keep" => config.trace_keep.map(number),
-        "no_trace" => config.no_trace.map(|b| b.to_string()),
-        "log_format" => config.log_format.map(|f| format!("\"{}\"", f.as_str())),
-        // KEYS and this match are held together by the round-trip test.
-        _ => None,
-    })
+    }
+}
+
+macro_rules! plain_to_toml {
+    ($($ty:ty),*) => {$(
+        impl ToToml for $ty {
+            fn to_toml(&self, _key: &'static str) -> Result<String, ConfigError> {
+                Ok(self.to_string())
+            }
+        }
+    )*};
+}
+
+plain_to_toml!(u32, u64, bool);
+
+impl ToToml for LogFormat {
+    fn to_toml(&self, _key: &'static str) -> Result<String, ConfigError> {
+        Ok(format!("\"{}\"", self.as_str()))
+    }
 }

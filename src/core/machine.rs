@@ -897,7 +897,12 @@ impl Runner {
     /// How long a drain in `mode` may still take, at most: its deadline (graceful), the
     /// longest cancel grace and the flush, and a margin to exit.
     fn stop_bound_secs(&self, mode: DrainMode) -> u64 {
-        let tail = self.max_grace_secs() + self.config.flush_grace_secs + STOP_MARGIN_SECS;
+        // Saturating: a deadline or a grace from outside (the API, the control socket) must
+        // not overflow into a tiny bound that gets the runner killed mid-drain.
+        let tail = self
+            .max_grace_secs()
+            .saturating_add(self.config.flush_grace_secs)
+            .saturating_add(STOP_MARGIN_SECS);
         match mode {
             DrainMode::Graceful => self.drain_deadline_secs.saturating_add(tail),
             DrainMode::Forced => tail,

@@ -2,8 +2,9 @@
 The few operating-system calls that differ between Unix and Windows, each behind one
 function with the same meaning on both. Callers never write `cfg(unix)` themselves.
 
-Owns: file permissions (Unix mode bits; Windows ACLs), whether this process is
-privileged (root; an elevated Administrator), durable renames, free disk space.
+Owns: file permissions (Unix mode bits; Windows ACLs), who could change a file the
+runner trusts, whether this process is privileged (root; an elevated Administrator),
+the accounts jobs run as, durable renames, free disk space.
 
 Must not: import `core`, the runtime or the service managers. Larger platform splits
 that carry logic of their own (job process trees, the control endpoint, signals, the
@@ -53,4 +54,46 @@ impl Access {
             Self::GroupReadable => 0o640,
         }
     }
+}
+
+/// Why a file the runner trusts (its config) could have been changed by someone other
+/// than its user or root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForeignWrite {
+    /// The group or others may write it.
+    Mode { mode: u32 },
+    /// It belongs to another user, who can change it at will.
+    Owner { owner: u32, me: u32 },
+    /// Its folder lets others replace it (writable by others, no sticky bit).
+    Folder {
+        folder: std::path::PathBuf,
+        mode: u32,
+    },
+}
+
+impl std::fmt::Display for ForeignWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Mode { mode } => write!(f, "it is writable by group or others (mode {mode:04o})"),
+            Self::Owner { owner, me } => write!(
+                f,
+                "it is owned by uid {owner}, neither root nor this user (uid {me})"
+            ),
+            Self::Folder { folder, mode } => write!(
+                f,
+                "its folder {} is writable by others (mode {mode:04o}) without the sticky bit",
+                folder.display()
+            ),
+        }
+    }
+}
+
+/// A user account jobs can run as: what `setgroups`, `setgid` and `setuid` need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Every group the account belongs to, its primary group included.
+    pub groups: Vec<u32>,
 }

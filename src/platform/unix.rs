@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::Access;
+use super::{Access, Account, ForeignWrite};
 
 /// Creates `path` and its missing parents; the folders it creates get `access`
 /// (narrowed by the umask, as `mkdir` does).
@@ -70,6 +70,107 @@ pub fn is_privileged() -> bool {
 pub fn user_id() -> Option<u32> {
     // SAFETY: getuid has no preconditions and cannot fail.
     Some(unsafe { libc::getuid() })
+}
+
+/// This process's effective user ID: who owns what it creates, and whom its private
+/// files must belong to.
+pub fn effective_user_id() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// What could let someone other than this user or root change the file at `path`
+/// (as sshd's StrictModes asks of the files it trusts): group or others may write it,
+/// another user owns it, or its folder is writable by others without the sticky bit.
+pub fn foreign_write_access(path: &Path) -> io::Result<Option<ForeignWrite>> {
+    let meta = fs::metadata(path)?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Ok(Some(ForeignWrite::Mode { mode }));
+    }
+    let me = effective_user_id();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Ok(Some(ForeignWrite::Owner {
+            owner: meta.uid(),
+            me,
+        }));
+    }
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let folder_mode = fs::metadata(&folder)?.mode() & 0o7777;
+    if folder_mode & 0o002 != 0 && folder_mode & 0o1000 == 0 {
+        return Ok(Some(ForeignWrite::Folder {
+            folder,
+            mode: folder_mode,
+        }));
+    }
+    Ok(None)
+}
+
+/// The account called `name`, with its groups, or `None` when there is none.
+pub fn lookup_account(name: &str) -> io::Result<Option<Account>> {
+    let c_name =
+        CString::new(name).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut entry = MaybeUninit::<libc::passwd>::uninit();
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: the NUL-terminated name, the entry
+    // to fill, the buffer (with its true length) its strings go to, and `found`.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            entry.as_mut_ptr(),
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    if found.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: getpwnam_r returned 0 with a non-null result, so it filled the entry.
+    let entry = unsafe { entry.assume_init() };
+    Ok(Some(Account {
+        name: name.to_owned(),
+        uid: entry.pw_uid,
+        gid: entry.pw_gid,
+        groups: groups_of(&c_name, entry.pw_gid)?,
+    }))
+}
+
+/// Every group `name` belongs to (`getgrouplist`), its primary group `gid` included.
+fn groups_of(name: &CString, gid: libc::gid_t) -> io::Result<Vec<u32>> {
+    let mut count: libc::c_int = 32;
+    for _ in 0..8 {
+        let mut groups = vec![0 as libc::gid_t; usize::try_from(count).unwrap_or(32)];
+        let asked = count;
+        // SAFETY: `groups` has room for `count` entries, and getgrouplist writes at
+        // most that many, setting `count` to how many there are.
+        #[cfg(not(target_os = "macos"))]
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        // macOS declares the groups as `int`.
+        #[cfg(target_os = "macos")]
+        let rc = unsafe {
+            libc::getgrouplist(
+                name.as_ptr(),
+                gid as libc::c_int,
+                groups.as_mut_ptr().cast(),
+                &mut count,
+            )
+        };
+        if rc >= 0 {
+            groups.truncate(usize::try_from(count).unwrap_or(0));
+            return Ok(groups);
+        }
+        // Too small: `count` now says how many there are (glibc), or try twice as many.
+        count = count.max(asked.saturating_mul(2));
+    }
+    Err(io::Error::other("the account's group list keeps growing"))
 }
 
 /// A mounted filesystem and its space.

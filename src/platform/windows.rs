@@ -20,7 +20,7 @@ use windows_sys::Win32::Storage::FileSystem::{
 };
 use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
-use super::Access;
+use super::{Access, Account, ForeignWrite};
 
 /// `text` as a NUL-terminated UTF-16 string for the Win32 API.
 pub(crate) fn wide(text: &OsStr) -> Vec<u16> {
@@ -186,4 +186,24 @@ pub fn without_verbatim_prefix(path: &Path) -> PathBuf {
         Some(rest) if rest.as_bytes().get(1) == Some(&b':') => PathBuf::from(rest),
         _ => path.to_path_buf(),
     }
+}
+
+/// Windows has no user IDs; the runner's files are kept private by their ACLs.
+pub fn effective_user_id() -> u32 {
+    0
+}
+
+/// Not checked on Windows: the config file's ACL is the installer's (see
+/// docs/operations.md, "Known limits").
+pub fn foreign_write_access(_path: &Path) -> io::Result<Option<ForeignWrite>> {
+    Ok(None)
+}
+
+/// Jobs run as the service's account on Windows: another account would need its
+/// password stored with the runner.
+pub fn lookup_account(_name: &str) -> io::Result<Option<Account>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "job_user is not supported on Windows",
+    ))
 }

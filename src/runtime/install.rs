@@ -26,6 +26,12 @@ pub struct InstallPlan {
     pub config_text: String,
     /// `None` with `--no-service`.
     pub service: Option<Box<dyn ServiceStep>>,
+    /// Where job folders live (beside the state folder for a job account); `None`:
+    /// `<state_dir>/jobs`.
+    pub jobs_dir: Option<PathBuf>,
+    /// The outermost folder of `jobs_dir` missing before the runner started (which
+    /// makes it), so a rollback removes it.
+    pub created_jobs_dir: Option<PathBuf>,
 }
 
 enum Created {
@@ -44,9 +50,16 @@ impl Installer {
     /// `created_root`: the outermost folder the runtime created for the state
     /// directory before the machine started (it needs its store there), if any.
     pub(crate) fn new(plan: InstallPlan, state_dir: &Path, created_root: Option<&Path>) -> Self {
+        // A jobs folder inside a new state folder goes with it.
+        let jobs_dir = plan
+            .created_jobs_dir
+            .clone()
+            .filter(|jobs| created_root.is_none_or(|root| !jobs.starts_with(root)));
         let created = created_root
-            .map(|root| Created::Dir(root.to_path_buf()))
+            .map(Path::to_path_buf)
             .into_iter()
+            .chain(jobs_dir)
+            .map(Created::Dir)
             .collect();
         Self {
             plan,
@@ -72,7 +85,7 @@ impl Installer {
     }
 
     fn create_directories(&mut self) -> Result<String, String> {
-        let jobs = self.state_dir.join("jobs");
+        let jobs = (self.plan.jobs_dir.clone()).unwrap_or_else(|| self.state_dir.join("jobs"));
         self.create_dir(&jobs, Access::Private)?;
         if let Some(config_dir) = self.plan.config_path.parent().map(Path::to_path_buf) {
             self.create_dir(&config_dir, Access::Readable)?;

@@ -1,48 +1,17 @@
-//! What the runtime needs to know to run, resolved and checked before anything starts.
+//! What the runtime needs to know to run, resolved and checked before anything starts
+//! (by `crate::config`, whose [`Resolved`] settings become a [`RunnerSettings`] here).
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
 
+use crate::config::{Resolved, RunSettings, value};
 use crate::core::CoreConfig;
-use crate::protocol::RUNNER_PATH;
+use crate::platform::Account;
 
-/// A secret that never prints: `Debug` and `Display` show a placeholder.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("--server {url:?} is not a valid URL: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("--server must use wss:// (or ws://), not {0}://")]
-    BadScheme(String),
-    #[error(
-        "refusing plain ws:// to {host}, which is not a loopback address: tokens and job \
-         output would cross the network unencrypted. Use wss://, or pass \
-         --allow-insecure-transport if this network is trusted"
-    )]
-    InsecureTransport { host: String },
-}
+pub use crate::config::{Secret, SettingsError, endpoint};
 
 /// Where hardware reports come from: the machine itself, or (tests, demos of the
 /// change path) a function that stands in for it.
@@ -97,12 +66,12 @@ pub struct RunnerSettings {
     pub trace: Option<TraceLimits>,
     /// How long an ended job's folder (its logs and `work/`) is kept.
     pub job_retention: Duration,
-    /// The service manager's notification socket (`NOTIFY_SOCKET` under systemd).
-    pub notify_socket: Option<String>,
+    /// Where job folders live; `None`: the default for `state_dir` (see
+    /// [`RunnerSettings::jobs_root`]).
+    pub jobs_dir: Option<PathBuf>,
+    /// The account jobs run as, when not the runner's own.
+    pub job_account: Option<Account>,
 }
-
-/// Ended jobs' folders are kept a week unless the operator says otherwise.
-pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Size-based rotation of the trace files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,25 +82,72 @@ pub struct TraceLimits {
     pub keep: usize,
 }
 
-impl Default for TraceLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: 64 << 20,
-            keep: 8,
-        }
-    }
-}
-
 impl RunnerSettings {
     /// Where job directories live (and whose disk is reported as the job area).
     pub fn jobs_root(&self) -> PathBuf {
-        self.state_dir.join("jobs")
+        self.jobs_dir.clone().unwrap_or_else(|| {
+            crate::config::default_jobs_dir(&self.state_dir, self.job_account.is_some())
+        })
     }
 
-    /// Defaults an operator would expect: one slot, backoff from 0.5 s to 60 s, a
-    /// 15 s connect timeout, the machine's own hardware, the trace on, no token.
+    /// Where jobs live and whom they run as. With a job account the jobs folder is
+    /// outside the state folder, and job folders an earlier layout kept inside it are
+    /// moved out.
+    pub fn jobs_layout(&self) -> crate::runtime::jobs::JobsLayout {
+        let root = self.jobs_root();
+        let inside = self.state_dir.join("jobs");
+        crate::runtime::jobs::JobsLayout {
+            moved_from: (root != inside).then_some(inside),
+            root,
+            account: self
+                .job_account
+                .clone()
+                .map(crate::runtime::jobs::JobAccount::new),
+        }
+    }
+
+    /// The runner `run` starts from its resolved settings.
+    pub fn from_config(resolved: Resolved) -> Self {
+        let Resolved {
+            settings,
+            endpoint,
+            state_dir,
+            jobs_dir,
+            job_account,
+            name,
+            token,
+        } = resolved;
+        let mut runner = Self {
+            token,
+            name,
+            jobs_dir: Some(jobs_dir),
+            job_account,
+            ..Self::new(endpoint, state_dir)
+        };
+        runner.take(&settings);
+        runner
+    }
+
+    /// What the table of settings decides (`crate::config`, defined once there): the
+    /// core's slots and deadlines, the trace, the retention, the CA.
+    fn take(&mut self, settings: &RunSettings) {
+        self.core.slots = settings.slots;
+        self.core.drain_deadline_secs = settings.drain_deadline;
+        self.core.hardware_recheck_ms = value::secs_to_ms(settings.hardware_recheck);
+        self.trace = (!settings.no_trace).then_some(TraceLimits {
+            max_bytes: settings.trace_max_bytes,
+            // At most 1000 (the setting's check).
+            keep: usize::try_from(settings.trace_keep).unwrap_or(1000),
+        });
+        self.job_retention = value::hours(settings.job_retention_hours);
+        self.ca_file = settings.ca_file.clone();
+    }
+
+    /// Defaults an operator would expect: the settings' own defaults (one slot, the
+    /// trace on, a week's retention), backoff from 0.5 s to 60 s, a 15 s connect
+    /// timeout, the machine's own hardware, no token.
     pub fn new(endpoint: Url, state_dir: PathBuf) -> Self {
-        Self {
+        let mut runner = Self {
             endpoint,
             state_dir,
             token: None,
@@ -142,76 +158,12 @@ impl RunnerSettings {
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(15),
             hardware: HardwareSource::System,
-            trace: Some(TraceLimits::default()),
-            job_retention: DEFAULT_JOB_RETENTION,
-            notify_socket: None,
-        }
-    }
-}
-
-/// Turn `--server` into the runner endpoint, refusing plain text off loopback unless the
-/// operator opted in.
-pub fn endpoint(server: &str, allow_insecure: bool) -> Result<Url, SettingsError> {
-    let mut url = Url::parse(server).map_err(|e| SettingsError::BadUrl {
-        url: server.to_owned(),
-        reason: e.to_string(),
-    })?;
-    match url.scheme() {
-        "wss" => {}
-        "ws" => {
-            let host = url.host_str().unwrap_or_default().to_owned();
-            if !is_loopback(&host) && !allow_insecure {
-                return Err(SettingsError::InsecureTransport { host });
-            }
-        }
-        other => return Err(SettingsError::BadScheme(other.to_owned())),
-    }
-    if url.path().is_empty() || url.path() == "/" {
-        url.set_path(RUNNER_PATH);
-    }
-    Ok(url)
-}
-
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_text_only_to_loopback() {
-        assert!(endpoint("ws://127.0.0.1:7480", false).is_ok());
-        assert!(endpoint("ws://[::1]:7480", false).is_ok());
-        assert!(endpoint("ws://localhost:7480", false).is_ok());
-        let refused = endpoint("ws://10.0.0.5:7480", false).expect_err("must refuse");
-        assert!(refused.to_string().contains("--allow-insecure-transport"));
-        assert!(endpoint("ws://10.0.0.5:7480", true).is_ok());
-        assert!(endpoint("wss://api.example.com", false).is_ok());
-        assert!(matches!(
-            endpoint("http://x", false),
-            Err(SettingsError::BadScheme(_))
-        ));
-        assert!(matches!(
-            endpoint("not a url", false),
-            Err(SettingsError::BadUrl { .. })
-        ));
-    }
-
-    #[test]
-    fn the_runner_path_is_added_to_a_bare_server() {
-        let url = endpoint("wss://api.example.com", false).expect("valid");
-        assert_eq!(url.as_str(), "wss://api.example.com/runner/v1");
-        let url = endpoint("wss://api.example.com/custom/path", false).expect("valid");
-        assert_eq!(url.path(), "/custom/path");
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("tok-123");
-        assert!(!format!("{s:?}").contains("tok-123"));
+            trace: None,
+            job_retention: Duration::ZERO,
+            jobs_dir: None,
+            job_account: None,
+        };
+        runner.take(&RunSettings::default());
+        runner
     }
 }

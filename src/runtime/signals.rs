@@ -1,5 +1,8 @@
 //! OS signals to control requests, nothing else: the first stop request asks for a
-//! drain, the second forces the stop.
+//! drain, the second forces the stop. Every other signal whose default would end the
+//! runner while its jobs run on (SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, ...) is caught and
+//! logged, never obeyed: a runner killed mid-job leaves its jobs to be reported lost.
+//! (SIGPIPE the Rust runtime ignores from the start; a job gets the default back.)
 //!
 //! On Unix a stop request is SIGTERM or SIGINT. On Windows it is a console event:
 //! Ctrl+C, Ctrl+Break, the console window closing, logoff or shutdown (Windows gives a
@@ -13,6 +16,23 @@ use super::control::Control;
 
 pub fn forward_signals(control: UnboundedSender<Control>) -> std::io::Result<()> {
     let mut signals = os::StopSignals::new()?;
+    let mut others = os::OtherSignals::new()?;
+    tokio::spawn(async move {
+        while let Some(name) = others.next().await {
+            if name == "SIGHUP" {
+                info!(
+                    signal = name,
+                    "nothing to reload: the config file is read at start (restart the \
+                     runner to apply a change); carrying on"
+                );
+            } else {
+                warn!(
+                    signal = name,
+                    "ignoring the signal: it does not stop the runner"
+                );
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut seen = 0u32;
         while let Some(name) = signals.next().await {
@@ -42,6 +62,47 @@ pub fn forward_signals(control: UnboundedSender<Control>) -> std::io::Result<()>
 mod os {
     use tokio::signal::unix::{Signal, SignalKind, signal};
 
+    /// Signals whose default action ends the process and that no one should be able to
+    /// end a runner with by accident (a terminal closing, a stray `kill -USR1`, a
+    /// resource limit's warning): each is caught, so it is only logged.
+    const CAUGHT: &[(libc::c_int, &str)] = &[
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGVTALRM, "SIGVTALRM"),
+        (libc::SIGPROF, "SIGPROF"),
+        (libc::SIGIO, "SIGIO"),
+        (libc::SIGXCPU, "SIGXCPU"),
+        (libc::SIGXFSZ, "SIGXFSZ"),
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        (libc::SIGPWR, "SIGPWR"),
+    ];
+
+    pub struct OtherSignals {
+        streams: Vec<(Signal, &'static str)>,
+    }
+
+    impl OtherSignals {
+        pub fn new() -> std::io::Result<Self> {
+            let streams = CAUGHT
+                .iter()
+                .map(|&(number, name)| Ok((signal(SignalKind::from_raw(number))?, name)))
+                .collect::<std::io::Result<_>>()?;
+            Ok(Self { streams })
+        }
+
+        /// The next caught signal, by name; `None` once none can come any more.
+        pub async fn next(&mut self) -> Option<&'static str> {
+            let waits = self.streams.iter_mut().map(|(stream, name)| {
+                let name = *name;
+                Box::pin(async move { stream.recv().await.map(|()| name) })
+            });
+            let (received, _, _) = futures_util::future::select_all(waits).await;
+            received
+        }
+    }
+
     pub struct StopSignals {
         term: Signal,
         interrupt: Signal,
@@ -68,6 +129,19 @@ mod os {
 
 #[cfg(windows)]
 mod os {
+    /// Windows ends a console program only through the console events below.
+    pub struct OtherSignals;
+
+    impl OtherSignals {
+        pub fn new() -> std::io::Result<Self> {
+            Ok(Self)
+        }
+
+        pub async fn next(&mut self) -> Option<&'static str> {
+            None
+        }
+    }
+
     use tokio::signal::windows::{
         CtrlBreak, CtrlC, CtrlClose, CtrlLogoff, CtrlShutdown, ctrl_break, ctrl_c, ctrl_close,
         ctrl_logoff, ctrl_shutdown,

@@ -146,6 +146,24 @@ pub enum StoreError {
         #[source]
         source: StoreFault,
     },
+    #[error(
+        "store {} {what}, but this runner is registered ({}): the record of the commands it \
+         applied and of the results it has not delivered is gone, and starting with an \
+         empty store could apply commands a second time. Restore {} (with its -wal file, \
+         if any) from a backup. Or start fresh as a new runner: move the identity aside \
+         (mv {} {}.lost) and run once more with a new one-time token (--token-file); the \
+         control plane counts the old runner as lost and gives its jobs to others",
+        path.display(),
+        identity.display(),
+        path.display(),
+        identity.display(),
+        identity.display()
+    )]
+    Lost {
+        path: PathBuf,
+        what: &'static str,
+        identity: PathBuf,
+    },
     #[error("store {path}: {what} is corrupt: {detail}")]
     Corrupt {
         path: String,
@@ -175,12 +193,17 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) `<state_dir>/runner.db`. The state folder must
     /// exist. A new database file is created with mode 0600: job specs may carry
-    /// secrets in their environment. SQLite gives the WAL files the same mode.
+    /// secrets in their environment. SQLite gives the WAL files the same mode. A
+    /// file another user owns is refused, one others may read is made private; so is
+    /// a missing or empty store beside a registered identity refused (see
+    /// [`check_not_lost`]).
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let file = db_path(state_dir);
+        check_not_lost(state_dir, &file)?;
         if create_private_db_file(&file)? {
             secure_fs::sync_dir(state_dir)?;
         }
+        secure_fs::ensure_private_file(&file)?;
         let path = file.display().to_string();
         let conn = Connection::open(&file).map_err(|source| StoreError::Open {
             path: path.clone(),
@@ -218,6 +241,10 @@ impl Store {
             // The working set is a few rows; a 256 KiB page cache keeps the idle
             // runner small (SQLite's default is 2 MiB).
             .and_then(|()| conn.pragma_update(None, "cache_size", -256))
+            // Deleted rows (a job's spec, with its environment's secrets) are
+            // overwritten with zeros, not left in free pages for anyone who reads
+            // the file later. See `commit` for the WAL's old copies.
+            .and_then(|()| conn.pragma_update(None, "secure_delete", true))
             .map_err(open_err)?;
         let mut store = Store {
             conn,
@@ -302,7 +329,37 @@ impl Store {
             })?;
         }
         tx.commit()
-            .map_err(|source| StoreError::Commit { path, source })
+            .map_err(|source| StoreError::Commit { path, source })?;
+        if writes
+            .iter()
+            .any(|write| matches!(write, Durable::JobRemoved { .. }))
+        {
+            self.forget_old_pages();
+        }
+        Ok(())
+    }
+
+    /// `secure_delete` zeroes a removed job's spec in the database, but the WAL still
+    /// holds the frames that wrote it until a checkpoint overwrites or truncates
+    /// them. So a batch that removes a job ends with a checkpoint that copies the
+    /// zeroed pages into the database and truncates the WAL: a few pages and a disk
+    /// sync, once per job end (never on the way to a job's start). Hygiene, not
+    /// durability: the batch is committed already, so a failure is only logged.
+    fn forget_old_pages(&self) {
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        match checkpoint {
+            Ok(0) => {}
+            Ok(_) => {
+                tracing::debug!(store = %self.path, "checkpoint blocked by a reader; the WAL keeps old pages until the next one")
+            }
+            Err(error) => {
+                tracing::warn!(store = %self.path, %error, "cannot checkpoint the store; the WAL keeps old pages until the next checkpoint")
+            }
+        }
     }
 
     /// `synchronous` is FULL or NORMAL per batch; set only when it changes.
@@ -468,6 +525,35 @@ impl Store {
         }
         Ok(job)
     }
+}
+
+/// A registered runner's store is never empty: the schema is written before the
+/// identity is. So a store that is missing or empty beside an identity was deleted or
+/// truncated (by hand, a restore gone wrong, a disk problem), and with it the record
+/// of the commands this runner applied and the results it has not delivered.
+/// Starting afresh under the same identity could apply commands a second time, so
+/// the runner refuses and says how to restore, or how to start fresh as a new runner.
+fn check_not_lost(state_dir: &Path, file: &Path) -> Result<(), StoreError> {
+    let identity = super::identity::identity_dir(state_dir);
+    if !identity.join(super::identity::RUNNER_FILE).exists() {
+        return Ok(());
+    }
+    let what = match std::fs::metadata(file) {
+        Ok(meta) if meta.len() > 0 => return Ok(()),
+        Ok(_) => "is empty",
+        Err(e) if e.kind() == io::ErrorKind::NotFound => "is missing",
+        Err(source) => {
+            return Err(StoreError::Create {
+                path: file.to_path_buf(),
+                source,
+            });
+        }
+    };
+    Err(StoreError::Lost {
+        path: file.to_path_buf(),
+        what,
+        identity,
+    })
 }
 
 /// Creates an empty, private database file (mode 0600; on Windows a private access

@@ -15,6 +15,7 @@ a service manager. (The Windows service's entry point runs the runner through a
 closure the CLI hands it, for the same reason.)
 */
 
+pub mod account;
 mod command;
 mod files;
 pub mod launchd;
@@ -34,9 +35,8 @@ pub use windows::WindowsService;
 /// in it, or the manager would SIGKILL a runner that is still doing the right thing.
 pub const STOP_MARGIN_SECS: u64 = 60;
 
-/// The longest drain deadline a service accepts (30 days); beyond it the stop
-/// timeout stops meaning anything and some managers overflow.
-pub const MAX_DRAIN_DEADLINE_SECS: u64 = 30 * 24 * 3600;
+/// The longest drain deadline a service accepts: the setting's own bound.
+pub use crate::config::MAX_DRAIN_DEADLINE_SECS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scope {

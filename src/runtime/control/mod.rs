@@ -164,17 +164,20 @@ async fn answer(
         Ok(Request::Drain {
             deadline_secs,
             force,
-        }) => {
-            let request = if force {
-                Control::Force
-            } else {
-                Control::Drain { deadline_secs }
-            };
-            let _ = control.send(request);
-            Response::Draining {
-                status: Box::new(status.borrow().clone()),
+        }) => match deadline_secs.map(checked_deadline).transpose() {
+            Err(message) => Response::Error { message },
+            Ok(deadline_secs) => {
+                let request = if force {
+                    Control::Force
+                } else {
+                    Control::Drain { deadline_secs }
+                };
+                let _ = control.send(request);
+                Response::Draining {
+                    status: Box::new(status.borrow().clone()),
+                }
             }
-        }
+        },
         Err(e) => Response::Error {
             message: format!("bad request: {e}"),
         },
@@ -183,6 +186,15 @@ async fn answer(
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     write.shutdown().await
+}
+
+/// A drain deadline held to the setting's own check: the runner takes none that `run`
+/// would refuse (nor one that would overflow what it tells the service manager).
+fn checked_deadline(secs: u64) -> Result<u64, String> {
+    i64::try_from(secs)
+        .map_err(|_| format!("too large: {secs}"))
+        .and_then(crate::config::value::drain_deadline)
+        .map_err(|reason| format!("bad drain deadline {secs}: {reason}"))
 }
 
 /// Ask the runner that owns `state_dir`.

@@ -173,7 +173,7 @@ pub(super) fn launch(
         let nothing_kept = Retention::new(settings.job_retention);
         (None, nothing_kept, Janitor::default())
     } else {
-        let jobs = JobSupervisor::new(jobs_root.clone(), reports_tx);
+        let jobs = JobSupervisor::with_layout(settings.jobs_layout(), reports_tx);
         jobs.preflight().map_err(StartError::Jobs)?;
         let (retention, janitor) = ended_jobs_retention(&settings, &jobs_root, &restored);
         (Some(jobs), retention, janitor)

@@ -101,4 +101,26 @@ pub enum ExecutorError {
     BadPid { pid: u32 },
     #[error("job {job_id} attempt {attempt} is already running here")]
     AlreadyRunning { job_id: String, attempt: u32 },
+    #[error(
+        "the job account {user} cannot reach the jobs folder {}: {} (mode {mode:04o}) is \
+         closed to it. Choose a jobs_dir it can reach, or let it pass (chmod o+x {})",
+        root.display(),
+        folder.display(),
+        folder.display()
+    )]
+    JobsRootUnreachable {
+        user: String,
+        root: PathBuf,
+        folder: PathBuf,
+        mode: u32,
+    },
+    #[error(
+        "refusing the jobs folder {}: {why}, and whoever can change it could have the \
+         runner, as root, follow a link a job planted there. Give it to root, mode 0711",
+        root.display()
+    )]
+    JobsRootUntrusted {
+        root: PathBuf,
+        why: crate::platform::ForeignWrite,
+    },
 }

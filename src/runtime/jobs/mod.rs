@@ -10,6 +10,7 @@ single `SpawnFailed`.
 
 Layout: `executor` is the pluggable backend interface with its preflight check (seed
 002); `process` is the first backend, local processes in their own process group;
+`job_account` runs them as an account of their own when the runner is root;
 `spare_dir` keeps a job folder made ahead of time; `retention` removes ended jobs'
 folders once their term is up;
 `output` copies a job's output to its log files and to the reports with bounded
@@ -22,6 +23,7 @@ takes from `crate::core` is `Event`, to hand reports over in the core's vocabula
 */
 
 mod executor;
+mod job_account;
 mod output;
 mod process;
 mod report;
@@ -30,8 +32,9 @@ mod spare_dir;
 mod supervisor;
 
 pub use executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};
+pub use job_account::{JobAccount, move_job_folders};
 pub use output::{CHUNK_BYTES, CREDITS_PER_STREAM, OutputChunk, OutputSink, StreamSink};
-pub use process::{ProcessExecutor, default_path, job_dir};
+pub use process::{JobsLayout, ProcessExecutor, default_path, job_dir};
 pub use report::JobReport;
 pub use retention::{Janitor, Retention, stamp_end};
 pub use supervisor::JobSupervisor;

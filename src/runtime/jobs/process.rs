@@ -5,7 +5,9 @@ environment.
 
 Layout of a job: `<jobs_root>/<job_id>-<attempt>/` (private: mode 0700, or a private
 access list on Windows; the job's `HOME`) holds `stdout.log`, `stderr.log` and `work/`,
-where the job starts (or in the relative `workdir` below it that the spec names).
+where the job starts (or in the relative `workdir` below it that the spec names). With
+a job account (`job_account.rs`) the folder and `work/` belong to that account, the
+logs stay the runner's, and the jobs root is the runner's, 0711.
 
 What holds a job's processes together is the platform's: a process group on Unix
 (`process_group.rs`: signals to the whole group, SIGKILL when the main process
@@ -28,6 +30,7 @@ use tracing::{info, warn};
 use crate::protocol::{ExitStatus, JobRef, JobSpecError, OutputStream, validate_job_id};
 
 use super::executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};
+use super::job_account::JobAccount;
 use super::output::{LogFile, StreamSink, pump};
 use super::spare_dir::{self, SpareDirs};
 use crate::platform::{self, Access};
@@ -50,17 +53,43 @@ pub struct ProcessExecutor {
     /// The runner's `PATH`, read once, so every job of this runner sees the same one.
     path: OsString,
     spares: SpareDirs,
+    /// Who jobs run as, when not the runner's own user.
+    account: Option<Arc<JobAccount>>,
+    /// Where an earlier layout kept job folders, moved from at preflight.
+    moved_from: Option<PathBuf>,
+}
+
+/// Where jobs live and whom they run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsLayout {
+    pub root: PathBuf,
+    /// The account jobs run as, when not the runner's own.
+    pub account: Option<JobAccount>,
+    /// A folder an earlier layout kept job folders in (`<state_dir>/jobs` before jobs
+    /// had an account of their own), emptied into `root` at preflight.
+    pub moved_from: Option<PathBuf>,
 }
 
 impl ProcessExecutor {
     pub fn new(jobs_root: PathBuf) -> Self {
+        Self::with_layout(JobsLayout {
+            root: jobs_root,
+            account: None,
+            moved_from: None,
+        })
+    }
+
+    pub fn with_layout(layout: JobsLayout) -> Self {
         let path = std::env::var_os("PATH")
             .filter(|path| !path.is_empty())
             .unwrap_or_else(default_path);
+        let account = layout.account.map(Arc::new);
         Self {
-            spares: SpareDirs::new(jobs_root.clone()),
-            jobs_root,
+            spares: SpareDirs::new(layout.root.clone(), account.clone()),
+            jobs_root: layout.root,
             path,
+            account,
+            moved_from: layout.moved_from,
         }
     }
 
@@ -97,6 +126,16 @@ impl Executor for ProcessExecutor {
             return Err(ExecutorError::NotADirectory { path: root.clone() });
         }
         create_dir(root)?;
+        if let Some(account) = &self.account {
+            account.open_jobs_root(root)?;
+        }
+        if let Some(old) = self
+            .moved_from
+            .as_deref()
+            .filter(|old| *old != root.as_path())
+        {
+            super::job_account::move_job_folders(old, root);
+        }
         // Job IDs never start with '.', so the probe cannot meet a job's directory.
         let probe = root.join(format!(".preflight-{}", std::process::id()));
         let io_error = |op| {
@@ -126,7 +165,11 @@ impl Executor for ProcessExecutor {
         let job = spec.job_ref();
         let job_dir = self.job_dir(&job)?;
         let [stdout_log, stderr_log] = self.make_job_dir(&job_dir)?;
-        let start_dir = start_dir(&job_dir.join("work"), spec.workdir.as_deref())?;
+        let work = job_dir.join("work");
+        let start_dir = start_dir(&work, spec.workdir.as_deref())?;
+        if let Some(account) = &self.account {
+            account.hand_over_below(&work, &start_dir)?;
+        }
 
         let Some((program, args)) = spec.command.split_first() else {
             return Err(JobSpecError::EmptyCommand.into());
@@ -143,6 +186,10 @@ impl Executor for ProcessExecutor {
             // unless listed here.
             .env_clear()
             .envs(tree::base_environment(&job_dir, &self.path));
+        if let Some(account) = &self.account {
+            command.envs(account.environment());
+            account.apply(&mut command);
+        }
         // The job's own variables may replace the defaults above...
         for (name, value) in &spec.env {
             check_env(name, value)?;
@@ -199,10 +246,16 @@ impl ProcessExecutor {
     fn make_job_dir(&self, job_dir: &Path) -> Result<[LogFile; 2], ExecutorError> {
         let [stdout, stderr] = spare_dir::LOGS.map(|log| job_dir.join(log));
         if self.spares.take_into(job_dir) {
-            // Made empty with the spare: opened as they are, no change to the disk.
+            // Made empty with the spare (and handed over to the job account with it):
+            // opened as they are, no change to the disk.
             return Ok([open_log(stdout, false)?, open_log(stderr, false)?]);
         }
-        create_dir(&job_dir.join("work"))?;
+        let work = job_dir.join("work");
+        create_dir(&work)?;
+        if let Some(account) = &self.account {
+            account.hand_over(job_dir)?;
+            account.hand_over(&work)?;
+        }
         Ok([open_log(stdout, true)?, open_log(stderr, true)?])
     }
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::debug;
 
+use super::job_account::JobAccount;
 use crate::platform::{self, Access};
 
 /// What the spare folder and its logs are made with: the job's own access.
@@ -30,6 +31,8 @@ pub const LOGS: [&str; 2] = ["stdout.log", "stderr.log"];
 
 pub struct SpareDirs {
     root: PathBuf,
+    /// Whom the spare is handed over to once made (its folder and `work/`).
+    account: Option<Arc<JobAccount>>,
     /// `.spare-<pid>-<n>`: one name per executor, so two in one process never share.
     path: PathBuf,
     slot: Arc<Mutex<Slot>>,
@@ -42,12 +45,13 @@ enum Slot {
 }
 
 impl SpareDirs {
-    pub fn new(root: PathBuf) -> Self {
+    pub fn new(root: PathBuf, account: Option<Arc<JobAccount>>) -> Self {
         static EXECUTORS: AtomicU64 = AtomicU64::new(0);
         let n = EXECUTORS.fetch_add(1, Ordering::Relaxed);
         Self {
             path: root.join(format!("{PREFIX}{}-{n}", std::process::id())),
             root,
+            account,
             slot: Arc::new(Mutex::new(Slot::Empty)),
         }
     }
@@ -57,7 +61,7 @@ impl SpareDirs {
     pub fn prepare(&self) {
         remove_leftovers(&self.root);
         *self.lock() = Slot::Making;
-        fill(&self.slot, self.path.clone());
+        fill(&self.slot, self.path.clone(), self.account.clone());
     }
 
     /// Moves the spare to `job_dir`. Returns whether the job's folder (with `work/`
@@ -90,10 +94,10 @@ impl SpareDirs {
         }
         *slot = Slot::Making;
         drop(slot);
-        let (slot, path) = (self.slot.clone(), self.path.clone());
+        let (slot, path, account) = (self.slot.clone(), self.path.clone(), self.account.clone());
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || fill(&slot, path))),
-            Err(_) => fill(&slot, path),
+            Ok(runtime) => drop(runtime.spawn_blocking(move || fill(&slot, path, account))),
+            Err(_) => fill(&slot, path, account),
         }
     }
 
@@ -112,8 +116,14 @@ impl Drop for SpareDirs {
     }
 }
 
-fn fill(slot: &Mutex<Slot>, path: PathBuf) {
-    let made = make(&path);
+fn fill(slot: &Mutex<Slot>, path: PathBuf, account: Option<Arc<JobAccount>>) {
+    let made = make(&path).and_then(|()| match &account {
+        Some(account) => account
+            .hand_over(&path)
+            .and_then(|()| account.hand_over(&path.join("work")))
+            .map_err(io::Error::other),
+        None => Ok(()),
+    });
     let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
     *slot = match made {
         Ok(()) => Slot::Ready(path),

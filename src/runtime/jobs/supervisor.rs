@@ -19,7 +19,7 @@ use crate::protocol::{JobRef, JobSpec};
 
 use super::executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};
 use super::output::OutputSink;
-use super::process::ProcessExecutor;
+use super::process::{JobsLayout, ProcessExecutor};
 use super::report::JobReport;
 
 pub struct JobSupervisor {
@@ -41,6 +41,12 @@ impl JobSupervisor {
     /// A supervisor running jobs as local processes under `jobs_root`.
     pub fn new(jobs_root: PathBuf, events: UnboundedSender<JobReport>) -> Self {
         Self::with_executor(Arc::new(ProcessExecutor::new(jobs_root)), events)
+    }
+
+    /// A supervisor running jobs as local processes laid out as `layout` says (where,
+    /// and as whom).
+    pub fn with_layout(layout: JobsLayout, events: UnboundedSender<JobReport>) -> Self {
+        Self::with_executor(Arc::new(ProcessExecutor::with_layout(layout)), events)
     }
 
     pub fn with_executor(executor: Arc<dyn Executor>, events: UnboundedSender<JobReport>) -> Self {

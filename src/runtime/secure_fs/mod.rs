@@ -20,7 +20,9 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-pub use imp::{check_private, create_private_dir, create_private_file, sync_dir};
+pub use imp::{
+    check_private, create_private_dir, create_private_file, ensure_private_file, sync_dir,
+};
 
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 pub const PRIVATE_FILE_MODE: u32 = 0o600;
@@ -39,15 +41,11 @@ pub enum SecureFsError {
     #[error("{path} exists but is not a directory")]
     NotADirectory { path: PathBuf },
     #[error(
-        "{path} is accessible by group or others (mode {mode:04o}) and is owned by uid {owner}, \
-         not by this user (uid {me}), so it cannot be tightened; fix its owner or mode"
+        "{path} is owned by uid {owner}, not by this user (uid {me}): its owner can rename, \
+         replace or delete the runner's private files. Give it to this user (chown -R {me} \
+         {path}) or run the runner as its owner"
     )]
-    ForeignOwner {
-        path: PathBuf,
-        mode: u32,
-        owner: u32,
-        me: u32,
-    },
+    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
     #[error(
         "{path} is accessible by {grantees} (its access list lets them in); remove them, e.g. \
          icacls \"{path}\" /inheritance:r /remove:g {remove}"

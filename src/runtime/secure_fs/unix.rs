@@ -15,8 +15,8 @@ fn effective_uid() -> u32 {
 }
 
 /// Creates `path` and its missing parents with mode 0700. An existing directory we
-/// own is tightened to 0700; one owned by someone else is accepted only if it is
-/// already private, since we cannot change its mode.
+/// own is tightened to 0700; one owned by someone else is refused (as sshd's
+/// StrictModes does): its owner could rename or replace what the runner keeps there.
 pub fn create_private_dir(path: &Path) -> Result<(), SecureFsError> {
     DirBuilder::new()
         .recursive(true)
@@ -29,21 +29,10 @@ pub fn create_private_dir(path: &Path) -> Result<(), SecureFsError> {
             path: path.to_path_buf(),
         });
     }
+    check_owner(path, &meta)?;
     let mode = meta.mode() & 0o7777;
     if mode == PRIVATE_DIR_MODE {
         return Ok(());
-    }
-    let me = effective_uid();
-    if meta.uid() != me {
-        if mode & SHARED_BITS == 0 {
-            return Ok(());
-        }
-        return Err(SecureFsError::ForeignOwner {
-            path: path.to_path_buf(),
-            mode,
-            owner: meta.uid(),
-            me,
-        });
     }
     // The umask may have narrowed the mode, or the directory predates us: either
     // way, set exactly 0700.
@@ -51,9 +40,24 @@ pub fn create_private_dir(path: &Path) -> Result<(), SecureFsError> {
         .map_err(io_error("chmod 700", path))
 }
 
-/// Fails, naming the path and its mode, when group or others have any access.
+/// Fails, naming the path and its owner, when another user owns it.
+fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), SecureFsError> {
+    let me = effective_uid();
+    if meta.uid() == me {
+        return Ok(());
+    }
+    Err(SecureFsError::ForeignOwner {
+        path: path.to_path_buf(),
+        owner: meta.uid(),
+        me,
+    })
+}
+
+/// Fails, naming the path and what is wrong, when another user owns it or group or
+/// others have any access.
 pub fn check_private(path: &Path) -> Result<(), SecureFsError> {
     let meta = fs::metadata(path).map_err(io_error("inspect", path))?;
+    check_owner(path, &meta)?;
     let mode = meta.mode() & 0o7777;
     if mode & SHARED_BITS == 0 {
         return Ok(());
@@ -68,6 +72,18 @@ pub fn check_private(path: &Path) -> Result<(), SecureFsError> {
         mode,
         fix,
     })
+}
+
+/// An existing file of the runner's that must be private (the store): refused when
+/// another user owns it, tightened to 0600 when group or others could read it.
+pub fn ensure_private_file(path: &Path) -> Result<(), SecureFsError> {
+    let meta = fs::metadata(path).map_err(io_error("inspect", path))?;
+    check_owner(path, &meta)?;
+    if meta.mode() & SHARED_BITS == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(path, Permissions::from_mode(PRIVATE_FILE_MODE))
+        .map_err(io_error("chmod 600", path))
 }
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
@@ -174,6 +190,29 @@ mod tests {
         fs::set_permissions(tmp.path(), Permissions::from_mode(0o750)).unwrap();
         let err = check_private(tmp.path()).unwrap_err().to_string();
         assert!(err.contains("(mode 0750); run chmod 700"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_or_file_of_another_user_is_refused_even_when_private() {
+        if effective_uid() != 0 {
+            eprintln!("skipped: needs root to give a file away");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        create_private_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let err = create_private_dir(&dir).unwrap_err().to_string();
+        let shown = dir.display();
+        assert_eq!(
+            err,
+            format!(
+                "{shown} is owned by uid 65534, not by this user (uid 0): its owner can \
+                 rename, replace or delete the runner's private files. Give it to this user \
+                 (chown -R 0 {shown}) or run the runner as its owner"
+            )
+        );
+        assert!(check_private(&dir).is_err());
     }
 
     #[test]

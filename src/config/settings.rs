@@ -1,0 +1,125 @@
+//! The table of settings: each one defined once, here. `define_settings!` (see
+//! `define.rs`) makes from it the flags, the environment variables, the file's keys,
+//! the defaults, the checks and what `--print-config` and `install` write.
+
+use std::path::PathBuf;
+
+use super::value;
+use super::{ConfigError, KeyDoc, LogFormat};
+
+define_settings! {
+    /// The settings of `run` (and of `install` and the Windows service, which run the
+    /// same runner), after flags, environment, the config file and defaults.
+    RunSettings (global: false) {
+        server: optional<String> {
+            flag: "server",
+            env: "FYN_RUNNER_SERVER",
+            example: "\"wss://api.example.com\"",
+            help: "The control plane, e.g. wss://api.example.com (the runner path /runner/v1 is added when the URL has no path).",
+            check: value::server,
+        }
+        name: optional<String> {
+            flag: "name",
+            env: "FYN_RUNNER_NAME",
+            example: "\"gpu-box-1\"",
+            help: "The name the control plane shows for this runner (default: the host name).",
+            check: value::non_empty,
+        }
+        slots: defaulted<u32> = "1" {
+            flag: "slots",
+            env: "FYN_RUNNER_SLOTS",
+            example: "1",
+            help: "How many jobs may run at once (1 to 1024).",
+            check: value::slots,
+        }
+        state_dir: optional<PathBuf> {
+            flag: "state-dir",
+            env: "FYN_RUNNER_STATE_DIR",
+            example: "\"/var/lib/fyn-runner\"",
+            help: "Where the identity, the outbox and the traces live, private to the runner's user (default: /var/lib/fyn-runner for root, $XDG_STATE_HOME/fyn-runner otherwise).",
+            check: value::path,
+        }
+        job_user: optional<String> {
+            flag: "job-user",
+            env: "FYN_RUNNER_JOB_USER",
+            example: "\"fyn-runner-job\"",
+            help: "The account jobs run as when the runner runs as root (install creates fyn-runner-job); it cannot read the runner's identity, store or control socket. Unset: jobs run as the runner's own user.",
+            check: value::user_name,
+        }
+        jobs_dir: optional<PathBuf> {
+            flag: "jobs-dir",
+            env: "FYN_RUNNER_JOBS_DIR",
+            example: "\"/var/lib/fyn-runner-jobs\"",
+            help: "Where job folders live (default: <state_dir>/jobs, or <state_dir>-jobs beside it when job_user is set, since the job user cannot enter the private state folder).",
+            check: value::path,
+        }
+        ca_file: optional<PathBuf> {
+            flag: "ca-file",
+            env: "FYN_RUNNER_CA_FILE",
+            example: "\"/etc/fyn-runner/ca.pem\"",
+            help: "PEM file of the CA that signed the control plane's certificate; it replaces the public web roots.",
+            check: value::path,
+        }
+        allow_insecure_transport: switch<bool> {
+            flag: "allow-insecure-transport",
+            env: "FYN_RUNNER_ALLOW_INSECURE_TRANSPORT",
+            example: "false",
+            help: "Allow plain ws:// to a host that is not loopback; tokens and job output then cross the network unencrypted.",
+            check: value::boolean,
+        }
+        drain_deadline: defaulted<u64> = "120" {
+            flag: "drain-deadline",
+            env: "FYN_RUNNER_DRAIN_DEADLINE",
+            example: "120",
+            help: "Seconds running jobs get to finish after a stop is requested (0 to 2592000, 30 days). The service's stop timeout is derived from it: reinstall the service after changing it.",
+            check: value::drain_deadline,
+        }
+        hardware_recheck: defaulted<u64> = "600" {
+            flag: "hardware-recheck",
+            env: "FYN_RUNNER_HARDWARE_RECHECK",
+            example: "600",
+            help: "How often, in seconds, the hardware is re-checked while Active (at least 1).",
+            check: value::hardware_recheck,
+        }
+        job_retention_hours: defaulted<u64> = "168" {
+            flag: "job-retention-hours",
+            env: "FYN_RUNNER_JOB_RETENTION_HOURS",
+            example: "168",
+            help: "Hours an ended job's folder (its output logs and work/) is kept before it is removed; 0 removes it as soon as the job ends (0 to 87600).",
+            check: value::job_retention_hours,
+        }
+        trace_max_bytes: defaulted<u64> = "67108864" {
+            flag: "trace-max-bytes",
+            env: "FYN_RUNNER_TRACE_MAX_BYTES",
+            example: "67108864",
+            help: "Size in bytes at which the session trace (<state_dir>/traces) rotates (at least 1024).",
+            check: value::trace_max_bytes,
+        }
+        trace_keep: defaulted<u64> = "8" {
+            flag: "trace-keep",
+            env: "FYN_RUNNER_TRACE_KEEP",
+            example: "8",
+            help: "How many trace files to keep (1 to 1000).",
+            check: value::trace_keep,
+        }
+        no_trace: switch<bool> {
+            flag: "no-trace",
+            env: "FYN_RUNNER_NO_TRACE",
+            example: "false",
+            help: "Do not record a session trace.",
+            check: value::boolean,
+        }
+    }
+
+    /// The settings every command takes.
+    GlobalSettings (global: true) {
+        log_format: defaulted<LogFormat> = "text" {
+            flag: "log-format",
+            env: "FYN_RUNNER_LOG_FORMAT",
+            example: "\"text\"",
+            help: "\"text\" for readable lines, \"json\" for journald and log pipelines; the RUST_LOG filter applies (default: info).",
+            check: value::log_format,
+            arg: clap::builder::EnumValueParser::<LogFormat>::new(),
+        }
+    }
+}
