@@ -9,6 +9,12 @@
 //! `handshake`, then assert on frames (`expect`), close codes (`expect_close`), how the
 //! TCP connection ended (`end`) and the exit code (`Runner::exit_code`).
 
+mod api;
+mod closing;
 mod decoding;
 mod doc;
 mod fuzz;
+mod indexes;
+mod optional;
+mod runner;
+mod stops;
