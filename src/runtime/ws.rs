@@ -406,3 +406,86 @@ fn frame_to_event(frame: Result<Message, tungstenite::Error>) -> Option<Event> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair over loopback: the runner's side as the driver gets it, and
+    /// the server's side.
+    async fn pair() -> (WsStream, WebSocketStream<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            tokio_tungstenite::accept_async(tcp).await.expect("upgrade")
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (client, _) =
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), MaybeTlsStream::Plain(tcp))
+                .await
+                .expect("handshake");
+        (client, server.await.expect("server task"))
+    }
+
+    #[tokio::test]
+    async fn settle_waits_for_a_close_to_be_answered_and_no_longer() {
+        let (client, mut server) = pair().await;
+        let (inputs, _events) = mpsc::unbounded_channel();
+        let connection = Connection::spawn(1, client, inputs);
+        connection.close(CloseReason::Normal, "bye");
+        // The server reads the Close, answers it, and ends the stream.
+        let closing = tokio::spawn(async move {
+            let mut code = None;
+            while let Some(Ok(message)) = server.next().await {
+                if let Message::Close(frame) = message {
+                    code = frame.map(|f| u16::from(f.code));
+                }
+            }
+            code
+        });
+        let started = std::time::Instant::now();
+        settle(Duration::from_secs(30)).await;
+        assert!(
+            started.elapsed() < LINGER + Duration::from_secs(1),
+            "settled in {:?}",
+            started.elapsed()
+        );
+        // Settled means the runner's side is gone: the server sees its end of stream.
+        let code = tokio::time::timeout(Duration::from_millis(500), closing)
+            .await
+            .expect("the runner's side was closed when settle returned");
+        assert_eq!(code.expect("server task"), Some(1000));
+    }
+
+    #[tokio::test]
+    async fn a_text_frame_that_is_not_utf8_is_a_bad_frame_with_1007() {
+        let (client, server) = pair().await;
+        let (inputs, mut events) = mpsc::unbounded_channel();
+        let _connection = Connection::spawn(1, client, inputs);
+        let (mut sink, _source) = server.split();
+        let frame = tungstenite::protocol::frame::Frame::message(
+            vec![b'{', 0xff, b'}'],
+            tungstenite::protocol::frame::coding::OpCode::Data(
+                tungstenite::protocol::frame::coding::Data::Text,
+            ),
+            true,
+        );
+        sink.send(Message::Frame(frame)).await.expect("send");
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("in time");
+        match event {
+            Some(Input::Socket {
+                event: Event::BadFrame { close, error },
+                ..
+            }) => {
+                assert_eq!(close, CloseReason::BadFrame);
+                assert!(error.contains("not valid UTF-8"), "{error}");
+            }
+            _ => panic!("expected a bad frame"),
+        }
+    }
+}
