@@ -43,7 +43,7 @@ fn event(seed: u64) -> RunnerEvent {
             data: "aGVsbG8=".into(),
         },
         _ => RunnerEvent::HardwareChanged {
-            changes: serde_json::json!({"seed": seed}),
+            changes: serde_json::json!([{"path": "seed", "new": seed}]),
         },
     }
 }
