@@ -1,5 +1,11 @@
 //! Strict encoding and decoding of frames. Decoding never panics: every way a frame
 //! can be wrong is a `FrameError` value that names what was wrong.
+//!
+//! The rules, as `docs/protocol.md` §2 states them: at most `MAX_FRAME_BYTES`; JSON; a
+//! known `type`; no unknown field; every required field present and not `null`; an
+//! optional field omitted or `null` means its default (one rule, kept by the types:
+//! optional fields are `Option`s on the wire, see `fields`); indexes within
+//! `1..=MAX_INDEX`, positions within `0..=MAX_INDEX`; byte strings standard base64.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -144,8 +150,30 @@ fn decode<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, FrameErr
     if !known.contains(&kind.as_str()) {
         return Err(FrameError::UnknownType(kind));
     }
+    if let Some(detail) = tag_not_a_name(&kind, &value) {
+        return Err(FrameError::Malformed { kind, detail });
+    }
     serde_json::from_value(value).map_err(|e| FrameError::Malformed {
         kind,
         detail: e.to_string(),
     })
+}
+
+/// The tags inside messages, by message type: where the variant is named.
+const NESTED_TAGS: &[(&str, &[&str])] = &[
+    ("command", &["command", "kind"]),
+    ("event", &["event", "kind"]),
+    ("event", &["event", "status", "how"]),
+];
+
+/// serde takes a number for the tag of an internally tagged enum (the variant's
+/// position); the protocol names variants, so a tag that is not a string is refused.
+fn tag_not_a_name(kind: &str, value: &serde_json::Value) -> Option<String> {
+    NESTED_TAGS
+        .iter()
+        .filter(|(message, _)| *message == kind)
+        .find_map(|(_, path)| {
+            let tag = path.iter().try_fold(value, |node, key| node.get(key))?;
+            (!tag.is_string()).then(|| format!("`{}` must be a string", path.join(".")))
+        })
 }

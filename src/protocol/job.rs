@@ -6,30 +6,57 @@ use serde::{Deserialize, Serialize};
 
 /// What the API asks a runner to execute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "JobSpecOnWire")]
 pub struct JobSpec {
     pub job_id: String,
     pub attempt: u32,
     /// argv; the first element is the program. Never run through a shell.
     pub command: Vec<String>,
-    #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// A sub-directory of the job's own directory to start in, or the job directory.
-    #[serde(default)]
     pub workdir: Option<String>,
     pub timeout_secs: u64,
-    #[serde(default = "default_output_limit")]
     pub output_limit_bytes: u64,
-    #[serde(default = "default_cancel_grace")]
     pub cancel_grace_secs: u64,
 }
 
-fn default_output_limit() -> u64 {
-    1 << 30
+/// Per stream, when the API does not say.
+pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 1 << 30;
+
+/// Between TERM and KILL on cancel, when the API does not say.
+pub const DEFAULT_CANCEL_GRACE_SECS: u64 = 10;
+
+/// `JobSpec` as read from a frame (or the runner's store): every optional field an
+/// `Option`, which serde reads alike whether the field is omitted or `null` (the
+/// protocol's rule); the defaults are applied in `From` below and nowhere else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobSpecOnWire {
+    job_id: String,
+    attempt: u32,
+    command: Vec<String>,
+    env: Option<BTreeMap<String, String>>,
+    workdir: Option<String>,
+    timeout_secs: u64,
+    output_limit_bytes: Option<u64>,
+    cancel_grace_secs: Option<u64>,
 }
 
-fn default_cancel_grace() -> u64 {
-    10
+impl From<JobSpecOnWire> for JobSpec {
+    fn from(wire: JobSpecOnWire) -> Self {
+        Self {
+            job_id: wire.job_id,
+            attempt: wire.attempt,
+            command: wire.command,
+            env: wire.env.unwrap_or_default(),
+            workdir: wire.workdir,
+            timeout_secs: wire.timeout_secs,
+            output_limit_bytes: wire
+                .output_limit_bytes
+                .unwrap_or(DEFAULT_OUTPUT_LIMIT_BYTES),
+            cancel_grace_secs: wire.cancel_grace_secs.unwrap_or(DEFAULT_CANCEL_GRACE_SECS),
+        }
+    }
 }
 
 /// Why a job spec cannot be run at all (as opposed to "not now").
@@ -170,6 +197,7 @@ impl JobSpec {
 
 /// A job attempt: the unit that results are reported against.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobRef {
     pub job_id: String,
     pub attempt: u32,
@@ -196,7 +224,7 @@ pub enum JobOutcome {
 
 /// How a job's process ended, as seen by the runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "how", rename_all = "snake_case")]
+#[serde(tag = "how", rename_all = "snake_case", from = "ExitStatusOnWire")]
 pub enum ExitStatus {
     Exited {
         code: i32,
@@ -206,6 +234,27 @@ pub enum ExitStatus {
     },
     /// The process could not be observed to the end (runner crash, spawn lost).
     Unknown,
+}
+
+/// `ExitStatus` as read: `unknown` as a variant with no fields, because serde lets a
+/// unit variant of an internally tagged enum carry any fields at all, and the protocol
+/// refuses unknown fields everywhere.
+#[derive(Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case", deny_unknown_fields)]
+enum ExitStatusOnWire {
+    Exited { code: i32 },
+    Signaled { signal: i32 },
+    Unknown {},
+}
+
+impl From<ExitStatusOnWire> for ExitStatus {
+    fn from(wire: ExitStatusOnWire) -> Self {
+        match wire {
+            ExitStatusOnWire::Exited { code } => Self::Exited { code },
+            ExitStatusOnWire::Signaled { signal } => Self::Signaled { signal },
+            ExitStatusOnWire::Unknown {} => Self::Unknown,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,8 +276,8 @@ mod tests {
             env: BTreeMap::new(),
             workdir: None,
             timeout_secs: 1,
-            output_limit_bytes: default_output_limit(),
-            cancel_grace_secs: default_cancel_grace(),
+            output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
+            cancel_grace_secs: DEFAULT_CANCEL_GRACE_SECS,
         }
     }
 

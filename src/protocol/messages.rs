@@ -1,18 +1,27 @@
 //! The messages themselves. Field names are the wire names; keep them stable.
+//!
+//! Fields whose JSON type does not say all are read through `fields` (indexes, base64,
+//! hardware payloads); optional fields are read through an `…OnWire` twin so omitted
+//! and `null` mean the same.
 
 use serde::{Deserialize, Serialize};
 
+use super::fields;
 use super::hardware::{HardwareChanges, HardwareReport};
 use super::job::{ExitStatus, JobOutcome, JobRef, JobSpec, OutputStream, RejectReason};
 
-/// Session parameters the API hands the runner when it authenticates.
+/// Session parameters the API hands the runner when it authenticates. Every field is
+/// optional (omitted or `null` means the default); the values must describe a session
+/// that can detect a dead link: all of them at least 1, and `ack_timeout_ms` below
+/// `heartbeat_interval_ms` (otherwise each heartbeat would re-arm the reply timer
+/// before it could fire). A session that breaks this is a bad frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SessionParamsOnWire")]
 pub struct SessionParams {
     /// How often the runner sends `heartbeat` while Active or Draining.
     pub heartbeat_interval_ms: u64,
-    /// How long the runner waits for any expected reply (a `heartbeat_ack`, or the next
-    /// handshake message) before it declares the link dead. Must be below the interval.
+    /// How long the runner waits for a `heartbeat_ack` before it declares the link dead.
+    /// Must be below the interval. Handshake steps use the runner's own timeout.
     pub ack_timeout_ms: u64,
     /// How long the API keeps a disconnected runner's jobs before it declares them lost.
     /// The runner uses the same figure to cancel them locally, so no job runs twice.
@@ -26,6 +35,45 @@ impl Default for SessionParams {
             ack_timeout_ms: 10_000,
             runner_lost_threshold_ms: 120_000,
         }
+    }
+}
+
+/// `SessionParams` as read from a frame: optional fields as `Option`s.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionParamsOnWire {
+    heartbeat_interval_ms: Option<u64>,
+    ack_timeout_ms: Option<u64>,
+    runner_lost_threshold_ms: Option<u64>,
+}
+
+impl TryFrom<SessionParamsOnWire> for SessionParams {
+    type Error = String;
+
+    fn try_from(wire: SessionParamsOnWire) -> Result<Self, String> {
+        let default = Self::default();
+        let params = Self {
+            heartbeat_interval_ms: wire
+                .heartbeat_interval_ms
+                .unwrap_or(default.heartbeat_interval_ms),
+            ack_timeout_ms: wire.ack_timeout_ms.unwrap_or(default.ack_timeout_ms),
+            runner_lost_threshold_ms: wire
+                .runner_lost_threshold_ms
+                .unwrap_or(default.runner_lost_threshold_ms),
+        };
+        if params.heartbeat_interval_ms == 0
+            || params.ack_timeout_ms == 0
+            || params.runner_lost_threshold_ms == 0
+        {
+            return Err("session times must be at least 1 ms".into());
+        }
+        if params.ack_timeout_ms >= params.heartbeat_interval_ms {
+            return Err(format!(
+                "ack_timeout_ms ({}) must be below heartbeat_interval_ms ({})",
+                params.ack_timeout_ms, params.heartbeat_interval_ms
+            ));
+        }
+        Ok(params)
     }
 }
 
@@ -48,6 +96,7 @@ pub enum ServerMessage {
     Authenticated {
         runner_id: String,
         /// The highest event index the API holds for this runner.
+        #[serde(deserialize_with = "fields::position")]
         last_event_index: u64,
         session: SessionParams,
         /// Whether the API holds a hardware record for this runner.
@@ -60,15 +109,18 @@ pub enum ServerMessage {
     HardwareConfirmed {},
     ReadyAck {},
     HeartbeatAck {
+        #[serde(deserialize_with = "fields::index")]
         seq: u64,
     },
     /// A command with its monotonic index; resent after reconnect until acknowledged.
     Command {
+        #[serde(deserialize_with = "fields::index")]
         index: u64,
         command: Command,
     },
     /// All events up to and including `up_to` are stored by the API.
     EventsAck {
+        #[serde(deserialize_with = "fields::position")]
         up_to: u64,
     },
     /// A newer session of the same runner took over; this one must stop, not reconnect.
@@ -107,6 +159,7 @@ pub enum RunnerMessage {
         name: String,
         version: String,
         slots: u32,
+        #[serde(deserialize_with = "fields::position")]
         last_command_index: u64,
     },
     Startup {
@@ -125,13 +178,16 @@ pub enum RunnerMessage {
         slots_free: u32,
     },
     Heartbeat {
+        #[serde(deserialize_with = "fields::index")]
         seq: u64,
         jobs_running: u32,
     },
     CommandAck {
+        #[serde(deserialize_with = "fields::index")]
         index: u64,
     },
     Event {
+        #[serde(deserialize_with = "fields::index")]
         index: u64,
         event: RunnerEvent,
     },
@@ -169,6 +225,7 @@ pub enum RunnerEvent {
         /// Byte offset of `data` within the stream.
         offset: u64,
         /// Base64 of the raw bytes, so binary output survives a JSON text frame.
+        #[serde(deserialize_with = "fields::base64")]
         data: String,
     },
     /// The stream passed the job's output limit; nothing after `offset` is sent.
@@ -196,6 +253,7 @@ pub enum RunnerEvent {
     /// command, and never will: it says why here (durably, like every event), then
     /// acknowledges the index. The server retires the command and resends it no more.
     CommandRejected {
+        #[serde(deserialize_with = "fields::index")]
         index: u64,
         reason: String,
     },

@@ -11,19 +11,21 @@ Must not import: `core`, `runtime`, `devserver`, tokio or any socket type. Both 
 
 mod auth;
 mod codec;
+mod fields;
 mod hardware;
 mod job;
 mod messages;
 
 pub use auth::{AuthError, auth_message, verify_signature};
 pub use codec::{CloseReason, FrameError, MAX_FRAME_BYTES, decode_runner, decode_server, encode};
+pub use fields::MAX_INDEX;
 pub use hardware::{
     ApplyError, CpuInfo, FieldChange, Gpu, GpuInventory, HardwareChanges, HardwareReport, JobDisk,
     MemoryInfo, OsInfo, apply_changes, diff_values,
 };
 pub use job::{
-    ExitStatus, JobOutcome, JobRef, JobSpec, JobSpecError, OutputStream, RejectReason,
-    validate_job_id,
+    DEFAULT_CANCEL_GRACE_SECS, DEFAULT_OUTPUT_LIMIT_BYTES, ExitStatus, JobOutcome, JobRef, JobSpec,
+    JobSpecError, OutputStream, RejectReason, validate_job_id,
 };
 pub use messages::{Command, RunnerEvent, RunnerMessage, ServerMessage, SessionParams};
 

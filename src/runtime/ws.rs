@@ -1,6 +1,9 @@
 //! The WebSocket pump: connect (rustls with the ring provider, chosen explicitly),
-//! read frames into events, write what the driver hands over, close with a code.
-//! It knows frames and close codes, not what the messages mean.
+//! read frames into events, write what the driver hands over, close with a code, and
+//! finish every close as RFC 6455 §5.5.1 and §7 ask: the peer's `Close` is echoed, ours
+//! is followed by reading until the peer's end (bounded by `LINGER`), so neither side's
+//! `Close` is lost to a reset. It knows frames and close codes, not what the messages
+//! mean.
 //!
 //! Must not import the driver: what a connection reports travels as its own small
 //! type ([`LinkReport`]) down whatever channel it was given.
@@ -10,9 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -160,7 +167,7 @@ const WRITE_BATCH: usize = 16;
 
 /// Every frame of `batch` (emptied), then one flush; nothing after a `Close`.
 async fn write_all(
-    sink: &mut futures_util::stream::SplitSink<WsStream, Message>,
+    sink: &mut SplitSink<WsStream, Message>,
     batch: &mut Vec<Message>,
 ) -> Result<(), tungstenite::Error> {
     for message in batch.drain(..) {
@@ -179,51 +186,25 @@ impl Connection {
         stream: WsStream,
         inputs: UnboundedSender<T>,
     ) -> Self {
-        let (mut sink, mut source) = stream.split();
-        let (outgoing, mut queue) = mpsc::unbounded_channel::<Message>();
+        let (sink, source) = stream.split();
+        let (outgoing, queue) = mpsc::unbounded_channel::<Message>();
+        let (sink_back, sink_returned) = oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let writer_queued = queued.clone();
-        let writer_inputs = inputs.clone();
+        let lingering = Lingering::start();
+        tokio::spawn(write_frames(
+            id,
+            sink,
+            queue,
+            queued.clone(),
+            inputs.clone(),
+            sink_back,
+        ));
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(WRITE_BATCH);
-            while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-                let written = batch.len();
-                let closing = batch.iter().any(|m| matches!(m, Message::Close(_)));
-                if let Err(e) = write_all(&mut sink, &mut batch).await {
-                    let event = Event::SocketFailed {
-                        error: format!("write failed: {e}"),
-                    };
-                    let _ = writer_inputs.send(T::from(LinkReport::Event { conn: id, event }));
-                    return;
-                }
-                let before = writer_queued.fetch_sub(written, Ordering::AcqRel);
-                if before > LOW_WATER && before - written <= LOW_WATER {
-                    let _ = writer_inputs.send(T::from(LinkReport::BelowLowWater { conn: id }));
-                }
-                if closing {
-                    return;
-                }
+            let stream = read_frames(id, source, inputs, sink_returned).await;
+            if let Some((stream, until)) = stream {
+                finish_close(stream, until).await;
             }
-        });
-        tokio::spawn(async move {
-            let event = loop {
-                let Some(frame) = source.next().await else {
-                    break Event::SocketClosed {
-                        code: None,
-                        reason: "connection ended".into(),
-                    };
-                };
-                match frame_to_event(frame) {
-                    Some(event @ (Event::SocketClosed { .. } | Event::SocketFailed { .. })) => {
-                        break event;
-                    }
-                    Some(event) => {
-                        let _ = inputs.send(T::from(LinkReport::Event { conn: id, event }));
-                    }
-                    None => {}
-                }
-            };
-            let _ = inputs.send(T::from(LinkReport::Event { conn: id, event }));
+            drop(lingering);
         });
         Self {
             id,
@@ -241,7 +222,8 @@ impl Connection {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// Send a close frame with the reason's code; the reader ends when the peer answers.
+    /// Send a close frame with the reason's code; the reader then finishes the closing
+    /// handshake (the peer's answer or end of stream, within `LINGER`) on its own.
     pub fn close(self, reason: CloseReason, text: &str) {
         let frame = CloseFrame {
             code: CloseCode::from(reason.code()),
@@ -250,6 +232,157 @@ impl Connection {
         self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.outgoing.send(Message::Close(Some(frame)));
     }
+}
+
+/// The writer: frames from the driver's queue, in batches, until a `Close` is written,
+/// a write fails or the driver lets go of the connection. Then the sink goes back to
+/// the reader, which finishes the closing handshake.
+async fn write_frames<T: From<LinkReport>>(
+    id: u64,
+    mut sink: SplitSink<WsStream, Message>,
+    mut queue: mpsc::UnboundedReceiver<Message>,
+    queued: Arc<AtomicUsize>,
+    inputs: UnboundedSender<T>,
+    sink_back: oneshot::Sender<SplitSink<WsStream, Message>>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let written = batch.len();
+        let closing = batch.iter().any(|m| matches!(m, Message::Close(_)));
+        if let Err(e) = write_all(&mut sink, &mut batch).await {
+            let event = Event::SocketFailed {
+                error: format!("write failed: {e}"),
+            };
+            let _ = inputs.send(T::from(LinkReport::Event { conn: id, event }));
+            break;
+        }
+        let before = queued.fetch_sub(written, Ordering::AcqRel);
+        if before > LOW_WATER && before - written <= LOW_WATER {
+            let _ = inputs.send(T::from(LinkReport::BelowLowWater { conn: id }));
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = sink_back.send(sink);
+}
+
+/// The reader: frames as events until the connection is over for the driver, then on
+/// until it is over on the wire too. It keeps reading after the peer's `Close` (each
+/// read flushes the echo tungstenite owes the peer, RFC 6455 §5.5.1) and after our own
+/// (so the peer's answer is read, not reset), for at most `LINGER` from the moment the
+/// close began. Returns the reunited stream and the deadline when a close is still to
+/// be finished: the writer gave its half back, and the WebSocket layer stopped short of
+/// the peer's end of the stream.
+async fn read_frames<T: From<LinkReport>>(
+    id: u64,
+    mut source: SplitStream<WsStream>,
+    inputs: UnboundedSender<T>,
+    mut sink_returned: oneshot::Receiver<SplitSink<WsStream, Message>>,
+) -> Option<(WsStream, Instant)> {
+    let mut sink = None;
+    let mut sink_pending = true;
+    let mut reported_end = false;
+    let mut source_done = false;
+    let mut deadline: Option<Instant> = None;
+    let report_end = |reported: &mut bool, event: Event| {
+        if !std::mem::replace(reported, true) {
+            let _ = inputs.send(T::from(LinkReport::Event { conn: id, event }));
+        }
+    };
+    while !source_done || sink_pending {
+        let until = deadline.unwrap_or_else(Instant::now);
+        tokio::select! {
+            frame = source.next(), if !source_done => {
+                let event = match frame {
+                    None => {
+                        source_done = true;
+                        Some(Event::SocketClosed {
+                            code: None,
+                            reason: "connection ended".into(),
+                        })
+                    }
+                    Some(frame) => frame_to_event(frame),
+                };
+                match event {
+                    Some(event @ (Event::SocketClosed { .. } | Event::SocketFailed { .. })) => {
+                        report_end(&mut reported_end, event);
+                        deadline.get_or_insert_with(|| Instant::now() + LINGER);
+                    }
+                    Some(event) => {
+                        let _ = inputs.send(T::from(LinkReport::Event { conn: id, event }));
+                    }
+                    None => {}
+                }
+            }
+            returned = &mut sink_returned, if sink_pending => {
+                sink_pending = false;
+                sink = returned.ok();
+                deadline.get_or_insert_with(|| Instant::now() + LINGER);
+            }
+            () = tokio::time::sleep_until(until), if deadline.is_some() => break,
+        }
+    }
+    let stream = source.reunite(sink?).ok()?;
+    Some((stream, deadline.unwrap_or_else(Instant::now)))
+}
+
+/// End a connection whose WebSocket layer stopped before the peer's end of the stream
+/// (a frame over the limit, invalid UTF-8): send our `Close` if none went out, then
+/// read and discard whatever the peer still sends until it closes, by `until`. A socket
+/// closed with unread bytes is reset, and a reset can destroy our `Close` frame before
+/// the peer reads it.
+async fn finish_close(mut stream: WsStream, until: Instant) {
+    let finish = async {
+        let _ = stream.close(None).await;
+        let raw = stream.get_mut();
+        let mut scratch = vec![0u8; 16 * 1024];
+        while matches!(raw.read(&mut scratch).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout_at(until, finish).await;
+}
+
+/// How long a closing connection is kept for the closing handshake: the peer reads our
+/// `Close` and answers, or we read its end of the stream. Bounded, so a peer that never
+/// answers costs a socket for this long and no more.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Connections still finishing their close, process-wide, for `settle`.
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+static SETTLED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Counts one connection as lingering for as long as it lives.
+struct Lingering;
+
+impl Lingering {
+    fn start() -> Self {
+        LINGERING.fetch_add(1, Ordering::AcqRel);
+        Self
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        if LINGERING.fetch_sub(1, Ordering::AcqRel) == 1 {
+            SETTLED.notify_waiters();
+        }
+    }
+}
+
+/// Wait, at most `within`, until every connection of this process has finished its
+/// close. A process about to exit calls this so the `Close` frame it just queued is
+/// written and answered before the runtime (and the socket) goes away.
+pub async fn settle(within: Duration) {
+    let settled = async {
+        loop {
+            let notified = SETTLED.notified();
+            if LINGERING.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
+    let _ = tokio::time::timeout(within, settled).await;
 }
 
 /// One incoming frame as a core event; pings, pongs and raw frames are transport noise.
@@ -273,6 +406,10 @@ fn frame_to_event(frame: Result<Message, tungstenite::Error>) -> Option<Event> {
             close: CloseReason::TooLarge,
             error: format!("frame over the {MAX_FRAME_BYTES}-byte limit: {e}"),
         }),
+        Err(tungstenite::Error::Utf8(e)) => Some(Event::BadFrame {
+            close: CloseReason::BadFrame,
+            error: format!("text frame is not valid UTF-8: {e}"),
+        }),
         Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
             Some(Event::SocketClosed {
                 code: None,
@@ -282,5 +419,88 @@ fn frame_to_event(frame: Result<Message, tungstenite::Error>) -> Option<Event> {
         Err(e) => Some(Event::SocketFailed {
             error: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair over loopback: the runner's side as the driver gets it, and
+    /// the server's side.
+    async fn pair() -> (WsStream, WebSocketStream<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            tokio_tungstenite::accept_async(tcp).await.expect("upgrade")
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (client, _) =
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), MaybeTlsStream::Plain(tcp))
+                .await
+                .expect("handshake");
+        (client, server.await.expect("server task"))
+    }
+
+    #[tokio::test]
+    async fn settle_waits_for_a_close_to_be_answered_and_no_longer() {
+        let (client, mut server) = pair().await;
+        let (inputs, _events) = mpsc::unbounded_channel::<LinkReport>();
+        let connection = Connection::spawn(1, client, inputs);
+        connection.close(CloseReason::Normal, "bye");
+        // The server reads the Close, answers it, and ends the stream.
+        let closing = tokio::spawn(async move {
+            let mut code = None;
+            while let Some(Ok(message)) = server.next().await {
+                if let Message::Close(frame) = message {
+                    code = frame.map(|f| u16::from(f.code));
+                }
+            }
+            code
+        });
+        let started = std::time::Instant::now();
+        settle(Duration::from_secs(30)).await;
+        assert!(
+            started.elapsed() < LINGER + Duration::from_secs(1),
+            "settled in {:?}",
+            started.elapsed()
+        );
+        // Settled means the runner's side is gone: the server sees its end of stream.
+        let code = tokio::time::timeout(Duration::from_millis(500), closing)
+            .await
+            .expect("the runner's side was closed when settle returned");
+        assert_eq!(code.expect("server task"), Some(1000));
+    }
+
+    #[tokio::test]
+    async fn a_text_frame_that_is_not_utf8_is_a_bad_frame_with_1007() {
+        let (client, server) = pair().await;
+        let (inputs, mut events) = mpsc::unbounded_channel::<LinkReport>();
+        let _connection = Connection::spawn(1, client, inputs);
+        let (mut sink, _source) = server.split();
+        let frame = tungstenite::protocol::frame::Frame::message(
+            vec![b'{', 0xff, b'}'],
+            tungstenite::protocol::frame::coding::OpCode::Data(
+                tungstenite::protocol::frame::coding::Data::Text,
+            ),
+            true,
+        );
+        sink.send(Message::Frame(frame)).await.expect("send");
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("in time");
+        match event {
+            Some(LinkReport::Event {
+                event: Event::BadFrame { close, error },
+                ..
+            }) => {
+                assert_eq!(close, CloseReason::BadFrame);
+                assert!(error.contains("not valid UTF-8"), "{error}");
+            }
+            _ => panic!("expected a bad frame"),
+        }
     }
 }

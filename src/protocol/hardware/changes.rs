@@ -10,6 +10,7 @@ use serde_json::Value;
 /// One changed field. `path` is dotted, arrays by index
 /// (`gpus.devices.0.name`); an empty path is the whole document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FieldChange {
     pub path: String,
     /// Absent (not `null`) when the field did not exist before, e.g. a GPU
