@@ -2,14 +2,14 @@
 //! all `null`, a `start_job` whose optional fields are all `null` and a `drain` whose
 //! deadline is `null` are the same as if the fields were omitted: the session starts
 //! with the defaults, the job runs, the drain happens. (Field by field, through both
-//! decoders: `decoding.rs`.)
+//! decoders: `decoding.rs`.) Unix: the job is `sh`.
+#![cfg(unix)]
 
 use serde_json::json;
 
 use crate::api::{FakeApi, Handshake};
 use crate::runner::Runner;
 
-#[cfg(unix)]
 #[tokio::test]
 async fn null_optional_fields_are_the_defaults_end_to_end() {
     let mut api = FakeApi::start().await;
