@@ -194,6 +194,9 @@ mod linux_bench {
             timeout_secs: 3600,
             output_limit_bytes: Some(4 << 30),
             cancel_grace_secs: None,
+            inputs: Default::default(),
+            outputs: Default::default(),
+            kv: Default::default(),
         };
         let created: JobCreated = client
             .post("/admin/v1/jobs", Some(&request))
@@ -236,6 +239,11 @@ mod linux_bench {
                 stdout_bytes: (chunks * CHUNK) as u64,
                 stderr_bytes: 0,
                 detail: None,
+                cpu_user_ms: None,
+                cpu_system_ms: None,
+                peak_rss_bytes: None,
+                wall_ms: None,
+                gpu_memory_peak_bytes: None,
             },
         };
         send(&mut ws, &finished).await;

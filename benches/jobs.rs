@@ -63,6 +63,9 @@ fn request(command: &[&str]) -> JobRequest {
         timeout_secs: 600,
         output_limit_bytes: Some(2 << 30),
         cancel_grace_secs: Some(1),
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 
@@ -357,6 +360,11 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
                     stdout_bytes: 0,
                     stderr_bytes: 0,
                     detail: None,
+                    cpu_user_ms: None,
+                    cpu_system_ms: None,
+                    peak_rss_bytes: None,
+                    wall_ms: None,
+                    gpu_memory_peak_bytes: None,
                 };
                 send(&mut ws, &RunnerMessage::Event { index, event }).await;
             }

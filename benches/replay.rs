@@ -65,6 +65,9 @@ fn cycle(index: u64, event_index: &mut u64) -> Vec<Event> {
         timeout_secs: 3600,
         output_limit_bytes: 1 << 30,
         cancel_grace_secs: 10,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     };
     let heartbeat = |events: &mut Vec<Event>, seq: u64| {
         events.push(Event::TimerFired {

@@ -59,6 +59,9 @@ fn job(command: &[&str], timeout_secs: u64) -> JobRequest {
         timeout_secs,
         output_limit_bytes: None,
         cancel_grace_secs: Some(1),
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

@@ -352,6 +352,11 @@ async fn a_job_runs_end_to_end() -> TestResult {
             stdout_bytes: 12,
             stderr_bytes: 0,
             detail: None,
+            cpu_user_ms: None,
+            cpu_system_ms: None,
+            peak_rss_bytes: None,
+            wall_ms: None,
+            gpu_memory_peak_bytes: None,
         },
     )
     .await;
@@ -519,6 +524,11 @@ async fn cancel_and_drain_send_commands() -> TestResult {
             stdout_bytes: 0,
             stderr_bytes: 0,
             detail: None,
+            cpu_user_ms: None,
+            cpu_system_ms: None,
+            peak_rss_bytes: None,
+            wall_ms: None,
+            gpu_memory_peak_bytes: None,
         },
     )
     .await;
@@ -813,6 +823,11 @@ async fn a_lost_runner_gives_its_jobs_away() -> TestResult {
             stdout_bytes: 0,
             stderr_bytes: 0,
             detail: None,
+            cpu_user_ms: None,
+            cpu_system_ms: None,
+            peak_rss_bytes: None,
+            wall_ms: None,
+            gpu_memory_peak_bytes: None,
         },
     )
     .await;

@@ -436,6 +436,11 @@ async fn job_output_is_read_in_ranges_and_followed() -> TestResult {
             stdout_bytes: 12,
             stderr_bytes: 0,
             detail: None,
+            cpu_user_ms: None,
+            cpu_system_ms: None,
+            peak_rss_bytes: None,
+            wall_ms: None,
+            gpu_memory_peak_bytes: None,
         },
     )
     .await;

@@ -63,6 +63,9 @@ fn sleep_job(secs: &str, grace: u64) -> JobRequest {
         timeout_secs: 600,
         output_limit_bytes: None,
         cancel_grace_secs: Some(grace),
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

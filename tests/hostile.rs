@@ -58,6 +58,9 @@ fn shell(script: &str, env: &[(&str, &str)]) -> JobRequest {
         timeout_secs: 60,
         output_limit_bytes: None,
         cancel_grace_secs: Some(1),
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

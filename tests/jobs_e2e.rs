@@ -76,6 +76,9 @@ fn request(command: &[&str], timeout_secs: u64) -> JobRequest {
         timeout_secs,
         output_limit_bytes: None,
         cancel_grace_secs: Some(1),
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 
@@ -408,6 +411,9 @@ fn spec(job_id: &str, command: &[&str]) -> JobSpec {
         timeout_secs: 60,
         output_limit_bytes: 1 << 20,
         cancel_grace_secs: 1,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

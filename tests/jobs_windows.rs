@@ -24,6 +24,9 @@ fn spec(id: &str, command: &[&str]) -> JobSpec {
         timeout_secs: 60,
         output_limit_bytes: 1 << 20,
         cancel_grace_secs: 10,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

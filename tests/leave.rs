@@ -61,6 +61,9 @@ async fn the_farewell_is_a_traced_session_with_the_real_last_command_index() {
             output_limit_bytes: None,
             cancel_grace_secs: None,
             workdir: None,
+            inputs: Default::default(),
+            outputs: Default::default(),
+            kv: Default::default(),
         })
         .expect("submit");
     let deadline = Instant::now() + WAIT;

@@ -62,6 +62,9 @@ fn sleep_job(secs: &str, grace: u64) -> JobRequest {
         output_limit_bytes: None,
         cancel_grace_secs: Some(grace),
         workdir: None,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

@@ -46,6 +46,9 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         timeout_secs,
         output_limit_bytes: 1 << 20,
         cancel_grace_secs: 1,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     })
 }
 
@@ -442,6 +445,9 @@ impl StateMachineTest for Machine {
                     timeout_secs: 60,
                     output_limit_bytes: 1 << 20,
                     cancel_grace_secs: 1,
+                    inputs: Default::default(),
+                    outputs: Default::default(),
+                    kv: Default::default(),
                 })
                 .collect(),
         };

@@ -22,6 +22,9 @@ fn job(id: &str, attempt: u32) -> JobSpec {
         timeout_secs: 60,
         output_limit_bytes: 1024,
         cancel_grace_secs: 3,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

@@ -48,6 +48,9 @@ fn job_spec(id: &str) -> JobSpec {
         timeout_secs: 3600,
         output_limit_bytes: 1 << 20,
         cancel_grace_secs: 10,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

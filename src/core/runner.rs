@@ -319,6 +319,12 @@ impl Runner {
                 stdout_bytes: output_bytes.0,
                 stderr_bytes: output_bytes.1,
                 detail: spawn_error.map(str::to_owned),
+                // Accounting (issue 19) arrives with the job's end once it is wired.
+                cpu_user_ms: None,
+                cpu_system_ms: None,
+                peak_rss_bytes: None,
+                wall_ms: None,
+                gpu_memory_peak_bytes: None,
             },
         );
     }

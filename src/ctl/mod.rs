@@ -199,6 +199,9 @@ pub async fn submit(
         timeout_secs: submission.timeout_secs,
         output_limit_bytes: submission.output_limit_bytes,
         cancel_grace_secs: submission.cancel_grace_secs,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     };
     let created: JobCreated = client.post("/admin/v1/jobs", Some(&request)).await?;
     if !wait {
@@ -350,6 +353,11 @@ mod tests {
             truncated: false,
             detail: None,
             created: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            kv: BTreeMap::new(),
+            progress: None,
+            usage: None,
         }
     }
 

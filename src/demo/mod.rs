@@ -136,6 +136,9 @@ async fn run_jobs(server: &DevServer, started: Instant) -> anyhow::Result<()> {
         timeout_secs,
         output_limit_bytes: None,
         cancel_grace_secs: Some(2),
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     };
     let submit = |name: &str, request| -> anyhow::Result<String> {
         let id = server.submit_job(request).context("submitting a job")?;

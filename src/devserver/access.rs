@@ -24,8 +24,12 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::admin_token::AdminToken;
+use super::blobs::BLOB_PATH;
 use super::server::error_response;
 use crate::protocol::RUNNER_PATH;
+
+/// Where the admin API takes a blob's raw bytes.
+const ADMIN_BLOBS_PATH: &str = "/admin/v1/blobs";
 
 /// The most of a non-JSON error body that is carried into its JSON form.
 const ERROR_TEXT_LIMIT: usize = 4 * 1024;
@@ -49,7 +53,10 @@ pub(crate) enum Refusal {
     ForeignOrigin(String),
     NoToken,
     WrongToken,
-    NotJson(String),
+    WrongBodyType {
+        found: String,
+        expected: &'static str,
+    },
 }
 
 impl Refusal {
@@ -57,7 +64,7 @@ impl Refusal {
         match self {
             Self::ForeignHost(_) | Self::NoHost | Self::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             Self::NoToken | Self::WrongToken => StatusCode::UNAUTHORIZED,
-            Self::NotJson(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::WrongBodyType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -72,8 +79,8 @@ impl Refusal {
             }
             Self::NoToken => "the admin API needs the admin token: send `Authorization: Bearer <token>` (fyn-runner ctl finds it by itself)".to_owned(),
             Self::WrongToken => "the admin token is not valid for this server".to_owned(),
-            Self::NotJson(found) => {
-                format!("request bodies must be application/json, not {found:?}")
+            Self::WrongBodyType { found, expected } => {
+                format!("request bodies here must be {expected}, not {found:?}")
             }
         }
     }
@@ -87,8 +94,15 @@ impl AccessPolicy {
             return Ok(());
         }
         self.check_host(headers)?;
+        if path.starts_with(BLOB_PATH) {
+            // The token in the path is the capability, as in a presigned URL.
+            return Ok(());
+        }
         self.check_token(headers)?;
-        check_json_body(headers)
+        if path == ADMIN_BLOBS_PATH {
+            return check_body_type(headers, "application/octet-stream");
+        }
+        check_body_type(headers, "application/json")
     }
 
     fn check_host(&self, headers: &HeaderMap) -> Result<(), Refusal> {
@@ -187,9 +201,10 @@ fn split_host(host: &str) -> Option<(String, Option<u16>)> {
     (!name.is_empty()).then_some((name, port))
 }
 
-/// A request with a body must say it is JSON. A body-less request (a `GET`, a bare
-/// `POST .../cancel`) needs no content type.
-fn check_json_body(headers: &HeaderMap) -> Result<(), Refusal> {
+/// A request with a body must say it is `expected` (JSON, or a blob's raw bytes, which
+/// a browser cannot send without asking first either). A body-less request (a `GET`,
+/// a bare `POST .../cancel`) needs no content type.
+fn check_body_type(headers: &HeaderMap, expected: &'static str) -> Result<(), Refusal> {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -204,10 +219,13 @@ fn check_json_body(headers: &HeaderMap) -> Result<(), Refusal> {
         .map(|v| v.to_str().unwrap_or("(not text)"))
         .unwrap_or("(none)");
     let essence = found.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/json") {
+    if essence.eq_ignore_ascii_case(expected) {
         Ok(())
     } else {
-        Err(Refusal::NotJson(found.to_owned()))
+        Err(Refusal::WrongBodyType {
+            found: found.to_owned(),
+            expected,
+        })
     }
 }
 
@@ -374,7 +392,10 @@ mod tests {
         let body = ("content-length", "2");
         assert_eq!(
             check(&[AUTH, body, ("content-type", "text/plain")]),
-            Err(Refusal::NotJson("text/plain".to_owned()))
+            Err(Refusal::WrongBodyType {
+                found: "text/plain".to_owned(),
+                expected: "application/json"
+            })
         );
         assert!(check(&[AUTH, body]).is_err());
         assert_eq!(

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -20,6 +20,7 @@ use super::api::{
     CommandIssued, DrainRequest, ErrorBody, EventRecord, JobCreated, JobInfo, JobRequest,
     OutputChunk, RunnerInfo, TokenCreated,
 };
+use super::blob_routes;
 use super::error::DevServerError;
 use super::server::{AppState, error_response};
 use super::ws::runner_endpoint;
@@ -44,6 +45,24 @@ pub(crate) fn router(state: AppState, policy: Arc<AccessPolicy>) -> Router {
         .route("/admin/v1/jobs/{id}", get(get_job))
         .route("/admin/v1/jobs/{id}/output", get(job_output))
         .route("/admin/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/admin/v1/jobs/{id}/results", get(blob_routes::job_results))
+        .route(
+            "/admin/v1/jobs/{id}/results/{*path}",
+            get(blob_routes::result_file),
+        )
+        .route("/admin/v1/blobs", put(blob_routes::store_blob))
+        .route(
+            "/blobs/v1/{token}/in/{sha256}",
+            get(blob_routes::fetch_input),
+        )
+        .route(
+            "/blobs/v1/{token}/out/{index}",
+            put(blob_routes::upload_output),
+        )
+        .route(
+            "/blobs/v1/{token}/out/{index}/{*path}",
+            put(blob_routes::upload_output_at),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

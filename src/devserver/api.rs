@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::job_side::{InputRequest, JobProgress, JobUsage, OutputRequest};
 use crate::protocol::{ExitStatus, JobOutcome, OutputStream};
 
 /// Where a job stands as the control plane sees it.
@@ -133,6 +134,15 @@ pub struct JobRequest {
     pub output_limit_bytes: Option<u64>,
     #[serde(default)]
     pub cancel_grace_secs: Option<u64>,
+    /// Files placed in the job's `work/` before it starts (each a stored blob).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputRequest>,
+    /// Files uploaded from `work/` after the process ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputRequest>,
+    /// Key-value pairs the job can read from its start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kv: BTreeMap<String, String>,
 }
 
 /// One job, as `GET /admin/v1/jobs/{id}` shows it. Its output is not in it (a job may
@@ -165,6 +175,14 @@ pub struct JobInfo {
     pub detail: Option<String>,
     /// Unix milliseconds.
     pub created: u64,
+    pub inputs: Vec<InputRequest>,
+    pub outputs: Vec<OutputRequest>,
+    /// The pairs given at submission with every write of the job applied.
+    pub kv: BTreeMap<String, String>,
+    /// What the current attempt's runner last said of its phase and progress.
+    pub progress: Option<JobProgress>,
+    /// The accounting of the ended attempt.
+    pub usage: Option<JobUsage>,
 }
 
 /// A range of a job's output (`GET /admin/v1/jobs/{id}/output`).

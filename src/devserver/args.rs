@@ -49,6 +49,19 @@ pub struct DevServerArgs {
     /// more. Requests naming any other Host are refused, against DNS rebinding.
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allowed_hosts: Vec<String>,
+    /// Where job inputs and results are kept [default: <db>-blobs beside --db, or a
+    /// private temporary folder removed at exit]
+    #[arg(long, value_name = "DIR")]
+    pub blob_dir: Option<PathBuf>,
+    /// The largest job input or result accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = super::DEFAULT_MAX_BLOB_BYTES)]
+    pub max_blob_bytes: u64,
+    /// The base URL runners reach this server at (e.g. http://build-host:7480 with
+    /// --listen 0.0.0.0:7480), used in the input and result URLs jobs are handed; its
+    /// host must be one of this server's addresses or an --allow-host name.
+    /// [default: this server's own address]
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 impl From<&DevServerArgs> for DevServerConfig {
@@ -72,6 +85,9 @@ impl From<&DevServerArgs> for DevServerConfig {
             admin_token_file: args.admin_token_file.clone(),
             allowed_hosts: args.allowed_hosts.clone(),
             handshake_timeout_ms: args.handshake_timeout_ms,
+            blob_dir: args.blob_dir.clone(),
+            max_blob_bytes: args.max_blob_bytes,
+            public_url: args.public_url.clone(),
         }
     }
 }

@@ -12,10 +12,12 @@ use base64::engine::general_purpose::STANDARD;
 use super::api::{
     EventRecord, JobInfo, JobRequest, JobState, OutputChunk, RunnerInfo, RunnerState,
 };
+use super::blobs::BlobUrls;
 use super::commands::largest_start_frame_len;
 use super::error::DevServerError;
+use super::grants::{check_inputs_stored, declared_files, sized_spec, with_files};
 use super::hub::{Hub, Inner, Post};
-use super::store::{JobRow, RunnerRow, Store, StoreError};
+use super::store::{JobFiles, JobRow, RunnerRow, Store, StoreError};
 use super::util::{now_ms, random_hex};
 use crate::protocol::{Command, JobRef, JobSpec, MAX_FRAME_BYTES, OutputStream};
 
@@ -76,10 +78,14 @@ impl Inner {
     ) -> Result<(), StoreError> {
         job.state = JobState::Assigned;
         job.runner_id = Some(runner_id.to_owned());
-        let command = Command::StartJob { job: job_spec(job) };
-        let index = self.store.atomically(|store| {
+        let files = self.store.job_files(&job.id)?;
+        let (index, command) = self.store.atomically(|store| {
             store.save_job(job)?;
-            store.append_command(runner_id, &command, now_ms())
+            let token = self.grant(store, job)?;
+            let spec = with_files(job_spec(job), &files, &self.urls, &token);
+            let command = Command::StartJob { job: spec };
+            let index = store.append_command(runner_id, &command, now_ms())?;
+            Ok::<_, StoreError>((index, command))
         })?;
         tracing::info!(job_id = %job.id, attempt = job.attempt, runner_id, index, "job assigned");
         self.send_command(runner_id, index, command, post);
@@ -164,9 +170,22 @@ impl Inner {
     }
 
     /// A job without its output (which may be any size): `held_bytes` says how much
-    /// is held, `GET .../output` reads it a bounded range at a time.
-    pub fn job_info(row: JobRow) -> JobInfo {
-        JobInfo {
+    /// is held, `GET .../output` reads it a bounded range at a time. Its files, its
+    /// key-value pairs and what its runner reported come from the job side's tables.
+    pub fn job_info(&self, row: JobRow) -> Result<JobInfo, StoreError> {
+        let files = self.store.job_files(&row.id)?;
+        let mut kv = files.kv;
+        kv.extend(self.store.kv(&row.id)?);
+        let (progress, usage) = match self.store.report(&row.id, row.attempt)? {
+            Some((progress, usage, _)) => (Some(progress), usage),
+            None => (None, None),
+        };
+        Ok(JobInfo {
+            inputs: files.inputs,
+            outputs: files.outputs,
+            kv,
+            progress,
+            usage,
             stdout_bytes: row.stdout_len,
             stderr_bytes: row.stderr_len,
             state: row.state,
@@ -186,11 +205,12 @@ impl Inner {
             detail: row.detail,
             created: row.created_ms,
             id: row.id,
-        }
+        })
     }
 }
 
-/// The spec of the job's current attempt, as `start_job` carries it.
+/// The spec of the job's current attempt, as `start_job` carries it, but for its files
+/// and key-value pairs (`grants::with_files` adds them under the attempt's token).
 fn job_spec(job: &JobRow) -> JobSpec {
     JobSpec {
         job_id: job.id.clone(),
@@ -201,6 +221,9 @@ fn job_spec(job: &JobRow) -> JobSpec {
         timeout_secs: job.timeout_secs,
         output_limit_bytes: job.output_limit_bytes,
         cancel_grace_secs: job.cancel_grace_secs,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 
@@ -269,10 +292,12 @@ pub(crate) fn release_absent_holds(
     Ok(())
 }
 
-/// A new job from an admin request, validated as the runner would validate it, and
-/// small enough that its `start_job` always fits a frame: what is accepted here can
-/// reach the runner, so it never fails later for a reason known now.
-fn new_job(request: JobRequest) -> Result<JobRow, DevServerError> {
+/// A new job from an admin request, validated as the runner would validate it (its
+/// files as they will be handed out), and small enough that its `start_job` always
+/// fits a frame: what is accepted here can reach the runner, so it never fails later
+/// for a reason known now.
+fn new_job(request: JobRequest, urls: &BlobUrls) -> Result<(JobRow, JobFiles), DevServerError> {
+    let files = declared_files(&request);
     let id = format!("j-{}", random_hex(8)?);
     let limits = (
         request.timeout_secs,
@@ -281,7 +306,7 @@ fn new_job(request: JobRequest) -> Result<JobRow, DevServerError> {
     );
     let mut job = JobRow::queued(id, request.command, request.env, limits, now_ms());
     job.workdir = request.workdir;
-    let spec = job_spec(&job);
+    let spec = sized_spec(job_spec(&job), &files, urls);
     spec.validate()?;
     let size = largest_start_frame_len(&spec);
     if size > MAX_FRAME_BYTES {
@@ -290,7 +315,7 @@ fn new_job(request: JobRequest) -> Result<JobRow, DevServerError> {
             limit: MAX_FRAME_BYTES,
         });
     }
-    Ok(job)
+    Ok((job, files))
 }
 
 /// The largest `limit` one output read returns.
@@ -339,13 +364,17 @@ impl Hub {
     }
 
     pub fn submit_job(&self, request: JobRequest) -> Result<String, DevServerError> {
-        let job = new_job(request)?;
-        self.with(|inner, post| -> Result<(), StoreError> {
-            inner.store.insert_job(&job)?;
-            inner.try_assign(post)
-        })?;
-        tracing::info!(job_id = %job.id, "job queued");
-        Ok(job.id)
+        self.with(|inner, post| -> Result<String, DevServerError> {
+            let (job, files) = new_job(request, &inner.urls)?;
+            check_inputs_stored(&inner.store, &files.inputs)?;
+            inner.store.atomically(|store| -> Result<(), StoreError> {
+                store.insert_job(&job)?;
+                store.set_job_files(&job.id, &files)
+            })?;
+            inner.try_assign(post)?;
+            tracing::info!(job_id = %job.id, "job queued");
+            Ok(job.id)
+        })
     }
 
     /// A queued job is cancelled at once; one on a runner gets a `cancel_job` and ends
@@ -381,7 +410,7 @@ impl Hub {
                     });
                 }
             }
-            Ok(Inner::job_info(job))
+            Ok(inner.job_info(job)?)
         })
     }
 
@@ -430,14 +459,17 @@ impl Hub {
     pub fn jobs(&self) -> Result<Vec<JobInfo>, DevServerError> {
         self.with(|inner, _| {
             let rows = inner.store.jobs()?;
-            Ok(rows.into_iter().map(Inner::job_info).collect())
+            Ok(rows
+                .into_iter()
+                .map(|row| inner.job_info(row))
+                .collect::<Result<_, StoreError>>()?)
         })
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobInfo>, DevServerError> {
         self.with(|inner, _| {
             let row = inner.store.job(id)?;
-            Ok(row.map(Inner::job_info))
+            Ok(row.map(|row| inner.job_info(row)).transpose()?)
         })
     }
 

@@ -39,6 +39,26 @@ pub enum DevServerError {
     JobTooLarge { size: usize, limit: usize },
     #[error("admin token: {0}")]
     AdminToken(#[from] super::admin_token::AdminTokenError),
+    #[error(
+        "unknown blob token: the URL was not handed out by this server, or its attempt was replaced"
+    )]
+    NoSuchGrant,
+    #[error("job {job_id:?} attempt {attempt} has ended; its URLs are no longer valid")]
+    GrantEnded { job_id: String, attempt: u32 },
+    #[error("{0}")]
+    NotDeclared(String),
+    #[error("no input blob {0}: store it with PUT /admin/v1/blobs first")]
+    BlobNotFound(String),
+    #[error("job {job_id:?} has no result {path:?}")]
+    ResultNotFound { job_id: String, path: String },
+    #[error("the request needs a Content-Length")]
+    LengthRequired,
+    #[error("the range starts at {start}, past the end of the {size}-byte blob")]
+    RangeNotSatisfiable { start: u64, size: u64 },
+    #[error("{0}")]
+    Blob(#[from] super::blobs::BlobError),
+    #[error("blob folder: {0}")]
+    BlobFolder(std::io::Error),
 }
 
 impl From<getrandom::Error> for DevServerError {
@@ -52,14 +72,24 @@ impl DevServerError {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::BadRequest(_) | Self::InvalidJob(_) | Self::JobTooLarge { .. } => 400,
-            Self::JobNotFound(_) | Self::RunnerNotFound(_) => 404,
+            Self::JobNotFound(_)
+            | Self::RunnerNotFound(_)
+            | Self::NoSuchGrant
+            | Self::NotDeclared(_)
+            | Self::BlobNotFound(_)
+            | Self::ResultNotFound { .. } => 404,
             Self::NotCancellable { .. } => 409,
+            Self::GrantEnded { .. } => 410,
+            Self::LengthRequired => 411,
+            Self::RangeNotSatisfiable { .. } => 416,
+            Self::Blob(error) => error.http_status(),
             Self::Config(_)
             | Self::Bind { .. }
             | Self::Tls(_)
             | Self::Store(_)
             | Self::Random(_)
-            | Self::AdminToken(_) => 500,
+            | Self::AdminToken(_)
+            | Self::BlobFolder(_) => 500,
         }
     }
 
@@ -67,6 +97,7 @@ impl DevServerError {
     pub fn field(&self) -> Option<&'static str> {
         match self {
             Self::InvalidJob(error) => Some(error.field()),
+            Self::BlobNotFound(_) => Some("inputs"),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@ use super::api::JobState;
 use super::commands::command_rejected;
 use super::control::release_hold;
 use super::hub::Inner;
+use super::job_side::JobUsage;
 use super::store::{JobRow, Store, StoreError};
 use super::util::now_ms;
 use crate::protocol::{
@@ -77,12 +78,10 @@ fn apply_event(store: &Store, runner_id: &str, event: &RunnerEvent) -> Result<bo
         RunnerEvent::CommandRejected { index, reason } => {
             return command_rejected(store, runner_id, *index, reason);
         }
-        RunnerEvent::JobAccepted { job }
-        | RunnerEvent::JobRejected { job, .. }
-        | RunnerEvent::JobStarted { job, .. }
-        | RunnerEvent::JobOutput { job, .. }
-        | RunnerEvent::JobOutputTruncated { job, .. }
-        | RunnerEvent::JobFinished { job, .. } => job,
+        other => match other.job() {
+            Some(job) => job,
+            None => return Ok(false),
+        },
     };
     let ends = matches!(
         event,
@@ -186,9 +185,59 @@ fn apply_job_event(
             if let Some(detail) = detail {
                 job.detail = Some(detail.clone());
             }
+            store.set_phase(&job.id, job.attempt, None)?;
+            if let Some(usage) = usage_of(event).filter(|usage| !usage.is_empty()) {
+                store.set_usage(&job.id, job.attempt, &usage)?;
+            }
             Ok(true)
         }
         RunnerEvent::HardwareChanged { .. } | RunnerEvent::CommandRejected { .. } => Ok(false),
+        side => {
+            apply_job_side(store, job, side)?;
+            Ok(false)
+        }
+    }
+}
+
+/// Phases, progress, key-value writes and the outputs' reports: kept per job (the
+/// report rows per attempt), shown by `GET /admin/v1/jobs/{id}` and `.../results`.
+fn apply_job_side(store: &Store, job: &JobRow, event: &RunnerEvent) -> Result<(), StoreError> {
+    let (id, attempt) = (job.id.as_str(), job.attempt);
+    match event {
+        RunnerEvent::JobPhase { phase, .. } => store.set_phase(id, attempt, Some(*phase)),
+        RunnerEvent::JobProgress {
+            fraction, message, ..
+        } => store.set_progress(id, attempt, *fraction, message.as_deref()),
+        RunnerEvent::JobKvPut { key, value, .. } => store.kv_put(id, key, value),
+        RunnerEvent::JobOutputFile {
+            path, sha256, size, ..
+        } => store.result_reported(id, attempt, path, sha256, *size),
+        RunnerEvent::JobOutputFailed { path, reason, .. } => {
+            store.result_failed(id, attempt, path, reason)
+        }
+        RunnerEvent::JobOutputs { missing, .. } => store.set_missing(id, attempt, missing),
+        _ => Ok(()),
+    }
+}
+
+/// The accounting a `job_finished` carries.
+fn usage_of(event: &RunnerEvent) -> Option<JobUsage> {
+    match event {
+        RunnerEvent::JobFinished {
+            cpu_user_ms,
+            cpu_system_ms,
+            peak_rss_bytes,
+            wall_ms,
+            gpu_memory_peak_bytes,
+            ..
+        } => Some(JobUsage {
+            cpu_user_ms: *cpu_user_ms,
+            cpu_system_ms: *cpu_system_ms,
+            peak_rss_bytes: *peak_rss_bytes,
+            wall_ms: *wall_ms,
+            gpu_memory_peak_bytes: *gpu_memory_peak_bytes,
+        }),
+        _ => None,
     }
 }
 

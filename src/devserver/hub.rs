@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::RunnerState;
+use super::blobs::BlobUrls;
+use super::grants::GrantKey;
 use super::store::Store;
 use crate::protocol::{CloseReason, ServerMessage, SessionParams};
 
@@ -79,6 +81,10 @@ pub(crate) struct Inner {
     /// How many runner events were stored (and jobs changed otherwise: cancelled while
     /// queued, re-queued) so far; see `DevServer::events_stored`.
     pub stored: tokio::sync::watch::Sender<u64>,
+    /// The URLs a job's attempt is handed for its inputs and outputs.
+    pub urls: BlobUrls,
+    /// What the tokens in those URLs are derived with.
+    pub grant_key: GrantKey,
 }
 
 impl Inner {
@@ -96,13 +102,20 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub fn new(store: Store, params: SessionParams, handshake_timeout: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        params: SessionParams,
+        handshake_timeout: Duration,
+        (urls, grant_key): (BlobUrls, GrantKey),
+    ) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 store,
                 live: HashMap::new(),
                 params,
                 stored: tokio::sync::watch::Sender::new(0),
+                urls,
+                grant_key,
             }),
             next_session: AtomicU64::new(1),
             params,

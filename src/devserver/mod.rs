@@ -24,11 +24,15 @@ mod admin;
 mod admin_token;
 mod api;
 mod args;
+mod blob_routes;
+mod blobs;
 mod commands;
 mod control;
 mod error;
 mod events;
+mod grants;
 mod hub;
+mod job_side;
 mod server;
 mod session;
 mod store;
@@ -52,13 +56,19 @@ pub use api::{
     OutputChunk, RunnerInfo, RunnerState, TokenCreated,
 };
 pub use args::DevServerArgs;
+pub use blobs::BlobError;
 pub use control::MAX_OUTPUT_READ;
 pub use error::DevServerError;
+pub use job_side::{
+    BlobStored, InputRequest, JobProgress, JobResults, JobUsage, OutputRequest, ResultFile,
+};
 pub use store::StoreError;
 pub use tls::TlsError;
 
 use crate::protocol::{OutputStream, RUNNER_PATH, SessionParams};
 use access::AccessPolicy;
+use blobs::{BlobStore, BlobUrls};
+use grants::GrantKey;
 use hub::Hub;
 use server::AppState;
 use store::Store;
@@ -93,7 +103,18 @@ pub struct DevServerConfig {
     /// How long a runner connection may take from its upgrade to `authenticated`,
     /// whatever it sends meanwhile.
     pub handshake_timeout_ms: u64,
+    /// Where job inputs and results are kept as files. `None`: `<db>-blobs` beside the
+    /// database, or a private temporary folder removed at exit when it lives in memory.
+    pub blob_dir: Option<PathBuf>,
+    /// The largest input or result accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// The base URL runners reach this server at, for the input and result URLs it
+    /// hands them (`None`: its own address, `admin_url()`).
+    pub public_url: Option<String>,
 }
+
+/// The default of `DevServerConfig::max_blob_bytes`: 16 GiB.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 16 << 30;
 
 /// The default of `DevServerConfig::handshake_timeout_ms`: the runner's own
 /// handshake timeout.
@@ -109,6 +130,9 @@ impl Default for DevServerConfig {
             admin_token_file: None,
             allowed_hosts: Vec::new(),
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            blob_dir: None,
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            public_url: None,
         }
     }
 }
@@ -135,6 +159,15 @@ impl DevServerConfig {
                 "the ack timeout ({} ms) must be below the heartbeat interval ({} ms)",
                 s.ack_timeout_ms, s.heartbeat_interval_ms
             )));
+        }
+        if let Some(url) = &self.public_url {
+            let fine = url::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !fine {
+                return Err(DevServerError::Config(format!(
+                    "--public-url {url:?} is not an http:// or https:// URL"
+                )));
+            }
         }
         if self.handshake_timeout_ms == 0 {
             return Err(DevServerError::Config(
@@ -167,6 +200,7 @@ impl DevServerConfig {
 /// connections to close.
 pub struct DevServer {
     hub: Arc<Hub>,
+    blobs: Arc<BlobStore>,
     local_addr: SocketAddr,
     tls: bool,
     admin_token: AdminToken,
@@ -204,11 +238,23 @@ impl DevServer {
                 source,
             })?;
         let handshake = Duration::from_millis(config.handshake_timeout_ms);
-        let hub = Arc::new(Hub::new(store, config.session, handshake));
+        let blobs = BlobStore::open(
+            config.blob_dir.as_deref(),
+            config.db.as_deref(),
+            config.max_blob_bytes,
+        )
+        .map_err(DevServerError::BlobFolder)?;
+        let public_url = match &config.public_url {
+            Some(url) => url.clone(),
+            None => admin_url(tls.is_some(), local_addr),
+        };
+        let grants = (BlobUrls::new(&public_url), GrantKey::draw()?);
+        let hub = Arc::new(Hub::new(store, config.session, handshake, grants));
         let (stop, shutdown) = watch::channel(false);
         let (guard, done) = mpsc::channel(1);
         let state = AppState {
             hub: Arc::clone(&hub),
+            blobs: Arc::new(blobs),
             shutdown,
             guard,
         };
@@ -218,12 +264,14 @@ impl DevServer {
             tls: tls.is_some(),
             allowed_hosts: config.allowed_hosts(),
         });
+        let state_blobs = Arc::clone(&state.blobs);
         let router = admin::router(state.clone(), policy);
         let accept = tokio::spawn(server::accept_loop(listener, tls.clone(), router, state));
         let ticker = tokio::spawn(tick_loop(Arc::clone(&hub), tick_period(&config.session)));
         tracing::info!(%local_addr, tls = tls.is_some(), db = ?config.db, "dev-server started");
         Ok(DevServer {
             hub,
+            blobs: Arc::clone(&state_blobs),
             local_addr,
             tls: tls.is_some(),
             admin_token,
@@ -251,22 +299,11 @@ impl DevServer {
 
     /// The base URL of the admin API: `http://127.0.0.1:PORT` or `https://localhost:PORT`.
     pub fn admin_url(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}", self.authority())
+        admin_url(self.tls, self.local_addr)
     }
 
-    /// Host and port to reach the server at. With TLS on loopback the host is
-    /// `localhost`, the name a development certificate is made for.
     fn authority(&self) -> String {
-        let ip = self.local_addr.ip();
-        let port = self.local_addr.port();
-        let loopback = ip.is_loopback() || ip.is_unspecified();
-        match ip {
-            _ if loopback && self.tls => format!("localhost:{port}"),
-            _ if ip.is_unspecified() => format!("127.0.0.1:{port}"),
-            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-            IpAddr::V4(v4) => format!("{v4}:{port}"),
-        }
+        authority(self.tls, self.local_addr)
     }
 
     /// The admin API's bearer token (`Authorization: Bearer <token>`).
@@ -328,6 +365,29 @@ impl DevServer {
         self.hub.submit_job(request)
     }
 
+    /// As `GET /admin/v1/jobs/{id}/results`.
+    pub fn job_results(&self, id: &str) -> Result<JobResults, DevServerError> {
+        self.hub.results(id)
+    }
+
+    /// As `PUT /admin/v1/blobs`: store `bytes` as a blob; returns its SHA-256 (hex).
+    pub async fn store_blob(&self, bytes: Vec<u8>) -> Result<String, DevServerError> {
+        let length = bytes.len() as u64;
+        let sha256 = self
+            .blobs
+            .receive(axum::body::Body::from(bytes), length, None)
+            .await?;
+        self.hub.record_blob(&sha256, length)?;
+        Ok(sha256)
+    }
+
+    /// Every byte of result `path` of the job's current attempt (in-process callers;
+    /// `GET /admin/v1/jobs/{id}/results/{path}` streams it).
+    pub fn result_bytes(&self, id: &str, path: &str) -> Result<Vec<u8>, DevServerError> {
+        let (sha256, _) = self.hub.result_blob(id, path)?;
+        std::fs::read(self.blobs.path(&sha256)).map_err(DevServerError::BlobFolder)
+    }
+
     /// As `POST /admin/v1/jobs/{id}/cancel`.
     pub fn cancel_job(&self, id: &str) -> Result<JobInfo, DevServerError> {
         self.hub.cancel_job(id)
@@ -365,6 +425,25 @@ impl Drop for DevServer {
     fn drop(&mut self) {
         self.stop.send_replace(true);
         self.ticker.abort();
+    }
+}
+
+fn admin_url(tls: bool, local_addr: SocketAddr) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", authority(tls, local_addr))
+}
+
+/// Host and port to reach the server at. With TLS on loopback the host is
+/// `localhost`, the name a development certificate is made for.
+fn authority(tls: bool, local_addr: SocketAddr) -> String {
+    let ip = local_addr.ip();
+    let port = local_addr.port();
+    let loopback = ip.is_loopback() || ip.is_unspecified();
+    match ip {
+        _ if loopback && tls => format!("localhost:{port}"),
+        _ if ip.is_unspecified() => format!("127.0.0.1:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
     }
 }
 

@@ -30,6 +30,8 @@ const HTTP_GRACE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub hub: Arc<Hub>,
+    /// The blob folder: job inputs and results.
+    pub blobs: Arc<super::blobs::BlobStore>,
     pub shutdown: watch::Receiver<bool>,
     /// Dropped by the last task to finish; `DevServer::shutdown` waits for that.
     pub guard: mpsc::Sender<()>,

@@ -58,3 +58,16 @@ pub(super) fn base64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Strin
         ))),
     }
 }
+
+/// An optional fraction: a number from 0 to 1 (`job_progress.fraction`).
+pub(super) fn fraction<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<f64>, D::Error> {
+    let value = Option::<f64>::deserialize(deserializer)?;
+    match value {
+        Some(f) if !(0.0..=1.0).contains(&f) => Err(D::Error::custom(format_args!(
+            "fraction {f} is outside 0..=1"
+        ))),
+        _ => Ok(value),
+    }
+}

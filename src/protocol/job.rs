@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::job_files::{InputFile, OutputFile, validate_files};
+
 /// What the API asks a runner to execute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "JobSpecOnWire")]
@@ -18,6 +20,12 @@ pub struct JobSpec {
     pub timeout_secs: u64,
     pub output_limit_bytes: u64,
     pub cancel_grace_secs: u64,
+    /// Files fetched into `work/` before the process starts.
+    pub inputs: Vec<InputFile>,
+    /// Files uploaded after the process ended.
+    pub outputs: Vec<OutputFile>,
+    /// Key-value pairs the job can read (`fyn-runner job kv get`) from its start.
+    pub kv: BTreeMap<String, String>,
 }
 
 /// Per stream, when the API does not say.
@@ -40,6 +48,9 @@ struct JobSpecOnWire {
     timeout_secs: u64,
     output_limit_bytes: Option<u64>,
     cancel_grace_secs: Option<u64>,
+    inputs: Option<Vec<InputFile>>,
+    outputs: Option<Vec<OutputFile>>,
+    kv: Option<BTreeMap<String, String>>,
 }
 
 impl From<JobSpecOnWire> for JobSpec {
@@ -55,6 +66,9 @@ impl From<JobSpecOnWire> for JobSpec {
                 .output_limit_bytes
                 .unwrap_or(DEFAULT_OUTPUT_LIMIT_BYTES),
             cancel_grace_secs: wire.cancel_grace_secs.unwrap_or(DEFAULT_CANCEL_GRACE_SECS),
+            inputs: wire.inputs.unwrap_or_default(),
+            outputs: wire.outputs.unwrap_or_default(),
+            kv: wire.kv.unwrap_or_default(),
         }
     }
 }
@@ -80,6 +94,12 @@ pub enum JobSpecError {
     NoTimeout,
     #[error("workdir {0:?} must be a relative path inside the job directory")]
     BadWorkdir(String),
+    #[error("inputs[{index}]: {why}")]
+    BadInput { index: usize, why: String },
+    #[error("outputs[{index}]: {why}")]
+    BadOutput { index: usize, why: String },
+    #[error("kv: {why}")]
+    BadKv { key: String, why: String },
 }
 
 impl JobSpecError {
@@ -93,6 +113,9 @@ impl JobSpecError {
             Self::BadEnvName { .. } | Self::NulInEnvValue { .. } => "env",
             Self::NoTimeout => "timeout_secs",
             Self::BadWorkdir(_) => "workdir",
+            Self::BadInput { .. } => "inputs",
+            Self::BadOutput { .. } => "outputs",
+            Self::BadKv { .. } => "kv",
         }
     }
 }
@@ -184,7 +207,7 @@ impl JobSpec {
         if let Some(dir) = &self.workdir {
             validate_workdir(dir)?;
         }
-        Ok(())
+        validate_files(&self.inputs, &self.outputs, &self.kv)
     }
 
     pub fn job_ref(&self) -> JobRef {
@@ -264,6 +287,19 @@ pub enum OutputStream {
     Stderr,
 }
 
+/// The steps of a job that no other event marks (`job_phase`): `job_started` marks
+/// running, `job_finished` the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    /// The job's folder is being made ready (and the operator's pre-job step runs).
+    Preparing,
+    /// The inputs are being fetched.
+    Fetching,
+    /// The process ended; its outputs are being uploaded.
+    Uploading,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +314,9 @@ mod tests {
             timeout_secs: 1,
             output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
             cancel_grace_secs: DEFAULT_CANCEL_GRACE_SECS,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            kv: BTreeMap::new(),
         }
     }
 

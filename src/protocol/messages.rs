@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::fields;
 use super::hardware::{HardwareChanges, HardwareReport};
-use super::job::{ExitStatus, JobOutcome, JobRef, JobSpec, OutputStream, RejectReason};
+use super::job::{ExitStatus, JobOutcome, JobPhase, JobRef, JobSpec, OutputStream, RejectReason};
+
+/// The longest `job_progress.message` a runner sends, in bytes of UTF-8.
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
 
 /// Session parameters the API hands the runner when it authenticates. Every field is
 /// optional (omitted or `null` means the default); the values must describe a session
@@ -245,6 +248,70 @@ pub enum RunnerEvent {
         /// status says (its process could not be started: no such program, ...).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// Accounting, each optional (absent when not measured): CPU time of the job's
+        /// processes in user and kernel mode, the peak resident memory of the largest
+        /// of them, the time from `job_accepted` to the end (all phases), and the
+        /// peak GPU memory its processes held together.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_user_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_system_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peak_rss_bytes: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wall_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gpu_memory_peak_bytes: Option<u64>,
+    },
+    /// The job entered a step no other event marks (fetching its inputs, uploading its
+    /// outputs, ...).
+    JobPhase {
+        job: JobRef,
+        phase: JobPhase,
+    },
+    /// What the job says of its progress: the latest of a burst (the runner coalesces).
+    JobProgress {
+        job: JobRef,
+        /// How far along, 0 to 1.
+        #[serde(
+            default,
+            deserialize_with = "fields::fraction",
+            skip_serializing_if = "Option::is_none"
+        )]
+        fraction: Option<f64>,
+        /// At most 1,024 bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// The job wrote a key-value pair; writes arrive in the order the job made them.
+    JobKvPut {
+        job: JobRef,
+        key: String,
+        value: String,
+    },
+    /// One output file is uploaded, complete, with this checksum and size.
+    JobOutputFile {
+        job: JobRef,
+        /// Below `work/`.
+        path: String,
+        url: String,
+        sha256: String,
+        size: u64,
+    },
+    /// One output file could not be uploaded, for good (the store refused it, or it
+    /// could not be read).
+    JobOutputFailed {
+        job: JobRef,
+        path: String,
+        reason: String,
+    },
+    /// The uploads are over: how many files went up, how many failed, and the
+    /// declared outputs that were not there (a path missing, a glob matching nothing).
+    JobOutputs {
+        job: JobRef,
+        uploaded: u32,
+        failed: u32,
+        missing: Vec<String>,
     },
     HardwareChanged {
         changes: HardwareChanges,
@@ -260,6 +327,25 @@ pub enum RunnerEvent {
 }
 
 impl RunnerEvent {
+    /// The job attempt an event is about, for the events that are about one.
+    pub fn job(&self) -> Option<&JobRef> {
+        match self {
+            Self::JobAccepted { job }
+            | Self::JobRejected { job, .. }
+            | Self::JobStarted { job, .. }
+            | Self::JobOutput { job, .. }
+            | Self::JobOutputTruncated { job, .. }
+            | Self::JobFinished { job, .. }
+            | Self::JobPhase { job, .. }
+            | Self::JobProgress { job, .. }
+            | Self::JobKvPut { job, .. }
+            | Self::JobOutputFile { job, .. }
+            | Self::JobOutputFailed { job, .. }
+            | Self::JobOutputs { job, .. } => Some(job),
+            Self::HardwareChanged { .. } | Self::CommandRejected { .. } => None,
+        }
+    }
+
     /// The wire name of the event kind, for logs and traces.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -269,6 +355,12 @@ impl RunnerEvent {
             Self::JobOutput { .. } => "job_output",
             Self::JobOutputTruncated { .. } => "job_output_truncated",
             Self::JobFinished { .. } => "job_finished",
+            Self::JobPhase { .. } => "job_phase",
+            Self::JobProgress { .. } => "job_progress",
+            Self::JobKvPut { .. } => "job_kv_put",
+            Self::JobOutputFile { .. } => "job_output_file",
+            Self::JobOutputFailed { .. } => "job_output_failed",
+            Self::JobOutputs { .. } => "job_outputs",
             Self::HardwareChanged { .. } => "hardware_changed",
             Self::CommandRejected { .. } => "command_rejected",
         }

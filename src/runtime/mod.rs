@@ -11,6 +11,7 @@ writes; this module makes them durable, exactly as asked, and reports failures.
 */
 #![allow(clippy::disallowed_methods)] // the I/O shell owns the clock and randomness (clippy.toml)
 
+pub mod account_fs;
 pub mod control;
 pub mod driver;
 mod hardware_check;
@@ -25,6 +26,7 @@ pub mod signals;
 pub mod status;
 pub mod store;
 pub mod timers;
+pub mod transfer;
 pub mod ws;
 
 pub use control::Control;

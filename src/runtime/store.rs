@@ -724,6 +724,9 @@ mod tests {
             timeout_secs: 60,
             output_limit_bytes: 1 << 20,
             cancel_grace_secs: 1,
+            inputs: Default::default(),
+            outputs: Default::default(),
+            kv: Default::default(),
         }
     }
 

@@ -76,13 +76,27 @@ fn every_optional_field_omitted_or_null_decodes_as_its_default() {
             }
         }
     }
-    // The document's optional fields, each reached: JobSpec's four, drain's deadline,
-    // SessionParams' three.
+    // The document's optional fields, each reached: JobSpec's (its files' too), drain's
+    // deadline, SessionParams' three, job_finished's accounting, job_progress's two.
     for expected in [
         "job.env",
         "job.workdir",
         "job.output_limit_bytes",
         "job.cancel_grace_secs",
+        "job.inputs",
+        "job.inputs[0].executable",
+        "job.outputs",
+        "job.outputs[0].path",
+        "job.outputs[0].glob",
+        "job.kv",
+        "event.detail",
+        "event.cpu_user_ms",
+        "event.cpu_system_ms",
+        "event.peak_rss_bytes",
+        "event.wall_ms",
+        "event.gpu_memory_peak_bytes",
+        "event.fraction",
+        "event.message",
         "command.deadline_secs",
         "session.heartbeat_interval_ms",
         "session.ack_timeout_ms",
@@ -318,5 +332,31 @@ fn byte_strings_that_are_not_standard_base64_are_bad_frames() {
     decode(Direction::ToServer, &output("")).expect("no bytes");
     for bad in ["aGk", "a-_=", "not base64!", "aGk=\n"] {
         refused_as_bad_frame(Direction::ToServer, &output(bad), &format!("data {bad:?}"));
+    }
+}
+
+/// §5.4: `job_progress.fraction` is a number from 0 to 1; anything else is a bad frame.
+#[test]
+fn a_progress_fraction_outside_zero_to_one_is_a_bad_frame() {
+    let progress = |fraction: Value| {
+        json!({"type": "event", "index": 1, "event": {"kind": "job_progress",
+               "job": {"job_id": "j", "attempt": 1}, "fraction": fraction}})
+    };
+    for fine in [json!(0), json!(0.0), json!(0.5), json!(1), json!(1.0)] {
+        decode(Direction::ToServer, &progress(fine.clone()))
+            .unwrap_or_else(|e| panic!("fraction {fine}: refused: {e}"));
+    }
+    for bad in [
+        json!(-0.01),
+        json!(1.0001),
+        json!(2),
+        json!("0.5"),
+        json!(true),
+    ] {
+        refused_as_bad_frame(
+            Direction::ToServer,
+            &progress(bad.clone()),
+            &format!("fraction {bad}"),
+        );
     }
 }

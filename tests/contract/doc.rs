@@ -43,6 +43,8 @@ pub enum Ty {
     Tagged(&'static str, &'static [(&'static str, &'static [Field])]),
     /// `SessionParams` (§7): a struct of optional times, all ≥ 1 and ack below interval.
     Session,
+    /// A number from 0 to 1 (`job_progress.fraction`).
+    Fraction,
 }
 
 #[derive(Debug)]
@@ -72,6 +74,21 @@ const fn opt(name: &'static str, ty: Ty, default: &'static str, sample: &'static
 
 const JOB_REF: Ty = Ty::Struct(&[req("job_id", Ty::Str), req("attempt", Ty::U32)]);
 
+const INPUT_FILE: Ty = Ty::Struct(&[
+    req("url", Ty::Str),
+    req("sha256", Ty::Str),
+    req("path", Ty::Str),
+    opt("executable", Ty::Bool, "false", "true"),
+]);
+
+// Exactly one of `path` and `glob` is a rule of `JobSpec::validate` (invalid_spec),
+// not of the frame: at the frame level both are optional strings.
+const OUTPUT_FILE: Ty = Ty::Struct(&[
+    opt("path", Ty::Str, "null", r#""out/result.txt""#),
+    opt("glob", Ty::Str, "null", r#""out/*.csv""#),
+    req("url", Ty::Str),
+]);
+
 const JOB_SPEC: &[Field] = &[
     req("job_id", Ty::Str),
     req("attempt", Ty::U32),
@@ -82,6 +99,23 @@ const JOB_SPEC: &[Field] = &[
     req("timeout_secs", Ty::U64),
     opt("output_limit_bytes", Ty::U64, "1073741824", "4096"),
     opt("cancel_grace_secs", Ty::U64, "10", "3"),
+    opt(
+        "inputs",
+        Ty::Array(&INPUT_FILE),
+        "[]",
+        concat!(
+            r#"[{"url": "https://store.example/in/mesh", "sha256": ""#,
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            r#"", "path": "mesh.vtu", "executable": true}]"#
+        ),
+    ),
+    opt(
+        "outputs",
+        Ty::Array(&OUTPUT_FILE),
+        "[]",
+        r#"[{"path": "out/result.txt", "glob": "out/*.csv", "url": "https://store.example/out/"}]"#,
+    ),
+    opt("kv", Ty::StrMap, "{}", r#"{"checkpoint": "step-40"}"#),
 ];
 
 pub const SESSION_FIELDS: &[Field] = &[
@@ -154,6 +188,61 @@ const EVENTS: &[(&str, &[Field])] = &[
             req("stdout_bytes", Ty::U64),
             req("stderr_bytes", Ty::U64),
             opt("detail", Ty::Str, "null", r#""no such program""#),
+            opt("cpu_user_ms", Ty::U64, "null", "1200"),
+            opt("cpu_system_ms", Ty::U64, "null", "80"),
+            opt("peak_rss_bytes", Ty::U64, "null", "52428800"),
+            opt("wall_ms", Ty::U64, "null", "4100"),
+            opt("gpu_memory_peak_bytes", Ty::U64, "null", "1073741824"),
+        ],
+    ),
+    (
+        "job_phase",
+        &[
+            req("job", JOB_REF),
+            req("phase", Ty::Enum(&["preparing", "fetching", "uploading"])),
+        ],
+    ),
+    (
+        "job_progress",
+        &[
+            req("job", JOB_REF),
+            opt("fraction", Ty::Fraction, "null", "0.42"),
+            opt("message", Ty::Str, "null", r#""iteration 420""#),
+        ],
+    ),
+    (
+        "job_kv_put",
+        &[
+            req("job", JOB_REF),
+            req("key", Ty::Str),
+            req("value", Ty::Str),
+        ],
+    ),
+    (
+        "job_output_file",
+        &[
+            req("job", JOB_REF),
+            req("path", Ty::Str),
+            req("url", Ty::Str),
+            req("sha256", Ty::Str),
+            req("size", Ty::U64),
+        ],
+    ),
+    (
+        "job_output_failed",
+        &[
+            req("job", JOB_REF),
+            req("path", Ty::Str),
+            req("reason", Ty::Str),
+        ],
+    ),
+    (
+        "job_outputs",
+        &[
+            req("job", JOB_REF),
+            req("uploaded", Ty::U32),
+            req("failed", Ty::U32),
+            req("missing", Ty::Array(&Ty::Str)),
         ],
     ),
     ("hardware_changed", &[req("changes", Ty::Changes)]),
@@ -363,6 +452,7 @@ fn check_value(ty: &Ty, value: &Value, at: &str) -> Result<(), String> {
         }
         Ty::Tagged(tag, variants) => return check_tagged(tag, variants, value, at),
         Ty::Session => return check_session(value, at),
+        Ty::Fraction => value.as_f64().is_some_and(|f| (0.0..=1.0).contains(&f)),
     };
     if ok { Ok(()) } else { fail(&format!("{ty:?}")) }
 }
@@ -488,6 +578,7 @@ fn value_samples(ty: &Ty) -> Vec<Value> {
             .flat_map(|(name, fields)| struct_samples(fields, Some((tag, name))))
             .collect(),
         Ty::Session => struct_samples(SESSION_FIELDS, None),
+        Ty::Fraction => vec![json!(0.25)],
     }
 }
 

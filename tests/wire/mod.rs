@@ -243,6 +243,9 @@ pub fn job_request(command: &[&str]) -> JobRequest {
         timeout_secs: 60,
         output_limit_bytes: None,
         cancel_grace_secs: None,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

@@ -1,11 +1,13 @@
-//! SQLite storage: tokens, runners (with their keys and indexes), commands, events and
-//! jobs with their output. Every SQL statement of the dev-server lives here.
+//! SQLite storage: tokens, runners (with their keys and indexes), commands, events,
+//! jobs with their output, and a job's side (blobs, reports, key-value, results).
+//! Every SQL statement of the dev-server lives here.
 //!
 //! Registration tokens are stored in clear text: this is a development tool, and the
 //! crate has no hash function to spare. A production control plane stores a hash. So
 //! the database file is made private (0600) and kept so.
 
 mod commands;
+mod job_side;
 mod jobs;
 
 use std::path::Path;
@@ -16,10 +18,11 @@ use crate::platform::{self, Access};
 use crate::protocol::OutputStream;
 
 pub(crate) use commands::StoredCommand;
+pub(crate) use job_side::JobFiles;
 pub(crate) use jobs::JobRow;
 
 /// Bumped when the schema changes incompatibly; an older build refuses a newer file.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -159,6 +162,8 @@ impl Store {
             });
         }
         conn.execute_batch(SCHEMA)?;
+        // Version 3 added the job side's tables (blobs, declarations, reports, results).
+        conn.execute_batch(job_side::SCHEMA)?;
         if found == 1 {
             // Version 2 added the jobs' workdir.
             conn.execute_batch("ALTER TABLE jobs ADD COLUMN workdir TEXT")?;
