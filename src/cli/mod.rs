@@ -19,6 +19,7 @@ use crate::spec;
 
 pub mod admin;
 pub mod ctl;
+pub mod job;
 mod service_main;
 
 #[derive(Debug, Parser)]
@@ -178,6 +179,10 @@ pub enum Command {
     DevServer(crate::devserver::DevServerArgs),
     /// Use the dev-server's admin API: runners, tokens, jobs, their output.
     Ctl(ctl::CtlArgs),
+    /// For jobs: report progress and read or write key-value pairs through the runner
+    /// that runs the job (`fyn-runner job progress 0.42 "iteration 420"`,
+    /// `fyn-runner job kv put KEY VALUE`, `fyn-runner job kv get KEY`).
+    Job(job::JobArgs),
     /// The whole lifecycle in one process against an embedded dev-server: register,
     /// sync, Active, a dev-server restart (reconnect and resync), four jobs (succeeded,
     /// failed, cancelled, timed out), a clean stop, and where to replay its trace.
@@ -246,7 +251,10 @@ pub fn describe_error(error: &anyhow::Error) -> String {
 /// Run the parsed command; the returned code becomes the process exit status.
 pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
-    let default_filter = if matches!(cli.command, Command::Demo | Command::Ctl(_)) {
+    let default_filter = if matches!(
+        cli.command,
+        Command::Demo | Command::Ctl(_) | Command::Job(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -317,6 +325,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         }
         Command::Demo => block_on(crate::demo::run()),
         Command::Ctl(args) => ctl::run(args),
+        Command::Job(args) => job::run(args),
         Command::Replay {
             trace,
             from,

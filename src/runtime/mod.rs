@@ -17,6 +17,8 @@ pub mod driver;
 mod hardware_check;
 pub mod identity;
 pub mod install;
+#[cfg(unix)]
+pub mod job_endpoint;
 pub mod jobs;
 mod notices;
 pub mod orphans;
