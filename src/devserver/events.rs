@@ -9,7 +9,6 @@ use super::api::JobState;
 use super::commands::command_rejected;
 use super::control::release_hold;
 use super::hub::Inner;
-use super::job_side::JobUsage;
 use super::store::{JobRow, Store, StoreError};
 use super::util::now_ms;
 use crate::protocol::{
@@ -186,7 +185,7 @@ fn apply_job_event(
                 job.detail = Some(detail.clone());
             }
             store.set_phase(&job.id, job.attempt, None)?;
-            if let Some(usage) = usage_of(event).filter(|usage| !usage.is_empty()) {
+            if let Some(usage) = event.usage().filter(|usage| !usage.is_empty()) {
                 store.set_usage(&job.id, job.attempt, &usage)?;
             }
             Ok(true)
@@ -217,27 +216,6 @@ fn apply_job_side(store: &Store, job: &JobRow, event: &RunnerEvent) -> Result<()
         }
         RunnerEvent::JobOutputs { missing, .. } => store.set_missing(id, attempt, missing),
         _ => Ok(()),
-    }
-}
-
-/// The accounting a `job_finished` carries.
-fn usage_of(event: &RunnerEvent) -> Option<JobUsage> {
-    match event {
-        RunnerEvent::JobFinished {
-            cpu_user_ms,
-            cpu_system_ms,
-            peak_rss_bytes,
-            wall_ms,
-            gpu_memory_peak_bytes,
-            ..
-        } => Some(JobUsage {
-            cpu_user_ms: *cpu_user_ms,
-            cpu_system_ms: *cpu_system_ms,
-            peak_rss_bytes: *peak_rss_bytes,
-            wall_ms: *wall_ms,
-            gpu_memory_peak_bytes: *gpu_memory_peak_bytes,
-        }),
-        _ => None,
     }
 }
 

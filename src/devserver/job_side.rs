@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::JobPhase;
+/// The accounting of an ended attempt, as `job_finished` carried it.
+pub use crate::protocol::JobUsage;
 
 /// An input of a submitted job: a file stored with `PUT /admin/v1/blobs` (named by its
 /// SHA-256), placed at `path` below the job's `work/`.
@@ -45,23 +47,6 @@ pub struct JobProgress {
     /// The last `job_progress`.
     pub fraction: Option<f64>,
     pub message: Option<String>,
-}
-
-/// The accounting of an ended attempt (`job_finished`); each figure absent when the
-/// runner did not measure it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobUsage {
-    pub cpu_user_ms: Option<u64>,
-    pub cpu_system_ms: Option<u64>,
-    pub peak_rss_bytes: Option<u64>,
-    pub wall_ms: Option<u64>,
-    pub gpu_memory_peak_bytes: Option<u64>,
-}
-
-impl JobUsage {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 /// One result file of the current attempt.

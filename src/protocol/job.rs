@@ -287,6 +287,24 @@ pub enum OutputStream {
     Stderr,
 }
 
+/// What a job's processes used, as `job_finished` reports it (each figure absent when
+/// not measured): CPU time in user and kernel mode, the peak resident memory of the
+/// largest process, the time from acceptance to the end, and the peak GPU memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUsage {
+    pub cpu_user_ms: Option<u64>,
+    pub cpu_system_ms: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub wall_ms: Option<u64>,
+    pub gpu_memory_peak_bytes: Option<u64>,
+}
+
+impl JobUsage {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// The steps of a job that no other event marks (`job_phase`): `job_started` marks
 /// running, `job_finished` the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

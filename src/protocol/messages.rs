@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::fields;
 use super::hardware::{HardwareChanges, HardwareReport};
-use super::job::{ExitStatus, JobOutcome, JobPhase, JobRef, JobSpec, OutputStream, RejectReason};
+use super::job::{
+    ExitStatus, JobOutcome, JobPhase, JobRef, JobSpec, JobUsage, OutputStream, RejectReason,
+};
 
 /// The longest `job_progress.message` a runner sends, in bytes of UTF-8.
 pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
@@ -327,6 +329,27 @@ pub enum RunnerEvent {
 }
 
 impl RunnerEvent {
+    /// The accounting a `job_finished` carries.
+    pub fn usage(&self) -> Option<JobUsage> {
+        match self {
+            Self::JobFinished {
+                cpu_user_ms,
+                cpu_system_ms,
+                peak_rss_bytes,
+                wall_ms,
+                gpu_memory_peak_bytes,
+                ..
+            } => Some(JobUsage {
+                cpu_user_ms: *cpu_user_ms,
+                cpu_system_ms: *cpu_system_ms,
+                peak_rss_bytes: *peak_rss_bytes,
+                wall_ms: *wall_ms,
+                gpu_memory_peak_bytes: *gpu_memory_peak_bytes,
+            }),
+            _ => None,
+        }
+    }
+
     /// The job attempt an event is about, for the events that are about one.
     pub fn job(&self) -> Option<&JobRef> {
         match self {

@@ -12,6 +12,7 @@ writes; this module makes them durable, exactly as asked, and reports failures.
 #![allow(clippy::disallowed_methods)] // the I/O shell owns the clock and randomness (clippy.toml)
 
 pub mod account_fs;
+pub mod accounting;
 pub mod control;
 pub mod driver;
 mod hardware_check;
