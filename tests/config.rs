@@ -76,6 +76,8 @@ job_user = "fyn-runner-job"
 jobs_dir = "jobs"
 ca_file = "ca.pem"
 allow_insecure_transport = true
+allow_insecure_transfers = true
+input_cache_max_bytes = 0
 drain_deadline = 0
 hardware_recheck = 60
 job_retention_hours = 0
@@ -100,6 +102,8 @@ log_format = "json"
             jobs_dir: Some(dir.path().join("jobs")),
             ca_file: Some(dir.path().join("ca.pem")),
             allow_insecure_transport: Some(true),
+            allow_insecure_transfers: Some(true),
+            input_cache_max_bytes: Some(0),
             drain_deadline: Some(0),
             hardware_recheck: Some(60),
             job_retention_hours: Some(0),
@@ -199,6 +203,8 @@ fn full_config() -> FileConfig {
         jobs_dir: Some(absolute("/srv/fyn jobs").into()),
         ca_file: Some(absolute("/etc/fyn-runner/ca.pem").into()),
         allow_insecure_transport: Some(false),
+        allow_insecure_transfers: Some(false),
+        input_cache_max_bytes: Some(1 << 40),
         drain_deadline: Some(300),
         hardware_recheck: Some(900),
         job_retention_hours: Some(720),

@@ -102,6 +102,20 @@ define_settings! {
             help: "How many trace files to keep (1 to 1000).",
             check: value::trace_keep,
         }
+        allow_insecure_transfers: switch<bool> {
+            flag: "allow-insecure-transfers",
+            env: "FYN_RUNNER_ALLOW_INSECURE_TRANSFERS",
+            example: "false",
+            help: "Allow job inputs and outputs over plain http:// to a host that is not loopback; their bytes then cross the network unencrypted (inputs are still checked against their sha256).",
+            check: value::boolean,
+        }
+        input_cache_max_bytes: defaulted<u64> = "10737418240" {
+            flag: "input-cache-max-bytes",
+            env: "FYN_RUNNER_INPUT_CACHE_MAX_BYTES",
+            example: "10737418240",
+            help: "Size in bytes the cache of job inputs (<state_dir>/cache/inputs) is kept to, least recently used first out; an input larger than this is fetched for each job that needs it. 0 keeps nothing between jobs.",
+            check: value::byte_count,
+        }
         no_trace: switch<bool> {
             flag: "no-trace",
             env: "FYN_RUNNER_NO_TRACE",

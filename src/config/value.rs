@@ -239,6 +239,11 @@ pub fn trace_max_bytes(value: i64) -> Result<u64, String> {
     ranged(value, MIN_TRACE_MAX_BYTES as i64, ANY)
 }
 
+/// A size in bytes (`input_cache_max_bytes`): any that is not negative.
+pub fn byte_count(value: i64) -> Result<u64, String> {
+    ranged(value, 0, ANY)
+}
+
 /// `trace_keep`: 1 to 1000 files.
 pub fn trace_keep(value: i64) -> Result<u64, String> {
     ranged(value, 1, 1000)

@@ -71,6 +71,10 @@ pub struct RunnerSettings {
     pub jobs_dir: Option<PathBuf>,
     /// The account jobs run as, when not the runner's own.
     pub job_account: Option<Account>,
+    /// Plain `http://` for job inputs and outputs to hosts that are not loopback.
+    pub allow_insecure_transfers: bool,
+    /// The size the input cache is kept to.
+    pub input_cache_max_bytes: u64,
 }
 
 /// Size-based rotation of the trace files.
@@ -141,6 +145,21 @@ impl RunnerSettings {
         });
         self.job_retention = value::hours(settings.job_retention_hours);
         self.ca_file = settings.ca_file.clone();
+        self.allow_insecure_transfers = settings.allow_insecure_transfers;
+        self.input_cache_max_bytes = settings.input_cache_max_bytes;
+    }
+
+    /// What job transfers start with: the session's CA rules, the input cache under
+    /// the state folder (`<state_dir>/cache/inputs`), the transfer settings.
+    pub fn transfer_settings(&self) -> crate::runtime::transfer::TransferSettings {
+        crate::runtime::transfer::TransferSettings {
+            ca_file: self.ca_file.clone(),
+            allow_insecure: self.allow_insecure_transfers,
+            cache_dir: self.state_dir.join("cache").join("inputs"),
+            cache_max_bytes: self.input_cache_max_bytes,
+            timeouts: crate::runtime::transfer::Timeouts::default(),
+            retry: crate::runtime::transfer::RetryPolicy::default(),
+        }
     }
 
     /// Defaults an operator would expect: the settings' own defaults (one slot, the
@@ -162,6 +181,8 @@ impl RunnerSettings {
             job_retention: Duration::ZERO,
             jobs_dir: None,
             job_account: None,
+            allow_insecure_transfers: false,
+            input_cache_max_bytes: 0,
         };
         runner.take(&RunSettings::default());
         runner
