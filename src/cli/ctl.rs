@@ -81,6 +81,22 @@ pub enum CtlAction {
         #[arg(long, value_enum)]
         stream: Option<StreamArg>,
     },
+    /// List the result files of a job's current attempt: uploaded, failed, missing.
+    Results {
+        /// The job ID.
+        id: String,
+    },
+    /// Download one result file of a job (checked against its sha256).
+    Fetch {
+        /// The job ID.
+        id: String,
+        /// The file's path below the job's `work/`, as `results` lists it.
+        path: String,
+        /// Where to write it; `-` for standard output [default: its file name in the
+        /// current folder, which must not exist yet].
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Cancel a job: at once when queued, else the runner stops it (TERM, then KILL).
     Cancel {
         /// The job ID.
@@ -120,6 +136,18 @@ pub struct SubmitArgs {
     /// Seconds between TERM and KILL when the job is cancelled [default: 10].
     #[arg(long, value_name = "SECS")]
     pub cancel_grace: Option<u64>,
+    /// A local file the job gets in its `work/` before it starts, FILE or FILE:PATH
+    /// (default PATH: the file's name); executable there if it is here. Repeat for more.
+    #[arg(long = "input", short = 'i', value_name = "FILE[:PATH]", value_parser = ctl::parse_input)]
+    pub inputs: Vec<(PathBuf, String)>,
+    /// A file (or a glob: `*`, `?`, `[...]`, `**`) below the job's `work/` uploaded
+    /// when its process has ended; read back with `results` and `fetch`. Repeat for more.
+    #[arg(long = "output", short = 'o', value_name = "PATH|GLOB")]
+    pub outputs: Vec<String>,
+    /// A key-value pair the job can read from its start (`fyn-runner job kv get`),
+    /// KEY=VALUE; repeat for more.
+    #[arg(long = "kv", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub kv: Vec<(String, String)>,
     /// Follow the job's output until it ends, then exit with its exit code.
     #[arg(long)]
     pub wait: bool,
@@ -188,6 +216,9 @@ async fn dispatch(args: CtlArgs) -> Result<i32, (CtlError, i32)> {
                 timeout_secs: submit.timeout,
                 output_limit_bytes: submit.output_limit,
                 cancel_grace_secs: submit.cancel_grace,
+                inputs: submit.inputs,
+                outputs: submit.outputs,
+                kv: submit.kv.into_iter().collect(),
             };
             ctl::submit(&client, submission, submit.wait, format).await
         }
@@ -198,6 +229,10 @@ async fn dispatch(args: CtlArgs) -> Result<i32, (CtlError, i32)> {
                 Some(StreamArg::Stderr) => Streams::One(OutputStream::Stderr),
             };
             ctl::logs(&client, &id, streams, follow, format).await
+        }
+        CtlAction::Results { id } => ctl::results(&client, &id, format).await,
+        CtlAction::Fetch { id, path, output } => {
+            ctl::fetch(&client, &id, &path, output.as_deref(), format).await
         }
         CtlAction::Cancel { id } => ctl::cancel(&client, &id, format).await,
         CtlAction::Drain { runner, deadline } => {

@@ -120,42 +120,63 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, axum::body::Bytes), CtlError> {
+        let (content_type, body) = match body {
+            Some(bytes) => (Some("application/json"), Body::from(bytes)),
+            None => (None, Body::empty()),
+        };
+        let request = self.request(method, path, body, content_type, Vec::new())?;
+        let answer = self.open(request).await?;
+        let status = answer.status;
+        let read = axum::body::to_bytes(Body::new(answer.body), MAX_ANSWER);
+        let bytes = tokio::time::timeout(ANSWER_TIMEOUT * 2, read)
+            .await
+            .map_err(|_| self.unreachable("no answer in time".to_owned()))?
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        Ok((status, bytes))
+    }
+
+    /// Send `request` on a fresh connection; the answer with its body still to read.
+    pub(super) async fn open(&self, request: Request<Body>) -> Result<Answer, CtlError> {
         let host = self.base.host_str().unwrap_or("localhost");
         let port = self.base.port_or_known_default().unwrap_or(80);
-        let unreachable = |why: String| CtlError::Unreachable {
-            server: self.base.to_string(),
-            why,
-        };
         let connect = TcpStream::connect((host.trim_matches(['[', ']']), port));
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| unreachable("timed out connecting".to_owned()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| self.unreachable("timed out connecting".to_owned()))?
+            .map_err(|e| self.unreachable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let request = self.request(method, path, body)?;
         let answer = match &self.tls {
             None => send(tcp, request).await,
             Some(connector) => {
                 let name = rustls::pki_types::ServerName::try_from(
                     host.trim_matches(['[', ']']).to_owned(),
                 )
-                .map_err(|e| unreachable(format!("bad server name: {e}")))?;
+                .map_err(|e| self.unreachable(format!("bad server name: {e}")))?;
                 let handshake = connector.connect(name, tcp);
                 let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
                     .await
-                    .map_err(|_| unreachable("timed out in the TLS handshake".to_owned()))?
-                    .map_err(|e| unreachable(format!("TLS: {e}")))?;
+                    .map_err(|_| self.unreachable("timed out in the TLS handshake".to_owned()))?
+                    .map_err(|e| self.unreachable(format!("TLS: {e}")))?;
                 send(stream, request).await
             }
         };
-        answer.map_err(unreachable)
+        answer.map_err(|why| self.unreachable(why))
     }
 
-    fn request(
+    fn unreachable(&self, why: String) -> CtlError {
+        CtlError::Unreachable {
+            server: self.base.to_string(),
+            why,
+        }
+    }
+
+    pub(super) fn request(
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Body,
+        content_type: Option<&str>,
+        headers: Vec<(header::HeaderName, String)>,
     ) -> Result<Request<Body>, CtlError> {
         let url = self
             .base
@@ -175,45 +196,71 @@ impl Client {
             .header(header::HOST, authority)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::ACCEPT, "application/json");
-        let body = match body {
-            Some(bytes) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Body::from(bytes)
-            }
-            None => Body::empty(),
-        };
+        if let Some(content_type) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, content_type);
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
         builder
             .body(body)
             .map_err(|e| CtlError::Usage(format!("building the request: {e}")))
     }
 }
 
-/// Send one request on `io` and read the whole answer.
-async fn send<IO>(io: IO, request: Request<Body>) -> Result<(StatusCode, axum::body::Bytes), String>
+/// An answer whose body is still to be read; its connection lives as long as it does.
+pub(super) struct Answer {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: hyper::body::Incoming,
+    _driver: AbortOnDrop,
+}
+
+impl Answer {
+    /// An error answer's `{"error": ...}` as the `CtlError` its status calls for.
+    pub async fn into_error(self) -> CtlError {
+        let status = self.status;
+        let bytes = axum::body::to_bytes(Body::new(self.body), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|body| body.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
+        CtlError::from_status(status.as_u16(), message)
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Send one request on `io`; the answer's head (a long poll asks the server to wait up
+/// to 30 s: allowed, and some).
+async fn send<IO>(io: IO, request: Request<Body>) -> Result<Answer, String>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(connection);
-    let exchange = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let bytes = axum::body::to_bytes(Body::new(response.into_body()), MAX_ANSWER)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, bytes))
-    };
-    // A long poll asks the server to wait up to 30 s; allow that and some.
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT * 2, exchange)
+    let driver = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let response = tokio::time::timeout(ANSWER_TIMEOUT * 2, sender.send_request(request))
         .await
-        .map_err(|_| "no answer in time".to_owned())?;
-    driver.abort();
-    answer
+        .map_err(|_| "no answer in time".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        _driver: driver,
+    })
 }
 
 /// Where the token is looked for, in order: the variable, the file named, the file the
@@ -277,7 +324,13 @@ mod tests {
     fn requests_carry_host_token_and_json() -> Result<(), CtlError> {
         let base = parse_server("http://127.0.0.1:7480")?;
         let client = Client::new(base, "t0k3n".into(), None)?;
-        let request = client.request(Method::POST, "/admin/v1/jobs?x=1", Some(b"{}".to_vec()))?;
+        let request = client.request(
+            Method::POST,
+            "/admin/v1/jobs?x=1",
+            Body::from("{}"),
+            Some("application/json"),
+            Vec::new(),
+        )?;
         assert_eq!(request.uri(), "/admin/v1/jobs?x=1");
         let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
         assert_eq!(header(header::HOST), Some("127.0.0.1:7480"));

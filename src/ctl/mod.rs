@@ -17,6 +17,7 @@ server cannot be reached. `submit --wait` exits with the job's own code instead 
 */
 
 mod client;
+mod files;
 mod follow;
 mod render;
 
@@ -30,6 +31,7 @@ use crate::devserver::{
 use crate::protocol::{ExitStatus, JobOutcome, OutputStream};
 
 pub use client::{Client, find_token, parse_server};
+pub use files::{fetch, parse_input, results};
 pub use follow::Streams;
 
 /// The server `ctl` talks to when neither `--server` nor the variable says.
@@ -101,6 +103,20 @@ pub struct Submission {
     pub timeout_secs: u64,
     pub output_limit_bytes: Option<u64>,
     pub cancel_grace_secs: Option<u64>,
+    /// Local files, and where each goes in the job's `work/`.
+    pub inputs: Vec<(std::path::PathBuf, String)>,
+    /// Paths or globs below `work/` uploaded after the process ended.
+    pub outputs: Vec<String>,
+    pub kv: BTreeMap<String, String>,
+}
+
+/// An output as the API takes it: a glob when it has a glob character, else a path.
+fn output_request(text: &str) -> crate::devserver::OutputRequest {
+    let glob = text.contains(['*', '?', '[']);
+    crate::devserver::OutputRequest {
+        path: (!glob).then(|| text.to_owned()),
+        glob: glob.then(|| text.to_owned()),
+    }
 }
 
 fn print(text: &str) -> Result<(), CtlError> {
@@ -192,6 +208,7 @@ pub async fn submit(
     wait: bool,
     format: Format,
 ) -> Result<i32, CtlError> {
+    let inputs = files::store_inputs(client, &submission.inputs).await?;
     let request = JobRequest {
         command: submission.command,
         env: submission.env,
@@ -199,9 +216,13 @@ pub async fn submit(
         timeout_secs: submission.timeout_secs,
         output_limit_bytes: submission.output_limit_bytes,
         cancel_grace_secs: submission.cancel_grace_secs,
-        inputs: Default::default(),
-        outputs: Default::default(),
-        kv: Default::default(),
+        inputs,
+        outputs: submission
+            .outputs
+            .iter()
+            .map(|o| output_request(o))
+            .collect(),
+        kv: submission.kv,
     };
     let created: JobCreated = client.post("/admin/v1/jobs", Some(&request)).await?;
     if !wait {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::devserver::{JobInfo, RunnerInfo};
+use crate::devserver::{JobInfo, JobResults, RunnerInfo};
 use crate::protocol::{ExitStatus, JobOutcome};
 
 /// Columns padded to their widest cell, two spaces apart; the last is not padded.
@@ -257,6 +257,70 @@ pub fn job(j: &JobInfo, now_ms: u64) -> String {
             j.id
         ),
     );
+    for input in &j.inputs {
+        let exec = if input.executable {
+            " (executable)"
+        } else {
+            ""
+        };
+        line(
+            "input:",
+            format!("{} <- sha256 {}{exec}", input.path, input.sha256),
+        );
+    }
+    for output in &j.outputs {
+        let named = output
+            .path
+            .as_deref()
+            .or(output.glob.as_deref())
+            .unwrap_or("");
+        line(
+            "output:",
+            format!("{named} (fyn-runner ctl results {})", j.id),
+        );
+    }
+    if let Some(progress) = &j.progress {
+        if let Some(phase) = progress.phase {
+            let name = serde_json::to_value(phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            line("phase:", name);
+        }
+        let fraction = progress.fraction.map(|f| format!("{:.1} %", f * 100.0));
+        let said = [fraction, progress.message.clone()];
+        let said: Vec<String> = said.into_iter().flatten().collect();
+        if !said.is_empty() {
+            line("progress:", said.join(", "));
+        }
+    }
+    for (key, value) in &j.kv {
+        let shown: String = value.chars().take(60).collect();
+        let cut = if shown.len() < value.len() { "…" } else { "" };
+        line("kv:", format!("{key} = {shown}{cut}"));
+    }
+    if let Some(usage) = &j.usage {
+        let mut parts = Vec::new();
+        if let (Some(user), Some(system)) = (usage.cpu_user_ms, usage.cpu_system_ms) {
+            parts.push(format!(
+                "cpu {:.3} s user + {:.3} s system",
+                user as f64 / 1000.0,
+                system as f64 / 1000.0
+            ));
+        }
+        if let Some(rss) = usage.peak_rss_bytes {
+            parts.push(format!("peak memory {:.1} MiB", rss as f64 / 1048576.0));
+        }
+        if let Some(gpu) = usage.gpu_memory_peak_bytes {
+            parts.push(format!("peak GPU memory {:.1} MiB", gpu as f64 / 1048576.0));
+        }
+        if let Some(wall) = usage.wall_ms {
+            parts.push(format!("{:.3} s in all", wall as f64 / 1000.0));
+        }
+        if !parts.is_empty() {
+            line("usage:", parts.join(", "));
+        }
+    }
     if j.cancel_requested {
         line("cancel:", "requested".to_owned());
     }
@@ -311,4 +375,37 @@ mod tests {
         assert_eq!(ago(10_000, 4_000), "6s ago");
         assert_eq!(ago(4_000_000, 0), "1h06m ago");
     }
+}
+
+/// The result files of an attempt, then what is missing; a note while uploads go on.
+pub fn results(r: &JobResults) -> String {
+    let rows: Vec<Vec<String>> = r
+        .files
+        .iter()
+        .map(|file| {
+            let status = match (&file.failure, file.reported) {
+                (Some(why), _) => format!("failed: {why}"),
+                (None, true) => "uploaded".to_owned(),
+                (None, false) => "arriving".to_owned(),
+            };
+            vec![
+                file.path.clone(),
+                file.size.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                file.sha256.clone().unwrap_or_else(|| "-".to_owned()),
+                status,
+            ]
+        })
+        .collect();
+    let mut out = table(&["PATH", "SIZE", "SHA256", "STATUS"], &rows);
+    for missing in &r.missing {
+        let _ = writeln!(out, "missing: {missing}");
+    }
+    if !r.complete {
+        let _ = writeln!(
+            out,
+            "(attempt {}: the runner has not reported the end of its uploads yet)",
+            r.attempt
+        );
+    }
+    out
 }
