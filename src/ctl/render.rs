@@ -348,35 +348,6 @@ pub fn ending(j: &JobInfo) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_line_up() {
-        let rows = vec![
-            vec!["a".to_owned(), "long value".to_owned(), "x".to_owned()],
-            vec!["bbb".to_owned(), "v".to_owned(), "y y".to_owned()],
-        ];
-        assert_eq!(
-            table(&["K", "V", "LAST"], &rows),
-            "K    V           LAST\na    long value  x\nbbb  v           y y\n"
-        );
-    }
-
-    #[test]
-    fn commands_are_quoted_and_cut() {
-        let argv = |args: &[&str]| args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(
-            command_line(&argv(&["sh", "-c", "echo it's"]), 100),
-            r"sh -c 'echo it'\''s'"
-        );
-        assert_eq!(command_line(&argv(&["echo", "abcdefgh"]), 8), "echo ab…");
-        assert_eq!(ago(10_000, 4_000), "6s ago");
-        assert_eq!(ago(4_000_000, 0), "1h06m ago");
-    }
-}
-
 /// The result files of an attempt, then what is missing; a note while uploads go on.
 pub fn results(r: &JobResults) -> String {
     let rows: Vec<Vec<String>> = r
@@ -408,4 +379,33 @@ pub fn results(r: &JobResults) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_line_up() {
+        let rows = vec![
+            vec!["a".to_owned(), "long value".to_owned(), "x".to_owned()],
+            vec!["bbb".to_owned(), "v".to_owned(), "y y".to_owned()],
+        ];
+        assert_eq!(
+            table(&["K", "V", "LAST"], &rows),
+            "K    V           LAST\na    long value  x\nbbb  v           y y\n"
+        );
+    }
+
+    #[test]
+    fn commands_are_quoted_and_cut() {
+        let argv = |args: &[&str]| args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(&argv(&["sh", "-c", "echo it's"]), 100),
+            r"sh -c 'echo it'\''s'"
+        );
+        assert_eq!(command_line(&argv(&["echo", "abcdefgh"]), 8), "echo ab…");
+        assert_eq!(ago(10_000, 4_000), "6s ago");
+        assert_eq!(ago(4_000_000, 0), "1h06m ago");
+    }
 }

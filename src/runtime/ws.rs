@@ -33,6 +33,10 @@ use crate::protocol::{CloseReason, FrameError, MAX_FRAME_BYTES, SUBPROTOCOL, dec
 
 /// What a live connection reports, tagged with its id so the driver can drop the
 /// reports of a connection that is no longer current.
+// An event is a few hundred bytes (a `start_job` carries its spec) and nearly every
+// report is one; boxing it would cost an allocation per frame to save bytes on the
+// rare low-water report.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum LinkReport {
     /// A frame, the close or a failure, as the core event it is.
