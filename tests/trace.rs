@@ -17,6 +17,7 @@ use fyn_runner::trace::{
 
 const TOKEN: &str = "tok-very-secret-registration-token-4711";
 const ENV_SECRET: &str = "hunter2-env-secret-value";
+const URL_SECRET: &str = "X-Amz-Signature=presigned-url-secret";
 const OUTPUT: &[u8] = b"model loss=0.0123 api_key=sk-live-output-secret\n";
 
 fn msg(message: ServerMessage) -> Event {
@@ -48,8 +49,17 @@ fn job_spec(id: &str) -> JobSpec {
         timeout_secs: 3600,
         output_limit_bytes: 1 << 20,
         cancel_grace_secs: 10,
-        inputs: Default::default(),
-        outputs: Default::default(),
+        inputs: vec![fyn_runner::protocol::InputFile {
+            url: format!("https://store.example/in/mesh?{URL_SECRET}"),
+            sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            path: "mesh.vtu".into(),
+            executable: false,
+        }],
+        outputs: vec![fyn_runner::protocol::OutputFile {
+            path: Some("result.txt".into()),
+            glob: None,
+            url: format!("https://store.example/out/result?{URL_SECRET}"),
+        }],
         kv: Default::default(),
     }
 }
@@ -799,9 +809,12 @@ fn secrets_never_reach_the_trace() {
         output_b64.as_str(),
         output_text.as_str(),
         "sk-live-output-secret",
+        URL_SECRET,
     ] {
         assert!(!text.contains(secret), "{secret:?} leaked into the trace");
     }
+    // A job file's URL is kept without its query.
+    assert!(text.contains("https://store.example/in/mesh?<redacted>"));
     // What is kept instead: the variable names, and a summary of the output.
     assert!(text.contains(REDACTED));
     assert!(text.contains("API_TOKEN"));

@@ -130,6 +130,19 @@ pub fn glob_matches(glob: &str, path: &str) -> bool {
     glob::Pattern::new(glob).is_ok_and(|pattern| pattern.matches_with(path, options))
 }
 
+/// A URL as logs, traces and reports show it: without its query and fragment, where a
+/// presigned URL keeps its signature and credentials.
+pub fn url_without_query(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => url.split(['?', '#']).next().unwrap_or_default().to_owned(),
+    }
+}
+
 /// RFC 3986 unreserved characters stay; every other byte is `%XX`.
 fn percent_encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());

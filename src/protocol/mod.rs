@@ -32,8 +32,8 @@ pub use job::{
 };
 pub use job_files::{
     InputFile, MAX_JOB_FILES, MAX_KV_KEY_BYTES, MAX_KV_KEYS, MAX_KV_VALUE_BYTES, MAX_PATH_BYTES,
-    MAX_URL_BYTES, OutputFile, OutputTarget, glob_matches, validate_file_path, validate_kv,
-    validate_kv_key, validate_sha256, validate_url,
+    MAX_URL_BYTES, OutputFile, OutputTarget, glob_matches, url_without_query, validate_file_path,
+    validate_kv, validate_kv_key, validate_sha256, validate_url,
 };
 pub use messages::MAX_PROGRESS_MESSAGE_BYTES;
 pub use messages::{Command, RunnerEvent, RunnerMessage, ServerMessage, SessionParams};

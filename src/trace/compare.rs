@@ -12,11 +12,12 @@ use base64::Engine;
 use serde::ser::{self, Serialize};
 use serde_json::{Map, Value};
 
-use super::redact::{OutputAlias, OutputSummary, REDACTED};
+use super::redact::{OutputAlias, OutputSummary, REDACTED, redacted_url};
 
 /// Which redaction applies below a point of the serialised tree. Redaction rewrites
-/// two places only (see `redact`): `job.env` values and the `event.data` of an output
-/// chunk, both fields of the effect itself.
+/// three places only (see `redact`): `job.env` values, the URLs of `job.inputs` and
+/// `job.outputs`, and the `event.data` of an output chunk, all fields of the effect
+/// itself.
 #[derive(Debug, Clone, Copy)]
 pub enum Rule<'r> {
     Plain,
@@ -25,6 +26,12 @@ pub enum Rule<'r> {
     JobSpec,
     /// A job's env map: keys as they are, every value `"<redacted>"`.
     EnvValues,
+    /// `job.inputs` or `job.outputs`: a list of files.
+    FileList,
+    /// One of them.
+    FileEntry,
+    /// Its URL, recorded with its query redacted.
+    FileUrl,
     /// The effect holds a `RunnerEvent::JobOutput` in `event`.
     OutputHolder(Option<&'r OutputAlias>),
     OutputEvent(Option<&'r OutputAlias>),
@@ -37,6 +44,8 @@ impl<'r> Rule<'r> {
         match (self, key) {
             (Rule::JobHolder, "job") => Rule::JobSpec,
             (Rule::JobSpec, "env") => Rule::EnvValues,
+            (Rule::JobSpec, "inputs" | "outputs") => Rule::FileList,
+            (Rule::FileEntry, "url") => Rule::FileUrl,
             (Rule::OutputHolder(alias), "event") => Rule::OutputEvent(alias),
             (Rule::OutputEvent(alias), "data") => Rule::OutputData(alias),
             _ => Rule::Plain,
@@ -192,6 +201,7 @@ impl<'a> ser::Serializer for Cmp<'a> {
     fn serialize_str(self, v: &str) -> Result<(), Mismatch> {
         match self.rule {
             Rule::OutputData(alias) => self.output_data(v, alias),
+            Rule::FileUrl => check(self.value.as_str() == Some(redacted_url(v).as_str())),
             _ => check(self.value.as_str() == Some(v)),
         }
     }
@@ -249,9 +259,14 @@ impl<'a> ser::Serializer for Cmp<'a> {
     }
 
     fn serialize_seq(self, _len: Option<usize>) -> Result<SeqCmp<'a>, Mismatch> {
+        let element = match self.rule {
+            Rule::FileList => Rule::FileEntry,
+            _ => Rule::Plain,
+        };
         Ok(SeqCmp {
             items: self.array()?,
             next: 0,
+            element,
         })
     }
 
@@ -304,13 +319,18 @@ impl<'a> ser::Serializer for Cmp<'a> {
 pub struct SeqCmp<'a> {
     items: &'a [Value],
     next: usize,
+    /// The rule for each element.
+    element: Rule<'a>,
 }
 
 impl SeqCmp<'_> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Mismatch> {
         let expected = self.items.get(self.next).ok_or(Mismatch)?;
         self.next += 1;
-        value.serialize(plain(expected))
+        value.serialize(Cmp {
+            value: expected,
+            rule: self.element,
+        })
     }
 
     fn finish(self) -> Result<(), Mismatch> {

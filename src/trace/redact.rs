@@ -1,5 +1,6 @@
-//! What never reaches a trace file: job environment values (they carry secrets) and job
-//! output bytes (they are large, and may carry secrets too).
+//! What never reaches a trace file: job environment values (they carry secrets), the
+//! query of a job's input and output URLs (a presigned URL's signature and credentials)
+//! and job output bytes (they are large, and may carry secrets too).
 //!
 //! Environment values become `"<redacted>"`; keys stay, so a reader can still see which
 //! variables a job got. Output becomes `{len, fnv1a64}`: enough to tell chunks apart
@@ -89,9 +90,31 @@ fn redact_env_map(env: Option<&mut Value>) {
     }
 }
 
-/// `job.env` values of a serialised `JobSpec` holder.
+/// `job.env` values and the queries of `job.inputs[].url` and `job.outputs[].url` of a
+/// serialised `JobSpec` holder.
 fn redact_job_env(holder: Option<&mut Value>) {
-    redact_env_map(holder.and_then(|job| job.get_mut("env")));
+    let Some(job) = holder else {
+        return;
+    };
+    redact_env_map(job.get_mut("env"));
+    for list in ["inputs", "outputs"] {
+        if let Some(Value::Array(files)) = job.get_mut(list) {
+            for url in files.iter_mut().filter_map(|file| file.get_mut("url")) {
+                if let Value::String(text) = url {
+                    *text = redacted_url(text);
+                }
+            }
+        }
+    }
+}
+
+/// A job file's URL as a trace keeps it: a query, if any, replaced by `<redacted>`.
+pub fn redacted_url(url: &str) -> String {
+    if url.contains('?') {
+        format!("{}?{REDACTED}", crate::protocol::url_without_query(url))
+    } else {
+        url.to_owned()
+    }
 }
 
 /// The redacted JSON form of an event.
@@ -236,6 +259,12 @@ pub fn durable_state(durable: &DurableState) -> DurableState {
 fn redact_spec(job: &mut JobSpec) {
     for value in job.env.values_mut() {
         REDACTED.clone_into(value);
+    }
+    for input in &mut job.inputs {
+        input.url = redacted_url(&input.url);
+    }
+    for output in &mut job.outputs {
+        output.url = redacted_url(&output.url);
     }
 }
 

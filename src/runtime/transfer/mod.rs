@@ -111,14 +111,7 @@ impl TransferError {
 /// A URL as logs, errors and reports show it: without its query and fragment, where a
 /// presigned URL keeps its signature and credentials.
 pub fn shown_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) => {
-            parsed.set_query(None);
-            parsed.set_fragment(None);
-            parsed.to_string()
-        }
-        Err(_) => url.split(['?', '#']).next().unwrap_or_default().to_owned(),
-    }
+    crate::protocol::url_without_query(url)
 }
 
 /// What transfers start with (from the run settings).
