@@ -20,11 +20,16 @@ pub struct JobSpec {
     pub timeout_secs: u64,
     pub output_limit_bytes: u64,
     pub cancel_grace_secs: u64,
+    // The three below are left out of the JSON when empty (which is what omitted means
+    // on the wire): a spec without them reads, stores and traces as it did before.
     /// Files fetched into `work/` before the process starts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputFile>,
     /// Files uploaded after the process ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<OutputFile>,
     /// Key-value pairs the job can read (`fyn-runner job kv get`) from its start.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub kv: BTreeMap<String, String>,
 }
 
