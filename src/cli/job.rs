@@ -1,8 +1,6 @@
 //! `fyn-runner job`: what a job (a shell script above all) runs to talk to the runner
 //! that runs it, through the socket `FYN_JOB_SOCKET` names.
 
-use std::io::Read;
-
 use clap::{Args, Subcommand};
 
 const EXIT_CODES: &str = "\
@@ -86,7 +84,7 @@ pub fn run(args: JobArgs) -> anyhow::Result<i32> {
                 Some(value) if !stdin => value,
                 _ => {
                     let mut text = String::new();
-                    std::io::stdin().read_to_string(&mut text)?;
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
                     text
                 }
             };

@@ -13,6 +13,7 @@ Must not import: `core`, the driver or `jobs`.
 
 pub mod gpu;
 
+#[cfg(unix)]
 use crate::protocol::JobUsage;
 
 /// CPU times and peak resident memory from a rusage (the other figures are the
