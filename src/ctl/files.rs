@@ -24,9 +24,16 @@ const CHUNK: usize = 64 * 1024;
 /// `--input FILE[:PATH]`: the local file, and where it goes in the job's `work/`
 /// (default: its file name).
 pub fn parse_input(text: &str) -> Result<(PathBuf, String), String> {
+    let bytes = text.as_bytes();
+    // On Windows, `C:\x` or `C:/x` alone is a path, not FILE:PATH.
+    let drive_only = cfg!(windows)
+        && bytes.len() > 2
+        && bytes[0].is_ascii_alphabetic()
+        && bytes[1] == b':'
+        && matches!(bytes[2], b'\\' | b'/')
+        && !text[2..].contains(':');
     let (file, path) = match text.rsplit_once(':') {
-        // A colon in a Windows drive (`C:\x`) is not the separator.
-        Some((file, path)) if !file.is_empty() && !path.contains('\\') && file.len() > 1 => {
+        Some((file, path)) if !drive_only && !file.is_empty() => {
             (PathBuf::from(file), path.to_owned())
         }
         _ => {
@@ -255,5 +262,15 @@ mod tests {
         );
         assert!(parse_input("x:../escape").is_err());
         assert!(parse_input("x:/etc/passwd").is_err());
+        assert_eq!(
+            parse_input("C:\\data\\mesh.vtu:in/mesh.vtu"),
+            Ok((PathBuf::from("C:\\data\\mesh.vtu"), "in/mesh.vtu".into()))
+        );
+        if cfg!(windows) {
+            assert_eq!(
+                parse_input("C:\\data\\mesh.vtu"),
+                Ok((PathBuf::from("C:\\data\\mesh.vtu"), "mesh.vtu".into()))
+            );
+        }
     }
 }
