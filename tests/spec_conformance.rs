@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 
 use fyn_runner::core::{
     BootMode, Core, CoreConfig, Delay, DurableState, Effect, Event, EventKind, HardwareCache,
-    TimerKind,
+    StopOrigin, TimerKind,
 };
 use fyn_runner::protocol::{
-    CloseReason, Command, ExitStatus, HardwareReport, JobRef, JobSpec, OutputStream,
+    CloseReason, Command, ExitStatus, HardwareReport, JobRef, JobSpec, MAX_INDEX, OutputStream,
     PROTOCOL_VERSION, ServerMessage, SessionParams,
 };
 use fyn_runner::spec::effects_match;
@@ -47,6 +47,35 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         output_limit_bytes: 1 << 20,
         cancel_grace_secs: 1,
     })
+}
+
+/// A `command` frame whose index could be read and whose body could not.
+fn unreadable_command() -> impl Strategy<Value = Event> {
+    (1u64..=6).prop_map(|index| Event::UnreadableCommand {
+        index,
+        error: "unknown variant `reboot`".into(),
+    })
+}
+
+/// A stop request from any origin (or none: a trace from before origins were recorded).
+fn shutdown_requested() -> impl Strategy<Value = Event> {
+    let origin = prop_oneof![
+        Just(None),
+        Just(Some(StopOrigin::Signal)),
+        Just(Some(StopOrigin::DrainCommand)),
+        Just(Some(StopOrigin::Uninstall)),
+    ];
+    (prop::option::of(1u64..100), origin).prop_map(|(deadline_secs, origin)| {
+        Event::ShutdownRequested {
+            deadline_secs,
+            origin,
+        }
+    })
+}
+
+/// `last_event_index` as an API claims it: small, or (rarely) the top of the range.
+fn claimed_last_event() -> impl Strategy<Value = u64> {
+    prop_oneof![16 => 0u64..=8, 1 => Just(MAX_INDEX)]
 }
 
 fn command() -> impl Strategy<Value = Event> {
@@ -104,14 +133,14 @@ fn message() -> impl Strategy<Value = Event> {
         m(ServerMessage::Registered {
             runner_id: "r-1".into()
         }),
-        (0u64..=8, any::<bool>()).prop_map(|(last_event_index, hardware_known)| Event::Message(
-            ServerMessage::Authenticated {
+        (claimed_last_event(), any::<bool>()).prop_map(|(last_event_index, hardware_known)| {
+            Event::Message(ServerMessage::Authenticated {
                 runner_id: "r-1".into(),
                 last_event_index,
                 session: SessionParams::default(),
                 hardware_known,
-            }
-        )),
+            })
+        }),
         m(ServerMessage::AuthRejected {
             reason: "unknown runner".into()
         }),
@@ -208,10 +237,10 @@ fn any_event() -> impl Strategy<Value = Event> {
             }
         }),
         message(),
+        unreadable_command(),
         timer(),
         job_event(),
-        prop::option::of(1u64..100)
-            .prop_map(|deadline_secs| Event::ShutdownRequested { deadline_secs }),
+        shutdown_requested(),
         Just(Event::ForceShutdown),
     ]
 }
@@ -245,7 +274,7 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         "Registering.await_registration" => m(ServerMessage::Registered { runner_id: "r-1".into() }).boxed(),
         "Registering.saving" => Just(Event::StepDone).boxed(),
         "Validating.await_auth" => prop_oneof![
-            8 => (0u64..=8, any::<bool>()).prop_map(|(last_event_index, hardware_known)| Event::Message(ServerMessage::Authenticated {
+            8 => (claimed_last_event(), any::<bool>()).prop_map(|(last_event_index, hardware_known)| Event::Message(ServerMessage::Authenticated {
                 runner_id: "r-1".into(),
                 last_event_index,
                 session: SessionParams::default(),
@@ -259,6 +288,11 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         "HardwareSync.collecting" => prop_oneof![4 => hardware_collected(), 1 => acks()].boxed(),
         "HardwareSync.await_confirm" => prop_oneof![4 => m(ServerMessage::HardwareConfirmed {}), 1 => acks()].boxed(),
         "Ready" => prop_oneof![4 => m(ServerMessage::ReadyAck {}), 1 => acks()].boxed(),
+        "Registering.waiting" => prop_oneof![
+            4 => Just(Event::TimerFired { timer: TimerKind::Backoff }),
+            1 => shutdown_requested(),
+        ]
+        .boxed(),
         "Reconnecting.waiting" => prop_oneof![
             3 => Just(Event::TimerFired { timer: TimerKind::Backoff }),
             1 => Just(Event::TimerFired { timer: TimerKind::RunnerLost }),
@@ -268,12 +302,16 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         _ => prop_oneof![
             2 => command(),
             3 => fresh_command(model),
+            1 => unreadable_command(),
             4 => running_job_event(model),
             2 => acks(),
             2 => timer(),
             1 => (0u64..5).prop_map(|seq| Event::Message(ServerMessage::HeartbeatAck { seq })),
+            // A heartbeat, and the answer to the latest, as a live API sends it.
+            1 => Just(Event::TimerFired { timer: TimerKind::Heartbeat }),
+            2 => Just(Event::Message(ServerMessage::HeartbeatAck { seq: model.heartbeat_seq.max(1) })),
             1 => hardware_collected(),
-            1 => prop::option::of(1u64..100).prop_map(|deadline_secs| Event::ShutdownRequested { deadline_secs }),
+            1 => shutdown_requested(),
             1 => Just(Event::ForceShutdown),
             1 => Just(Event::SocketClosed { code: Some(1006), reason: String::new() }),
             1 => Just(Event::TimerFired { timer: TimerKind::Ack }),
@@ -365,34 +403,44 @@ impl ReferenceStateMachine for Table {
             1u32..=2,
             0..=2,
         );
-        (boot, 1u32..=2, restored, 0u64..=2, 0u64..=3, 0u64..=3)
-            .prop_map(|(boot, slots, restored, last_applied, last_event, acked)| {
-                // Only a runner with an identity can have a history.
-                let resume = matches!(boot, BootMode::Resume | BootMode::Leave);
-                let phase = SPEC
-                    .boots
-                    .iter()
-                    .find(|(mode, _)| mode.as_str() == boot_name(boot))
-                    .map(|(_, phase)| phase.clone())
-                    .unwrap_or_default();
-                Model {
-                    phase,
-                    boot,
-                    slots,
-                    jobs: if resume { restored } else { BTreeMap::new() },
-                    draining_link: false,
-                    startup_reported: false,
-                    api_hw_known: false,
-                    told_ready: false,
-                    backoff_attempt: 0,
-                    last_applied: if resume { last_applied } else { 0 },
-                    last_event: if resume { last_event } else { 0 },
-                    acked: if resume { acked.min(last_event) } else { 0 },
-                    sent_up_to: if resume { last_event } else { 0 },
-                    armed: Default::default(),
-                    last: None,
-                }
-            })
+        // Attempts that ended in an earlier run, and a key an unfinished registration kept.
+        let ended = prop::collection::vec(job_ref(), 0..=2);
+        (
+            (boot, 1u32..=2, restored, 0u64..=2, 0u64..=3, 0u64..=3),
+            (ended, any::<bool>()),
+        )
+            .prop_map(
+                |((boot, slots, restored, last_applied, last_event, acked), (ended, key_kept))| {
+                    // Only a runner with an identity can have a history.
+                    let resume = matches!(boot, BootMode::Resume | BootMode::Leave);
+                    let phase = SPEC
+                        .boots
+                        .iter()
+                        .find(|(mode, _)| mode.as_str() == boot_name(boot))
+                        .map(|(_, phase)| phase.clone())
+                        .unwrap_or_default();
+                    Model {
+                        phase,
+                        boot,
+                        slots,
+                        jobs: if resume { restored } else { BTreeMap::new() },
+                        draining_link: false,
+                        startup_reported: false,
+                        api_hw_known: false,
+                        told_ready: false,
+                        backoff_attempt: 0,
+                        last_applied: if resume { last_applied } else { 0 },
+                        last_event: if resume { last_event } else { 0 },
+                        acked: if resume { acked.min(last_event) } else { 0 },
+                        sent_up_to: if resume { last_event } else { 0 },
+                        armed: Default::default(),
+                        heartbeat_seq: 0,
+                        key_kept: key_kept && !resume,
+                        ended: if resume { ended } else { Vec::new() },
+                        last: None,
+                    }
+                },
+            )
             .boxed()
     }
 
@@ -444,6 +492,8 @@ impl StateMachineTest for Machine {
                     cancel_grace_secs: 1,
                 })
                 .collect(),
+            ended_attempts: model.ended.clone(),
+            registration_key: model.key_kept.then(|| "pk-kept".to_owned()),
         };
         let config = CoreConfig {
             slots: model.slots,
@@ -815,6 +865,7 @@ fn the_seed_lifecycle_end_to_end() {
         (
             Event::ShutdownRequested {
                 deadline_secs: None,
+                origin: Some(StopOrigin::Signal),
             },
             "Stopped",
         ),

@@ -120,6 +120,8 @@ fn commit_survives_a_crash() {
             last_event_index: 5,
             acked_event_index: 1,
             jobs: vec![job("a", 1), job("b", 2)],
+            ended_attempts: Vec::new(),
+            registration_key: None,
         }
     );
     assert_eq!(
@@ -421,6 +423,8 @@ struct Model {
     jobs: BTreeMap<String, JobSpec>,
     /// Jobs whose `job_started` (and so pid) is on record.
     started: std::collections::BTreeSet<String>,
+    /// Attempts that ended (each `JobRemoved`), oldest first.
+    ended: Vec<JobRef>,
 }
 
 impl Model {
@@ -438,6 +442,8 @@ impl Model {
             last_event_index: self.last_event + unconfirmed,
             acked_event_index: self.acked,
             jobs: self.jobs.values().cloned().collect(),
+            ended_attempts: self.ended.clone(),
+            registration_key: None,
         }
     }
 
@@ -495,6 +501,7 @@ impl Model {
                     let id = format!("job-{id}");
                     self.jobs.remove(&id);
                     self.started.remove(&id);
+                    self.ended.push(job_ref(&id, 1));
                     Durable::JobRemoved {
                         job: job_ref(&id, 1),
                     }

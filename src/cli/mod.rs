@@ -354,7 +354,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
             state_dir,
         } => {
             let state_dir = resolve_state_dir(state_dir, cli.config.as_deref())?;
-            block_on(async move { drain(&state_dir, deadline, force, wait).await })
+            block_on(async move { drain(&state_dir, deadline, force, wait, false).await })
         }
         Command::Spec { format } => print_spec(format),
         Command::Hardware { json, job_area } => print_hardware(json, &job_area),
@@ -397,7 +397,18 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat, default_filter: &str) {
     let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr);
-    install_logging(format, default_filter, writer, true);
+    let colours = colours_wanted(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    install_logging(format, default_filter, writer, colours);
+}
+
+/// Colours only for a person at a terminal: not in a file, a pipe or the journal (their
+/// escape codes would be noise there), and not when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+fn colours_wanted(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// Log to `file` (appending, created with its folder): for the Windows service, which
@@ -619,11 +630,14 @@ fn format_duration(ms: u64) -> String {
     }
 }
 
-async fn drain(
+/// Ask the runner of `state_dir` to drain (`uninstall`: for `fyn-runner uninstall`,
+/// which the runner tells the API), and with `wait` follow it until it has stopped.
+pub(super) async fn drain(
     state_dir: &std::path::Path,
     deadline: Option<u64>,
     force: bool,
     wait: bool,
+    uninstall: bool,
 ) -> anyhow::Result<i32> {
     use crate::runtime::control::{ControlError, Request, Response, request};
     match request(
@@ -631,6 +645,7 @@ async fn drain(
         &Request::Drain {
             deadline_secs: deadline,
             force,
+            uninstall,
         },
     )
     .await?
@@ -716,7 +731,17 @@ fn service_view() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::describe_error;
+    use super::{colours_wanted, describe_error};
+
+    #[test]
+    fn colours_only_at_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours_wanted(true, None));
+        assert!(colours_wanted(true, Some(OsStr::new(""))));
+        assert!(!colours_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colours_wanted(false, None));
+        assert!(!colours_wanted(false, Some(OsStr::new(""))));
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot create {path}: {source}")]

@@ -136,6 +136,9 @@ pub enum Durable {
     JobAdded {
         job: JobSpec,
     },
+    /// The job ended: it leaves the table of running jobs and joins the ended attempts
+    /// the store remembers (the last `ENDED_ATTEMPTS_KEPT`), so a later `start_job` for
+    /// it is refused (`already_run`).
     JobRemoved {
         job: JobRef,
     },
@@ -225,6 +228,23 @@ pub enum Notice {
     BadFrame {
         error: String,
     },
+    /// A command that can never be applied was refused under its index
+    /// (`command_rejected`), so the API retires it.
+    CommandRejected {
+        index: u64,
+        reason: String,
+    },
+    /// The API's claim of the last event it holds leaves no room in the protocol's
+    /// index range (`docs/protocol.md` §6.4) to number this runner's events.
+    NoIndexRoom {
+        api_last: u64,
+        needed: u64,
+    },
+    /// An event could not be numbered within the protocol's index range: it stays in
+    /// the outbox, unsent (only an API that claimed the top of the range gets here).
+    IndexRangeExhausted {
+        index: u64,
+    },
     HardwareFailed {
         error: String,
     },
@@ -302,6 +322,9 @@ pub enum ExitCode {
     AuthRejected,
     /// The API speaks another protocol version.
     Incompatible,
+    /// A stop (a drain, a signal with nothing to wait for) left events the API has not
+    /// acknowledged: they are kept in the store and sent on the next start.
+    Undelivered,
 }
 
 impl ExitCode {
@@ -314,6 +337,7 @@ impl ExitCode {
             Self::Evicted => 4,
             Self::AuthRejected => 5,
             Self::Incompatible => 6,
+            Self::Undelivered => 7,
         }
     }
 }
@@ -355,6 +379,9 @@ pub enum Effect {
     /// Tell the API to forget the registration this install made and rolled back: a
     /// short farewell session of its own (`BootMode::Leave`), bounded in time.
     Farewell,
+    /// Make the registration's key pair and keep it (the private half on disk, private
+    /// to the runner, before `register` is sent), so a retried `register`, in this
+    /// process or the next, carries the same public key.
     GenerateKey,
     CollectHardware,
     Notify(Notice),

@@ -3,21 +3,30 @@
 //!
 //! Nothing here performs I/O; every consequence is an `Effect` pushed into `Effects`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, RejectReason,
-    RunnerEvent, SessionParams,
+    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, MAX_INDEX,
+    RejectReason, RunnerEvent, SessionParams,
 };
 
 use super::backoff::{BackoffPolicy, Jitter};
 use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
 
-/// The highest event index adopted from the API: far below where SQLite's integers
-/// end, so numbering can always go on, whatever an API claims.
-pub const MAX_EVENT_INDEX: u64 = (i64::MAX as u64) >> 1;
+/// How many indexes a session must have left below the top of the protocol's range
+/// (`MAX_INDEX`, 2^53 − 1) when it starts: an API whose claim (`last_event_index`)
+/// leaves fewer is refused (4002). No real session comes near it (2^32 events, 50 days
+/// at a thousand a second); it keeps a claim at the top from wedging the numbering.
+pub const EVENT_INDEX_HEADROOM: u64 = 1 << 32;
+
+/// How many ended attempts the runner remembers, newest first, to refuse a `start_job`
+/// for one of them (`already_run`). A count, not a time: the core has no clock. An API
+/// sends such a start only by mistake, and soon after the attempt (a resend from a
+/// restored backup, a race); 1,024 attempts cover hours to weeks of jobs and cost the
+/// runner a few tens of KiB.
+pub const ENDED_ATTEMPTS_KEPT: usize = 1024;
 
 /// How the process was started, which fixes the machine's first state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +88,15 @@ pub struct DurableState {
     pub acked_event_index: u64,
     /// Jobs that were running when the previous process stopped.
     pub jobs: Vec<JobSpec>,
+    /// The last `ENDED_ATTEMPTS_KEPT` attempts that ended here, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_attempts: Vec<JobRef>,
+    /// The public half of the key kept by a registration that did not finish (the
+    /// identity folder holds the key without a runner ID): a retried `register`
+    /// carries it again, so an API that committed the first one answers with the same
+    /// runner ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_key: Option<String>,
 }
 
 /// The connection as the core sees it. This is an orthogonal region, not a phase:
@@ -128,6 +146,15 @@ pub struct Runner {
     pub(crate) drain_deadline_secs: u64,
     /// The service manager was told the runner is ready (once per process).
     pub(crate) told_ready: bool,
+    /// Attempts that ended here (see `ENDED_ATTEMPTS_KEPT`), oldest first.
+    #[serde(default)]
+    pub(crate) ended: VecDeque<JobRef>,
+    /// The public key `register` carries; kept across retries (see `DurableState`).
+    #[serde(default)]
+    pub(crate) registration_key: Option<String>,
+    /// What `stopping.reason` says: who asked for the drain.
+    #[serde(default)]
+    pub(crate) stopping_reason: String,
 }
 
 impl Runner {
@@ -164,6 +191,9 @@ impl Runner {
             heartbeat_seq: 0,
             pending_hardware: None,
             told_ready: false,
+            ended: durable.ended_attempts.into(),
+            registration_key: durable.registration_key,
+            stopping_reason: String::new(),
         }
     }
 
@@ -185,7 +215,9 @@ impl Runner {
     }
 
     /// Persist an event, then send it if the API can take it now. When it cannot, the
-    /// resend after the next authentication delivers it.
+    /// resend after the next authentication delivers it. An index past the protocol's
+    /// range is never sent: the event stays in the outbox (the store holds it), and the
+    /// next authentication refuses the API's claim that caused it (`no_index_room`).
     pub(crate) fn emit(&mut self, fx: &mut Effects, event: RunnerEvent) {
         self.last_event_index += 1;
         let index = self.last_event_index;
@@ -193,10 +225,22 @@ impl Runner {
             index,
             event: event.clone(),
         });
-        if self.link == Link::Authenticated {
+        if index > MAX_INDEX {
+            fx.notify(Notice::IndexRangeExhausted { index });
+        } else if self.link == Link::Authenticated {
             self.sent_up_to = index;
             fx.send(Outbound::Event { index, event });
         }
+    }
+
+    /// Whether the API's claim (`authenticated.last_event_index`) leaves too few indexes
+    /// in the protocol's range for this runner's events: its outbox, renumbered to
+    /// follow the claim when the claim is past what it sent, must end at least
+    /// `EVENT_INDEX_HEADROOM` below `MAX_INDEX`. Returns the last index it would need.
+    pub(crate) fn no_index_room(&self, api_last: u64) -> Option<u64> {
+        let moved_up = api_last.saturating_sub(self.sent_up_to);
+        let needed = self.last_event_index.saturating_add(moved_up);
+        (needed > MAX_INDEX - EVENT_INDEX_HEADROOM).then_some(needed)
     }
 
     /// The API's word, at authentication, on the last event it holds. When it is past
@@ -206,7 +250,6 @@ impl Runner {
     /// up to follow them, and numbering goes on from there. One that kept its index
     /// would be dropped by the API as one it has.
     pub(crate) fn adopt_api_position(&mut self, fx: &mut Effects, api_last: u64) {
-        let api_last = api_last.min(MAX_EVENT_INDEX);
         if api_last > self.sent_up_to {
             fx.persist(Durable::OutboxRenumbered {
                 sent_up_to: self.sent_up_to,
@@ -304,6 +347,7 @@ impl Runner {
         };
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
+        self.remember_ended(job.clone());
         let outcome = if spawn_error.is_some() {
             JobOutcome::Failed
         } else {
@@ -323,7 +367,44 @@ impl Runner {
         );
     }
 
+    /// Remember an attempt that ended here, forgetting the oldest past the bound (the
+    /// store keeps the same ones: it applies `JobRemoved` the same way).
+    fn remember_ended(&mut self, job: JobRef) {
+        self.ended.push_back(job);
+        while self.ended.len() > ENDED_ATTEMPTS_KEPT {
+            self.ended.pop_front();
+        }
+    }
+
+    pub(crate) fn ended_here(&self, job: &JobRef) -> bool {
+        self.ended.contains(job)
+    }
+
     // ---- commands ----
+
+    /// A command whose index could be read but whose body could not: it can never be
+    /// applied, so it is answered for good under its index: the event
+    /// `command_rejected` persisted with the index marked applied, in one batch, then
+    /// sent and the index acknowledged, so the API retires it. A resent index is only
+    /// acknowledged again.
+    pub(crate) fn reject_unreadable_command(&mut self, fx: &mut Effects, index: u64, error: &str) {
+        if index <= self.last_applied {
+            fx.send(Outbound::CommandAck { index });
+            return;
+        }
+        self.last_applied = index;
+        fx.persist(Durable::LastApplied { index });
+        let reason = bounded_reason(error);
+        self.emit(
+            fx,
+            RunnerEvent::CommandRejected {
+                index,
+                reason: reason.clone(),
+            },
+        );
+        fx.send(Outbound::CommandAck { index });
+        fx.notify(Notice::CommandRejected { index, reason });
+    }
 
     /// Apply one command exactly once. Returns whether the command asked for a drain,
     /// which the caller turns into a transition.
@@ -388,6 +469,14 @@ impl Runner {
                 what: "start_job for a job already running".into(),
             });
             return false;
+        } else if self.ended_here(&job.job_ref()) {
+            Some((
+                RejectReason::AlreadyRun,
+                format!(
+                    "attempt {} of job {} already ran on this runner; it is not run again",
+                    job.attempt, job.job_id
+                ),
+            ))
         } else if draining {
             Some((RejectReason::Draining, "runner is draining".into()))
         } else if self.slots_free() == 0 {
@@ -441,6 +530,12 @@ impl Runner {
         fx.start(TimerKind::Ack, Delay::Millis(self.session.ack_timeout_ms));
     }
 
+    /// Whether a `heartbeat_ack` answers the latest heartbeat sent: a late answer to an
+    /// older one must not stand in for it (its reply timer stays armed).
+    pub(crate) fn answers_latest_heartbeat(&self, seq: u64) -> bool {
+        self.heartbeat_seq > 0 && seq == self.heartbeat_seq
+    }
+
     pub(crate) fn arm_handshake_timer(&self, fx: &mut Effects) {
         fx.start(
             TimerKind::Ack,
@@ -456,6 +551,21 @@ impl Runner {
             last_command_index: self.last_applied,
         });
     }
+}
+
+/// The longest `command_rejected.reason`: the decoder's message can quote what the API
+/// sent (an unknown kind), which is the API's to bound, not the runner's to echo whole.
+const MAX_REASON_BYTES: usize = 1024;
+
+fn bounded_reason(error: &str) -> String {
+    if error.len() <= MAX_REASON_BYTES {
+        return error.to_owned();
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
 }
 
 /// How a job ended, as the runtime observed it.

@@ -25,7 +25,8 @@ pub use hardware::{
 };
 pub use job::{
     DEFAULT_CANCEL_GRACE_SECS, DEFAULT_OUTPUT_LIMIT_BYTES, ExitStatus, JobOutcome, JobRef, JobSpec,
-    JobSpecError, OutputStream, RejectReason, validate_job_id,
+    JobSpecError, MAX_CANCEL_GRACE_SECS, MAX_TIMEOUT_SECS, OutputStream, RejectReason,
+    validate_job_id,
 };
 pub use messages::{Command, RunnerEvent, RunnerMessage, ServerMessage, SessionParams};
 

@@ -152,6 +152,8 @@ pub struct Connection {
     /// Frames handed to the writer and not yet written: the driver's measure of how
     /// far the API is behind, and the brake on job output when it is.
     queued: Arc<AtomicUsize>,
+    /// The reader, which ends once the connection is over on the wire too.
+    reader: tokio::task::JoinHandle<()>,
 }
 
 /// Above this many queued frames the driver stops taking job output and pauses a
@@ -199,7 +201,7 @@ impl Connection {
             inputs.clone(),
             sink_back,
         ));
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let stream = read_frames(id, source, inputs, sink_returned).await;
             if let Some((stream, until)) = stream {
                 finish_close(stream, until).await;
@@ -210,6 +212,7 @@ impl Connection {
             id,
             outgoing,
             queued,
+            reader,
         }
     }
 
@@ -223,14 +226,17 @@ impl Connection {
     }
 
     /// Send a close frame with the reason's code; the reader then finishes the closing
-    /// handshake (the peer's answer or end of stream, within `LINGER`) on its own.
-    pub fn close(self, reason: CloseReason, text: &str) {
+    /// handshake (the peer's answer or end of stream, within `LINGER`) on its own. The
+    /// handle ends when it has: a process about to exit waits for it (bounded), so the
+    /// `Close` is not dropped with the runtime.
+    pub fn close(self, reason: CloseReason, text: &str) -> tokio::task::JoinHandle<()> {
         let frame = CloseFrame {
             code: CloseCode::from(reason.code()),
             reason: text.to_owned().into(),
         };
         self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.outgoing.send(Message::Close(Some(frame)));
+        self.reader
     }
 }
 
@@ -394,6 +400,11 @@ fn frame_to_event(frame: Result<Message, tungstenite::Error>) -> Option<Event> {
     match frame {
         Ok(Message::Text(text)) => Some(match decode_server(text.as_str()) {
             Ok(message) => Event::Message(message),
+            // A command under a readable index: answered under it, not closed on.
+            Err(FrameError::UnreadableCommand { index, detail }) => Event::UnreadableCommand {
+                index,
+                error: detail,
+            },
             Err(error) => bad(error),
         }),
         Ok(Message::Binary(_)) => Some(bad(FrameError::Binary)),

@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{LazyLock, Mutex};
 
-use fyn_runner::core::{BootMode, Event, EventKind, HardwareCache, TimerKind};
-use fyn_runner::protocol::{Command, JobRef, PROTOCOL_VERSION, ServerMessage};
+use fyn_runner::core::{
+    BootMode, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, Event, EventKind, HardwareCache, TimerKind,
+};
+use fyn_runner::protocol::{Command, JobRef, MAX_INDEX, PROTOCOL_VERSION, ServerMessage};
 use fyn_runner::spec::{EffectPattern, Spec, Step};
 
 pub static SPEC: LazyLock<Spec> = LazyLock::new(|| match fyn_runner::spec::embedded() {
@@ -43,6 +45,12 @@ pub struct Model {
     pub sent_up_to: u64,
     /// Timers armed by the table's effects (job timers by job id).
     pub armed: BTreeSet<String>,
+    /// Heartbeats sent (`send(heartbeat)`): the seq of the latest.
+    pub heartbeat_seq: u64,
+    /// A registration key is kept (restored at boot, or generated in this run).
+    pub key_kept: bool,
+    /// Attempts that ended here (`persist(job_removed)`), oldest first.
+    pub ended: Vec<JobRef>,
     /// What the last step must have produced, and what held before it.
     pub last: Option<LastStep>,
 }
@@ -59,7 +67,10 @@ pub struct LastStep {
 impl Model {
     pub fn link_up(&self) -> bool {
         let p = self.phase.as_str();
-        if p == "Registering.connecting" || p == "Validating.connecting" {
+        if p == "Registering.connecting"
+            || p == "Registering.waiting"
+            || p == "Validating.connecting"
+        {
             return false;
         }
         if p.starts_with("Draining") {
@@ -127,7 +138,29 @@ impl Model {
             "behind_api" => matches!(
                 event,
                 Event::Message(ServerMessage::Authenticated { last_event_index, .. })
-                    if (*last_event_index).min(fyn_runner::core::MAX_EVENT_INDEX) > self.sent_up_to
+                    if *last_event_index > self.sent_up_to
+            ),
+            "no_room" => matches!(
+                event,
+                Event::Message(ServerMessage::Authenticated { last_event_index, .. })
+                    if self.last_event + last_event_index.saturating_sub(self.sent_up_to)
+                        > MAX_INDEX - EVENT_INDEX_HEADROOM
+            ),
+            "key_kept" => self.key_kept,
+            "already_run" => Self::event_job(event).is_some_and(|j| {
+                matches!(
+                    event,
+                    Event::Message(ServerMessage::Command {
+                        command: Command::StartJob { .. },
+                        ..
+                    })
+                ) && self.ended.contains(&j)
+            }),
+            "undelivered" => self.acked < self.last_event,
+            "latest_beat" => matches!(
+                event,
+                Event::Message(ServerMessage::HeartbeatAck { seq })
+                    if self.heartbeat_seq > 0 && *seq == self.heartbeat_seq
             ),
             "hw_known" => matches!(
                 event,
@@ -159,9 +192,11 @@ impl Model {
                     ..
                 }
             ),
-            "dup" => {
-                matches!(event, Event::Message(ServerMessage::Command { index, .. }) if *index <= self.last_applied)
-            }
+            "dup" => match event {
+                Event::Message(ServerMessage::Command { index, .. })
+                | Event::UnreadableCommand { index, .. } => *index <= self.last_applied,
+                _ => false,
+            },
             "invalid" => {
                 matches!(event, Event::Message(ServerMessage::Command { command: Command::StartJob { job }, .. }) if job.validate().is_err())
             }
@@ -237,8 +272,13 @@ impl Model {
         if has("tell(ready)") {
             self.told_ready = true;
         }
-        if kind == EventKind::HeartbeatAck && phase_before == "Active" {
+        // Only the answer to the latest heartbeat proves the session healthy.
+        if kind == EventKind::HeartbeatAck && phase_before == "Active" && has("cancel(ack)") {
             self.backoff_attempt = 0;
+        }
+        self.heartbeat_seq += tokens.iter().filter(|t| **t == "send(heartbeat)").count() as u64;
+        if kind == EventKind::KeyGenerated && has("send(register)") {
+            self.key_kept = true;
         }
         self.backoff_attempt += tokens.iter().filter(|t| **t == "start(backoff)").count() as u32;
         if kind == EventKind::HardwareConfirmed && phase_before == "HardwareSync.await_confirm" {
@@ -253,7 +293,7 @@ impl Model {
                 self.api_hw_known = *hardware_known;
                 // Past what was sent: the store went back in time, and the events not
                 // sent move up to follow the API's.
-                let api_last = (*last_event_index).min(fyn_runner::core::MAX_EVENT_INDEX);
+                let api_last = *last_event_index;
                 if has("persist(outbox_renumbered)") {
                     self.last_event += api_last - self.sent_up_to;
                     self.sent_up_to = api_last;
@@ -263,6 +303,7 @@ impl Model {
                 self.sent_up_to = self.last_event;
             }
             Event::Message(ServerMessage::Command { index, .. })
+            | Event::UnreadableCommand { index, .. }
                 if has("persist(last_applied)") =>
             {
                 self.last_applied = *index;
@@ -285,6 +326,10 @@ impl Model {
             }
             if has("persist(job_removed)") {
                 self.jobs.remove(&job.job_id);
+                self.ended.push(job.clone());
+                if self.ended.len() > ENDED_ATTEMPTS_KEPT {
+                    self.ended.remove(0);
+                }
             }
         }
     }

@@ -150,6 +150,13 @@ pub(super) fn launch(
     };
     let mut durable = store.load()?;
     durable.runner_id = identity.as_ref().map(|i| i.runner_id().to_owned());
+    // A registration that did not finish kept its key: the next one sends it again.
+    let kept_key = if matches!(mode, BootMode::Register | BootMode::Install) {
+        Identity::kept_key(&state_dir)?
+    } else {
+        None
+    };
+    durable.registration_key = kept_key.as_ref().map(Identity::public_key_b64);
     let tls = ws::tls_config(settings.ca_file.as_deref())?;
     // A farewell runs no jobs (the core boots it with none): nothing to reap or keep.
     let farewell = mode == BootMode::Leave;
@@ -221,7 +228,7 @@ pub(super) fn launch(
         exit: None,
         scratch: Effects::default(),
         spawns: Vec::new(),
-        steps: LocalSteps::new(installer, identity, settings),
+        steps: LocalSteps::new(installer, identity, kept_key, settings),
     };
     let socket = if serves {
         Some(control::serve(

@@ -7,9 +7,11 @@
 //! result goes back to the core as an event.
 //!
 //! Its state is pure mechanics: `pending_key` holds the private key between
-//! `GenerateKey` and the `persist(identity)` the core asks for once the API has
-//! registered it (the core never holds a secret); `farewell` is the task `run` waits
-//! for before it ends. Whether to forget a registration is the core's `Farewell`.
+//! `GenerateKey` (which also keeps it on disk, before `register` is sent) and the
+//! `persist(identity)` the core asks for once the API has registered it (the core never
+//! holds a secret); `farewell` is the task `run` waits for before it ends. Whether to
+//! forget a registration is the core's `Farewell`; whether to reuse a kept key is the
+//! core's too (it boots with the key's public half).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,8 +36,11 @@ pub(super) struct LocalSteps {
     /// Present only for `fyn-runner install`.
     installer: Option<Installer>,
     identity: Option<Identity>,
-    /// A key generated during registration, saved with the runner ID.
+    /// The registration's key (generated here, or kept by an earlier attempt that did
+    /// not finish), saved with the runner ID.
     pending_key: Option<SigningKey>,
+    /// This process wrote the kept key: an install rolled back removes it.
+    key_created: bool,
     /// Telling the API to forget a registration that was rolled back.
     farewell: Option<tokio::task::JoinHandle<()>>,
     settings: RunnerSettings,
@@ -45,12 +50,14 @@ impl LocalSteps {
     pub(super) fn new(
         installer: Option<Installer>,
         identity: Option<Identity>,
+        kept_key: Option<SigningKey>,
         settings: RunnerSettings,
     ) -> Self {
         Self {
             installer,
             identity,
-            pending_key: None,
+            pending_key: kept_key,
+            key_created: false,
             farewell: None,
             settings,
         }
@@ -90,6 +97,14 @@ impl LocalSteps {
     pub(super) fn rollback(&mut self) {
         if let Some(installer) = self.installer.as_mut() {
             installer.rollback();
+            // The key this install kept for a registration that never finished goes
+            // too (a registered identity is the farewell's to remove).
+            if self.key_created && self.identity.is_none() {
+                match Identity::remove(&self.settings.state_dir) {
+                    Ok(()) => info!("rolled back the key this registration kept"),
+                    Err(e) => error!(error = %e, "could not remove the key this registration kept"),
+                }
+            }
         }
         self.pending_key = None;
     }
@@ -125,11 +140,19 @@ impl LocalSteps {
         self.farewell.take()
     }
 
+    /// A new key pair, kept on disk (private) before the core may send its public half
+    /// in `register`.
     pub(super) fn generate_key(&mut self) -> Event {
-        match Identity::generate_key() {
+        let kept = Identity::generate_key().and_then(|key| {
+            Identity::keep_key(&self.settings.state_dir, &key)?;
+            Ok(key)
+        });
+        match kept {
             Ok(key) => {
                 let public_key = Identity::public_key_b64(&key);
                 self.pending_key = Some(key);
+                self.key_created = true;
+                info!(path = %identity::identity_dir(&self.settings.state_dir).display(), "registration key kept");
                 Event::KeyGenerated { public_key }
             }
             Err(e) => Event::StepFailed {

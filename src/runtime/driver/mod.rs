@@ -135,8 +135,10 @@ impl Driver {
                 Some(input) = inputs.recv() => self.accept(input),
                 Some(report) = reports.recv(), if !paused => self.accept(Input::Job(report)),
                 Some(request) = control.recv() => Some(match request {
-                    Control::Shutdown => Event::ShutdownRequested { deadline_secs: None },
-                    Control::Drain { deadline_secs } => Event::ShutdownRequested { deadline_secs },
+                    Control::Drain { deadline_secs, by } => Event::ShutdownRequested {
+                        deadline_secs,
+                        origin: Some(by),
+                    },
                     Control::Force => Event::ForceShutdown,
                 }),
                 else => break,
@@ -152,6 +154,9 @@ impl Driver {
         if let Some(farewell) = self.steps.take_farewell() {
             let _ = tokio::time::timeout(FAREWELL_WITHIN + Duration::from_secs(1), farewell).await;
         }
+        // The Close the last batch queued is written, and the API's answer read, before
+        // the caller drops the runtime and the socket with it (bounded by LINGER).
+        self.link.settle(super::ws::LINGER).await;
         let code = self.exit.unwrap_or(ExitCode::StoreFailure);
         info!(code = code.code(), "runner stopped");
         code
