@@ -569,3 +569,39 @@ fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
     }))
     .expect("a valid hardware record")
 }
+
+/// The ended attempts the store remembers are the last `ENDED_ATTEMPTS_KEPT`, oldest
+/// first, as the core keeps them, and they survive a reopen.
+#[test]
+fn ended_attempts_are_kept_up_to_the_bound_across_reopens() {
+    use fyn_runner::core::ENDED_ATTEMPTS_KEPT;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path()).unwrap();
+    let extra = 5;
+    // One batch (one disk sync), the writes in the order jobs would start and end.
+    let writes: Vec<Durable> = (0..ENDED_ATTEMPTS_KEPT + extra)
+        .flat_map(|n| {
+            let id = format!("job-{n}");
+            [
+                Durable::JobAdded { job: job(&id, 1) },
+                Durable::JobRemoved {
+                    job: job_ref(&id, 1),
+                },
+            ]
+        })
+        .collect();
+    store.commit(&writes).unwrap();
+    drop(store);
+    let store = Store::open(tmp.path()).unwrap();
+    let ended = store.load().unwrap().ended_attempts;
+    assert_eq!(ended.len(), ENDED_ATTEMPTS_KEPT);
+    assert_eq!(
+        ended[0],
+        job_ref(&format!("job-{extra}"), 1),
+        "oldest kept first"
+    );
+    assert_eq!(
+        ended[ENDED_ATTEMPTS_KEPT - 1],
+        job_ref(&format!("job-{}", ENDED_ATTEMPTS_KEPT + extra - 1), 1)
+    );
+}

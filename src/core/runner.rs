@@ -590,3 +590,112 @@ pub fn outcome_of(cancel: Option<CancelReason>, status: ExitStatus) -> JobOutcom
         (None, _) => JobOutcome::Failed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticated(durable: DurableState) -> Runner {
+        let mut runner = Runner::new(CoreConfig::default(), BootMode::Resume, durable);
+        runner.link = Link::Authenticated;
+        runner
+    }
+
+    fn sent_indexes(fx: &Effects) -> Vec<u64> {
+        fx.list
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Send(Outbound::Event { index, .. }) => Some(*index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn hardware_changed() -> RunnerEvent {
+        RunnerEvent::HardwareChanged {
+            changes: serde_json::from_str("[]").unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn no_event_is_sent_past_the_top_of_the_range() {
+        let mut runner = authenticated(DurableState {
+            last_event_index: MAX_INDEX - 1,
+            acked_event_index: MAX_INDEX - 1,
+            ..DurableState::default()
+        });
+        let mut fx = Effects::default();
+        runner.emit(&mut fx, hardware_changed());
+        runner.emit(&mut fx, hardware_changed());
+        assert_eq!(sent_indexes(&fx), [MAX_INDEX], "the last index is sent");
+        let kept = fx.list.iter().any(|effect| {
+            matches!(effect, Effect::Persist(Durable::OutboxAppend { index, .. }) if *index == MAX_INDEX + 1)
+        });
+        assert!(kept, "the one past it stays in the outbox: {:?}", fx.list);
+        assert!(fx.list.iter().any(|effect| matches!(
+            effect,
+            Effect::Notify(Notice::IndexRangeExhausted { index }) if *index == MAX_INDEX + 1
+        )));
+    }
+
+    #[test]
+    fn a_claim_must_leave_the_headroom_below_the_top() {
+        let bound = MAX_INDEX - EVENT_INDEX_HEADROOM;
+        let empty = authenticated(DurableState::default());
+        assert_eq!(empty.no_index_room(bound), None);
+        assert_eq!(empty.no_index_room(bound + 1), Some(bound + 1));
+        assert_eq!(empty.no_index_room(MAX_INDEX), Some(MAX_INDEX));
+        // Events made while no link was up move up behind the claim, and need room too.
+        let mut unsent = Runner::new(
+            CoreConfig::default(),
+            BootMode::Resume,
+            DurableState::default(),
+        );
+        let mut fx = Effects::default();
+        unsent.emit(&mut fx, hardware_changed());
+        unsent.emit(&mut fx, hardware_changed());
+        assert_eq!(unsent.no_index_room(bound - 2), None);
+        assert_eq!(unsent.no_index_room(bound - 1), Some(bound + 1));
+    }
+
+    #[test]
+    fn ended_attempts_are_remembered_up_to_the_bound() {
+        let mut runner = authenticated(DurableState::default());
+        let job = |n: usize| JobRef {
+            job_id: format!("j-{n}"),
+            attempt: 1,
+        };
+        for n in 0..=ENDED_ATTEMPTS_KEPT {
+            runner.remember_ended(job(n));
+        }
+        assert_eq!(runner.ended.len(), ENDED_ATTEMPTS_KEPT);
+        assert!(!runner.ended_here(&job(0)), "the oldest is forgotten");
+        assert!(runner.ended_here(&job(1)));
+        assert!(runner.ended_here(&job(ENDED_ATTEMPTS_KEPT)));
+        assert!(!runner.ended_here(&JobRef {
+            job_id: "j-1".into(),
+            attempt: 2
+        }));
+    }
+
+    #[test]
+    fn a_rejection_reason_is_bounded_at_a_character_boundary() {
+        assert_eq!(bounded_reason("short"), "short");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let bounded = bounded_reason(&long);
+        assert!(bounded.len() <= MAX_REASON_BYTES + '…'.len_utf8());
+        assert!(bounded.ends_with('…'));
+    }
+
+    #[test]
+    fn only_the_latest_heartbeat_is_answered() {
+        let mut runner = authenticated(DurableState::default());
+        assert!(!runner.answers_latest_heartbeat(0), "none sent yet");
+        let mut fx = Effects::default();
+        runner.send_heartbeat(&mut fx);
+        runner.send_heartbeat(&mut fx);
+        assert!(runner.answers_latest_heartbeat(2));
+        assert!(!runner.answers_latest_heartbeat(1), "a late answer");
+        assert!(!runner.answers_latest_heartbeat(3), "never sent");
+    }
+}

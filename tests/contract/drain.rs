@@ -1,4 +1,5 @@
-//! §11 at the runner: `stopping.reason` says who asked for the drain; a drain that ends
+//! §11 at the runner: `stopping.reason` says who asked for the drain (the API's
+//! command, a signal, `fyn-runner drain`, `fyn-runner uninstall`); a drain that ends
 //! with events the API has not acknowledged exits 7 (undelivered), never 0; and the
 //! last frame of a stop, the Close, reaches the API before the process exits.
 
@@ -88,4 +89,36 @@ async fn a_stop_signal_is_named_in_stopping_and_ends_with_a_close() {
         !log.contains('\u{1b}'),
         "escape codes in the log file: {log:?}"
     );
+}
+
+/// `fyn-runner drain` on the runner's machine, and `fyn-runner uninstall`'s drain
+/// through the same control socket: each is named in `stopping`.
+#[cfg(unix)]
+#[tokio::test]
+async fn stopping_names_fyn_runner_drain_and_uninstall() {
+    use fyn_runner::runtime::control::{Request, Response, request};
+    for uninstall in [false, true] {
+        let mut api = FakeApi::start().await;
+        let mut runner = Runner::binary(api.url(), "r-local");
+        let mut conn = api.accept().await;
+        conn.handshake(&runner, &Handshake::default()).await;
+        let drain = Request::Drain {
+            deadline_secs: None,
+            force: false,
+            uninstall,
+        };
+        let answer = request(runner.state_dir(), &drain)
+            .await
+            .expect("an answer");
+        assert!(matches!(answer, Response::Draining { .. }), "{answer:?}");
+        let stopping = conn.expect("stopping").await;
+        let reason = stopping["reason"].as_str().unwrap_or_default();
+        let named = if uninstall {
+            "fyn-runner uninstall"
+        } else {
+            "fyn-runner drain"
+        };
+        assert!(reason.contains(named), "{reason:?}");
+        assert_eq!(runner.exit_code(STEP).await, Some(0), "{}", runner.log());
+    }
 }
