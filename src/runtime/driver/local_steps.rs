@@ -39,7 +39,7 @@ pub(super) struct LocalSteps {
     /// The registration's key (generated here, or kept by an earlier attempt that did
     /// not finish), saved with the runner ID.
     pending_key: Option<SigningKey>,
-    /// This process wrote the kept key: an install rolled back removes it.
+    /// This process wrote the kept key: a registration that fails for good removes it.
     key_created: bool,
     /// Telling the API to forget a registration that was rolled back.
     farewell: Option<tokio::task::JoinHandle<()>>,
@@ -97,12 +97,14 @@ impl LocalSteps {
     pub(super) fn rollback(&mut self) {
         if let Some(installer) = self.installer.as_mut() {
             installer.rollback();
-            // The key this install kept for a registration that never finished goes
-            // too (a registered identity is the farewell's to remove).
-            if self.key_created && self.identity.is_none() {
-                match Identity::remove(&self.settings.state_dir) {
-                    Ok(()) => info!("rolled back the key this registration kept"),
-                    Err(e) => error!(error = %e, "could not remove the key this registration kept"),
+        }
+        // A registration that failed for good leaves nothing behind: the key this
+        // process kept for it goes (a registered identity is the farewell's to remove).
+        if self.key_created && self.identity.is_none() {
+            match Identity::remove(&self.settings.state_dir) {
+                Ok(()) => info!("removed the key kept for the registration that failed"),
+                Err(e) => {
+                    error!(error = %e, "could not remove the key kept for the registration that failed")
                 }
             }
         }
