@@ -37,6 +37,7 @@ async fn answer(conn: &mut Conn, index: u64) -> Option<Value> {
 }
 
 /// Frames until `job_finished`, every event acknowledged, acks and heartbeats passed.
+#[cfg(unix)]
 async fn until_finished(conn: &mut Conn) {
     loop {
         let Got::Frame(frame) = conn.recv().await else {

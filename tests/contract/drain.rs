@@ -3,11 +3,14 @@
 //! with events the API has not acknowledged exits 7 (undelivered), never 0; and the
 //! last frame of a stop, the Close, reaches the API before the process exits.
 
+#[cfg(unix)]
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::{FakeApi, Got, Handshake, STEP, TcpEnd};
+use crate::api::{FakeApi, Handshake, STEP};
+#[cfg(unix)]
+use crate::api::{Got, TcpEnd};
 use crate::runner::Runner;
 
 /// The job ends on its own before the drain; only its events wait for an

@@ -51,7 +51,6 @@ async fn registration_survives_503s_and_a_cut_after_register_with_the_same_key()
 /// A runner killed after the server committed its `register` (before `registered`
 /// reached it) registers again with the key it kept: an idempotent server answers
 /// with the same runner ID (§4.1).
-#[cfg(unix)]
 #[tokio::test]
 async fn a_runner_killed_after_register_registers_again_with_the_same_key() {
     let mut api = FakeApi::start().await;

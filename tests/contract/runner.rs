@@ -17,7 +17,7 @@ use crate::api::STEP;
 
 enum Process {
     /// The binary, and the arguments it was started with (a restart uses them again).
-    Binary(tokio::process::Child, Vec<String>),
+    Binary(Box<tokio::process::Child>, Vec<String>),
     InProcess(Option<RunnerHandle>),
 }
 
@@ -82,7 +82,7 @@ impl Runner {
         let (dir, key) = with_identity(runner_id);
         let log = dir.path().with_extension("log");
         let args = run_args(url, None);
-        let child = spawn_binary(&args, dir.path(), &log);
+        let child = Box::new(spawn_binary(&args, dir.path(), &log));
         Self {
             process: Process::Binary(child, args),
             runner_id: runner_id.to_owned(),
@@ -98,7 +98,7 @@ impl Runner {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().with_extension("log");
         let args = run_args(url, Some(token));
-        let child = spawn_binary(&args, dir.path(), &log);
+        let child = Box::new(spawn_binary(&args, dir.path(), &log));
         Self {
             process: Process::Binary(child, args),
             runner_id: runner_id.to_owned(),
@@ -116,7 +116,7 @@ impl Runner {
             panic!("only the binary restarts");
         };
         child.kill().await.expect("killed");
-        *child = spawn_binary(args, self.state_dir.path(), &self.log);
+        **child = spawn_binary(args, self.state_dir.path(), &self.log);
     }
 
     /// The runner's state folder.
