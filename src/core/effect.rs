@@ -376,6 +376,10 @@ pub enum Effect {
     },
     /// Undo every install step that ran: folders, files, identity, service.
     RollbackInstall,
+    /// Forget the key kept for registration (the token was refused, so no runner was
+    /// registered with it under this token). Every other end keeps it: the API may have
+    /// committed a `register` with it, and the next registration sends it again.
+    ForgetKey,
     /// Tell the API to forget the registration this install made and rolled back: a
     /// short farewell session of its own (`BootMode::Leave`), bounded in time.
     Farewell,
@@ -407,6 +411,7 @@ impl Effect {
             Self::Persist(write) => format!("persist({})", write.name()),
             Self::RunInstallStep { step } => format!("step({})", step.name()),
             Self::RollbackInstall => "rollback".into(),
+            Self::ForgetKey => "forget_key".into(),
             Self::Farewell => "farewell".into(),
             Self::GenerateKey => "keygen".into(),
             Self::CollectHardware => "collect_hw".into(),

@@ -264,7 +264,11 @@ impl Runner {
             }
             (_, Event::Message(ServerMessage::TokenRejected { reason })) if self.link_up() => {
                 let reason = Some(reason.clone());
-                self.registration_failed(fx, CloseReason::Normal, reason)
+                let stopped = self.registration_failed(fx, CloseReason::Normal, reason);
+                // No runner holds the kept key under this token: nothing to keep it for.
+                self.registration_key = None;
+                fx.push(Effect::ForgetKey);
+                stopped
             }
             // Transient failures: the token is still held, so registration is tried
             // again after the backoff (a cut before `registered`, a refused connection,

@@ -152,6 +152,18 @@ impl Identity {
         read_key(&key_path).map(Some)
     }
 
+    /// Removes a key kept by a registration that did not finish (the identity folder
+    /// without `runner.json`); returns whether there was one. A complete identity is
+    /// left alone.
+    pub fn forget_kept_key(state_dir: &Path) -> Result<bool, IdentityError> {
+        let dir = identity_dir(state_dir);
+        if !exists(&dir.join(KEY_FILE))? || exists(&dir.join(RUNNER_FILE))? {
+            return Ok(false);
+        }
+        Self::remove(state_dir)?;
+        Ok(true)
+    }
+
     /// The stored identity, or `None` when registration never completed (no
     /// identity folder, or no `runner.json`). Refuses an identity that others can
     /// read, that is corrupt, or whose key does not match its public key.

@@ -73,6 +73,27 @@ async fn a_runner_killed_after_register_registers_again_with_the_same_key() {
     runner.assert_running();
 }
 
+/// `token_rejected` after `register` (a spent token, another key): final, and the key
+/// kept for it is removed, since no runner holds it under this token.
+#[tokio::test]
+async fn token_rejected_after_register_is_final_and_forgets_the_key() {
+    let mut api = FakeApi::start().await;
+    let mut runner = Runner::binary_registering(api.url(), "tok-spent", "r-none");
+    let mut conn = api.accept().await;
+    conn.hello();
+    conn.expect("validate_token").await;
+    conn.send(json!({"type": "token_accepted"}));
+    conn.expect("register").await;
+    conn.send(json!({"type": "token_rejected", "reason": "token spent by another key"}));
+    conn.send_close(1000, "bye");
+    assert_eq!(runner.exit_code(STEP).await, Some(3), "{}", runner.log());
+    assert!(
+        !runner.state_dir().join("identity").exists(),
+        "the key is gone"
+    );
+    api.no_connection_within(Duration::from_secs(2)).await;
+}
+
 #[tokio::test]
 async fn token_rejected_is_final_exit_3() {
     let mut api = FakeApi::start().await;

@@ -39,8 +39,6 @@ pub(super) struct LocalSteps {
     /// The registration's key (generated here, or kept by an earlier attempt that did
     /// not finish), saved with the runner ID.
     pending_key: Option<SigningKey>,
-    /// This process wrote the kept key: a registration that fails for good removes it.
-    key_created: bool,
     /// Telling the API to forget a registration that was rolled back.
     farewell: Option<tokio::task::JoinHandle<()>>,
     settings: RunnerSettings,
@@ -57,7 +55,6 @@ impl LocalSteps {
             installer,
             identity,
             pending_key: kept_key,
-            key_created: false,
             farewell: None,
             settings,
         }
@@ -98,17 +95,22 @@ impl LocalSteps {
         if let Some(installer) = self.installer.as_mut() {
             installer.rollback();
         }
-        // A registration that failed for good leaves nothing behind: the key this
-        // process kept for it goes (a registered identity is the farewell's to remove).
-        if self.key_created && self.identity.is_none() {
-            match Identity::remove(&self.settings.state_dir) {
-                Ok(()) => info!("removed the key kept for the registration that failed"),
-                Err(e) => {
-                    error!(error = %e, "could not remove the key kept for the registration that failed")
-                }
+    }
+
+    /// The token was refused: the key kept for this registration is of no use, and
+    /// goes (a key without a runner ID only; a registered identity is never touched).
+    pub(super) fn forget_key(&mut self) {
+        self.pending_key = None;
+        if self.identity.is_some() {
+            return;
+        }
+        match Identity::forget_kept_key(&self.settings.state_dir) {
+            Ok(true) => info!("removed the key kept for the refused registration"),
+            Ok(false) => {}
+            Err(e) => {
+                error!(error = %e, "could not remove the key kept for the refused registration")
             }
         }
-        self.pending_key = None;
     }
 
     /// Forget the registration this install made: its identity files (they outlive a
@@ -153,7 +155,6 @@ impl LocalSteps {
             Ok(key) => {
                 let public_key = Identity::public_key_b64(&key);
                 self.pending_key = Some(key);
-                self.key_created = true;
                 info!(path = %identity::identity_dir(&self.settings.state_dir).display(), "registration key kept");
                 Event::KeyGenerated { public_key }
             }

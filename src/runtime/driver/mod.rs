@@ -282,6 +282,7 @@ impl Driver {
                 self.steps.rollback();
             }
             Effect::Farewell => self.steps.farewell(),
+            Effect::ForgetKey => self.steps.forget_key(),
             Effect::GenerateKey => {
                 let generated = self.steps.generate_key();
                 self.local.push_back(generated);
@@ -350,6 +351,7 @@ fn phase_of(effect: &Effect) -> u8 {
         Effect::SpawnJob { .. } | Effect::CancelJob { .. } => 5,
         Effect::RunInstallStep { .. }
         | Effect::RollbackInstall
+        | Effect::ForgetKey
         | Effect::Farewell
         | Effect::GenerateKey
         | Effect::CollectHardware => 6,
