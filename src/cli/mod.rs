@@ -607,6 +607,12 @@ fn render_status(status: &crate::runtime::RunnerStatus) -> String {
             status.jobs_running
         );
     }
+    if let Some(addr) = &status.metrics_listen {
+        let _ = writeln!(
+            out,
+            "metrics:        http://{addr}/metrics (/healthz, /readyz)"
+        );
+    }
     out
 }
 

@@ -109,6 +109,20 @@ define_settings! {
             help: "Do not record a session trace.",
             check: value::boolean,
         }
+        metrics_listen: optional<String> {
+            flag: "metrics-listen",
+            env: "FYN_RUNNER_METRICS_LISTEN",
+            example: "\"127.0.0.1:9464\"",
+            help: "Serve /metrics (OpenMetrics text), /healthz and /readyz over HTTP on this IP:PORT (port 0: a free port, logged and shown by status). Off unless set. An address that is not loopback also needs metrics_allow_remote.",
+            check: value::listen_address,
+        }
+        metrics_allow_remote: switch<bool> {
+            flag: "metrics-allow-remote",
+            env: "FYN_RUNNER_METRICS_ALLOW_REMOTE",
+            example: "false",
+            help: "Allow metrics_listen on an address that is not loopback (0.0.0.0, a LAN address): whoever reaches it sees the runner's state and job counts, unauthenticated.",
+            check: value::boolean,
+        }
     }
 
     /// The settings every command takes.

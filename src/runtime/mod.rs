@@ -17,6 +17,7 @@ mod hardware_check;
 pub mod identity;
 pub mod install;
 pub mod jobs;
+pub mod metrics;
 mod notices;
 pub mod orphans;
 pub mod secure_fs;

@@ -71,6 +71,8 @@ pub struct RunnerSettings {
     pub jobs_dir: Option<PathBuf>,
     /// The account jobs run as, when not the runner's own.
     pub job_account: Option<Account>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Size-based rotation of the trace files.
@@ -141,6 +143,8 @@ impl RunnerSettings {
         });
         self.job_retention = value::hours(settings.job_retention_hours);
         self.ca_file = settings.ca_file.clone();
+        // Refused off loopback without the opt-in by `crate::config::resolve` already.
+        self.metrics_listen = crate::config::metrics_listen(settings).ok().flatten();
     }
 
     /// Defaults an operator would expect: the settings' own defaults (one slot, the
@@ -162,6 +166,7 @@ impl RunnerSettings {
             job_retention: Duration::ZERO,
             jobs_dir: None,
             job_account: None,
+            metrics_listen: None,
         };
         runner.take(&RunSettings::default());
         runner

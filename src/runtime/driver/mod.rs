@@ -172,6 +172,10 @@ impl Driver {
                 .timers
                 .accept(&fired.timer, fired.generation)
                 .then_some(Event::TimerFired { timer: fired.timer }),
+            Input::Probe(probe) => {
+                probe.answer(self.observer.probe_answer(&self.core));
+                None
+            }
         }
     }
 
@@ -228,7 +232,11 @@ impl Driver {
                 other => rows.push(other),
             }
         }
-        self.durable.commit(rows)
+        self.durable.commit(rows)?;
+        if let Some(took) = self.durable.take_commit_time() {
+            self.observer.store_committed(took);
+        }
+        Ok(())
     }
 
     fn perform_one(&mut self, effect: Effect) {
@@ -315,13 +323,15 @@ impl Driver {
     }
 
     fn pump_resend(&mut self) {
-        if let Err(e) = self
+        match self
             .link
             .pump_resend(&self.durable.store, self.steps.identity())
         {
-            self.local.push_back(Event::StoreFailed {
+            Ok(0) => {}
+            Ok(resent) => self.observer.resent(resent),
+            Err(e) => self.local.push_back(Event::StoreFailed {
                 error: e.to_string(),
-            });
+            }),
         }
     }
 
