@@ -244,6 +244,11 @@ pub fn trace_keep(value: i64) -> Result<u64, String> {
     ranged(value, 1, 1000)
 }
 
+/// `hook_timeout`: 1 second to an hour.
+pub fn hook_timeout(value: i64) -> Result<u64, String> {
+    ranged(value, 1, 3600)
+}
+
 /// A string that says something: `name`.
 pub fn non_empty(value: String) -> Result<String, String> {
     if value.trim().is_empty() {

@@ -13,6 +13,7 @@ use crate::protocol::{
 };
 
 use super::effect::TimerKind;
+use super::hooks::{HookOutcome, HookPoint};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -90,6 +91,15 @@ pub enum Event {
         error: String,
     },
 
+    // --- the operator's hooks ---
+    /// A hook the core asked for ended (`job`: the job of a `pre_job` or `post_job`).
+    HookFinished {
+        hook: HookPoint,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobRef>,
+        outcome: HookOutcome,
+    },
+
     // --- the operator ---
     /// SIGTERM, Ctrl-C, `fyn-runner drain` or the service manager: drain and stop.
     ShutdownRequested {
@@ -163,6 +173,7 @@ pub enum EventKind {
     JobOutputTruncated,
     JobExited,
     JobSpawnFailed,
+    HookFinished,
     ShutdownRequested,
     ForceShutdown,
 }
@@ -228,6 +239,7 @@ impl Event {
             Self::JobOutputTruncated { .. } => EventKind::JobOutputTruncated,
             Self::JobExited { .. } => EventKind::JobExited,
             Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
+            Self::HookFinished { .. } => EventKind::HookFinished,
             Self::ShutdownRequested { .. } => EventKind::ShutdownRequested,
             Self::ForceShutdown => EventKind::ForceShutdown,
         }

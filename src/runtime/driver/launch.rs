@@ -15,6 +15,7 @@ use tracing::info;
 use crate::core::{BackoffPolicy, BootMode, Core, CoreConfig, Effects, Event};
 use crate::protocol::JobRef;
 use crate::runtime::control::{self, ControlError};
+use crate::runtime::hooks::HookRunner;
 use crate::runtime::identity::{Identity, IdentityError};
 use crate::runtime::install::{self, InstallPlan, Installer};
 use crate::runtime::jobs::{self, ExecutorError, Janitor, JobSupervisor, Retention};
@@ -216,7 +217,17 @@ pub(super) fn launch(
         )?),
         None => None,
     };
+    let hook_inputs = inputs_tx.clone();
+    let hooks = HookRunner::new(
+        settings.hooks.clone(),
+        settings.jobs_layout().account,
+        (settings.name.clone(), jobs_root.clone()),
+        std::sync::Arc::new(move |event| {
+            let _ = hook_inputs.send(Input::Event(event));
+        }),
+    );
     let driver = Driver {
+        hooks,
         core,
         observer,
         link: Link::new(

@@ -108,6 +108,13 @@ impl MetricsFeed {
                     self.metrics.heartbeat_rtt.observe(rtt.as_secs_f64());
                 }
             }
+            Event::HookFinished { hook, outcome, .. } => {
+                let result = if outcome.passed() { "passed" } else { "failed" };
+                self.metrics
+                    .hooks
+                    .get_or_create(&[("hook", hook.name()), ("result", result)])
+                    .inc();
+            }
             Event::Message(ServerMessage::Command {
                 command: Command::StartJob { job },
                 ..

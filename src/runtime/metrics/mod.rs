@@ -120,6 +120,7 @@ pub struct RunnerMetrics {
     output_bytes: Family<Label, Counter>,
     hardware_syncs: Family<Label, Counter>,
     store_commit: Histogram,
+    hooks: Family<[(&'static str, &'static str); 2], Counter>,
     clocks: Mutex<Clocks>,
 }
 
@@ -271,7 +272,14 @@ impl RunnerMetrics {
             Unit::Seconds,
             store_commit.clone(),
         );
+        let hooks = Family::<[(&'static str, &'static str); 2], Counter>::default();
+        registry.register(
+            "hooks",
+            "Hooks that ended, by hook and result (passed, failed)",
+            hooks.clone(),
+        );
         Arc::new(Self {
+            hooks,
             registry,
             state,
             connected,
