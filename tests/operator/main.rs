@@ -4,5 +4,6 @@
 #![cfg(unix)]
 #![allow(clippy::disallowed_methods)] // probes are waited for against the clock
 
+mod hooks;
 mod metrics;
 mod support;
