@@ -255,3 +255,68 @@ fn an_address_off_loopback_needs_the_opt_in() {
     assert!(!out.status.success());
     assert!(said.contains("IP:PORT"), "{said}");
 }
+
+/// The dev-server's own `/metrics`: behind the admin token, runners by state, sessions,
+/// the queue, jobs by state and its request latencies, in a form promtool accepts.
+#[tokio::test]
+async fn the_dev_server_serves_metrics_behind_its_admin_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = dev_server(&dir.path().join("api.sqlite"), None).await;
+    let addr = server.local_addr().to_string();
+    let (code, _) = get(&addr, "/metrics", &[]).await;
+    assert_eq!(code, 401, "no token, no metrics");
+    let bearer = format!("Bearer {}", server.admin_token());
+    let auth = ("Authorization", bearer.as_str());
+    // A job waits in the queue before any runner exists.
+    let queued = server
+        .submit_job(JobRequest {
+            command: vec!["true".into()],
+            env: Default::default(),
+            workdir: None,
+            timeout_secs: 60,
+            output_limit_bytes: None,
+            cancel_grace_secs: None,
+        })
+        .expect("submit");
+    let (_, _) = get(&addr, "/admin/v1/jobs", &[auth]).await;
+    let (code, text) = get(&addr, "/metrics", &[auth]).await;
+    assert_eq!(code, 200, "{text}");
+    promtool_check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        sample(&text, "fyn_devserver_queue_depth"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"fyn_devserver_jobs{state="queued"}"#),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "fyn_devserver_sessions"), Some(0.0));
+    assert!(
+        text.contains(
+            r#"fyn_devserver_request_duration_seconds_count{method="GET",route="/admin/v1/jobs"} 1"#
+        ),
+        "{text}"
+    );
+    // A runner connects and takes the job.
+    let mut runner = Runner::spawn(&server, dir.path(), &[]);
+    runner_active(&server, &mut runner).await;
+    finished(&server, &queued).await;
+    let (_, text) = get(&addr, "/metrics", &[auth]).await;
+    assert_eq!(
+        sample(&text, r#"fyn_devserver_runners{state="active"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "fyn_devserver_sessions"), Some(1.0));
+    assert_eq!(sample(&text, "fyn_devserver_queue_depth"), Some(0.0));
+    assert_eq!(
+        sample(&text, r#"fyn_devserver_jobs{state="finished"}"#),
+        Some(1.0)
+    );
+    let accept = ("Accept", "application/openmetrics-text; version=1.0.0");
+    let (_, open) = get(&addr, "/metrics", &[auth, accept]).await;
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert_eq!(runner.stop().await, 0);
+    server.shutdown().await;
+}
