@@ -146,7 +146,7 @@ impl RunnerMetrics {
         let events_resent = Counter::default();
         registry.register(
             "events_resent",
-            "Events sent again from the outbox after a reconnect",
+            "Events sent from the outbox after a reconnect (one made while that resend runs goes out through it and counts here and in events_sent)",
             events_resent.clone(),
         );
         let events_acked = Counter::default();
