@@ -80,6 +80,10 @@ pub enum ServiceAction {
         /// System scope: the account the service runs as.
         #[arg(long)]
         user: Option<String>,
+        /// The executable the service runs [default: this one]; a package renders its
+        /// unit for the path it installs to (/usr/bin/fyn-runner).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Start the installed service.
     Start(ScopeArg),
@@ -505,6 +509,7 @@ pub fn service(action: ServiceAction, config: Option<&Path>) -> anyhow::Result<i
             state_dir,
             drain_deadline,
             user,
+            binary,
         } => {
             let manager = manager
                 .or_else(crate::service::detect)
@@ -520,8 +525,10 @@ pub fn service(action: ServiceAction, config: Option<&Path>) -> anyhow::Result<i
                     .unwrap_or_else(|| config_path_for(scope, None)),
             )?;
             let state_dir = absolute(state_dir.unwrap_or_else(|| state_dir_for(scope)))?;
-            let binary = std::env::current_exe()
-                .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/fyn-runner"));
+            let binary = binary.unwrap_or_else(|| {
+                std::env::current_exe()
+                    .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/fyn-runner"))
+            });
             let mut spec = ServiceSpec::new(binary, config_path, state_dir, scope, drain_deadline);
             spec.user = user;
             spec.validate()?;

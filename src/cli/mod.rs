@@ -19,6 +19,7 @@ use crate::spec;
 
 pub mod admin;
 pub mod ctl;
+mod generate;
 mod service_main;
 
 #[derive(Debug, Parser)]
@@ -192,6 +193,19 @@ pub enum Command {
     /// The Windows service's entry point, started by the service control manager.
     #[command(name = "service-main", hide = true)]
     ServiceMain(ServiceMainArgs),
+    /// Print shell completions (for packages: `fyn-runner completions bash`).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one per subcommand into a folder (for packages).
+    #[command(hide = true)]
+    Man {
+        /// Write fyn-runner.1 and fyn-runner-<command>.1 here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Print the hardware inventory this runner would report to the control plane.
     Hardware {
         /// Print the report as JSON, exactly as it is sent.
@@ -358,6 +372,8 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         }
         Command::Spec { format } => print_spec(format),
         Command::Hardware { json, job_area } => print_hardware(json, &job_area),
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { out_dir } => generate::man(out_dir.as_deref()),
     }
 }
 
@@ -616,6 +632,12 @@ fn render_status(status: &crate::runtime::RunnerStatus) -> String {
             out,
             "draining:       {} job(s) left; running jobs are cancelled in {left} s (deadline {deadline} s)",
             status.jobs_running
+        );
+    }
+    if let Some(addr) = &status.metrics_listen {
+        let _ = writeln!(
+            out,
+            "metrics:        http://{addr}/metrics (/healthz, /readyz)"
         );
     }
     out

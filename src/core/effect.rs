@@ -11,6 +11,8 @@ use strum::IntoStaticStr;
 
 use crate::protocol::{CloseReason, HardwareChanges, HardwareReport, JobRef, JobSpec, RunnerEvent};
 
+use super::hooks::HookCall;
+
 /// Every timer the core can arm. Arming one that is armed replaces it; the runtime
 /// never delivers a timer that was cancelled or replaced. The name (`name()`) is the
 /// spec table's; the serde name is the trace's.
@@ -390,6 +392,8 @@ pub enum Effect {
     CollectHardware,
     Notify(Notice),
     TellManager(ManagerNotice),
+    /// Run the operator's hook (off the loop; its end comes back as `HookFinished`).
+    RunHook(HookCall),
     /// Kill what is left of any job process group, then exit with this code.
     Exit {
         code: ExitCode,
@@ -417,6 +421,7 @@ impl Effect {
             Self::CollectHardware => "collect_hw".into(),
             Self::Notify(notice) => format!("notify({})", notice.name()),
             Self::TellManager(notice) => format!("tell({})", notice.name()),
+            Self::RunHook(call) => format!("hook({})", call.point().name()),
             Self::Exit { code } => format!("exit({})", code.code()),
         }
     }

@@ -13,6 +13,7 @@ use crate::protocol::{
 };
 
 use super::effect::TimerKind;
+use super::hooks::{HookOutcome, HookPoint};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -95,6 +96,15 @@ pub enum Event {
     JobSpawnFailed {
         job: JobRef,
         error: String,
+    },
+
+    // --- the operator's hooks ---
+    /// A hook the core asked for ended (`job`: the job of a `pre_job` or `post_job`).
+    HookFinished {
+        hook: HookPoint,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobRef>,
+        outcome: HookOutcome,
     },
 
     // --- the operator ---
@@ -205,6 +215,7 @@ pub enum EventKind {
     JobOutputTruncated,
     JobExited,
     JobSpawnFailed,
+    HookFinished,
     ShutdownRequested,
     ForceShutdown,
 }
@@ -271,6 +282,7 @@ impl Event {
             Self::JobOutputTruncated { .. } => EventKind::JobOutputTruncated,
             Self::JobExited { .. } => EventKind::JobExited,
             Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
+            Self::HookFinished { .. } => EventKind::HookFinished,
             Self::ShutdownRequested { .. } => EventKind::ShutdownRequested,
             Self::ForceShutdown => EventKind::ForceShutdown,
         }

@@ -29,6 +29,7 @@ use super::effect::{
     TimerKind,
 };
 use super::event::{Event, HardwareCache, StopOrigin};
+use super::hooks::{HookCall, HookPoint};
 use super::runner::{BootMode, JobFinish, Link, Runner};
 
 /// How often a drain reports what it still waits for.
@@ -685,6 +686,8 @@ impl Runner {
             TimerKind::HardwareRecheck,
             Delay::Millis(self.config.hardware_recheck_ms),
         );
+        self.session_was_active = true;
+        self.run_hook(fx, HookCall::OnConnected);
     }
 
     #[action]
@@ -755,6 +758,10 @@ impl Runner {
             TimerKind::RunnerLost,
             Delay::Millis(self.session.runner_lost_threshold_ms),
         );
+        // Paired with `on_connected`: only a session that reached Active was "connected".
+        if std::mem::take(&mut self.session_was_active) {
+            self.run_hook(fx, HookCall::OnDisconnected);
+        }
     }
 
     #[action]
@@ -849,6 +856,17 @@ impl Runner {
                 self.record_job_event(event, fx);
                 self.finish_if_drained(fx, *mode)
             }
+            Event::HookFinished {
+                hook: HookPoint::PreJob,
+                job: Some(job),
+                outcome,
+            } => {
+                if self.pre_job_finished(fx, job, outcome) {
+                    self.finish_if_drained(fx, *mode)
+                } else {
+                    Handled
+                }
+            }
             Event::TimerFired {
                 timer: TimerKind::DrainDeadline,
             }
@@ -903,6 +921,7 @@ impl Runner {
             );
         }
         fx.start(TimerKind::DrainProgress, Delay::Millis(DRAIN_PROGRESS_MS));
+        self.run_hook(fx, HookCall::OnDrain);
     }
 
     #[action]
@@ -954,6 +973,28 @@ impl Runner {
                 self.stopping_reason = FORCED_STOP_REASON.to_owned();
                 self.begin_drain(fx, DrainMode::Forced)
             }
+            Event::HookFinished {
+                hook: HookPoint::PreJob,
+                job: Some(job),
+                outcome,
+            } => {
+                self.pre_job_finished(fx, job, outcome);
+                Handled
+            }
+            // A lifecycle hook's or `post_job`'s end changes nothing (the runtime logged
+            // how it went).
+            Event::HookFinished {
+                hook: HookPoint::PreJob,
+                job: None,
+                ..
+            } => {
+                fx.notify(Notice::Unexpected {
+                    event: event.kind().name().to_owned(),
+                    detail: "a pre_job hook without its job".to_owned(),
+                });
+                Handled
+            }
+            Event::HookFinished { .. } => Handled,
             Event::StoreFailed { error } => {
                 fx.notify(Notice::StoreFailed {
                     error: error.clone(),
@@ -988,6 +1029,13 @@ impl Runner {
         for job in self.job_refs() {
             fx.cancel(TimerKind::JobTimeout(job));
         }
+        // The runtime waits for it (bounded by its timeout) before the process exits.
+        self.run_hook(
+            fx,
+            HookCall::OnStopped {
+                exit_code: code.code(),
+            },
+        );
         fx.push(Effect::Exit { code: *code });
     }
 }
@@ -1015,10 +1063,17 @@ impl Runner {
     fn stop_bound_secs(&self, mode: DrainMode) -> u64 {
         // Saturating: a deadline or a grace from outside (the API, the control socket) must
         // not overflow into a tiny bound that gets the runner killed mid-drain.
+        let hooks_at_stop = if self.hooked(HookPoint::PostJob) || self.hooked(HookPoint::OnStopped)
+        {
+            self.config.hook_timeout_secs
+        } else {
+            0
+        };
         let tail = self
             .max_grace_secs()
             .saturating_add(self.config.flush_grace_secs)
-            .saturating_add(STOP_MARGIN_SECS);
+            .saturating_add(STOP_MARGIN_SECS)
+            .saturating_add(hooks_at_stop);
         match mode {
             DrainMode::Graceful => self.drain_deadline_secs.saturating_add(tail),
             DrainMode::Forced => tail,

@@ -16,6 +16,7 @@ names a forbidden crate. The one random input, the backoff's jitter seed, arrive
 mod backoff;
 mod effect;
 mod event;
+mod hooks;
 mod machine;
 mod runner;
 
@@ -25,6 +26,7 @@ pub use effect::{
     Outbound, TimerKind,
 };
 pub use event::{Event, EventKind, HardwareCache, StopOrigin};
+pub use hooks::{HookCall, HookOutcome, HookPoint};
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
 pub use runner::{
     BootMode, CoreConfig, DurableState, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, JobEntry, Link,

@@ -14,6 +14,7 @@ use crate::protocol::{
 
 use super::backoff::{BackoffPolicy, Jitter};
 use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
+use super::hooks::{HookCall, HookPoint};
 
 /// How many indexes a session must have left below the top of the protocol's range
 /// (`MAX_INDEX`, 2^53 − 1) when it starts: an API whose claim (`last_event_index`)
@@ -60,6 +61,17 @@ pub struct CoreConfig {
     /// Seeds the backoff's jitter. Drawn once per process by the runtime, and recorded
     /// with the rest of this config in the trace header, so replay draws the same.
     pub rng_seed: u64,
+    /// The hooks the operator configured (which, not what: the executables are the
+    /// runtime's). Recorded in the trace header like the rest, so replay runs them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookPoint>,
+    /// How long one hook may run; a stop's bound allows for `post_job` and `on_stopped`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hook_timeout_secs: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Default for CoreConfig {
@@ -73,6 +85,8 @@ impl Default for CoreConfig {
             default_session: SessionParams::default(),
             backoff: BackoffPolicy::default(),
             rng_seed: 0,
+            hooks: Vec::new(),
+            hook_timeout_secs: 0,
         }
     }
 }
@@ -155,6 +169,12 @@ pub struct Runner {
     /// What `stopping.reason` says: who asked for the drain.
     #[serde(default)]
     pub(crate) stopping_reason: String,
+    /// Accepted jobs whose `pre_job` hook runs: their specs, until it ends.
+    #[serde(default)]
+    pub(crate) awaiting_pre_job: BTreeMap<String, JobSpec>,
+    /// The current session reached Active (so its loss runs `on_disconnected`).
+    #[serde(default)]
+    pub(crate) session_was_active: bool,
 }
 
 impl Runner {
@@ -194,6 +214,8 @@ impl Runner {
             ended: durable.ended_attempts.into(),
             registration_key: durable.registration_key,
             stopping_reason: String::new(),
+            awaiting_pre_job: BTreeMap::new(),
+            session_was_active: false,
         }
     }
 
@@ -345,6 +367,7 @@ impl Runner {
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
         };
+        self.awaiting_pre_job.remove(&job.job_id);
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
         self.remember_ended(job.clone());
@@ -353,16 +376,50 @@ impl Runner {
         } else {
             outcome_of(entry.cancel, status)
         };
+        let finished = RunnerEvent::JobFinished {
+            job: job.clone(),
+            outcome,
+            status,
+            duration_ms,
+            stdout_bytes: output_bytes.0,
+            stderr_bytes: output_bytes.1,
+            detail: spawn_error.map(str::to_owned),
+        };
+        self.emit(fx, finished.clone());
+        // After the end is persisted (this batch's transaction comes first).
+        self.run_post_job(fx, &finished);
+    }
+
+    /// Record the end of a job that never started: its `pre_job` hook failed (`detail`
+    /// says why; the outcome is failed), or it was asked to stop while the hook ran
+    /// (the outcome the stop calls for).
+    pub(crate) fn job_ended_unstarted(
+        &mut self,
+        fx: &mut Effects,
+        job: &JobRef,
+        detail: Option<String>,
+    ) {
+        let Some(entry) = self.jobs.remove(&job.job_id) else {
+            return;
+        };
+        fx.cancel(TimerKind::JobTimeout(job.clone()));
+        fx.persist(Durable::JobRemoved { job: job.clone() });
+        // Never started, but ended: the same attempt is never run again.
+        self.remember_ended(job.clone());
+        let outcome = match (&detail, entry.cancel) {
+            (Some(_), _) | (None, None) => JobOutcome::Failed,
+            (None, cancel) => outcome_of(cancel, ExitStatus::Unknown),
+        };
         self.emit(
             fx,
             RunnerEvent::JobFinished {
                 job: job.clone(),
                 outcome,
-                status,
-                duration_ms,
-                stdout_bytes: output_bytes.0,
-                stderr_bytes: output_bytes.1,
-                detail: spawn_error.map(str::to_owned),
+                status: ExitStatus::Unknown,
+                duration_ms: 0,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                detail,
             },
         );
     }
@@ -431,7 +488,14 @@ impl Runner {
                         TimerKind::JobTimeout(job.job_ref()),
                         Delay::Millis(job.timeout_secs.saturating_mul(1000)),
                     );
-                    fx.push(Effect::SpawnJob { job: job.clone() });
+                    if self.hooked(HookPoint::PreJob) {
+                        // The process starts once the hook succeeds (`pre_job_finished`).
+                        self.awaiting_pre_job
+                            .insert(job.job_id.clone(), job.clone());
+                        self.run_hook(fx, HookCall::PreJob { job: job.job_ref() });
+                    } else {
+                        fx.push(Effect::SpawnJob { job: job.clone() });
+                    }
                 }
                 false
             }

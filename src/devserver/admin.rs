@@ -21,6 +21,7 @@ use super::api::{
     OutputChunk, RunnerInfo, TokenCreated,
 };
 use super::error::DevServerError;
+use super::metrics::ApiMetrics;
 use super::server::{AppState, error_response};
 use super::ws::runner_endpoint;
 use crate::protocol::{MAX_FRAME_BYTES, OutputStream, RUNNER_PATH};
@@ -33,6 +34,10 @@ const MAX_OUTPUT_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_OUTPUT_READ: u64 = 64 * 1024;
 
 pub(crate) fn router(state: AppState, policy: Arc<AccessPolicy>) -> Router {
+    let metrics = ApiMetrics::new();
+    let metrics_page = Router::new()
+        .route("/metrics", get(super::metrics::metrics_page))
+        .with_state((state.clone(), metrics.clone()));
     Router::new()
         .route(RUNNER_PATH, get(runner_endpoint))
         .route("/admin/v1/registration-tokens", post(create_token))
@@ -44,6 +49,11 @@ pub(crate) fn router(state: AppState, policy: Arc<AccessPolicy>) -> Router {
         .route("/admin/v1/jobs/{id}", get(get_job))
         .route("/admin/v1/jobs/{id}/output", get(job_output))
         .route("/admin/v1/jobs/{id}/cancel", post(cancel_job))
+        .merge(metrics_page)
+        .route_layer(middleware::from_fn_with_state(
+            metrics,
+            super::metrics::track,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

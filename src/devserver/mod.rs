@@ -29,6 +29,7 @@ mod control;
 mod error;
 mod events;
 mod hub;
+mod metrics;
 mod server;
 mod session;
 mod store;

@@ -14,9 +14,11 @@ writes; this module makes them durable, exactly as asked, and reports failures.
 pub mod control;
 pub mod driver;
 mod hardware_check;
+pub mod hooks;
 pub mod identity;
 pub mod install;
 pub mod jobs;
+pub mod metrics;
 mod notices;
 pub mod orphans;
 pub mod secure_fs;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::config::{Resolved, RunSettings, value};
-use crate::core::CoreConfig;
+use crate::core::{CoreConfig, HookPoint};
 use crate::platform::Account;
 
 pub use crate::config::{Secret, SettingsError, endpoint};
@@ -71,6 +71,10 @@ pub struct RunnerSettings {
     pub jobs_dir: Option<PathBuf>,
     /// The account jobs run as, when not the runner's own.
     pub job_account: Option<Account>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The operator's hooks (the core's config names which are set: `core.hooks`).
+    pub hooks: crate::runtime::hooks::HookSettings,
 }
 
 /// Size-based rotation of the trace files.
@@ -141,6 +145,34 @@ impl RunnerSettings {
         });
         self.job_retention = value::hours(settings.job_retention_hours);
         self.ca_file = settings.ca_file.clone();
+        // Refused off loopback without the opt-in by `crate::config::resolve` already.
+        self.metrics_listen = crate::config::metrics_listen(settings).ok().flatten();
+        self.set_hooks(crate::runtime::hooks::HookSettings {
+            executables: [
+                (HookPoint::OnConnected, &settings.hook_on_connected),
+                (HookPoint::OnDisconnected, &settings.hook_on_disconnected),
+                (HookPoint::OnDrain, &settings.hook_on_drain),
+                (HookPoint::OnStopped, &settings.hook_on_stopped),
+                (HookPoint::PreJob, &settings.hook_pre_job),
+                (HookPoint::PostJob, &settings.hook_post_job),
+            ]
+            .into_iter()
+            .filter_map(|(point, path)| Some((point, path.clone()?)))
+            .collect(),
+            timeout: Duration::from_secs(settings.hook_timeout),
+        });
+    }
+
+    /// Use these hooks: the runtime runs their executables, and the core is told which
+    /// points have one (and their timeout, for a stop's bound).
+    pub fn set_hooks(&mut self, hooks: crate::runtime::hooks::HookSettings) {
+        self.core.hooks = hooks.points();
+        self.core.hook_timeout_secs = if hooks.executables.is_empty() {
+            0
+        } else {
+            hooks.timeout.as_secs()
+        };
+        self.hooks = hooks;
     }
 
     /// Defaults an operator would expect: the settings' own defaults (one slot, the
@@ -162,6 +194,8 @@ impl RunnerSettings {
             job_retention: Duration::ZERO,
             jobs_dir: None,
             job_account: None,
+            metrics_listen: None,
+            hooks: crate::runtime::hooks::HookSettings::default(),
         };
         runner.take(&RunSettings::default());
         runner

@@ -201,21 +201,22 @@ impl Link {
         &mut self,
         store: &Store,
         identity: Option<&Identity>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
+        let mut resent = 0;
         while let Some(after) = self.resend_after {
             let Some(connection) = &self.connection else {
                 self.resend_after = None;
-                return Ok(());
+                return Ok(resent);
             };
             if connection.queued() >= ws::HIGH_WATER {
-                return Ok(());
+                return Ok(resent);
             }
             let page = store.outbox_page(after, RESEND_PAGE).inspect_err(|_| {
                 self.resend_after = None;
             })?;
             let Some(&(last, _)) = page.last() else {
                 self.resend_after = None;
-                return Ok(());
+                return Ok(resent);
             };
             debug!(count = page.len(), after, "resending unacknowledged events");
             for (index, event) in page {
@@ -223,11 +224,12 @@ impl Link {
                     && let Some(connection) = &self.connection
                 {
                     connection.send_text(encode(&wire));
+                    resent += 1;
                 }
             }
             self.resend_after = Some(last);
         }
-        Ok(())
+        Ok(resent)
     }
 
     /// The wire message for an outbound intent: the runtime adds the token, the
