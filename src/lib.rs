@@ -12,6 +12,7 @@ pub mod core;
 pub mod ctl;
 pub mod demo;
 pub mod devserver;
+pub mod exposition;
 pub mod hardware;
 pub mod platform;
 pub mod protocol;

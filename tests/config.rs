@@ -84,6 +84,15 @@ job_retention_hours = 0
 trace_max_bytes = 1048576
 trace_keep = 3
 no_trace = false
+metrics_listen = "127.0.0.1:9464"
+metrics_allow_remote = false
+hook_on_connected = "/usr/local/lib/fyn/up"
+hook_on_disconnected = "/usr/local/lib/fyn/down"
+hook_on_drain = "/usr/local/lib/fyn/drain"
+hook_on_stopped = "/usr/local/lib/fyn/stopped"
+hook_pre_job = "hooks/pre"
+hook_post_job = "/usr/local/lib/fyn/post"
+hook_timeout = 10
 log_format = "json"
 "#,
             absolute("/var/lib/fyn-runner")
@@ -110,6 +119,16 @@ log_format = "json"
             trace_max_bytes: Some(1 << 20),
             trace_keep: Some(3),
             no_trace: Some(false),
+            metrics_listen: Some("127.0.0.1:9464".into()),
+            metrics_allow_remote: Some(false),
+            hook_on_connected: Some(absolute("/usr/local/lib/fyn/up").into()),
+            hook_on_disconnected: Some(absolute("/usr/local/lib/fyn/down").into()),
+            hook_on_drain: Some(absolute("/usr/local/lib/fyn/drain").into()),
+            hook_on_stopped: Some(absolute("/usr/local/lib/fyn/stopped").into()),
+            // Relative to the file's folder, like every path.
+            hook_pre_job: Some(dir.path().join("hooks/pre")),
+            hook_post_job: Some(absolute("/usr/local/lib/fyn/post").into()),
+            hook_timeout: Some(10),
             log_format: Some(LogFormat::Json),
         }
     );
@@ -211,6 +230,15 @@ fn full_config() -> FileConfig {
         trace_max_bytes: Some(1234),
         trace_keep: Some(2),
         no_trace: Some(true),
+        metrics_listen: Some("[::1]:9464".into()),
+        metrics_allow_remote: Some(true),
+        hook_on_connected: Some(absolute("/etc/fyn-runner/hooks/up").into()),
+        hook_on_disconnected: Some(absolute("/etc/fyn-runner/hooks/down").into()),
+        hook_on_drain: Some(absolute("/etc/fyn-runner/hooks/drain").into()),
+        hook_on_stopped: Some(absolute("/etc/fyn-runner/hooks/stopped").into()),
+        hook_pre_job: Some(absolute("/etc/fyn-runner/hooks/pre job").into()),
+        hook_post_job: Some(absolute("/etc/fyn-runner/hooks/post").into()),
+        hook_timeout: Some(45),
         log_format: Some(LogFormat::Text),
     }
 }

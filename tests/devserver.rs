@@ -612,6 +612,35 @@ async fn rejected_jobs_are_queued_again_or_failed() -> TestResult {
     Ok(())
 }
 
+/// `already_run`: the attempt ended on the runner and its result never reached the
+/// job; it counts as lost, and the job goes out again as the next attempt.
+#[tokio::test]
+async fn a_job_rejected_as_already_run_is_queued_again_as_the_next_attempt() -> TestResult {
+    let server = start().await;
+    let (_identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["true"]))?;
+    let (first, _) = expect_start_job(&mut client).await;
+    client
+        .send(&RunnerMessage::CommandAck { index: first })
+        .await;
+    let already_run = RunnerEvent::JobRejected {
+        job: job_ref(&id, 1),
+        reason: RejectReason::AlreadyRun,
+        detail: "attempt 1 already ran here".to_owned(),
+    };
+    send_event(&mut client, 1, already_run).await;
+    let (_, spec) = expect_start_job(&mut client).await;
+    assert_eq!(spec.attempt, 2, "a new attempt");
+    assert!(
+        job(&server, &id)
+            .detail
+            .unwrap_or_default()
+            .contains("already_run")
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn hardware_changes_are_applied_or_a_full_report_is_asked_for() -> TestResult {
     let server = start().await;

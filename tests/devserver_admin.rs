@@ -325,6 +325,14 @@ async fn inputs_a_runner_would_refuse_are_refused_at_submission_naming_the_field
             json!({"command": ["true"], "timeout_secs": 0}),
             "timeout_secs",
         ),
+        (
+            json!({"command": ["true"], "timeout_secs": 1u64 << 32}),
+            "timeout_secs",
+        ),
+        (
+            json!({"command": ["true"], "timeout_secs": 5, "cancel_grace_secs": 86_401}),
+            "cancel_grace_secs",
+        ),
     ];
     for (job, field) in cases {
         let (status, body) = http(&server, "POST", "/admin/v1/jobs", Some(&job.to_string())).await;

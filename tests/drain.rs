@@ -278,12 +278,13 @@ async fn a_drain_while_disconnected_keeps_results_for_the_next_start() {
         .await
         .expect("link lost");
     handle.shutdown();
-    // It waits for the job offline, keeps the result in the outbox, and exits.
+    // It waits for the job offline, keeps the result in the outbox, and exits saying
+    // so: undelivered (7), not a clean stop.
     assert_eq!(
         tokio::time::timeout(WAIT, handle.wait())
             .await
             .expect("stops"),
-        ExitCode::Clean
+        ExitCode::Undelivered
     );
 
     let server = dev_server(Some(&db), Some(addr)).await;

@@ -369,6 +369,7 @@ async fn the_control_socket_refuses_a_deadline_run_would_refuse() {
         &Request::Drain {
             deadline_secs: Some(u64::MAX),
             force: false,
+            uninstall: false,
         },
     )
     .await

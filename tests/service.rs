@@ -175,7 +175,7 @@ fn the_system_unit_drains_on_sigterm_and_keeps_jobs_their_devices() {
         "Restart=on-failure",
         "RestartSec=5",
         "SuccessExitStatus=2",
-        "RestartPreventExitStatus=3 4 5 6",
+        "RestartPreventExitStatus=3 4 5 6 7",
         "KillSignal=SIGTERM",
         "KillMode=mixed",
         "TimeoutStopSec=180",

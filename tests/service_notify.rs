@@ -183,6 +183,7 @@ async fn a_huge_drain_deadline_does_not_overflow(dir: &tempfile::TempDir, socket
         .control()
         .send(runtime::Control::Drain {
             deadline_secs: Some(u64::MAX),
+            by: fyn_runner::core::StopOrigin::DrainCommand,
         })
         .expect("sent");
     heard.clear();

@@ -338,6 +338,7 @@ async fn status_and_drain_through_the_control_socket() {
         &Request::Drain {
             deadline_secs: Some(5),
             force: false,
+            uninstall: false,
         },
     )
     .await

@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 
 use fyn_runner::core::{
     BootMode, Core, CoreConfig, Delay, DurableState, Effect, Event, EventKind, HardwareCache,
-    TimerKind,
+    HookOutcome, HookPoint, StopOrigin, TimerKind,
 };
 use fyn_runner::protocol::{
-    CloseReason, Command, ExitStatus, HardwareReport, JobRef, JobSpec, OutputStream,
+    CloseReason, Command, ExitStatus, HardwareReport, JobRef, JobSpec, MAX_INDEX, OutputStream,
     PROTOCOL_VERSION, ServerMessage, SessionParams,
 };
 use fyn_runner::spec::effects_match;
@@ -37,7 +37,9 @@ fn job_ref() -> impl Strategy<Value = JobRef> {
 fn job_spec() -> impl Strategy<Value = JobSpec> {
     let id = prop_oneof![8 => prop::sample::select(&JOB_IDS[..]).prop_map(str::to_owned), 1 => Just("../x".to_owned())];
     let command = prop_oneof![8 => Just(vec!["true".to_owned()]), 1 => Just(Vec::new())];
-    (id, 0u32..=2, command, 0u64..=3).prop_map(|(job_id, attempt, command, timeout_secs)| JobSpec {
+    // Attempts beyond the few the ended list can hold, so runs that end many jobs (each
+    // ended attempt is refused as already run) still start new ones deep in a session.
+    (id, 0u32..=8, command, 0u64..=3).prop_map(|(job_id, attempt, command, timeout_secs)| JobSpec {
         job_id,
         attempt,
         command,
@@ -50,6 +52,35 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         outputs: Default::default(),
         kv: Default::default(),
     })
+}
+
+/// A `command` frame whose index could be read and whose body could not.
+fn unreadable_command() -> impl Strategy<Value = Event> {
+    (1u64..=6).prop_map(|index| Event::UnreadableCommand {
+        index,
+        error: "unknown variant `reboot`".into(),
+    })
+}
+
+/// A stop request from any origin (or none: a trace from before origins were recorded).
+fn shutdown_requested() -> impl Strategy<Value = Event> {
+    let origin = prop_oneof![
+        Just(None),
+        Just(Some(StopOrigin::Signal)),
+        Just(Some(StopOrigin::DrainCommand)),
+        Just(Some(StopOrigin::Uninstall)),
+    ];
+    (prop::option::of(1u64..100), origin).prop_map(|(deadline_secs, origin)| {
+        Event::ShutdownRequested {
+            deadline_secs,
+            origin,
+        }
+    })
+}
+
+/// `last_event_index` as an API claims it: small, or (rarely) the top of the range.
+fn claimed_last_event() -> impl Strategy<Value = u64> {
+    prop_oneof![16 => 0u64..=8, 1 => Just(MAX_INDEX)]
 }
 
 fn command() -> impl Strategy<Value = Event> {
@@ -107,14 +138,14 @@ fn message() -> impl Strategy<Value = Event> {
         m(ServerMessage::Registered {
             runner_id: "r-1".into()
         }),
-        (0u64..=8, any::<bool>()).prop_map(|(last_event_index, hardware_known)| Event::Message(
-            ServerMessage::Authenticated {
+        (claimed_last_event(), any::<bool>()).prop_map(|(last_event_index, hardware_known)| {
+            Event::Message(ServerMessage::Authenticated {
                 runner_id: "r-1".into(),
                 last_event_index,
                 session: SessionParams::default(),
                 hardware_known,
-            }
-        )),
+            })
+        }),
         m(ServerMessage::AuthRejected {
             reason: "unknown runner".into()
         }),
@@ -179,6 +210,27 @@ fn job_event() -> impl Strategy<Value = Event> {
     ]
 }
 
+fn hook_outcome() -> impl Strategy<Value = HookOutcome> {
+    prop_oneof![
+        3 => Just(HookOutcome::Passed),
+        1 => Just(HookOutcome::Failed { reason: "exited with 1".into() }),
+    ]
+}
+
+/// A hook's end: any point, with a job for the job hooks.
+fn hook_finished() -> impl Strategy<Value = Event> {
+    (
+        prop::sample::select(HookPoint::ALL),
+        job_ref(),
+        hook_outcome(),
+    )
+        .prop_map(|(hook, job, outcome)| Event::HookFinished {
+            job: matches!(hook, HookPoint::PreJob | HookPoint::PostJob).then_some(job),
+            hook,
+            outcome,
+        })
+}
+
 /// Any event at all.
 fn any_event() -> impl Strategy<Value = Event> {
     prop_oneof![
@@ -211,10 +263,11 @@ fn any_event() -> impl Strategy<Value = Event> {
             }
         }),
         message(),
+        unreadable_command(),
         timer(),
         job_event(),
-        prop::option::of(1u64..100)
-            .prop_map(|deadline_secs| Event::ShutdownRequested { deadline_secs }),
+        shutdown_requested(),
+        hook_finished(),
         Just(Event::ForceShutdown),
     ]
 }
@@ -248,7 +301,7 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         "Registering.await_registration" => m(ServerMessage::Registered { runner_id: "r-1".into() }).boxed(),
         "Registering.saving" => Just(Event::StepDone).boxed(),
         "Validating.await_auth" => prop_oneof![
-            8 => (0u64..=8, any::<bool>()).prop_map(|(last_event_index, hardware_known)| Event::Message(ServerMessage::Authenticated {
+            8 => (claimed_last_event(), any::<bool>()).prop_map(|(last_event_index, hardware_known)| Event::Message(ServerMessage::Authenticated {
                 runner_id: "r-1".into(),
                 last_event_index,
                 session: SessionParams::default(),
@@ -262,21 +315,47 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         "HardwareSync.collecting" => prop_oneof![4 => hardware_collected(), 1 => acks()].boxed(),
         "HardwareSync.await_confirm" => prop_oneof![4 => m(ServerMessage::HardwareConfirmed {}), 1 => acks()].boxed(),
         "Ready" => prop_oneof![4 => m(ServerMessage::ReadyAck {}), 1 => acks()].boxed(),
+        "Registering.waiting" => prop_oneof![
+            4 => Just(Event::TimerFired { timer: TimerKind::Backoff }),
+            1 => shutdown_requested(),
+        ]
+        .boxed(),
         "Reconnecting.waiting" => prop_oneof![
             3 => Just(Event::TimerFired { timer: TimerKind::Backoff }),
             1 => Just(Event::TimerFired { timer: TimerKind::RunnerLost }),
             1 => running_job_event(model),
+            // A job waiting for its pre_job hook: its end, with no session to report on.
+            if model.awaiting.is_empty() { 1 } else { 4 } => pre_job_end(model),
         ]
         .boxed(),
+        // A job waits for its pre_job hook: drain, lose the link, or end the hook, so
+        // its end is met in Active, Draining (link up or down) and Reconnecting.
+        p if !model.awaiting.is_empty() && (p == "Active" || p.starts_with("Draining")) => {
+            prop_oneof![
+                4 => pre_job_end(model),
+                2 => shutdown_requested(),
+                2 => Just(Event::SocketClosed { code: Some(1006), reason: String::new() }),
+                1 => Just(Event::ForceShutdown),
+                2 => running_job_event(model),
+                2 => fresh_command(model),
+                1 => acks(),
+            ]
+            .boxed()
+        }
         _ => prop_oneof![
             2 => command(),
             3 => fresh_command(model),
+            1 => unreadable_command(),
             4 => running_job_event(model),
+            3 => pre_job_end(model),
             2 => acks(),
             2 => timer(),
             1 => (0u64..5).prop_map(|seq| Event::Message(ServerMessage::HeartbeatAck { seq })),
+            // A heartbeat, and the answer to the latest, as a live API sends it.
+            1 => Just(Event::TimerFired { timer: TimerKind::Heartbeat }),
+            2 => Just(Event::Message(ServerMessage::HeartbeatAck { seq: model.heartbeat_seq.max(1) })),
             1 => hardware_collected(),
-            1 => prop::option::of(1u64..100).prop_map(|deadline_secs| Event::ShutdownRequested { deadline_secs }),
+            1 => shutdown_requested(),
             1 => Just(Event::ForceShutdown),
             1 => Just(Event::SocketClosed { code: Some(1006), reason: String::new() }),
             1 => Just(Event::TimerFired { timer: TimerKind::Ack }),
@@ -286,6 +365,35 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         ]
         .boxed(),
     }
+}
+
+/// The end of a pre_job hook a job waits for (when one does), so the rows of a
+/// pre_job's end are reached in every phase a job can wait in.
+fn pre_job_end(model: &Model) -> BoxedStrategy<Event> {
+    let awaiting: Vec<JobRef> = model
+        .awaiting
+        .iter()
+        .map(|(id, attempt)| JobRef {
+            job_id: id.clone(),
+            attempt: *attempt,
+        })
+        .collect();
+    if awaiting.is_empty() {
+        return hook_finished().boxed();
+    }
+    let outcome = prop_oneof![
+        Just(HookOutcome::Passed),
+        Just(HookOutcome::Failed {
+            reason: "timed out after 30 s and was killed".into()
+        }),
+    ];
+    (prop::sample::select(awaiting), outcome)
+        .prop_map(|(job, outcome)| Event::HookFinished {
+            hook: HookPoint::PreJob,
+            job: Some(job),
+            outcome,
+        })
+        .boxed()
 }
 
 /// A command with the next index, so long runs keep applying new commands.
@@ -323,10 +431,16 @@ fn running_job_event(model: &Model) -> BoxedStrategy<Event> {
     (
         prop::sample::select(running),
         status,
-        0u8..5,
+        0u8..7,
         Just(model.last_applied + 1),
+        hook_outcome(),
     )
-        .prop_map(|(job, status, pick, index)| match pick {
+        .prop_map(|(job, status, pick, index, outcome)| match pick {
+            5 | 6 => Event::HookFinished {
+                hook: HookPoint::PreJob,
+                job: Some(job),
+                outcome,
+            },
             0 => Event::JobStarted { job, pid: 7 },
             1 => Event::TimerFired {
                 timer: TimerKind::JobTimeout(job),
@@ -349,6 +463,10 @@ fn running_job_event(model: &Model) -> BoxedStrategy<Event> {
         .boxed()
 }
 
+/// Set during the second pass of `machine_follows_the_table`: every run boots to
+/// resume with every hook configured.
+static HOOKED_PASS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 struct Table;
 
 impl ReferenceStateMachine for Table {
@@ -357,50 +475,88 @@ impl ReferenceStateMachine for Table {
 
     fn init_state() -> BoxedStrategy<Model> {
         // A farewell is short: a few runs cover its rows, the rest go deep.
-        let boot = prop_oneof![
-            4 => Just(BootMode::Install),
-            4 => Just(BootMode::Register),
-            4 => Just(BootMode::Resume),
-            1 => Just(BootMode::Leave)
-        ];
+        let boot = if HOOKED_PASS.load(std::sync::atomic::Ordering::Relaxed) {
+            Just(BootMode::Resume).boxed()
+        } else {
+            prop_oneof![
+                4 => Just(BootMode::Install),
+                4 => Just(BootMode::Register),
+                4 => Just(BootMode::Resume),
+                1 => Just(BootMode::Leave)
+            ]
+            .boxed()
+        };
         let restored = prop::collection::btree_map(
             prop::sample::select(&JOB_IDS[..]).prop_map(str::to_owned),
             1u32..=2,
             0..=2,
         );
-        (boot, 1u32..=2, restored, 0u64..=2, 0u64..=3, 0u64..=3)
-            .prop_map(|(boot, slots, restored, last_applied, last_event, acked)| {
-                // Only a runner with an identity can have a history.
-                let resume = matches!(boot, BootMode::Resume | BootMode::Leave);
-                let phase = SPEC
-                    .boots
-                    .iter()
-                    .find(|(mode, _)| mode.as_str() == boot_name(boot))
-                    .map(|(_, phase)| phase.clone())
-                    .unwrap_or_default();
-                Model {
-                    phase,
-                    boot,
-                    slots,
-                    jobs: if resume { restored } else { BTreeMap::new() },
-                    draining_link: false,
-                    startup_reported: false,
-                    api_hw_known: false,
-                    told_ready: false,
-                    backoff_attempt: 0,
-                    last_applied: if resume { last_applied } else { 0 },
-                    last_event: if resume { last_event } else { 0 },
-                    acked: if resume { acked.min(last_event) } else { 0 },
-                    sent_up_to: if resume { last_event } else { 0 },
-                    armed: Default::default(),
-                    last: None,
-                }
-            })
+        // Half the runs with no hooks (the table as it always was), half with a few.
+        let all: std::collections::BTreeSet<HookPoint> = HookPoint::ALL.iter().copied().collect();
+        let hooks = if HOOKED_PASS.load(std::sync::atomic::Ordering::Relaxed) {
+            Just(all).boxed()
+        } else {
+            prop_oneof![
+                2 => Just(std::collections::BTreeSet::new()),
+                2 => Just(all),
+                1 => prop::collection::btree_set(prop::sample::select(HookPoint::ALL), 0..=6),
+            ]
+            .boxed()
+        };
+        // Attempts that ended in an earlier run, and a key an unfinished registration kept.
+        let ended = prop::collection::vec(job_ref(), 0..=2);
+        (
+            (boot, 1u32..=2, restored, 0u64..=2, 0u64..=3, 0u64..=3),
+            (ended, any::<bool>(), hooks),
+        )
+            .prop_map(
+                |((boot, slots, restored, last_applied, last_event, acked), (ended, key_kept, hooks))| {
+                    // Only a runner with an identity can have a history.
+                    let resume = matches!(boot, BootMode::Resume | BootMode::Leave);
+                    let phase = SPEC
+                        .boots
+                        .iter()
+                        .find(|(mode, _)| mode.as_str() == boot_name(boot))
+                        .map(|(_, phase)| phase.clone())
+                        .unwrap_or_default();
+                    Model {
+                        phase,
+                        boot,
+                        slots,
+                        jobs: if resume { restored } else { BTreeMap::new() },
+                        draining_link: false,
+                        startup_reported: false,
+                        api_hw_known: false,
+                        told_ready: false,
+                        backoff_attempt: 0,
+                        last_applied: if resume { last_applied } else { 0 },
+                        last_event: if resume { last_event } else { 0 },
+                        acked: if resume { acked.min(last_event) } else { 0 },
+                        sent_up_to: if resume { last_event } else { 0 },
+                        armed: Default::default(),
+                        heartbeat_seq: 0,
+                        key_kept: key_kept && !resume,
+                        ended: if resume { ended } else { Vec::new() },
+                        hooks,
+                        was_active: false,
+                        stopping: Default::default(),
+                        awaiting: Default::default(),
+                        last: None,
+                    }
+                },
+            )
             .boxed()
     }
 
     fn transitions(state: &Model) -> BoxedStrategy<Event> {
-        prop_oneof![1 => any_event(), 2 => likely_event(state)].boxed()
+        // The hooked pass goes deep (jobs waiting for hooks in every phase) rather than
+        // wide: the general pass has covered the stray events already.
+        let likely = if HOOKED_PASS.load(std::sync::atomic::Ordering::Relaxed) {
+            8
+        } else {
+            2
+        };
+        prop_oneof![1 => any_event(), likely => likely_event(state)].boxed()
     }
 
     fn apply(state: Model, event: &Event) -> Model {
@@ -450,9 +606,13 @@ impl StateMachineTest for Machine {
                     kv: Default::default(),
                 })
                 .collect(),
+            ended_attempts: model.ended.clone(),
+            registration_key: model.key_kept.then(|| "pk-kept".to_owned()),
         };
         let config = CoreConfig {
             slots: model.slots,
+            hooks: model.hooks.iter().copied().collect(),
+            hook_timeout_secs: 30,
             ..CoreConfig::default()
         };
         let (core, effects) = Core::boot(config, model.boot, durable);
@@ -568,9 +728,20 @@ fn check_step_invariants(
         );
     }
     sut.stopped = sut.core.is_stopped();
-    // No job is spawned outside Active.
+    // No job is spawned outside Active, but for one accepted there whose pre_job hook
+    // ended later (jobs outlive reconnects), and never one asked to stop meanwhile.
     if actual.iter().any(|t| t == "spawn") {
-        assert_eq!(last.phase_before, "Active", "spawn outside Active{context}");
+        let pre_job_end = matches!(
+            event,
+            Event::HookFinished {
+                hook: HookPoint::PreJob,
+                ..
+            }
+        );
+        assert!(
+            last.phase_before == "Active" || pre_job_end,
+            "spawn outside Active{context}"
+        );
     }
     // Nothing is sent while no connection is open, and events only on an authenticated one.
     let mut link = last.link_before || matches!(event, Event::SocketOpened);
@@ -645,6 +816,23 @@ fn machine_follows_the_table() {
         Machine::test_sequential(config(), initial, transitions, seen);
         Ok(())
     });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // A pass with every hook configured, booted to run: the rows of a pre_job's end
+    // need a job waiting for its hook deep in a session (Draining with the link down,
+    // a second job running), which the general pass reaches too rarely to count on.
+    HOOKED_PASS.store(true, std::sync::atomic::Ordering::Relaxed);
+    let hooked = Config {
+        cases: config().cases / 3,
+        ..config()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(hooked.clone());
+    let result = runner.run(&strategy, |(initial, transitions, seen)| {
+        Machine::test_sequential(hooked.clone(), initial, transitions, seen);
+        Ok(())
+    });
+    HOOKED_PASS.store(false, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -821,6 +1009,7 @@ fn the_seed_lifecycle_end_to_end() {
         (
             Event::ShutdownRequested {
                 deadline_secs: None,
+                origin: Some(StopOrigin::Signal),
             },
             "Stopped",
         ),
@@ -874,5 +1063,176 @@ fn an_unexpected_event_leaves_a_notice() {
             event: "StepFailed".into(),
             detail: "a message needed a token".into(),
         })]
+    );
+}
+
+/// Hooks, spelled out: with every hook configured, Active runs `on_connected`; a job
+/// waits for its `pre_job` and starts when it passes; its end runs `post_job` after
+/// the end is persisted; a failing `pre_job` fails its job unstarted, with the reason
+/// reported to the API; losing the link runs `on_disconnected`, a drain `on_drain`,
+/// and the stop `on_stopped` before the exit.
+#[test]
+fn hooks_fire_at_their_points() {
+    use fyn_runner::core::{Effect, HookCall, Notice, Outbound};
+    use fyn_runner::protocol::{JobOutcome, RunnerEvent};
+    let durable = DurableState {
+        runner_id: Some("r-1".into()),
+        ..DurableState::default()
+    };
+    let config = CoreConfig {
+        slots: 2,
+        hooks: HookPoint::ALL.to_vec(),
+        hook_timeout_secs: 30,
+        ..CoreConfig::default()
+    };
+    let (mut core, _) = Core::boot(config, BootMode::Resume, durable);
+    let mut last = Vec::new();
+    for event in [
+        Event::SocketOpened,
+        Event::Message(ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            nonce: "n".into(),
+        }),
+        Event::Message(ServerMessage::Authenticated {
+            runner_id: "r-1".into(),
+            last_event_index: 0,
+            session: SessionParams::default(),
+            hardware_known: true,
+        }),
+        Event::Message(ServerMessage::StartupAck {}),
+        Event::HardwareCollected {
+            report: Box::new(report()),
+            cache: HardwareCache::Unchanged,
+        },
+        Event::Message(ServerMessage::HardwareConfirmed {}),
+        Event::Message(ServerMessage::ReadyAck {}),
+    ] {
+        last = core.dispatch(&event).list;
+    }
+    assert_eq!(core.phase(), "Active");
+    assert_eq!(last.last(), Some(&Effect::RunHook(HookCall::OnConnected)));
+    let start = |id: &str, index| {
+        Event::Message(ServerMessage::Command {
+            index,
+            command: Command::StartJob {
+                job: JobSpec {
+                    job_id: id.into(),
+                    attempt: 1,
+                    command: vec!["true".into()],
+                    env: BTreeMap::new(),
+                    workdir: None,
+                    timeout_secs: 60,
+                    output_limit_bytes: 1 << 20,
+                    cancel_grace_secs: 1,
+                },
+            },
+        })
+    };
+    let job = |id: &str| JobRef {
+        job_id: id.into(),
+        attempt: 1,
+    };
+    let tokens = |effects: &fyn_runner::core::Effects| effects.spec_tokens();
+    // Accepted, then the hook; no process yet.
+    let accepted = core.dispatch(&start("a", 1));
+    assert!(tokens(&accepted).ends_with(&["start(job_timeout)".into(), "hook(pre_job)".into()]));
+    assert!(!tokens(&accepted).contains(&"spawn".to_owned()));
+    // The hook passes: the process starts.
+    let passed = core.dispatch(&Event::HookFinished {
+        hook: HookPoint::PreJob,
+        job: Some(job("a")),
+        outcome: HookOutcome::Passed,
+    });
+    assert_eq!(tokens(&passed), ["spawn"]);
+    // Its end is persisted and sent, then post_job runs with the outcome.
+    let ended = core.dispatch(&Event::JobExited {
+        job: job("a"),
+        status: ExitStatus::Exited { code: 0 },
+        duration_ms: 5,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+    });
+    assert_eq!(
+        ended.list.last(),
+        Some(&Effect::RunHook(HookCall::PostJob {
+            job: job("a"),
+            outcome: JobOutcome::Succeeded,
+            status: ExitStatus::Exited { code: 0 },
+        }))
+    );
+    // A failing pre_job: the job fails unstarted, the reason goes to the API, no
+    // process and no post_job.
+    let _ = core.dispatch(&start("b", 2));
+    let failed = core.dispatch(&Event::HookFinished {
+        hook: HookPoint::PreJob,
+        job: Some(job("b")),
+        outcome: HookOutcome::Failed {
+            reason: "exited with 3".into(),
+        },
+    });
+    assert_eq!(
+        tokens(&failed),
+        [
+            "cancel(job_timeout)",
+            "persist(job_removed)",
+            "persist(outbox)",
+            "send(event)"
+        ]
+    );
+    let finished = failed.list.iter().find_map(|e| match e {
+        Effect::Send(Outbound::Event {
+            event: RunnerEvent::JobFinished {
+                outcome, detail, ..
+            },
+            ..
+        }) => Some((*outcome, detail.clone())),
+        _ => None,
+    });
+    let (outcome, detail) = finished.expect("job_finished sent");
+    assert_eq!(outcome, JobOutcome::Failed);
+    let detail = detail.expect("a reason");
+    assert!(
+        detail.contains("pre_job hook failed: exited with 3"),
+        "{detail}"
+    );
+    // A pre_job end nobody waits for is stale.
+    let stale = core.dispatch(&Event::HookFinished {
+        hook: HookPoint::PreJob,
+        job: Some(job("b")),
+        outcome: HookOutcome::Passed,
+    });
+    assert!(matches!(
+        stale.list.as_slice(),
+        [Effect::Notify(Notice::StaleJob { .. })]
+    ));
+    // A lifecycle hook's end changes nothing.
+    let nothing = core.dispatch(&Event::HookFinished {
+        hook: HookPoint::OnConnected,
+        job: None,
+        outcome: HookOutcome::Failed {
+            reason: "exited with 1".into(),
+        },
+    });
+    assert!(nothing.is_empty());
+    // The link drops: on_disconnected. Back to Active: on_connected again.
+    let lost = core.dispatch(&Event::SocketClosed {
+        code: None,
+        reason: String::new(),
+    });
+    assert_eq!(core.phase(), "Reconnecting.waiting");
+    assert_eq!(
+        lost.list.last(),
+        Some(&Effect::RunHook(HookCall::OnDisconnected))
+    );
+    // A drain from Reconnecting (no job: straight to Stopped) runs on_stopped before the
+    // exit; the events sent above were never acknowledged, so the exit is 7 (undelivered).
+    let stopped = core.dispatch(&Event::ShutdownRequested {
+        deadline_secs: None,
+        origin: None,
+    });
+    assert_eq!(core.phase(), "Stopped");
+    assert_eq!(
+        tokens(&stopped)[tokens(&stopped).len() - 2..],
+        ["hook(on_stopped)".to_owned(), "exit(7)".to_owned()]
     );
 }

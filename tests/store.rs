@@ -123,6 +123,8 @@ fn commit_survives_a_crash() {
             last_event_index: 5,
             acked_event_index: 1,
             jobs: vec![job("a", 1), job("b", 2)],
+            ended_attempts: Vec::new(),
+            registration_key: None,
         }
     );
     assert_eq!(
@@ -424,6 +426,8 @@ struct Model {
     jobs: BTreeMap<String, JobSpec>,
     /// Jobs whose `job_started` (and so pid) is on record.
     started: std::collections::BTreeSet<String>,
+    /// Attempts that ended (each `JobRemoved`), oldest first.
+    ended: Vec<JobRef>,
 }
 
 impl Model {
@@ -441,6 +445,8 @@ impl Model {
             last_event_index: self.last_event + unconfirmed,
             acked_event_index: self.acked,
             jobs: self.jobs.values().cloned().collect(),
+            ended_attempts: self.ended.clone(),
+            registration_key: None,
         }
     }
 
@@ -498,6 +504,7 @@ impl Model {
                     let id = format!("job-{id}");
                     self.jobs.remove(&id);
                     self.started.remove(&id);
+                    self.ended.push(job_ref(&id, 1));
                     Durable::JobRemoved {
                         job: job_ref(&id, 1),
                     }
@@ -564,4 +571,40 @@ fn hardware_report(cores: u32) -> fyn_runner::protocol::HardwareReport {
         "gpus": {"kind": "none"}
     }))
     .expect("a valid hardware record")
+}
+
+/// The ended attempts the store remembers are the last `ENDED_ATTEMPTS_KEPT`, oldest
+/// first, as the core keeps them, and they survive a reopen.
+#[test]
+fn ended_attempts_are_kept_up_to_the_bound_across_reopens() {
+    use fyn_runner::core::ENDED_ATTEMPTS_KEPT;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::open(tmp.path()).unwrap();
+    let extra = 5;
+    // One batch (one disk sync), the writes in the order jobs would start and end.
+    let writes: Vec<Durable> = (0..ENDED_ATTEMPTS_KEPT + extra)
+        .flat_map(|n| {
+            let id = format!("job-{n}");
+            [
+                Durable::JobAdded { job: job(&id, 1) },
+                Durable::JobRemoved {
+                    job: job_ref(&id, 1),
+                },
+            ]
+        })
+        .collect();
+    store.commit(&writes).unwrap();
+    drop(store);
+    let store = Store::open(tmp.path()).unwrap();
+    let ended = store.load().unwrap().ended_attempts;
+    assert_eq!(ended.len(), ENDED_ATTEMPTS_KEPT);
+    assert_eq!(
+        ended[0],
+        job_ref(&format!("job-{extra}"), 1),
+        "oldest kept first"
+    );
+    assert_eq!(
+        ended[ENDED_ATTEMPTS_KEPT - 1],
+        job_ref(&format!("job-{}", ENDED_ATTEMPTS_KEPT + extra - 1), 1)
+    );
 }

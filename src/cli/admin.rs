@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use super::{RunArgs, block_on, is_root, resolve_run, write_stdout};
+use super::{RunArgs, block_on, drain, is_root, resolve_run, write_stdout};
 use crate::config::{FileConfig, RunSettings};
 use crate::runtime::install::{InstallPlan, ServiceStep};
 use crate::service::account::{DEFAULT_JOB_USER, create_job_account, remove_job_account};
@@ -80,6 +80,10 @@ pub enum ServiceAction {
         /// System scope: the account the service runs as.
         #[arg(long)]
         user: Option<String>,
+        /// The executable the service runs [default: this one]; a package renders its
+        /// unit for the path it installs to (/usr/bin/fyn-runner).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Start the installed service.
     Start(ScopeArg),
@@ -410,6 +414,14 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
             .map(|_| crate::config::default_jobs_dir(&state_dir, true))
     });
 
+    if crate::runtime::control::ensure_unused(&state_dir).is_err() {
+        // Drained through the control socket first, so the runner's `stopping` tells the
+        // API why; the service's stop below then finds it stopped.
+        write_stdout("  … draining the runner (it tells the control plane it is being removed)\n")?;
+        let state = state_dir.clone();
+        block_on(async move { drain(&state, None, false, true, true).await })
+            .context("draining the runner")?;
+    }
     if let Some(manager) = crate::service::detect() {
         let service = crate::service::manager_for(manager, scope)?;
         if service.status().is_ok_and(|s| s.installed) {
@@ -427,7 +439,11 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
     }
     match (
         settings.server.is_some(),
-        crate::runtime::identity::identity_dir(&state_dir).exists(),
+        // Registered: an identity with its runner ID (a key alone is a registration
+        // that never finished; the API holds no runner to forget).
+        crate::runtime::identity::identity_dir(&state_dir)
+            .join(crate::runtime::identity::RUNNER_FILE)
+            .exists(),
     ) {
         (true, true) => tell_the_api(settings, Duration::from_secs(args.leave_timeout))?,
         (false, true) => write_stdout(
@@ -493,6 +509,7 @@ pub fn service(action: ServiceAction, config: Option<&Path>) -> anyhow::Result<i
             state_dir,
             drain_deadline,
             user,
+            binary,
         } => {
             let manager = manager
                 .or_else(crate::service::detect)
@@ -508,8 +525,10 @@ pub fn service(action: ServiceAction, config: Option<&Path>) -> anyhow::Result<i
                     .unwrap_or_else(|| config_path_for(scope, None)),
             )?;
             let state_dir = absolute(state_dir.unwrap_or_else(|| state_dir_for(scope)))?;
-            let binary = std::env::current_exe()
-                .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/fyn-runner"));
+            let binary = binary.unwrap_or_else(|| {
+                std::env::current_exe()
+                    .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/fyn-runner"))
+            });
             let mut spec = ServiceSpec::new(binary, config_path, state_dir, scope, drain_deadline);
             spec.user = user;
             spec.validate()?;

@@ -19,6 +19,7 @@ use crate::spec;
 
 pub mod admin;
 pub mod ctl;
+mod generate;
 pub mod job;
 mod service_main;
 
@@ -197,6 +198,19 @@ pub enum Command {
     /// The Windows service's entry point, started by the service control manager.
     #[command(name = "service-main", hide = true)]
     ServiceMain(ServiceMainArgs),
+    /// Print shell completions (for packages: `fyn-runner completions bash`).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one per subcommand into a folder (for packages).
+    #[command(hide = true)]
+    Man {
+        /// Write fyn-runner.1 and fyn-runner-<command>.1 here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Print the hardware inventory this runner would report to the control plane.
     Hardware {
         /// Print the report as JSON, exactly as it is sent.
@@ -363,10 +377,12 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
             state_dir,
         } => {
             let state_dir = resolve_state_dir(state_dir, cli.config.as_deref())?;
-            block_on(async move { drain(&state_dir, deadline, force, wait).await })
+            block_on(async move { drain(&state_dir, deadline, force, wait, false).await })
         }
         Command::Spec { format } => print_spec(format),
         Command::Hardware { json, job_area } => print_hardware(json, &job_area),
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { out_dir } => generate::man(out_dir.as_deref()),
     }
 }
 
@@ -406,7 +422,18 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat, default_filter: &str) {
     let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr);
-    install_logging(format, default_filter, writer, true);
+    let colours = colours_wanted(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    install_logging(format, default_filter, writer, colours);
+}
+
+/// Colours only for a person at a terminal: not in a file, a pipe or the journal (their
+/// escape codes would be noise there), and not when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+fn colours_wanted(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// Log to `file` (appending, created with its folder): for the Windows service, which
@@ -616,6 +643,12 @@ fn render_status(status: &crate::runtime::RunnerStatus) -> String {
             status.jobs_running
         );
     }
+    if let Some(addr) = &status.metrics_listen {
+        let _ = writeln!(
+            out,
+            "metrics:        http://{addr}/metrics (/healthz, /readyz)"
+        );
+    }
     out
 }
 
@@ -628,11 +661,14 @@ fn format_duration(ms: u64) -> String {
     }
 }
 
-async fn drain(
+/// Ask the runner of `state_dir` to drain (`uninstall`: for `fyn-runner uninstall`,
+/// which the runner tells the API), and with `wait` follow it until it has stopped.
+pub(super) async fn drain(
     state_dir: &std::path::Path,
     deadline: Option<u64>,
     force: bool,
     wait: bool,
+    uninstall: bool,
 ) -> anyhow::Result<i32> {
     use crate::runtime::control::{ControlError, Request, Response, request};
     match request(
@@ -640,6 +676,7 @@ async fn drain(
         &Request::Drain {
             deadline_secs: deadline,
             force,
+            uninstall,
         },
     )
     .await?
@@ -725,7 +762,17 @@ fn service_view() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::describe_error;
+    use super::{colours_wanted, describe_error};
+
+    #[test]
+    fn colours_only_at_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours_wanted(true, None));
+        assert!(colours_wanted(true, Some(OsStr::new(""))));
+        assert!(!colours_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colours_wanted(false, None));
+        assert!(!colours_wanted(false, Some(OsStr::new(""))));
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot create {path}: {source}")]

@@ -80,7 +80,9 @@ fn body(
                 code = &mut wait => return code.code(),
                 Some(reason) = stops.recv() => {
                     info!(?reason, "the service control manager asked to stop: draining");
-                    let _ = control.send(crate::runtime::Control::Shutdown);
+                    let _ = control.send(crate::runtime::Control::drain(
+                        crate::core::StopOrigin::ServiceManager,
+                    ));
                     reporter.stop_requested();
                 }
                 Ok(()) = status.changed() => {

@@ -37,7 +37,7 @@ pub use raw::parse;
 pub use render::render;
 pub use resolved::{
     ResolveError, Resolved, check, default_config_path, default_jobs_dir, default_state_dir, load,
-    load_chosen, load_required, resolve, user_config_path,
+    load_chosen, load_required, metrics_listen, resolve, user_config_path,
 };
 pub use secret::{Secret, TokenError, TokenSource, read_token};
 pub use settings::{FileConfig, GlobalSettings, KEYS, RunSettings};

@@ -58,9 +58,19 @@ impl FileConfig {
     /// A service runs with `/` as its working folder, so a relative path in the file
     /// can only sensibly mean "next to this file".
     fn resolve_relative_paths(&mut self, folder: &Path) {
-        for path in [&mut self.state_dir, &mut self.jobs_dir, &mut self.ca_file]
-            .into_iter()
-            .flatten()
+        for path in [
+            &mut self.state_dir,
+            &mut self.jobs_dir,
+            &mut self.ca_file,
+            &mut self.hook_on_connected,
+            &mut self.hook_on_disconnected,
+            &mut self.hook_on_drain,
+            &mut self.hook_on_stopped,
+            &mut self.hook_pre_job,
+            &mut self.hook_post_job,
+        ]
+        .into_iter()
+        .flatten()
         {
             if path.is_relative() {
                 *path = folder.join(&*path);

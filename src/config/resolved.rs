@@ -162,8 +162,22 @@ pub fn check(settings: &RunSettings) -> Result<(), ResolveError> {
     if let Some(server) = &settings.server {
         endpoint(server, settings.allow_insecure_transport)?;
     }
+    metrics_listen(settings)?;
     let state_dir = state_dir_of(settings);
     job_account(settings, &state_dir).map(drop)
+}
+
+/// The metrics listener's address, when one is set (refused off loopback unless
+/// allowed).
+pub fn metrics_listen(
+    settings: &RunSettings,
+) -> Result<Option<std::net::SocketAddr>, ResolveError> {
+    settings
+        .metrics_listen
+        .as_deref()
+        .map(|addr| super::value::listen_address_allowed(addr, settings.metrics_allow_remote))
+        .transpose()
+        .map_err(ResolveError::Endpoint)
 }
 
 /// Everything `run` starts with: the endpoint (refusing plain `ws://` off loopback
@@ -171,6 +185,7 @@ pub fn check(settings: &RunSettings) -> Result<(), ResolveError> {
 pub fn resolve(settings: RunSettings, token: Option<Secret>) -> Result<Resolved, ResolveError> {
     let server = settings.server.as_deref().ok_or(ResolveError::NoServer)?;
     let endpoint = endpoint(server, settings.allow_insecure_transport)?;
+    metrics_listen(&settings)?;
     let state_dir = state_dir_of(&settings);
     let (job_account, jobs_dir) = job_account(&settings, &state_dir)?;
     let name = match &settings.name {

@@ -123,6 +123,69 @@ define_settings! {
             help: "Do not record a session trace.",
             check: value::boolean,
         }
+        metrics_listen: optional<String> {
+            flag: "metrics-listen",
+            env: "FYN_RUNNER_METRICS_LISTEN",
+            example: "\"127.0.0.1:9464\"",
+            help: "Serve /metrics (OpenMetrics text), /healthz and /readyz over HTTP on this IP:PORT (port 0: a free port, logged and shown by status). Off unless set. An address that is not loopback also needs metrics_allow_remote.",
+            check: value::listen_address,
+        }
+        hook_on_connected: optional<PathBuf> {
+            flag: "hook-on-connected",
+            env: "FYN_RUNNER_HOOK_ON_CONNECTED",
+            example: "\"/etc/fyn-runner/hooks/on_connected\"",
+            help: "An executable run each time a session reaches Active. See docs/operations.md for its variables.",
+            check: value::path,
+        }
+        hook_on_disconnected: optional<PathBuf> {
+            flag: "hook-on-disconnected",
+            env: "FYN_RUNNER_HOOK_ON_DISCONNECTED",
+            example: "\"/etc/fyn-runner/hooks/on_disconnected\"",
+            help: "An executable run when a session that had reached Active is lost (the runner reconnects). See docs/operations.md for its variables.",
+            check: value::path,
+        }
+        hook_on_drain: optional<PathBuf> {
+            flag: "hook-on-drain",
+            env: "FYN_RUNNER_HOOK_ON_DRAIN",
+            example: "\"/etc/fyn-runner/hooks/on_drain\"",
+            help: "An executable run when a drain begins. See docs/operations.md for its variables.",
+            check: value::path,
+        }
+        hook_on_stopped: optional<PathBuf> {
+            flag: "hook-on-stopped",
+            env: "FYN_RUNNER_HOOK_ON_STOPPED",
+            example: "\"/etc/fyn-runner/hooks/on_stopped\"",
+            help: "An executable run when the runner stops, before it exits. See docs/operations.md for its variables.",
+            check: value::path,
+        }
+        hook_pre_job: optional<PathBuf> {
+            flag: "hook-pre-job",
+            env: "FYN_RUNNER_HOOK_PRE_JOB",
+            example: "\"/etc/fyn-runner/hooks/pre_job\"",
+            help: "An executable run when a job is accepted, before its process starts; a failure or timeout fails the job unstarted. See docs/operations.md for its variables.",
+            check: value::path,
+        }
+        hook_post_job: optional<PathBuf> {
+            flag: "hook-post-job",
+            env: "FYN_RUNNER_HOOK_POST_JOB",
+            example: "\"/etc/fyn-runner/hooks/post_job\"",
+            help: "An executable run after a job's end is recorded; it cannot change the outcome. See docs/operations.md for its variables.",
+            check: value::path,
+        }
+        hook_timeout: defaulted<u64> = "30" {
+            flag: "hook-timeout",
+            env: "FYN_RUNNER_HOOK_TIMEOUT",
+            example: "30",
+            help: "Seconds a hook may run before it is killed (1 to 3600); a pre_job that times out fails its job.",
+            check: value::hook_timeout,
+        }
+        metrics_allow_remote: switch<bool> {
+            flag: "metrics-allow-remote",
+            env: "FYN_RUNNER_METRICS_ALLOW_REMOTE",
+            example: "false",
+            help: "Allow metrics_listen on an address that is not loopback (0.0.0.0, a LAN address): whoever reaches it sees the runner's state and job counts, unauthenticated.",
+            check: value::boolean,
+        }
     }
 
     /// The settings every command takes.

@@ -249,6 +249,11 @@ pub fn trace_keep(value: i64) -> Result<u64, String> {
     ranged(value, 1, 1000)
 }
 
+/// `hook_timeout`: 1 second to an hour.
+pub fn hook_timeout(value: i64) -> Result<u64, String> {
+    ranged(value, 1, 3600)
+}
+
 /// A string that says something: `name`.
 pub fn non_empty(value: String) -> Result<String, String> {
     if value.trim().is_empty() {
@@ -291,6 +296,38 @@ pub fn server(value: String) -> Result<String, String> {
     Ok(value)
 }
 
+/// `metrics_listen`: an IP address and a port (`127.0.0.1:9464`, `[::1]:0`). Whether
+/// an address off loopback may be used depends on `metrics_allow_remote` as well,
+/// which [`listen_address_allowed`] decides once both are known.
+pub fn listen_address(value: String) -> Result<String, String> {
+    value
+        .trim()
+        .parse::<std::net::SocketAddr>()
+        .map(|addr| addr.to_string())
+        .map_err(|_| format!("expected IP:PORT such as 127.0.0.1:9464, got {value:?}"))
+}
+
+/// The metrics listener's address, refusing one off loopback unless the operator opted
+/// in, as plain `ws://` is refused off loopback ([`endpoint`]).
+pub fn listen_address_allowed(
+    value: &str,
+    allow_remote: bool,
+) -> Result<std::net::SocketAddr, SettingsError> {
+    let addr = listen_address(value.to_owned())
+        .and_then(|text| {
+            text.parse::<std::net::SocketAddr>()
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|reason| SettingsError::BadListen {
+            value: value.to_owned(),
+            reason,
+        })?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(SettingsError::RemoteMetrics { addr });
+    }
+    Ok(addr)
+}
+
 /// A boolean: the switches.
 pub fn boolean(value: bool) -> Result<bool, String> {
     Ok(value)
@@ -314,6 +351,14 @@ pub enum SettingsError {
          --allow-insecure-transport if this network is trusted"
     )]
     InsecureTransport { host: String },
+    #[error("--metrics-listen {value:?}: {reason}")]
+    BadListen { value: String, reason: String },
+    #[error(
+        "refusing to serve metrics on {addr}, which is not a loopback address: anyone who \
+         reaches it sees the runner's state unauthenticated. Use 127.0.0.1:PORT, or pass \
+         --metrics-allow-remote if that network may see it"
+    )]
+    RemoteMetrics { addr: std::net::SocketAddr },
 }
 
 /// Turn `server` into the runner endpoint, refusing plain text off loopback unless the

@@ -11,6 +11,8 @@ use strum::IntoStaticStr;
 
 use crate::protocol::{CloseReason, HardwareChanges, HardwareReport, JobRef, JobSpec, RunnerEvent};
 
+use super::hooks::HookCall;
+
 /// Every timer the core can arm. Arming one that is armed replaces it; the runtime
 /// never delivers a timer that was cancelled or replaced. The name (`name()`) is the
 /// spec table's; the serde name is the trace's.
@@ -136,6 +138,9 @@ pub enum Durable {
     JobAdded {
         job: JobSpec,
     },
+    /// The job ended: it leaves the table of running jobs and joins the ended attempts
+    /// the store remembers (the last `ENDED_ATTEMPTS_KEPT`), so a later `start_job` for
+    /// it is refused (`already_run`).
     JobRemoved {
         job: JobRef,
     },
@@ -225,6 +230,23 @@ pub enum Notice {
     BadFrame {
         error: String,
     },
+    /// A command that can never be applied was refused under its index
+    /// (`command_rejected`), so the API retires it.
+    CommandRejected {
+        index: u64,
+        reason: String,
+    },
+    /// The API's claim of the last event it holds leaves no room in the protocol's
+    /// index range (`docs/protocol.md` §6.4) to number this runner's events.
+    NoIndexRoom {
+        api_last: u64,
+        needed: u64,
+    },
+    /// An event could not be numbered within the protocol's index range: it stays in
+    /// the outbox, unsent (only an API that claimed the top of the range gets here).
+    IndexRangeExhausted {
+        index: u64,
+    },
     HardwareFailed {
         error: String,
     },
@@ -302,6 +324,9 @@ pub enum ExitCode {
     AuthRejected,
     /// The API speaks another protocol version.
     Incompatible,
+    /// A stop (a drain, a signal with nothing to wait for) left events the API has not
+    /// acknowledged: they are kept in the store and sent on the next start.
+    Undelivered,
 }
 
 impl ExitCode {
@@ -314,6 +339,7 @@ impl ExitCode {
             Self::Evicted => 4,
             Self::AuthRejected => 5,
             Self::Incompatible => 6,
+            Self::Undelivered => 7,
         }
     }
 }
@@ -352,13 +378,22 @@ pub enum Effect {
     },
     /// Undo every install step that ran: folders, files, identity, service.
     RollbackInstall,
+    /// Forget the key kept for registration (the token was refused, so no runner was
+    /// registered with it under this token). Every other end keeps it: the API may have
+    /// committed a `register` with it, and the next registration sends it again.
+    ForgetKey,
     /// Tell the API to forget the registration this install made and rolled back: a
     /// short farewell session of its own (`BootMode::Leave`), bounded in time.
     Farewell,
+    /// Make the registration's key pair and keep it (the private half on disk, private
+    /// to the runner, before `register` is sent), so a retried `register`, in this
+    /// process or the next, carries the same public key.
     GenerateKey,
     CollectHardware,
     Notify(Notice),
     TellManager(ManagerNotice),
+    /// Run the operator's hook (off the loop; its end comes back as `HookFinished`).
+    RunHook(HookCall),
     /// Kill what is left of any job process group, then exit with this code.
     Exit {
         code: ExitCode,
@@ -380,11 +415,13 @@ impl Effect {
             Self::Persist(write) => format!("persist({})", write.name()),
             Self::RunInstallStep { step } => format!("step({})", step.name()),
             Self::RollbackInstall => "rollback".into(),
+            Self::ForgetKey => "forget_key".into(),
             Self::Farewell => "farewell".into(),
             Self::GenerateKey => "keygen".into(),
             Self::CollectHardware => "collect_hw".into(),
             Self::Notify(notice) => format!("notify({})", notice.name()),
             Self::TellManager(notice) => format!("tell({})", notice.name()),
+            Self::RunHook(call) => format!("hook({})", call.point().name()),
             Self::Exit { code } => format!("exit({})", code.code()),
         }
     }

@@ -13,6 +13,7 @@ use crate::protocol::{
 };
 
 use super::effect::TimerKind;
+use super::hooks::{HookOutcome, HookPoint};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -56,6 +57,13 @@ pub enum Event {
     },
     /// A decoded message from the API.
     Message(ServerMessage),
+    /// A `command` frame whose index could be read but whose command could not (an
+    /// unknown kind, a field of the wrong type, a spec that cannot be read): it is
+    /// answered under its index (`command_rejected`), not closed on.
+    UnreadableCommand {
+        index: u64,
+        error: String,
+    },
 
     // --- timers (the runtime only delivers timers that are still armed) ---
     TimerFired {
@@ -90,13 +98,56 @@ pub enum Event {
         error: String,
     },
 
+    // --- the operator's hooks ---
+    /// A hook the core asked for ended (`job`: the job of a `pre_job` or `post_job`).
+    HookFinished {
+        hook: HookPoint,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobRef>,
+        outcome: HookOutcome,
+    },
+
     // --- the operator ---
     /// SIGTERM, Ctrl-C, `fyn-runner drain` or the service manager: drain and stop.
     ShutdownRequested {
         deadline_secs: Option<u64>,
+        /// Who asked; `stopping.reason` says it. `None` only in traces recorded before
+        /// the origin was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<StopOrigin>,
     },
     /// A second signal, or `drain --force`: stop now, cancelling running jobs.
     ForceShutdown,
+}
+
+/// Who asked the runner to stop (a drain), as `stopping.reason` tells the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopOrigin {
+    /// SIGTERM or SIGINT (Ctrl-C; on Windows a console event): an operator, or a
+    /// service manager that stops its services with a signal (systemd, launchd).
+    Signal,
+    /// The Windows service control manager's stop.
+    ServiceManager,
+    /// `fyn-runner drain`, through the control socket.
+    DrainCommand,
+    /// `fyn-runner uninstall`, through the control socket.
+    Uninstall,
+    /// The program that runs the runner in its own process (the demo, a test).
+    Embedder,
+}
+
+impl StopOrigin {
+    /// `stopping.reason`: text for people (protocol §11 lists them).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Signal => "stop signal (SIGTERM or Ctrl-C)",
+            Self::ServiceManager => "the service manager stopped the runner",
+            Self::DrainCommand => "fyn-runner drain on the runner's machine",
+            Self::Uninstall => "fyn-runner uninstall: the runner is being removed",
+            Self::Embedder => "the program running the runner asked it to stop",
+        }
+    }
 }
 
 /// What the runtime found when it compared the collected hardware with its cache.
@@ -134,6 +185,7 @@ pub enum EventKind {
     SocketClosed,
     SocketFailed,
     BadFrame,
+    UnreadableCommand,
     Hello,
     TokenAccepted,
     TokenRejected,
@@ -163,6 +215,7 @@ pub enum EventKind {
     JobOutputTruncated,
     JobExited,
     JobSpawnFailed,
+    HookFinished,
     ShutdownRequested,
     ForceShutdown,
 }
@@ -193,6 +246,7 @@ impl Event {
             Self::SocketClosed { .. } => EventKind::SocketClosed,
             Self::SocketFailed { .. } => EventKind::SocketFailed,
             Self::BadFrame { .. } => EventKind::BadFrame,
+            Self::UnreadableCommand { .. } => EventKind::UnreadableCommand,
             Self::Message(message) => match message {
                 ServerMessage::Hello { .. } => EventKind::Hello,
                 ServerMessage::TokenAccepted {} => EventKind::TokenAccepted,
@@ -228,6 +282,7 @@ impl Event {
             Self::JobOutputTruncated { .. } => EventKind::JobOutputTruncated,
             Self::JobExited { .. } => EventKind::JobExited,
             Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
+            Self::HookFinished { .. } => EventKind::HookFinished,
             Self::ShutdownRequested { .. } => EventKind::ShutdownRequested,
             Self::ForceShutdown => EventKind::ForceShutdown,
         }

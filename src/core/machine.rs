@@ -28,7 +28,8 @@ use super::effect::{
     CancelReason, Delay, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice, Outbound,
     TimerKind,
 };
-use super::event::{Event, HardwareCache};
+use super::event::{Event, HardwareCache, StopOrigin};
+use super::hooks::{HookCall, HookPoint};
 use super::runner::{BootMode, JobFinish, Link, Runner};
 
 /// How often a drain reports what it still waits for.
@@ -38,12 +39,23 @@ pub const DRAIN_PROGRESS_MS: u64 = 5_000;
 /// manager is asked to allow on top.
 const STOP_MARGIN_SECS: u64 = 30;
 
+/// `stopping.reason` when the API's `drain` command asked (protocol §11).
+const DRAIN_COMMAND_REASON: &str = "the control plane's drain command";
+
+/// `stopping.reason` for a forced stop (a second stop signal, `fyn-runner drain --force`).
+const FORCED_STOP_REASON: &str = "forced stop (a second stop signal or fyn-runner drain --force)";
+
+/// `stopping.reason` when the origin is not known (a trace recorded before it was).
+const UNKNOWN_STOP_REASON: &str = "runner shutdown";
+
 // The steps' names are the spec table's (`Validating.await_auth`), the same as serde's.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum RegisterStep {
+    /// Waiting out the backoff before the next attempt (the token is still held).
+    Waiting,
     Connecting,
     AwaitHello,
     AwaitToken,
@@ -159,7 +171,7 @@ impl Runner {
     #[state(
         superstate = "alive",
         entry_action = "enter_registering",
-        exit_action = "leave_handshake_step"
+        exit_action = "leave_registering"
     )]
     fn registering(
         &mut self,
@@ -180,7 +192,12 @@ impl Runner {
                     fx.notify(Notice::Incompatible {
                         server_protocol: *protocol,
                     });
-                    return self.registration_failed(fx, CloseReason::Normal, None);
+                    return self.registration_ended(
+                        fx,
+                        CloseReason::Normal,
+                        None,
+                        ExitCode::Incompatible,
+                    );
                 }
                 self.nonce = Some(nonce.clone());
                 fx.send(Outbound::ValidateToken);
@@ -189,19 +206,44 @@ impl Runner {
                 Handled
             }
             (S::AwaitToken, Event::Message(ServerMessage::TokenAccepted {})) => {
-                fx.push(Effect::GenerateKey);
-                *step = S::AwaitKey;
+                // A retry sends the key the first attempt kept: an API that committed
+                // that `register` answers with the same runner ID.
+                if let Some(public_key) = self.registration_key.clone() {
+                    self.send_register(fx, public_key);
+                    *step = S::AwaitRegistration;
+                } else {
+                    fx.push(Effect::GenerateKey);
+                    *step = S::AwaitKey;
+                }
                 Handled
             }
             (S::AwaitKey, Event::KeyGenerated { public_key }) => {
-                fx.send(Outbound::Register {
-                    public_key: public_key.clone(),
-                    slots: self.config.slots,
-                });
-                self.arm_handshake_timer(fx);
+                self.registration_key = Some(public_key.clone());
+                self.send_register(fx, public_key.clone());
                 *step = S::AwaitRegistration;
                 Handled
             }
+            (
+                S::Waiting,
+                Event::TimerFired {
+                    timer: TimerKind::Backoff,
+                },
+            ) => {
+                fx.push(Effect::OpenConnection);
+                self.arm_handshake_timer(fx);
+                *step = S::Connecting;
+                Handled
+            }
+            // Waiting for the backoff, no connection is open or being opened: these
+            // belong to no attempt (`alive` notes them).
+            (
+                S::Waiting,
+                Event::SocketClosed { .. }
+                | Event::SocketFailed { .. }
+                | Event::TimerFired {
+                    timer: TimerKind::Ack,
+                },
+            ) => Super,
             (S::AwaitRegistration, Event::Message(ServerMessage::Registered { runner_id })) => {
                 self.runner_id = Some(runner_id.clone());
                 fx.persist(super::effect::Durable::Identity {
@@ -221,25 +263,52 @@ impl Runner {
                     Transition(State::validating(ValidateStep::AwaitAuth))
                 }
             }
-            (_, Event::Message(ServerMessage::TokenRejected { reason })) => {
+            (_, Event::Message(ServerMessage::TokenRejected { reason })) if self.link_up() => {
                 let reason = Some(reason.clone());
-                self.registration_failed(fx, CloseReason::Normal, reason)
+                let stopped = self.registration_failed(fx, CloseReason::Normal, reason);
+                // No runner holds the kept key under this token: nothing to keep it for.
+                self.registration_key = None;
+                fx.push(Effect::ForgetKey);
+                stopped
             }
+            // Transient failures: the token is still held, so registration is tried
+            // again after the backoff (a cut before `registered`, a refused connection,
+            // a 5xx at the upgrade, a missed reply, a frame or message out of place).
             (_, Event::SocketClosed { .. } | Event::SocketFailed { .. }) => {
                 self.link = Link::Down;
-                self.registration_failed(fx, CloseReason::Normal, None)
+                fx.cancel(TimerKind::Ack);
+                self.retry_registration(fx, step)
             }
-            (_, Event::BadFrame { close, .. }) => self.registration_failed(fx, *close, None),
+            (_, Event::BadFrame { close, error }) if self.link_up() => {
+                fx.notify(Notice::BadFrame {
+                    error: error.clone(),
+                });
+                self.close(fx, *close);
+                fx.cancel(TimerKind::Ack);
+                self.retry_registration(fx, step)
+            }
             (
                 _,
                 Event::TimerFired {
                     timer: TimerKind::Ack,
                 },
-            ) => self.registration_failed(fx, CloseReason::AckTimeout, None),
+            ) => {
+                // While connecting, the close abandons the attempt in flight.
+                self.close(fx, CloseReason::AckTimeout);
+                self.retry_registration(fx, step)
+            }
             (_, Event::StepFailed { error }) => {
                 self.registration_failed(fx, CloseReason::Internal, Some(error.clone()))
             }
-            (_, Event::Message(_)) => self.registration_failed(fx, CloseReason::Violation, None),
+            (_, Event::Message(_) | Event::UnreadableCommand { .. }) if self.link_up() => {
+                fx.notify(Notice::ProtocolViolation {
+                    phase: "Registering".into(),
+                    got: format!("{:?}", event.kind()),
+                });
+                self.close(fx, CloseReason::Violation);
+                fx.cancel(TimerKind::Ack);
+                self.retry_registration(fx, step)
+            }
             (_, Event::ShutdownRequested { .. } | Event::ForceShutdown) => {
                 self.close(fx, CloseReason::Normal);
                 fx.push(Effect::RollbackInstall);
@@ -254,6 +323,16 @@ impl Runner {
         tell_state(fx, "Registering");
         fx.push(Effect::OpenConnection);
         self.arm_handshake_timer(fx);
+    }
+
+    /// Rows `exit Registering`, `exit Registering.waiting`: a registration may end while
+    /// it waits out a backoff (a stop signal, a store failure).
+    #[action]
+    fn leave_registering(step: &mut RegisterStep, fx: &mut Effects) {
+        fx.cancel(TimerKind::Ack);
+        if *step == RegisterStep::Waiting {
+            fx.cancel(TimerKind::Backoff);
+        }
     }
 
     #[action]
@@ -304,10 +383,11 @@ impl Runner {
                 self.acknowledge_events(fx, *up_to);
                 Handled
             }
-            Event::Message(message) => {
+            // A command before `ready_ack` is a violation, readable or not.
+            Event::Message(_) | Event::UnreadableCommand { .. } => {
                 fx.notify(Notice::ProtocolViolation {
                     phase: "session".into(),
-                    got: format!("{:?}", Event::Message(message.clone()).kind()),
+                    got: format!("{:?}", event.kind()),
                 });
                 self.close(fx, CloseReason::Violation);
                 Transition(State::reconnecting(ReconnectStep::Waiting))
@@ -361,6 +441,20 @@ impl Runner {
                 self.arm_handshake_timer(fx);
                 *step = S::AwaitLeft;
                 Handled
+            }
+            (
+                S::AwaitAuth,
+                Event::Message(ServerMessage::Authenticated {
+                    last_event_index, ..
+                }),
+            ) if self.no_index_room(*last_event_index).is_some() => {
+                let needed = self.no_index_room(*last_event_index).unwrap_or_default();
+                fx.notify(Notice::NoIndexRoom {
+                    api_last: *last_event_index,
+                    needed,
+                });
+                self.close(fx, CloseReason::Violation);
+                Transition(State::reconnecting(ReconnectStep::Waiting))
             }
             (
                 S::AwaitAuth,
@@ -512,12 +606,15 @@ impl Runner {
                 self.send_heartbeat(fx);
                 Handled
             }
-            Event::Message(ServerMessage::HeartbeatAck { .. }) => {
-                fx.cancel(TimerKind::Ack);
-                // The session has proven healthy: the next loss backs off from the
-                // first step again. Not before: a failure right after each handshake
-                // must not turn into a tight reconnect loop.
-                self.reconnect_attempt = 0;
+            Event::Message(ServerMessage::HeartbeatAck { seq }) => {
+                // A late answer to an older heartbeat says nothing about the latest.
+                if self.answers_latest_heartbeat(*seq) {
+                    fx.cancel(TimerKind::Ack);
+                    // The session has proven healthy: the next loss backs off from the
+                    // first step again. Not before: a failure right after each
+                    // handshake must not turn into a tight reconnect loop.
+                    self.reconnect_attempt = 0;
+                }
                 Handled
             }
             Event::Message(ServerMessage::EventsAck { up_to }) => {
@@ -528,10 +625,15 @@ impl Runner {
                 if self.apply_command(fx, *index, command, false)
                     && matches!(command, Command::Drain { .. })
                 {
+                    self.stopping_reason = DRAIN_COMMAND_REASON.to_owned();
                     self.begin_drain(fx, DrainMode::Graceful)
                 } else {
                     Handled
                 }
+            }
+            Event::UnreadableCommand { index, error } => {
+                self.reject_unreadable_command(fx, *index, error);
+                Handled
             }
             Event::TimerFired {
                 timer: TimerKind::HardwareRecheck,
@@ -584,6 +686,8 @@ impl Runner {
             TimerKind::HardwareRecheck,
             Delay::Millis(self.config.hardware_recheck_ms),
         );
+        self.session_was_active = true;
+        self.run_hook(fx, HookCall::OnConnected);
     }
 
     #[action]
@@ -654,6 +758,10 @@ impl Runner {
             TimerKind::RunnerLost,
             Delay::Millis(self.session.runner_lost_threshold_ms),
         );
+        // Paired with `on_connected`: only a session that reached Active was "connected".
+        if std::mem::take(&mut self.session_was_active) {
+            self.run_hook(fx, HookCall::OnDisconnected);
+        }
     }
 
     #[action]
@@ -685,8 +793,10 @@ impl Runner {
                 self.send_heartbeat(fx);
                 Handled
             }
-            Event::Message(ServerMessage::HeartbeatAck { .. }) if self.link_up() => {
-                fx.cancel(TimerKind::Ack);
+            Event::Message(ServerMessage::HeartbeatAck { seq }) if self.link_up() => {
+                if self.answers_latest_heartbeat(*seq) {
+                    fx.cancel(TimerKind::Ack);
+                }
                 Handled
             }
             Event::TimerFired {
@@ -730,6 +840,10 @@ impl Runner {
                 self.apply_command(fx, *index, command, true);
                 Handled
             }
+            Event::UnreadableCommand { index, error } if self.link_up() => {
+                self.reject_unreadable_command(fx, *index, error);
+                Handled
+            }
             Event::Message(ServerMessage::Evicted { reason }) if self.link_up() => {
                 fx.notify(Notice::Evicted {
                     reason: reason.clone(),
@@ -741,6 +855,17 @@ impl Runner {
             Event::JobExited { .. } | Event::JobSpawnFailed { .. } => {
                 self.record_job_event(event, fx);
                 self.finish_if_drained(fx, *mode)
+            }
+            Event::HookFinished {
+                hook: HookPoint::PreJob,
+                job: Some(job),
+                outcome,
+            } => {
+                if self.pre_job_finished(fx, job, outcome) {
+                    self.finish_if_drained(fx, *mode)
+                } else {
+                    Handled
+                }
             }
             Event::TimerFired {
                 timer: TimerKind::DrainDeadline,
@@ -781,7 +906,7 @@ impl Runner {
         };
         if self.link_up() {
             fx.send(Outbound::Stopping {
-                reason: "runner shutdown".into(),
+                reason: self.stopping_reason.clone(),
                 deadline_secs,
             });
         }
@@ -796,6 +921,7 @@ impl Runner {
             );
         }
         fx.start(TimerKind::DrainProgress, Delay::Millis(DRAIN_PROGRESS_MS));
+        self.run_hook(fx, HookCall::OnDrain);
     }
 
     #[action]
@@ -831,13 +957,44 @@ impl Runner {
                 }
                 Handled
             }
-            Event::ShutdownRequested { deadline_secs } => {
+            Event::ShutdownRequested {
+                deadline_secs,
+                origin,
+            } => {
                 if let Some(secs) = deadline_secs {
                     self.drain_deadline_secs = *secs;
                 }
+                self.stopping_reason = origin
+                    .map_or(UNKNOWN_STOP_REASON, StopOrigin::reason)
+                    .to_owned();
                 self.begin_drain(fx, DrainMode::Graceful)
             }
-            Event::ForceShutdown => self.begin_drain(fx, DrainMode::Forced),
+            Event::ForceShutdown => {
+                self.stopping_reason = FORCED_STOP_REASON.to_owned();
+                self.begin_drain(fx, DrainMode::Forced)
+            }
+            Event::HookFinished {
+                hook: HookPoint::PreJob,
+                job: Some(job),
+                outcome,
+            } => {
+                self.pre_job_finished(fx, job, outcome);
+                Handled
+            }
+            // A lifecycle hook's or `post_job`'s end changes nothing (the runtime logged
+            // how it went).
+            Event::HookFinished {
+                hook: HookPoint::PreJob,
+                job: None,
+                ..
+            } => {
+                fx.notify(Notice::Unexpected {
+                    event: event.kind().name().to_owned(),
+                    detail: "a pre_job hook without its job".to_owned(),
+                });
+                Handled
+            }
+            Event::HookFinished { .. } => Handled,
             Event::StoreFailed { error } => {
                 fx.notify(Notice::StoreFailed {
                     error: error.clone(),
@@ -872,6 +1029,13 @@ impl Runner {
         for job in self.job_refs() {
             fx.cancel(TimerKind::JobTimeout(job));
         }
+        // The runtime waits for it (bounded by its timeout) before the process exits.
+        self.run_hook(
+            fx,
+            HookCall::OnStopped {
+                exit_code: code.code(),
+            },
+        );
         fx.push(Effect::Exit { code: *code });
     }
 }
@@ -899,10 +1063,17 @@ impl Runner {
     fn stop_bound_secs(&self, mode: DrainMode) -> u64 {
         // Saturating: a deadline or a grace from outside (the API, the control socket) must
         // not overflow into a tiny bound that gets the runner killed mid-drain.
+        let hooks_at_stop = if self.hooked(HookPoint::PostJob) || self.hooked(HookPoint::OnStopped)
+        {
+            self.config.hook_timeout_secs
+        } else {
+            0
+        };
         let tail = self
             .max_grace_secs()
             .saturating_add(self.config.flush_grace_secs)
-            .saturating_add(STOP_MARGIN_SECS);
+            .saturating_add(STOP_MARGIN_SECS)
+            .saturating_add(hooks_at_stop);
         match mode {
             DrainMode::Graceful => self.drain_deadline_secs.saturating_add(tail),
             DrainMode::Forced => tail,
@@ -915,6 +1086,17 @@ impl Runner {
         close: CloseReason,
         reason: Option<String>,
     ) -> Outcome<State> {
+        self.registration_ended(fx, close, reason, ExitCode::RegistrationFailed)
+    }
+
+    /// Registration failed for good: report, close, roll back, stop with `code`.
+    fn registration_ended(
+        &mut self,
+        fx: &mut Effects,
+        close: CloseReason,
+        reason: Option<String>,
+        code: ExitCode,
+    ) -> Outcome<State> {
         fx.notify(Notice::RegistrationFailed {
             reason: reason
                 .unwrap_or_else(|| "the control plane did not complete registration".into()),
@@ -923,7 +1105,7 @@ impl Runner {
             self.close(fx, close);
         }
         fx.push(Effect::RollbackInstall);
-        Transition(State::stopped(ExitCode::RegistrationFailed))
+        Transition(State::stopped(code))
     }
 
     fn begin_hardware_sync(&mut self, fx: &mut Effects) -> Outcome<State> {
@@ -962,14 +1144,14 @@ impl Runner {
         if self.jobs.is_empty() && (self.outbox_empty() || self.link != Link::Authenticated) {
             if self.link == Link::Authenticated {
                 fx.send(Outbound::Stopping {
-                    reason: "runner shutdown".into(),
+                    reason: self.stopping_reason.clone(),
                     deadline_secs: 0,
                 });
             }
             if self.link_up() {
                 self.close(fx, CloseReason::Normal);
             }
-            return Transition(State::stopped(ExitCode::Clean));
+            return Transition(State::stopped(self.unless_undelivered(ExitCode::Clean)));
         }
         if self.link == Link::Open {
             // Not yet authenticated: there is no session to report the drain on.
@@ -1003,7 +1185,34 @@ impl Runner {
         if self.link_up() {
             self.close(fx, CloseReason::Normal);
         }
-        Transition(State::stopped(code))
+        Transition(State::stopped(self.unless_undelivered(code)))
+    }
+
+    /// A stop that leaves events the API has not acknowledged must not look like a
+    /// clean one (or a forced one, which a service manager counts as a success): it
+    /// exits `Undelivered`, and the events wait in the store for the next start.
+    fn unless_undelivered(&self, code: ExitCode) -> ExitCode {
+        if self.outbox_empty() {
+            code
+        } else {
+            ExitCode::Undelivered
+        }
+    }
+
+    fn send_register(&mut self, fx: &mut Effects, public_key: String) {
+        fx.send(Outbound::Register {
+            public_key,
+            slots: self.config.slots,
+        });
+        self.arm_handshake_timer(fx);
+    }
+
+    /// Registration failed for now, not for good: back off, then try again with the
+    /// token this process still holds (and the key it kept).
+    fn retry_registration(&mut self, fx: &mut Effects, step: &mut RegisterStep) -> Outcome<State> {
+        self.schedule_backoff(fx);
+        *step = RegisterStep::Waiting;
+        Handled
     }
 
     /// The next reconnect attempt's delay, drawn here (full jitter below the ceiling

@@ -16,6 +16,7 @@ names a forbidden crate. The one random input, the backoff's jitter seed, arrive
 mod backoff;
 mod effect;
 mod event;
+mod hooks;
 mod machine;
 mod runner;
 
@@ -24,9 +25,13 @@ pub use effect::{
     CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice,
     Outbound, TimerKind,
 };
-pub use event::{Event, EventKind, HardwareCache};
+pub use event::{Event, EventKind, HardwareCache, StopOrigin};
+pub use hooks::{HookCall, HookOutcome, HookPoint};
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
-pub use runner::{BootMode, CoreConfig, DurableState, JobEntry, Link, MAX_EVENT_INDEX, outcome_of};
+pub use runner::{
+    BootMode, CoreConfig, DurableState, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, JobEntry, Link,
+    outcome_of,
+};
 
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 

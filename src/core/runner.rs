@@ -3,21 +3,31 @@
 //!
 //! Nothing here performs I/O; every consequence is an `Effect` pushed into `Effects`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, RejectReason,
-    RunnerEvent, SessionParams,
+    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, MAX_INDEX,
+    RejectReason, RunnerEvent, SessionParams,
 };
 
 use super::backoff::{BackoffPolicy, Jitter};
 use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
+use super::hooks::{HookCall, HookPoint};
 
-/// The highest event index adopted from the API: far below where SQLite's integers
-/// end, so numbering can always go on, whatever an API claims.
-pub const MAX_EVENT_INDEX: u64 = (i64::MAX as u64) >> 1;
+/// How many indexes a session must have left below the top of the protocol's range
+/// (`MAX_INDEX`, 2^53 − 1) when it starts: an API whose claim (`last_event_index`)
+/// leaves fewer is refused (4002). No real session comes near it (2^32 events, 50 days
+/// at a thousand a second); it keeps a claim at the top from wedging the numbering.
+pub const EVENT_INDEX_HEADROOM: u64 = 1 << 32;
+
+/// How many ended attempts the runner remembers, newest first, to refuse a `start_job`
+/// for one of them (`already_run`). A count, not a time: the core has no clock. An API
+/// sends such a start only by mistake, and soon after the attempt (a resend from a
+/// restored backup, a race); 1,024 attempts cover hours to weeks of jobs and cost the
+/// runner a few tens of KiB.
+pub const ENDED_ATTEMPTS_KEPT: usize = 1024;
 
 /// How the process was started, which fixes the machine's first state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +61,17 @@ pub struct CoreConfig {
     /// Seeds the backoff's jitter. Drawn once per process by the runtime, and recorded
     /// with the rest of this config in the trace header, so replay draws the same.
     pub rng_seed: u64,
+    /// The hooks the operator configured (which, not what: the executables are the
+    /// runtime's). Recorded in the trace header like the rest, so replay runs them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookPoint>,
+    /// How long one hook may run; a stop's bound allows for `post_job` and `on_stopped`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hook_timeout_secs: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl Default for CoreConfig {
@@ -64,6 +85,8 @@ impl Default for CoreConfig {
             default_session: SessionParams::default(),
             backoff: BackoffPolicy::default(),
             rng_seed: 0,
+            hooks: Vec::new(),
+            hook_timeout_secs: 0,
         }
     }
 }
@@ -79,6 +102,15 @@ pub struct DurableState {
     pub acked_event_index: u64,
     /// Jobs that were running when the previous process stopped.
     pub jobs: Vec<JobSpec>,
+    /// The last `ENDED_ATTEMPTS_KEPT` attempts that ended here, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_attempts: Vec<JobRef>,
+    /// The public half of the key kept by a registration that did not finish (the
+    /// identity folder holds the key without a runner ID): a retried `register`
+    /// carries it again, so an API that committed the first one answers with the same
+    /// runner ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_key: Option<String>,
 }
 
 /// The connection as the core sees it. This is an orthogonal region, not a phase:
@@ -128,6 +160,21 @@ pub struct Runner {
     pub(crate) drain_deadline_secs: u64,
     /// The service manager was told the runner is ready (once per process).
     pub(crate) told_ready: bool,
+    /// Attempts that ended here (see `ENDED_ATTEMPTS_KEPT`), oldest first.
+    #[serde(default)]
+    pub(crate) ended: VecDeque<JobRef>,
+    /// The public key `register` carries; kept across retries (see `DurableState`).
+    #[serde(default)]
+    pub(crate) registration_key: Option<String>,
+    /// What `stopping.reason` says: who asked for the drain.
+    #[serde(default)]
+    pub(crate) stopping_reason: String,
+    /// Accepted jobs whose `pre_job` hook runs: their specs, until it ends.
+    #[serde(default)]
+    pub(crate) awaiting_pre_job: BTreeMap<String, JobSpec>,
+    /// The current session reached Active (so its loss runs `on_disconnected`).
+    #[serde(default)]
+    pub(crate) session_was_active: bool,
 }
 
 impl Runner {
@@ -164,6 +211,11 @@ impl Runner {
             heartbeat_seq: 0,
             pending_hardware: None,
             told_ready: false,
+            ended: durable.ended_attempts.into(),
+            registration_key: durable.registration_key,
+            stopping_reason: String::new(),
+            awaiting_pre_job: BTreeMap::new(),
+            session_was_active: false,
         }
     }
 
@@ -185,7 +237,9 @@ impl Runner {
     }
 
     /// Persist an event, then send it if the API can take it now. When it cannot, the
-    /// resend after the next authentication delivers it.
+    /// resend after the next authentication delivers it. An index past the protocol's
+    /// range is never sent: the event stays in the outbox (the store holds it), and the
+    /// next authentication refuses the API's claim that caused it (`no_index_room`).
     pub(crate) fn emit(&mut self, fx: &mut Effects, event: RunnerEvent) {
         self.last_event_index += 1;
         let index = self.last_event_index;
@@ -193,10 +247,22 @@ impl Runner {
             index,
             event: event.clone(),
         });
-        if self.link == Link::Authenticated {
+        if index > MAX_INDEX {
+            fx.notify(Notice::IndexRangeExhausted { index });
+        } else if self.link == Link::Authenticated {
             self.sent_up_to = index;
             fx.send(Outbound::Event { index, event });
         }
+    }
+
+    /// Whether the API's claim (`authenticated.last_event_index`) leaves too few indexes
+    /// in the protocol's range for this runner's events: its outbox, renumbered to
+    /// follow the claim when the claim is past what it sent, must end at least
+    /// `EVENT_INDEX_HEADROOM` below `MAX_INDEX`. Returns the last index it would need.
+    pub(crate) fn no_index_room(&self, api_last: u64) -> Option<u64> {
+        let moved_up = api_last.saturating_sub(self.sent_up_to);
+        let needed = self.last_event_index.saturating_add(moved_up);
+        (needed > MAX_INDEX - EVENT_INDEX_HEADROOM).then_some(needed)
     }
 
     /// The API's word, at authentication, on the last event it holds. When it is past
@@ -206,7 +272,6 @@ impl Runner {
     /// up to follow them, and numbering goes on from there. One that kept its index
     /// would be dropped by the API as one it has.
     pub(crate) fn adopt_api_position(&mut self, fx: &mut Effects, api_last: u64) {
-        let api_last = api_last.min(MAX_EVENT_INDEX);
         if api_last > self.sent_up_to {
             fx.persist(Durable::OutboxRenumbered {
                 sent_up_to: self.sent_up_to,
@@ -302,24 +367,66 @@ impl Runner {
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
         };
+        self.awaiting_pre_job.remove(&job.job_id);
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
+        self.remember_ended(job.clone());
         let outcome = if spawn_error.is_some() {
             JobOutcome::Failed
         } else {
             outcome_of(entry.cancel, status)
+        };
+        let finished = RunnerEvent::JobFinished {
+            job: job.clone(),
+            outcome,
+            status,
+            duration_ms,
+            stdout_bytes: output_bytes.0,
+            stderr_bytes: output_bytes.1,
+            detail: spawn_error.map(str::to_owned),
+            // Accounting (issue 19) arrives with the job's end once it is wired.
+            cpu_user_ms: None,
+            cpu_system_ms: None,
+            peak_rss_bytes: None,
+            wall_ms: None,
+            gpu_memory_peak_bytes: None,
+        };
+        self.emit(fx, finished.clone());
+        // After the end is persisted (this batch's transaction comes first).
+        self.run_post_job(fx, &finished);
+    }
+
+    /// Record the end of a job that never started: its `pre_job` hook failed (`detail`
+    /// says why; the outcome is failed), or it was asked to stop while the hook ran
+    /// (the outcome the stop calls for).
+    pub(crate) fn job_ended_unstarted(
+        &mut self,
+        fx: &mut Effects,
+        job: &JobRef,
+        detail: Option<String>,
+    ) {
+        let Some(entry) = self.jobs.remove(&job.job_id) else {
+            return;
+        };
+        fx.cancel(TimerKind::JobTimeout(job.clone()));
+        fx.persist(Durable::JobRemoved { job: job.clone() });
+        // Never started, but ended: the same attempt is never run again.
+        self.remember_ended(job.clone());
+        let outcome = match (&detail, entry.cancel) {
+            (Some(_), _) | (None, None) => JobOutcome::Failed,
+            (None, cancel) => outcome_of(cancel, ExitStatus::Unknown),
         };
         self.emit(
             fx,
             RunnerEvent::JobFinished {
                 job: job.clone(),
                 outcome,
-                status,
-                duration_ms,
-                stdout_bytes: output_bytes.0,
-                stderr_bytes: output_bytes.1,
-                detail: spawn_error.map(str::to_owned),
-                // Accounting (issue 19) arrives with the job's end once it is wired.
+                status: ExitStatus::Unknown,
+                duration_ms: 0,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                detail,
+                // Never ran: nothing to account.
                 cpu_user_ms: None,
                 cpu_system_ms: None,
                 peak_rss_bytes: None,
@@ -329,7 +436,44 @@ impl Runner {
         );
     }
 
+    /// Remember an attempt that ended here, forgetting the oldest past the bound (the
+    /// store keeps the same ones: it applies `JobRemoved` the same way).
+    fn remember_ended(&mut self, job: JobRef) {
+        self.ended.push_back(job);
+        while self.ended.len() > ENDED_ATTEMPTS_KEPT {
+            self.ended.pop_front();
+        }
+    }
+
+    pub(crate) fn ended_here(&self, job: &JobRef) -> bool {
+        self.ended.contains(job)
+    }
+
     // ---- commands ----
+
+    /// A command whose index could be read but whose body could not: it can never be
+    /// applied, so it is answered for good under its index: the event
+    /// `command_rejected` persisted with the index marked applied, in one batch, then
+    /// sent and the index acknowledged, so the API retires it. A resent index is only
+    /// acknowledged again.
+    pub(crate) fn reject_unreadable_command(&mut self, fx: &mut Effects, index: u64, error: &str) {
+        if index <= self.last_applied {
+            fx.send(Outbound::CommandAck { index });
+            return;
+        }
+        self.last_applied = index;
+        fx.persist(Durable::LastApplied { index });
+        let reason = bounded_reason(error);
+        self.emit(
+            fx,
+            RunnerEvent::CommandRejected {
+                index,
+                reason: reason.clone(),
+            },
+        );
+        fx.send(Outbound::CommandAck { index });
+        fx.notify(Notice::CommandRejected { index, reason });
+    }
 
     /// Apply one command exactly once. Returns whether the command asked for a drain,
     /// which the caller turns into a transition.
@@ -356,7 +500,14 @@ impl Runner {
                         TimerKind::JobTimeout(job.job_ref()),
                         Delay::Millis(job.timeout_secs.saturating_mul(1000)),
                     );
-                    fx.push(Effect::SpawnJob { job: job.clone() });
+                    if self.hooked(HookPoint::PreJob) {
+                        // The process starts once the hook succeeds (`pre_job_finished`).
+                        self.awaiting_pre_job
+                            .insert(job.job_id.clone(), job.clone());
+                        self.run_hook(fx, HookCall::PreJob { job: job.job_ref() });
+                    } else {
+                        fx.push(Effect::SpawnJob { job: job.clone() });
+                    }
                 }
                 false
             }
@@ -394,6 +545,14 @@ impl Runner {
                 what: "start_job for a job already running".into(),
             });
             return false;
+        } else if self.ended_here(&job.job_ref()) {
+            Some((
+                RejectReason::AlreadyRun,
+                format!(
+                    "attempt {} of job {} already ran on this runner; it is not run again",
+                    job.attempt, job.job_id
+                ),
+            ))
         } else if draining {
             Some((RejectReason::Draining, "runner is draining".into()))
         } else if self.slots_free() == 0 {
@@ -447,6 +606,12 @@ impl Runner {
         fx.start(TimerKind::Ack, Delay::Millis(self.session.ack_timeout_ms));
     }
 
+    /// Whether a `heartbeat_ack` answers the latest heartbeat sent: a late answer to an
+    /// older one must not stand in for it (its reply timer stays armed).
+    pub(crate) fn answers_latest_heartbeat(&self, seq: u64) -> bool {
+        self.heartbeat_seq > 0 && seq == self.heartbeat_seq
+    }
+
     pub(crate) fn arm_handshake_timer(&self, fx: &mut Effects) {
         fx.start(
             TimerKind::Ack,
@@ -462,6 +627,21 @@ impl Runner {
             last_command_index: self.last_applied,
         });
     }
+}
+
+/// The longest `command_rejected.reason`: the decoder's message can quote what the API
+/// sent (an unknown kind), which is the API's to bound, not the runner's to echo whole.
+const MAX_REASON_BYTES: usize = 1024;
+
+fn bounded_reason(error: &str) -> String {
+    if error.len() <= MAX_REASON_BYTES {
+        return error.to_owned();
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
 }
 
 /// How a job ended, as the runtime observed it.
@@ -484,5 +664,114 @@ pub fn outcome_of(cancel: Option<CancelReason>, status: ExitStatus) -> JobOutcom
         (None, ExitStatus::Exited { code: 0 }) => JobOutcome::Succeeded,
         (None, ExitStatus::Unknown) => JobOutcome::Lost,
         (None, _) => JobOutcome::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticated(durable: DurableState) -> Runner {
+        let mut runner = Runner::new(CoreConfig::default(), BootMode::Resume, durable);
+        runner.link = Link::Authenticated;
+        runner
+    }
+
+    fn sent_indexes(fx: &Effects) -> Vec<u64> {
+        fx.list
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Send(Outbound::Event { index, .. }) => Some(*index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn hardware_changed() -> RunnerEvent {
+        RunnerEvent::HardwareChanged {
+            changes: serde_json::from_str("[]").unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn no_event_is_sent_past_the_top_of_the_range() {
+        let mut runner = authenticated(DurableState {
+            last_event_index: MAX_INDEX - 1,
+            acked_event_index: MAX_INDEX - 1,
+            ..DurableState::default()
+        });
+        let mut fx = Effects::default();
+        runner.emit(&mut fx, hardware_changed());
+        runner.emit(&mut fx, hardware_changed());
+        assert_eq!(sent_indexes(&fx), [MAX_INDEX], "the last index is sent");
+        let kept = fx.list.iter().any(|effect| {
+            matches!(effect, Effect::Persist(Durable::OutboxAppend { index, .. }) if *index == MAX_INDEX + 1)
+        });
+        assert!(kept, "the one past it stays in the outbox: {:?}", fx.list);
+        assert!(fx.list.iter().any(|effect| matches!(
+            effect,
+            Effect::Notify(Notice::IndexRangeExhausted { index }) if *index == MAX_INDEX + 1
+        )));
+    }
+
+    #[test]
+    fn a_claim_must_leave_the_headroom_below_the_top() {
+        let bound = MAX_INDEX - EVENT_INDEX_HEADROOM;
+        let empty = authenticated(DurableState::default());
+        assert_eq!(empty.no_index_room(bound), None);
+        assert_eq!(empty.no_index_room(bound + 1), Some(bound + 1));
+        assert_eq!(empty.no_index_room(MAX_INDEX), Some(MAX_INDEX));
+        // Events made while no link was up move up behind the claim, and need room too.
+        let mut unsent = Runner::new(
+            CoreConfig::default(),
+            BootMode::Resume,
+            DurableState::default(),
+        );
+        let mut fx = Effects::default();
+        unsent.emit(&mut fx, hardware_changed());
+        unsent.emit(&mut fx, hardware_changed());
+        assert_eq!(unsent.no_index_room(bound - 2), None);
+        assert_eq!(unsent.no_index_room(bound - 1), Some(bound + 1));
+    }
+
+    #[test]
+    fn ended_attempts_are_remembered_up_to_the_bound() {
+        let mut runner = authenticated(DurableState::default());
+        let job = |n: usize| JobRef {
+            job_id: format!("j-{n}"),
+            attempt: 1,
+        };
+        for n in 0..=ENDED_ATTEMPTS_KEPT {
+            runner.remember_ended(job(n));
+        }
+        assert_eq!(runner.ended.len(), ENDED_ATTEMPTS_KEPT);
+        assert!(!runner.ended_here(&job(0)), "the oldest is forgotten");
+        assert!(runner.ended_here(&job(1)));
+        assert!(runner.ended_here(&job(ENDED_ATTEMPTS_KEPT)));
+        assert!(!runner.ended_here(&JobRef {
+            job_id: "j-1".into(),
+            attempt: 2
+        }));
+    }
+
+    #[test]
+    fn a_rejection_reason_is_bounded_at_a_character_boundary() {
+        assert_eq!(bounded_reason("short"), "short");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let bounded = bounded_reason(&long);
+        assert!(bounded.len() <= MAX_REASON_BYTES + '…'.len_utf8());
+        assert!(bounded.ends_with('…'));
+    }
+
+    #[test]
+    fn only_the_latest_heartbeat_is_answered() {
+        let mut runner = authenticated(DurableState::default());
+        assert!(!runner.answers_latest_heartbeat(0), "none sent yet");
+        let mut fx = Effects::default();
+        runner.send_heartbeat(&mut fx);
+        runner.send_heartbeat(&mut fx);
+        assert!(runner.answers_latest_heartbeat(2));
+        assert!(!runner.answers_latest_heartbeat(1), "a late answer");
+        assert!(!runner.answers_latest_heartbeat(3), "never sent");
     }
 }

@@ -22,6 +22,7 @@ use super::api::{
 };
 use super::blob_routes;
 use super::error::DevServerError;
+use super::metrics::ApiMetrics;
 use super::server::{AppState, error_response};
 use super::ws::runner_endpoint;
 use crate::protocol::{MAX_FRAME_BYTES, OutputStream, RUNNER_PATH};
@@ -34,6 +35,10 @@ const MAX_OUTPUT_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_OUTPUT_READ: u64 = 64 * 1024;
 
 pub(crate) fn router(state: AppState, policy: Arc<AccessPolicy>) -> Router {
+    let metrics = ApiMetrics::new();
+    let metrics_page = Router::new()
+        .route("/metrics", get(super::metrics::metrics_page))
+        .with_state((state.clone(), metrics.clone()));
     Router::new()
         .route(RUNNER_PATH, get(runner_endpoint))
         .route("/admin/v1/registration-tokens", post(create_token))
@@ -63,6 +68,11 @@ pub(crate) fn router(state: AppState, policy: Arc<AccessPolicy>) -> Router {
             "/blobs/v1/{token}/out/{index}/{*path}",
             put(blob_routes::upload_output_at),
         )
+        .merge(metrics_page)
+        .route_layer(middleware::from_fn_with_state(
+            metrics,
+            super::metrics::track,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

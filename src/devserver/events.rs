@@ -148,6 +148,10 @@ fn apply_job_event(
             Ok(false)
         }
         RunnerEvent::JobRejected { reason, detail, .. } => {
+            if *reason == RejectReason::AlreadyRun && !job.cancel_requested {
+                // Its output, if any came, belongs to the attempt that ran.
+                store.clear_output(&job.id)?;
+            }
             reject(job, *reason, detail);
             // No assignment right away: the runner that said "no free slot" would most
             // likely get the job straight back. The periodic pass hands it out.
@@ -220,7 +224,10 @@ fn apply_job_side(store: &Store, job: &JobRow, event: &RunnerEvent) -> Result<()
 }
 
 /// An invalid spec fails for good; "not now" (draining, no free slot) queues the job
-/// again for any runner, unless it was being cancelled anyway.
+/// again for any runner, unless it was being cancelled anyway. `already_run`: the
+/// attempt ended on that runner and its result never reached the job (a resend from an
+/// older state of this store): it counts as lost, and the job is queued again as the
+/// next attempt, which the runner will take.
 fn reject(job: &mut JobRow, reason: RejectReason, detail: &str) {
     let name = serde_json::to_value(reason)
         .ok()
@@ -231,6 +238,16 @@ fn reject(job: &mut JobRow, reason: RejectReason, detail: &str) {
         job.state = JobState::Failed;
     } else if job.cancel_requested {
         job.state = JobState::Cancelled;
+    } else if reason == RejectReason::AlreadyRun {
+        job.state = JobState::Queued;
+        job.runner_id = None;
+        job.attempt += 1;
+        job.outcome = None;
+        job.exit_status = None;
+        job.duration_ms = None;
+        job.truncated = false;
+        job.stdout_len = 0;
+        job.stderr_len = 0;
     } else {
         job.state = JobState::Queued;
         job.runner_id = None;

@@ -33,6 +33,7 @@ mod events;
 mod grants;
 mod hub;
 mod job_side;
+mod metrics;
 mod server;
 mod session;
 mod store;

@@ -10,6 +10,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::fields::MAX_INDEX;
 use super::messages::{RunnerMessage, ServerMessage};
 
 /// The largest text frame either side accepts. Job output travels in chunks far below
@@ -30,6 +31,12 @@ pub enum FrameError {
     UnknownType(String),
     #[error("message {kind:?} is malformed: {detail}")]
     Malformed { kind: String, detail: String },
+    /// A `command` whose `index` is an index (`1..=MAX_INDEX`) but whose rest does not
+    /// decode (an unknown `kind`, a field of the wrong type, a `start_job` whose spec
+    /// cannot be read). The runner answers it under that index (`command_rejected`)
+    /// instead of closing, so the server can retire it (`docs/protocol.md` §6.1).
+    #[error("command {index} cannot be read: {detail}")]
+    UnreadableCommand { index: u64, detail: String },
 }
 
 /// Why a connection is closed, mapped to one WebSocket close code each.
@@ -150,13 +157,27 @@ fn decode<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, FrameErr
     if !known.contains(&kind.as_str()) {
         return Err(FrameError::UnknownType(kind));
     }
+    let command_index = readable_command_index(&kind, &value);
+    let malformed = |kind: String, detail: String| match command_index {
+        Some(index) => FrameError::UnreadableCommand { index, detail },
+        None => FrameError::Malformed { kind, detail },
+    };
     if let Some(detail) = tag_not_a_name(&kind, &value) {
-        return Err(FrameError::Malformed { kind, detail });
+        return Err(malformed(kind, detail));
     }
-    serde_json::from_value(value).map_err(|e| FrameError::Malformed {
-        kind,
-        detail: e.to_string(),
-    })
+    serde_json::from_value(value).map_err(|e| malformed(kind, e.to_string()))
+}
+
+/// The index of a `command` frame, when it is one (`1..=MAX_INDEX`): such a frame is a
+/// command under that index whatever the rest holds, and is answered under it.
+fn readable_command_index(kind: &str, value: &serde_json::Value) -> Option<u64> {
+    if kind != "command" {
+        return None;
+    }
+    value
+        .get("index")
+        .and_then(serde_json::Value::as_u64)
+        .filter(|index| (1..=MAX_INDEX).contains(index))
 }
 
 /// The tags inside messages, by message type: where the variant is named.

@@ -39,6 +39,16 @@ pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 1 << 30;
 /// Between TERM and KILL on cancel, when the API does not say.
 pub const DEFAULT_CANCEL_GRACE_SECS: u64 = 10;
 
+/// The longest `timeout_secs`: 2^32 − 1 seconds (136 years, so "no timeout" in
+/// practice). The runner adds it to its clock in milliseconds; with this bound that sum
+/// stays exact in 64 bits and in a JSON number a JavaScript API reads.
+pub const MAX_TIMEOUT_SECS: u64 = u32::MAX as u64;
+
+/// The longest `cancel_grace_secs`: one day. A stop waits for the longest grace of the
+/// jobs it cancels (and asks the service manager to wait that long), so the grace bounds
+/// how long a forced stop can take.
+pub const MAX_CANCEL_GRACE_SECS: u64 = 86_400;
+
 /// `JobSpec` as read from a frame (or the runner's store): every optional field an
 /// `Option`, which serde reads alike whether the field is omitted or `null` (the
 /// protocol's rule); the defaults are applied in `From` below and nowhere else.
@@ -97,6 +107,10 @@ pub enum JobSpecError {
     NulInEnvValue { name: String },
     #[error("timeout_secs must be at least 1")]
     NoTimeout,
+    #[error("timeout_secs {0} is above the limit of {MAX_TIMEOUT_SECS} (2^32 - 1)")]
+    TimeoutTooLong(u64),
+    #[error("cancel_grace_secs {0} is above the limit of {MAX_CANCEL_GRACE_SECS} (one day)")]
+    GraceTooLong(u64),
     #[error("workdir {0:?} must be a relative path inside the job directory")]
     BadWorkdir(String),
     #[error("inputs[{index}]: {why}")]
@@ -116,7 +130,8 @@ impl JobSpecError {
             Self::BadAttempt => "attempt",
             Self::EmptyCommand | Self::NulInCommand { .. } => "command",
             Self::BadEnvName { .. } | Self::NulInEnvValue { .. } => "env",
-            Self::NoTimeout => "timeout_secs",
+            Self::NoTimeout | Self::TimeoutTooLong(_) => "timeout_secs",
+            Self::GraceTooLong(_) => "cancel_grace_secs",
             Self::BadWorkdir(_) => "workdir",
             Self::BadInput { .. } => "inputs",
             Self::BadOutput { .. } => "outputs",
@@ -209,6 +224,12 @@ impl JobSpec {
         if self.timeout_secs == 0 {
             return Err(JobSpecError::NoTimeout);
         }
+        if self.timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(JobSpecError::TimeoutTooLong(self.timeout_secs));
+        }
+        if self.cancel_grace_secs > MAX_CANCEL_GRACE_SECS {
+            return Err(JobSpecError::GraceTooLong(self.cancel_grace_secs));
+        }
         if let Some(dir) = &self.workdir {
             validate_workdir(dir)?;
         }
@@ -237,6 +258,9 @@ pub enum RejectReason {
     Draining,
     NoFreeSlot,
     InvalidSpec,
+    /// This attempt already ended on this runner; it is never run again (its logs and
+    /// result stay as they were). The server's answer is a new attempt.
+    AlreadyRun,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,6 +395,24 @@ mod tests {
             s.env.insert("A_1".to_owned(), "a=b c".to_owned());
         };
         assert_eq!(field_of(fine), None);
+    }
+
+    #[test]
+    fn timeout_and_grace_are_bounded() {
+        assert_eq!(field_of(|s| s.timeout_secs = MAX_TIMEOUT_SECS), None);
+        let long = |s: &mut JobSpec| s.timeout_secs = MAX_TIMEOUT_SECS + 1;
+        assert_eq!(field_of(long), Some("timeout_secs"));
+        assert_eq!(
+            field_of(|s| s.timeout_secs = u64::MAX),
+            Some("timeout_secs")
+        );
+        assert_eq!(field_of(|s| s.cancel_grace_secs = 0), None);
+        assert_eq!(
+            field_of(|s| s.cancel_grace_secs = MAX_CANCEL_GRACE_SECS),
+            None
+        );
+        let long = |s: &mut JobSpec| s.cancel_grace_secs = MAX_CANCEL_GRACE_SECS + 1;
+        assert_eq!(field_of(long), Some("cancel_grace_secs"));
     }
 
     #[test]

@@ -128,6 +128,42 @@ impl Identity {
         Ok(())
     }
 
+    /// Keeps the key of a registration in progress: the key file alone (0600 in the
+    /// 0700 identity folder), before `register` is sent, so a registration retried
+    /// (after a cut, or by the next process after a crash) carries the same public key
+    /// and an API that committed the first attempt answers with the same runner ID.
+    /// `save` adds `runner.json` once the API has answered `registered`.
+    pub fn keep_key(state_dir: &Path, key: &SigningKey) -> Result<(), IdentityError> {
+        let dir = identity_dir(state_dir);
+        secure_fs::create_private_dir(&dir)?;
+        write_key(&dir.join(KEY_FILE), key)
+    }
+
+    /// The key a registration that did not finish kept (a key file without
+    /// `runner.json`); `None` when there is none, or when the identity is complete.
+    pub fn kept_key(state_dir: &Path) -> Result<Option<SigningKey>, IdentityError> {
+        let dir = identity_dir(state_dir);
+        let key_path = dir.join(KEY_FILE);
+        if !exists(&key_path)? || exists(&dir.join(RUNNER_FILE))? {
+            return Ok(None);
+        }
+        secure_fs::check_private(&dir)?;
+        secure_fs::check_private(&key_path)?;
+        read_key(&key_path).map(Some)
+    }
+
+    /// Removes a key kept by a registration that did not finish (the identity folder
+    /// without `runner.json`); returns whether there was one. A complete identity is
+    /// left alone.
+    pub fn forget_kept_key(state_dir: &Path) -> Result<bool, IdentityError> {
+        let dir = identity_dir(state_dir);
+        if !exists(&dir.join(KEY_FILE))? || exists(&dir.join(RUNNER_FILE))? {
+            return Ok(false);
+        }
+        Self::remove(state_dir)?;
+        Ok(true)
+    }
+
     /// The stored identity, or `None` when registration never completed (no
     /// identity folder, or no `runner.json`). Refuses an identity that others can
     /// read, that is corrupt, or whose key does not match its public key.

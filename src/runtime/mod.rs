@@ -16,11 +16,13 @@ pub mod accounting;
 pub mod control;
 pub mod driver;
 mod hardware_check;
+pub mod hooks;
 pub mod identity;
 pub mod install;
 #[cfg(unix)]
 pub mod job_endpoint;
 pub mod jobs;
+pub mod metrics;
 mod notices;
 pub mod orphans;
 pub mod secure_fs;

@@ -55,6 +55,21 @@ pub(crate) fn log_notice(notice: &Notice) {
             error,
             "undecodable frame from the control plane; reconnecting"
         ),
+        Notice::CommandRejected { index, reason } => warn!(
+            index,
+            reason, "a command from the control plane cannot be read; rejected under its index"
+        ),
+        Notice::NoIndexRoom { api_last, needed } => warn!(
+            api_last,
+            needed,
+            "the control plane claims an event index that leaves no room in the protocol's \
+             range to number this runner's events; closing (4002) and reconnecting"
+        ),
+        Notice::IndexRangeExhausted { index } => error!(
+            index,
+            "no event index left in the protocol's range: the event stays in the outbox, \
+             unsent (the control plane claimed an index near the top of the range)"
+        ),
         Notice::HardwareFailed { error } => warn!(error, "hardware collection failed"),
         Notice::RunnerLost => {
             warn!("disconnected past the runner-lost threshold; stopping running jobs")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::config::{Resolved, RunSettings, value};
-use crate::core::CoreConfig;
+use crate::core::{CoreConfig, HookPoint};
 use crate::platform::Account;
 
 pub use crate::config::{Secret, SettingsError, endpoint};
@@ -75,6 +75,10 @@ pub struct RunnerSettings {
     pub allow_insecure_transfers: bool,
     /// The size the input cache is kept to.
     pub input_cache_max_bytes: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The operator's hooks (the core's config names which are set: `core.hooks`).
+    pub hooks: crate::runtime::hooks::HookSettings,
 }
 
 /// Size-based rotation of the trace files.
@@ -147,6 +151,22 @@ impl RunnerSettings {
         self.ca_file = settings.ca_file.clone();
         self.allow_insecure_transfers = settings.allow_insecure_transfers;
         self.input_cache_max_bytes = settings.input_cache_max_bytes;
+        // Refused off loopback without the opt-in by `crate::config::resolve` already.
+        self.metrics_listen = crate::config::metrics_listen(settings).ok().flatten();
+        self.set_hooks(crate::runtime::hooks::HookSettings {
+            executables: [
+                (HookPoint::OnConnected, &settings.hook_on_connected),
+                (HookPoint::OnDisconnected, &settings.hook_on_disconnected),
+                (HookPoint::OnDrain, &settings.hook_on_drain),
+                (HookPoint::OnStopped, &settings.hook_on_stopped),
+                (HookPoint::PreJob, &settings.hook_pre_job),
+                (HookPoint::PostJob, &settings.hook_post_job),
+            ]
+            .into_iter()
+            .filter_map(|(point, path)| Some((point, path.clone()?)))
+            .collect(),
+            timeout: Duration::from_secs(settings.hook_timeout),
+        });
     }
 
     /// What job transfers start with: the session's CA rules, the input cache under
@@ -160,6 +180,18 @@ impl RunnerSettings {
             timeouts: crate::runtime::transfer::Timeouts::default(),
             retry: crate::runtime::transfer::RetryPolicy::default(),
         }
+    }
+
+    /// Use these hooks: the runtime runs their executables, and the core is told which
+    /// points have one (and their timeout, for a stop's bound).
+    pub fn set_hooks(&mut self, hooks: crate::runtime::hooks::HookSettings) {
+        self.core.hooks = hooks.points();
+        self.core.hook_timeout_secs = if hooks.executables.is_empty() {
+            0
+        } else {
+            hooks.timeout.as_secs()
+        };
+        self.hooks = hooks;
     }
 
     /// Defaults an operator would expect: the settings' own defaults (one slot, the
@@ -183,6 +215,8 @@ impl RunnerSettings {
             job_account: None,
             allow_insecure_transfers: false,
             input_cache_max_bytes: 0,
+            metrics_listen: None,
+            hooks: crate::runtime::hooks::HookSettings::default(),
         };
         runner.take(&RunSettings::default());
         runner

@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use super::control::Control;
+use crate::core::StopOrigin;
 
 pub fn forward_signals(control: UnboundedSender<Control>) -> std::io::Result<()> {
     let mut signals = os::StopSignals::new()?;
@@ -38,7 +39,7 @@ pub fn forward_signals(control: UnboundedSender<Control>) -> std::io::Result<()>
         while let Some(name) = signals.next().await {
             seen += 1;
             let request = if seen == 1 {
-                Control::Shutdown
+                Control::drain(StopOrigin::Signal)
             } else {
                 Control::Force
             };

@@ -28,6 +28,10 @@ pub struct RunnerStatus {
     /// failed, identity rejected, ...), for the operator.
     pub problem: Option<String>,
     pub transitions: u64,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`--metrics-listen`), with
+    /// the port the system chose for port 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 pub(crate) fn status_of(
@@ -83,6 +87,7 @@ pub(crate) fn status_of(
         problem: previous.and_then(|p| p.problem.clone()),
         transitions: previous.map_or(0, |p| p.transitions)
             + u64::from(previous.is_some_and(|p| p.phase != core.phase())),
+        metrics_listen: previous.and_then(|p| p.metrics_listen.clone()),
     }
 }
 

@@ -35,13 +35,13 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::secure_fs::{self, SecureFsError};
-use crate::core::{Durable, DurableState};
+use crate::core::{Durable, DurableState, ENDED_ATTEMPTS_KEPT};
 use crate::protocol::{JobRef, JobSpec, RunnerEvent};
 
 pub const DB_FILE: &str = "runner.db";
 
 /// The schema version this build writes, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// How long a write waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +66,13 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // Version 2. The pid of a running job, from its `job_started` event: what a
     // runner restarted after a crash kills if that process is still the job's.
     "ALTER TABLE jobs ADD COLUMN pid INTEGER;",
+    // Version 3. The attempts that ended here, oldest first (the last
+    // `ENDED_ATTEMPTS_KEPT`): a `start_job` for one is refused, never run again.
+    "CREATE TABLE ended_attempts (
+         seq     INTEGER PRIMARY KEY NOT NULL,
+         job_id  TEXT NOT NULL,
+         attempt INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 const LAST_APPLIED: &str = "last_applied_command";
@@ -299,6 +306,8 @@ impl Store {
             last_event_index: self.meta(LAST_EVENT)? + self.jobs_without_pid()?,
             acked_event_index: self.meta(ACKED_EVENT)?,
             jobs: self.jobs()?,
+            ended_attempts: self.ended_attempts()?,
+            registration_key: None,
         })
     }
 
@@ -462,6 +471,30 @@ impl Store {
             .collect()
     }
 
+    /// The attempts that ended here, oldest first, at most `ENDED_ATTEMPTS_KEPT`.
+    fn ended_attempts(&self) -> Result<Vec<JobRef>, StoreError> {
+        let read = || -> rusqlite::Result<Vec<JobRef>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT job_id, attempt FROM ended_attempts ORDER BY seq DESC LIMIT ?1",
+            )?;
+            let kept = i64::try_from(ENDED_ATTEMPTS_KEPT).unwrap_or(i64::MAX);
+            let rows = stmt.query_map([kept], |row| {
+                Ok(JobRef {
+                    job_id: row.get(0)?,
+                    attempt: row.get(1)?,
+                })
+            })?;
+            let mut newest_first = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            newest_first.reverse();
+            Ok(newest_first)
+        };
+        read().map_err(|e| StoreError::Read {
+            path: self.path.clone(),
+            what: "ended attempts",
+            source: e.into(),
+        })
+    }
+
     /// Jobs whose `job_started` is not on record: it was never sent, or its batch (not
     /// waited for) was taken back by a power cut after it was sent.
     fn jobs_without_pid(&self) -> Result<u64, StoreError> {
@@ -617,7 +650,7 @@ fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
         Durable::JobRemoved { job } => {
             tx.prepare_cached("DELETE FROM jobs WHERE job_id = ?1")?
                 .execute([&job.job_id])?;
-            Ok(())
+            remember_ended(tx, job)
         }
         // Files, written by the caller before the transaction (see the module doc).
         Durable::Identity { .. } | Durable::HardwareCache { .. } => Ok(()),
@@ -653,6 +686,19 @@ fn get_meta(tx: &Transaction<'_>, key: &str) -> Result<u64, StoreFault> {
         key: key.to_owned(),
         value,
     })
+}
+
+/// The attempt ended: remembered, and the oldest forgotten past `ENDED_ATTEMPTS_KEPT`
+/// (the core keeps the same ones in memory).
+fn remember_ended(tx: &Transaction<'_>, job: &JobRef) -> Result<(), StoreFault> {
+    tx.prepare_cached("INSERT INTO ended_attempts (job_id, attempt) VALUES (?1, ?2)")?
+        .execute(params![job.job_id, job.attempt])?;
+    let kept = i64::try_from(ENDED_ATTEMPTS_KEPT).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "DELETE FROM ended_attempts WHERE seq <= (SELECT max(seq) FROM ended_attempts) - ?1",
+    )?
+    .execute([kept])?;
+    Ok(())
 }
 
 /// Event indexes only grow: the API deduplicates by index, so reusing one (even an

@@ -156,6 +156,8 @@ pub struct Connection {
     /// Frames handed to the writer and not yet written: the driver's measure of how
     /// far the API is behind, and the brake on job output when it is.
     queued: Arc<AtomicUsize>,
+    /// The reader, which ends once the connection is over on the wire too.
+    reader: tokio::task::JoinHandle<()>,
 }
 
 /// Above this many queued frames the driver stops taking job output and pauses a
@@ -194,7 +196,6 @@ impl Connection {
         let (outgoing, queue) = mpsc::unbounded_channel::<Message>();
         let (sink_back, sink_returned) = oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let lingering = Lingering::start();
         tokio::spawn(write_frames(
             id,
             sink,
@@ -203,17 +204,17 @@ impl Connection {
             inputs.clone(),
             sink_back,
         ));
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let stream = read_frames(id, source, inputs, sink_returned).await;
             if let Some((stream, until)) = stream {
                 finish_close(stream, until).await;
             }
-            drop(lingering);
         });
         Self {
             id,
             outgoing,
             queued,
+            reader,
         }
     }
 
@@ -227,14 +228,17 @@ impl Connection {
     }
 
     /// Send a close frame with the reason's code; the reader then finishes the closing
-    /// handshake (the peer's answer or end of stream, within `LINGER`) on its own.
-    pub fn close(self, reason: CloseReason, text: &str) {
+    /// handshake (the peer's answer or end of stream, within `LINGER`) on its own. The
+    /// handle ends when it has: a process about to exit waits for it (bounded), so the
+    /// `Close` is not dropped with the runtime.
+    pub fn close(self, reason: CloseReason, text: &str) -> tokio::task::JoinHandle<()> {
         let frame = CloseFrame {
             code: CloseCode::from(reason.code()),
             reason: text.to_owned().into(),
         };
         self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.outgoing.send(Message::Close(Some(frame)));
+        self.reader
     }
 }
 
@@ -351,44 +355,6 @@ async fn finish_close(mut stream: WsStream, until: Instant) {
 /// answers costs a socket for this long and no more.
 pub const LINGER: Duration = Duration::from_secs(2);
 
-/// Connections still finishing their close, process-wide, for `settle`.
-static LINGERING: AtomicUsize = AtomicUsize::new(0);
-static SETTLED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Counts one connection as lingering for as long as it lives.
-struct Lingering;
-
-impl Lingering {
-    fn start() -> Self {
-        LINGERING.fetch_add(1, Ordering::AcqRel);
-        Self
-    }
-}
-
-impl Drop for Lingering {
-    fn drop(&mut self) {
-        if LINGERING.fetch_sub(1, Ordering::AcqRel) == 1 {
-            SETTLED.notify_waiters();
-        }
-    }
-}
-
-/// Wait, at most `within`, until every connection of this process has finished its
-/// close. A process about to exit calls this so the `Close` frame it just queued is
-/// written and answered before the runtime (and the socket) goes away.
-pub async fn settle(within: Duration) {
-    let settled = async {
-        loop {
-            let notified = SETTLED.notified();
-            if LINGERING.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    };
-    let _ = tokio::time::timeout(within, settled).await;
-}
-
 /// One incoming frame as a core event; pings, pongs and raw frames are transport noise.
 fn frame_to_event(frame: Result<Message, tungstenite::Error>) -> Option<Event> {
     let bad = |error: FrameError| Event::BadFrame {
@@ -398,6 +364,11 @@ fn frame_to_event(frame: Result<Message, tungstenite::Error>) -> Option<Event> {
     match frame {
         Ok(Message::Text(text)) => Some(match decode_server(text.as_str()) {
             Ok(message) => Event::Message(message),
+            // A command under a readable index: answered under it, not closed on.
+            Err(FrameError::UnreadableCommand { index, detail }) => Event::UnreadableCommand {
+                index,
+                error: detail,
+            },
             Err(error) => bad(error),
         }),
         Ok(Message::Binary(_)) => Some(bad(FrameError::Binary)),
@@ -450,11 +421,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn settle_waits_for_a_close_to_be_answered_and_no_longer() {
+    async fn a_close_ends_once_it_is_answered_and_no_later() {
         let (client, mut server) = pair().await;
         let (inputs, _events) = mpsc::unbounded_channel::<LinkReport>();
         let connection = Connection::spawn(1, client, inputs);
-        connection.close(CloseReason::Normal, "bye");
+        let closed = connection.close(CloseReason::Normal, "bye");
         // The server reads the Close, answers it, and ends the stream.
         let closing = tokio::spawn(async move {
             let mut code = None;
@@ -466,16 +437,16 @@ mod tests {
             code
         });
         let started = std::time::Instant::now();
-        settle(Duration::from_secs(30)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), closed).await;
         assert!(
             started.elapsed() < LINGER + Duration::from_secs(1),
-            "settled in {:?}",
+            "closed in {:?}",
             started.elapsed()
         );
-        // Settled means the runner's side is gone: the server sees its end of stream.
+        // Closed means the runner's side is gone: the server sees its end of stream.
         let code = tokio::time::timeout(Duration::from_millis(500), closing)
             .await
-            .expect("the runner's side was closed when settle returned");
+            .expect("the runner's side was closed when the handle ended");
         assert_eq!(code.expect("server task"), Some(1000));
     }
 

@@ -73,9 +73,10 @@ pub fn render(spec: &ServiceSpec, log_file: &Path) -> String {
     }
     key("RunAtLoad", "\t<true/>\n".to_owned());
     // Restart only after a crash. launchd cannot tell exit codes apart, and every
-    // deliberate exit must stay down: 0 and 2 are drains the control plane or the
-    // operator asked for, 3 to 6 cannot be fixed by a restart (and 4, evicted by a
-    // newer session, would evict that session in turn).
+    // deliberate exit must stay down: 0, 2 and 7 are drains the control plane or the
+    // operator asked for (7 left results undelivered: the next start sends them), 3 to
+    // 6 cannot be fixed by a restart (and 4, evicted by a newer session, would evict
+    // that session in turn).
     key(
         "KeepAlive",
         "\t<dict>\n\t\t<key>Crashed</key>\n\t\t<true/>\n\t</dict>\n".to_owned(),

@@ -18,9 +18,11 @@ pub const SYSTEM_UNIT_DIR: &str = "/etc/systemd/system";
 /// directive is only written when the spec's state directory is exactly this one.
 const SYSTEM_STATE_DIR: &str = "/var/lib/fyn-runner";
 
-/// Exit codes (see `core::ExitCode`) after which a restart cannot help: registration
-/// failed, evicted by a newer session, identity rejected, incompatible protocol.
-const NO_RESTART_EXIT_CODES: &str = "3 4 5 6";
+/// Exit codes (see `core::ExitCode`) after which a restart cannot help or was not
+/// asked for: registration failed, evicted by a newer session, identity rejected,
+/// incompatible protocol, and a stop that left results undelivered (7: someone asked
+/// for the stop; the unit ends `failed` so it shows, and the next start delivers them).
+const NO_RESTART_EXIT_CODES: &str = "3 4 5 6 7";
 
 /// A forced stop (a second signal, or the drain deadline passed and jobs were
 /// cancelled) is still a stop the operator or the control plane asked for.
@@ -108,7 +110,8 @@ fn service_section(spec: &ServiceSpec) -> Vec<String> {
     lines.extend(
         [
             "# Restart after a crash or a store failure; not after a stop that was asked for",
-            "# (0, or 2 when the deadline cancelled jobs), nor where a restart cannot help.",
+            "# (0, or 2 when the deadline cancelled jobs, or 7 when results are left",
+            "# undelivered: a failure, so it shows), nor where a restart cannot help.",
             "Restart=on-failure",
             "RestartSec=5",
         ]

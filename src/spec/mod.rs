@@ -101,8 +101,11 @@ impl Spec {
         if next_state != state {
             let handler = effects.clone();
             let (exited, entered) = self.transition_path(state, next_state);
+            let (_, step_left) = split_phase(phase);
             for name in exited {
-                effects.extend(self.actions(&self.exits, name, None, &|_| true));
+                // The state left runs its own exit, then the one of the step it was in.
+                let step = (name == state).then_some(step_left).flatten();
+                effects.extend(self.actions(&self.exits, name, step, &|_| true));
             }
             for name in entered {
                 let step = (name == next_state).then_some(next_step).flatten();

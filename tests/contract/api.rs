@@ -67,6 +67,22 @@ impl FakeApi {
         Conn::new(ws, self.connections)
     }
 
+    /// Answers the runner's next connection attempt with an HTTP error instead of the
+    /// upgrade (an API that is down behind its proxy: 503).
+    pub async fn refuse_upgrade(&mut self, status: u16) {
+        let (mut tcp, _) = tokio::time::timeout(STEP, self.listener.accept())
+            .await
+            .expect("the runner connects in time")
+            .expect("accept");
+        let mut request = vec![0u8; 4096];
+        let _ = tcp.read(&mut request).await;
+        let answer = format!(
+            "HTTP/1.1 {status} Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let _ = tcp.write_all(answer.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    }
+
     /// Asserts that the runner does not connect again within `quiet`.
     pub async fn no_connection_within(&mut self, quiet: Duration) {
         if let Ok(Ok((_, from))) = tokio::time::timeout(quiet, self.listener.accept()).await {

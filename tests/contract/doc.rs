@@ -152,7 +152,7 @@ const EVENTS: &[(&str, &[Field])] = &[
             req("job", JOB_REF),
             req(
                 "reason",
-                Ty::Enum(&["draining", "no_free_slot", "invalid_spec"]),
+                Ty::Enum(&["draining", "no_free_slot", "invalid_spec", "already_run"]),
             ),
             req("detail", Ty::Str),
         ],

@@ -105,3 +105,44 @@ async fn the_runner_never_numbers_events_at_or_below_the_apis_claim() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(runner.stop().await, 0);
 }
+
+/// §6.4: a claim that leaves the runner fewer than 2^32 indexes below the top of the
+/// range is refused (4002, reconnect), never numbered past: the runner never sends an
+/// index above 2^53 − 1 (the harness fails the case if it does). A claim just inside
+/// the bound is an ordinary one.
+#[tokio::test]
+async fn a_claim_near_the_top_of_the_range_is_refused_with_4002() {
+    let mut api = FakeApi::start().await;
+    let runner = Runner::binary(api.url(), "r-top");
+    let headroom = 1u64 << 32;
+    for claim in [MAX_INDEX, MAX_INDEX - headroom + 1] {
+        let mut conn = api.accept().await;
+        conn.hello();
+        conn.expect_authenticate(runner.runner_id(), &runner.public_key())
+            .await;
+        let session = Handshake::default().session;
+        conn.send(
+            json!({"type": "authenticated", "runner_id": runner.runner_id(),
+                         "last_event_index": claim, "session": session,
+                         "hardware_known": true}),
+        );
+        conn.expect_close(4002).await;
+    }
+    let claim = MAX_INDEX - headroom;
+    let mut conn = api.accept().await;
+    let script = Handshake {
+        last_event_index: json!(claim),
+        ..Handshake::default()
+    };
+    conn.handshake(&runner, &script).await;
+    conn.send(
+        json!({"type": "command", "index": 1, "command": {"kind": "start_job", "job": {
+        "job_id": ".not-a-valid-id", "attempt": 1, "command": ["true"], "timeout_secs": 5}}}),
+    );
+    let frames = conn.expect_all(&["event", "command_ack"]).await;
+    let event = frames.iter().find(|f| f["type"] == "event").expect("event");
+    assert_eq!(event["index"], claim + 1);
+    conn.send(json!({"type": "events_ack", "up_to": claim + 1}));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(runner.stop().await, 0);
+}

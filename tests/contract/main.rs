@@ -11,10 +11,14 @@
 
 mod api;
 mod closing;
+mod commands;
 mod decoding;
 mod doc;
+mod drain;
 mod fuzz;
+mod heartbeats;
 mod indexes;
 mod optional;
+mod registration;
 mod runner;
 mod stops;

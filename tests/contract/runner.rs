@@ -16,7 +16,8 @@ use fyn_runner::runtime::{self, RunnerHandle, RunnerSettings};
 use crate::api::STEP;
 
 enum Process {
-    Binary(tokio::process::Child),
+    /// The binary, and the arguments it was started with (a restart uses them again).
+    Binary(Box<tokio::process::Child>, Vec<String>),
     InProcess(Option<RunnerHandle>),
 }
 
@@ -26,7 +27,42 @@ pub struct Runner {
     key: SigningKey,
     log: PathBuf,
     /// The state folder, removed when the runner is dropped.
-    _state_dir: tempfile::TempDir,
+    state_dir: tempfile::TempDir,
+}
+
+/// `fyn-runner run ARGS --state-dir DIR` with `RUST_LOG=info`, its stderr appended to
+/// `log`.
+fn spawn_binary(
+    args: &[String],
+    state_dir: &std::path::Path,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_fyn-runner"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("RUST_LOG", "info")
+        .env_remove("FYN_RUNNER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts")
+}
+
+fn run_args(url: &str, token: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--server", url, "--name", "contract-runner"]
+        .map(str::to_owned)
+        .into();
+    if let Some(token) = token {
+        args.extend(["--token".to_owned(), token.to_owned()]);
+    }
+    args
 }
 
 /// A state directory holding a saved identity.
@@ -45,25 +81,47 @@ impl Runner {
     pub fn binary(url: &str, runner_id: &str) -> Self {
         let (dir, key) = with_identity(runner_id);
         let log = dir.path().with_extension("log");
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fyn-runner"))
-            .args(["run", "--server", url, "--name", "contract-runner"])
-            .arg("--state-dir")
-            .arg(dir.path())
-            .env("RUST_LOG", "info")
-            .env_remove("FYN_RUNNER_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
+        let args = run_args(url, None);
+        let child = Box::new(spawn_binary(&args, dir.path(), &log));
         Self {
-            process: Process::Binary(child),
+            process: Process::Binary(child, args),
             runner_id: runner_id.to_owned(),
             key,
             log,
-            _state_dir: dir,
+            state_dir: dir,
         }
+    }
+
+    /// `fyn-runner run` with a registration token and no identity yet (§4.1). The
+    /// runner ID is the one the fake API will hand out in `registered`.
+    pub fn binary_registering(url: &str, token: &str, runner_id: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().with_extension("log");
+        let args = run_args(url, Some(token));
+        let child = Box::new(spawn_binary(&args, dir.path(), &log));
+        Self {
+            process: Process::Binary(child, args),
+            runner_id: runner_id.to_owned(),
+            // Unknown until `register`: the case reads it from that frame.
+            key: SigningKey::from_bytes(&[0; 32]),
+            log,
+            state_dir: dir,
+        }
+    }
+
+    /// The binary killed at once (SIGKILL: no drain, no close) and started again with
+    /// the same arguments and state folder, as after a crash.
+    pub async fn kill_and_restart(&mut self) {
+        let Process::Binary(child, args) = &mut self.process else {
+            panic!("only the binary restarts");
+        };
+        child.kill().await.expect("killed");
+        **child = spawn_binary(args, self.state_dir.path(), &self.log);
+    }
+
+    /// The runner's state folder.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state_dir.path()
     }
 
     /// The runtime in this process: backoff 20–100 ms, `handshake_timeout` for each
@@ -91,7 +149,7 @@ impl Runner {
             runner_id: runner_id.to_owned(),
             key,
             log: dir.path().with_extension("log"),
-            _state_dir: dir,
+            state_dir: dir,
         }
     }
 
@@ -111,7 +169,7 @@ impl Runner {
     /// The exit code, waiting at most `within`; `None` if it is still running.
     pub async fn exit_code(&mut self, within: Duration) -> Option<i32> {
         match &mut self.process {
-            Process::Binary(child) => tokio::time::timeout(within, child.wait())
+            Process::Binary(child, _) => tokio::time::timeout(within, child.wait())
                 .await
                 .ok()
                 .map(|status| status.expect("wait").code().unwrap_or(-1)),
@@ -128,7 +186,7 @@ impl Runner {
     /// Asserts the runner is still running (has not exited) right now.
     pub fn assert_running(&mut self) {
         match &mut self.process {
-            Process::Binary(child) => {
+            Process::Binary(child, _) => {
                 let status = child.try_wait().expect("try_wait");
                 assert!(
                     status.is_none(),
@@ -146,17 +204,22 @@ impl Runner {
 
     /// Ask the runner to stop (SIGTERM for the binary) and return its exit code.
     pub async fn stop(mut self) -> i32 {
+        self.ask_to_stop();
+        self.exit_code(STEP).await.expect("stops in time")
+    }
+
+    /// Ask the runner to stop (SIGTERM for the binary: a drain), without waiting.
+    pub fn ask_to_stop(&mut self) {
         match &mut self.process {
             #[cfg(unix)]
-            Process::Binary(child) => {
+            Process::Binary(child, _) => {
                 let pid = child.id().expect("running");
                 // SAFETY: plain kill(2) on the child this test started.
                 unsafe { libc::kill(i32::try_from(pid).expect("pid"), libc::SIGTERM) };
             }
             #[cfg(not(unix))]
-            Process::Binary(child) => child.start_kill().expect("kill"),
+            Process::Binary(child, _) => child.start_kill().expect("kill"),
             Process::InProcess(handle) => handle.as_ref().expect("running").shutdown(),
         }
-        self.exit_code(STEP).await.expect("stops in time")
     }
 }

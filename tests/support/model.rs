@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{LazyLock, Mutex};
 
-use fyn_runner::core::{BootMode, Event, EventKind, HardwareCache, TimerKind};
-use fyn_runner::protocol::{Command, JobRef, PROTOCOL_VERSION, ServerMessage};
+use fyn_runner::core::{
+    BootMode, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, Event, EventKind, HardwareCache, HookPoint,
+    TimerKind,
+};
+use fyn_runner::protocol::{Command, JobRef, MAX_INDEX, PROTOCOL_VERSION, ServerMessage};
 use fyn_runner::spec::{EffectPattern, Spec, Step};
 
 pub static SPEC: LazyLock<Spec> = LazyLock::new(|| match fyn_runner::spec::embedded() {
@@ -43,6 +46,20 @@ pub struct Model {
     pub sent_up_to: u64,
     /// Timers armed by the table's effects (job timers by job id).
     pub armed: BTreeSet<String>,
+    /// Heartbeats sent (`send(heartbeat)`): the seq of the latest.
+    pub heartbeat_seq: u64,
+    /// A registration key is kept (restored at boot, or generated in this run).
+    pub key_kept: bool,
+    /// Attempts that ended here (`persist(job_removed)`), oldest first.
+    pub ended: Vec<JobRef>,
+    /// The hooks configured (run only when booted to run: register or resume).
+    pub hooks: BTreeSet<HookPoint>,
+    /// The current session reached Active (its loss runs on_disconnected).
+    pub was_active: bool,
+    /// Jobs the table asked to stop (`kill(..)`) and not yet removed.
+    pub stopping: BTreeSet<String>,
+    /// Jobs accepted with a pre_job hook (`hook(pre_job)`) that has not ended.
+    pub awaiting: BTreeMap<String, u32>,
     /// What the last step must have produced, and what held before it.
     pub last: Option<LastStep>,
 }
@@ -59,7 +76,10 @@ pub struct LastStep {
 impl Model {
     pub fn link_up(&self) -> bool {
         let p = self.phase.as_str();
-        if p == "Registering.connecting" || p == "Validating.connecting" {
+        if p == "Registering.connecting"
+            || p == "Registering.waiting"
+            || p == "Validating.connecting"
+        {
             return false;
         }
         if p.starts_with("Draining") {
@@ -103,8 +123,13 @@ impl Model {
                 command: Command::StartJob { job },
                 ..
             }) => Some(job.job_ref()),
+            Event::HookFinished { job, .. } => job.clone(),
             _ => None,
         }
+    }
+
+    fn hooked(&self, point: HookPoint) -> bool {
+        matches!(self.boot, BootMode::Register | BootMode::Resume) && self.hooks.contains(&point)
     }
 
     fn known(&self, event: &Event) -> bool {
@@ -127,7 +152,29 @@ impl Model {
             "behind_api" => matches!(
                 event,
                 Event::Message(ServerMessage::Authenticated { last_event_index, .. })
-                    if (*last_event_index).min(fyn_runner::core::MAX_EVENT_INDEX) > self.sent_up_to
+                    if *last_event_index > self.sent_up_to
+            ),
+            "no_room" => matches!(
+                event,
+                Event::Message(ServerMessage::Authenticated { last_event_index, .. })
+                    if self.last_event + last_event_index.saturating_sub(self.sent_up_to)
+                        > MAX_INDEX - EVENT_INDEX_HEADROOM
+            ),
+            "key_kept" => self.key_kept,
+            "already_run" => Self::event_job(event).is_some_and(|j| {
+                matches!(
+                    event,
+                    Event::Message(ServerMessage::Command {
+                        command: Command::StartJob { .. },
+                        ..
+                    })
+                ) && self.ended.contains(&j)
+            }),
+            "undelivered" => self.acked < self.last_event,
+            "latest_beat" => matches!(
+                event,
+                Event::Message(ServerMessage::HeartbeatAck { seq })
+                    if self.heartbeat_seq > 0 && *seq == self.heartbeat_seq
             ),
             "hw_known" => matches!(
                 event,
@@ -159,9 +206,11 @@ impl Model {
                     ..
                 }
             ),
-            "dup" => {
-                matches!(event, Event::Message(ServerMessage::Command { index, .. }) if *index <= self.last_applied)
-            }
+            "dup" => match event {
+                Event::Message(ServerMessage::Command { index, .. })
+                | Event::UnreadableCommand { index, .. } => *index <= self.last_applied,
+                _ => false,
+            },
             "invalid" => {
                 matches!(event, Event::Message(ServerMessage::Command { command: Command::StartJob { job }, .. }) if job.validate().is_err())
             }
@@ -180,6 +229,28 @@ impl Model {
                 matches!(event, Event::Message(ServerMessage::EventsAck { up_to }) if (*up_to).min(self.sent_up_to) >= self.last_event)
             }
             "drained" => self.drained(),
+            "hook_connected" => self.hooked(HookPoint::OnConnected),
+            "hook_disconnected" => self.hooked(HookPoint::OnDisconnected),
+            "hook_drain" => self.hooked(HookPoint::OnDrain),
+            "hook_stopped" => self.hooked(HookPoint::OnStopped),
+            "hook_pre_job" => self.hooked(HookPoint::PreJob),
+            "hook_post_job" => self.hooked(HookPoint::PostJob),
+            "was_active" => self.was_active,
+            "pre_job" => matches!(
+                event,
+                Event::HookFinished {
+                    hook: HookPoint::PreJob,
+                    ..
+                }
+            ),
+            "hook_ok" => {
+                matches!(event, Event::HookFinished { outcome, .. } if outcome.passed())
+            }
+            "awaiting" => Self::event_job(event)
+                .is_some_and(|j| self.awaiting.get(&j.job_id) == Some(&j.attempt)),
+            "stopping_job" => {
+                Self::event_job(event).is_some_and(|j| self.stopping.contains(&j.job_id))
+            }
             other => panic!("the model does not know guard {other:?}"),
         }
     }
@@ -198,7 +269,9 @@ impl Model {
                 match g {
                     "link_up" => up,
                     "link_down" => !up,
-                    other => panic!("entry guard {other:?} is not modelled"),
+                    // What held before the step: the hooks, and whether the session
+                    // being left had reached Active.
+                    other => self.guard(other, event),
                 }
             };
             match SPEC.step(&self.phase, kind.name(), &guard, &entry_guard) {
@@ -214,6 +287,7 @@ impl Model {
         self.update_data(event, kind, &tokens, &phase_before);
         self.update_link(event, &tokens, &phase_before, &step.next_phase, link_before);
         self.update_timers(event, &tokens);
+        self.update_hooks(event, &expected, &phase_before, &step.next_phase);
         if step.next_phase == "Stopped" {
             // Stopped's entry cancels the timer of every job still in the table.
             self.armed.retain(|t| !t.starts_with("job_timeout:"));
@@ -237,8 +311,13 @@ impl Model {
         if has("tell(ready)") {
             self.told_ready = true;
         }
-        if kind == EventKind::HeartbeatAck && phase_before == "Active" {
+        // Only the answer to the latest heartbeat proves the session healthy.
+        if kind == EventKind::HeartbeatAck && phase_before == "Active" && has("cancel(ack)") {
             self.backoff_attempt = 0;
+        }
+        self.heartbeat_seq += tokens.iter().filter(|t| **t == "send(heartbeat)").count() as u64;
+        if kind == EventKind::KeyGenerated && has("send(register)") {
+            self.key_kept = true;
         }
         self.backoff_attempt += tokens.iter().filter(|t| **t == "start(backoff)").count() as u32;
         if kind == EventKind::HardwareConfirmed && phase_before == "HardwareSync.await_confirm" {
@@ -253,7 +332,7 @@ impl Model {
                 self.api_hw_known = *hardware_known;
                 // Past what was sent: the store went back in time, and the events not
                 // sent move up to follow the API's.
-                let api_last = (*last_event_index).min(fyn_runner::core::MAX_EVENT_INDEX);
+                let api_last = *last_event_index;
                 if has("persist(outbox_renumbered)") {
                     self.last_event += api_last - self.sent_up_to;
                     self.sent_up_to = api_last;
@@ -263,6 +342,7 @@ impl Model {
                 self.sent_up_to = self.last_event;
             }
             Event::Message(ServerMessage::Command { index, .. })
+            | Event::UnreadableCommand { index, .. }
                 if has("persist(last_applied)") =>
             {
                 self.last_applied = *index;
@@ -280,12 +360,53 @@ impl Model {
             self.acked = self.acked.max((*up_to).min(self.sent_up_to));
         }
         if let Some(job) = Self::event_job(event) {
-            if has("spawn") {
+            // Accepted: the process starts now, or once its pre_job hook succeeds.
+            if has("spawn") || has("hook(pre_job)") {
                 self.jobs.insert(job.job_id.clone(), job.attempt);
+            }
+            if has("hook(pre_job)") {
+                self.awaiting.insert(job.job_id.clone(), job.attempt);
+            }
+            if kind == EventKind::HookFinished && (has("spawn") || has("persist(job_removed)")) {
+                self.awaiting.remove(&job.job_id);
             }
             if has("persist(job_removed)") {
                 self.jobs.remove(&job.job_id);
+                self.ended.push(job.clone());
+                if self.ended.len() > ENDED_ATTEMPTS_KEPT {
+                    self.ended.remove(0);
+                }
+                self.stopping.remove(&job.job_id);
+                self.awaiting.remove(&job.job_id);
             }
+        }
+    }
+
+    /// Which jobs were asked to stop, and whether the session reached Active.
+    fn update_hooks(
+        &mut self,
+        event: &Event,
+        expected: &[EffectPattern],
+        before: &str,
+        next: &str,
+    ) {
+        for effect in expected {
+            if !effect.token.starts_with("kill(") {
+                continue;
+            }
+            if effect.repeat {
+                self.stopping.extend(self.jobs.keys().cloned());
+            } else if let Some(job) = Self::event_job(event)
+                && self.jobs.get(&job.job_id) == Some(&job.attempt)
+            {
+                self.stopping.insert(job.job_id);
+            }
+        }
+        if next == "Active" && before != "Active" {
+            self.was_active = true;
+        }
+        if next.starts_with("Reconnecting") && !before.starts_with("Reconnecting") {
+            self.was_active = false;
         }
     }
 

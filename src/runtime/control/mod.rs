@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::status::RunnerStatus;
+use crate::core::StopOrigin;
 
 #[cfg(unix)]
 mod unix;
@@ -41,12 +42,23 @@ pub fn endpoint_name(state_dir: &Path) -> String {
 /// Windows service control manager or a test. The driver turns it into a core event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    Shutdown,
-    /// Drain with this deadline (from `fyn-runner drain --deadline`).
+    /// Drain, asked for by `by`; with this deadline when given (`fyn-runner drain
+    /// --deadline`).
     Drain {
         deadline_secs: Option<u64>,
+        by: StopOrigin,
     },
     Force,
+}
+
+impl Control {
+    /// A drain with the configured deadline.
+    pub fn drain(by: StopOrigin) -> Self {
+        Self::Drain {
+            deadline_secs: None,
+            by,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +68,9 @@ pub enum Request {
     Drain {
         deadline_secs: Option<u64>,
         force: bool,
+        /// Asked by `fyn-runner uninstall` (the runner says so in `stopping.reason`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        uninstall: bool,
     },
 }
 
@@ -164,13 +179,19 @@ async fn answer(
         Ok(Request::Drain {
             deadline_secs,
             force,
+            uninstall,
         }) => match deadline_secs.map(checked_deadline).transpose() {
             Err(message) => Response::Error { message },
             Ok(deadline_secs) => {
+                let by = if uninstall {
+                    StopOrigin::Uninstall
+                } else {
+                    StopOrigin::DrainCommand
+                };
                 let request = if force {
                     Control::Force
                 } else {
-                    Control::Drain { deadline_secs }
+                    Control::Drain { deadline_secs, by }
                 };
                 let _ = control.send(request);
                 Response::Draining {

@@ -28,6 +28,8 @@ pub(super) struct Durability {
     jobs_root: PathBuf,
     /// Whether ended jobs' folders are kept at all (a zero term removes them at once).
     keep_folders: bool,
+    /// How long the last transaction took, until the driver hands it to the metrics.
+    commit_time: Option<std::time::Duration>,
 }
 
 impl Durability {
@@ -45,7 +47,13 @@ impl Durability {
             janitor,
             jobs_root,
             keep_folders,
+            commit_time: None,
         }
+    }
+
+    /// How long the last transaction took, once (for the metrics).
+    pub(super) fn take_commit_time(&mut self) -> Option<std::time::Duration> {
+        self.commit_time.take()
     }
 
     /// One transaction for the rows of a batch; acknowledgements alone wait.
@@ -60,7 +68,9 @@ impl Durability {
         if let Some(up_to) = self.unsaved_ack.take() {
             rows.push(Durable::OutboxAcked { up_to });
         }
+        let started = std::time::Instant::now();
         self.store.commit(&rows).map_err(|e| e.to_string())?;
+        self.commit_time = Some(started.elapsed());
         for row in &rows {
             if let Durable::JobRemoved { job } = row {
                 self.job_folder_ended(job);

@@ -39,7 +39,9 @@ impl RunnerHandle {
     }
 
     pub fn shutdown(&self) {
-        let _ = self.control.send(Control::Shutdown);
+        let _ = self
+            .control
+            .send(Control::drain(crate::core::StopOrigin::Embedder));
     }
 
     pub fn force(&self) {

@@ -30,6 +30,9 @@ pub(super) enum Input {
         error: String,
     },
     Timer(TimerFired),
+    /// A health probe from the metrics listener: the loop answers it between two
+    /// dispatches, which is what shows the loop is alive.
+    Probe(crate::runtime::metrics::Probe),
 }
 
 impl From<LinkReport> for Input {

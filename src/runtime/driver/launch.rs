@@ -15,9 +15,13 @@ use tracing::info;
 use crate::core::{BackoffPolicy, BootMode, Core, CoreConfig, Effects, Event};
 use crate::protocol::JobRef;
 use crate::runtime::control::{self, ControlError};
+use crate::runtime::hooks::HookRunner;
 use crate::runtime::identity::{Identity, IdentityError};
 use crate::runtime::install::{self, InstallPlan, Installer};
 use crate::runtime::jobs::{self, ExecutorError, Janitor, JobSupervisor, Retention};
+use crate::runtime::metrics::{
+    self, MetricsFeed, MetricsServer, MetricsServerError, RunnerMetrics,
+};
 use crate::runtime::secure_fs::{self, SecureFsError};
 use crate::runtime::settings::RunnerSettings;
 use crate::runtime::status::status_of;
@@ -55,6 +59,8 @@ pub enum StartError {
     Control(#[from] ControlError),
     #[error("the job executor cannot run: {0}")]
     Jobs(ExecutorError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsServerError),
 }
 
 /// What a start is for, beyond the settings.
@@ -150,6 +156,13 @@ pub(super) fn launch(
     };
     let mut durable = store.load()?;
     durable.runner_id = identity.as_ref().map(|i| i.runner_id().to_owned());
+    // A registration that did not finish kept its key: the next one sends it again.
+    let kept_key = if matches!(mode, BootMode::Register | BootMode::Install) {
+        Identity::kept_key(&state_dir)?
+    } else {
+        None
+    };
+    durable.registration_key = kept_key.as_ref().map(Identity::public_key_b64);
     let tls = ws::tls_config(settings.ca_file.as_deref())?;
     // A farewell runs no jobs (the core boots it with none): nothing to reap or keep.
     let farewell = mode == BootMode::Leave;
@@ -161,6 +174,7 @@ pub(super) fn launch(
     let pids = store.job_pids()?;
     let config = boot_config(&settings);
     let booted_from = durable.clone();
+    let outbox_at_boot = (durable.acked_event_index, durable.last_event_index);
     let (core, boot_effects) = Core::boot(config.clone(), mode, durable);
     let trace = on_disk
         .then(|| start_trace(&settings, mode, &config, &booted_from, &boot_effects))
@@ -193,14 +207,36 @@ pub(super) fn launch(
         token: settings.token.clone(),
         leaving_reason,
     };
+    let mut observer = Observer::new(
+        trace,
+        status_tx,
+        transitions_tx.clone(),
+        settings.endpoint.to_string(),
+    );
+    // Only a runner that stays up serves metrics, like the control socket.
+    let metrics_server = match settings.metrics_listen.filter(|_| serves) {
+        Some(addr) => Some(start_metrics(
+            addr,
+            &core,
+            outbox_at_boot,
+            &mut observer,
+            &inputs_tx,
+        )?),
+        None => None,
+    };
+    let hook_inputs = inputs_tx.clone();
+    let hooks = HookRunner::new(
+        settings.hooks.clone(),
+        settings.jobs_layout().account,
+        (settings.name.clone(), jobs_root.clone()),
+        std::sync::Arc::new(move |event| {
+            let _ = hook_inputs.send(Input::Event(event));
+        }),
+    );
     let driver = Driver {
+        hooks,
         core,
-        observer: Observer::new(
-            trace,
-            status_tx,
-            transitions_tx.clone(),
-            settings.endpoint.to_string(),
-        ),
+        observer,
         link: Link::new(
             tls,
             settings.endpoint.clone(),
@@ -221,7 +257,7 @@ pub(super) fn launch(
         exit: None,
         scratch: Effects::default(),
         spawns: Vec::new(),
-        steps: LocalSteps::new(installer, identity, settings),
+        steps: LocalSteps::new(installer, identity, kept_key, settings),
     };
     let socket = if serves {
         Some(control::serve(
@@ -237,6 +273,9 @@ pub(super) fn launch(
         if let Some(socket) = socket {
             socket.close();
         }
+        if let Some(server) = metrics_server {
+            server.close();
+        }
         code
     });
     Ok(RunnerHandle {
@@ -247,6 +286,33 @@ pub(super) fn launch(
         task,
         trace_path,
     })
+}
+
+/// The metrics listener: the families, the observer's feed, the probes' way into the
+/// loop. The address bound (the system's choice for port 0) is logged and shown by
+/// `status`.
+fn start_metrics(
+    addr: std::net::SocketAddr,
+    core: &Core,
+    (acked, last): (u64, u64),
+    observer: &mut Observer,
+    inputs: &mpsc::UnboundedSender<Input>,
+) -> Result<MetricsServer, StartError> {
+    let families = RunnerMetrics::new(&core.phase());
+    observer.feed_metrics(MetricsFeed::new(
+        families.clone(),
+        acked,
+        last,
+        std::time::Instant::now(),
+    ));
+    let inputs = inputs.clone();
+    let probes: metrics::ProbeSender =
+        std::sync::Arc::new(move |probe| inputs.send(Input::Probe(probe)).is_ok());
+    let server = metrics::serve(addr, families, probes)?;
+    let bound = server.local_addr();
+    info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    observer.metrics_listening(bound);
+    Ok(server)
 }
 
 /// The core's boot record: the operator's settings, the backoff's bounds, and this

@@ -44,6 +44,8 @@ pub(super) struct Link {
     endpoint: Url,
     connect_timeout: Duration,
     credentials: Credentials,
+    /// Connections closed and still finishing their closing handshake.
+    closing: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Link {
@@ -61,6 +63,7 @@ impl Link {
             endpoint,
             connect_timeout,
             credentials,
+            closing: Vec::new(),
         }
     }
 
@@ -132,10 +135,24 @@ impl Link {
     /// Close the connection; an attempt still in flight is abandoned with it.
     pub(super) fn close(&mut self, reason: CloseReason) {
         if let Some(connection) = self.connection.take() {
-            connection.close(reason, reason.name());
+            self.closing.retain(|closing| !closing.is_finished());
+            self.closing.push(connection.close(reason, reason.name()));
         }
         self.next_conn += 1;
         self.resend_after = None;
+    }
+
+    /// Wait, at most `within`, until every connection closed so far has finished its
+    /// closing handshake: the last `Close` is written and answered before the process
+    /// (and its sockets) goes away.
+    pub(super) async fn settle(&mut self, within: Duration) {
+        let closing = std::mem::take(&mut self.closing);
+        let all = async {
+            for handle in closing {
+                let _ = handle.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, all).await;
     }
 
     /// Send one message. `Err` when it needs a token or identity this runner lacks.
@@ -184,21 +201,22 @@ impl Link {
         &mut self,
         store: &Store,
         identity: Option<&Identity>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
+        let mut resent = 0;
         while let Some(after) = self.resend_after {
             let Some(connection) = &self.connection else {
                 self.resend_after = None;
-                return Ok(());
+                return Ok(resent);
             };
             if connection.queued() >= ws::HIGH_WATER {
-                return Ok(());
+                return Ok(resent);
             }
             let page = store.outbox_page(after, RESEND_PAGE).inspect_err(|_| {
                 self.resend_after = None;
             })?;
             let Some(&(last, _)) = page.last() else {
                 self.resend_after = None;
-                return Ok(());
+                return Ok(resent);
             };
             debug!(count = page.len(), after, "resending unacknowledged events");
             for (index, event) in page {
@@ -206,11 +224,12 @@ impl Link {
                     && let Some(connection) = &self.connection
                 {
                     connection.send_text(encode(&wire));
+                    resent += 1;
                 }
             }
             self.resend_after = Some(last);
         }
-        Ok(())
+        Ok(resent)
     }
 
     /// The wire message for an outbound intent: the runtime adds the token, the

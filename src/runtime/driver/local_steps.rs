@@ -7,9 +7,11 @@
 //! result goes back to the core as an event.
 //!
 //! Its state is pure mechanics: `pending_key` holds the private key between
-//! `GenerateKey` and the `persist(identity)` the core asks for once the API has
-//! registered it (the core never holds a secret); `farewell` is the task `run` waits
-//! for before it ends. Whether to forget a registration is the core's `Farewell`.
+//! `GenerateKey` (which also keeps it on disk, before `register` is sent) and the
+//! `persist(identity)` the core asks for once the API has registered it (the core never
+//! holds a secret); `farewell` is the task `run` waits for before it ends. Whether to
+//! forget a registration is the core's `Farewell`; whether to reuse a kept key is the
+//! core's too (it boots with the key's public half).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,7 +36,8 @@ pub(super) struct LocalSteps {
     /// Present only for `fyn-runner install`.
     installer: Option<Installer>,
     identity: Option<Identity>,
-    /// A key generated during registration, saved with the runner ID.
+    /// The registration's key (generated here, or kept by an earlier attempt that did
+    /// not finish), saved with the runner ID.
     pending_key: Option<SigningKey>,
     /// Telling the API to forget a registration that was rolled back.
     farewell: Option<tokio::task::JoinHandle<()>>,
@@ -45,12 +48,13 @@ impl LocalSteps {
     pub(super) fn new(
         installer: Option<Installer>,
         identity: Option<Identity>,
+        kept_key: Option<SigningKey>,
         settings: RunnerSettings,
     ) -> Self {
         Self {
             installer,
             identity,
-            pending_key: None,
+            pending_key: kept_key,
             farewell: None,
             settings,
         }
@@ -91,7 +95,22 @@ impl LocalSteps {
         if let Some(installer) = self.installer.as_mut() {
             installer.rollback();
         }
+    }
+
+    /// The token was refused: the key kept for this registration is of no use, and
+    /// goes (a key without a runner ID only; a registered identity is never touched).
+    pub(super) fn forget_key(&mut self) {
         self.pending_key = None;
+        if self.identity.is_some() {
+            return;
+        }
+        match Identity::forget_kept_key(&self.settings.state_dir) {
+            Ok(true) => info!("removed the key kept for the refused registration"),
+            Ok(false) => {}
+            Err(e) => {
+                error!(error = %e, "could not remove the key kept for the refused registration")
+            }
+        }
     }
 
     /// Forget the registration this install made: its identity files (they outlive a
@@ -125,11 +144,18 @@ impl LocalSteps {
         self.farewell.take()
     }
 
+    /// A new key pair, kept on disk (private) before the core may send its public half
+    /// in `register`.
     pub(super) fn generate_key(&mut self) -> Event {
-        match Identity::generate_key() {
+        let kept = Identity::generate_key().and_then(|key| {
+            Identity::keep_key(&self.settings.state_dir, &key)?;
+            Ok(key)
+        });
+        match kept {
             Ok(key) => {
                 let public_key = Identity::public_key_b64(&key);
                 self.pending_key = Some(key);
+                info!(path = %identity::identity_dir(&self.settings.state_dir).display(), "registration key kept");
                 Event::KeyGenerated { public_key }
             }
             Err(e) => Event::StepFailed {

@@ -43,6 +43,7 @@ use crate::core::{Core, Durable, Effect, Effects, Event, ExitCode};
 use crate::protocol::JobSpec;
 
 use super::control::Control;
+use super::hooks::HookRunner;
 use super::jobs::{JobReport, JobSupervisor};
 use super::timers::Timers;
 use durable::Durability;
@@ -76,6 +77,8 @@ struct Driver {
     scratch: Effects,
     /// Jobs to start once the frames of the batch that asked for them are written.
     spawns: Vec<JobSpec>,
+    /// The operator's hooks in flight.
+    hooks: HookRunner,
 }
 
 impl Driver {
@@ -135,8 +138,10 @@ impl Driver {
                 Some(input) = inputs.recv() => self.accept(input),
                 Some(report) = reports.recv(), if !paused => self.accept(Input::Job(report)),
                 Some(request) = control.recv() => Some(match request {
-                    Control::Shutdown => Event::ShutdownRequested { deadline_secs: None },
-                    Control::Drain { deadline_secs } => Event::ShutdownRequested { deadline_secs },
+                    Control::Drain { deadline_secs, by } => Event::ShutdownRequested {
+                        deadline_secs,
+                        origin: Some(by),
+                    },
                     Control::Force => Event::ForceShutdown,
                 }),
                 else => break,
@@ -146,22 +151,57 @@ impl Driver {
             }
             self.pump_resend();
         }
+        self.finish_hooks(&mut inputs).await;
         self.save_acks();
         self.observer.flush_trace();
         self.timers.cancel_all();
         if let Some(farewell) = self.steps.take_farewell() {
             let _ = tokio::time::timeout(FAREWELL_WITHIN + Duration::from_secs(1), farewell).await;
         }
+        // The Close the last batch queued is written, and the API's answer read, before
+        // the caller drops the runtime and the socket with it (bounded by LINGER).
+        self.link.settle(super::ws::LINGER).await;
         let code = self.exit.unwrap_or(ExitCode::StoreFailure);
         info!(code = code.code(), "runner stopped");
         code
+    }
+
+    /// The runner stopped: `pre_job` hooks are killed (their jobs never start), the
+    /// others (`post_job`, `on_stopped`, ...) may finish within their own timeout; each
+    /// end still goes through the dispatch (the core is Stopped: it only traces it).
+    async fn finish_hooks(&mut self, inputs: &mut mpsc::UnboundedReceiver<Input>) {
+        self.hooks.stop_pre_jobs();
+        let bound = self.hooks.timeout() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.hooks.running() > 0 {
+            match tokio::time::timeout_at(deadline, inputs.recv()).await {
+                Ok(Some(input @ Input::Event(Event::HookFinished { .. }))) => {
+                    if let Some(event) = self.accept(input) {
+                        self.dispatch(event);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    warn!(
+                        running = self.hooks.running(),
+                        "hooks still running at exit are left behind"
+                    );
+                    break;
+                }
+            }
+        }
     }
 
     /// Filter what arrives: reports of a connection that is no longer current, and
     /// timers that were cancelled or replaced, never reach the core.
     fn accept(&mut self, input: Input) -> Option<Event> {
         match input {
-            Input::Event(event) => Some(event),
+            Input::Event(event) => {
+                if let Event::HookFinished { hook, job, .. } = &event {
+                    self.hooks.finished(*hook, job.as_ref());
+                }
+                Some(event)
+            }
             Input::Job(report) => Some(report.into_event()),
             Input::Link(report) => self.link.accept_report(report),
             Input::Connected { conn, stream } => {
@@ -172,6 +212,10 @@ impl Driver {
                 .timers
                 .accept(&fired.timer, fired.generation)
                 .then_some(Event::TimerFired { timer: fired.timer }),
+            Input::Probe(probe) => {
+                probe.answer(self.observer.probe_answer(&self.core));
+                None
+            }
         }
     }
 
@@ -228,7 +272,11 @@ impl Driver {
                 other => rows.push(other),
             }
         }
-        self.durable.commit(rows)
+        self.durable.commit(rows)?;
+        if let Some(took) = self.durable.take_commit_time() {
+            self.observer.store_committed(took);
+        }
+        Ok(())
     }
 
     fn perform_one(&mut self, effect: Effect) {
@@ -263,6 +311,8 @@ impl Driver {
                 if let Some(jobs) = &mut self.jobs {
                     jobs.cancel(&job, Duration::from_secs(grace_secs));
                 }
+                // A job still waiting for its pre_job hook: the hook is stopped instead.
+                self.hooks.stop_pre_job(&job);
             }
             Effect::RunInstallStep { step } => {
                 let done = self.steps.install_step(step);
@@ -277,6 +327,7 @@ impl Driver {
                 self.steps.rollback();
             }
             Effect::Farewell => self.steps.farewell(),
+            Effect::ForgetKey => self.steps.forget_key(),
             Effect::GenerateKey => {
                 let generated = self.steps.generate_key();
                 self.local.push_back(generated);
@@ -284,6 +335,10 @@ impl Driver {
             Effect::CollectHardware => self.steps.collect_hardware(&self.inputs_tx),
             Effect::Notify(notice) => self.observer.notify(&notice),
             Effect::TellManager(notice) => self.observer.tell_manager(&notice),
+            Effect::RunHook(call) => {
+                let runner_id = self.core.runner_id().unwrap_or_default().to_owned();
+                self.hooks.run(call, &runner_id, self.core.state_name());
+            }
             Effect::Exit { code } => {
                 // Accepted and not started: the next start reports them lost.
                 for job in self.spawns.drain(..) {
@@ -315,13 +370,15 @@ impl Driver {
     }
 
     fn pump_resend(&mut self) {
-        if let Err(e) = self
+        match self
             .link
             .pump_resend(&self.durable.store, self.steps.identity())
         {
-            self.local.push_back(Event::StoreFailed {
+            Ok(0) => {}
+            Ok(resent) => self.observer.resent(resent),
+            Err(e) => self.local.push_back(Event::StoreFailed {
                 error: e.to_string(),
-            });
+            }),
         }
     }
 
@@ -345,9 +402,11 @@ fn phase_of(effect: &Effect) -> u8 {
         Effect::SpawnJob { .. } | Effect::CancelJob { .. } => 5,
         Effect::RunInstallStep { .. }
         | Effect::RollbackInstall
+        | Effect::ForgetKey
         | Effect::Farewell
         | Effect::GenerateKey
-        | Effect::CollectHardware => 6,
+        | Effect::CollectHardware
+        | Effect::RunHook(_) => 6,
         Effect::Notify(_) | Effect::TellManager(_) => 7,
         Effect::Exit { .. } => 8,
     }

@@ -3,8 +3,13 @@
 //! broadcasts the transition, and publishes the status; it delivers the core's
 //! notices to the operator (log lines, `problem`) and to the service manager.
 //!
+//! It also feeds the metrics (`crate::runtime::metrics`, when `--metrics-listen` is
+//! set) from the same view, plus the two timings only the runtime sees (a store
+//! commit's duration, a resend's count), and answers health probes from the core's
+//! getters.
+//!
 //! Owns: the trace recorder, the status and transition channels, the service-manager
-//! channel. Must not: feed anything back into the core, or decide what to tell
+//! channel, the metrics feed. Must not: feed anything back into the core, or decide what to tell
 //! anyone: every notice is an effect the core emitted.
 
 use std::path::PathBuf;
@@ -12,7 +17,10 @@ use std::path::PathBuf;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
-use crate::core::{BootMode, Core, DurableState, Effects, Event, ManagerNotice, Notice};
+use crate::core::{
+    BootMode, Core, DurableState, Effects, Event, Link, ManagerNotice, Notice, State,
+};
+use crate::runtime::metrics::{MetricsFeed, ProbeAnswer};
 use crate::runtime::notices::{log_notice, problem_of};
 use crate::runtime::secure_fs;
 use crate::runtime::settings::RunnerSettings;
@@ -33,6 +41,7 @@ pub(super) struct Observer {
     transitions: broadcast::Sender<Transition>,
     manager: ServiceManager,
     endpoint: String,
+    metrics: Option<MetricsFeed>,
 }
 
 impl Observer {
@@ -48,6 +57,41 @@ impl Observer {
             transitions,
             manager: ServiceManager::from_environment(),
             endpoint,
+            metrics: None,
+        }
+    }
+
+    /// The metrics listener's address, for `status`.
+    pub(super) fn metrics_listening(&mut self, addr: std::net::SocketAddr) {
+        self.status
+            .send_modify(|s| s.metrics_listen = Some(addr.to_string()));
+    }
+
+    /// Feed these metrics from now on.
+    pub(super) fn feed_metrics(&mut self, feed: MetricsFeed) {
+        self.metrics = Some(feed);
+    }
+
+    /// A health probe's answer: the loop is alive (it is answering), and whether the
+    /// runner is ready for jobs (Active, authenticated).
+    pub(super) fn probe_answer(&self, core: &Core) -> ProbeAnswer {
+        ProbeAnswer {
+            state: core.state_name(),
+            ready: matches!(core.state(), State::Active {}) && core.link() == Link::Authenticated,
+        }
+    }
+
+    /// A store transaction's duration, measured around the commit.
+    pub(super) fn store_committed(&self, took: std::time::Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics.store_committed(took);
+        }
+    }
+
+    /// Events sent again from the outbox.
+    pub(super) fn resent(&self, count: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.resent(count);
         }
     }
 
@@ -55,6 +99,9 @@ impl Observer {
     /// (from here and nowhere else) and the transition.
     pub(super) fn dispatched(&mut self, event: &Event, before: &str, after: &str, fx: &Effects) {
         self.record(event, before, after, fx);
+        if let Some(metrics) = &mut self.metrics {
+            metrics.dispatched(event, before, after, fx, std::time::Instant::now());
+        }
         if before != after {
             info!(from = %before, to = %after, event = event.kind().name(), "transition");
             let _ = self.transitions.send(Transition {
@@ -74,6 +121,9 @@ impl Observer {
             Some(event),
         );
         let _ = self.status.send(next);
+        if let Some(metrics) = &mut self.metrics {
+            metrics.performed(core);
+        }
     }
 
     /// A notice for the operator: a log line, and the `problem` when it explains a

@@ -213,7 +213,7 @@ pub fn render(spec: &ServiceSpec) -> Result<String, ServiceError> {
         .collect();
     let _ = writeln!(
         out,
-        "REM Restart after a crash only (exit codes 0 and 2-6 are deliberate stops; see the docs)."
+        "REM Restart after a crash only (exit codes 0 and 2-7 are deliberate stops; see the docs)."
     );
     let _ = writeln!(
         out,
