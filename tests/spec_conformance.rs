@@ -12,8 +12,8 @@ mod support;
 use std::collections::BTreeMap;
 
 use fyn_runner::core::{
-    BootMode, Core, CoreConfig, Delay, DurableState, Effect, Event, EventKind, HardwareCache,
-    TimerKind,
+    BootMode, CancelReason, Core, CoreConfig, Delay, DurableState, Effect, Event, EventKind,
+    FoundJob, HardwareCache, TimerKind,
 };
 use fyn_runner::protocol::{
     CloseReason, Command, ExitStatus, HardwareReport, JobRef, JobSpec, OutputStream,
@@ -173,6 +173,22 @@ fn job_event() -> impl Strategy<Value = Event> {
             job,
             error: "ENOENT".into()
         }),
+        (job_ref(), found_job()).prop_map(|(job, found)| Event::JobFound { job, found }),
+    ]
+}
+
+/// What the runtime can find of a job at start.
+fn found_job() -> impl Strategy<Value = FoundJob> {
+    let cancel = prop::option::of(prop_oneof![
+        Just(CancelReason::Cancelled),
+        Just(CancelReason::TimedOut),
+        Just(CancelReason::RunnerLost),
+    ]);
+    prop_oneof![
+        (0u64..120_000, cancel.clone())
+            .prop_map(|(elapsed_ms, cancel)| FoundJob::Running { elapsed_ms, cancel }),
+        cancel.prop_map(|cancel| FoundJob::Ended { cancel }),
+        Just(FoundJob::Lost),
     ]
 }
 
@@ -213,6 +229,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         prop::option::of(1u64..100)
             .prop_map(|deadline_secs| Event::ShutdownRequested { deadline_secs }),
         Just(Event::ForceShutdown),
+        Just(Event::StopRequested),
     ]
 }
 
@@ -259,6 +276,19 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         "HardwareSync.collecting" => prop_oneof![4 => hardware_collected(), 1 => acks()].boxed(),
         "HardwareSync.await_confirm" => prop_oneof![4 => m(ServerMessage::HardwareConfirmed {}), 1 => acks()].boxed(),
         "Ready" => prop_oneof![4 => m(ServerMessage::ReadyAck {}), 1 => acks()].boxed(),
+        // A drain with no job left waits only for its outbox: what ends it (or not).
+        p if p.starts_with("Draining") && model.jobs.is_empty() => prop_oneof![
+            3 => acks(),
+            1 => Just(Event::TimerFired { timer: TimerKind::Ack }),
+            2 => Just(Event::TimerFired { timer: TimerKind::DrainDeadline }),
+            1 => Just(Event::TimerFired { timer: TimerKind::Heartbeat }),
+            1 => (0u64..5).prop_map(|seq| Event::Message(ServerMessage::HeartbeatAck { seq })),
+            1 => Just(Event::SocketClosed { code: Some(1006), reason: String::new() }),
+            1 => Just(Event::BadFrame { close: CloseReason::BadFrame, error: "bad".into() }),
+            1 => Just(Event::StopRequested),
+            1 => command(),
+        ]
+        .boxed(),
         "Reconnecting.waiting" => prop_oneof![
             3 => Just(Event::TimerFired { timer: TimerKind::Backoff }),
             1 => Just(Event::TimerFired { timer: TimerKind::RunnerLost }),
@@ -320,11 +350,13 @@ fn running_job_event(model: &Model) -> BoxedStrategy<Event> {
     (
         prop::sample::select(running),
         status,
-        0u8..5,
+        0u8..6,
         Just(model.last_applied + 1),
+        found_job(),
     )
-        .prop_map(|(job, status, pick, index)| match pick {
+        .prop_map(|(job, status, pick, index, found)| match pick {
             0 => Event::JobStarted { job, pid: 7 },
+            5 => Event::JobFound { job, found },
             1 => Event::TimerFired {
                 timer: TimerKind::JobTimeout(job),
             },

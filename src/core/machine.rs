@@ -139,7 +139,7 @@ impl Runner {
                 });
                 Self::roll_back_install(*step, fx)
             }
-            Event::ShutdownRequested { .. } | Event::ForceShutdown => {
+            Event::ShutdownRequested { .. } | Event::ForceShutdown | Event::StopRequested => {
                 Self::roll_back_install(*step, fx)
             }
             _ => Super,
@@ -240,7 +240,7 @@ impl Runner {
                 self.registration_failed(fx, CloseReason::Internal, Some(error.clone()))
             }
             (_, Event::Message(_)) => self.registration_failed(fx, CloseReason::Violation, None),
-            (_, Event::ShutdownRequested { .. } | Event::ForceShutdown) => {
+            (_, Event::ShutdownRequested { .. } | Event::ForceShutdown | Event::StopRequested) => {
                 self.close(fx, CloseReason::Normal);
                 fx.push(Effect::RollbackInstall);
                 Transition(State::stopped(ExitCode::RegistrationFailed))
@@ -378,7 +378,7 @@ impl Runner {
                 fx.push(Effect::ResendOutbox {
                     after: self.acked_event_index,
                 });
-                if !self.startup_reported {
+                let outcome = if !self.startup_reported {
                     self.startup_reported = true;
                     fx.send(Outbound::Startup {
                         jobs: self.job_refs(),
@@ -390,7 +390,10 @@ impl Runner {
                     self.enter_ready(fx)
                 } else {
                     self.begin_hardware_sync(fx)
-                }
+                };
+                // The API stops its runner-lost clock here: so do the jobs' supervisors.
+                self.renew_leases(fx);
+                outcome
             }
             (S::AwaitAuth, Event::Message(ServerMessage::AuthRejected { reason })) => {
                 fx.notify(Notice::AuthRejected {
@@ -518,6 +521,7 @@ impl Runner {
                 // first step again. Not before: a failure right after each handshake
                 // must not turn into a tight reconnect loop.
                 self.reconnect_attempt = 0;
+                self.renew_leases(fx);
                 Handled
             }
             Event::Message(ServerMessage::EventsAck { up_to }) => {
@@ -687,6 +691,7 @@ impl Runner {
             }
             Event::Message(ServerMessage::HeartbeatAck { .. }) if self.link_up() => {
                 fx.cancel(TimerKind::Ack);
+                self.renew_leases(fx);
                 Handled
             }
             Event::TimerFired {
@@ -742,11 +747,13 @@ impl Runner {
                 self.record_job_event(event, fx);
                 self.finish_if_drained(fx, *mode)
             }
+            // A stop signal during a drain hurries it: the jobs were to end anyway.
             Event::TimerFired {
                 timer: TimerKind::DrainDeadline,
             }
             | Event::ShutdownRequested { .. }
-            | Event::ForceShutdown => match mode {
+            | Event::ForceShutdown
+            | Event::StopRequested => match mode {
                 DrainMode::Forced if matches!(event, Event::TimerFired { .. }) => {
                     self.stop_draining(fx, ExitCode::Forced)
                 }
@@ -809,8 +816,9 @@ impl Runner {
     // ---------------------------------------------------------------- alive
 
     /// Rows `alive`: what every living state shares. Job processes report wherever the
-    /// machine is (jobs outlive reconnects), a signal starts the drain, a store failure
-    /// stops. Anything else that reaches here changes nothing but leaves a notice (and
+    /// machine is (jobs outlive reconnects), jobs of the previous process are found, a
+    /// drain request starts the drain, a stop leaves jobs to their supervisors, a store
+    /// failure stops. Anything else that reaches here changes nothing but leaves a notice (and
     /// so a log line and a trace line): no event disappears without a word.
     #[superstate]
     fn alive(&mut self, event: &Event, fx: &mut Effects) -> Outcome<State> {
@@ -830,6 +838,18 @@ impl Runner {
                     self.cancel_job(fx, job, CancelReason::TimedOut);
                 }
                 Handled
+            }
+            Event::JobFound { job, found } => {
+                self.job_found(fx, job, *found);
+                Handled
+            }
+            // A service manager's stop or restart: the jobs stay with their
+            // supervisors, and the next start reattaches them.
+            Event::StopRequested => {
+                if self.link_up() {
+                    self.close(fx, CloseReason::Normal);
+                }
+                Transition(State::stopped(ExitCode::Clean))
             }
             Event::ShutdownRequested { deadline_secs } => {
                 if let Some(secs) = deadline_secs {

@@ -24,7 +24,7 @@ pub use effect::{
     CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice,
     Outbound, TimerKind,
 };
-pub use event::{Event, EventKind, HardwareCache};
+pub use event::{Event, EventKind, FoundJob, HardwareCache};
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
 pub use runner::{BootMode, CoreConfig, DurableState, JobEntry, Link, MAX_EVENT_INDEX, outcome_of};
 

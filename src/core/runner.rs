@@ -14,6 +14,7 @@ use crate::protocol::{
 
 use super::backoff::{BackoffPolicy, Jitter};
 use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
+use super::event::FoundJob;
 
 /// The highest event index adopted from the API: far below where SQLite's integers
 /// end, so numbering can always go on, whatever an API claims.
@@ -97,6 +98,10 @@ pub enum Link {
 pub struct JobEntry {
     pub attempt: u32,
     pub grace_secs: u64,
+    /// The job's timeout, so a job reattached after a restart keeps the time it has
+    /// left (`FoundJob::Running`).
+    #[serde(default)]
+    pub timeout_secs: u64,
     /// Set when the core asked for the job to stop; decides the reported outcome.
     pub cancel: Option<CancelReason>,
 }
@@ -139,6 +144,7 @@ impl Runner {
                 let entry = JobEntry {
                     attempt: job.attempt,
                     grace_secs: job.cancel_grace_secs,
+                    timeout_secs: job.timeout_secs,
                     cancel: None,
                 };
                 (job.job_id, entry)
@@ -269,6 +275,39 @@ impl Runner {
         for job in self.job_refs() {
             self.cancel_job(fx, &job, reason);
         }
+    }
+
+    /// A job of the previous process, as the runtime found it at start. A cancel that
+    /// process asked for still decides the outcome; a job its supervisor still runs
+    /// keeps its timeout counted from when it started, not from now.
+    pub(crate) fn job_found(&mut self, fx: &mut Effects, job: &JobRef, found: FoundJob) {
+        if !self.check_job(fx, job, "job_found") {
+            return;
+        }
+        let Some(entry) = self.jobs.get_mut(&job.job_id) else {
+            return;
+        };
+        if let Some(cancel) = found.cancel() {
+            entry.cancel.get_or_insert(cancel);
+        }
+        if let FoundJob::Running { elapsed_ms, .. } = found {
+            let left = entry
+                .timeout_secs
+                .saturating_mul(1000)
+                .saturating_sub(elapsed_ms);
+            fx.start(TimerKind::JobTimeout(job.clone()), Delay::Millis(left));
+        }
+        fx.notify(Notice::JobFound {
+            job: job.clone(),
+            found: found.name().to_owned(),
+        });
+    }
+
+    /// The session is alive: jobs' supervisors may go on for the API's threshold.
+    pub(crate) fn renew_leases(&self, fx: &mut Effects) {
+        fx.push(Effect::RenewLeases {
+            within_ms: self.session.runner_lost_threshold_ms,
+        });
     }
 
     pub(crate) fn max_grace_secs(&self) -> u64 {
@@ -416,6 +455,7 @@ impl Runner {
                     JobEntry {
                         attempt: job.attempt,
                         grace_secs: job.cancel_grace_secs,
+                        timeout_secs: job.timeout_secs,
                         cancel: None,
                     },
                 );

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{LazyLock, Mutex};
 
-use fyn_runner::core::{BootMode, Event, EventKind, HardwareCache, TimerKind};
+use fyn_runner::core::{BootMode, Event, EventKind, FoundJob, HardwareCache, TimerKind};
 use fyn_runner::protocol::{Command, JobRef, PROTOCOL_VERSION, ServerMessage};
 use fyn_runner::spec::{EffectPattern, Spec, Step};
 
@@ -88,7 +88,8 @@ impl Model {
             | Event::JobOutput { job, .. }
             | Event::JobOutputTruncated { job, .. }
             | Event::JobExited { job, .. }
-            | Event::JobSpawnFailed { job, .. } => Some(job.clone()),
+            | Event::JobSpawnFailed { job, .. }
+            | Event::JobFound { job, .. } => Some(job.clone()),
             Event::TimerFired {
                 timer: TimerKind::JobTimeout(job),
             } => Some(job.clone()),
@@ -180,6 +181,13 @@ impl Model {
                 matches!(event, Event::Message(ServerMessage::EventsAck { up_to }) if (*up_to).min(self.sent_up_to) >= self.last_event)
             }
             "drained" => self.drained(),
+            "found_running" => matches!(
+                event,
+                Event::JobFound {
+                    found: FoundJob::Running { .. },
+                    ..
+                }
+            ),
             other => panic!("the model does not know guard {other:?}"),
         }
     }

@@ -47,6 +47,9 @@ pub enum Control {
         deadline_secs: Option<u64>,
     },
     Force,
+    /// Stop now and leave running jobs to their supervisors (SIGTERM, SIGINT: a
+    /// service manager's stop or restart).
+    Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

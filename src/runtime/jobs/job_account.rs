@@ -8,9 +8,10 @@ control socket.
   plant a link there would have the runner, as root, follow it).
 - A job's folder and its `work/` (and the folders of its `workdir`) are handed over to
   the account; the logs stay the runner's, written through descriptors it opened.
-- The process drops to the account before `exec`: all of the account's groups
+- The job's process drops to the account before `exec`: all of the account's groups
   (`setgroups`, so root's own groups are not inherited), then its group, then its
-  user. The standard library cannot `posix_spawn` such a child and forks instead.
+  user. Its supervisor does that (`supervised/program.rs`), and runs as the runner's
+  user itself, so its records and socket stay out of the job's reach.
 
 Must not: decide who a job runs as (that is the settings'), nor touch the state folder,
 which stays 0700 and out of the account's reach.
@@ -36,6 +37,16 @@ impl JobAccount {
 
     pub fn name(&self) -> &str {
         &self.account.name
+    }
+
+    /// The ids a job's supervisor drops to before it runs the job (Unix).
+    #[cfg(unix)]
+    pub(super) fn ids(&self) -> super::supervised::wire::AccountIds {
+        super::supervised::wire::AccountIds {
+            uid: self.account.uid,
+            gid: self.account.gid,
+            groups: self.account.groups.clone(),
+        }
     }
 
     /// Variables a job of this account gets (before its own): who it is.
@@ -107,11 +118,6 @@ impl JobAccount {
             }
         }
         Ok(())
-    }
-
-    /// Make the job's process drop to the account before it runs the job's program.
-    pub fn apply(&self, command: &mut tokio::process::Command) {
-        imp::run_as(command, &self.account);
     }
 }
 
@@ -189,33 +195,6 @@ mod imp {
         };
         Ok((!can_pass).then_some(mode))
     }
-
-    pub fn run_as(command: &mut tokio::process::Command, account: &Account) {
-        let groups: Vec<libc::gid_t> = account.groups.clone();
-        let (uid, gid) = (account.uid, account.gid);
-        let drop_privileges = move || -> io::Result<()> {
-            let check = |rc: libc::c_int| {
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            };
-            // SAFETY: between fork and exec only async-signal-safe calls are allowed:
-            // these are three system calls, reading memory allocated before the fork
-            // (`groups`, with its true length).
-            unsafe {
-                check(libc::setgroups(groups.len() as _, groups.as_ptr()))?;
-                check(libc::setgid(gid))?;
-                check(libc::setuid(uid))
-            }
-        };
-        // SAFETY: the closure only makes async-signal-safe system calls (see above);
-        // it allocates nothing and takes no lock.
-        unsafe {
-            command.pre_exec(drop_privileges);
-        }
-    }
 }
 
 #[cfg(windows)]
@@ -243,7 +222,4 @@ mod imp {
     pub fn closed_to(_folder: &Path, _account: &Account) -> io::Result<Option<u32>> {
         Err(unsupported())
     }
-
-    /// Never reached: no account can be looked up on Windows (`platform`).
-    pub fn run_as(_command: &mut tokio::process::Command, _account: &Account) {}
 }

@@ -1,10 +1,14 @@
 /*!
 What the job executor tells the driver: one enum that mirrors the core's job events,
-and its conversion into them. `Started` or `SpawnFailed` is what a spawn returns; the
-rest arrive through the reports channel, and the driver forwards each as it arrives.
+and its conversion into them. `Started` or `SpawnFailed` is what a spawn returns, and
+`Found` (with `Started` before it when the store lacks the job's start) what a
+reattach returns; the rest arrive through the reports channel, and the driver
+forwards each as it arrives.
 */
 
-use crate::core::Event;
+use tracing::warn;
+
+use crate::core::{CancelReason, Event, FoundJob};
 use crate::protocol::{ExitStatus, JobRef, OutputStream};
 
 use super::output::OutputChunk;
@@ -46,6 +50,21 @@ pub enum JobReport {
         job: JobRef,
         error: String,
     },
+    /// At start: what became of a job the previous run started. `cancel` is the name
+    /// of the reason a cancel was given with, as its supervisor recorded it.
+    Found {
+        job: JobRef,
+        state: FoundState,
+        cancel: Option<String>,
+    },
+}
+
+/// Whether a job of the previous run still runs, ended meanwhile, or is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundState {
+    Running { elapsed_ms: u64 },
+    Ended,
+    Lost,
 }
 
 impl JobReport {
@@ -56,7 +75,8 @@ impl JobReport {
             | Self::Output { job, .. }
             | Self::Truncated { job, .. }
             | Self::Exited { job, .. }
-            | Self::SpawnFailed { job, .. } => job,
+            | Self::SpawnFailed { job, .. }
+            | Self::Found { job, .. } => job,
         }
     }
 
@@ -99,6 +119,21 @@ impl JobReport {
                 stderr_bytes,
             },
             Self::SpawnFailed { job, error } => Event::JobSpawnFailed { job, error },
+            Self::Found { job, state, cancel } => {
+                let cancel = cancel.and_then(|name| {
+                    let reason = CancelReason::from_name(&name);
+                    if reason.is_none() {
+                        warn!(job = %job.job_id, reason = name, "a supervisor recorded a cancel reason this runner does not know");
+                    }
+                    reason
+                });
+                let found = match state {
+                    FoundState::Running { elapsed_ms } => FoundJob::Running { elapsed_ms, cancel },
+                    FoundState::Ended => FoundJob::Ended { cancel },
+                    FoundState::Lost => FoundJob::Lost,
+                };
+                Event::JobFound { job, found }
+            }
         }
     }
 }
