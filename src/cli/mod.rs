@@ -168,8 +168,9 @@ pub enum Command {
     /// register with a one-time token, and install and start the OS service. Every step
     /// is reported; a failure rolls back everything the install created.
     Install(Box<admin::InstallArgs>),
-    /// Remove the runner: stop and remove the service (the runner drains), tell the
-    /// control plane it is leaving, remove its config and state.
+    /// Remove the runner: drain it (running jobs end within its drain deadline), stop
+    /// and remove the service, end jobs a stopped runner left running, tell the control
+    /// plane it is leaving, remove its config and state.
     Uninstall(admin::UninstallArgs),
     /// The OS service: render its definition, or start/stop/restart/show it.
     #[command(subcommand)]
