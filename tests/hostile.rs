@@ -483,7 +483,11 @@ async fn stray_signals_do_not_kill_the_runner_mid_job() {
     assert!(said.contains("SIGUSR1"), "{said}");
     signal(&runner, libc::SIGTERM);
     let status = runner.0.wait().expect("ends");
-    assert_eq!(status.code(), Some(0), "SIGTERM still drains: {said}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM still stops it cleanly: {said}"
+    );
     server.shutdown().await;
 }
 

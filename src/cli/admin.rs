@@ -430,9 +430,9 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
     // Jobs a stopped runner left running, which nothing will report any more.
     #[cfg(unix)]
     {
-        let jobs_root = jobs_dir.clone().unwrap_or_else(|| {
-            crate::config::default_jobs_dir(&state_dir, job_user.is_some())
-        });
+        let jobs_root = jobs_dir
+            .clone()
+            .unwrap_or_else(|| crate::config::default_jobs_dir(&state_dir, job_user.is_some()));
         let ended = crate::runtime::jobs::end_supervised_jobs(&jobs_root);
         if ended > 0 {
             write_stdout(&format!(
