@@ -374,7 +374,36 @@ async fn a_setsid_daemon_never_outlives_its_job_however_the_job_ends() {
     runner.kill_9();
     let runner = spawn_runner(&binary(), &server.url(), dir.path(), None);
     until_job(&server, &reattached, |j| j.state == JobState::Running).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // `status` shows the job as reattached, with its age.
+    let deadline = Instant::now() + WAIT;
+    let shown = loop {
+        let out = tokio::process::Command::new(binary())
+            .args(["status", "--json", "--state-dir"])
+            .arg(dir.path())
+            .output()
+            .await
+            .expect("status runs");
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if let Some(job) = status["running"].as_array().and_then(|jobs| jobs.first()) {
+            break job.clone();
+        }
+        assert!(Instant::now() < deadline, "status never showed the job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(shown["job"], format!("{reattached}#1").as_str(), "{shown}");
+    assert_eq!(shown["reattached"], true, "{shown}");
+    let text = tokio::process::Command::new(binary())
+        .args(["status", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("status runs");
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains(&format!("{reattached}#1 (reattached, ")),
+        "{text}"
+    );
     assert!(alive(daemon), "the daemon stays with its running job");
     server.cancel_job(&reattached).expect("cancel");
     assert_eq!(

@@ -16,7 +16,7 @@
 //! nothing can be left: every job runs in a kill-on-close job object, which the system
 //! closes with the runner.
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::protocol::JobRef;
 
@@ -41,7 +41,9 @@ pub fn end_leftovers(job: &JobRef, leader: Option<Leader>) -> usize {
 
 #[cfg(target_os = "linux")]
 mod leftovers {
-    use super::{Leader, warn};
+    use tracing::warn;
+
+    use super::Leader;
     use crate::protocol::JobRef;
     use crate::runtime::jobs::supervised_tree as tree;
 

@@ -927,6 +927,68 @@ mod tests {
         );
     }
 
+    /// What a runner restarted while a job runs on resumes from: how far each stream
+    /// was taken into the outbox, kept with the events themselves.
+    #[test]
+    fn how_far_each_stream_was_reported_is_kept_with_its_events() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(dir.path()).expect("the store opens");
+        let spec = job_spec("j");
+        let job = spec.job_ref();
+        let output = |index, stream, offset, data: &str| Durable::OutboxAppend {
+            index,
+            event: RunnerEvent::JobOutput {
+                job: job.clone(),
+                stream,
+                offset,
+                data: data.to_owned(),
+            },
+        };
+        store
+            .commit(&[
+                Durable::JobAdded { job: spec.clone() },
+                // "hello" and "hi\n" in base64: 5 and 3 bytes.
+                output(1, OutputStream::Stdout, 0, "aGVsbG8="),
+                output(2, OutputStream::Stderr, 0, "aGkK"),
+                output(3, OutputStream::Stdout, 5, "IHdvcmxk"),
+            ])
+            .expect("commit");
+        store
+            .commit(&[
+                Durable::OutboxAppend {
+                    index: 4,
+                    event: RunnerEvent::JobOutputTruncated {
+                        job: job.clone(),
+                        stream: OutputStream::Stderr,
+                        offset: 3,
+                    },
+                },
+                Durable::OutboxAcked { up_to: 4 },
+            ])
+            .expect("commit");
+        // Acknowledged events leave the outbox; the progress stays with the job.
+        assert_eq!(store.outbox_depth().expect("depth"), 0);
+        drop(store);
+        let store = Store::open(dir.path()).expect("the store opens again");
+        let progress = store.job_progress().expect("progress");
+        assert_eq!(
+            progress,
+            vec![(
+                job,
+                JobProgress {
+                    stdout: StreamProgress {
+                        sent: 11,
+                        cut: false
+                    },
+                    stderr: StreamProgress { sent: 3, cut: true },
+                }
+            )]
+        );
+        assert_eq!(base64_len(""), 0);
+        assert_eq!(base64_len("YQ=="), 1);
+        assert_eq!(base64_len("YWI="), 2);
+    }
+
     #[test]
     fn unsent_events_move_up_past_the_apis_in_order_and_numbering_follows() {
         let dir = tempfile::tempdir().expect("a temporary directory");
