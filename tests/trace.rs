@@ -867,7 +867,7 @@ fn rotation_splits_the_trace_and_keeps_the_newest_files() {
     // An older session's trace and an unrelated file share the directory.
     std::fs::write(dir.path().join("trace-2025-02-01T00_00_00Z.jsonl"), "old\n").unwrap();
     std::fs::write(dir.path().join("notes.txt"), "keep me\n").unwrap();
-    let mut session = Session::start(dir.path(), BootMode::Resume, resumed_durable(), 4_000, 3);
+    let mut session = Session::start(dir.path(), BootMode::Resume, resumed_durable(), 4_300, 3);
     session.first_handshake();
     session.body();
     let current = session.finish();

@@ -382,8 +382,9 @@ fn make_log(path: &Path) -> Result<(), ExecutorError> {
 /// The program a job's supervisor runs from: the runner's own binary. On Linux that is
 /// `/proc/self/exe`, the very file this process runs even after an upgrade replaced it
 /// on disk, so a supervisor always speaks its runner's version. A process that is not
-/// `fyn-runner` (a test, an embedding program) looks for the `fyn-runner` binary beside
-/// itself, as cargo lays out `target/<profile>/`.
+/// `fyn-runner` (a test, an example, an embedding program) looks for the `fyn-runner`
+/// binary beside itself, as cargo lays out `target/<profile>/` (tests and examples
+/// live one folder below, in `deps/` and `examples/`).
 pub fn supervisor_program() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let named_so = |path: &Path| {
@@ -400,7 +401,7 @@ pub fn supervisor_program() -> PathBuf {
     let beside = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     let above = beside
         .file_name()
-        .filter(|dir| *dir == "deps")
+        .filter(|dir| *dir == "deps" || *dir == "examples")
         .and_then(|_| beside.parent().map(Path::to_path_buf));
     above
         .into_iter()
