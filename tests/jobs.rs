@@ -1010,6 +1010,7 @@ fn reports_become_the_cores_events() {
                 duration_ms: 5,
                 stdout_bytes: 1,
                 stderr_bytes: 2,
+                cancel: None,
             },
             Event::JobExited {
                 job: job.clone(),
@@ -1017,6 +1018,7 @@ fn reports_become_the_cores_events() {
                 duration_ms: 5,
                 stdout_bytes: 1,
                 stderr_bytes: 2,
+                cancel: None,
             },
         ),
         (

@@ -89,12 +89,22 @@ fn a_reattached_job_keeps_the_time_it_has_left() {
 
 /// The outcome of the job's end, from the `job_finished` its exit produces.
 fn outcome_after_exit(core: &mut Core, status: ExitStatus) -> JobOutcome {
+    outcome_after_recorded_exit(core, status, None)
+}
+
+/// The same, with the reason of a cancel the job's supervisor recorded with its end.
+fn outcome_after_recorded_exit(
+    core: &mut Core,
+    status: ExitStatus,
+    cancel: Option<CancelReason>,
+) -> JobOutcome {
     let effects = core.dispatch(&Event::JobExited {
         job: job(),
         status,
         duration_ms: 1,
         stdout_bytes: 0,
         stderr_bytes: 0,
+        cancel,
     });
     effects
         .list
@@ -146,6 +156,33 @@ fn a_cancel_from_before_the_restart_still_decides_the_outcome() {
     assert_eq!(
         outcome_after_exit(&mut core, ExitStatus::Exited { code: 0 }),
         JobOutcome::Succeeded
+    );
+    // Reattached, then ended by its supervisor on its own (its lease ran out while
+    // this runner had no session): lost, not failed.
+    let mut core = restarted();
+    found(
+        &mut core,
+        FoundJob::Running {
+            elapsed_ms: 1,
+            cancel: None,
+        },
+    );
+    assert_eq!(
+        outcome_after_recorded_exit(&mut core, killed, Some(CancelReason::RunnerLost)),
+        JobOutcome::Lost
+    );
+    // The core's own reason comes first: the API's cancel stays a cancel.
+    let mut core = restarted();
+    found(
+        &mut core,
+        FoundJob::Running {
+            elapsed_ms: 1,
+            cancel: Some(CancelReason::Cancelled),
+        },
+    );
+    assert_eq!(
+        outcome_after_recorded_exit(&mut core, killed, Some(CancelReason::RunnerLost)),
+        JobOutcome::Cancelled
     );
     // Lost: the runtime reports an unknown end next.
     let mut core = restarted();

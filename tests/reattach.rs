@@ -503,9 +503,10 @@ async fn sigterm_leaves_jobs_running_and_uninstall_still_ends_them() {
     server.shutdown().await;
 }
 
-/// A job left running by a stopped runner that no runner takes back: its supervisor
+/// A job whose runner is gone, or is back but cannot reach the API: its supervisor
 /// ends it once no lease renewal came for the API's threshold, since the API has given
-/// it away by then.
+/// it away by then. (A runner without a session renews nothing, and its own
+/// runner-lost timer, at the default threshold, would come far later.)
 #[tokio::test]
 async fn a_job_no_runner_comes_back_for_is_ended_by_its_supervisor_after_the_threshold() {
     let mut config = DevServerConfig::ephemeral();
@@ -527,6 +528,8 @@ async fn a_job_no_runner_comes_back_for_is_ended_by_its_supervisor_after_the_thr
     let runner_id = job.runner.clone().expect("assigned");
     runner.kill_9();
     let began = Instant::now();
+    // Started again at once, but where no control plane answers.
+    let mut cut_off = spawn_runner(&binary(), "ws://127.0.0.1:9", dir.path(), None);
     until_gone(main, "a job whose lease ran out").await;
     until_gone(daemon, "its daemon").await;
     assert!(
@@ -534,6 +537,7 @@ async fn a_job_no_runner_comes_back_for_is_ended_by_its_supervisor_after_the_thr
         "ended before its lease could run out ({:?})",
         began.elapsed()
     );
+    cut_off.kill_9();
     // The next start finds its end recorded and reports it lost, once.
     let runner = spawn_runner(&binary(), &server.url(), dir.path(), None);
     let deadline = Instant::now() + WAIT;

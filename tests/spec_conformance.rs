@@ -167,7 +167,8 @@ fn job_event() -> impl Strategy<Value = Event> {
             status,
             duration_ms: 5,
             stdout_bytes: 2,
-            stderr_bytes: 0
+            stderr_bytes: 0,
+            cancel: None,
         }),
         job_ref().prop_map(|job| Event::JobSpawnFailed {
             job,
@@ -383,6 +384,7 @@ fn running_job_event(model: &Model) -> BoxedStrategy<Event> {
                 duration_ms: 3,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                cancel: None,
             },
         })
         .boxed()

@@ -228,6 +228,7 @@ impl Session {
                 duration_ms: 20_000,
                 stdout_bytes: OUTPUT.len() as u64,
                 stderr_bytes: 0,
+                cancel: None,
             },
         );
         self.step(50, msg(ServerMessage::EventsAck { up_to: 6 }));
@@ -260,6 +261,7 @@ impl Session {
                 duration_ms: 30_000,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                cancel: None,
             },
         );
         self.heartbeat(1);
@@ -286,6 +288,7 @@ impl Session {
                 duration_ms: 40_000,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                cancel: None,
             },
         );
         self.step(100, msg(ServerMessage::EventsAck { up_to: 100 }));
@@ -829,6 +832,7 @@ fn redaction_covers_the_durable_state_of_the_header() {
             duration_ms: 0,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            cancel: None,
         },
     );
     let path = session.finish();

@@ -84,6 +84,11 @@ pub enum Event {
         duration_ms: u64,
         stdout_bytes: u64,
         stderr_bytes: u64,
+        /// The reason of a cancel the job's supervisor recorded with its end that this
+        /// process did not ask for: one it carried out on its own (its lease ran out,
+        /// it was itself told to stop) or one an earlier runner process asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancel: Option<CancelReason>,
     },
     JobSpawnFailed {
         job: JobRef,

@@ -1083,6 +1083,7 @@ impl Runner {
                 duration_ms,
                 stdout_bytes,
                 stderr_bytes,
+                cancel,
                 ..
             } => {
                 let end = JobFinish {
@@ -1091,6 +1092,7 @@ impl Runner {
                     duration_ms: *duration_ms,
                     output_bytes: (*stdout_bytes, *stderr_bytes),
                     spawn_error: None,
+                    recorded_cancel: *cancel,
                 };
                 self.job_finished(fx, end);
             }
@@ -1101,6 +1103,7 @@ impl Runner {
                     duration_ms: 0,
                     output_bytes: (0, 0),
                     spawn_error: Some(error),
+                    recorded_cancel: None,
                 };
                 self.job_finished(fx, end);
             }

@@ -337,6 +337,7 @@ impl Runner {
             duration_ms,
             output_bytes,
             spawn_error,
+            recorded_cancel,
         } = end;
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
@@ -346,7 +347,8 @@ impl Runner {
         let outcome = if spawn_error.is_some() {
             JobOutcome::Failed
         } else {
-            outcome_of(entry.cancel, status)
+            // The core's own reason first: the first reason decides the outcome.
+            outcome_of(entry.cancel.or(recorded_cancel), status)
         };
         self.emit(
             fx,
@@ -506,6 +508,8 @@ pub(crate) struct JobFinish<'a> {
     pub output_bytes: (u64, u64),
     /// Why the process could not be started, when it could not.
     pub spawn_error: Option<&'a str>,
+    /// A cancel the job's supervisor recorded that this process did not ask for.
+    pub recorded_cancel: Option<CancelReason>,
 }
 
 /// The outcome the API is told. A cancellation the core asked for wins over the exit

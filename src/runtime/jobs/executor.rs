@@ -75,7 +75,6 @@ pub struct FindRequest {
     /// How much of its output the outbox holds already.
     pub progress: JobProgress,
     pub output: OutputSink,
-    pub lease: Duration,
 }
 
 /// How far a job's output was reported (taken into the outbox), per stream.
@@ -142,7 +141,7 @@ pub struct RunningJob {
 }
 
 /// How a job ended, as the backend saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobEnd {
     pub status: ExitStatus,
     /// From the spawn to the end of the main process.
@@ -151,6 +150,9 @@ pub struct JobEnd {
     pub stderr_bytes: u64,
     /// What the job's processes used, when the backend measured it.
     pub usage: Option<JobUsage>,
+    /// The name of the reason of a cancel the backend recorded with the job's end (its
+    /// supervisor's own, or one an earlier runner asked for).
+    pub cancel: Option<String>,
 }
 
 /// CPU time and peak memory of a job's processes (the main one and every descendant

@@ -147,6 +147,7 @@ async fn run_to_end(
         stdout_bytes,
         stderr_bytes,
         usage: None,
+        cancel: None,
     }
 }
 

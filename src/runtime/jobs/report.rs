@@ -37,13 +37,15 @@ pub enum JobReport {
         offset: u64,
     },
     /// The main process ended, its process group was killed and both streams were read
-    /// to the end. Byte counts are what the job wrote, before truncation.
+    /// to the end. Byte counts are what the job wrote, before truncation. `cancel` is
+    /// the name of a cancel's reason the job's supervisor recorded with its end.
     Exited {
         job: JobRef,
         status: ExitStatus,
         duration_ms: u64,
         stdout_bytes: u64,
         stderr_bytes: u64,
+        cancel: Option<String>,
     },
     /// The job never ran; `error` says why, for people (it is never matched on).
     SpawnFailed {
@@ -111,22 +113,21 @@ impl JobReport {
                 duration_ms,
                 stdout_bytes,
                 stderr_bytes,
-            } => Event::JobExited {
-                job,
-                status,
-                duration_ms,
-                stdout_bytes,
-                stderr_bytes,
-            },
+                cancel,
+            } => {
+                let cancel = cancel_reason(&job, cancel);
+                Event::JobExited {
+                    job,
+                    status,
+                    duration_ms,
+                    stdout_bytes,
+                    stderr_bytes,
+                    cancel,
+                }
+            }
             Self::SpawnFailed { job, error } => Event::JobSpawnFailed { job, error },
             Self::Found { job, state, cancel } => {
-                let cancel = cancel.and_then(|name| {
-                    let reason = CancelReason::from_name(&name);
-                    if reason.is_none() {
-                        warn!(job = %job.job_id, reason = name, "a supervisor recorded a cancel reason this runner does not know");
-                    }
-                    reason
-                });
+                let cancel = cancel_reason(&job, cancel);
                 let found = match state {
                     FoundState::Running { elapsed_ms } => FoundJob::Running { elapsed_ms, cancel },
                     FoundState::Ended => FoundJob::Ended { cancel },
@@ -136,4 +137,15 @@ impl JobReport {
             }
         }
     }
+}
+
+/// The reason a supervisor recorded, by name; one this build does not know is dropped
+/// (with a warning) rather than guessed.
+fn cancel_reason(job: &JobRef, name: Option<String>) -> Option<CancelReason> {
+    let name = name?;
+    let reason = CancelReason::from_name(&name);
+    if reason.is_none() {
+        warn!(job = %job.job_id, reason = name, "a supervisor recorded a cancel reason this runner does not know");
+    }
+    reason
 }

@@ -132,7 +132,6 @@ impl JobSupervisor {
             pid,
             progress,
             output: OutputSink::new(job.clone(), self.reports.clone()),
-            lease: self.lease,
         };
         let mut reports = Vec::new();
         let (state, cancel) = match self.executor.find(request) {
@@ -175,6 +174,7 @@ impl JobSupervisor {
                 duration_ms: 0,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                cancel: None,
             });
         }
         reports
@@ -388,5 +388,6 @@ async fn supervise(
         duration_ms: end.duration_ms,
         stdout_bytes: end.stdout_bytes,
         stderr_bytes: end.stderr_bytes,
+        cancel: end.cancel,
     });
 }

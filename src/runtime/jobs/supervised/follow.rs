@@ -254,6 +254,7 @@ impl Follow {
                         system_us: record.usage.system_us,
                         max_rss_kib: record.usage.max_rss_kib,
                     }),
+                    cancel: record.cancel,
                 }
             }
             found => {
@@ -283,6 +284,7 @@ impl Follow {
                     stdout_bytes: sizes.stdout.seen,
                     stderr_bytes: sizes.stderr.seen,
                     usage: None,
+                    cancel: None,
                 }
             }
         }

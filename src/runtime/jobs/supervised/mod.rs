@@ -302,10 +302,10 @@ impl Supervisors {
             )
         };
         if supervisor_lives(&folder) {
+            // No lease renewal here: only a session that proves alive renews it, so a
+            // runner that restarts but cannot reach the API does not keep a job the
+            // API is about to give away.
             let (asks, asks_rx) = mpsc::unbounded_channel();
-            let _ = asks.send(RunnerAsks::Lease {
-                within_ms: millis(request.lease),
-            });
             let (stream, cancel) = match hello(&folder) {
                 Some((stream, cancel)) => (Some(stream), cancel),
                 None => (None, None),
