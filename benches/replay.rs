@@ -102,6 +102,7 @@ fn cycle(index: u64, event_index: &mut u64) -> Vec<Event> {
         duration_ms: 1200,
         stdout_bytes: 192,
         stderr_bytes: 0,
+        cancel: None,
     });
     *event_index += 6; // accepted, started, 3 output, finished
     events.push(msg(ServerMessage::EventsAck {

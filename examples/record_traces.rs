@@ -1,6 +1,7 @@
 //! Records the session traces kept in `tests/traces/`, which `tests/trace_corpus.rs`
 //! replays against today's machine. Run after a deliberate change to the lifecycle:
-//! `cargo run --example record_traces` (then review and commit the new traces).
+//! `cargo build && cargo run --example record_traces` (then review and commit the new
+//! traces; the build makes the `fyn-runner` binary its jobs' supervisors run from).
 #![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 use std::collections::BTreeMap;
@@ -179,6 +180,8 @@ async fn eviction() {
     .expect("start");
     active(&mut first).await;
     let copy = tempfile::tempdir().expect("tempdir");
+    // A store comes first: the runner refuses an identity without one.
+    drop(fyn_runner::runtime::store::Store::open(copy.path()).expect("store"));
     for name in ["identity/runner.json", "identity/key"] {
         let to = copy.path().join(name);
         std::fs::create_dir_all(to.parent().expect("parent")).expect("dir");
@@ -219,6 +222,34 @@ async fn forced_drain() {
     server.shutdown().await;
 }
 
+/// A stop (SIGTERM) leaves a job running under its supervisor; the next start finds it,
+/// reattaches it, reports the rest of its output and its end, then drains.
+async fn reattach() {
+    let server = server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut first = runtime::start(settings(
+        &server,
+        dir.path(),
+        Some(server.mint_token().expect("token")),
+    ))
+    .expect("start");
+    active(&mut first).await;
+    let id = server
+        .submit_job(job(&["sh", "-c", "echo before; sleep 1; echo after"], 60))
+        .expect("submit");
+    settle(&server, &id, |s| s == JobState::Running).await;
+    let _ = first.control().send(fyn_runner::runtime::Control::Stop);
+    let _ = first.wait().await;
+    let mut second = runtime::start(settings(&server, dir.path(), None)).expect("start");
+    active(&mut second).await;
+    settle(&server, &id, |s| s == JobState::Finished).await;
+    second.shutdown();
+    let _ = tokio::time::timeout(WAIT, second.wait_for(|s| s.state == "Stopped")).await;
+    keep(&second, "reattached-after-a-stop");
+    let _ = second.wait().await;
+    server.shutdown().await;
+}
+
 #[tokio::main]
 async fn main() {
     std::fs::create_dir_all(out_dir()).expect("tests/traces");
@@ -226,4 +257,5 @@ async fn main() {
     reconnect().await;
     eviction().await;
     forced_drain().await;
+    reattach().await;
 }

@@ -3,6 +3,16 @@
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
+    // A job's supervisor, which the runner starts from its own binary for every job
+    // (never a person: it is not in --help). Before the command line is parsed, since
+    // it is on the way to every job's start.
+    #[cfg(unix)]
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "supervise")
+    {
+        std::process::exit(fyn_runner::runtime::jobs::supervise_main());
+    }
     // The matches travel with the parsed flags: the config file fills in only what
     // no flag or variable gave, and only the matches know which those were.
     let matches = fyn_runner::cli::Cli::command().get_matches();

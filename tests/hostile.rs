@@ -126,13 +126,16 @@ async fn a_job_of_the_job_account_cannot_reach_the_key_the_store_or_the_socket()
             if (: < "$f") 2>/dev/null || (: > "$f") 2>/dev/null; then echo "reached $f"; else echo "refused $f: $( (: < "$f") 2>&1 )"; fi
         done
         ls "$STATE" >/dev/null 2>&1 && echo "listed the state folder"
+        ls "$JOBS/.supervisors" >/dev/null 2>&1 && echo "listed the supervisors' folder"
+        (: > "$JOBS/.supervisors/forged") 2>/dev/null && echo "wrote in the supervisors' folder"
         echo "home=$HOME"
         echo "uid=$(id -u) groups=$(id -G)"
         touch "$HOME/dotfile" && echo "home is writable"
     "#;
     let state_text = state.display().to_string();
+    let jobs_text = dir.path().join("state-jobs").display().to_string();
     let id = server
-        .submit_job(shell(script, &[("STATE", &state_text)]))
+        .submit_job(shell(script, &[("STATE", &state_text), ("JOBS", &jobs_text)]))
         .expect("submit");
     let job = finished(&server, &id).await;
     let out = printed(&server, &id, OutputStream::Stdout);
@@ -149,6 +152,8 @@ async fn a_job_of_the_job_account_cannot_reach_the_key_the_store_or_the_socket()
     assert!(!out.contains("reached"), "{out}");
     assert!(out.contains("Permission denied"), "{out}");
     assert!(!out.contains("listed the state folder"), "{out}");
+    // Its supervisor's records and socket are out of its reach: it cannot forge its end.
+    assert!(!out.contains("supervisors' folder"), "{out}");
     assert!(out.contains("uid=65534 groups=65534\n"), "{out}");
     assert!(out.contains("home is writable"), "{out}");
     let home = out
@@ -167,6 +172,7 @@ async fn a_job_of_the_job_account_cannot_reach_the_key_the_store_or_the_socket()
     let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o7777;
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&dir.path().join("state-jobs")), 0o711);
+    assert_eq!(mode(&dir.path().join("state-jobs/.supervisors")), 0o700);
     handle.shutdown();
     tokio::time::timeout(WAIT, handle.wait())
         .await
@@ -487,7 +493,11 @@ async fn stray_signals_do_not_kill_the_runner_mid_job() {
     assert!(said.contains("SIGUSR1"), "{said}");
     signal(&runner, libc::SIGTERM);
     let status = runner.0.wait().expect("ends");
-    assert_eq!(status.code(), Some(0), "SIGTERM still drains: {said}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM still stops it cleanly: {said}"
+    );
     server.shutdown().await;
 }
 

@@ -381,7 +381,7 @@ async fn cancel_sends_sigterm_to_the_group() {
     h.started(&spec.job_ref()).await;
     assert_eq!(h.supervisor.running(), 1);
     h.supervisor
-        .cancel(&spec.job_ref(), Duration::from_secs(20));
+        .cancel(&spec.job_ref(), "cancelled", Duration::from_secs(20));
     let run = h.until_exit(&spec.job_ref()).await;
     assert_eq!(
         run.status,
@@ -406,7 +406,7 @@ async fn cancel_reaches_the_jobs_children() {
         .parse()
         .expect("the child's pid");
     h.supervisor
-        .cancel(&spec.job_ref(), Duration::from_secs(20));
+        .cancel(&spec.job_ref(), "cancelled", Duration::from_secs(20));
     let run = h.until_exit(&spec.job_ref()).await;
     assert_eq!(
         run.status,
@@ -430,7 +430,7 @@ async fn a_job_ignoring_sigterm_is_killed_after_the_grace() {
     h.output_containing(OutputStream::Stdout, "ready").await;
     let grace = Duration::from_millis(300);
     let cancelled = Instant::now();
-    h.supervisor.cancel(&spec.job_ref(), grace);
+    h.supervisor.cancel(&spec.job_ref(), "cancelled", grace);
     let run = h.until_exit(&spec.job_ref()).await;
     assert_eq!(
         run.status,
@@ -577,6 +577,7 @@ async fn a_job_id_that_climbs_out_is_refused() {
         let request = SpawnRequest {
             output: OutputSink::new(bad.job_ref(), tx.clone()),
             spec: bad.clone(),
+            lease: Duration::from_secs(60),
         };
         let result = executor.spawn(request);
         assert!(
@@ -670,8 +671,12 @@ async fn fifty_mib_stream_in_full_with_bounded_memory() {
     assert_eq!(log.len(), TOTAL);
 }
 
+/// A consumer that takes nothing holds back the reports (at most the stream's credits
+/// are out), never the job: its supervisor writes its output to the log, and the job
+/// finishes while the reports wait; they resume from the log.
 #[tokio::test]
-async fn a_stalled_consumer_holds_the_job_back_instead_of_buffering() {
+async fn a_stalled_consumer_holds_the_reports_back_not_the_job() {
+    const TOTAL: u64 = 52_428_800;
     let mut h = Harness::new();
     let spec = spec("stalled", &["head", "-c", "52428800", "/dev/zero"]);
     h.spawn(&spec);
@@ -687,7 +692,18 @@ async fn a_stalled_consumer_holds_the_job_back_instead_of_buffering() {
         "{} chunks out without credit",
         held.len()
     );
-    assert_eq!(h.supervisor.running(), 1, "the job waits, it is not done");
+    // Meanwhile the job wrote all of it: nothing waited for the consumer.
+    let log = h.job_dir(&spec).join("stdout.log");
+    let deadline = Instant::now() + WAIT;
+    while std::fs::metadata(&log).map_or(0, |m| m.len()) < TOTAL {
+        assert!(Instant::now() < deadline, "the job was held back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.supervisor.running(),
+        1,
+        "its end is reported only after its output"
+    );
     // Converting gives the credits back and the flood resumes to its end.
     let mut received: u64 = held
         .into_iter()
@@ -738,8 +754,11 @@ async fn kill_all_kills_every_job_now() {
     assert_eq!(h.supervisor.running(), 0);
 }
 
+/// The runner's side of a job going away (the runner stops) leaves the job to its
+/// supervisor process, which keeps running it; ending every supervised job under a
+/// jobs folder (what `uninstall` does) then ends it, with what it started.
 #[tokio::test]
-async fn dropping_the_supervisor_kills_its_jobs() {
+async fn dropping_the_job_supervisor_leaves_the_job_to_its_supervisor_process() {
     let mut h = Harness::new();
     let spec = spec("dropped", &["sh", "-c", "sleep 1000 & echo $!; wait"]);
     h.spawn(&spec);
@@ -750,30 +769,23 @@ async fn dropping_the_supervisor_kills_its_jobs() {
         .trim()
         .parse()
         .expect("the child's pid");
+    let root = h.root();
     let Harness {
         dir: _dir,
         supervisor,
-        mut reports,
         ..
     } = h;
     drop(supervisor);
-    let exited = timeout(WAIT, async {
-        loop {
-            match reports.recv().await {
-                Some(JobReport::Exited { status, .. }) => break status,
-                Some(_) => {}
-                None => panic!("the channel closed before Exited"),
-            }
-        }
-    })
-    .await
-    .expect("Exited in time");
-    assert_eq!(
-        exited,
-        ExitStatus::Signaled {
-            signal: libc::SIGKILL
-        }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !process_gone(i32::try_from(main).unwrap()) && !process_gone(child),
+        "the job runs on without the runner"
     );
+    let ended =
+        tokio::task::spawn_blocking(move || fyn_runner::runtime::jobs::end_supervised_jobs(&root))
+            .await
+            .expect("ends");
+    assert_eq!(ended, 1);
     assert_gone(i32::try_from(main).unwrap()).await;
     assert_gone(child).await;
 }
@@ -787,7 +799,8 @@ async fn the_same_attempt_never_runs_twice() {
     let error = h.spawn_failed(&spec).await;
     assert!(error.contains("already running"), "{error}");
     assert_eq!(h.supervisor.running(), 1);
-    h.supervisor.cancel(&spec.job_ref(), Duration::ZERO);
+    h.supervisor
+        .cancel(&spec.job_ref(), "cancelled", Duration::ZERO);
     let run = h.until_exit(&spec.job_ref()).await;
     assert!(matches!(run.status, Some(ExitStatus::Signaled { .. })));
     // Once it ended, the attempt may be started again.
@@ -809,7 +822,8 @@ async fn cancelling_an_unknown_job_does_nothing() {
         job_id: "nobody".into(),
         attempt: 1,
     };
-    h.supervisor.cancel(&job, Duration::from_secs(1));
+    h.supervisor
+        .cancel(&job, "cancelled", Duration::from_secs(1));
     assert!(h.reports.try_recv().is_err());
     assert_eq!(h.supervisor.running(), 0);
 }
@@ -821,7 +835,9 @@ fn spares_and_others(root: &Path) -> (usize, usize) {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     let spares = names.iter().filter(|n| n.starts_with(".spare-")).count();
-    (spares, names.len() - spares)
+    // Where jobs' supervisors keep their folders is no job's folder either.
+    let machinery = names.iter().filter(|n| *n == ".supervisors").count();
+    (spares, names.len() - spares - machinery)
 }
 
 /// The one spare job folder in `root`, once it is there.
@@ -997,6 +1013,7 @@ fn reports_become_the_cores_events() {
                 duration_ms: 5,
                 stdout_bytes: 1,
                 stderr_bytes: 2,
+                cancel: None,
             },
             Event::JobExited {
                 job: job.clone(),
@@ -1004,6 +1021,7 @@ fn reports_become_the_cores_events() {
                 duration_ms: 5,
                 stdout_bytes: 1,
                 stderr_bytes: 2,
+                cancel: None,
             },
         ),
         (

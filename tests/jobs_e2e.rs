@@ -569,18 +569,34 @@ fn started_pid(server: &DevServer, job: &JobInfo) -> i32 {
         .expect("a job_started event with the pid")
 }
 
-/// The real binary runs a long job, and is killed with SIGKILL while it does: the job
-/// ID, and the pid the runner reported for its process.
+/// The real binary runs a long job, and the machine loses it: the runner and the job's
+/// supervisor are killed with SIGKILL (the kernel then kills the job's main process,
+/// while a child of the job, in its process group, lives on). The job ID, and the pid
+/// of that child.
 async fn kill_9_mid_job(server: &DevServer, dir: &Path, token: &str) -> (String, i32) {
     let mut runner = spawn_runner(&server.url(), dir, Some(token));
     let id = server
-        .submit_job(request(&["sleep", "300"], 600))
+        .submit_job(request(&["sh", "-c", "sleep 300 & echo $!; wait"], 600))
         .expect("submit");
-    let job = until_job(server, &id, |j| j.state == JobState::Running).await;
-    let pid = started_pid(server, &job);
+    let job = until_job(server, &id, |j| j.stdout_bytes > 0).await;
+    let main = started_pid(server, &job);
+    let child: i32 = output(server, &id, OutputStream::Stdout)
+        .trim()
+        .parse()
+        .expect("the child's pid");
     runner.kill().expect("kill -9");
     let _ = runner.wait();
-    (id, pid)
+    let supervisor = parent_of(main).expect("the job has its supervisor");
+    // SAFETY: kill(2) with the pid of the job's supervisor, read from /proc just now.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    (id, child)
+}
+
+/// The parent of a process, from /proc.
+fn parent_of(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Until the orphaned job process `pid` is gone (killed by the next start).
@@ -595,15 +611,18 @@ async fn until_gone(pid: i32) {
     }
 }
 
+/// Neither the runner nor the job's supervisor is there any more (tests/reattach.rs
+/// covers a runner whose jobs' supervisors live on): the next start reports the job
+/// lost, once, and kills what is left of it.
 #[tokio::test]
-async fn kill_9_mid_job_then_restart_reports_it_lost_once_and_leaves_no_process() {
+async fn a_job_whose_runner_and_supervisor_died_is_reported_lost_once_and_leaves_no_process() {
     let server = dev_server(None, None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let token = server.mint_token().expect("token");
     let (id, pid) = kill_9_mid_job(&server, dir.path(), &token).await;
     assert!(
         alive(pid),
-        "the job's process outlives a SIGKILLed runner until the next start"
+        "a process of the job's group outlives its supervisor until the next start"
     );
 
     let mut runner = spawn_runner(&server.url(), dir.path(), None);

@@ -128,7 +128,7 @@ fn the_user_unit_passes_systemd_analyze_verify() {
 fn a_broken_unit_fails_the_verify_helper() {
     let dir = tempfile::tempdir().expect("tempdir");
     let unit = systemd::render(&verifiable(Scope::System, dir.path()));
-    let broken = unit.replace("KillMode=mixed", "KillMode=mixed\nKillModeTypo=yes");
+    let broken = unit.replace("KillMode=process", "KillMode=process\nKillModeTypo=yes");
     let result = std::panic::catch_unwind(|| verify(&broken, Scope::System));
     if Path::new("/usr/bin/systemd-analyze").exists() {
         assert!(result.is_err(), "an unknown key must fail the check");
@@ -161,7 +161,7 @@ fn the_stop_timeout_is_the_drain_deadline_plus_the_margin() {
 }
 
 #[test]
-fn the_system_unit_drains_on_sigterm_and_keeps_jobs_their_devices() {
+fn the_system_unit_stops_the_runner_alone_and_keeps_jobs_their_devices() {
     let unit = systemd::render(&ServiceSpec {
         user: Some("fyn".into()),
         ..spec(Scope::System)
@@ -177,7 +177,8 @@ fn the_system_unit_drains_on_sigterm_and_keeps_jobs_their_devices() {
         "SuccessExitStatus=2",
         "RestartPreventExitStatus=3 4 5 6 7",
         "KillSignal=SIGTERM",
-        "KillMode=mixed",
+        // A stop or restart leaves the jobs' supervisors, and so the jobs, running.
+        "KillMode=process",
         "TimeoutStopSec=180",
         "TimeoutStartSec=infinity",
         "OOMPolicy=continue",
@@ -426,6 +427,8 @@ fn the_plist_parses_and_has_the_required_keys() {
         Some(&Plist::Dict(vec![("Crashed".into(), Plist::Bool(true))]))
     );
     assert_eq!(plist.get("ExitTimeOut"), Some(&Plist::Integer(360)));
+    // A stop leaves the jobs' supervisors, and so the jobs, running.
+    assert_eq!(plist.get("AbandonProcessGroup"), Some(&Plist::Bool(true)));
     assert_eq!(plist.get("ProcessType"), Some(&string("Interactive")));
     let log = string("/Library/Logs/fyn-runner/runner.log");
     assert_eq!(plist.get("StandardOutPath"), Some(&log));

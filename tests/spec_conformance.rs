@@ -12,8 +12,8 @@ mod support;
 use std::collections::BTreeMap;
 
 use fyn_runner::core::{
-    BootMode, Core, CoreConfig, Delay, DurableState, Effect, Event, EventKind, HardwareCache,
-    HookOutcome, HookPoint, StopOrigin, TimerKind,
+    BootMode, CancelReason, Core, CoreConfig, Delay, DurableState, Effect, Event, EventKind,
+    FoundJob, HardwareCache, HookOutcome, HookPoint, StopOrigin, TimerKind,
 };
 use fyn_runner::protocol::{
     CloseReason, Command, ExitStatus, HardwareReport, JobRef, JobSpec, MAX_INDEX, OutputStream,
@@ -201,12 +201,14 @@ fn job_event() -> impl Strategy<Value = Event> {
             status,
             duration_ms: 5,
             stdout_bytes: 2,
-            stderr_bytes: 0
+            stderr_bytes: 0,
+            cancel: None,
         }),
         job_ref().prop_map(|job| Event::JobSpawnFailed {
             job,
             error: "ENOENT".into()
         }),
+        (job_ref(), found_job()).prop_map(|(job, found)| Event::JobFound { job, found }),
     ]
 }
 
@@ -231,8 +233,32 @@ fn hook_finished() -> impl Strategy<Value = Event> {
         })
 }
 
-/// Any event at all.
+/// What the runtime can find of a job at start.
+fn found_job() -> impl Strategy<Value = FoundJob> {
+    let cancel = prop::option::of(prop_oneof![
+        Just(CancelReason::Cancelled),
+        Just(CancelReason::TimedOut),
+        Just(CancelReason::RunnerLost),
+    ]);
+    prop_oneof![
+        (0u64..120_000, cancel.clone())
+            .prop_map(|(elapsed_ms, cancel)| FoundJob::Running { elapsed_ms, cancel }),
+        cancel.prop_map(|cancel| FoundJob::Ended { cancel }),
+        Just(FoundJob::Lost),
+    ]
+}
+
+/// Any event at all. A stop that leaves jobs running ends a run wherever it comes, so
+/// it comes rarely: often enough to cover its rows, not so often that runs stop
+/// before they reach the deep states.
 fn any_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        50 => any_other_event(),
+        1 => Just(Event::StopRequested),
+    ]
+}
+
+fn any_other_event() -> impl Strategy<Value = Event> {
     prop_oneof![
         Just(Event::StepDone),
         Just(Event::StepFailed {
@@ -318,6 +344,21 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
         "Registering.waiting" => prop_oneof![
             4 => Just(Event::TimerFired { timer: TimerKind::Backoff }),
             1 => shutdown_requested(),
+        ]
+        .boxed(),
+        // A drain with no job left waits only for its outbox: what ends it (or not).
+        p if p.starts_with("Draining") && model.jobs.is_empty() => prop_oneof![
+            1 => acks(),
+            1 => Just(Event::Message(ServerMessage::EventsAck { up_to: model.last_event })),
+            1 => shutdown_requested(),
+            2 => Just(Event::TimerFired { timer: TimerKind::Ack }),
+            2 => Just(Event::TimerFired { timer: TimerKind::DrainDeadline }),
+            2 => Just(Event::SocketClosed { code: Some(1006), reason: String::new() }),
+            2 => Just(Event::BadFrame { close: CloseReason::BadFrame, error: "bad".into() }),
+            1 => Just(Event::TimerFired { timer: TimerKind::Heartbeat }),
+            1 => (0u64..5).prop_map(|seq| Event::Message(ServerMessage::HeartbeatAck { seq })),
+            1 => Just(Event::StopRequested),
+            1 => command(),
         ]
         .boxed(),
         "Reconnecting.waiting" => prop_oneof![
@@ -431,17 +472,19 @@ fn running_job_event(model: &Model) -> BoxedStrategy<Event> {
     (
         prop::sample::select(running),
         status,
-        0u8..7,
+        0u8..8,
         Just(model.last_applied + 1),
         hook_outcome(),
+        found_job(),
     )
-        .prop_map(|(job, status, pick, index, outcome)| match pick {
-            5 | 6 => Event::HookFinished {
+        .prop_map(|(job, status, pick, index, outcome, found)| match pick {
+            6 | 7 => Event::HookFinished {
                 hook: HookPoint::PreJob,
                 job: Some(job),
                 outcome,
             },
             0 => Event::JobStarted { job, pid: 7 },
+            5 => Event::JobFound { job, found },
             1 => Event::TimerFired {
                 timer: TimerKind::JobTimeout(job),
             },
@@ -458,6 +501,7 @@ fn running_job_event(model: &Model) -> BoxedStrategy<Event> {
                 duration_ms: 3,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                cancel: None,
             },
         })
         .boxed()
@@ -1151,6 +1195,7 @@ fn hooks_fire_at_their_points() {
         duration_ms: 5,
         stdout_bytes: 0,
         stderr_bytes: 0,
+        cancel: None,
     });
     assert_eq!(
         ended.list.last(),

@@ -241,6 +241,7 @@ impl Session {
                 duration_ms: 20_000,
                 stdout_bytes: OUTPUT.len() as u64,
                 stderr_bytes: 0,
+                cancel: None,
             },
         );
         self.step(50, msg(ServerMessage::EventsAck { up_to: 6 }));
@@ -273,6 +274,7 @@ impl Session {
                 duration_ms: 30_000,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                cancel: None,
             },
         );
         // Heartbeats count on across sessions: 1 and 2 answered, 3 not, then 4.
@@ -301,6 +303,7 @@ impl Session {
                 duration_ms: 40_000,
                 stdout_bytes: 0,
                 stderr_bytes: 0,
+                cancel: None,
             },
         );
         self.step(100, msg(ServerMessage::EventsAck { up_to: 100 }));
@@ -848,6 +851,7 @@ fn redaction_covers_the_durable_state_of_the_header() {
             duration_ms: 0,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            cancel: None,
         },
     );
     let path = session.finish();
@@ -886,7 +890,7 @@ fn rotation_splits_the_trace_and_keeps_the_newest_files() {
     // An older session's trace and an unrelated file share the directory.
     std::fs::write(dir.path().join("trace-2025-02-01T00_00_00Z.jsonl"), "old\n").unwrap();
     std::fs::write(dir.path().join("notes.txt"), "keep me\n").unwrap();
-    let mut session = Session::start(dir.path(), BootMode::Resume, resumed_durable(), 4_000, 3);
+    let mut session = Session::start(dir.path(), BootMode::Resume, resumed_durable(), 4_300, 3);
     session.first_handshake();
     session.body();
     let current = session.finish();

@@ -1,6 +1,6 @@
 //! The traces in `tests/traces/` were recorded by real sessions (see
 //! `examples/record_traces.rs`): registration, jobs of every outcome, drains,
-//! a reconnect after a dev-server restart, an eviction. Today's machine must replay
+//! a reconnect after a dev-server restart, an eviction, a job reattached after a stop. Today's machine must replay
 //! each of them step for step; a change to the lifecycle that alters what the runner
 //! does shows up here as a divergence at the step it changed.
 
@@ -37,6 +37,7 @@ fn every_recorded_session_replays_exactly() {
             "drain-deadline-forces-the-stop.jsonl",
             "evicted-by-a-newer-session.jsonl",
             "jobs-every-outcome-and-drain.jsonl",
+            "reattached-after-a-stop.jsonl",
             "reconnect-after-dev-server-restart.jsonl",
         ]
     );

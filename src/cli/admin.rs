@@ -87,9 +87,12 @@ pub enum ServiceAction {
     },
     /// Start the installed service.
     Start(ScopeArg),
-    /// Stop the service (the runner drains first).
+    /// Stop the service: the runner exits, its running jobs go on under their
+    /// supervisors until it starts again (Windows: it drains first). `fyn-runner drain`
+    /// ends jobs.
     Stop(ScopeArg),
-    /// Restart the service (the runner drains first).
+    /// Restart the service: running jobs go on and the new runner reattaches them
+    /// (Windows: it drains first).
     Restart(ScopeArg),
     /// The service manager's view of the runner.
     Status(ScopeArg),
@@ -414,10 +417,13 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
             .map(|_| crate::config::default_jobs_dir(&state_dir, true))
     });
 
+    // Stopping the service leaves running jobs to their supervisors; a drain is what
+    // ends them, so a running runner drains first.
     if crate::runtime::control::ensure_unused(&state_dir).is_err() {
-        // Drained through the control socket first, so the runner's `stopping` tells the
-        // API why; the service's stop below then finds it stopped.
-        write_stdout("  … draining the runner (it tells the control plane it is being removed)\n")?;
+        // Drained through the control socket, so the runner's `stopping` tells the API
+        // why; running jobs end within its drain deadline, and the service's stop below
+        // finds it stopped.
+        write_stdout("  … draining the runner (it tells the control plane it is being removed; running jobs end within its drain deadline)\n")?;
         let state = state_dir.clone();
         block_on(async move { drain(&state, None, false, true, true).await })
             .context("draining the runner")?;
@@ -425,9 +431,22 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
     if let Some(manager) = crate::service::detect() {
         let service = crate::service::manager_for(manager, scope)?;
         if service.status().is_ok_and(|s| s.installed) {
-            write_stdout("  … stopping the service (the runner drains first)\n")?;
+            write_stdout("  … stopping the service\n")?;
             service.uninstall().context("removing the service")?;
             write_stdout("  ✓ service stopped and removed\n")?;
+        }
+    }
+    // Jobs a stopped runner left running, which nothing will report any more.
+    #[cfg(unix)]
+    {
+        let jobs_root = jobs_dir
+            .clone()
+            .unwrap_or_else(|| crate::config::default_jobs_dir(&state_dir, job_user.is_some()));
+        let ended = crate::runtime::jobs::end_supervised_jobs(&jobs_root);
+        if ended > 0 {
+            write_stdout(&format!(
+                "  ✓ ended {ended} job(s) a stopped runner had left running\n"
+            ))?;
         }
     }
     if crate::runtime::control::ensure_unused(&state_dir).is_err() {

@@ -103,6 +103,10 @@ impl TokenArgs {
 pub enum Command {
     /// Run the runner: register when needed, connect, sync, take jobs until stopped.
     ///
+    /// SIGTERM or SIGINT stops it at once and leaves running jobs to their supervisors,
+    /// which keep them running; the next start reattaches them (Unix; on Windows a stop
+    /// drains). `fyn-runner drain` ends jobs first. A signal during a drain forces it.
+    ///
     /// Exit codes: 0 stopped cleanly; 1 store failure or bad setup; 2 forced stop;
     /// 3 registration failed; 4 evicted by a newer session; 5 identity rejected;
     /// 6 incompatible protocol.
@@ -120,7 +124,8 @@ pub enum Command {
         state_dir: Option<PathBuf>,
     },
     /// Ask the running runner to drain: take no new jobs, let running ones finish (up to
-    /// the deadline), deliver their results, then stop.
+    /// the deadline), deliver their results, then stop. (A stop by SIGTERM, as a service
+    /// manager sends, leaves running jobs to their supervisors instead.)
     Drain {
         /// Seconds running jobs may take before they are cancelled, 0 to 2592000 (30
         /// days) [default: the runner's --drain-deadline].
@@ -170,8 +175,9 @@ pub enum Command {
     /// register with a one-time token, and install and start the OS service. Every step
     /// is reported; a failure rolls back everything the install created.
     Install(Box<admin::InstallArgs>),
-    /// Remove the runner: stop and remove the service (the runner drains), tell the
-    /// control plane it is leaving, remove its config and state.
+    /// Remove the runner: drain it (running jobs end within its drain deadline), stop
+    /// and remove the service, end jobs a stopped runner left running, tell the control
+    /// plane it is leaving, remove its config and state.
     Uninstall(admin::UninstallArgs),
     /// The OS service: render its definition, or start/stop/restart/show it.
     #[command(subcommand)]
@@ -626,7 +632,17 @@ fn render_status(status: &crate::runtime::RunnerStatus) -> String {
         "slots:          {} of {} in use",
         status.jobs_running, status.slots
     );
-    if !status.jobs.is_empty() {
+    if !status.running.is_empty() {
+        let jobs: Vec<String> = status
+            .running
+            .iter()
+            .map(|job| {
+                let kept = if job.reattached { "reattached, " } else { "" };
+                format!("{} ({kept}{})", job.job, ago(job.since_ms))
+            })
+            .collect();
+        let _ = writeln!(out, "running jobs:   {}", jobs.join(", "));
+    } else if !status.jobs.is_empty() {
         let _ = writeln!(out, "running jobs:   {}", status.jobs.join(", "));
     }
     let _ = writeln!(

@@ -71,7 +71,7 @@ define_settings! {
             flag: "drain-deadline",
             env: "FYN_RUNNER_DRAIN_DEADLINE",
             example: "120",
-            help: "Seconds running jobs get to finish after a stop is requested (0 to 2592000, 30 days). The service's stop timeout is derived from it: reinstall the service after changing it.",
+            help: "Seconds running jobs get to finish once a drain is asked for (fyn-runner drain, the control plane's drain, uninstall; on Windows a stop too), 0 to 2592000 (30 days); on Unix a stop leaves jobs running instead. The service's stop timeout is derived from it: reinstall the service after changing it.",
             check: value::drain_deadline,
         }
         hardware_recheck: defaulted<u64> = "600" {

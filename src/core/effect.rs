@@ -7,7 +7,7 @@
 //! That order is what makes "persist before send" hold by construction.
 
 use serde::{Deserialize, Serialize};
-use strum::IntoStaticStr;
+use strum::{EnumString, IntoStaticStr};
 
 use crate::protocol::{CloseReason, HardwareChanges, HardwareReport, JobRef, JobSpec, RunnerEvent};
 
@@ -172,8 +172,10 @@ impl InstallStep {
     }
 }
 
-/// Why the core asks for a job to be stopped; it decides the reported outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
+/// Why the core asks for a job to be stopped; it decides the reported outcome. A job's
+/// supervisor records the name with the job's end, so a runner restarted meanwhile
+/// still reports the outcome the cancel called for (`FoundJob`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr, EnumString)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum CancelReason {
@@ -192,6 +194,11 @@ pub enum CancelReason {
 impl CancelReason {
     pub fn name(self) -> &'static str {
         self.into()
+    }
+
+    /// The reason a name stands for (`name()`'s inverse).
+    pub fn from_name(name: &str) -> Option<Self> {
+        name.parse().ok()
     }
 }
 
@@ -258,6 +265,12 @@ pub enum Notice {
     StaleJob {
         job: JobRef,
         what: String,
+    },
+    /// At start, a job of the previous process was found running (reattached), ended
+    /// while no runner was there, or lost (`FoundJob::name`).
+    JobFound {
+        job: JobRef,
+        found: String,
     },
     /// An event no state of the machine expects where it arrived (a local step's
     /// failure in Active, a timer that belongs to another phase, ...). It changes
@@ -372,6 +385,13 @@ pub enum Effect {
         reason: CancelReason,
         grace_secs: u64,
     },
+    /// The session is alive now: every job's supervisor may go on running it for
+    /// `within_ms` more (the API's runner-lost threshold). A supervisor that hears
+    /// nothing for that long ends its job itself, because the API has given it away
+    /// by then.
+    RenewLeases {
+        within_ms: u64,
+    },
     Persist(Durable),
     RunInstallStep {
         step: InstallStep,
@@ -394,7 +414,8 @@ pub enum Effect {
     TellManager(ManagerNotice),
     /// Run the operator's hook (off the loop; its end comes back as `HookFinished`).
     RunHook(HookCall),
-    /// Kill what is left of any job process group, then exit with this code.
+    /// Exit with this code. Jobs the core asked to stop are killed now; the others
+    /// stay with their supervisors (a stop that leaves jobs running).
     Exit {
         code: ExitCode,
     },
@@ -412,6 +433,7 @@ impl Effect {
             Self::CancelTimer { timer } => format!("cancel({})", timer.name()),
             Self::SpawnJob { .. } => "spawn".into(),
             Self::CancelJob { reason, .. } => format!("kill({})", reason.name()),
+            Self::RenewLeases { .. } => "renew".into(),
             Self::Persist(write) => format!("persist({})", write.name()),
             Self::RunInstallStep { step } => format!("step({})", step.name()),
             Self::RollbackInstall => "rollback".into(),

@@ -12,7 +12,7 @@ use crate::protocol::{
     CloseReason, ExitStatus, HardwareChanges, HardwareReport, JobRef, OutputStream, ServerMessage,
 };
 
-use super::effect::TimerKind;
+use super::effect::{CancelReason, TimerKind};
 use super::hooks::{HookOutcome, HookPoint};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,10 +92,23 @@ pub enum Event {
         duration_ms: u64,
         stdout_bytes: u64,
         stderr_bytes: u64,
+        /// The reason of a cancel the job's supervisor recorded with its end that this
+        /// process did not ask for: one it carried out on its own (its lease ran out,
+        /// it was itself told to stop) or one an earlier runner process asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancel: Option<CancelReason>,
     },
     JobSpawnFailed {
         job: JobRef,
         error: String,
+    },
+    /// At start, what became of a job the store holds from the previous process: its
+    /// supervisor still runs it, it ended while no runner was there, or neither (its
+    /// supervisor is gone without a record). The runtime only reports what it found;
+    /// the job's output and `JobExited` follow as for any job.
+    JobFound {
+        job: JobRef,
+        found: FoundJob,
     },
 
     // --- the operator's hooks ---
@@ -118,6 +131,50 @@ pub enum Event {
     },
     /// A second signal, or `drain --force`: stop now, cancelling running jobs.
     ForceShutdown,
+    /// SIGTERM or SIGINT (a service manager's stop or restart): stop now and leave
+    /// running jobs to their supervisors, which keep running them; the next start
+    /// reattaches them.
+    StopRequested,
+}
+
+/// What the runtime found of a job at start (`Event::JobFound`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "found", rename_all = "snake_case")]
+pub enum FoundJob {
+    /// Its supervisor runs it: the runner reattached it. `elapsed_ms` is the time since
+    /// the job started, so its timeout still counts from then. `cancel` is the reason a
+    /// cancel the previous process asked for was given, if any.
+    Running {
+        elapsed_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancel: Option<CancelReason>,
+    },
+    /// It ended while no runner was there; its supervisor recorded how.
+    Ended {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancel: Option<CancelReason>,
+    },
+    /// Neither: no supervisor and no record of its end (what a job started before
+    /// supervisors, or one whose supervisor was killed, leaves).
+    Lost,
+}
+
+impl FoundJob {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running { .. } => "running",
+            Self::Ended { .. } => "ended",
+            Self::Lost => "lost",
+        }
+    }
+
+    /// The cancel the previous process asked for, as the supervisor recorded it.
+    pub fn cancel(self) -> Option<CancelReason> {
+        match self {
+            Self::Running { cancel, .. } | Self::Ended { cancel } => cancel,
+            Self::Lost => None,
+        }
+    }
 }
 
 /// Who asked the runner to stop (a drain), as `stopping.reason` tells the API.
@@ -216,8 +273,10 @@ pub enum EventKind {
     JobExited,
     JobSpawnFailed,
     HookFinished,
+    JobFound,
     ShutdownRequested,
     ForceShutdown,
+    StopRequested,
 }
 
 impl EventKind {
@@ -283,8 +342,10 @@ impl Event {
             Self::JobExited { .. } => EventKind::JobExited,
             Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
             Self::HookFinished { .. } => EventKind::HookFinished,
+            Self::JobFound { .. } => EventKind::JobFound,
             Self::ShutdownRequested { .. } => EventKind::ShutdownRequested,
             Self::ForceShutdown => EventKind::ForceShutdown,
+            Self::StopRequested => EventKind::StopRequested,
         }
     }
 }

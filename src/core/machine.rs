@@ -151,7 +151,7 @@ impl Runner {
                 });
                 Self::roll_back_install(*step, fx)
             }
-            Event::ShutdownRequested { .. } | Event::ForceShutdown => {
+            Event::ShutdownRequested { .. } | Event::ForceShutdown | Event::StopRequested => {
                 Self::roll_back_install(*step, fx)
             }
             _ => Super,
@@ -309,7 +309,7 @@ impl Runner {
                 fx.cancel(TimerKind::Ack);
                 self.retry_registration(fx, step)
             }
-            (_, Event::ShutdownRequested { .. } | Event::ForceShutdown) => {
+            (_, Event::ShutdownRequested { .. } | Event::ForceShutdown | Event::StopRequested) => {
                 self.close(fx, CloseReason::Normal);
                 fx.push(Effect::RollbackInstall);
                 Transition(State::stopped(ExitCode::RegistrationFailed))
@@ -472,7 +472,7 @@ impl Runner {
                 fx.push(Effect::ResendOutbox {
                     after: self.acked_event_index,
                 });
-                if !self.startup_reported {
+                let outcome = if !self.startup_reported {
                     self.startup_reported = true;
                     fx.send(Outbound::Startup {
                         jobs: self.job_refs(),
@@ -484,7 +484,10 @@ impl Runner {
                     self.enter_ready(fx)
                 } else {
                     self.begin_hardware_sync(fx)
-                }
+                };
+                // The API stops its runner-lost clock here: so do the jobs' supervisors.
+                self.renew_leases(fx);
+                outcome
             }
             (S::AwaitAuth, Event::Message(ServerMessage::AuthRejected { reason })) => {
                 fx.notify(Notice::AuthRejected {
@@ -614,6 +617,7 @@ impl Runner {
                     // first step again. Not before: a failure right after each
                     // handshake must not turn into a tight reconnect loop.
                     self.reconnect_attempt = 0;
+                    self.renew_leases(fx);
                 }
                 Handled
             }
@@ -796,6 +800,7 @@ impl Runner {
             Event::Message(ServerMessage::HeartbeatAck { seq }) if self.link_up() => {
                 if self.answers_latest_heartbeat(*seq) {
                     fx.cancel(TimerKind::Ack);
+                    self.renew_leases(fx);
                 }
                 Handled
             }
@@ -867,11 +872,13 @@ impl Runner {
                     Handled
                 }
             }
+            // A stop signal during a drain hurries it: the jobs were to end anyway.
             Event::TimerFired {
                 timer: TimerKind::DrainDeadline,
             }
             | Event::ShutdownRequested { .. }
-            | Event::ForceShutdown => match mode {
+            | Event::ForceShutdown
+            | Event::StopRequested => match mode {
                 DrainMode::Forced if matches!(event, Event::TimerFired { .. }) => {
                     self.stop_draining(fx, ExitCode::Forced)
                 }
@@ -935,8 +942,9 @@ impl Runner {
     // ---------------------------------------------------------------- alive
 
     /// Rows `alive`: what every living state shares. Job processes report wherever the
-    /// machine is (jobs outlive reconnects), a signal starts the drain, a store failure
-    /// stops. Anything else that reaches here changes nothing but leaves a notice (and
+    /// machine is (jobs outlive reconnects), jobs of the previous process are found, a
+    /// drain request starts the drain, a stop leaves jobs to their supervisors, a store
+    /// failure stops. Anything else that reaches here changes nothing but leaves a notice (and
     /// so a log line and a trace line): no event disappears without a word.
     #[superstate]
     fn alive(&mut self, event: &Event, fx: &mut Effects) -> Outcome<State> {
@@ -956,6 +964,18 @@ impl Runner {
                     self.cancel_job(fx, job, CancelReason::TimedOut);
                 }
                 Handled
+            }
+            Event::JobFound { job, found } => {
+                self.job_found(fx, job, *found);
+                Handled
+            }
+            // A service manager's stop or restart: the jobs stay with their
+            // supervisors, and the next start reattaches them.
+            Event::StopRequested => {
+                if self.link_up() {
+                    self.close(fx, CloseReason::Normal);
+                }
+                Transition(State::stopped(self.unless_undelivered(ExitCode::Clean)))
             }
             Event::ShutdownRequested {
                 deadline_secs,
@@ -1272,6 +1292,7 @@ impl Runner {
                 duration_ms,
                 stdout_bytes,
                 stderr_bytes,
+                cancel,
                 ..
             } => {
                 let end = JobFinish {
@@ -1280,6 +1301,7 @@ impl Runner {
                     duration_ms: *duration_ms,
                     output_bytes: (*stdout_bytes, *stderr_bytes),
                     spawn_error: None,
+                    recorded_cancel: *cancel,
                 };
                 self.job_finished(fx, end);
             }
@@ -1290,6 +1312,7 @@ impl Runner {
                     duration_ms: 0,
                     output_bytes: (0, 0),
                     spawn_error: Some(error),
+                    recorded_cancel: None,
                 };
                 self.job_finished(fx, end);
             }

@@ -25,7 +25,7 @@ pub use effect::{
     CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice,
     Outbound, TimerKind,
 };
-pub use event::{Event, EventKind, HardwareCache, StopOrigin};
+pub use event::{Event, EventKind, FoundJob, HardwareCache, StopOrigin};
 pub use hooks::{HookCall, HookOutcome, HookPoint};
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
 pub use runner::{

@@ -14,6 +14,7 @@ use crate::protocol::{
 
 use super::backoff::{BackoffPolicy, Jitter};
 use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
+use super::event::FoundJob;
 use super::hooks::{HookCall, HookPoint};
 
 /// How many indexes a session must have left below the top of the protocol's range
@@ -129,6 +130,10 @@ pub enum Link {
 pub struct JobEntry {
     pub attempt: u32,
     pub grace_secs: u64,
+    /// The job's timeout, so a job reattached after a restart keeps the time it has
+    /// left (`FoundJob::Running`).
+    #[serde(default)]
+    pub timeout_secs: u64,
     /// Set when the core asked for the job to stop; decides the reported outcome.
     pub cancel: Option<CancelReason>,
 }
@@ -186,6 +191,7 @@ impl Runner {
                 let entry = JobEntry {
                     attempt: job.attempt,
                     grace_secs: job.cancel_grace_secs,
+                    timeout_secs: job.timeout_secs,
                     cancel: None,
                 };
                 (job.job_id, entry)
@@ -336,6 +342,39 @@ impl Runner {
         }
     }
 
+    /// A job of the previous process, as the runtime found it at start. A cancel that
+    /// process asked for still decides the outcome; a job its supervisor still runs
+    /// keeps its timeout counted from when it started, not from now.
+    pub(crate) fn job_found(&mut self, fx: &mut Effects, job: &JobRef, found: FoundJob) {
+        if !self.check_job(fx, job, "job_found") {
+            return;
+        }
+        let Some(entry) = self.jobs.get_mut(&job.job_id) else {
+            return;
+        };
+        if let Some(cancel) = found.cancel() {
+            entry.cancel.get_or_insert(cancel);
+        }
+        if let FoundJob::Running { elapsed_ms, .. } = found {
+            let left = entry
+                .timeout_secs
+                .saturating_mul(1000)
+                .saturating_sub(elapsed_ms);
+            fx.start(TimerKind::JobTimeout(job.clone()), Delay::Millis(left));
+        }
+        fx.notify(Notice::JobFound {
+            job: job.clone(),
+            found: found.name().to_owned(),
+        });
+    }
+
+    /// The session is alive: jobs' supervisors may go on for the API's threshold.
+    pub(crate) fn renew_leases(&self, fx: &mut Effects) {
+        fx.push(Effect::RenewLeases {
+            within_ms: self.session.runner_lost_threshold_ms,
+        });
+    }
+
     pub(crate) fn max_grace_secs(&self) -> u64 {
         self.jobs.values().map(|j| j.grace_secs).max().unwrap_or(0)
     }
@@ -363,6 +402,7 @@ impl Runner {
             duration_ms,
             output_bytes,
             spawn_error,
+            recorded_cancel,
         } = end;
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
@@ -374,7 +414,8 @@ impl Runner {
         let outcome = if spawn_error.is_some() {
             JobOutcome::Failed
         } else {
-            outcome_of(entry.cancel, status)
+            // The core's own reason first: the first reason decides the outcome.
+            outcome_of(entry.cancel.or(recorded_cancel), status)
         };
         let finished = RunnerEvent::JobFinished {
             job: job.clone(),
@@ -581,6 +622,7 @@ impl Runner {
                     JobEntry {
                         attempt: job.attempt,
                         grace_secs: job.cancel_grace_secs,
+                        timeout_secs: job.timeout_secs,
                         cancel: None,
                     },
                 );
@@ -652,6 +694,8 @@ pub(crate) struct JobFinish<'a> {
     pub output_bytes: (u64, u64),
     /// Why the process could not be started, when it could not.
     pub spawn_error: Option<&'a str>,
+    /// A cancel the job's supervisor recorded that this process did not ask for.
+    pub recorded_cancel: Option<CancelReason>,
 }
 
 /// The outcome the API is told. A cancellation the core asked for wins over the exit

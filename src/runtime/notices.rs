@@ -75,6 +75,17 @@ pub(crate) fn log_notice(notice: &Notice) {
             warn!("disconnected past the runner-lost threshold; stopping running jobs")
         }
         Notice::StoreFailed { error } => error!(error, "the durable store failed"),
+        Notice::JobFound { job, found } => match found.as_str() {
+            "running" => {
+                info!(job = %job.job_id, attempt = job.attempt, "reattached a job the previous run started: its supervisor still runs it")
+            }
+            "ended" => {
+                info!(job = %job.job_id, attempt = job.attempt, "a job ended while no runner was running; reporting its output and end")
+            }
+            _ => {
+                warn!(job = %job.job_id, attempt = job.attempt, "a job of the previous run has neither a supervisor nor a record of its end; reporting it lost")
+            }
+        },
         Notice::StaleJob { job, what } => {
             info!(job = %job.job_id, attempt = job.attempt, what, "ignored a report about a job not running here")
         }

@@ -1,82 +1,106 @@
-//! Jobs whose runner died (kill -9, power loss) leave no result, and on Unix may leave
-//! their process group running. At start the runner kills what is left of each such
-//! job — after checking, through `/proc`, that the process really is that job, since a
-//! pid can be reused — and the core reports the job `lost`, once.
+//! What a job leaves when nothing supervises it any more: its supervisor was killed
+//! (SIGKILL, the OOM killer), or it was started by a runner from before supervisors
+//! and that runner died. The kernel killed the job's main process with its supervisor
+//! (`PR_SET_PDEATHSIG`); what else of the job still runs is ended here, once, before
+//! the job is reported `lost`:
 //!
-//! On Windows nothing can be left: every job runs in a job object with
-//! `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`, and when the runner dies the system closes
-//! its handle to the job object, which ends every process in it. Only the report
-//! remains to be made.
+//! - its process group, when its leader is gone or is still the job's own process
+//!   (the pid and its start time both match what was recorded; a pid alone proves
+//!   nothing, since pids are reused). A process group's number is not reused while a
+//!   process of the group lives;
+//! - every process whose environment names the job attempt (`FYN_JOB_ID` and
+//!   `FYN_JOB_ATTEMPT`, which every process of the job starts with): what left the
+//!   group (`setsid`) and outlived the supervisor, unless it cleared its environment.
+//!
+//! Linux only (it reads `/proc`). Elsewhere on Unix nothing is found; on Windows
+//! nothing can be left: every job runs in a kill-on-close job object, which the system
+//! closes with the runner.
 
-use tracing::warn;
+use tracing::info;
 
 use crate::protocol::JobRef;
 
-/// Kill what is left of a job of a previous runner, if anything still runs. `pid` is
-/// the one the store kept from the job's `job_started` event (on Unix the job leads its
-/// own process group, so it is also the group's id).
-pub async fn reap(pid: u32, job: &JobRef) {
-    // Never 0 or 1: `kill(-1, ..)` would signal every process the runner may signal.
-    let Some(pid) = i32::try_from(pid).ok().filter(|pid| *pid > 1) else {
-        warn!(job = %job.job_id, pid, "the stored pid cannot be a job's process group");
-        return;
-    };
-    leftovers::kill(pid, job).await;
+/// What is known of the job's main process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leader {
+    /// Its pid, which is also its process group's number.
+    pub pid: u32,
+    /// When it started (ticks after boot), when recorded; without it only the
+    /// environment tells the job's processes apart.
+    pub start_ticks: Option<u64>,
 }
 
-#[cfg(unix)]
+/// SIGKILL to whatever still runs of `job`. Returns how many processes were signalled.
+pub fn end_leftovers(job: &JobRef, leader: Option<Leader>) -> usize {
+    let ended = leftovers::end(job, leader);
+    if ended > 0 {
+        info!(job = %job.job_id, attempt = job.attempt, processes = ended, "killed what was left of a job no supervisor watches");
+    }
+    ended
+}
+
+#[cfg(target_os = "linux")]
 mod leftovers {
-    use std::time::Duration;
+    use tracing::warn;
 
-    use tracing::{info, warn};
-
+    use super::Leader;
     use crate::protocol::JobRef;
+    use crate::runtime::jobs::supervised_tree as tree;
 
-    /// SIGKILL the process group `pid` led, if it is still that job's.
-    pub(super) async fn kill(pid: i32, job: &JobRef) {
-        if !is_that_job(pid, job) {
-            return;
-        }
-        info!(job = %job.job_id, attempt = job.attempt, pid, "killing a job left running by a previous runner");
-        // SAFETY: kill has no memory-safety preconditions; -pid names the job's own group,
-        // checked above to belong to this job.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-        for _ in 0..100 {
-            if !is_that_job(pid, job) {
-                return;
+    pub(super) fn end(job: &JobRef, leader: Option<Leader>) -> usize {
+        let mut ended = 0;
+        if let Some(leader) = leader.filter(|l| l.pid > 1) {
+            let group_is_the_jobs = match (tree::stat_of(leader.pid), leader.start_ticks) {
+                // The leader lives: the group is the job's only if the leader is.
+                (Some(now), Some(ticks)) => now.start_ticks == ticks,
+                (Some(_), None) => tree::carries_job_marker(leader.pid, &job.job_id, job.attempt),
+                // The leader is gone; its group's number is the job's for as long as a
+                // member lives.
+                (None, _) => true,
+            };
+            if group_is_the_jobs {
+                let members = tree::all_processes()
+                    .iter()
+                    .filter(|p| p.pgrp == leader.pid && !p.zombie)
+                    .count();
+                if members > 0 {
+                    tree::signal_group(leader.pid, libc::SIGKILL);
+                    ended += members;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        warn!(job = %job.job_id, pid, "a leftover job process did not die after SIGKILL");
-    }
-
-    /// Whether `pid` is alive and carries this job's identity in its environment.
-    fn is_that_job(pid: i32, job: &JobRef) -> bool {
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            return false;
-        };
-        let id = format!("FYN_JOB_ID={}", job.job_id);
-        let attempt = format!("FYN_JOB_ATTEMPT={}", job.attempt);
-        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        !zombie && vars.contains(&id.as_bytes()) && vars.contains(&attempt.as_bytes())
+        for process in tree::all_processes() {
+            if !process.zombie
+                && process.pid != std::process::id()
+                && tree::carries_job_marker(process.pid, &job.job_id, job.attempt)
+            {
+                tree::signal_process(process.pid, libc::SIGKILL);
+                ended += 1;
+            }
+        }
+        if ended == 0 {
+            return 0;
+        }
+        // SIGKILL is certain, but not instant: give the kernel a moment, then say so if
+        // something is still there.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let left = tree::all_processes()
+            .iter()
+            .any(|p| !p.zombie && tree::carries_job_marker(p.pid, &job.job_id, job.attempt));
+        if left {
+            warn!(job = %job.job_id, attempt = job.attempt, "a leftover job process did not die yet after SIGKILL");
+        }
+        ended
     }
 }
 
-#[cfg(windows)]
+#[cfg(not(target_os = "linux"))]
 mod leftovers {
-    use tracing::debug;
-
+    use super::Leader;
     use crate::protocol::JobRef;
 
-    /// Nothing to kill: the job object of a dead runner's job closed with it, and its
-    /// kill-on-close limit ended every process in it (see the module header).
-    pub(super) async fn kill(pid: i32, job: &JobRef) {
-        debug!(job = %job.job_id, attempt = job.attempt, pid, "the job's processes ended with the previous runner's job object");
+    /// Nothing to find without `/proc` (see the module header).
+    pub(super) fn end(_job: &JobRef, _leader: Option<Leader>) -> usize {
+        0
     }
 }

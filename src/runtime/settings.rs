@@ -111,6 +111,7 @@ impl RunnerSettings {
                 .job_account
                 .clone()
                 .map(crate::runtime::jobs::JobAccount::new),
+            supervisor: crate::runtime::jobs::supervisor_program(),
         }
     }
 

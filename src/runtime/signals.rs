@@ -1,19 +1,24 @@
-//! OS signals to control requests, nothing else: the first stop request asks for a
-//! drain, the second forces the stop. Every other signal whose default would end the
-//! runner while its jobs run on (SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, ...) is caught and
-//! logged, never obeyed: a runner killed mid-job leaves its jobs to be reported lost.
-//! (SIGPIPE the Rust runtime ignores from the start; a job gets the default back.)
+//! OS signals to control requests, nothing else. Every other signal whose default would
+//! end the runner (SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, ...) is caught and logged, never
+//! obeyed. (SIGPIPE the Rust runtime ignores from the start; a job gets the default
+//! back.)
 //!
-//! On Unix a stop request is SIGTERM or SIGINT. On Windows it is a console event:
-//! Ctrl+C, Ctrl+Break, the console window closing, logoff or shutdown (Windows gives a
-//! console program only a few seconds after the last three; a drain that must outlast
-//! them needs the Windows service, whose stop request reaches the same drain).
+//! On Unix a stop request is SIGTERM or SIGINT, what a service manager sends for a stop
+//! or a restart: the runner stops at once and leaves its jobs to their supervisors,
+//! which keep running them; the next start reattaches them. Ending jobs is what a drain
+//! is for (`fyn-runner drain`, the API's `drain` command, `uninstall`). A signal that
+//! arrives while a drain runs forces it (running jobs are cancelled), as does a second.
+//!
+//! On Windows, where a job cannot outlive the runner (its job object closes with it),
+//! a stop request drains as before, and a second forces the stop. It is a console
+//! event: Ctrl+C, Ctrl+Break, the console window closing, logoff or shutdown (Windows
+//! gives a console program only a few seconds after the last three; a drain that must
+//! outlast them needs the Windows service, whose stop request reaches the same drain).
 
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use super::control::Control;
-use crate::core::StopOrigin;
 
 pub fn forward_signals(control: UnboundedSender<Control>) -> std::io::Result<()> {
     let mut signals = os::StopSignals::new()?;
@@ -39,15 +44,12 @@ pub fn forward_signals(control: UnboundedSender<Control>) -> std::io::Result<()>
         while let Some(name) = signals.next().await {
             seen += 1;
             let request = if seen == 1 {
-                Control::drain(StopOrigin::Signal)
+                os::FIRST_STOP
             } else {
                 Control::Force
             };
             if seen == 1 {
-                info!(
-                    signal = name,
-                    "stopping: draining (send the signal again to force)"
-                );
+                info!(signal = name, "{}", os::FIRST_STOP_SAYS);
             } else {
                 warn!(signal = name, "second signal: forcing the stop");
             }
@@ -62,6 +64,14 @@ pub fn forward_signals(control: UnboundedSender<Control>) -> std::io::Result<()>
 #[cfg(unix)]
 mod os {
     use tokio::signal::unix::{Signal, SignalKind, signal};
+
+    use super::Control;
+
+    /// A service manager's stop or restart: jobs stay with their supervisors.
+    pub const FIRST_STOP: Control = Control::Stop;
+    pub const FIRST_STOP_SAYS: &str = "stopping; running jobs stay with their supervisors \
+        and the next start reattaches them (a drain, if one runs, is forced instead; \
+        `fyn-runner drain` ends jobs)";
 
     /// Signals whose default action ends the process and that no one should be able to
     /// end a runner with by accident (a terminal closing, a stray `kill -USR1`, a
@@ -130,6 +140,15 @@ mod os {
 
 #[cfg(windows)]
 mod os {
+    use super::Control;
+
+    /// A job dies with the runner on Windows: a stop drains first.
+    pub const FIRST_STOP: Control = Control::Drain {
+        deadline_secs: None,
+        by: crate::core::StopOrigin::Signal,
+    };
+    pub const FIRST_STOP_SAYS: &str = "stopping: draining (send the signal again to force)";
+
     /// Windows ends a console program only through the console events below.
     pub struct OtherSignals;
 

@@ -2,7 +2,7 @@
 //! demo's narration and the tests' waits. Derived from the core's getters after every
 //! dispatch; it never feeds back into the core.
 
-use crate::core::{Core, Event, State};
+use crate::core::{Core, Event, FoundJob, State};
 
 /// What the runner is doing, for `status`, the demo and tests.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -21,6 +21,10 @@ pub struct RunnerStatus {
     pub slots: u32,
     pub jobs_running: usize,
     pub jobs: Vec<String>,
+    /// The running jobs with their age, and which this process reattached (jobs its
+    /// predecessor started, which their supervisors kept running).
+    #[serde(default)]
+    pub running: Vec<JobStatus>,
     pub outbox_depth: u64,
     /// The drain deadline in seconds, while draining.
     pub drain_deadline_secs: Option<u64>,
@@ -32,6 +36,55 @@ pub struct RunnerStatus {
     /// the port the system chose for port 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+}
+
+/// One running job, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobStatus {
+    /// `<job id>#<attempt>`.
+    pub job: String,
+    /// Unix milliseconds when it started (for a job of this process, when it was taken).
+    pub since_ms: u64,
+    /// Started by the previous runner process and kept by its supervisor.
+    pub reattached: bool,
+}
+
+/// The running jobs, carried over from the previous status: a job found running at
+/// start dates from its own start, one taken now from now.
+fn running_jobs(
+    core: &Core,
+    previous: Option<&RunnerStatus>,
+    event: Option<&Event>,
+    now: u64,
+) -> Vec<JobStatus> {
+    let name = |job: &crate::protocol::JobRef| format!("{}#{}", job.job_id, job.attempt);
+    let found = match event {
+        Some(Event::JobFound {
+            job,
+            found: FoundJob::Running { elapsed_ms, .. },
+        }) => Some((name(job), now.saturating_sub(*elapsed_ms))),
+        _ => None,
+    };
+    core.running_jobs()
+        .iter()
+        .map(|job| {
+            let job = name(job);
+            if let Some((_, since_ms)) = found.as_ref().filter(|(id, _)| *id == job) {
+                return JobStatus {
+                    job,
+                    since_ms: *since_ms,
+                    reattached: true,
+                };
+            }
+            previous
+                .and_then(|p| p.running.iter().find(|s| s.job == job).cloned())
+                .unwrap_or(JobStatus {
+                    job,
+                    since_ms: now,
+                    reattached: false,
+                })
+        })
+        .collect()
 }
 
 pub(crate) fn status_of(
@@ -82,6 +135,7 @@ pub(crate) fn status_of(
             .iter()
             .map(|j| format!("{}#{}", j.job_id, j.attempt))
             .collect(),
+        running: running_jobs(core, previous, event, now),
         outbox_depth: core.outbox_depth(),
         drain_deadline_secs: draining.then(|| core.drain_deadline_secs()),
         problem: previous.and_then(|p| p.problem.clone()),

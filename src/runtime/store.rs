@@ -21,7 +21,9 @@
 //!
 //! It holds exactly what `DurableState` needs to rebuild the core, plus the outbox
 //! bodies to resend: the `meta` counters, the unacknowledged `outbox` events and the
-//! running `jobs`. The core decides every write; the store only applies a batch of
+//! running `jobs` (with, for a job that outlives a restart, its pid and how far each
+//! of its streams was taken into the outbox, kept in the transaction that stores the
+//! event). The core decides every write; the store only applies a batch of
 //! `Durable` writes in one transaction, all or nothing. There is no clock here.
 //!
 //! `Durable::Identity` and `Durable::HardwareCache` are files, not rows: the caller
@@ -36,12 +38,13 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::secure_fs::{self, SecureFsError};
 use crate::core::{Durable, DurableState, ENDED_ATTEMPTS_KEPT};
-use crate::protocol::{JobRef, JobSpec, RunnerEvent};
+use crate::protocol::{JobRef, JobSpec, OutputStream, RunnerEvent};
+use crate::runtime::jobs::{JobProgress, StreamProgress};
 
 pub const DB_FILE: &str = "runner.db";
 
 /// The schema version this build writes, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// How long a write waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,6 +76,13 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          job_id  TEXT NOT NULL,
          attempt INTEGER NOT NULL
      ) STRICT;",
+    // Version 4. How far each stream of a running job was taken into the outbox
+    // (bytes from offset 0), and whether its truncation was: where a runner restarted
+    // while the job runs on goes on reporting, without a byte twice or skipped.
+    "ALTER TABLE jobs ADD COLUMN stdout_sent INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN stderr_sent INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN stdout_cut INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN stderr_cut INTEGER NOT NULL DEFAULT 0;",
 ];
 
 const LAST_APPLIED: &str = "last_applied_command";
@@ -511,6 +521,40 @@ impl Store {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    /// How far each stored job's output was taken into the outbox.
+    pub fn job_progress(&self) -> Result<Vec<(JobRef, JobProgress)>, StoreError> {
+        let read = || -> rusqlite::Result<Vec<(JobRef, JobProgress)>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT job_id, attempt, stdout_sent, stderr_sent, stdout_cut, stderr_cut
+                 FROM jobs ORDER BY job_id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                let job = JobRef {
+                    job_id: row.get(0)?,
+                    attempt: row.get(1)?,
+                };
+                let sent = |i| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+                let progress = JobProgress {
+                    stdout: StreamProgress {
+                        sent: sent(2)?,
+                        cut: row.get::<_, i64>(4)? != 0,
+                    },
+                    stderr: StreamProgress {
+                        sent: sent(3)?,
+                        cut: row.get::<_, i64>(5)? != 0,
+                    },
+                };
+                Ok((job, progress))
+            })?;
+            rows.collect()
+        };
+        read().map_err(|e| StoreError::Read {
+            path: self.path.clone(),
+            what: "jobs",
+            source: e.into(),
+        })
+    }
+
     /// The pid each stored job was started with, if it got that far.
     pub fn job_pids(&self) -> Result<Vec<(JobRef, u32)>, StoreError> {
         let read = || -> rusqlite::Result<Vec<(JobRef, u32)>> {
@@ -631,6 +675,13 @@ fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
             append_event(tx, *index, event)?;
             match event {
                 RunnerEvent::JobStarted { job, pid } => record_pid(tx, job, *pid),
+                RunnerEvent::JobOutput {
+                    job,
+                    stream,
+                    offset,
+                    data,
+                } => record_sent(tx, job, *stream, offset.saturating_add(base64_len(data))),
+                RunnerEvent::JobOutputTruncated { job, stream, .. } => record_cut(tx, job, *stream),
                 _ => Ok(()),
             }
         }
@@ -720,6 +771,44 @@ fn record_pid(tx: &Transaction<'_>, job: &JobRef, pid: u32) -> Result<(), StoreF
     tx.prepare_cached("UPDATE jobs SET pid = ?1 WHERE job_id = ?2 AND attempt = ?3")?
         .execute(params![pid, job.job_id, job.attempt])?;
     Ok(())
+}
+
+/// In the transaction that stores a `job_output`: the stream was reported up to `end`.
+fn record_sent(
+    tx: &Transaction<'_>,
+    job: &JobRef,
+    stream: OutputStream,
+    end: u64,
+) -> Result<(), StoreFault> {
+    let sql = match stream {
+        OutputStream::Stdout => {
+            "UPDATE jobs SET stdout_sent = max(stdout_sent, ?1) WHERE job_id = ?2 AND attempt = ?3"
+        }
+        OutputStream::Stderr => {
+            "UPDATE jobs SET stderr_sent = max(stderr_sent, ?1) WHERE job_id = ?2 AND attempt = ?3"
+        }
+    };
+    tx.prepare_cached(sql)?
+        .execute(params![to_sql_int(end)?, job.job_id, job.attempt])?;
+    Ok(())
+}
+
+/// In the transaction that stores a `job_output_truncated`.
+fn record_cut(tx: &Transaction<'_>, job: &JobRef, stream: OutputStream) -> Result<(), StoreFault> {
+    let sql = match stream {
+        OutputStream::Stdout => "UPDATE jobs SET stdout_cut = 1 WHERE job_id = ?1 AND attempt = ?2",
+        OutputStream::Stderr => "UPDATE jobs SET stderr_cut = 1 WHERE job_id = ?1 AND attempt = ?2",
+    };
+    tx.prepare_cached(sql)?
+        .execute(params![job.job_id, job.attempt])?;
+    Ok(())
+}
+
+/// How many bytes standard base64 with padding stands for (the codec refused any
+/// other, and the core writes only this).
+fn base64_len(text: &str) -> u64 {
+    let padding = text.bytes().rev().take_while(|b| *b == b'=').count();
+    ((text.len() / 4 * 3).saturating_sub(padding)) as u64
 }
 
 fn ack_events(tx: &Transaction<'_>, up_to: u64) -> Result<(), StoreFault> {
@@ -885,6 +974,68 @@ mod tests {
             state.last_event_index, 4,
             "index 4 may be at the API already"
         );
+    }
+
+    /// What a runner restarted while a job runs on resumes from: how far each stream
+    /// was taken into the outbox, kept with the events themselves.
+    #[test]
+    fn how_far_each_stream_was_reported_is_kept_with_its_events() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(dir.path()).expect("the store opens");
+        let spec = job_spec("j");
+        let job = spec.job_ref();
+        let output = |index, stream, offset, data: &str| Durable::OutboxAppend {
+            index,
+            event: RunnerEvent::JobOutput {
+                job: job.clone(),
+                stream,
+                offset,
+                data: data.to_owned(),
+            },
+        };
+        store
+            .commit(&[
+                Durable::JobAdded { job: spec.clone() },
+                // "hello" and "hi\n" in base64: 5 and 3 bytes.
+                output(1, OutputStream::Stdout, 0, "aGVsbG8="),
+                output(2, OutputStream::Stderr, 0, "aGkK"),
+                output(3, OutputStream::Stdout, 5, "IHdvcmxk"),
+            ])
+            .expect("commit");
+        store
+            .commit(&[
+                Durable::OutboxAppend {
+                    index: 4,
+                    event: RunnerEvent::JobOutputTruncated {
+                        job: job.clone(),
+                        stream: OutputStream::Stderr,
+                        offset: 3,
+                    },
+                },
+                Durable::OutboxAcked { up_to: 4 },
+            ])
+            .expect("commit");
+        // Acknowledged events leave the outbox; the progress stays with the job.
+        assert_eq!(store.outbox_depth().expect("depth"), 0);
+        drop(store);
+        let store = Store::open(dir.path()).expect("the store opens again");
+        let progress = store.job_progress().expect("progress");
+        assert_eq!(
+            progress,
+            vec![(
+                job,
+                JobProgress {
+                    stdout: StreamProgress {
+                        sent: 11,
+                        cut: false
+                    },
+                    stderr: StreamProgress { sent: 3, cut: true },
+                }
+            )]
+        );
+        assert_eq!(base64_len(""), 0);
+        assert_eq!(base64_len("YQ=="), 1);
+        assert_eq!(base64_len("YWI="), 2);
     }
 
     #[test]

@@ -81,7 +81,11 @@ pub fn render(spec: &ServiceSpec, log_file: &Path) -> String {
         "KeepAlive",
         "\t<dict>\n\t\t<key>Crashed</key>\n\t\t<true/>\n\t</dict>\n".to_owned(),
     );
-    // launchd's stop timeout: SIGTERM (the drain), then SIGKILL after this long.
+    // A stop signals the runner alone, which exits; its jobs run on under their
+    // supervisors, which left its process group, and the next start reattaches them.
+    // Said outright, so launchd never kills what is left of the group.
+    key("AbandonProcessGroup", "\t<true/>\n".to_owned());
+    // launchd's stop timeout: SIGTERM (the runner stops), then SIGKILL after this long.
     key(
         "ExitTimeOut",
         format!("\t<integer>{}</integer>\n", spec.stop_timeout_secs()),
@@ -266,7 +270,7 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
     fn uninstall(&self) -> Result<(), ServiceError> {
         let path = self.require_installed()?;
         if self.loaded()? {
-            // bootout sends SIGTERM (the drain) and waits up to ExitTimeOut.
+            // bootout sends SIGTERM (the runner stops) and waits up to ExitTimeOut.
             let target = self.target()?;
             self.launchctl(&[OsStr::new("bootout"), OsStr::new(&target)])?;
         }
@@ -299,7 +303,8 @@ impl<R: CommandRunner> ServiceManager for Launchd<R> {
     fn restart(&self) -> Result<(), ServiceError> {
         let path = self.require_installed()?;
         if self.loaded()? {
-            // -k: SIGTERM the running instance (it drains), then start it again.
+            // -k: SIGTERM the running instance (it stops, its jobs run on), then start it
+            // again (it reattaches them).
             let target = self.target()?;
             self.launchctl(&[
                 OsStr::new("kickstart"),

@@ -3,8 +3,9 @@ Running the runner as an OS service: the systemd unit, the launchd property list
 the Windows service, and installing, starting, stopping and querying them through
 `systemctl`/`launchctl` or the Windows service control manager.
 
-Owns: the text of the service definitions (which must agree with the runner's drain:
-SIGTERM drains, and the stop timeout is the drain deadline plus a margin), where they
+Owns: the text of the service definitions (which must agree with the runner: SIGTERM
+stops the runner alone and leaves its jobs to their supervisors, so only the runner's
+process is signalled; the stop timeout is the drain deadline plus a margin), where they
 live, and the exact sequence of service-manager commands for each operation —
 including undoing a half-done install.
 
@@ -302,10 +303,12 @@ pub trait ServiceManager {
     /// Write the definition, register it to start at boot, and start it now.
     /// On failure, whatever this call did is undone.
     fn install(&self, spec: &ServiceSpec) -> Result<InstalledService, ServiceError>;
-    /// Stop (which drains the runner), unregister and remove the definition.
+    /// Stop, unregister and remove the definition. (`uninstall` drains the runner before,
+    /// through its control socket: a stop leaves running jobs to their supervisors.)
     fn uninstall(&self) -> Result<(), ServiceError>;
     fn start(&self) -> Result<(), ServiceError>;
-    /// Stop the runner: SIGTERM, so it drains; returns once it has stopped.
+    /// Stop the runner: SIGTERM, so it exits and leaves running jobs to their
+    /// supervisors (Windows: it drains); returns once it has stopped.
     fn stop(&self) -> Result<(), ServiceError>;
     fn restart(&self) -> Result<(), ServiceError>;
     fn status(&self) -> Result<ServiceStatus, ServiceError>;

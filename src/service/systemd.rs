@@ -98,11 +98,11 @@ fn service_section(spec: &ServiceSpec) -> Vec<String> {
             "# Reaching Active can wait on the network or the control plane; the runner",
             "# retries by itself, so the start job must not time out and kill it.",
             "TimeoutStartSec=infinity",
-            "# SIGTERM to the runner alone starts a drain; the runner stops its jobs' process",
-            "# groups itself. What is left when the stop timeout (drain deadline + margin)",
-            "# passes gets SIGKILL.",
+            "# A stop or restart signals the runner alone: it exits, and its jobs run on under",
+            "# their supervisors (in this unit's cgroup); the next start reattaches them.",
+            "# Draining ends jobs (`fyn-runner drain`, the API's drain, uninstall).",
             "KillSignal=SIGTERM",
-            "KillMode=mixed",
+            "KillMode=process",
         ]
         .map(str::to_owned),
     );

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{LazyLock, Mutex};
 
 use fyn_runner::core::{
-    BootMode, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, Event, EventKind, HardwareCache, HookPoint,
-    TimerKind,
+    BootMode, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, Event, EventKind, FoundJob, HardwareCache,
+    HookPoint, TimerKind,
 };
 use fyn_runner::protocol::{Command, JobRef, MAX_INDEX, PROTOCOL_VERSION, ServerMessage};
 use fyn_runner::spec::{EffectPattern, Spec, Step};
@@ -108,7 +108,8 @@ impl Model {
             | Event::JobOutput { job, .. }
             | Event::JobOutputTruncated { job, .. }
             | Event::JobExited { job, .. }
-            | Event::JobSpawnFailed { job, .. } => Some(job.clone()),
+            | Event::JobSpawnFailed { job, .. }
+            | Event::JobFound { job, .. } => Some(job.clone()),
             Event::TimerFired {
                 timer: TimerKind::JobTimeout(job),
             } => Some(job.clone()),
@@ -251,6 +252,13 @@ impl Model {
             "stopping_job" => {
                 Self::event_job(event).is_some_and(|j| self.stopping.contains(&j.job_id))
             }
+            "found_running" => matches!(
+                event,
+                Event::JobFound {
+                    found: FoundJob::Running { .. },
+                    ..
+                }
+            ),
             other => panic!("the model does not know guard {other:?}"),
         }
     }

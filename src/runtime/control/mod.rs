@@ -49,6 +49,9 @@ pub enum Control {
         by: StopOrigin,
     },
     Force,
+    /// Stop now and leave running jobs to their supervisors (SIGTERM, SIGINT: a
+    /// service manager's stop or restart).
+    Stop,
 }
 
 impl Control {

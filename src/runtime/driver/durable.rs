@@ -89,8 +89,10 @@ impl Durability {
             .inspect_err(|e| error!(error = %e, "persisting an acknowledgement failed"))
     }
 
-    /// A job's end is on disk: its folder starts its term.
+    /// A job's end is on disk: its folder starts its term, and its supervisor's folder
+    /// (records the runner has read) goes.
     fn job_folder_ended(&mut self, job: &JobRef) {
+        jobs::forget_supervisor(&self.jobs_root, job);
         if let Ok(folder) = jobs::job_dir(&self.jobs_root, job) {
             if self.keep_folders {
                 jobs::stamp_end(&folder);

@@ -1,6 +1,7 @@
 //! Starting a runner: the state folder, the control socket's guard, the identity, the
 //! store, the boot mode and the core's boot record (the operator's config plus this
-//! process's jitter seed), the trace, the job executor and what an earlier run left.
+//! process's jitter seed), the trace, the job executor and what an earlier run left
+//! (its jobs, found and reported to the core first; its ended jobs' folders).
 //!
 //! Owns: `start`, `start_install`, the farewell's launch, `StartError`. Must not: run
 //! the loop (`super::Driver::run`) or decide anything the core decides; the boot mode
@@ -13,12 +14,14 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::info;
 
 use crate::core::{BackoffPolicy, BootMode, Core, CoreConfig, Effects, Event};
-use crate::protocol::JobRef;
+use crate::protocol::{JobRef, JobSpec};
 use crate::runtime::control::{self, ControlError};
 use crate::runtime::hooks::HookRunner;
 use crate::runtime::identity::{Identity, IdentityError};
 use crate::runtime::install::{self, InstallPlan, Installer};
-use crate::runtime::jobs::{self, ExecutorError, Janitor, JobSupervisor, Retention};
+use crate::runtime::jobs::{
+    self, ExecutorError, FoundState, Janitor, JobProgress, JobReport, JobSupervisor, Retention,
+};
 use crate::runtime::metrics::{
     self, MetricsFeed, MetricsServer, MetricsServerError, RunnerMetrics,
 };
@@ -30,9 +33,9 @@ use crate::runtime::timers::{Timers, jitter_seed};
 use crate::runtime::ws::{self, TlsSetupError};
 
 use super::Driver;
+use super::input::Input;
 use super::durable::Durability;
 use super::handle::RunnerHandle;
-use super::input::Input;
 use super::link::{Credentials, Link};
 use super::local_steps::LocalSteps;
 use super::observe::{Observer, start_trace};
@@ -166,12 +169,14 @@ pub(super) fn launch(
     let tls = ws::tls_config(settings.ca_file.as_deref())?;
     // A farewell runs no jobs (the core boots it with none): nothing to reap or keep.
     let farewell = mode == BootMode::Leave;
-    let restored: Vec<JobRef> = if farewell {
+    let restored: Vec<JobSpec> = if farewell {
         Vec::new()
     } else {
-        durable.jobs.iter().map(|job| job.job_ref()).collect()
+        durable.jobs.clone()
     };
+    let restored_refs: Vec<JobRef> = restored.iter().map(JobSpec::job_ref).collect();
     let pids = store.job_pids()?;
+    let progress = store.job_progress()?;
     let config = boot_config(&settings);
     let booted_from = durable.clone();
     let outbox_at_boot = (durable.acked_event_index, durable.last_event_index);
@@ -183,16 +188,16 @@ pub(super) fn launch(
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let jobs_root = settings.jobs_root();
     let (reports_tx, reports) = mpsc::unbounded_channel();
-    let (jobs, retention, janitor) = if farewell {
+    let (jobs, retention, janitor, found) = if farewell {
         let nothing_kept = Retention::new(settings.job_retention);
-        (None, nothing_kept, Janitor::default())
+        (None, nothing_kept, Janitor::default(), VecDeque::new())
     } else {
-        let jobs = JobSupervisor::with_layout(settings.jobs_layout(), reports_tx);
+        let mut jobs = JobSupervisor::with_layout(settings.jobs_layout(), reports_tx);
         jobs.preflight().map_err(StartError::Jobs)?;
-        let (retention, janitor) = ended_jobs_retention(&settings, &jobs_root, &restored);
-        (Some(jobs), retention, janitor)
+        let (retention, janitor) = ended_jobs_retention(&settings, &jobs_root, &restored_refs);
+        let found = find_jobs(&mut jobs, &restored, &pids, &progress);
+        (Some(jobs), retention, janitor, found)
     };
-    reap_orphans(restored, pids, inputs_tx.clone());
     let (control_tx, control) = mpsc::unbounded_channel();
     let (status_tx, status) =
         watch::channel(status_of(&core, None, settings.endpoint.as_str(), None));
@@ -253,7 +258,8 @@ pub(super) fn launch(
         timers: Timers::new(inputs_tx.clone()),
         jobs,
         inputs_tx,
-        local: VecDeque::new(),
+        // What became of the previous run's jobs goes in before anything else.
+        local: found,
         exit: None,
         scratch: Effects::default(),
         spawns: Vec::new(),
@@ -329,31 +335,49 @@ fn boot_config(settings: &RunnerSettings) -> CoreConfig {
     }
 }
 
-/// Jobs of a previous runner that died with it: kill what is left of each (by the pid
-/// its `job_started` recorded), and report it lost.
-fn reap_orphans(
-    restored: Vec<JobRef>,
-    pids: Vec<(JobRef, u32)>,
-    inputs: mpsc::UnboundedSender<Input>,
-) {
-    if restored.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        for job in restored {
-            if let Some((_, pid)) = pids.iter().find(|(started, _)| *started == job) {
-                crate::runtime::orphans::reap(*pid, &job).await;
+/// The jobs the previous run left in the store: what became of each (its supervisor
+/// still runs it, it ended meanwhile, or it is lost), as events for the core to take
+/// first, and one line saying how many of each. Whatever supervisors the store does not
+/// account for are ended.
+fn find_jobs(
+    jobs: &mut JobSupervisor,
+    restored: &[JobSpec],
+    pids: &[(JobRef, u32)],
+    progress: &[(JobRef, JobProgress)],
+) -> VecDeque<Event> {
+    let mut events = VecDeque::new();
+    let (mut running, mut ended, mut lost) = (0, 0, 0);
+    for spec in restored {
+        let job = spec.job_ref();
+        let pid = pids.iter().find(|(j, _)| *j == job).map(|(_, pid)| *pid);
+        let done = progress
+            .iter()
+            .find(|(j, _)| *j == job)
+            .map(|(_, p)| *p)
+            .unwrap_or_default();
+        for report in jobs.reattach(spec, pid, done) {
+            if let JobReport::Found { state, .. } = &report {
+                match state {
+                    FoundState::Running { .. } => running += 1,
+                    FoundState::Ended => ended += 1,
+                    FoundState::Lost => lost += 1,
+                }
             }
-            let lost = Event::JobExited {
-                job,
-                status: crate::protocol::ExitStatus::Unknown,
-                duration_ms: 0,
-                stdout_bytes: 0,
-                stderr_bytes: 0,
-            };
-            let _ = inputs.send(Input::Event(lost));
+            events.push_back(report.into_event());
         }
-    });
+    }
+    let known: Vec<JobRef> = restored.iter().map(JobSpec::job_ref).collect();
+    jobs.forget_others(&known);
+    if !restored.is_empty() {
+        info!(
+            reattached = running,
+            ended_while_down = ended,
+            lost,
+            "jobs of the previous run: {running} reattached (still running), {ended} ended \
+             while the runner was down, {lost} lost"
+        );
+    }
+    events
 }
 
 /// The term of ended jobs' folders, with what an earlier run left: those past it are

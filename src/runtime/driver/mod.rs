@@ -143,6 +143,7 @@ impl Driver {
                         origin: Some(by),
                     },
                     Control::Force => Event::ForceShutdown,
+                    Control::Stop => Event::StopRequested,
                 }),
                 else => break,
             };
@@ -309,10 +310,15 @@ impl Driver {
             } => {
                 info!(job = %job.job_id, attempt = job.attempt, reason = reason.name(), grace_secs, "cancelling job");
                 if let Some(jobs) = &mut self.jobs {
-                    jobs.cancel(&job, Duration::from_secs(grace_secs));
+                    jobs.cancel(&job, reason.name(), Duration::from_secs(grace_secs));
                 }
                 // A job still waiting for its pre_job hook: the hook is stopped instead.
                 self.hooks.stop_pre_job(&job);
+            }
+            Effect::RenewLeases { within_ms } => {
+                if let Some(jobs) = &mut self.jobs {
+                    jobs.renew(Duration::from_millis(within_ms));
+                }
             }
             Effect::RunInstallStep { step } => {
                 let done = self.steps.install_step(step);
@@ -344,9 +350,10 @@ impl Driver {
                 for job in self.spawns.drain(..) {
                     warn!(job = %job.job_id, attempt = job.attempt, "not started: the runner is stopping");
                 }
-                // No process of a job outlives the runner that ran it.
+                // Jobs the core asked to stop end now; the others stay with their
+                // supervisors (a stop that leaves them running), where they have one.
                 if let Some(jobs) = &mut self.jobs {
-                    jobs.kill_all();
+                    jobs.end_at_exit();
                 }
                 self.exit = Some(code);
             }
@@ -399,7 +406,7 @@ fn phase_of(effect: &Effect) -> u8 {
         Effect::Close { .. } => 2,
         Effect::OpenConnection => 3,
         Effect::StartTimer { .. } | Effect::CancelTimer { .. } => 4,
-        Effect::SpawnJob { .. } | Effect::CancelJob { .. } => 5,
+        Effect::SpawnJob { .. } | Effect::CancelJob { .. } | Effect::RenewLeases { .. } => 5,
         Effect::RunInstallStep { .. }
         | Effect::RollbackInstall
         | Effect::ForgetKey

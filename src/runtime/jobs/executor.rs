@@ -1,16 +1,18 @@
 /*!
 The executor interface (seed 002's pluggable backends): a backend checks it can run
-jobs at all (`preflight`), then starts each one and hands back a `RunningJob`. What
-a backend must guarantee is written on `Executor`; the cancellation ladder and the
-reports around it belong to the supervisor, the same for every backend.
+jobs at all (`preflight`), then starts each one and hands back a `RunningJob`, and at
+start says what became of the jobs an earlier run started (`find`). What a backend
+must guarantee is written on `Executor`; the cancellation ladder and the reports
+around it belong to the job supervisor (`JobSupervisor`), the same for every backend.
 */
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::protocol::{ExitStatus, JobSpec, JobSpecError};
+use crate::protocol::{ExitStatus, JobRef, JobSpec, JobSpecError};
 
 use super::output::OutputSink;
 
@@ -20,8 +22,9 @@ use super::output::OutputSink;
 /// backend must: start the job or say why not; stream its output only through
 /// `SpawnRequest::output`, and only once `RunningJob::finished` is first polled (so
 /// `Started` comes first); make `finished` resolve only after the job's last process
-/// is gone and its output is read; and kill whatever is left of the job when
-/// `finished` is dropped early.
+/// is gone and its output is read; and, unless its jobs outlive the runner
+/// (`outlives_runner`), kill whatever is left of the job when `finished` is dropped
+/// early.
 pub trait Executor: Send + Sync {
     /// A short name for logs and the operator ("process").
     fn name(&self) -> &'static str;
@@ -34,22 +37,99 @@ pub trait Executor: Send + Sync {
     /// The runner has nothing else to do: prepare what makes the next start quicker.
     /// Must return at once (heavy work goes to a blocking thread).
     fn prepare_ahead(&self) {}
+
+    /// Whether a job goes on when the runner stops (its supervisor keeps it). When
+    /// false, the runner's end is its jobs' end.
+    fn outlives_runner(&self) -> bool {
+        false
+    }
+
+    /// At start: what became of a job the previous run started (the store holds it).
+    /// A backend whose jobs die with the runner has nothing to find: lost.
+    fn find(&self, request: FindRequest) -> Finding {
+        let _ = request;
+        Finding::Lost
+    }
+
+    /// At start, after every `find`: whatever the backend still keeps of jobs that are
+    /// not in `known` is ended and forgotten.
+    fn forget_others(&self, known: &[JobRef]) {
+        let _ = known;
+    }
 }
 
 /// What to run, and where its output goes.
 pub struct SpawnRequest {
     pub spec: JobSpec,
     pub output: OutputSink,
+    /// How long the job may go on without a runner renewing its lease (the API's
+    /// runner-lost threshold), for backends whose jobs outlive the runner.
+    pub lease: Duration,
 }
 
-/// Stops a started job. Both calls return at once; the job's end still arrives
+/// A job of the previous run, to be found (`Executor::find`).
+pub struct FindRequest {
+    pub spec: JobSpec,
+    /// The pid its `job_started` recorded, if it got that far.
+    pub pid: Option<u32>,
+    /// How much of its output the outbox holds already.
+    pub progress: JobProgress,
+    pub output: OutputSink,
+}
+
+/// How far a job's output was reported (taken into the outbox), per stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    pub stdout: StreamProgress,
+    pub stderr: StreamProgress,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamProgress {
+    /// Bytes reported, from offset 0.
+    pub sent: u64,
+    /// Whether its `job_output_truncated` was reported.
+    pub cut: bool,
+}
+
+/// What `find` found.
+pub enum Finding {
+    /// Its supervisor runs it; `running` follows it from where the outbox stopped.
+    Running {
+        running: RunningJob,
+        /// Since the job started.
+        elapsed_ms: u64,
+        /// The reason of a cancel its supervisor was given, if any.
+        cancel: Option<String>,
+        /// The job's pid, when the store does not hold its `job_started` yet.
+        started_pid: Option<u32>,
+    },
+    /// It ended while no runner was there; `running` reports the rest of its output
+    /// and resolves with how it ended.
+    Ended {
+        running: RunningJob,
+        cancel: Option<String>,
+        started_pid: Option<u32>,
+    },
+    /// Neither a supervisor nor a record of its end; what was left of it is killed.
+    Lost,
+}
+
+/// Stops a started job. Every call returns at once; the job's end still arrives
 /// through `RunningJob::finished`. After the job ended, they do nothing.
 pub trait JobControl: Send + Sync {
-    /// Ask every process of the job to stop (SIGTERM).
-    fn terminate(&self);
+    /// Ask every process of the job to stop (SIGTERM). A backend that keeps its jobs
+    /// beyond the runner also kills them after `grace` itself, and records `reason`
+    /// with the job's end.
+    fn terminate(&self, grace: Duration, reason: &str);
 
     /// Stop every process of the job now (SIGKILL).
     fn kill(&self);
+
+    /// The session is alive: the job may go on for `within` more without a runner.
+    fn renew(&self, within: Duration) {
+        let _ = within;
+    }
 }
 
 /// A job that started.
@@ -61,13 +141,27 @@ pub struct RunningJob {
 }
 
 /// How a job ended, as the backend saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobEnd {
     pub status: ExitStatus,
     /// From the spawn to the end of the main process.
     pub duration_ms: u64,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// What the job's processes used, when the backend measured it.
+    pub usage: Option<JobUsage>,
+    /// The name of the reason of a cancel the backend recorded with the job's end (its
+    /// supervisor's own, or one an earlier runner asked for).
+    pub cancel: Option<String>,
+}
+
+/// CPU time and peak memory of a job's processes (the main one and every descendant
+/// its supervisor reaped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobUsage {
+    pub user_us: u64,
+    pub system_us: u64,
+    pub max_rss_kib: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +193,23 @@ pub enum ExecutorError {
     NoPid,
     #[error("pid {pid} cannot safely name a process group")]
     BadPid { pid: u32 },
+    #[error("{why}")]
+    NotStarted { why: String },
+    #[error(
+        "the supervisor program {} cannot be found; jobs run under it",
+        program.display()
+    )]
+    NoSupervisor { program: PathBuf },
+    #[error(
+        "the jobs folder {} is too long a path: a job supervisor's socket below it would \
+         take {len} bytes, and a socket address holds {max}. Choose a shorter jobs_dir",
+        root.display()
+    )]
+    JobsRootTooLong {
+        root: PathBuf,
+        len: usize,
+        max: usize,
+    },
     #[error("job {job_id} attempt {attempt} is already running here")]
     AlreadyRunning { job_id: String, attempt: u32 },
     #[error(

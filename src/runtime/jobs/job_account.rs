@@ -8,9 +8,10 @@ control socket.
   plant a link there would have the runner, as root, follow it).
 - A job's folder and its `work/` (and the folders of its `workdir`) are handed over to
   the account; the logs stay the runner's, written through descriptors it opened.
-- The process drops to the account before `exec`: all of the account's groups
+- The job's process drops to the account before `exec`: all of the account's groups
   (`setgroups`, so root's own groups are not inherited), then its group, then its
-  user. The standard library cannot `posix_spawn` such a child and forks instead.
+  user. Its supervisor does that (`supervised/program.rs`), and runs as the runner's
+  user itself, so its records and socket stay out of the job's reach.
 
 Must not: decide who a job runs as (that is the settings'), nor touch the state folder,
 which stays 0700 and out of the account's reach.
@@ -36,6 +37,16 @@ impl JobAccount {
 
     pub fn name(&self) -> &str {
         &self.account.name
+    }
+
+    /// The ids a job's supervisor drops to before it runs the job (Unix).
+    #[cfg(unix)]
+    pub(super) fn ids(&self) -> super::supervised::wire::AccountIds {
+        super::supervised::wire::AccountIds {
+            uid: self.account.uid,
+            gid: self.account.gid,
+            groups: self.account.groups.clone(),
+        }
     }
 
     /// Variables a job of this account gets (before its own): who it is.
@@ -109,7 +120,8 @@ impl JobAccount {
         Ok(())
     }
 
-    /// Make the job's process drop to the account before it runs the job's program.
+    /// Have `command` run as the job account (a hook the operator configured runs with
+    /// a job's rights, never the runner's).
     pub fn apply(&self, command: &mut tokio::process::Command) {
         imp::run_as(command, &self.account);
     }

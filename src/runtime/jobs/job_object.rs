@@ -90,10 +90,14 @@ pub fn base_environment(job_dir: &Path, path: &OsString) -> Vec<(OsString, OsStr
     vars
 }
 
-/// The job's command. The standard library searches the `PATH` the job is given (and
-/// `PATHEXT`) itself, the way `CreateProcess` callers expect.
-pub fn command(program: &str, _path: &OsStr, _start_dir: &Path) -> Result<Command, ExecutorError> {
-    Ok(Command::new(program))
+/// The program as the job wrote it: the standard library searches the `PATH` the job
+/// is given (and `PATHEXT`) itself, the way `CreateProcess` callers expect.
+pub fn program_path(
+    program: &str,
+    _path: &OsStr,
+    _start_dir: &Path,
+) -> Result<std::path::PathBuf, ExecutorError> {
+    Ok(program.into())
 }
 
 /// Start the main process suspended, leading a new console process group.

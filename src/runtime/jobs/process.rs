@@ -1,7 +1,8 @@
 /*!
-The process executor: each job is a local child process, with every process it starts
-held together as one tree the runner can stop, in its own directory, with a clean
-environment.
+The process executor: each job is a local process, with every process it starts held
+together as one tree that can be stopped, in its own directory, with a clean
+environment. This file prepares a job (folder, program, environment); starting it is
+the platform's.
 
 Layout of a job: `<jobs_root>/<job_id>-<attempt>/` (private: mode 0700, or a private
 access list on Windows; the job's `HOME`) holds `stdout.log`, `stderr.log` and `work/`,
@@ -9,40 +10,41 @@ where the job starts (or in the relative `workdir` below it that the spec names)
 a job account (`job_account.rs`) the folder and `work/` belong to that account, the
 logs stay the runner's, and the jobs root is the runner's, 0711.
 
-What holds a job's processes together is the platform's: a process group on Unix
-(`process_group.rs`: signals to the whole group, SIGKILL when the main process
-exits), a kill-on-close job object on Windows (`job_object.rs`: Ctrl+Break to the
-group, `TerminateJobObject`). Either way nothing of a job outlives it.
+Unix (`supervised/`): every job runs under a supervisor process of its own, which
+owns the job's process group (and, on Linux, every descendant: it is a child
+subreaper), writes its output to the logs, and outlives the runner; the runner follows
+the logs and reattaches after a restart. Windows (`in_process.rs`): the runner starts
+the job itself in a kill-on-close job object (`job_object.rs`: Ctrl+Break to the
+group, `TerminateJobObject`), which dies with the runner. Either way nothing of a job
+outlives the job.
 */
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
-use tokio::process::{Child, ChildStderr, ChildStdout};
-use tokio::sync::watch;
-use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::protocol::{ExitStatus, JobRef, JobSpecError, OutputStream, validate_job_id};
+use crate::protocol::{JobRef, JobSpecError, validate_job_id};
 
-use super::executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};
+use super::executor::{Executor, ExecutorError, RunningJob, SpawnRequest};
+#[cfg(unix)]
+use super::executor::{FindRequest, Finding};
 use super::job_account::JobAccount;
-use super::output::{LogFile, StreamSink, pump};
 use super::spare_dir::{self, SpareDirs};
+#[cfg(unix)]
+use super::supervised::{Launch, Supervisors};
 use crate::platform::{self, Access};
 
 #[cfg(unix)]
 #[path = "process_group.rs"]
-mod tree;
+pub(super) mod tree;
 #[cfg(windows)]
 #[path = "job_object.rs"]
-mod tree;
+pub(super) mod tree;
 
-use tree::ProcessTree;
 pub use tree::default_path;
 
 /// Job directories and logs hold the job's data; only the runner's user may read them.
@@ -57,6 +59,8 @@ pub struct ProcessExecutor {
     account: Option<Arc<JobAccount>>,
     /// Where an earlier layout kept job folders, moved from at preflight.
     moved_from: Option<PathBuf>,
+    #[cfg(unix)]
+    supervisors: Supervisors,
 }
 
 /// Where jobs live and whom they run as.
@@ -68,6 +72,8 @@ pub struct JobsLayout {
     /// A folder an earlier layout kept job folders in (`<state_dir>/jobs` before jobs
     /// had an account of their own), emptied into `root` at preflight.
     pub moved_from: Option<PathBuf>,
+    /// The program run as each job's supervisor (Unix): the runner's own binary.
+    pub supervisor: PathBuf,
 }
 
 impl ProcessExecutor {
@@ -76,6 +82,7 @@ impl ProcessExecutor {
             root: jobs_root,
             account: None,
             moved_from: None,
+            supervisor: supervisor_program(),
         })
     }
 
@@ -86,6 +93,8 @@ impl ProcessExecutor {
         let account = layout.account.map(Arc::new);
         Self {
             spares: SpareDirs::new(layout.root.clone(), account.clone()),
+            #[cfg(unix)]
+            supervisors: Supervisors::new(layout.supervisor, layout.root.clone()),
             jobs_root: layout.root,
             path,
             account,
@@ -119,7 +128,8 @@ impl Executor for ProcessExecutor {
         "process"
     }
 
-    /// The jobs root exists (or can be made) and a file can be written in it.
+    /// The jobs root exists (or can be made) and a file can be written in it; on Unix
+    /// its job supervisors can run there too.
     fn preflight(&self) -> Result<(), ExecutorError> {
         let root = &self.jobs_root;
         if root.exists() && !root.is_dir() {
@@ -151,26 +161,83 @@ impl Executor for ProcessExecutor {
         // Remove the probe even when the write failed half way.
         let removed = fs::remove_file(&probe).map_err(io_error("remove"));
         written.and(removed)?;
+        #[cfg(unix)]
+        self.supervisors.preflight()?;
         self.spares.prepare();
         Ok(())
     }
 
     fn prepare_ahead(&self) {
         self.spares.refill();
+        #[cfg(unix)]
+        self.supervisors.prepare_ahead();
     }
 
     fn spawn(&self, request: SpawnRequest) -> Result<RunningJob, ExecutorError> {
-        let SpawnRequest { spec, output } = request;
+        let SpawnRequest {
+            spec,
+            output,
+            lease,
+        } = request;
+        let prepared = self.prepare(&spec)?;
+        #[cfg(unix)]
+        {
+            self.supervisors
+                .launch(prepared.into_launch(&spec, lease), output)
+        }
+        #[cfg(windows)]
+        {
+            let _ = lease;
+            super::in_process::launch(prepared, output, spec.output_limit_bytes)
+        }
+    }
+
+    /// Unix: a job's supervisor keeps it when the runner stops. Windows: a job dies
+    /// with the runner, whose end closes its job object.
+    fn outlives_runner(&self) -> bool {
+        cfg!(unix)
+    }
+
+    #[cfg(unix)]
+    fn find(&self, request: FindRequest) -> Finding {
+        self.supervisors.find(request)
+    }
+
+    #[cfg(unix)]
+    fn forget_others(&self, known: &[JobRef]) {
+        self.supervisors.forget_others(known);
+    }
+}
+
+/// A job ready to start: its folder made, its program found, its environment decided.
+pub(super) struct Prepared {
+    pub job: JobRef,
+    /// stdout's log, then stderr's: there, and empty.
+    pub logs: [PathBuf; 2],
+    pub start_dir: PathBuf,
+    /// The program to run: found in the job's `PATH` (Unix), or as the job wrote it
+    /// (Windows, which searches itself).
+    pub program: PathBuf,
+    /// The first element of the job's command, as the job wrote it.
+    pub argv0: String,
+    pub args: Vec<String>,
+    /// The environment, in order: a later entry replaces an earlier one of its name.
+    pub env: Vec<(OsString, OsString)>,
+    pub account: Option<Arc<JobAccount>>,
+}
+
+impl ProcessExecutor {
+    /// Everything a start needs before a process exists. Never panics on a bad spec.
+    fn prepare(&self, spec: &crate::protocol::JobSpec) -> Result<Prepared, ExecutorError> {
         spec.validate()?;
         let job = spec.job_ref();
         let job_dir = self.job_dir(&job)?;
-        let [stdout_log, stderr_log] = self.make_job_dir(&job_dir)?;
+        let logs = self.make_job_dir(&job_dir)?;
         let work = job_dir.join("work");
         let start_dir = start_dir(&work, spec.workdir.as_deref())?;
         if let Some(account) = &self.account {
             account.hand_over_below(&work, &start_dir)?;
         }
-
         let Some((program, args)) = spec.command.split_first() else {
             return Err(JobSpecError::EmptyCommand.into());
         };
@@ -178,77 +245,47 @@ impl Executor for ProcessExecutor {
             .env
             .get("PATH")
             .map_or(self.path.as_os_str(), |path| path.as_ref());
-        let mut command = tree::command(program, search_path, &start_dir)?;
-        command
-            .args(args)
-            .current_dir(&start_dir)
-            // Nothing of the runner's environment (its token above all) reaches a job
-            // unless listed here.
-            .env_clear()
-            .envs(tree::base_environment(&job_dir, &self.path));
+        let program_path = tree::program_path(program, search_path, &start_dir)?;
+        // Nothing of the runner's environment (its token above all) reaches a job
+        // unless listed here.
+        let mut env = tree::base_environment(&job_dir, &self.path);
         if let Some(account) = &self.account {
-            command.envs(account.environment());
-            account.apply(&mut command);
+            env.extend(
+                account
+                    .environment()
+                    .into_iter()
+                    .map(|(name, value)| (name.into(), value.into())),
+            );
         }
         // The job's own variables may replace the defaults above...
         for (name, value) in &spec.env {
             check_env(name, value)?;
-            command.env(name, value);
+            env.push((name.into(), value.into()));
         }
         // ...but not the runner's word on which job this is.
-        command
-            .env("FYN_JOB_ID", &job.job_id)
-            .env("FYN_JOB_ATTEMPT", job.attempt.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        tree::prepare(&mut command);
-
-        let mut child = command.spawn().map_err(|source| ExecutorError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        let started = Instant::now();
-        // On an early return from here, dropping `child` kills the main process and
-        // dropping `guard` kills the rest of its tree.
-        let pid = child.id().ok_or(ExecutorError::NoPid)?;
-        let group = Arc::new(ProcessTree::adopt(&child, job.clone())?);
-        let guard = RetireOnDrop(group.clone());
-        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            return Err(ExecutorError::Spawn {
-                program: program.clone(),
-                source: io::Error::other("the output pipes were not set up"),
-            });
-        };
-        info!(job = %job.job_id, attempt = job.attempt, pid, dir = %job_dir.display(), "job started");
-        let streams = Streams {
-            stdout,
-            stderr,
-            stdout_log,
-            stderr_log,
-            stdout_sink: output.stream(OutputStream::Stdout),
-            stderr_sink: output.stream(OutputStream::Stderr),
-            limit: spec.output_limit_bytes,
-        };
-        Ok(RunningJob {
-            pid,
-            control: group,
-            finished: Box::pin(run_to_end(child, guard, streams, started)),
+        env.push(("FYN_JOB_ID".into(), job.job_id.clone().into()));
+        env.push(("FYN_JOB_ATTEMPT".into(), job.attempt.to_string().into()));
+        info!(job = %job.job_id, attempt = job.attempt, dir = %job_dir.display(), "job prepared");
+        Ok(Prepared {
+            job,
+            logs,
+            start_dir,
+            program: program_path,
+            argv0: program.clone(),
+            args: args.to_vec(),
+            env,
+            account: self.account.clone(),
         })
     }
-}
 
-impl ProcessExecutor {
-    /// The job's folder with `work/` and its two logs, open: the spare moved into
-    /// place, or else made here. A log that cannot be opened is a job that cannot be
+    /// The job's folder with `work/` and its two empty logs: the spare moved into
+    /// place, or else made here. A log that cannot be made is a job that cannot be
     /// run as promised.
-    fn make_job_dir(&self, job_dir: &Path) -> Result<[LogFile; 2], ExecutorError> {
-        let [stdout, stderr] = spare_dir::LOGS.map(|log| job_dir.join(log));
+    fn make_job_dir(&self, job_dir: &Path) -> Result<[PathBuf; 2], ExecutorError> {
+        let logs = spare_dir::LOGS.map(|log| job_dir.join(log));
         if self.spares.take_into(job_dir) {
-            // Made empty with the spare (and handed over to the job account with it):
-            // opened as they are, no change to the disk.
-            return Ok([open_log(stdout, false)?, open_log(stderr, false)?]);
+            // Made empty with the spare (and handed over to the job account with it).
+            return Ok(logs);
         }
         let work = job_dir.join("work");
         create_dir(&work)?;
@@ -256,92 +293,29 @@ impl ProcessExecutor {
             account.hand_over(job_dir)?;
             account.hand_over(&work)?;
         }
-        Ok([open_log(stdout, true)?, open_log(stderr, true)?])
-    }
-}
-
-/// A job's two pipes and where their bytes go.
-struct Streams {
-    stdout: ChildStdout,
-    stderr: ChildStderr,
-    stdout_log: LogFile,
-    stderr_log: LogFile,
-    stdout_sink: StreamSink,
-    stderr_sink: StreamSink,
-    limit: u64,
-}
-
-/// Read both streams while waiting for the main process; when it exits, kill its
-/// group, then finish reading. Nothing runs until this future is first polled, so the
-/// supervisor's `Started` report comes before any output.
-async fn run_to_end(
-    mut child: Child,
-    group: RetireOnDrop,
-    streams: Streams,
-    started: Instant,
-) -> JobEnd {
-    let (ended_tx, ended) = watch::channel(false);
-    let stdout = pump(
-        streams.stdout,
-        streams.stdout_log,
-        streams.stdout_sink,
-        streams.limit,
-        ended.clone(),
-    );
-    let stderr = pump(
-        streams.stderr,
-        streams.stderr_log,
-        streams.stderr_sink,
-        streams.limit,
-        ended,
-    );
-    let main = async {
-        let status = child.wait().await;
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        // Whatever the main process left behind dies with it; that also closes the
-        // pipes those processes held, so the readers reach their end.
-        group.0.retire();
-        // An error only means both readers are done already.
-        let _ = ended_tx.send(true);
-        (exit_status(status, group.0.job()), duration_ms)
-    };
-    let ((status, duration_ms), (stdout_bytes, stderr_bytes)) =
-        tokio::join!(main, async { tokio::join!(stdout, stderr) });
-    JobEnd {
-        status,
-        duration_ms,
-        stdout_bytes,
-        stderr_bytes,
-    }
-}
-
-fn exit_status(status: io::Result<std::process::ExitStatus>, job: &JobRef) -> ExitStatus {
-    match status {
-        Ok(status) => tree::exit_status_of(status),
-        Err(error) => {
-            warn!(job = %job.job_id, attempt = job.attempt, %error, "cannot observe the job's exit");
-            ExitStatus::Unknown
+        for log in &logs {
+            make_log(log)?;
         }
+        Ok(logs)
     }
 }
 
-impl JobControl for ProcessTree {
-    fn terminate(&self) {
-        ProcessTree::terminate(self);
-    }
-
-    fn kill(&self) {
-        ProcessTree::kill(self);
-    }
-}
-
-/// Kills the tree if the job's future is dropped before it finished (the runtime
-/// shutting down, a spawn error after the fork): no process of a job outlives it.
-struct RetireOnDrop(Arc<ProcessTree>);
-
-impl Drop for RetireOnDrop {
-    fn drop(&mut self) {
-        self.0.retire();
+#[cfg(unix)]
+impl Prepared {
+    fn into_launch(self, spec: &crate::protocol::JobSpec, lease: std::time::Duration) -> Launch {
+        Launch {
+            job: self.job,
+            program: self.program,
+            argv0: self.argv0,
+            args: self.args,
+            env: self.env,
+            cwd: self.start_dir,
+            account: self.account.as_deref().map(JobAccount::ids),
+            output_limit_bytes: spec.output_limit_bytes,
+            cancel_grace: std::time::Duration::from_secs(spec.cancel_grace_secs),
+            lease,
+            logs: self.logs,
+        }
     }
 }
 
@@ -386,23 +360,55 @@ fn start_dir(work: &Path, workdir: Option<&str>) -> Result<PathBuf, ExecutorErro
     Ok(dir)
 }
 
-/// The log starts empty; a symlink in its place is refused rather than followed.
-fn open_log(path: PathBuf, create: bool) -> Result<LogFile, ExecutorError> {
+/// A log, made empty; a symlink in its place is refused rather than followed.
+fn make_log(path: &Path) -> Result<(), ExecutorError> {
     match platform::no_follow(
         platform::open_options(JOB_ACCESS)
             .write(true)
-            .create(create)
-            .truncate(create),
+            .create(true)
+            .truncate(true),
     )
-    .open(&path)
+    .open(path)
     {
-        Ok(file) => Ok(LogFile::new(file, path)),
+        Ok(_) => Ok(()),
         Err(source) => Err(ExecutorError::Io {
             op: "open",
-            path,
+            path: path.to_owned(),
             source,
         }),
     }
+}
+
+/// The program a job's supervisor runs from: the runner's own binary. On Linux that is
+/// `/proc/self/exe`, the very file this process runs even after an upgrade replaced it
+/// on disk, so a supervisor always speaks its runner's version. A process that is not
+/// `fyn-runner` (a test, an example, an embedding program) looks for the `fyn-runner`
+/// binary beside itself, as cargo lays out `target/<profile>/` (tests and examples
+/// live one folder below, in `deps/` and `examples/`).
+pub fn supervisor_program() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let named_so = |path: &Path| {
+        path.file_stem()
+            .is_some_and(|stem| stem.to_string_lossy().starts_with("fyn-runner"))
+    };
+    if named_so(&exe) {
+        if cfg!(target_os = "linux") {
+            return PathBuf::from("/proc/self/exe");
+        }
+        return exe;
+    }
+    let name = format!("fyn-runner{}", std::env::consts::EXE_SUFFIX);
+    let beside = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let above = beside
+        .file_name()
+        .filter(|dir| *dir == "deps" || *dir == "examples")
+        .and_then(|_| beside.parent().map(Path::to_path_buf));
+    above
+        .into_iter()
+        .chain(std::iter::once(beside))
+        .map(|dir| dir.join(&name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or(exe)
 }
 
 /// What `execve` cannot carry: an empty name, `=` in a name (it would split

@@ -1,10 +1,14 @@
 /*!
 What the job executor tells the driver: one enum that mirrors the core's job events,
-and its conversion into them. `Started` or `SpawnFailed` is what a spawn returns; the
-rest arrive through the reports channel, and the driver forwards each as it arrives.
+and its conversion into them. `Started` or `SpawnFailed` is what a spawn returns, and
+`Found` (with `Started` before it when the store lacks the job's start) what a
+reattach returns; the rest arrive through the reports channel, and the driver
+forwards each as it arrives.
 */
 
-use crate::core::Event;
+use tracing::warn;
+
+use crate::core::{CancelReason, Event, FoundJob};
 use crate::protocol::{ExitStatus, JobRef, OutputStream};
 
 use super::output::OutputChunk;
@@ -33,19 +37,36 @@ pub enum JobReport {
         offset: u64,
     },
     /// The main process ended, its process group was killed and both streams were read
-    /// to the end. Byte counts are what the job wrote, before truncation.
+    /// to the end. Byte counts are what the job wrote, before truncation. `cancel` is
+    /// the name of a cancel's reason the job's supervisor recorded with its end.
     Exited {
         job: JobRef,
         status: ExitStatus,
         duration_ms: u64,
         stdout_bytes: u64,
         stderr_bytes: u64,
+        cancel: Option<String>,
     },
     /// The job never ran; `error` says why, for people (it is never matched on).
     SpawnFailed {
         job: JobRef,
         error: String,
     },
+    /// At start: what became of a job the previous run started. `cancel` is the name
+    /// of the reason a cancel was given with, as its supervisor recorded it.
+    Found {
+        job: JobRef,
+        state: FoundState,
+        cancel: Option<String>,
+    },
+}
+
+/// Whether a job of the previous run still runs, ended meanwhile, or is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundState {
+    Running { elapsed_ms: u64 },
+    Ended,
+    Lost,
 }
 
 impl JobReport {
@@ -56,7 +77,8 @@ impl JobReport {
             | Self::Output { job, .. }
             | Self::Truncated { job, .. }
             | Self::Exited { job, .. }
-            | Self::SpawnFailed { job, .. } => job,
+            | Self::SpawnFailed { job, .. }
+            | Self::Found { job, .. } => job,
         }
     }
 
@@ -91,14 +113,39 @@ impl JobReport {
                 duration_ms,
                 stdout_bytes,
                 stderr_bytes,
-            } => Event::JobExited {
-                job,
-                status,
-                duration_ms,
-                stdout_bytes,
-                stderr_bytes,
-            },
+                cancel,
+            } => {
+                let cancel = cancel_reason(&job, cancel);
+                Event::JobExited {
+                    job,
+                    status,
+                    duration_ms,
+                    stdout_bytes,
+                    stderr_bytes,
+                    cancel,
+                }
+            }
             Self::SpawnFailed { job, error } => Event::JobSpawnFailed { job, error },
+            Self::Found { job, state, cancel } => {
+                let cancel = cancel_reason(&job, cancel);
+                let found = match state {
+                    FoundState::Running { elapsed_ms } => FoundJob::Running { elapsed_ms, cancel },
+                    FoundState::Ended => FoundJob::Ended { cancel },
+                    FoundState::Lost => FoundJob::Lost,
+                };
+                Event::JobFound { job, found }
+            }
         }
     }
+}
+
+/// The reason a supervisor recorded, by name; one this build does not know is dropped
+/// (with a warning) rather than guessed.
+fn cancel_reason(job: &JobRef, name: Option<String>) -> Option<CancelReason> {
+    let name = name?;
+    let reason = CancelReason::from_name(&name);
+    if reason.is_none() {
+        warn!(job = %job.job_id, reason = name, "a supervisor recorded a cancel reason this runner does not know");
+    }
+    reason
 }

@@ -1,8 +1,12 @@
 /*!
-The supervisor: what the driver holds. It starts jobs through an executor, runs the
-cancellation ladder, and sends one stream of `JobReport`s. Each started job gets one
-task that owns its ladder and reports its end; the supervisor keeps only what it
-needs to reach that task and to kill the job at exit.
+The job supervisor: what the driver holds, the runner's side of every job. It starts
+jobs through an executor, finds the jobs of an earlier run, runs the cancellation
+ladder, renews the jobs' leases, and sends one stream of `JobReport`s. Each job gets
+one task that owns its ladder and reports its end; the supervisor keeps only what it
+needs to reach that task, and to end the jobs that must end with the runner.
+
+(On Unix each job also has a supervisor process of its own, which outlives the runner:
+`supervised/`. This one lives and dies with the runner.)
 */
 
 use std::collections::HashMap;
@@ -15,24 +19,31 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::protocol::{JobRef, JobSpec};
+use crate::protocol::{ExitStatus, JobRef, JobSpec, SessionParams};
 
-use super::executor::{Executor, ExecutorError, JobControl, JobEnd, RunningJob, SpawnRequest};
+use super::executor::{
+    Executor, ExecutorError, FindRequest, Finding, JobControl, JobEnd, JobProgress, RunningJob,
+    SpawnRequest,
+};
 use super::output::OutputSink;
 use super::process::{JobsLayout, ProcessExecutor};
-use super::report::JobReport;
+use super::report::{FoundState, JobReport};
 
 pub struct JobSupervisor {
     executor: Arc<dyn Executor>,
     reports: UnboundedSender<JobReport>,
     jobs: HashMap<JobRef, Supervised>,
+    /// How long a job may go on without a runner: the last lease the core granted.
+    lease: Duration,
 }
 
 /// What the supervisor keeps of a started job.
 struct Supervised {
     control: Arc<dyn JobControl>,
-    /// To the job's task: start the ladder with this grace.
-    cancels: UnboundedSender<Duration>,
+    /// To the job's task: start the ladder with this grace, for this reason.
+    cancels: UnboundedSender<(Duration, String)>,
+    /// Set once the core asked for the job to stop: such a job ends with the runner.
+    cancelling: bool,
     /// Set just before `Exited` is sent.
     ended: Arc<AtomicBool>,
 }
@@ -54,6 +65,7 @@ impl JobSupervisor {
             executor,
             reports: events,
             jobs: HashMap::new(),
+            lease: Duration::from_millis(SessionParams::default().runner_lost_threshold_ms),
         }
     }
 
@@ -90,15 +102,95 @@ impl JobSupervisor {
         let request = SpawnRequest {
             spec: spec.clone(),
             output: OutputSink::new(job.clone(), self.reports.clone()),
+            lease: self.lease,
         };
-        let RunningJob {
-            pid,
-            control,
-            finished,
-        } = match self.executor.spawn(request) {
+        let running = match self.executor.spawn(request) {
             Ok(running) => running,
             Err(error) => return spawn_failed(job, error),
         };
+        let pid = running.pid;
+        self.watch(&job, running);
+        // Output only follows once the job's task first polls `finished`, which is
+        // after the caller has this.
+        JobReport::Started { job, pid }
+    }
+
+    /// At start: what became of a job the previous run started, as reports for the
+    /// driver to take before anything else (`Found`, after `Started` when the store
+    /// lacks the job's start; for a lost job, its `Exited` with an unknown status). A
+    /// job that runs or ended is followed from there: its output from where the outbox
+    /// stopped, then its end.
+    pub fn reattach(
+        &mut self,
+        spec: &JobSpec,
+        pid: Option<u32>,
+        progress: JobProgress,
+    ) -> Vec<JobReport> {
+        let job = spec.job_ref();
+        let request = FindRequest {
+            spec: spec.clone(),
+            pid,
+            progress,
+            output: OutputSink::new(job.clone(), self.reports.clone()),
+        };
+        let mut reports = Vec::new();
+        let (state, cancel) = match self.executor.find(request) {
+            Finding::Running {
+                running,
+                elapsed_ms,
+                cancel,
+                started_pid,
+            } => {
+                reports.extend(started_pid.map(|pid| JobReport::Started {
+                    job: job.clone(),
+                    pid,
+                }));
+                self.watch(&job, running);
+                (FoundState::Running { elapsed_ms }, cancel)
+            }
+            Finding::Ended {
+                running,
+                cancel,
+                started_pid,
+            } => {
+                reports.extend(started_pid.map(|pid| JobReport::Started {
+                    job: job.clone(),
+                    pid,
+                }));
+                self.watch(&job, running);
+                (FoundState::Ended, cancel)
+            }
+            Finding::Lost => (FoundState::Lost, None),
+        };
+        reports.push(JobReport::Found {
+            job: job.clone(),
+            state,
+            cancel,
+        });
+        if state == FoundState::Lost {
+            reports.push(JobReport::Exited {
+                job,
+                status: ExitStatus::Unknown,
+                duration_ms: 0,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                cancel: None,
+            });
+        }
+        reports
+    }
+
+    /// After every `reattach`: whatever the executor keeps of jobs the store does not
+    /// hold is ended and forgotten.
+    pub fn forget_others(&self, known: &[JobRef]) {
+        self.executor.forget_others(known);
+    }
+
+    /// One task per job: its ladder and its end.
+    fn watch(&mut self, job: &JobRef, running: RunningJob) {
+        let RunningJob {
+            control, finished, ..
+        } = running;
         let (cancels, cancel_rx) = mpsc::unbounded_channel();
         let ended = Arc::new(AtomicBool::new(false));
         tokio::spawn(supervise(
@@ -114,23 +206,23 @@ impl JobSupervisor {
             Supervised {
                 control,
                 cancels,
+                cancelling: false,
                 ended,
             },
         );
-        // Output only follows once the job's task first polls `finished`, which is
-        // after the caller has this.
-        JobReport::Started { job, pid }
     }
 
     /// SIGTERM the job's processes, then SIGKILL them after `grace` unless they ended.
-    /// A second cancel can only shorten the grace. Unknown or ended jobs are ignored:
-    /// what to make of that is the core's business.
-    pub fn cancel(&mut self, job: &JobRef, grace: Duration) {
+    /// A second cancel can only shorten the grace. `reason` is recorded with the job's
+    /// end where the backend keeps it (its supervisor process). Unknown or ended jobs
+    /// are ignored: what to make of that is the core's business.
+    pub fn cancel(&mut self, job: &JobRef, reason: &str, grace: Duration) {
         self.prune();
-        match self.jobs.get(job) {
+        match self.jobs.get_mut(job) {
             Some(supervised) => {
+                supervised.cancelling = true;
                 // A closed channel means the job's task is done: nothing left to stop.
-                let _ = supervised.cancels.send(grace);
+                let _ = supervised.cancels.send((grace, reason.to_owned()));
             }
             None => {
                 debug!(job = %job.job_id, attempt = job.attempt, "cancel for a job with no process here")
@@ -138,8 +230,44 @@ impl JobSupervisor {
         }
     }
 
-    /// SIGKILL every job's processes now (used at exit). Their `Exited` reports still
-    /// follow while the runtime runs.
+    /// The session is alive: every job may go on for `within` more without a runner,
+    /// and so may the jobs started from now on.
+    pub fn renew(&mut self, within: Duration) {
+        self.prune();
+        self.lease = within;
+        for supervised in self.jobs.values() {
+            supervised.control.renew(within);
+        }
+    }
+
+    /// The runner exits: jobs the core asked to stop are killed now; the others stay
+    /// with their supervisor processes, where the backend has them (else they are
+    /// killed too). Returns how many were left running.
+    pub fn end_at_exit(&mut self) -> usize {
+        self.prune();
+        if !self.executor.outlives_runner() {
+            self.kill_all();
+            return 0;
+        }
+        let mut left = 0;
+        for supervised in self.jobs.values() {
+            if supervised.cancelling {
+                supervised.control.kill();
+            } else {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            info!(
+                jobs = left,
+                "leaving running jobs to their supervisors; the next start reattaches them"
+            );
+        }
+        left
+    }
+
+    /// SIGKILL every job's processes now. Their `Exited` reports still follow while
+    /// the runtime runs.
     pub fn kill_all(&mut self) {
         self.prune();
         if !self.jobs.is_empty() {
@@ -172,10 +300,13 @@ fn spawn_failed(job: JobRef, error: ExecutorError) -> JobReport {
     }
 }
 
-/// A supervisor that goes away takes its jobs with it.
+/// A job supervisor that goes away takes its jobs with it, unless they have
+/// supervisor processes of their own that keep them.
 impl Drop for JobSupervisor {
     fn drop(&mut self) {
-        self.kill_all();
+        if !self.executor.outlives_runner() {
+            self.kill_all();
+        }
     }
 }
 
@@ -191,11 +322,11 @@ enum Ladder {
 }
 
 impl Ladder {
-    fn cancel(self, grace: Duration, control: &dyn JobControl) -> Self {
+    fn cancel(self, grace: Duration, reason: &str, control: &dyn JobControl) -> Self {
         let kill_at = Instant::now().checked_add(grace);
         match self {
             Self::Running => {
-                control.terminate();
+                control.terminate(grace, reason);
                 Self::Terminating { kill_at }
             }
             Self::Terminating { kill_at: earlier } => Self::Terminating {
@@ -221,7 +352,7 @@ async fn supervise(
     job: JobRef,
     mut finished: std::pin::Pin<Box<dyn std::future::Future<Output = JobEnd> + Send>>,
     control: Arc<dyn JobControl>,
-    mut cancels: UnboundedReceiver<Duration>,
+    mut cancels: UnboundedReceiver<(Duration, String)>,
     reports: UnboundedSender<JobReport>,
     ended: Arc<AtomicBool>,
 ) {
@@ -231,9 +362,10 @@ async fn supervise(
         let kill_at = ladder.kill_at();
         tokio::select! {
             end = &mut finished => break end,
-            grace = cancels.recv(), if cancels_open => match grace {
-                Some(grace) => ladder = ladder.cancel(grace, &*control),
-                // The supervisor is gone; its drop killed the job, which ends soon.
+            cancel = cancels.recv(), if cancels_open => match cancel {
+                Some((grace, reason)) => ladder = ladder.cancel(grace, &reason, &*control),
+                // The job supervisor is gone (the runner stops); the job is either
+                // killed with it or kept by its supervisor process.
                 None => cancels_open = false,
             },
             () = tokio::time::sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
@@ -242,7 +374,12 @@ async fn supervise(
             }
         }
     };
-    info!(job = %job.job_id, attempt = job.attempt, status = ?end.status, duration_ms = end.duration_ms, stdout_bytes = end.stdout_bytes, stderr_bytes = end.stderr_bytes, "job exited");
+    let usage = end.usage.unwrap_or(super::executor::JobUsage {
+        user_us: 0,
+        system_us: 0,
+        max_rss_kib: 0,
+    });
+    info!(job = %job.job_id, attempt = job.attempt, status = ?end.status, duration_ms = end.duration_ms, stdout_bytes = end.stdout_bytes, stderr_bytes = end.stderr_bytes, user_us = usage.user_us, system_us = usage.system_us, max_rss_kib = usage.max_rss_kib, "job exited");
     // Before the report, so whoever reads `Exited` sees `running()` without this job.
     ended.store(true, Ordering::Release);
     let _ = reports.send(JobReport::Exited {
@@ -251,5 +388,6 @@ async fn supervise(
         duration_ms: end.duration_ms,
         stdout_bytes: end.stdout_bytes,
         stderr_bytes: end.stderr_bytes,
+        cancel: end.cancel,
     });
 }

@@ -1,0 +1,591 @@
+/*!
+Unix: every job runs under a supervisor of its own (`program`, the hidden `fyn-runner
+supervise`), so a job outlives the runner that started it. This is the runner's side:
+starting a supervisor for a job, following its output in the logs, asking it to cancel,
+kill or go on, reattaching to the supervisors an earlier run left, and ending those no
+store knows.
+
+- A supervisor is started ahead of time when the runner is idle (a spare, as the job
+  folder is), so a job start costs a message to a process that is already up, not the
+  start of one. It waits for its launch plan on its standard input and exits, unused,
+  when the runner goes away.
+- The runner talks to a supervisor on its socket: the supervisor says how far the logs
+  got, the runner reads them by offset (`follow`) and sends its requests.
+- Whether a supervisor lives is what its lock says (`flock`, which the kernel lets go
+  of when it dies): never a pid alone.
+
+Layout: `wire` is what both sides write and read; `program` is the supervisor itself;
+`tree` its view of the job's processes; `follow` the runner's reading of a job.
+*/
+
+mod follow;
+pub mod program;
+pub mod tree;
+pub mod wire;
+
+use std::fs::File;
+use std::io::{self, BufRead, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tracing::{debug, info, warn};
+
+use crate::protocol::JobRef;
+use crate::runtime::orphans::{self, Leader};
+
+use super::executor::{ExecutorError, FindRequest, Finding, JobControl, RunningJob};
+use super::output::OutputSink;
+use follow::{Follow, Log};
+use wire::{
+    AccountIds, ExitRecord, Folder, LaunchPlan, LogId, OsBytes, Reply, RunnerAsks, StartedRecord,
+    SupervisorSays, WIRE_VERSION, line, read_record,
+};
+
+/// How long a supervisor may take to start a job and answer.
+const REPLY_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long a live supervisor may take to write `started.json` or answer on its socket
+/// when a runner reattaches (it does both right after starting its job).
+const REATTACH_WITHIN: Duration = Duration::from_secs(5);
+
+/// A job the process executor has prepared: everything decided, nothing started.
+pub struct Launch {
+    pub job: JobRef,
+    pub program: PathBuf,
+    pub argv0: String,
+    pub args: Vec<String>,
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    pub cwd: PathBuf,
+    pub account: Option<AccountIds>,
+    pub output_limit_bytes: u64,
+    pub cancel_grace: Duration,
+    pub lease: Duration,
+    /// stdout's log, then stderr's, made empty by the runner.
+    pub logs: [PathBuf; 2],
+}
+
+pub struct Supervisors {
+    /// The binary run as `supervise`: the runner's own.
+    program: PathBuf,
+    jobs_root: PathBuf,
+    spare: Arc<Mutex<Spare>>,
+}
+
+enum Spare {
+    Empty,
+    Making,
+    Ready(SupervisorProcess),
+}
+
+/// A supervisor this runner started, waiting for (or answering) its plan.
+struct SupervisorProcess {
+    /// Reaped by tokio in the background once dropped (it outlives this handle).
+    _child: tokio::process::Child,
+    plan_in: io::PipeWriter,
+    reply_out: io::PipeReader,
+}
+
+impl Supervisors {
+    pub fn new(program: PathBuf, jobs_root: PathBuf) -> Self {
+        Self {
+            program,
+            jobs_root,
+            spare: Arc::new(Mutex::new(Spare::Empty)),
+        }
+    }
+
+    /// Whether supervisors can run here: their folder, the socket path's length, the
+    /// program. Then the first spare.
+    pub fn preflight(&self) -> Result<(), ExecutorError> {
+        if let Some(len) = wire::socket_path_too_long(&self.jobs_root) {
+            return Err(ExecutorError::JobsRootTooLong {
+                root: self.jobs_root.clone(),
+                len,
+                max: wire::MAX_SOCKET_PATH,
+            });
+        }
+        let dir = self.jobs_root.join(wire::SUPERVISORS_DIR);
+        crate::platform::create_dir_all(&dir, crate::platform::Access::Private).map_err(
+            |source| ExecutorError::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            },
+        )?;
+        if !self.program.is_file() {
+            return Err(ExecutorError::NoSupervisor {
+                program: self.program.clone(),
+            });
+        }
+        self.prepare_ahead();
+        Ok(())
+    }
+
+    /// Start a spare supervisor if there is none, on a blocking thread; returns at once.
+    pub fn prepare_ahead(&self) {
+        let mut slot = self.lock_spare();
+        if !matches!(*slot, Spare::Empty) {
+            return;
+        }
+        *slot = Spare::Making;
+        drop(slot);
+        let (spare, program) = (self.spare.clone(), self.program.clone());
+        let fill = move || {
+            let made = start_supervisor(&program);
+            let mut slot = spare.lock().unwrap_or_else(PoisonError::into_inner);
+            *slot = match made {
+                Ok(process) => Spare::Ready(process),
+                Err(error) => {
+                    debug!(%error, "cannot start a spare supervisor; job starts start their own");
+                    Spare::Empty
+                }
+            };
+        };
+        // Outside a tokio runtime (a preflight on its own) there is nothing to keep a
+        // spare for, and no runtime to reap it later.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(fill)),
+            Err(_) => *self.lock_spare() = Spare::Empty,
+        }
+    }
+
+    fn lock_spare(&self) -> std::sync::MutexGuard<'_, Spare> {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_spare(&self) -> Option<SupervisorProcess> {
+        let mut slot = self.lock_spare();
+        match std::mem::replace(&mut *slot, Spare::Empty) {
+            Spare::Ready(process) => Some(process),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    /// Start `launch` under a supervisor and follow it. Returns once the job runs (its
+    /// pid known), or why it does not.
+    pub fn launch(&self, launch: Launch, output: OutputSink) -> Result<RunningJob, ExecutorError> {
+        let folder = Folder::of(&self.jobs_root, &launch.job);
+        claim_folder(&folder, &launch.job)?;
+        let io_error = |op: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| ExecutorError::Io { op, path, source }
+        };
+        let [stdout, stderr] = &launch.logs;
+        let logs = [
+            LogId::of(stdout).map_err(io_error("inspect", stdout))?,
+            LogId::of(stderr).map_err(io_error("inspect", stderr))?,
+        ];
+        let readers = [Log::open(&logs[0]), Log::open(&logs[1])];
+        let plan = LaunchPlan {
+            version: WIRE_VERSION,
+            job: launch.job.clone(),
+            dir: OsBytes::of(folder.path().as_os_str()),
+            program: OsBytes::of(launch.program.as_os_str()),
+            argv0: OsBytes::of(launch.argv0.as_ref()),
+            args: launch
+                .args
+                .iter()
+                .map(|a| OsBytes::of(a.as_ref()))
+                .collect(),
+            env: launch
+                .env
+                .iter()
+                .map(|(name, value)| (OsBytes::of(name), OsBytes::of(value)))
+                .collect(),
+            cwd: OsBytes::of(launch.cwd.as_os_str()),
+            account: launch.account.clone(),
+            output_limit_bytes: launch.output_limit_bytes,
+            cancel_grace_ms: millis(launch.cancel_grace),
+            lease_ms: millis(launch.lease),
+            logs,
+        };
+        let reply = self.ask_to_start(&plan)?;
+        let pid = match reply {
+            Reply::Started { pid } => pid,
+            Reply::Failed { error } => return Err(ExecutorError::NotStarted { why: error }),
+        };
+        info!(job = %launch.job.job_id, attempt = launch.job.attempt, pid, "job started under its supervisor");
+        let (asks, asks_rx) = mpsc::unbounded_channel();
+        let follow = Follow::new(
+            launch.job.clone(),
+            folder,
+            readers,
+            output,
+            Default::default(),
+            launch.output_limit_bytes,
+            asks_rx,
+        );
+        Ok(RunningJob {
+            pid,
+            control: Arc::new(SupervisorControl { asks }),
+            finished: Box::pin(follow.run(None)),
+        })
+    }
+
+    /// The plan to a spare (or a supervisor started now), and its answer. A spare that
+    /// died meanwhile is replaced once.
+    fn ask_to_start(&self, plan: &LaunchPlan) -> Result<Reply, ExecutorError> {
+        let text = line(plan);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut process = match self.take_spare() {
+                Some(process) => process,
+                None => start_supervisor(&self.program).map_err(|source| ExecutorError::Spawn {
+                    program: self.program.display().to_string(),
+                    source,
+                })?,
+            };
+            let sent = process
+                .plan_in
+                .write_all(&text)
+                .and_then(|()| process.plan_in.flush());
+            let answer = sent.and_then(|()| read_reply(&mut process.reply_out, REPLY_WITHIN));
+            match answer {
+                Ok(reply) => return Ok(reply),
+                Err(error) if tries < 2 => {
+                    debug!(%error, "the spare supervisor did not take the plan; starting another");
+                }
+                Err(error) => {
+                    return Err(ExecutorError::NotStarted {
+                        why: format!("the job's supervisor did not answer: {error}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// What became of a job an earlier run started (see `Finding`).
+    pub fn find(&self, request: FindRequest) -> Finding {
+        let job = request.spec.job_ref();
+        let folder = Folder::of(&self.jobs_root, &job);
+        let legacy = request.pid.map(|pid| Leader {
+            pid,
+            start_ticks: None,
+        });
+        if !folder.lock().exists() {
+            // Started before supervisors, or never got as far as one.
+            orphans::end_leftovers(&job, legacy);
+            return Finding::Lost;
+        }
+        let started = wait_for_started(&folder, supervisor_lives(&folder));
+        let leader = started.as_ref().map(|s| Leader {
+            pid: s.pid,
+            start_ticks: s.start_ticks,
+        });
+        // A job whose `job_started` the store does not hold (the runner died between
+        // the supervisor's answer and its commit) is reported started now.
+        let started_pid = match (request.pid, &started) {
+            (None, Some(record)) => Some(record.pid),
+            _ => None,
+        };
+        let readers = match &started {
+            Some(record) => [Log::open(&record.logs[0]), Log::open(&record.logs[1])],
+            None => [Log::Missing, Log::Missing],
+        };
+        let follow = |asks_rx| {
+            Follow::new(
+                job.clone(),
+                folder.clone(),
+                readers,
+                request.output.clone(),
+                request.progress,
+                request.spec.output_limit_bytes,
+                asks_rx,
+            )
+        };
+        if supervisor_lives(&folder) {
+            // No lease renewal here: only a session that proves alive renews it, so a
+            // runner that restarts but cannot reach the API does not keep a job the
+            // API is about to give away.
+            let (asks, asks_rx) = mpsc::unbounded_channel();
+            let (stream, cancel) = match hello(&folder) {
+                Some((stream, cancel)) => (Some(stream), cancel),
+                None => (None, None),
+            };
+            let elapsed_ms = started.as_ref().map_or(0, |s| {
+                wire::monotonic_ms().saturating_sub(s.started_mono_ms)
+            });
+            let pid = started.as_ref().map_or(0, |s| s.pid);
+            return Finding::Running {
+                running: RunningJob {
+                    pid,
+                    control: Arc::new(SupervisorControl { asks }),
+                    finished: Box::pin(follow(asks_rx).run(stream)),
+                },
+                elapsed_ms,
+                cancel,
+                started_pid,
+            };
+        }
+        match read_record::<ExitRecord>(&folder.exit()) {
+            Ok(Some(record)) => {
+                let (asks, asks_rx) = mpsc::unbounded_channel();
+                Finding::Ended {
+                    running: RunningJob {
+                        pid: started.as_ref().map_or(0, |s| s.pid),
+                        control: Arc::new(SupervisorControl { asks }),
+                        finished: Box::pin(follow(asks_rx).run(None)),
+                    },
+                    cancel: record.cancel,
+                    started_pid,
+                }
+            }
+            found => {
+                if let Err(error) = found {
+                    warn!(job = %job.job_id, %error, "the job's exit record cannot be read");
+                }
+                orphans::end_leftovers(&job, leader.or(legacy));
+                Finding::Lost
+            }
+        }
+    }
+
+    /// Supervisors of jobs not in `known` (the store was restored from an older copy,
+    /// or a job's end was recorded but its folder stayed): a live one has its job
+    /// ended, since no store accounts for it; every such folder goes.
+    pub fn forget_others(&self, known: &[JobRef]) {
+        let keys: Vec<String> = known.iter().map(wire::key).collect();
+        let dir = self.jobs_root.join(wire::SUPERVISORS_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keys.contains(&name) || !entry.path().is_dir() {
+                continue;
+            }
+            let folder = Folder::at(entry.path());
+            if supervisor_lives(&folder) {
+                warn!(folder = %folder.path().display(), "a supervisor runs a job this runner's store does not know of; ending it");
+                end_supervised(&folder);
+            }
+            let _ = std::fs::remove_dir_all(folder.path());
+        }
+    }
+}
+
+/// End every job supervisors run under `jobs_root`, and wait (bounded) for each
+/// supervisor to record the end (`fyn-runner uninstall`). Returns how many there were.
+pub fn end_all(jobs_root: &Path) -> usize {
+    let dir = jobs_root.join(wire::SUPERVISORS_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut ended = 0;
+    for entry in entries.flatten() {
+        let folder = Folder::at(entry.path());
+        if supervisor_lives(&folder) {
+            end_supervised(&folder);
+            ended += 1;
+        }
+    }
+    ended
+}
+
+/// Ask the supervisor in `folder` to kill its job, and wait until it is gone; should it
+/// not answer, what its records name is killed here.
+fn end_supervised(folder: &Folder) {
+    if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(folder.socket()) {
+        let _ = stream.write_all(&line(&RunnerAsks::Kill));
+    }
+    for _ in 0..500 {
+        if !supervisor_lives(folder) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Ok(Some(record)) = read_record::<StartedRecord>(&folder.started()) {
+        warn!(folder = %folder.path().display(), "a supervisor did not end its job in time; killing the job's processes");
+        orphans::end_leftovers(
+            &record.job,
+            Some(Leader {
+                pid: record.pid,
+                start_ticks: record.start_ticks,
+            }),
+        );
+    }
+}
+
+/// Make the supervisor's folder for a new attempt, clearing what a dead one left. One
+/// whose lock is held means that attempt runs already.
+fn claim_folder(folder: &Folder, job: &JobRef) -> Result<(), ExecutorError> {
+    if folder.path().exists() {
+        if supervisor_lives(folder) {
+            return Err(ExecutorError::AlreadyRunning {
+                job_id: job.job_id.clone(),
+                attempt: job.attempt,
+            });
+        }
+        let _ = std::fs::remove_dir_all(folder.path());
+    }
+    crate::platform::create_dir_all(folder.path(), crate::platform::Access::Private).map_err(
+        |source| ExecutorError::Io {
+            op: "create",
+            path: folder.path().to_owned(),
+            source,
+        },
+    )
+}
+
+/// Whether the supervisor of `folder` lives: it holds its lock.
+pub(super) fn supervisor_lives(folder: &Folder) -> bool {
+    let Ok(lock) = File::options().read(true).open(folder.lock()) else {
+        return false;
+    };
+    match lock.try_lock_shared() {
+        Ok(()) => false,
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(error)) => {
+            warn!(%error, lock = %folder.lock().display(), "cannot test a supervisor's lock; taking it for alive");
+            true
+        }
+    }
+}
+
+/// `started.json`, waiting a little for a supervisor that is alive but has not
+/// written it yet.
+fn wait_for_started(folder: &Folder, alive: bool) -> Option<StartedRecord> {
+    let tries = if alive { 250 } else { 1 };
+    for _ in 0..tries {
+        match read_record::<StartedRecord>(&folder.started()) {
+            Ok(Some(record)) => return Some(record),
+            Ok(None) => std::thread::sleep(REATTACH_WITHIN / 250),
+            Err(error) => {
+                warn!(%error, "cannot read a supervisor's started.json");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Connect to a live supervisor and read its hello: the connection (for `follow`) and
+/// the reason of a cancel it was given, if any.
+fn hello(folder: &Folder) -> Option<(tokio::net::UnixStream, Option<String>)> {
+    let stream = std::os::unix::net::UnixStream::connect(folder.socket()).ok()?;
+    stream.set_read_timeout(Some(REATTACH_WITHIN)).ok()?;
+    // Byte by byte up to the newline, so nothing after the hello is read here.
+    let mut text = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut reader = &stream;
+    while io::Read::read(&mut reader, &mut byte).ok()? == 1 && byte[0] != b'\n' {
+        text.push(byte[0]);
+    }
+    let cancel = match serde_json::from_slice(&text).ok()? {
+        SupervisorSays::Hello {
+            version, cancel, ..
+        } if version == WIRE_VERSION => cancel,
+        _ => return None,
+    };
+    stream.set_read_timeout(None).ok()?;
+    stream.set_nonblocking(true).ok()?;
+    let stream = tokio::net::UnixStream::from_std(stream).ok()?;
+    Some((stream, cancel))
+}
+
+/// A supervisor process from the runner's own binary, waiting for its plan. Its
+/// environment is empty and its folder `/`: it needs nothing of the runner's.
+fn start_supervisor(program: &Path) -> io::Result<SupervisorProcess> {
+    let (plan_read, plan_in) = io::pipe()?;
+    let (reply_out, reply_write) = io::pipe()?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .arg("supervise")
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(plan_read))
+        .stdout(Stdio::from(reply_write))
+        .stderr(Stdio::null())
+        .kill_on_drop(false);
+    let child = command.spawn()?;
+    // Only the child holds the other ends now, so its death reads as an end of file.
+    drop(command);
+    Ok(SupervisorProcess {
+        _child: child,
+        plan_in,
+        reply_out,
+    })
+}
+
+/// One line from the supervisor, within `within`.
+fn read_reply(reader: &mut io::PipeReader, within: Duration) -> io::Result<Reply> {
+    let deadline = std::time::Instant::now() + within;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+        }
+        let mut fd = libc::pollfd {
+            fd: reader.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: poll reads and writes the one pollfd given.
+        let ready = unsafe { libc::poll(&raw mut fd, 1, timeout) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if ready == 0 {
+            continue;
+        }
+        let n = io::Read::read(reader, &mut buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the supervisor ended without answering",
+            ));
+        }
+        text.extend_from_slice(&buf[..n]);
+        if let Some(end) = text.iter().position(|b| *b == b'\n') {
+            let mut cursor = io::Cursor::new(&text[..=end]);
+            let mut first = String::new();
+            cursor.read_line(&mut first)?;
+            return serde_json::from_str(&first)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The runner's requests to one supervisor, queued for its connection (which a
+/// reattach may still be opening).
+struct SupervisorControl {
+    asks: UnboundedSender<RunnerAsks>,
+}
+
+impl JobControl for SupervisorControl {
+    fn terminate(&self, grace: Duration, reason: &str) {
+        let _ = self.asks.send(RunnerAsks::Cancel {
+            grace_ms: millis(grace),
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn kill(&self) {
+        let _ = self.asks.send(RunnerAsks::Kill);
+    }
+
+    fn renew(&self, within: Duration) {
+        let _ = self.asks.send(RunnerAsks::Lease {
+            within_ms: millis(within),
+        });
+    }
+}

@@ -1,0 +1,806 @@
+/*!
+`fyn-runner supervise`: a job's supervisor. One process per job, started by the runner
+from its own binary, that owns the job from its start to its end and needs nothing
+from the runner once the job runs, so the job goes on while the runner restarts,
+crashes or is upgraded.
+
+What it does, in order: leaves the runner's session and process group (`setsid`), so
+no terminal, service stop or signal to the runner's group reaches it; reads its launch
+plan (one JSON line on standard input); takes the lock in its folder, which it holds
+for as long as it lives; checks the runner that sent the plan is still there (after a
+crash, a restarted runner may already have judged this job lost); binds its socket;
+becomes a child subreaper (Linux); starts the job in a process group of its own
+(dropping to the job's account, and asking the kernel to kill the job's main process
+if the supervisor dies); answers the runner with the pid; writes `started.json`. Then,
+until the job's main process ends: copies the job's stdout and stderr from their pipes
+to the logs, at most `output_limit_bytes` each (the rest is read and dropped, so the
+job never blocks on its output), tells every connected runner how far the logs got,
+and obeys its requests (cancel with a grace, kill, renew the lease). When no runner
+renews the lease in time, it ends the job itself: the API has given it away by then.
+When the main process ends: SIGKILL to the group and to every descendant left, the
+pipes read to their end, every child reaped, and `exit.json` written whole and synced
+(status, byte counts, the cancel's reason, resource use). Then it exits.
+
+Must not: talk to the network, read the runner's store or identity, or decide anything
+about the job but what its plan and its runner's requests say.
+*/
+
+use std::fs::File;
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{ChildStderr, ChildStdout, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::protocol::{ExitStatus, JobRef};
+
+use super::tree;
+use super::wire::{
+    ExitRecord, Folder, LaunchPlan, Reply, RunnerAsks, Sizes, StartedRecord, StreamSize,
+    SupervisorSays, Usage, WIRE_VERSION, line, monotonic_ms, write_record,
+};
+
+/// The largest piece of output copied at once.
+const CHUNK: usize = super::super::output::CHUNK_BYTES;
+
+/// Once the job's processes are dead, how long its pipes may take to reach their end:
+/// only a process that escaped the job (no subreaper on this system) can hold them.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// How long reaping what is left may take after the job ended.
+const REAP_WITHIN: Duration = Duration::from_secs(5);
+
+/// The supervisor's whole life; the process's exit code.
+pub fn main() -> i32 {
+    // SAFETY: setsid and signal take and return integers only. setsid fails only for a
+    // group leader, which a process the runner started without a group of its own is
+    // not; either way the supervisor goes on.
+    unsafe {
+        libc::setsid();
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    // Files the supervisor makes (socket, records, its log) are its user's alone; the
+    // job gets the mask back.
+    // SAFETY: umask takes and returns a mode.
+    let job_umask = unsafe { libc::umask(0o077) };
+    let plan = match read_plan() {
+        Ok(plan) => plan,
+        // No plan: the runner went away before sending one (a spare supervisor whose
+        // runner stopped), or sent something this build cannot read.
+        Err(error) => {
+            if error.kind() != io::ErrorKind::UnexpectedEof {
+                reply(&Reply::Failed {
+                    error: format!("cannot read the launch plan: {error}"),
+                });
+            }
+            return 2;
+        }
+    };
+    let folder = Folder::at(plan.dir.path());
+    log_to(&folder);
+    match start(&plan, &folder, job_umask) {
+        Ok(Some((job, lock))) => {
+            reply(&Reply::Started { pid: job.pid });
+            detach_standard_io();
+            job.record_start(&plan);
+            supervise(plan, folder, job, lock)
+        }
+        Ok(None) => 3,
+        Err(error) => {
+            warn!(%error, "the job could not be started");
+            reply(&Reply::Failed { error });
+            1
+        }
+    }
+}
+
+/// One line of JSON on standard input.
+fn read_plan() -> io::Result<LaunchPlan> {
+    let mut text = String::new();
+    if io::stdin().lock().read_line(&mut text)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let plan: LaunchPlan =
+        serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if plan.version != WIRE_VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "launch plan of version {}, this supervisor reads version {WIRE_VERSION}",
+                plan.version
+            ),
+        ));
+    }
+    Ok(plan)
+}
+
+fn reply(reply: &Reply) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(&line(reply)).and_then(|()| out.flush());
+}
+
+/// The supervisor's own log lines go to `supervisor.log` in its folder: never to the
+/// runner's standard error, which may be a terminal or a pipe that closes with it.
+fn log_to(folder: &Folder) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(folder.log());
+    if let Ok(file) = file {
+        // SAFETY: dup2 onto standard error of a descriptor this process owns.
+        unsafe { libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO) };
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+/// Standard input and output were the runner's pipes: let go of them, so nothing of
+/// the supervisor depends on the runner being there.
+fn detach_standard_io() {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        // SAFETY: dup2 of a descriptor this process owns onto 0 and 1.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), libc::STDIN_FILENO);
+            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
+        }
+    }
+}
+
+/// A job that started, and what the supervisor holds of it.
+struct Started {
+    pid: u32,
+    started_mono_ms: u64,
+    listener: std::os::unix::net::UnixListener,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    logs: [File; 2],
+}
+
+impl Started {
+    /// `started.json`, for a runner that comes later. Not synced: a power cut ends the
+    /// supervisor too, and then there is nothing to reattach.
+    fn record_start(&self, plan: &LaunchPlan) {
+        let folder = Folder::at(plan.dir.path());
+        let record = StartedRecord {
+            version: WIRE_VERSION,
+            job: plan.job.clone(),
+            pid: self.pid,
+            start_ticks: tree::stat_of(self.pid).map(|s| s.start_ticks),
+            supervisor_pid: std::process::id(),
+            supervisor_start_ticks: tree::stat_of(std::process::id()).map(|s| s.start_ticks),
+            started_mono_ms: self.started_mono_ms,
+            started_unix_ms: crate::runtime::status::unix_ms(),
+            logs: plan.logs.clone(),
+        };
+        if let Err(error) = write_record(&folder.started(), &record, false) {
+            warn!(%error, "cannot write started.json; a restarted runner cannot reattach this job");
+        }
+    }
+}
+
+/// Everything up to the job's start: the job, and the lock held for the supervisor's
+/// whole life (let go of only once `exit.json` is written, since a runner that can
+/// take it reads the record next). `Ok(None)`: the runner that asked is gone, so the
+/// job is not started (a runner started since may have reported it lost already).
+fn start(
+    plan: &LaunchPlan,
+    folder: &Folder,
+    job_umask: libc::mode_t,
+) -> Result<Option<(Started, File)>, String> {
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(folder.lock())
+        .map_err(|e| format!("cannot open {}: {e}", folder.lock().display()))?;
+    take_lock(&lock).map_err(|e| format!("cannot lock {}: {e}", folder.lock().display()))?;
+    if runner_gone() {
+        info!(job = %plan.job.job_id, "the runner that sent the plan is gone; not starting the job");
+        return Ok(None);
+    }
+    let _ = std::fs::remove_file(folder.socket());
+    let listener = std::os::unix::net::UnixListener::bind(folder.socket())
+        .map_err(|e| format!("cannot bind {}: {e}", folder.socket().display()))?;
+    let logs = [open_log(plan, 0)?, open_log(plan, 1)?];
+    if let Err(error) = tree::become_subreaper() {
+        warn!(%error, "cannot become a child subreaper: a process that leaves the job's group may outlive it");
+    }
+    let mut command = std::process::Command::new(plan.program.path());
+    command
+        .arg0(plan.argv0.os())
+        .args(plan.args.iter().map(|arg| arg.os()))
+        .env_clear()
+        .envs(plan.env.iter().map(|(name, value)| (name.os(), value.os())))
+        .current_dir(plan.cwd.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    before_exec(&mut command, plan, job_umask);
+    let started_mono_ms = monotonic_ms();
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {:?}: {e}", plan.argv0.os().to_string_lossy()))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("the job's output pipes were not set up".into());
+    };
+    let pid = child.id();
+    // The supervisor reaps the job itself (with every descendant), so the standard
+    // library's handle is only let go of; dropping it neither waits nor kills.
+    drop(child);
+    info!(job = %plan.job.job_id, attempt = plan.job.attempt, pid, "job started");
+    Ok(Some((
+        Started {
+            pid,
+            started_mono_ms,
+            listener,
+            stdout,
+            stderr,
+            logs,
+        },
+        lock,
+    )))
+}
+
+/// The lock, exclusively. A runner testing whether a supervisor lives holds it shared
+/// for a moment: that is waited out; a lock held longer is another supervisor's.
+fn take_lock(lock: &File) -> io::Result<()> {
+    for _ in 0..100 {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(error),
+        }
+    }
+    Err(io::Error::other(
+        "another supervisor holds it: this job attempt runs already",
+    ))
+}
+
+/// Whether the runner's end of standard input is closed (it died after sending the
+/// plan). The runner keeps it open until it has read the reply.
+fn runner_gone() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd given, with a zero timeout.
+    let ready = unsafe { libc::poll(&raw mut fd, 1, 0) };
+    ready > 0 && fd.revents & libc::POLLHUP != 0
+}
+
+/// A log the runner made, opened for writing by its path, and checked to be the very
+/// file the plan names (the job's account owns the folder it is in).
+fn open_log(plan: &LaunchPlan, stream: usize) -> Result<File, String> {
+    let id = &plan.logs[stream];
+    let path = id.path.path();
+    let file = File::options()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("cannot open the log {}: {e}", path.display()))?;
+    match id.matches(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(format!(
+            "{} is not the log the runner made; refusing to write to it",
+            path.display()
+        )),
+        Err(e) => Err(format!("cannot inspect the log {}: {e}", path.display())),
+    }
+}
+
+/// What the job's process does between fork and exec: drop to the job's account (all
+/// its groups, its group, its user), get back the signal mask and the file mode mask
+/// the supervisor changed, and ask the kernel for SIGKILL should the supervisor die
+/// (after the account change, which clears that request). If the supervisor is gone
+/// already, the job does not start.
+fn before_exec(command: &mut std::process::Command, plan: &LaunchPlan, job_umask: libc::mode_t) {
+    let account = plan.account.clone();
+    let supervisor = std::process::id();
+    let setup = move || -> io::Result<()> {
+        let check = |rc: libc::c_int| {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed: these
+        // are plain system calls, reading memory allocated before the fork (`groups`,
+        // with its true length).
+        unsafe {
+            if let Some(account) = &account {
+                check(libc::setgroups(
+                    account.groups.len() as _,
+                    account.groups.as_ptr(),
+                ))?;
+                check(libc::setgid(account.gid))?;
+                check(libc::setuid(account.uid))?;
+            }
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            libc::umask(job_umask);
+            #[cfg(target_os = "linux")]
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            if u32::try_from(libc::getppid()).ok() != Some(supervisor) {
+                return Err(io::Error::other("the job's supervisor is gone"));
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure makes only async-signal-safe system calls (see above); it
+    // allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(setup);
+    }
+}
+
+/// Run the job to its end, then record how it ended. The exit code of the supervisor.
+fn supervise(plan: LaunchPlan, folder: Folder, job: Started, lock: File) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            warn!(%error, "cannot start the supervisor's runtime; ending the job");
+            tree::signal_group(job.pid, libc::SIGKILL);
+            return 1;
+        }
+    };
+    let record = runtime.block_on(run(&plan, job));
+    let code = match write_record(&folder.exit(), &record, true) {
+        Ok(()) => 0,
+        Err(error) => {
+            warn!(%error, "cannot write exit.json; the runner will report the job lost");
+            1
+        }
+    };
+    info!(job = %plan.job.job_id, attempt = plan.job.attempt, status = ?record.status, "job ended; supervisor exits");
+    let _ = std::fs::remove_file(folder.socket());
+    // Dropping the runtime closes every runner's connection: they read exit.json then.
+    drop(runtime);
+    drop(lock);
+    code
+}
+
+/// Where the job is on its way to the end, as the supervisor drives it.
+struct Ladder {
+    pgid: u32,
+    /// The first cancel's reason; runners are told it on connecting.
+    reason: Arc<Mutex<Option<String>>>,
+    terminated: bool,
+    kill_at: Option<Instant>,
+}
+
+impl Ladder {
+    fn cancel(&mut self, grace: Duration, reason: &str) {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| reason.to_owned());
+        if !self.terminated {
+            self.terminated = true;
+            signal_job(self.pgid, libc::SIGTERM);
+        }
+        let at = Instant::now().checked_add(grace);
+        self.kill_at = match (self.kill_at, at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    fn kill(&mut self) {
+        self.kill_at = None;
+        signal_job(self.pgid, libc::SIGKILL);
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A signal to every process of the job: its group, and every descendant of the
+/// supervisor (which, as a subreaper, the job's escaped processes remain).
+fn signal_job(pgid: u32, signal: libc::c_int) {
+    tree::signal_group(pgid, signal);
+    for pid in tree::descendants(std::process::id()) {
+        tree::signal_process(pid, signal);
+    }
+}
+
+async fn run(plan: &LaunchPlan, job: Started) -> ExitRecord {
+    let Started {
+        pid,
+        started_mono_ms,
+        listener,
+        stdout,
+        stderr,
+        logs: [stdout_log, stderr_log],
+    } = job;
+    let (sizes_tx, sizes) = watch::channel(Sizes::default());
+    let sizes_tx = Arc::new(sizes_tx);
+    let limit = plan.output_limit_bytes;
+    let pumps = [
+        tokio::spawn(pump(
+            OwnedFd::from(stdout),
+            stdout_log,
+            limit,
+            sizes_tx.clone(),
+            true,
+        )),
+        tokio::spawn(pump(
+            OwnedFd::from(stderr),
+            stderr_log,
+            limit,
+            sizes_tx.clone(),
+            false,
+        )),
+    ];
+    let mut ladder = Ladder {
+        pgid: pid,
+        reason: Arc::new(Mutex::new(None)),
+        terminated: false,
+        kill_at: None,
+    };
+    let (asks_tx, mut asks) = mpsc::unbounded_channel();
+    let accepting = tokio::spawn(accept(
+        listener,
+        plan.job.clone(),
+        pid,
+        ladder.reason.clone(),
+        sizes.clone(),
+        asks_tx,
+    ));
+    let grace = Duration::from_millis(plan.cancel_grace_ms);
+    let mut lease_until = Instant::now().checked_add(Duration::from_millis(plan.lease_ms));
+    let (mut children, mut terminate, mut interrupt) = match (
+        signal(SignalKind::child()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(c), Ok(t), Ok(i)) => (c, t, i),
+        _ => {
+            warn!("cannot watch signals; ending the job");
+            ladder.kill();
+            return finish(plan, pid, started_mono_ms, None, &ladder, &sizes, pumps).await;
+        }
+    };
+    // The job may have ended before SIGCHLD was watched.
+    let mut main_end = reap(pid);
+    while main_end.is_none() {
+        let kill_at = ladder.kill_at;
+        tokio::select! {
+            _ = children.recv() => main_end = reap(pid),
+            Some(ask) = asks.recv() => match ask {
+                RunnerAsks::Cancel { grace_ms, reason } => {
+                    info!(reason, grace_ms, "cancel requested");
+                    ladder.cancel(Duration::from_millis(grace_ms), &reason);
+                }
+                RunnerAsks::Kill => {
+                    info!("kill requested");
+                    ladder.kill();
+                }
+                RunnerAsks::Lease { within_ms } => {
+                    lease_until = Instant::now().checked_add(Duration::from_millis(within_ms));
+                }
+            },
+            () = sleep_until(kill_at), if kill_at.is_some() => ladder.kill(),
+            () = sleep_until(lease_until), if lease_until.is_some() => {
+                warn!(lease_ms = plan.lease_ms, "no runner renewed the lease in time: the control plane has given this job away; ending it");
+                lease_until = None;
+                ladder.cancel(grace, crate::core::CancelReason::RunnerLost.name());
+            }
+            _ = terminate.recv() => {
+                warn!("SIGTERM: ending the job");
+                ladder.cancel(grace, crate::core::CancelReason::Abandoned.name());
+            }
+            _ = interrupt.recv() => {
+                warn!("SIGINT: ending the job");
+                ladder.cancel(grace, crate::core::CancelReason::Abandoned.name());
+            }
+        }
+    }
+    accepting.abort();
+    finish(plan, pid, started_mono_ms, main_end, &ladder, &sizes, pumps).await
+}
+
+/// A sleep until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The main process ended (or must): nothing of the job may outlive it.
+async fn finish(
+    plan: &LaunchPlan,
+    pid: u32,
+    started_mono_ms: u64,
+    main_end: Option<(ExitStatus, u64)>,
+    ladder: &Ladder,
+    sizes: &watch::Receiver<Sizes>,
+    pumps: [tokio::task::JoinHandle<StreamSize>; 2],
+) -> ExitRecord {
+    let ended_mono_ms = main_end.map_or_else(monotonic_ms, |(_, at)| at);
+    kill_everything_left(pid).await;
+    let [stdout, stderr] = pumps;
+    let drained =
+        tokio::time::timeout(DRAIN_AFTER_EXIT, async { tokio::join!(stdout, stderr) }).await;
+    let (stdout, stderr) = match drained {
+        Ok((Ok(out), Ok(err))) => (out, err),
+        _ => {
+            warn!(
+                "the job's output was still open after its processes were killed; reading stops here"
+            );
+            let last = *sizes.borrow();
+            (last.stdout, last.stderr)
+        }
+    };
+    reap_the_rest().await;
+    ExitRecord {
+        version: WIRE_VERSION,
+        job: plan.job.clone(),
+        status: main_end.map_or(ExitStatus::Unknown, |(status, _)| status),
+        duration_ms: ended_mono_ms.saturating_sub(started_mono_ms),
+        ended_unix_ms: crate::runtime::status::unix_ms(),
+        stdout,
+        stderr,
+        cancel: ladder.reason(),
+        usage: children_usage(),
+    }
+}
+
+/// SIGKILL to the group and every descendant, until none is left (a process may fork
+/// while the sweep runs; its children are found in the next round).
+async fn kill_everything_left(pgid: u32) {
+    tree::signal_group(pgid, libc::SIGKILL);
+    for _ in 0..100 {
+        let left = tree::descendants(std::process::id());
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            tree::signal_process(pid, libc::SIGKILL);
+        }
+        let _ = reap(0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    warn!("processes of the job are still there after SIGKILL (a process stuck in the kernel?)");
+}
+
+/// Reap every child that has ended. Returns how the main process `pid` ended, with the
+/// `CLOCK_MONOTONIC` time it was found, once it has.
+fn reap(pid: u32) -> Option<(ExitStatus, u64)> {
+    let mut main = None;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes one int, which `status` is.
+        let reaped = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
+        if reaped <= 0 {
+            return main;
+        }
+        if u32::try_from(reaped).ok() == Some(pid) {
+            main = Some((exit_status(status), monotonic_ms()));
+        }
+    }
+}
+
+fn exit_status(status: libc::c_int) -> ExitStatus {
+    if libc::WIFEXITED(status) {
+        ExitStatus::Exited {
+            code: libc::WEXITSTATUS(status),
+        }
+    } else if libc::WIFSIGNALED(status) {
+        ExitStatus::Signaled {
+            signal: libc::WTERMSIG(status),
+        }
+    } else {
+        ExitStatus::Unknown
+    }
+}
+
+/// Wait (bounded) until no child is left to reap, so the resource use counts them all.
+async fn reap_the_rest() {
+    let deadline = Instant::now() + REAP_WITHIN;
+    loop {
+        let _ = reap(0);
+        if tree::descendants(std::process::id()).is_empty() && no_children_left() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            warn!("children of the job could not all be reaped");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn no_children_left() -> bool {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes one int, which `status` is.
+    let rc = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
+    rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+}
+
+/// The resource use of every process the supervisor reaped: the job's whole tree.
+fn children_usage() -> Usage {
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage, which `usage` is.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage) } != 0 {
+        return Usage::default();
+    }
+    let micros = |t: libc::timeval| {
+        u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Usage {
+        user_us: micros(usage.ru_utime),
+        system_us: micros(usage.ru_stime),
+        // Linux counts ru_maxrss in KiB.
+        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    }
+}
+
+/// Copy one stream from its pipe to its log: the first `limit` bytes, then only count.
+/// Every chunk is written before it is announced, so a runner that reads the log up to
+/// what it was told finds every byte. Returns how far the stream got.
+async fn pump(
+    pipe: OwnedFd,
+    mut log: File,
+    limit: u64,
+    sizes: Arc<watch::Sender<Sizes>>,
+    is_stdout: bool,
+) -> StreamSize {
+    let mut size = StreamSize::default();
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
+        warn!("cannot read the job's output pipe");
+        return size;
+    };
+    let mut buf = vec![0u8; CHUNK].into_boxed_slice();
+    let mut logging = true;
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                warn!(%error, "cannot read the job's output; treating it as ended");
+                break;
+            }
+        };
+        size.seen += n as u64;
+        // `min(n)` keeps the value within usize.
+        let keep = if logging {
+            limit.saturating_sub(size.logged).min(n as u64) as usize
+        } else {
+            0
+        };
+        if keep > 0 {
+            // A write to a regular file does not wait for the disk; the page cache
+            // takes it. Done inline: the supervisor has nothing else this would delay
+            // but the other stream.
+            match log.write_all(&buf[..keep]) {
+                Ok(()) => size.logged += keep as u64,
+                Err(error) => {
+                    warn!(%error, "cannot write the job's log; the rest of this stream is dropped");
+                    logging = false;
+                }
+            }
+        }
+        sizes.send_modify(|all| {
+            if is_stdout {
+                all.stdout = size;
+            } else {
+                all.stderr = size;
+            }
+        });
+    }
+    size
+}
+
+/// Serve runners on the socket: each gets `hello`, then the logs' sizes as they grow;
+/// what each asks goes to the supervisor's loop.
+async fn accept(
+    listener: std::os::unix::net::UnixListener,
+    job: JobRef,
+    pid: u32,
+    reason: Arc<Mutex<Option<String>>>,
+    sizes: watch::Receiver<Sizes>,
+    asks: mpsc::UnboundedSender<RunnerAsks>,
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+    {
+        Ok(listener) => listener,
+        Err(error) => {
+            warn!(%error, "cannot serve the socket; no runner can reach this job");
+            return;
+        }
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                warn!(%error, "accepting a runner failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let hello = SupervisorSays::Hello {
+            version: WIRE_VERSION,
+            job: job.clone(),
+            pid,
+            cancel: reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        };
+        tokio::spawn(serve(stream, hello, sizes.clone(), asks.clone()));
+    }
+}
+
+async fn serve(
+    stream: tokio::net::UnixStream,
+    hello: SupervisorSays,
+    mut sizes: watch::Receiver<Sizes>,
+    asks: mpsc::UnboundedSender<RunnerAsks>,
+) {
+    let (read, mut write) = stream.into_split();
+    let now = *sizes.borrow_and_update();
+    if write.write_all(&line(&hello)).await.is_err()
+        || write
+            .write_all(&line(&SupervisorSays::Sizes(now)))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let mut lines = BufReader::new(read).lines();
+    loop {
+        tokio::select! {
+            changed = sizes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = *sizes.borrow_and_update();
+                if write.write_all(&line(&SupervisorSays::Sizes(now))).await.is_err() {
+                    return;
+                }
+            }
+            read = lines.next_line() => match read {
+                Ok(Some(text)) => match serde_json::from_str::<RunnerAsks>(&text) {
+                    Ok(ask) => {
+                        let _ = asks.send(ask);
+                    }
+                    Err(error) => warn!(%error, "a runner asked something this supervisor does not know"),
+                },
+                _ => return,
+            },
+        }
+    }
+}
