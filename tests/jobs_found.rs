@@ -243,7 +243,17 @@ fn the_session_renews_the_leases_with_the_apis_threshold() {
     assert!(at_auth.contains(&Effect::RenewLeases { within_ms: 42_000 }));
     // The startup report lists the job: the API keeps it.
     assert!(at_auth.contains(&Effect::Send(Outbound::Startup { jobs: vec![job()] })));
-    let effects = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 1 }));
+    // The answer to the latest heartbeat renews them; a late answer to an older one
+    // proves nothing of the session now.
+    let _ = core.dispatch(&Event::TimerFired {
+        timer: fyn_runner::core::TimerKind::Heartbeat,
+    });
+    let _ = core.dispatch(&Event::TimerFired {
+        timer: fyn_runner::core::TimerKind::Heartbeat,
+    });
+    let late = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 1 }));
+    assert!(!late.list.iter().any(|e| matches!(e, Effect::RenewLeases { .. })));
+    let effects = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 2 }));
     assert!(
         effects
             .list

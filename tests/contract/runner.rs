@@ -202,13 +202,27 @@ impl Runner {
         }
     }
 
-    /// Ask the runner to stop (SIGTERM for the binary) and return its exit code.
+    /// Drain the runner (through its control socket, as `fyn-runner drain` does; a
+    /// shutdown for one in process) and return its exit code.
     pub async fn stop(mut self) -> i32 {
+        #[cfg(unix)]
+        if let Process::Binary(..) = &self.process {
+            use fyn_runner::runtime::control::{Request, Response, request};
+            let drain = Request::Drain {
+                deadline_secs: None,
+                force: false,
+                uninstall: false,
+            };
+            let answer = request(self.state_dir(), &drain).await.expect("an answer");
+            assert!(matches!(answer, Response::Draining { .. }), "{answer:?}");
+            return self.exit_code(STEP).await.expect("stops in time");
+        }
         self.ask_to_stop();
         self.exit_code(STEP).await.expect("stops in time")
     }
 
-    /// Ask the runner to stop (SIGTERM for the binary: a drain), without waiting.
+    /// Ask the runner to stop, without waiting: SIGTERM for the binary on Unix (a stop
+    /// that leaves running jobs to their supervisors), a drain elsewhere.
     pub fn ask_to_stop(&mut self) {
         match &mut self.process {
             #[cfg(unix)]

@@ -102,11 +102,20 @@ impl Runner {
         }
     }
 
-    /// SIGTERM, then the exit code.
+    /// `fyn-runner drain` (running jobs finish, results are delivered), then the exit
+    /// code. (SIGTERM would stop it at once and leave jobs to their supervisors.)
     pub async fn stop(mut self) -> i32 {
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        // SAFETY: kill(2) on the child this test started and has not reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let drained = Command::new(BIN)
+            .args(["drain", "--state-dir"])
+            .arg(&self.state_dir)
+            .env_remove("FYN_RUNNER_CONFIG")
+            .output()
+            .expect("drain runs");
+        assert!(
+            drained.status.success(),
+            "fyn-runner drain failed: {}",
+            String::from_utf8_lossy(&drained.stderr)
+        );
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
