@@ -257,6 +257,15 @@ async fn what_goes_wrong_has_its_exit_code() {
         .arg("jobs");
     let (status, stderr) = code(gone, &[]).await;
     assert_eq!(status, Some(5), "{stderr}");
+    // No token anywhere and nothing listening: unreachable (5), not unauthorized (4).
+    let mut gone = Command::new(env!("CARGO_BIN_EXE_fyn-runner"));
+    gone.args(["ctl", "--server", &stopped_at, "jobs"])
+        .env_remove("FYN_RUNNER_ADMIN_TOKEN")
+        .env_remove("FYN_RUNNER_ADMIN_TOKEN_FILE")
+        .env("XDG_RUNTIME_DIR", dir.path());
+    let (status, stderr) = code(gone, &[]).await;
+    assert_eq!(status, Some(5), "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
     // With --wait, ctl's own failures are 125, never a job's code.
     let mut gone = Command::new(env!("CARGO_BIN_EXE_fyn-runner"));
     gone.args(["ctl", "--server", &stopped_at, "--admin-token-file"])

@@ -463,3 +463,51 @@ async fn job_output_is_read_in_ranges_and_followed() -> TestResult {
     assert_eq!(job(&server, &id).state, JobState::Finished);
     Ok(())
 }
+
+/// A runner's events are listed in pages (`after`, `limit`), never all at once: a runner
+/// that sent millions of events cannot make one answer unbounded.
+#[tokio::test]
+async fn a_runners_events_are_listed_in_pages() -> TestResult {
+    let server = start().await;
+    let (identity, mut client) = register(&server).await;
+    activate(&mut client).await;
+    let id = server.submit_job(job_request(&["true"]))?;
+    let (index, _) = expect_start_job(&mut client).await;
+    client.send(&RunnerMessage::CommandAck { index }).await;
+    let r = job_ref(&id, 1);
+    for index in 1..=5 {
+        let event = RunnerEvent::JobOutput {
+            job: r.clone(),
+            stream: OutputStream::Stdout,
+            offset: index - 1,
+            data: STANDARD.encode(b"x"),
+        };
+        send_event(&mut client, index, event).await;
+    }
+    let page = |query: &str| {
+        let server = &server;
+        let path = format!("/admin/v1/runners/{}/events?{query}", identity.runner_id);
+        async move {
+            let (status, body) = http(server, "GET", &path, None).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            body.as_array()
+                .expect("a list")
+                .iter()
+                .map(|event| event["index"].as_u64().expect("an index"))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page("limit=2").await, [1, 2]);
+    assert_eq!(page("after=2&limit=2").await, [3, 4]);
+    assert_eq!(page("after=4").await, [5]);
+    assert!(page("after=5").await.is_empty());
+    // A limit past the largest page is taken as the largest page.
+    assert_eq!(page("limit=99999999").await, [1, 2, 3, 4, 5]);
+    for bad in ["limit=-1", "after=x", "bogus=1"] {
+        let path = format!("/admin/v1/runners/{}/events?{bad}", identity.runner_id);
+        let (status, body) = http(&server, "GET", &path, None).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+    Ok(())
+}

@@ -34,6 +34,9 @@ fn restarted() -> Core {
             timeout_secs: 60,
             output_limit_bytes: 1 << 20,
             cancel_grace_secs: 5,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            kv: BTreeMap::new(),
         }],
         ..DurableState::default()
     };
@@ -252,7 +255,12 @@ fn the_session_renews_the_leases_with_the_apis_threshold() {
         timer: fyn_runner::core::TimerKind::Heartbeat,
     });
     let late = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 1 }));
-    assert!(!late.list.iter().any(|e| matches!(e, Effect::RenewLeases { .. })));
+    assert!(
+        !late
+            .list
+            .iter()
+            .any(|e| matches!(e, Effect::RenewLeases { .. }))
+    );
     let effects = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 2 }));
     assert!(
         effects

@@ -554,7 +554,10 @@ impl ReferenceStateMachine for Table {
             (ended, any::<bool>(), hooks),
         )
             .prop_map(
-                |((boot, slots, restored, last_applied, last_event, acked), (ended, key_kept, hooks))| {
+                |(
+                    (boot, slots, restored, last_applied, last_event, acked),
+                    (ended, key_kept, hooks),
+                )| {
                     // Only a runner with an identity can have a history.
                     let resume = matches!(boot, BootMode::Resume | BootMode::Leave);
                     let phase = SPEC
@@ -1168,6 +1171,9 @@ fn hooks_fire_at_their_points() {
                     timeout_secs: 60,
                     output_limit_bytes: 1 << 20,
                     cancel_grace_secs: 1,
+                    inputs: Default::default(),
+                    outputs: Default::default(),
+                    kv: Default::default(),
                 },
             },
         })

@@ -42,7 +42,7 @@ pub struct Cli {
     #[command(flatten)]
     pub global: GlobalSettings,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Verb,
 }
 
 /// How to reach the control plane and where to keep local state: every setting (see
@@ -99,8 +99,10 @@ impl TokenArgs {
     }
 }
 
+/// The word after `fyn-runner`: what the user asks for. (Not `Command`: that is what a
+/// control plane sends, `protocol::Command`.)
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum Verb {
     /// Run the runner: register when needed, connect, sync, take jobs until stopped.
     ///
     /// SIGTERM or SIGINT stops it at once and leaves running jobs to their supervisors,
@@ -271,10 +273,7 @@ pub fn describe_error(error: &anyhow::Error) -> String {
 /// Run the parsed command; the returned code becomes the process exit status.
 pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
-    let default_filter = if matches!(
-        cli.command,
-        Command::Demo | Command::Ctl(_) | Command::Job(_)
-    ) {
+    let default_filter = if matches!(cli.command, Verb::Demo | Verb::Ctl(_) | Verb::Job(_)) {
         "warn"
     } else {
         "info"
@@ -283,9 +282,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     // how to log. (A file that cannot be read is reported once logging is up.)
     let sub = matches.subcommand().map_or(matches, |(_, sub)| sub);
     let file = match &cli.command {
-        Command::Run(_) | Command::ServiceMain(_) => {
-            crate::config::load_chosen(cli.config.as_deref())
-        }
+        Verb::Run(_) | Verb::ServiceMain(_) => crate::config::load_chosen(cli.config.as_deref()),
         _ => Ok(None),
     };
     if let Ok(Some(file)) = &file {
@@ -296,7 +293,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     // service manager (as its exit code) rather than a stderr nobody reads.
     let mut logging_failed = None;
     match &cli.command {
-        Command::ServiceMain(ServiceMainArgs {
+        Verb::ServiceMain(ServiceMainArgs {
             log_file: Some(file),
             ..
         }) => {
@@ -308,7 +305,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
         _ => init_logging(log_format, default_filter),
     }
     match cli.command {
-        Command::Run(mut args) => {
+        Verb::Run(mut args) => {
             if let Some(file) = file? {
                 args.settings.apply_file(sub, &file);
             }
@@ -324,7 +321,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
             }
             run_runner(resolve_run(&args, sub)?)
         }
-        Command::ServiceMain(mut args) => {
+        Verb::ServiceMain(mut args) => {
             let prepared = match (logging_failed, file) {
                 (Some(error), _) => Err(error),
                 (None, Err(error)) => Err(error.into()),
@@ -337,16 +334,16 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
             };
             service_main::run(args.run.settings.drain_deadline, prepared)
         }
-        Command::Install(args) => admin::install(*args, sub),
-        Command::Uninstall(args) => admin::uninstall(args, cli.config.as_deref()),
-        Command::Service(action) => admin::service(action, cli.config.as_deref()),
-        Command::DevServer(args) => {
+        Verb::Install(args) => admin::install(*args, sub),
+        Verb::Uninstall(args) => admin::uninstall(args, cli.config.as_deref()),
+        Verb::Service(action) => admin::service(action, cli.config.as_deref()),
+        Verb::DevServer(args) => {
             block_on(async move { crate::devserver::run(args).await.map(|()| 0) })
         }
-        Command::Demo => block_on(crate::demo::run()),
-        Command::Ctl(args) => ctl::run(args),
-        Command::Job(args) => job::run(args),
-        Command::Replay {
+        Verb::Demo => block_on(crate::demo::run()),
+        Verb::Ctl(args) => ctl::run(args),
+        Verb::Job(args) => job::run(args),
+        Verb::Replay {
             trace,
             from,
             until,
@@ -372,11 +369,11 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
                 }
             }
         }
-        Command::Status { json, state_dir } => {
+        Verb::Status { json, state_dir } => {
             let state_dir = resolve_state_dir(state_dir, cli.config.as_deref())?;
             block_on(async move { show_status(&state_dir, json).await })
         }
-        Command::Drain {
+        Verb::Drain {
             deadline,
             force,
             wait,
@@ -385,10 +382,10 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
             let state_dir = resolve_state_dir(state_dir, cli.config.as_deref())?;
             block_on(async move { drain(&state_dir, deadline, force, wait, false).await })
         }
-        Command::Spec { format } => print_spec(format),
-        Command::Hardware { json, job_area } => print_hardware(json, &job_area),
-        Command::Completions { shell } => generate::completions(shell),
-        Command::Man { out_dir } => generate::man(out_dir.as_deref()),
+        Verb::Spec { format } => print_spec(format),
+        Verb::Hardware { json, job_area } => print_hardware(json, &job_area),
+        Verb::Completions { shell } => generate::completions(shell),
+        Verb::Man { out_dir } => generate::man(out_dir.as_deref()),
     }
 }
 

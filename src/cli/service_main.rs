@@ -70,8 +70,8 @@ fn body(
         };
         let control = handle.control();
         let mut status = handle.status.clone();
-        let first = status.borrow_and_update().state.clone();
-        reporter.runner_state(&first);
+        let first = status.borrow_and_update().lifecycle;
+        reporter.runner_state(first);
         let mut ticker = tokio::time::interval(ServiceReporter::TICK);
         let wait = handle.wait();
         tokio::pin!(wait);
@@ -86,8 +86,8 @@ fn body(
                     reporter.stop_requested();
                 }
                 Ok(()) = status.changed() => {
-                    let state = status.borrow_and_update().state.clone();
-                    reporter.runner_state(&state);
+                    let state = status.borrow_and_update().lifecycle;
+                    reporter.runner_state(state);
                 }
                 _ = ticker.tick() => reporter.tick(),
             }

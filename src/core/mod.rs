@@ -87,6 +87,12 @@ impl Core {
         state_name(self.machine.state())
     }
 
+    /// Which of the nine lifecycle states the machine is in, typed: what the runtime
+    /// acts on (metrics, a service manager's report) instead of comparing names.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle::of(self.machine.state())
+    }
+
     /// The state with its step, as the spec table names it: `Validating.await_auth`.
     pub fn phase(&self) -> String {
         phase_name(self.machine.state())
@@ -129,18 +135,60 @@ impl Core {
     }
 }
 
-pub fn state_name(state: &State) -> &'static str {
-    match state {
-        State::Installing { .. } => "Installing",
-        State::Registering { .. } => "Registering",
-        State::Validating { .. } => "Validating",
-        State::HardwareSync { .. } => "HardwareSync",
-        State::Ready {} => "Ready",
-        State::Active {} => "Active",
-        State::Reconnecting { .. } => "Reconnecting",
-        State::Draining { .. } => "Draining",
-        State::Stopped { .. } => "Stopped",
+/// The nine lifecycle states: the top level of the spec table, without their steps.
+/// Their names (`Active`, `HardwareSync`, ...) are the table's, in status and metrics.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+pub enum Lifecycle {
+    Installing,
+    Registering,
+    Validating,
+    HardwareSync,
+    Ready,
+    Active,
+    Reconnecting,
+    Draining,
+    Stopped,
+}
+
+impl Lifecycle {
+    pub fn of(state: &State) -> Self {
+        match state {
+            State::Installing { .. } => Self::Installing,
+            State::Registering { .. } => Self::Registering,
+            State::Validating { .. } => Self::Validating,
+            State::HardwareSync { .. } => Self::HardwareSync,
+            State::Ready {} => Self::Ready,
+            State::Active {} => Self::Active,
+            State::Reconnecting { .. } => Self::Reconnecting,
+            State::Draining { .. } => Self::Draining,
+            State::Stopped { .. } => Self::Stopped,
+        }
     }
+
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// The state a name (as status shows it) or a phase (`Validating.await_auth`, as
+    /// the trace records it) is in; `None` for a name the table does not have.
+    pub fn from_phase(phase: &str) -> Option<Self> {
+        let state = phase.split('.').next().unwrap_or(phase);
+        state.parse().ok()
+    }
+}
+
+pub fn state_name(state: &State) -> &'static str {
+    Lifecycle::of(state).name()
 }
 
 pub fn phase_name(state: &State) -> String {

@@ -284,6 +284,14 @@ pub fn find_token(
         }
     };
     if file.is_none() && !path.exists() {
+        // No token where a dev-server on this port would have written one: most often
+        // no dev-server runs there at all, which is worth saying as such (exit 5).
+        if let Err(why) = answers(server) {
+            return Err(CtlError::Unreachable {
+                server: server.to_string(),
+                why,
+            });
+        }
         return Err(CtlError::Unauthorized(format!(
             "no admin token at {} (a dev-server on this port started by this user with default settings writes it there); pass --admin-token-file or set FYN_RUNNER_ADMIN_TOKEN",
             path.display()
@@ -292,6 +300,23 @@ pub fn find_token(
     AdminToken::read(&path)
         .map(|t| t.as_str().to_owned())
         .map_err(|e| CtlError::Unauthorized(format!("admin token: {e}")))
+}
+
+/// Whether anything accepts a TCP connection at the server's address (within a few
+/// seconds); `Err` says why not.
+fn answers(server: &Url) -> Result<(), String> {
+    const WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+    let addrs = server
+        .socket_addrs(|| None)
+        .map_err(|e| format!("cannot resolve its address: {e}"))?;
+    let mut last = String::from("it has no address");
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, WITHIN) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
 }
 
 #[cfg(test)]

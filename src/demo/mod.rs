@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::core::CoreConfig;
+use crate::core::{CoreConfig, Lifecycle};
 use crate::devserver::{DevServer, DevServerConfig};
 use crate::protocol::{OutputStream, SessionParams};
 use crate::runtime::{self, RunnerHandle, RunnerSettings, Secret};
@@ -56,7 +56,7 @@ pub async fn run() -> anyhow::Result<i32> {
     ));
     let narrator = tokio::spawn(narrate(handle.transitions(), started));
 
-    wait_for(&mut handle, "Active", 0).await?;
+    wait_for(&mut handle, Lifecycle::Active, 0).await?;
     let runner_id = handle.status.borrow().runner_id.clone().unwrap_or_default();
     if let Some(info) = server.runner(&runner_id).context("asking the dev-server")? {
         let hardware = info
@@ -81,7 +81,7 @@ pub async fn run() -> anyhow::Result<i32> {
     let before = handle.status.borrow().transitions;
     server.shutdown().await;
     let server = start_server(&db, Some(addr)).await?;
-    wait_for(&mut handle, "Active", before + 2).await?;
+    wait_for(&mut handle, Lifecycle::Active, before + 2).await?;
     say(&format!(
         "[{:>5} ms] back in Active after the restart; the API still knows {runner_id}",
         ms(started)
@@ -288,18 +288,19 @@ async fn narrate(
 
 async fn wait_for(
     handle: &mut RunnerHandle,
-    state: &str,
+    state: Lifecycle,
     after_transitions: u64,
 ) -> anyhow::Result<()> {
+    let name = state.name();
     let reached = tokio::time::timeout(
         STEP_TIMEOUT,
-        handle.wait_for(|s| s.state == state && s.transitions > after_transitions),
+        handle.wait_for(|s| s.lifecycle == Some(state) && s.transitions > after_transitions),
     )
     .await
-    .with_context(|| format!("the runner did not reach {state} within {STEP_TIMEOUT:?}"))?;
-    if reached.state != state {
+    .with_context(|| format!("the runner did not reach {name} within {STEP_TIMEOUT:?}"))?;
+    if reached.lifecycle != Some(state) {
         bail!(
-            "the runner stopped in {} instead of reaching {state}",
+            "the runner stopped in {} instead of reaching {name}",
             reached.phase
         );
     }

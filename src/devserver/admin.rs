@@ -123,11 +123,35 @@ async fn get_runner(
         .ok_or(DevServerError::RunnerNotFound(id))
 }
 
+/// `GET /admin/v1/runners/{id}/events?after=N&limit=M`: a runner may have sent
+/// millions of events, so they are listed in pages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Only events with an index above this one (the last index of the page before).
+    #[serde(default)]
+    after: u64,
+    /// At most this many; `DEFAULT_EVENTS_PAGE` when absent, never more than
+    /// `MAX_EVENTS_PAGE`.
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Events in one answer when the client names no limit.
+const DEFAULT_EVENTS_PAGE: usize = 1000;
+/// The most events one answer holds, whatever the client asks.
+const MAX_EVENTS_PAGE: usize = 10_000;
+
 async fn runner_events(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
 ) -> ApiResult<Json<Vec<EventRecord>>> {
-    Ok(Json(app.hub.events(&id)?))
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_EVENTS_PAGE)
+        .min(MAX_EVENTS_PAGE);
+    Ok(Json(app.hub.events_page(&id, query.after, limit)?))
 }
 
 async fn drain_runner(

@@ -456,6 +456,22 @@ impl Hub {
         })
     }
 
+    /// One page of a runner's events: at most `limit` with an index above `after`.
+    pub fn events_page(
+        &self,
+        runner_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, DevServerError> {
+        self.with(|inner, _| {
+            if inner.store.runner(runner_id)?.is_none() {
+                return Err(DevServerError::RunnerNotFound(runner_id.to_owned()));
+            }
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            Ok(inner.store.events_after(runner_id, after, limit)?)
+        })
+    }
+
     pub fn jobs(&self) -> Result<Vec<JobInfo>, DevServerError> {
         self.with(|inner, _| {
             let rows = inner.store.jobs()?;

@@ -40,8 +40,11 @@ pub enum FrameError {
 }
 
 /// Why a connection is closed, mapped to one WebSocket close code each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum CloseReason {
     /// Orderly end: shutdown, registration finished, eviction acknowledged.
     Normal,
@@ -69,15 +72,9 @@ impl CloseReason {
         }
     }
 
+    /// As the trace and the logs name it: serde's name, by the same snake_case rule.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Normal => "normal",
-            Self::BadFrame => "bad_frame",
-            Self::TooLarge => "too_large",
-            Self::Violation => "violation",
-            Self::AckTimeout => "ack_timeout",
-            Self::Internal => "internal",
-        }
+        self.into()
     }
 }
 

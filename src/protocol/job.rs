@@ -169,7 +169,7 @@ fn validate_command(command: &[String]) -> Result<(), JobSpecError> {
 
 /// An environment entry the OS can hold: a name that is not empty and has neither `=`
 /// (it ends the name) nor NUL, and a value without NUL.
-fn validate_env(name: &str, value: &str) -> Result<(), JobSpecError> {
+pub fn validate_env(name: &str, value: &str) -> Result<(), JobSpecError> {
     let why = if name.is_empty() {
         Some("it is empty")
     } else if name.contains('=') {

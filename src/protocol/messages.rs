@@ -209,8 +209,9 @@ pub enum RunnerMessage {
 
 /// Events a runner reports; each carries an index in its `event` envelope and stays in
 /// the runner's outbox until an `events_ack` covers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum RunnerEvent {
     JobAccepted {
         job: JobRef,
@@ -369,23 +370,9 @@ impl RunnerEvent {
         }
     }
 
-    /// The wire name of the event kind, for logs and traces.
+    /// The wire name of the event kind, for logs and traces: serde's tag, by the same
+    /// snake_case rule.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::JobAccepted { .. } => "job_accepted",
-            Self::JobRejected { .. } => "job_rejected",
-            Self::JobStarted { .. } => "job_started",
-            Self::JobOutput { .. } => "job_output",
-            Self::JobOutputTruncated { .. } => "job_output_truncated",
-            Self::JobFinished { .. } => "job_finished",
-            Self::JobPhase { .. } => "job_phase",
-            Self::JobProgress { .. } => "job_progress",
-            Self::JobKvPut { .. } => "job_kv_put",
-            Self::JobOutputFile { .. } => "job_output_file",
-            Self::JobOutputFailed { .. } => "job_output_failed",
-            Self::JobOutputs { .. } => "job_outputs",
-            Self::HardwareChanged { .. } => "hardware_changed",
-            Self::CommandRejected { .. } => "command_rejected",
-        }
+        self.into()
     }
 }

@@ -29,7 +29,7 @@ pub use hardware::{
 pub use job::{
     DEFAULT_CANCEL_GRACE_SECS, DEFAULT_OUTPUT_LIMIT_BYTES, ExitStatus, JobOutcome, JobPhase,
     JobRef, JobSpec, JobSpecError, JobUsage, MAX_CANCEL_GRACE_SECS, MAX_TIMEOUT_SECS, OutputStream,
-    RejectReason, validate_job_id,
+    RejectReason, validate_env, validate_job_id,
 };
 pub use job_files::{
     InputFile, MAX_JOB_FILES, MAX_KV_KEY_BYTES, MAX_KV_KEYS, MAX_KV_VALUE_BYTES, MAX_PATH_BYTES,

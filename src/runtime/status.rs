@@ -2,12 +2,16 @@
 //! demo's narration and the tests' waits. Derived from the core's getters after every
 //! dispatch; it never feeds back into the core.
 
-use crate::core::{Core, Event, FoundJob, State};
+use crate::core::{Core, Event, FoundJob, Lifecycle, State};
 
 /// What the runner is doing, for `status`, the demo and tests.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunnerStatus {
     pub state: String,
+    /// `state`, typed, for what acts on it in this process (a status read back from
+    /// the control socket has none).
+    #[serde(skip)]
+    pub lifecycle: Option<Lifecycle>,
     pub phase: String,
     pub runner_id: Option<String>,
     pub server: String,
@@ -114,6 +118,7 @@ pub(crate) fn status_of(
     );
     RunnerStatus {
         state,
+        lifecycle: Some(core.lifecycle()),
         phase: core.phase(),
         runner_id: core.runner_id().map(str::to_owned),
         server: server.to_owned(),

@@ -9,6 +9,9 @@
 //! `FYN_FUZZ_CASES` (default 2,000: a few seconds in CI); a long run is
 //! `FYN_FUZZ_CASES=5000000 cargo test --test contract fuzz` (two properties, so ten
 //! million inputs).
+//!
+//! Measured: that long run (10,000,000 inputs, both decoders) took 909.7 s on the 2-core
+//! development VM, with no panic and no accepted frame the document refuses.
 
 use fyn_runner::protocol::{decode_runner, decode_server, encode};
 use proptest::prelude::*;

@@ -142,11 +142,25 @@ impl Store {
     }
 
     pub fn events(&self, runner_id: &str) -> Result<Vec<EventRecord>, StoreError> {
+        self.events_after(runner_id, 0, i64::MAX)
+    }
+
+    /// At most `limit` of a runner's events with an index above `after`, in index order:
+    /// one page of a listing that may be long (every event a runner ever sent).
+    pub fn events_after(
+        &self,
+        runner_id: &str,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT idx, kind, body, received_ms FROM events WHERE runner_id = ?1 ORDER BY idx",
+            "SELECT idx, kind, body, received_ms FROM events
+             WHERE runner_id = ?1 AND idx > ?2 ORDER BY idx LIMIT ?3",
         )?;
+        // Indexes above i64::MAX cannot be stored (the protocol caps them lower).
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
         let raws = stmt
-            .query_map(params![runner_id], |row| {
+            .query_map(params![runner_id, after, limit], |row| {
                 Ok((
                     get_u64(row, 0)?,
                     row.get::<_, String>(1)?,

@@ -33,9 +33,9 @@ use crate::runtime::timers::{Timers, jitter_seed};
 use crate::runtime::ws::{self, TlsSetupError};
 
 use super::Driver;
-use super::input::Input;
 use super::durable::Durability;
 use super::handle::RunnerHandle;
+use super::input::Input;
 use super::link::{Credentials, Link};
 use super::local_steps::LocalSteps;
 use super::observe::{Observer, start_trace};
@@ -304,7 +304,7 @@ fn start_metrics(
     observer: &mut Observer,
     inputs: &mpsc::UnboundedSender<Input>,
 ) -> Result<MetricsServer, StartError> {
-    let families = RunnerMetrics::new(&core.phase());
+    let families = RunnerMetrics::new(core.lifecycle());
     observer.feed_metrics(MetricsFeed::new(
         families.clone(),
         acked,

@@ -50,7 +50,7 @@ use durable::Durability;
 use input::Input;
 use link::Link;
 use local_steps::{FAREWELL_WITHIN, LocalSteps};
-use observe::Observer;
+use observe::{Observer, Passage};
 
 pub use handle::{RunnerHandle, Transition};
 pub use launch::{StartError, start, start_install};
@@ -224,10 +224,17 @@ impl Driver {
     /// passes here.
     fn dispatch(&mut self, event: Event) {
         let before = self.core.phase();
+        let was = self.core.lifecycle();
         let mut effects = std::mem::take(&mut self.scratch);
         self.core.dispatch_into(&event, &mut effects);
         let after = self.core.phase();
-        self.observer.dispatched(&event, &before, &after, &effects);
+        let passage = Passage {
+            before: &before,
+            after: &after,
+            was,
+            is: self.core.lifecycle(),
+        };
+        self.observer.dispatched(&event, &passage, &effects);
         let batch = std::mem::take(&mut effects.list);
         self.scratch = effects;
         self.perform(Effects { list: batch });

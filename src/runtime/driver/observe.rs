@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::core::{
-    BootMode, Core, DurableState, Effects, Event, Link, ManagerNotice, Notice, State,
+    BootMode, Core, DurableState, Effects, Event, Lifecycle, Link, ManagerNotice, Notice, State,
 };
 use crate::runtime::metrics::{MetricsFeed, ProbeAnswer};
 use crate::runtime::notices::{log_notice, problem_of};
@@ -97,10 +97,17 @@ impl Observer {
 
     /// Every event and what came of it, before the batch is performed: the trace
     /// (from here and nowhere else) and the transition.
-    pub(super) fn dispatched(&mut self, event: &Event, before: &str, after: &str, fx: &Effects) {
+    pub(super) fn dispatched(&mut self, event: &Event, passage: &Passage<'_>, fx: &Effects) {
+        let (before, after) = (passage.before, passage.after);
         self.record(event, before, after, fx);
         if let Some(metrics) = &mut self.metrics {
-            metrics.dispatched(event, before, after, fx, std::time::Instant::now());
+            metrics.dispatched(
+                event,
+                passage.was,
+                passage.is,
+                fx,
+                std::time::Instant::now(),
+            );
         }
         if before != after {
             info!(from = %before, to = %after, event = event.kind().name(), "transition");
@@ -183,6 +190,15 @@ impl Observer {
         self.flush_trace();
         self.trace = None;
     }
+}
+
+/// Where one dispatch took the machine: the phases as the trace names them, and the
+/// lifecycle states typed, for what acts on them.
+pub(super) struct Passage<'a> {
+    pub before: &'a str,
+    pub after: &'a str,
+    pub was: Lifecycle,
+    pub is: Lifecycle,
 }
 
 /// A started trace recording, handed from the launch to the observer.

@@ -172,8 +172,6 @@ pub enum ExecutorError {
     UnsafeJobDir { name: String },
     #[error("workdir {workdir:?} resolves to {resolved}, outside the job's work directory")]
     WorkdirEscapes { workdir: String, resolved: PathBuf },
-    #[error("environment variable {name:?} cannot be passed: {why}")]
-    BadEnv { name: String, why: &'static str },
     #[error("cannot {op} {path}: {source}")]
     Io {
         op: &'static str,

@@ -259,7 +259,8 @@ impl ProcessExecutor {
         }
         // The job's own variables may replace the defaults above...
         for (name, value) in &spec.env {
-            check_env(name, value)?;
+            // Checked with the spec already; checked again where it would matter.
+            crate::protocol::validate_env(name, value)?;
             env.push((name.into(), value.into()));
         }
         // ...but not the runner's word on which job this is.
@@ -409,22 +410,4 @@ pub fn supervisor_program() -> PathBuf {
         .map(|dir| dir.join(&name))
         .find(|candidate| candidate.is_file())
         .unwrap_or(exe)
-}
-
-/// What `execve` cannot carry: an empty name, `=` in a name (it would split
-/// differently on the other side), a NUL byte anywhere.
-fn check_env(name: &str, value: &str) -> Result<(), ExecutorError> {
-    let why = if name.is_empty() {
-        "the name is empty"
-    } else if name.contains('=') {
-        "the name contains '='"
-    } else if name.contains('\0') || value.contains('\0') {
-        "it contains a NUL byte"
-    } else {
-        return Ok(());
-    };
-    Err(ExecutorError::BadEnv {
-        name: name.to_owned(),
-        why,
-    })
 }

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::core::{Core, Durable, Effect, Effects, Event, Link, Outbound};
+use crate::core::{Core, Durable, Effect, Effects, Event, Lifecycle, Link, Outbound};
 use crate::protocol::{
     Command, JobOutcome, OutputStream, RejectReason, RunnerEvent, ServerMessage,
 };
 
+use super::RunnerMetrics;
 use super::outbox_age::OutboxAge;
-use super::{RunnerMetrics, state_label};
 
 /// The observer's handle on the metrics, with what the timings need to remember.
 pub struct MetricsFeed {
@@ -46,25 +46,24 @@ impl MetricsFeed {
     pub fn dispatched(
         &mut self,
         event: &Event,
-        before: &str,
-        after: &str,
+        was: Lifecycle,
+        is: Lifecycle,
         fx: &Effects,
         now: Instant,
     ) {
         let m = &self.metrics;
-        let (was, is) = (state_label(before), state_label(after));
         if was != is {
-            m.state.get_or_create(&[("state", was)]).set(0);
-            m.state.get_or_create(&[("state", is)]).set(1);
-            if is == "Reconnecting" {
+            m.state.get_or_create(&[("state", was.name())]).set(0);
+            m.state.get_or_create(&[("state", is.name())]).set(1);
+            if is == Lifecycle::Reconnecting {
                 m.reconnects
                     .get_or_create(&[("cause", reconnect_cause(event))])
                     .inc();
             }
             let mut clocks = m.clocks();
-            if is == "Active" && was != "Draining" {
+            if is == Lifecycle::Active && was != Lifecycle::Draining {
                 clocks.session_since = Some(now);
-            } else if is != "Draining" {
+            } else if is != Lifecycle::Draining {
                 clocks.session_since = None;
             }
         }

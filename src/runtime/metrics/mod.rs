@@ -34,21 +34,10 @@ pub use server::{
 
 use outbox_age::OutboxAge;
 
+use crate::core::Lifecycle;
+
 /// A label set of one name and a value from a closed set.
 pub(crate) type Label = [(&'static str, &'static str); 1];
-
-/// The nine lifecycle states, as the `state` label names them.
-pub(crate) const STATES: [&str; 9] = [
-    "Installing",
-    "Registering",
-    "Validating",
-    "HardwareSync",
-    "Ready",
-    "Active",
-    "Reconnecting",
-    "Draining",
-    "Stopped",
-];
 
 pub use crate::exposition::Exposition;
 
@@ -93,13 +82,13 @@ struct Clocks {
 impl RunnerMetrics {
     /// Every family registered, the state set at `phase` (the boot phase), so a
     /// scrape before the first event already shows all nine states.
-    pub fn new(phase: &str) -> Arc<Self> {
+    pub fn new(phase: Lifecycle) -> Arc<Self> {
         let mut registry = Registry::with_prefix("fyn_runner");
         let state = Family::<Label, Gauge>::default();
-        for name in STATES {
-            state.get_or_create(&[("state", name)]).set(0);
+        for lifecycle in <Lifecycle as strum::VariantArray>::VARIANTS {
+            state.get_or_create(&[("state", lifecycle.name())]).set(0);
         }
-        state.get_or_create(&[("state", state_label(phase))]).set(1);
+        state.get_or_create(&[("state", phase.name())]).set(1);
         registry.register(
             "state",
             "The lifecycle state: 1 for the current one, 0 for the others",
@@ -283,14 +272,4 @@ impl RunnerMetrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// `Validating.await_auth` → `Validating`, as a label from the closed set.
-pub(crate) fn state_label(phase: &str) -> &'static str {
-    let state = phase.split('.').next().unwrap_or(phase);
-    STATES
-        .iter()
-        .find(|name| **name == state)
-        .copied()
-        .unwrap_or("Stopped")
 }

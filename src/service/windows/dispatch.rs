@@ -23,6 +23,7 @@ use windows_service::{define_windows_service, service_dispatcher};
 use windows_sys::Win32::System::Console::{AllocConsole, GetConsoleWindow, SetConsoleCtrlHandler};
 
 use super::{Progress, REPORT_INTERVAL, Report, SERVICE_NAME, WAIT_HINT};
+use crate::core::Lifecycle;
 use crate::service::ServiceError;
 
 /// Why the SCM asked the service to stop.
@@ -71,7 +72,7 @@ impl ServiceReporter {
     pub const TICK: Duration = REPORT_INTERVAL;
 
     /// The runner entered `state`.
-    pub fn runner_state(&mut self, state: &str) {
+    pub fn runner_state(&mut self, state: Option<Lifecycle>) {
         let report = self.progress.runner_state(state, self.started.elapsed());
         self.send(report);
     }

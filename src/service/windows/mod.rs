@@ -27,6 +27,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::core::Lifecycle;
+
 #[cfg(windows)]
 pub use dispatch::{ServiceReporter, StopReason, run as run_dispatcher};
 pub use scm::{RecordingScm, Scm, ScmExit, ScmState, ScmStatus};
@@ -500,11 +502,11 @@ impl Progress {
         Report::StartPending { checkpoint: 1 }
     }
 
-    /// The runner entered `state` (its state name, e.g. "Active", "Draining").
-    pub fn runner_state(&mut self, state: &str, now: Duration) -> Option<Report> {
-        match (self.phase, state) {
-            (Phase::Starting, "Active") => self.enter(Phase::Running),
-            (Phase::Starting | Phase::Running, "Draining" | "Stopped") => {
+    /// The runner entered `state` (none: not known yet).
+    pub fn runner_state(&mut self, state: Option<Lifecycle>, now: Duration) -> Option<Report> {
+        match (self.phase, state?) {
+            (Phase::Starting, Lifecycle::Active) => self.enter(Phase::Running),
+            (Phase::Starting | Phase::Running, Lifecycle::Draining | Lifecycle::Stopped) => {
                 self.enter(Phase::Stopping { since: now })
             }
             _ => None,
@@ -590,9 +592,12 @@ mod tests {
             p.tick(Duration::from_secs(3)),
             Some(Report::StartPending { checkpoint: 2 })
         );
-        assert_eq!(p.runner_state("Reconnecting", Duration::from_secs(4)), None);
         assert_eq!(
-            p.runner_state("Active", Duration::from_secs(5)),
+            p.runner_state(Some(Lifecycle::Reconnecting), Duration::from_secs(4)),
+            None
+        );
+        assert_eq!(
+            p.runner_state(Some(Lifecycle::Active), Duration::from_secs(5)),
             Some(Report::Running)
         );
         assert_eq!(p.tick(Duration::from_secs(8)), None);
@@ -600,20 +605,26 @@ mod tests {
         let mut slow = Progress::new(Duration::from_secs(180));
         slow.first();
         assert_eq!(slow.tick(START_PENDING_LIMIT), Some(Report::Running));
-        assert_eq!(slow.runner_state("Active", START_PENDING_LIMIT), None);
+        assert_eq!(
+            slow.runner_state(Some(Lifecycle::Active), START_PENDING_LIMIT),
+            None
+        );
     }
 
     #[test]
     fn stopping_rises_for_the_stop_budget_then_stays_quiet() {
         let mut p = Progress::new(Duration::from_secs(10));
         p.first();
-        p.runner_state("Active", Duration::from_secs(1));
+        p.runner_state(Some(Lifecycle::Active), Duration::from_secs(1));
         assert_eq!(
             p.stop_requested(Duration::from_secs(100)),
             Some(Report::StopPending { checkpoint: 1 })
         );
         // The runner then reports Draining itself: no second transition.
-        assert_eq!(p.runner_state("Draining", Duration::from_secs(100)), None);
+        assert_eq!(
+            p.runner_state(Some(Lifecycle::Draining), Duration::from_secs(100)),
+            None
+        );
         assert_eq!(p.stop_requested(Duration::from_secs(101)), None);
         assert_eq!(
             p.tick(Duration::from_secs(105)),
@@ -632,9 +643,9 @@ mod tests {
     fn a_drain_from_the_control_plane_is_a_stop_too() {
         let mut p = Progress::new(Duration::from_secs(10));
         p.first();
-        p.runner_state("Active", Duration::from_secs(1));
+        p.runner_state(Some(Lifecycle::Active), Duration::from_secs(1));
         assert_eq!(
-            p.runner_state("Draining", Duration::from_secs(50)),
+            p.runner_state(Some(Lifecycle::Draining), Duration::from_secs(50)),
             Some(Report::StopPending { checkpoint: 1 })
         );
     }
