@@ -223,6 +223,9 @@ pub(super) struct Prepared {
     pub args: Vec<String>,
     /// The environment, in order: a later entry replaces an earlier one of its name.
     pub env: Vec<(OsString, OsString)>,
+    /// Whom the supervisor runs the job as. Windows has no supervisor and no job
+    /// account (`job_user` is Unix-only), so nothing reads it there.
+    #[cfg_attr(windows, expect(dead_code, reason = "jobs run as the runner on Windows"))]
     pub account: Option<Arc<JobAccount>>,
 }
 
