@@ -225,7 +225,10 @@ pub(super) struct Prepared {
     pub env: Vec<(OsString, OsString)>,
     /// Whom the supervisor runs the job as. Windows has no supervisor and no job
     /// account (`job_user` is Unix-only), so nothing reads it there.
-    #[cfg_attr(windows, expect(dead_code, reason = "jobs run as the runner on Windows"))]
+    #[cfg_attr(
+        windows,
+        expect(dead_code, reason = "jobs run as the runner on Windows")
+    )]
     pub account: Option<Arc<JobAccount>>,
 }
 
