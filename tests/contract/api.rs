@@ -48,6 +48,26 @@ impl FakeApi {
         }
     }
 
+    /// A fake control plane that starts listening only later, at `start_at`'s address:
+    /// until then a runner's connection attempts are refused. The address is taken
+    /// from a listener bound and dropped here (port 0, then reused).
+    pub fn address_not_yet_listening() -> std::net::SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr")
+    }
+
+    /// Start listening at `addr` (see `address_not_yet_listening`).
+    pub async fn start_at(addr: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("bind the same address");
+        Self {
+            listener,
+            url: format!("ws://{addr}"),
+            connections: 0,
+        }
+    }
+
     /// The URL to give the runner (`--server`).
     pub fn url(&self) -> &str {
         &self.url

@@ -1,5 +1,5 @@
-//! §4.1 at the runner: registration retries what is transient (a 5xx at the upgrade, a
-//! cut before `registered`) with the backoff while it holds the token in memory, keeps
+//! §4.1 at the runner: registration retries what is transient (a refused connection, a
+//! 5xx at the upgrade, a cut before `registered`) with the backoff while it holds the token in memory, keeps
 //! its key pair (on disk, before `register` is sent) so every `register` carries the
 //! same public key — in the same process and after a crash — and stops only on what is
 //! final: `token_rejected` (exit 3), a `hello` of another version (exit 6).
@@ -10,6 +10,29 @@ use serde_json::json;
 
 use crate::api::{FakeApi, STEP};
 use crate::runner::Runner;
+
+/// A control plane that is not up yet (the connection refused, again and again) is
+/// waited for: the runner backs off and registers once it answers.
+#[tokio::test]
+async fn registration_waits_for_a_control_plane_that_refuses_connections() {
+    let addr = FakeApi::address_not_yet_listening();
+    let mut runner = Runner::binary_registering(&format!("ws://{addr}"), "tok-0", "r-late");
+    // A few refused attempts (the first backoff steps are under a second each).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    runner.assert_running();
+    let mut api = FakeApi::start_at(addr).await;
+    let mut conn = api.accept().await;
+    conn.hello();
+    let validate = conn.expect("validate_token").await;
+    assert_eq!(validate["token"], "tok-0", "the token is held in memory");
+    conn.send(json!({"type": "token_accepted"}));
+    conn.expect("register").await;
+    conn.send(json!({"type": "registered", "runner_id": "r-late"}));
+    conn.expect("authenticate").await;
+    runner.assert_running();
+    let log = runner.log();
+    assert!(log.contains("connection attempt failed"), "{log}");
+}
 
 #[tokio::test]
 async fn registration_survives_503s_and_a_cut_after_register_with_the_same_key() {
