@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 
 use fyn_runner::core::{
     BootMode, CancelReason, Core, CoreConfig, Delay, DurableState, Effect, Event, EventKind,
-    FoundJob, HardwareCache, HookOutcome, HookPoint, StopOrigin, TimerKind,
+    FetchOutcome, FoundJob, HardwareCache, HookOutcome, HookPoint, StopOrigin, TimerKind,
 };
 use fyn_runner::protocol::{
-    CloseReason, Command, ExitStatus, HardwareReport, JobRef, JobSpec, MAX_INDEX, OutputStream,
-    PROTOCOL_VERSION, ServerMessage, SessionParams,
+    CloseReason, Command, ExitStatus, HardwareReport, InputFile, JobRef, JobSpec, MAX_INDEX,
+    OutputStream, PROTOCOL_VERSION, ServerMessage, SessionParams,
 };
 use fyn_runner::spec::effects_match;
 use proptest::prelude::*;
@@ -39,19 +39,33 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
     let command = prop_oneof![8 => Just(vec!["true".to_owned()]), 1 => Just(Vec::new())];
     // Attempts beyond the few the ended list can hold, so runs that end many jobs (each
     // ended attempt is refused as already run) still start new ones deep in a session.
-    (id, 0u32..=8, command, 0u64..=3).prop_map(|(job_id, attempt, command, timeout_secs)| JobSpec {
-        job_id,
-        attempt,
-        command,
-        env: BTreeMap::new(),
-        workdir: None,
-        timeout_secs,
-        output_limit_bytes: 1 << 20,
-        cancel_grace_secs: 1,
-        inputs: Default::default(),
-        outputs: Default::default(),
-        kv: Default::default(),
-    })
+    // Some jobs list an input: they are fetched before the process starts.
+    let inputs = prop_oneof![1 => Just(Vec::new()), 1 => Just(vec![input_file()])];
+    (id, 0u32..=8, command, 0u64..=3, inputs).prop_map(
+        |(job_id, attempt, command, timeout_secs, inputs)| JobSpec {
+            job_id,
+            attempt,
+            command,
+            env: BTreeMap::new(),
+            workdir: None,
+            timeout_secs,
+            output_limit_bytes: 1 << 20,
+            cancel_grace_secs: 1,
+            inputs,
+            outputs: Default::default(),
+            kv: Default::default(),
+        },
+    )
+}
+
+/// A valid input, as `start_job.inputs` carries it.
+fn input_file() -> InputFile {
+    serde_json::from_value(serde_json::json!({
+        "url": "https://files.example/mesh.bin",
+        "sha256": "a".repeat(64),
+        "path": "mesh.bin"
+    }))
+    .expect("a valid input")
 }
 
 /// A `command` frame whose index could be read and whose body could not.
@@ -294,6 +308,8 @@ fn any_other_event() -> impl Strategy<Value = Event> {
         job_event(),
         shutdown_requested(),
         hook_finished(),
+        (job_ref(), fetch_outcome())
+            .prop_map(|(job, outcome)| Event::InputsFetched { job, outcome }),
         Just(Event::ForceShutdown),
     ]
 }
@@ -367,14 +383,31 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
             1 => running_job_event(model),
             // A job waiting for its pre_job hook: its end, with no session to report on.
             if model.awaiting.is_empty() { 1 } else { 4 } => pre_job_end(model),
+            if model.fetching.is_empty() { 1 } else { 4 } => inputs_end(model),
         ]
         .boxed(),
         // A job waits for its pre_job hook: drain, lose the link, or end the hook, so
         // its end is met in Active, Draining (link up or down) and Reconnecting.
-        p if !model.awaiting.is_empty() && (p == "Active" || p.starts_with("Draining")) => {
+        // In a drain, what ends them (link up or down) comes first.
+        p if !(model.awaiting.is_empty() && model.fetching.is_empty())
+            && p.starts_with("Draining") =>
+        {
             prop_oneof![
-                4 => pre_job_end(model),
-                2 => shutdown_requested(),
+                if model.awaiting.is_empty() { 0 } else { 6 } => pre_job_end(model),
+                if model.fetching.is_empty() { 0 } else { 4 } => inputs_end(model),
+                3 => Just(Event::SocketClosed { code: Some(1006), reason: String::new() }),
+                1 => Just(Event::ForceShutdown),
+                1 => running_job_event(model),
+                1 => fresh_command(model),
+                1 => acks(),
+            ]
+            .boxed()
+        }
+        p if !(model.awaiting.is_empty() && model.fetching.is_empty()) && p == "Active" => {
+            prop_oneof![
+                if model.awaiting.is_empty() { 0 } else { 4 } => pre_job_end(model),
+                if model.fetching.is_empty() { 0 } else { 3 } => inputs_end(model),
+                3 => shutdown_requested(),
                 2 => Just(Event::SocketClosed { code: Some(1006), reason: String::new() }),
                 1 => Just(Event::ForceShutdown),
                 2 => running_job_event(model),
@@ -389,6 +422,7 @@ fn likely_event(model: &Model) -> BoxedStrategy<Event> {
             1 => unreadable_command(),
             4 => running_job_event(model),
             3 => pre_job_end(model),
+            2 => inputs_end(model),
             2 => acks(),
             2 => timer(),
             1 => (0u64..5).prop_map(|seq| Event::Message(ServerMessage::HeartbeatAck { seq })),
@@ -437,6 +471,40 @@ fn pre_job_end(model: &Model) -> BoxedStrategy<Event> {
         .boxed()
 }
 
+/// How a fetch ends: most succeed.
+fn fetch_outcome() -> impl Strategy<Value = FetchOutcome> {
+    prop_oneof![
+        2 => Just(FetchOutcome::Fetched),
+        1 => Just(FetchOutcome::Failed {
+            input: "mesh.bin".into(),
+            reason: "checksum mismatch".into()
+        }),
+        1 => Just(FetchOutcome::Stopped),
+    ]
+}
+
+/// The end of a fetch a job waits for (when one does), so the rows of a fetch's end
+/// are reached in every phase a job can wait in.
+fn inputs_end(model: &Model) -> BoxedStrategy<Event> {
+    let fetching: Vec<JobRef> = model
+        .fetching
+        .iter()
+        .map(|(id, attempt)| JobRef {
+            job_id: id.clone(),
+            attempt: *attempt,
+        })
+        .collect();
+    let outcome = fetch_outcome();
+    if fetching.is_empty() {
+        return (job_ref(), outcome)
+            .prop_map(|(job, outcome)| Event::InputsFetched { job, outcome })
+            .boxed();
+    }
+    (prop::sample::select(fetching), outcome)
+        .prop_map(|(job, outcome)| Event::InputsFetched { job, outcome })
+        .boxed()
+}
+
 /// A command with the next index, so long runs keep applying new commands.
 fn fresh_command(model: &Model) -> BoxedStrategy<Event> {
     let index = model.last_applied + 1;
@@ -476,34 +544,41 @@ fn running_job_event(model: &Model) -> BoxedStrategy<Event> {
         Just(model.last_applied + 1),
         hook_outcome(),
         found_job(),
+        fetch_outcome(),
     )
-        .prop_map(|(job, status, pick, index, outcome, found)| match pick {
-            6 | 7 => Event::HookFinished {
-                hook: HookPoint::PreJob,
-                job: Some(job),
-                outcome,
-            },
-            0 => Event::JobStarted { job, pid: 7 },
-            5 => Event::JobFound { job, found },
-            1 => Event::TimerFired {
-                timer: TimerKind::JobTimeout(job),
-            },
-            2 => Event::Message(ServerMessage::Command {
-                index,
-                command: Command::CancelJob {
-                    job_id: job.job_id,
-                    attempt: job.attempt,
+        .prop_map(
+            |(job, status, pick, index, outcome, found, fetched)| match pick {
+                6 => Event::HookFinished {
+                    hook: HookPoint::PreJob,
+                    job: Some(job),
+                    outcome,
                 },
-            }),
-            _ => Event::JobExited {
-                job,
-                status,
-                duration_ms: 3,
-                stdout_bytes: 0,
-                stderr_bytes: 0,
-                cancel: None,
+                7 => Event::InputsFetched {
+                    job,
+                    outcome: fetched,
+                },
+                0 => Event::JobStarted { job, pid: 7 },
+                5 => Event::JobFound { job, found },
+                1 => Event::TimerFired {
+                    timer: TimerKind::JobTimeout(job),
+                },
+                2 => Event::Message(ServerMessage::Command {
+                    index,
+                    command: Command::CancelJob {
+                        job_id: job.job_id,
+                        attempt: job.attempt,
+                    },
+                }),
+                _ => Event::JobExited {
+                    job,
+                    status,
+                    duration_ms: 3,
+                    stdout_bytes: 0,
+                    stderr_bytes: 0,
+                    cancel: None,
+                },
             },
-        })
+        )
         .boxed()
 }
 
@@ -554,7 +629,10 @@ impl ReferenceStateMachine for Table {
             (ended, any::<bool>(), hooks),
         )
             .prop_map(
-                |((boot, slots, restored, last_applied, last_event, acked), (ended, key_kept, hooks))| {
+                |(
+                    (boot, slots, restored, last_applied, last_event, acked),
+                    (ended, key_kept, hooks),
+                )| {
                     // Only a runner with an identity can have a history.
                     let resume = matches!(boot, BootMode::Resume | BootMode::Leave);
                     let phase = SPEC
@@ -585,6 +663,8 @@ impl ReferenceStateMachine for Table {
                         was_active: false,
                         stopping: Default::default(),
                         awaiting: Default::default(),
+                        with_inputs: Default::default(),
+                        fetching: Default::default(),
                         last: None,
                     }
                 },
@@ -780,7 +860,7 @@ fn check_step_invariants(
             Event::HookFinished {
                 hook: HookPoint::PreJob,
                 ..
-            }
+            } | Event::InputsFetched { .. }
         );
         assert!(
             last.phase_before == "Active" || pre_job_end,
@@ -868,7 +948,7 @@ fn machine_follows_the_table() {
     // a second job running), which the general pass reaches too rarely to count on.
     HOOKED_PASS.store(true, std::sync::atomic::Ordering::Relaxed);
     let hooked = Config {
-        cases: config().cases / 3,
+        cases: config().cases / 2,
         ..config()
     };
     let mut runner = proptest::test_runner::TestRunner::new(hooked.clone());
@@ -1168,6 +1248,9 @@ fn hooks_fire_at_their_points() {
                     timeout_secs: 60,
                     output_limit_bytes: 1 << 20,
                     cancel_grace_secs: 1,
+                    inputs: Vec::new(),
+                    outputs: Vec::new(),
+                    kv: BTreeMap::new(),
                 },
             },
         })
@@ -1280,4 +1363,167 @@ fn hooks_fire_at_their_points() {
         tokens(&stopped)[tokens(&stopped).len() - 2..],
         ["hook(on_stopped)".to_owned(), "exit(7)".to_owned()]
     );
+}
+
+/// Inputs, spelled out: a job with inputs enters `fetching` (`job_phase`, persisted
+/// and sent) and asks for its fetch instead of its process; a fetch that succeeds
+/// starts it; a final failure ends it unstarted, failed, naming the input; a cancel
+/// while fetching stops the fetch and the job ends cancelled, unstarted; a timeout
+/// counts from acceptance and ends it timed out.
+#[test]
+fn inputs_are_fetched_before_the_process_starts() {
+    use fyn_runner::core::{Effect, Outbound};
+    use fyn_runner::protocol::{JobOutcome, JobPhase, RunnerEvent};
+    let durable = DurableState {
+        runner_id: Some("r-1".into()),
+        ..DurableState::default()
+    };
+    let config = CoreConfig {
+        slots: 4,
+        ..CoreConfig::default()
+    };
+    let (mut core, _) = Core::boot(config, BootMode::Resume, durable);
+    for event in [
+        Event::SocketOpened,
+        Event::Message(ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            nonce: "n".into(),
+        }),
+        Event::Message(ServerMessage::Authenticated {
+            runner_id: "r-1".into(),
+            last_event_index: 0,
+            session: SessionParams::default(),
+            hardware_known: true,
+        }),
+        Event::Message(ServerMessage::StartupAck {}),
+        Event::HardwareCollected {
+            report: Box::new(report()),
+            cache: HardwareCache::Unchanged,
+        },
+        Event::Message(ServerMessage::HardwareConfirmed {}),
+        Event::Message(ServerMessage::ReadyAck {}),
+    ] {
+        let _ = core.dispatch(&event);
+    }
+    assert_eq!(core.phase(), "Active");
+    let start = |id: &str, index| {
+        Event::Message(ServerMessage::Command {
+            index,
+            command: Command::StartJob {
+                job: JobSpec {
+                    job_id: id.into(),
+                    attempt: 1,
+                    command: vec!["true".into()],
+                    env: BTreeMap::new(),
+                    workdir: None,
+                    timeout_secs: 60,
+                    output_limit_bytes: 1 << 20,
+                    cancel_grace_secs: 1,
+                    inputs: vec![input_file()],
+                    outputs: Vec::new(),
+                    kv: BTreeMap::new(),
+                },
+            },
+        })
+    };
+    let job = |id: &str| JobRef {
+        job_id: id.into(),
+        attempt: 1,
+    };
+    let sent = |effects: &fyn_runner::core::Effects| -> Vec<RunnerEvent> {
+        effects
+            .list
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send(Outbound::Event { event, .. }) => Some(event.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let finished = |effects: &fyn_runner::core::Effects| {
+        sent(effects).into_iter().find_map(|e| match e {
+            RunnerEvent::JobFinished {
+                outcome, detail, ..
+            } => Some((outcome, detail)),
+            _ => None,
+        })
+    };
+    // Accepted, then fetching: no process yet.
+    let accepted = core.dispatch(&start("a", 1));
+    assert!(accepted.spec_tokens().ends_with(&["fetch".into()]));
+    assert!(!accepted.spec_tokens().contains(&"spawn".to_owned()));
+    assert_eq!(
+        sent(&accepted).last(),
+        Some(&RunnerEvent::JobPhase {
+            job: job("a"),
+            phase: JobPhase::Fetching
+        })
+    );
+    let fetched = core.dispatch(&Event::InputsFetched {
+        job: job("a"),
+        outcome: FetchOutcome::Fetched,
+    });
+    assert_eq!(fetched.spec_tokens(), ["spawn"]);
+    // A second end of the same fetch is stale.
+    let again = core.dispatch(&Event::InputsFetched {
+        job: job("a"),
+        outcome: FetchOutcome::Fetched,
+    });
+    assert_eq!(again.spec_tokens(), ["notify(stale_job)"]);
+    // A final failure: failed, unstarted, the input named.
+    let _ = core.dispatch(&start("b", 2));
+    let failed = core.dispatch(&Event::InputsFetched {
+        job: job("b"),
+        outcome: FetchOutcome::Failed {
+            input: "mesh.bin".into(),
+            reason: "checksum mismatch".into(),
+        },
+    });
+    assert_eq!(
+        failed.spec_tokens(),
+        [
+            "cancel(job_timeout)",
+            "persist(job_removed)",
+            "persist(outbox)",
+            "send(event)"
+        ]
+    );
+    let (outcome, detail) = finished(&failed).expect("job_finished sent");
+    assert_eq!(outcome, JobOutcome::Failed);
+    let detail = detail.expect("a reason");
+    assert!(
+        detail.contains("mesh.bin") && detail.contains("checksum mismatch"),
+        "{detail}"
+    );
+    // A cancel while fetching: the fetch is stopped, the job ends cancelled.
+    let _ = core.dispatch(&start("c", 3));
+    let cancel = core.dispatch(&Event::Message(ServerMessage::Command {
+        index: 4,
+        command: Command::CancelJob {
+            job_id: "c".into(),
+            attempt: 1,
+        },
+    }));
+    assert!(cancel.spec_tokens().contains(&"kill(cancelled)".to_owned()));
+    let stopped = core.dispatch(&Event::InputsFetched {
+        job: job("c"),
+        outcome: FetchOutcome::Stopped,
+    });
+    assert_eq!(
+        finished(&stopped).map(|(o, _)| o),
+        Some(JobOutcome::Cancelled)
+    );
+    // The timeout counts from acceptance: it fires while fetching, the job times out.
+    let _ = core.dispatch(&start("d", 5));
+    let timeout = core.dispatch(&Event::TimerFired {
+        timer: TimerKind::JobTimeout(job("d")),
+    });
+    assert!(timeout.spec_tokens().contains(&"kill(timeout)".to_owned()));
+    // Even a fetch that ended well just before the stop took effect starts nothing.
+    let late = core.dispatch(&Event::InputsFetched {
+        job: job("d"),
+        outcome: FetchOutcome::Fetched,
+    });
+    assert!(!late.spec_tokens().contains(&"spawn".to_owned()));
+    assert_eq!(finished(&late).map(|(o, _)| o), Some(JobOutcome::TimedOut));
 }

@@ -379,6 +379,12 @@ pub enum Effect {
     SpawnJob {
         job: JobSpec,
     },
+    /// Fetch the job's inputs into its `work/` (through the cache, with the job
+    /// account's rights); the end comes back as `InputsFetched`. A `CancelJob` for the
+    /// job stops the fetch.
+    FetchInputs {
+        job: JobSpec,
+    },
     /// SIGTERM to the job's process group, `grace_secs`, then SIGKILL.
     CancelJob {
         job: JobRef,
@@ -432,6 +438,7 @@ impl Effect {
             Self::StartTimer { timer, .. } => format!("start({})", timer.name()),
             Self::CancelTimer { timer } => format!("cancel({})", timer.name()),
             Self::SpawnJob { .. } => "spawn".into(),
+            Self::FetchInputs { .. } => "fetch".into(),
             Self::CancelJob { reason, .. } => format!("kill({})", reason.name()),
             Self::RenewLeases { .. } => "renew".into(),
             Self::Persist(write) => format!("persist({})", write.name()),

@@ -14,6 +14,7 @@ use crate::protocol::{
 
 use super::effect::{CancelReason, TimerKind};
 use super::hooks::{HookOutcome, HookPoint};
+use super::job_files::FetchOutcome;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -109,6 +110,12 @@ pub enum Event {
     JobFound {
         job: JobRef,
         found: FoundJob,
+    },
+
+    /// Fetching a job's inputs ended (`Effect::FetchInputs`).
+    InputsFetched {
+        job: JobRef,
+        outcome: FetchOutcome,
     },
 
     // --- the operator's hooks ---
@@ -272,6 +279,7 @@ pub enum EventKind {
     JobOutputTruncated,
     JobExited,
     JobSpawnFailed,
+    InputsFetched,
     HookFinished,
     JobFound,
     ShutdownRequested,
@@ -341,6 +349,7 @@ impl Event {
             Self::JobOutputTruncated { .. } => EventKind::JobOutputTruncated,
             Self::JobExited { .. } => EventKind::JobExited,
             Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
+            Self::InputsFetched { .. } => EventKind::InputsFetched,
             Self::HookFinished { .. } => EventKind::HookFinished,
             Self::JobFound { .. } => EventKind::JobFound,
             Self::ShutdownRequested { .. } => EventKind::ShutdownRequested,

@@ -872,6 +872,13 @@ impl Runner {
                     Handled
                 }
             }
+            Event::InputsFetched { job, outcome } => {
+                if self.inputs_fetched(fx, job, outcome) {
+                    self.finish_if_drained(fx, *mode)
+                } else {
+                    Handled
+                }
+            }
             // A stop signal during a drain hurries it: the jobs were to end anyway.
             Event::TimerFired {
                 timer: TimerKind::DrainDeadline,
@@ -999,6 +1006,10 @@ impl Runner {
                 outcome,
             } => {
                 self.pre_job_finished(fx, job, outcome);
+                Handled
+            }
+            Event::InputsFetched { job, outcome } => {
+                self.inputs_fetched(fx, job, outcome);
                 Handled
             }
             // A lifecycle hook's or `post_job`'s end changes nothing (the runtime logged

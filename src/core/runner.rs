@@ -180,6 +180,9 @@ pub struct Runner {
     /// The current session reached Active (so its loss runs `on_disconnected`).
     #[serde(default)]
     pub(crate) session_was_active: bool,
+    /// Accepted jobs whose inputs are being fetched: their specs, until that ends.
+    #[serde(default)]
+    pub(crate) fetching: BTreeMap<String, JobSpec>,
 }
 
 impl Runner {
@@ -222,6 +225,7 @@ impl Runner {
             stopping_reason: String::new(),
             awaiting_pre_job: BTreeMap::new(),
             session_was_active: false,
+            fetching: BTreeMap::new(),
         }
     }
 
@@ -408,6 +412,7 @@ impl Runner {
             return;
         };
         self.awaiting_pre_job.remove(&job.job_id);
+        self.fetching.remove(&job.job_id);
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
         self.remember_ended(job.clone());
@@ -437,9 +442,9 @@ impl Runner {
         self.run_post_job(fx, &finished);
     }
 
-    /// Record the end of a job that never started: its `pre_job` hook failed (`detail`
-    /// says why; the outcome is failed), or it was asked to stop while the hook ran
-    /// (the outcome the stop calls for).
+    /// Record the end of a job that never started: its `pre_job` hook or an input
+    /// failed (`detail` says why; the outcome is failed), or it was asked to stop
+    /// while the hook ran or its inputs were fetched (the outcome the stop calls for).
     pub(crate) fn job_ended_unstarted(
         &mut self,
         fx: &mut Effects,
@@ -449,6 +454,8 @@ impl Runner {
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
         };
+        self.awaiting_pre_job.remove(&job.job_id);
+        self.fetching.remove(&job.job_id);
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
         // Never started, but ended: the same attempt is never run again.
@@ -547,7 +554,7 @@ impl Runner {
                             .insert(job.job_id.clone(), job.clone());
                         self.run_hook(fx, HookCall::PreJob { job: job.job_ref() });
                     } else {
-                        fx.push(Effect::SpawnJob { job: job.clone() });
+                        self.start_or_fetch(fx, job.clone());
                     }
                 }
                 false

@@ -187,7 +187,9 @@ fn redaction_of(effect: &Effect) -> Redaction {
     use crate::core::{Durable, Outbound};
     use crate::protocol::RunnerEvent;
     match effect {
-        Effect::SpawnJob { .. } | Effect::Persist(Durable::JobAdded { .. }) => Redaction::JobEnv,
+        Effect::SpawnJob { .. }
+        | Effect::FetchInputs { .. }
+        | Effect::Persist(Durable::JobAdded { .. }) => Redaction::JobEnv,
         Effect::Send(Outbound::Event {
             event: RunnerEvent::JobOutput { .. },
             ..

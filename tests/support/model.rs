@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{LazyLock, Mutex};
 
 use fyn_runner::core::{
-    BootMode, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, Event, EventKind, FoundJob, HardwareCache,
-    HookPoint, TimerKind,
+    BootMode, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, Event, EventKind, FetchOutcome, FoundJob,
+    HardwareCache, HookPoint, TimerKind,
 };
 use fyn_runner::protocol::{Command, JobRef, MAX_INDEX, PROTOCOL_VERSION, ServerMessage};
 use fyn_runner::spec::{EffectPattern, Spec, Step};
@@ -60,6 +60,10 @@ pub struct Model {
     pub stopping: BTreeSet<String>,
     /// Jobs accepted with a pre_job hook (`hook(pre_job)`) that has not ended.
     pub awaiting: BTreeMap<String, u32>,
+    /// Jobs accepted whose spec lists inputs (fetched before the process starts).
+    pub with_inputs: BTreeSet<String>,
+    /// Jobs whose inputs are being fetched (`fetch`), until `InputsFetched`.
+    pub fetching: BTreeMap<String, u32>,
     /// What the last step must have produced, and what held before it.
     pub last: Option<LastStep>,
 }
@@ -125,6 +129,7 @@ impl Model {
                 ..
             }) => Some(job.job_ref()),
             Event::HookFinished { job, .. } => job.clone(),
+            Event::InputsFetched { job, .. } => Some(job.clone()),
             _ => None,
         }
     }
@@ -249,6 +254,22 @@ impl Model {
             }
             "awaiting" => Self::event_job(event)
                 .is_some_and(|j| self.awaiting.get(&j.job_id) == Some(&j.attempt)),
+            "has_inputs" => match event {
+                Event::Message(ServerMessage::Command {
+                    command: Command::StartJob { job },
+                    ..
+                }) => !job.inputs.is_empty(),
+                _ => Self::event_job(event).is_some_and(|j| self.with_inputs.contains(&j.job_id)),
+            },
+            "fetching" => Self::event_job(event)
+                .is_some_and(|j| self.fetching.get(&j.job_id) == Some(&j.attempt)),
+            "fetch_ok" => matches!(
+                event,
+                Event::InputsFetched {
+                    outcome: FetchOutcome::Fetched,
+                    ..
+                }
+            ),
             "stopping_job" => {
                 Self::event_job(event).is_some_and(|j| self.stopping.contains(&j.job_id))
             }
@@ -369,13 +390,30 @@ impl Model {
         }
         if let Some(job) = Self::event_job(event) {
             // Accepted: the process starts now, or once its pre_job hook succeeds.
-            if has("spawn") || has("hook(pre_job)") {
+            if kind == EventKind::StartJob && (has("spawn") || has("hook(pre_job)") || has("fetch"))
+            {
                 self.jobs.insert(job.job_id.clone(), job.attempt);
+                if let Event::Message(ServerMessage::Command {
+                    command: Command::StartJob { job: spec },
+                    ..
+                }) = event
+                    && !spec.inputs.is_empty()
+                {
+                    self.with_inputs.insert(job.job_id.clone());
+                }
+            }
+            if has("fetch") {
+                self.fetching.insert(job.job_id.clone(), job.attempt);
+            }
+            if kind == EventKind::InputsFetched && (has("spawn") || has("persist(job_removed)")) {
+                self.fetching.remove(&job.job_id);
             }
             if has("hook(pre_job)") {
                 self.awaiting.insert(job.job_id.clone(), job.attempt);
             }
-            if kind == EventKind::HookFinished && (has("spawn") || has("persist(job_removed)")) {
+            if kind == EventKind::HookFinished
+                && (has("spawn") || has("fetch") || has("persist(job_removed)"))
+            {
                 self.awaiting.remove(&job.job_id);
             }
             if has("persist(job_removed)") {
@@ -386,6 +424,8 @@ impl Model {
                 }
                 self.stopping.remove(&job.job_id);
                 self.awaiting.remove(&job.job_id);
+                self.fetching.remove(&job.job_id);
+                self.with_inputs.remove(&job.job_id);
             }
         }
     }
@@ -409,6 +449,13 @@ impl Model {
             {
                 self.stopping.insert(job.job_id);
             }
+        }
+        // A cancel the previous process asked for, found with the job, stops it too.
+        if let Event::JobFound { job, found } = event
+            && found.cancel().is_some()
+            && self.jobs.get(&job.job_id) == Some(&job.attempt)
+        {
+            self.stopping.insert(job.job_id.clone());
         }
         if next == "Active" && before != "Active" {
             self.was_active = true;

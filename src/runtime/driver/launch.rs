@@ -33,9 +33,10 @@ use crate::runtime::timers::{Timers, jitter_seed};
 use crate::runtime::ws::{self, TlsSetupError};
 
 use super::Driver;
-use super::input::Input;
 use super::durable::Durability;
+use super::fetches::Fetches;
 use super::handle::RunnerHandle;
+use super::input::Input;
 use super::link::{Credentials, Link};
 use super::local_steps::LocalSteps;
 use super::observe::{Observer, start_trace};
@@ -240,6 +241,7 @@ pub(super) fn launch(
     );
     let driver = Driver {
         hooks,
+        fetches: Fetches::new(settings.transfer_settings()),
         core,
         observer,
         link: Link::new(

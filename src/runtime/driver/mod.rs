@@ -17,6 +17,7 @@ loop hands it:
 - `input`: what reaches the loop, converted from each source's own type;
 - `launch`: starting a runner (state folder, identity, store, boot record, trace);
 - `link`: the connection, the writer's queue, the resend cursor, `wire()`;
+- `fetches`: jobs' inputs being fetched, one task each;
 - `durable`: a batch's transaction, acknowledgements batched, ended jobs' folders;
 - `local_steps`: install steps and rollback, keys, hardware, the install's farewell;
 - `observe`: the trace, transitions, status, operator and service-manager notices;
@@ -25,6 +26,7 @@ loop hands it:
 */
 
 mod durable;
+mod fetches;
 mod handle;
 mod input;
 mod launch;
@@ -47,6 +49,7 @@ use super::hooks::HookRunner;
 use super::jobs::{JobReport, JobSupervisor};
 use super::timers::Timers;
 use durable::Durability;
+use fetches::Fetches;
 use input::Input;
 use link::Link;
 use local_steps::{FAREWELL_WITHIN, LocalSteps};
@@ -79,6 +82,8 @@ struct Driver {
     spawns: Vec<JobSpec>,
     /// The operator's hooks in flight.
     hooks: HookRunner,
+    /// Jobs' inputs being fetched.
+    fetches: Fetches,
 }
 
 impl Driver {
@@ -201,6 +206,12 @@ impl Driver {
                 if let Event::HookFinished { hook, job, .. } = &event {
                     self.hooks.finished(*hook, job.as_ref());
                 }
+                // A fetch stopped meanwhile was reported stopped already.
+                if let Event::InputsFetched { job, .. } = &event
+                    && !self.fetches.finished(job)
+                {
+                    return None;
+                }
                 Some(event)
             }
             Input::Job(report) => Some(report.into_event()),
@@ -303,6 +314,13 @@ impl Driver {
             }
             Effect::CancelTimer { timer } => self.timers.cancel(&timer),
             Effect::SpawnJob { job } => self.spawns.push(job),
+            Effect::FetchInputs { job } => {
+                let folder = match &self.jobs {
+                    Some(jobs) => jobs.prepare_folder(&job).map_err(|e| e.to_string()),
+                    None => Err("a farewell runs no jobs".to_owned()),
+                };
+                self.fetches.start(job, folder, &self.inputs_tx);
+            }
             Effect::CancelJob {
                 job,
                 reason,
@@ -314,6 +332,13 @@ impl Driver {
                 }
                 // A job still waiting for its pre_job hook: the hook is stopped instead.
                 self.hooks.stop_pre_job(&job);
+                // One whose inputs are being fetched: the fetch stops, and says so.
+                if self.fetches.stop(&job) {
+                    self.local.push_back(Event::InputsFetched {
+                        job,
+                        outcome: crate::core::FetchOutcome::Stopped,
+                    });
+                }
             }
             Effect::RenewLeases { within_ms } => {
                 if let Some(jobs) = &mut self.jobs {
@@ -350,6 +375,7 @@ impl Driver {
                 for job in self.spawns.drain(..) {
                     warn!(job = %job.job_id, attempt = job.attempt, "not started: the runner is stopping");
                 }
+                self.fetches.stop_all();
                 // Jobs the core asked to stop end now; the others stay with their
                 // supervisors (a stop that leaves them running), where they have one.
                 if let Some(jobs) = &mut self.jobs {
@@ -406,7 +432,10 @@ fn phase_of(effect: &Effect) -> u8 {
         Effect::Close { .. } => 2,
         Effect::OpenConnection => 3,
         Effect::StartTimer { .. } | Effect::CancelTimer { .. } => 4,
-        Effect::SpawnJob { .. } | Effect::CancelJob { .. } | Effect::RenewLeases { .. } => 5,
+        Effect::SpawnJob { .. }
+        | Effect::FetchInputs { .. }
+        | Effect::CancelJob { .. }
+        | Effect::RenewLeases { .. } => 5,
         Effect::RunInstallStep { .. }
         | Effect::RollbackInstall
         | Effect::ForgetKey

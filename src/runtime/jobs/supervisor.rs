@@ -78,6 +78,14 @@ impl JobSupervisor {
         self.executor.preflight()
     }
 
+    /// Make a job's folder ready before its process starts (for its inputs).
+    pub fn prepare_folder(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<super::executor::PreparedFolder, ExecutorError> {
+        self.executor.prepare_folder(spec)
+    }
+
     /// Called when the runner is idle: the executor prepares for the next start then,
     /// never on a job's way to `job_started`.
     pub fn prepare_ahead(&self) {
