@@ -108,6 +108,7 @@ fn outcome_after_recorded_exit(
         stdout_bytes: 0,
         stderr_bytes: 0,
         cancel,
+        usage: Default::default(),
     });
     effects
         .list
@@ -255,7 +256,12 @@ fn the_session_renews_the_leases_with_the_apis_threshold() {
         timer: fyn_runner::core::TimerKind::Heartbeat,
     });
     let late = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 1 }));
-    assert!(!late.list.iter().any(|e| matches!(e, Effect::RenewLeases { .. })));
+    assert!(
+        !late
+            .list
+            .iter()
+            .any(|e| matches!(e, Effect::RenewLeases { .. }))
+    );
     let effects = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 2 }));
     assert!(
         effects

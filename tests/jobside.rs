@@ -281,3 +281,33 @@ async fn a_wrong_checksum_fails_the_job_before_any_process_starts() {
     assert!(!started, "no process ran");
     stop(handle).await;
 }
+
+#[tokio::test]
+async fn job_finished_carries_cpu_time_and_peak_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = dev_server(&dir.path().join("blobs")).await;
+    let handle = runner(&server, &dir.path().join("state")).await;
+    // Busy for a while in user mode, in a child the shell waits for.
+    let id = server
+        .submit_job(request(
+            "sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done'",
+        ))
+        .expect("submit");
+    let job = finished(&server, &id).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
+    let usage = job.usage.expect("accounting on job_finished");
+    let user = usage.cpu_user_ms.expect("cpu_user_ms");
+    let system = usage.cpu_system_ms.expect("cpu_system_ms");
+    let rss = usage.peak_rss_bytes.expect("peak_rss_bytes");
+    let duration = job.duration_ms.expect("duration");
+    assert!(user >= 50, "a busy loop shows user time: {usage:?}");
+    assert!(
+        user + system <= duration + 50,
+        "one process cannot use more CPU than the time it ran: {usage:?}, {duration} ms"
+    );
+    assert!(
+        (100 << 10..1 << 30).contains(&rss),
+        "a shell's peak memory: {rss} bytes"
+    );
+    stop(handle).await;
+}

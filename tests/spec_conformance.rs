@@ -217,6 +217,7 @@ fn job_event() -> impl Strategy<Value = Event> {
             stdout_bytes: 2,
             stderr_bytes: 0,
             cancel: None,
+            usage: Default::default(),
         }),
         job_ref().prop_map(|job| Event::JobSpawnFailed {
             job,
@@ -576,6 +577,7 @@ fn running_job_event(model: &Model) -> BoxedStrategy<Event> {
                     stdout_bytes: 0,
                     stderr_bytes: 0,
                     cancel: None,
+                    usage: Default::default(),
                 },
             },
         )
@@ -1279,6 +1281,7 @@ fn hooks_fire_at_their_points() {
         stdout_bytes: 0,
         stderr_bytes: 0,
         cancel: None,
+        usage: Default::default(),
     });
     assert_eq!(
         ended.list.last(),

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use strum::{EnumString, IntoStaticStr, VariantArray};
 
 use crate::protocol::{
-    CloseReason, ExitStatus, HardwareChanges, HardwareReport, JobRef, OutputStream, ServerMessage,
+    CloseReason, ExitStatus, HardwareChanges, HardwareReport, JobRef, JobUsage, OutputStream,
+    ServerMessage,
 };
 
 use super::effect::{CancelReason, TimerKind};
@@ -98,6 +99,10 @@ pub enum Event {
         /// it was itself told to stop) or one an earlier runner process asked for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cancel: Option<CancelReason>,
+        /// What the job's processes used (`job_finished`'s accounting), as far as the
+        /// runtime measured it; empty when it could not.
+        #[serde(default, skip_serializing_if = "JobUsage::is_empty")]
+        usage: JobUsage,
     },
     JobSpawnFailed {
         job: JobRef,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use statig::blocking::*;
 use strum::IntoStaticStr;
 
-use crate::protocol::{CloseReason, Command, PROTOCOL_VERSION, ServerMessage};
+use crate::protocol::{CloseReason, Command, JobUsage, PROTOCOL_VERSION, ServerMessage};
 
 use super::effect::{
     CancelReason, Delay, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice, Outbound,
@@ -1304,6 +1304,7 @@ impl Runner {
                 stdout_bytes,
                 stderr_bytes,
                 cancel,
+                usage,
                 ..
             } => {
                 let end = JobFinish {
@@ -1313,6 +1314,7 @@ impl Runner {
                     output_bytes: (*stdout_bytes, *stderr_bytes),
                     spawn_error: None,
                     recorded_cancel: *cancel,
+                    usage: *usage,
                 };
                 self.job_finished(fx, end);
             }
@@ -1324,6 +1326,7 @@ impl Runner {
                     output_bytes: (0, 0),
                     spawn_error: Some(error),
                     recorded_cancel: None,
+                    usage: JobUsage::default(),
                 };
                 self.job_finished(fx, end);
             }

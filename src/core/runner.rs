@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, MAX_INDEX,
-    RejectReason, RunnerEvent, SessionParams,
+    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, JobUsage,
+    MAX_INDEX, RejectReason, RunnerEvent, SessionParams,
 };
 
 use super::backoff::{BackoffPolicy, Jitter};
@@ -407,6 +407,7 @@ impl Runner {
             output_bytes,
             spawn_error,
             recorded_cancel,
+            usage,
         } = end;
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
@@ -430,12 +431,11 @@ impl Runner {
             stdout_bytes: output_bytes.0,
             stderr_bytes: output_bytes.1,
             detail: spawn_error.map(str::to_owned),
-            // Accounting (issue 19) arrives with the job's end once it is wired.
-            cpu_user_ms: None,
-            cpu_system_ms: None,
-            peak_rss_bytes: None,
-            wall_ms: None,
-            gpu_memory_peak_bytes: None,
+            cpu_user_ms: usage.cpu_user_ms,
+            cpu_system_ms: usage.cpu_system_ms,
+            peak_rss_bytes: usage.peak_rss_bytes,
+            wall_ms: usage.wall_ms,
+            gpu_memory_peak_bytes: usage.gpu_memory_peak_bytes,
         };
         self.emit(fx, finished.clone());
         // After the end is persisted (this batch's transaction comes first).
@@ -703,6 +703,8 @@ pub(crate) struct JobFinish<'a> {
     pub spawn_error: Option<&'a str>,
     /// A cancel the job's supervisor recorded that this process did not ask for.
     pub recorded_cancel: Option<CancelReason>,
+    /// What the job's processes used, as the runtime measured it.
+    pub usage: JobUsage,
 }
 
 /// The outcome the API is told. A cancellation the core asked for wins over the exit

@@ -183,6 +183,18 @@ pub struct JobUsage {
     pub max_rss_kib: u64,
 }
 
+impl JobUsage {
+    /// As `job_finished` carries them: milliseconds and bytes.
+    pub fn figures(self) -> crate::protocol::JobUsage {
+        crate::protocol::JobUsage {
+            cpu_user_ms: Some(self.user_us / 1000),
+            cpu_system_ms: Some(self.system_us / 1000),
+            peak_rss_bytes: Some(self.max_rss_kib.saturating_mul(1024)),
+            ..crate::protocol::JobUsage::default()
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
     #[error("invalid job: {0}")]

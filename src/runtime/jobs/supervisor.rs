@@ -183,6 +183,7 @@ impl JobSupervisor {
                 stdout_bytes: 0,
                 stderr_bytes: 0,
                 cancel: None,
+                usage: crate::protocol::JobUsage::default(),
             });
         }
         reports
@@ -397,5 +398,6 @@ async fn supervise(
         stdout_bytes: end.stdout_bytes,
         stderr_bytes: end.stderr_bytes,
         cancel: end.cancel,
+        usage: end.usage.map(super::executor::JobUsage::figures).unwrap_or_default(),
     });
 }
