@@ -1,7 +1,8 @@
 //! A job's side end to end (issue 19): the real runtime against the dev-server, on
 //! loopback. Inputs fetched before the process starts (one shared by two jobs fetched
 //! once: the cache hit is in the log); a wrong checksum fails the job with no process
-//! started.
+//! started; outputs uploaded after it ended, each reported once, before its end;
+//! accounting on `job_finished`.
 // Unix only: its jobs are `sh` scripts.
 #![cfg(unix)]
 #![allow(clippy::disallowed_methods)] // waiting in real time is what these tests do
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fyn_runner::core::CoreConfig;
 use fyn_runner::devserver::{
-    DevServer, DevServerConfig, InputRequest, JobInfo, JobRequest, JobState,
+    DevServer, DevServerConfig, InputRequest, JobInfo, JobRequest, JobState, OutputRequest,
 };
 use fyn_runner::protocol::{JobOutcome, OutputStream, SessionParams};
 use fyn_runner::runtime::{self, RunnerHandle, RunnerSettings, Secret};
@@ -309,5 +310,78 @@ async fn job_finished_carries_cpu_time_and_peak_memory() {
         (100 << 10..1 << 30).contains(&rss),
         "a shell's peak memory: {rss} bytes"
     );
+    stop(handle).await;
+}
+
+#[tokio::test]
+async fn outputs_are_uploaded_once_before_the_job_finishes() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = dev_server(&dir.path().join("blobs")).await;
+    let handle = runner(&server, &dir.path().join("state")).await;
+    let mut job =
+        request("printf 'x,y\\n1,2\\n' > result.csv; mkdir -p plots; echo p > plots/a.txt; exit 3");
+    job.outputs = vec![
+        OutputRequest {
+            path: Some("result.csv".into()),
+            glob: None,
+        },
+        OutputRequest {
+            path: None,
+            glob: Some("plots/*.txt".into()),
+        },
+        OutputRequest {
+            path: Some("never-written.dat".into()),
+            glob: None,
+        },
+    ];
+    let id = server.submit_job(job).expect("submit");
+    let job = finished(&server, &id).await;
+    // The outputs do not change how the process ended.
+    assert_eq!(job.outcome, Some(JobOutcome::Failed), "{job:?}");
+    let results = server.job_results(&id).expect("results");
+    assert!(results.complete, "{results:?}");
+    assert_eq!(results.missing, ["never-written.dat"]);
+    let csv = results
+        .files
+        .iter()
+        .find(|f| f.path == "result.csv")
+        .expect("result.csv");
+    let expected = fyn_runner::protocol::to_hex(&Sha256::digest(b"x,y\n1,2\n"));
+    assert_eq!(
+        csv.sha256.as_deref(),
+        Some(expected.as_str()),
+        "{results:?}"
+    );
+    assert!(csv.reported && csv.failure.is_none(), "{results:?}");
+    assert_eq!(
+        server.result_bytes(&id, "result.csv").expect("bytes"),
+        b"x,y\n1,2\n"
+    );
+    assert!(
+        results
+            .files
+            .iter()
+            .any(|f| f.path == "plots/a.txt" && f.reported)
+    );
+    // Each file reported once, the summary, then the end.
+    let events = job_events(&server, &id);
+    let kinds = kinds(&events);
+    let tail: Vec<&str> = kinds.iter().rev().take(5).rev().copied().collect();
+    assert_eq!(
+        tail,
+        [
+            "job_phase",
+            "job_output_file",
+            "job_output_file",
+            "job_outputs",
+            "job_finished"
+        ],
+        "{kinds:?}"
+    );
+    let summary = &events[events.len() - 2].1;
+    assert_eq!(summary["uploaded"], 2);
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(events[events.len() - 5].1["phase"], "uploading");
     stop(handle).await;
 }

@@ -123,6 +123,29 @@ pub enum Event {
         outcome: FetchOutcome,
     },
 
+    /// One output file is uploaded, complete (`Effect::UploadOutputs`).
+    OutputUploaded {
+        job: JobRef,
+        /// Below `work/`.
+        path: String,
+        /// Where it went, without the query.
+        url: String,
+        sha256: String,
+        size: u64,
+    },
+    /// One output file could not be uploaded, for good (or was refused: a link).
+    OutputFailed {
+        job: JobRef,
+        path: String,
+        reason: String,
+    },
+    /// The uploads are over (or were abandoned because the core stopped the job);
+    /// `missing`: the declared paths and globs that named no file.
+    UploadsDone {
+        job: JobRef,
+        missing: Vec<String>,
+    },
+
     // --- the operator's hooks ---
     /// A hook the core asked for ended (`job`: the job of a `pre_job` or `post_job`).
     HookFinished {
@@ -285,6 +308,9 @@ pub enum EventKind {
     JobExited,
     JobSpawnFailed,
     InputsFetched,
+    OutputUploaded,
+    OutputFailed,
+    UploadsDone,
     HookFinished,
     JobFound,
     ShutdownRequested,
@@ -355,6 +381,9 @@ impl Event {
             Self::JobExited { .. } => EventKind::JobExited,
             Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
             Self::InputsFetched { .. } => EventKind::InputsFetched,
+            Self::OutputUploaded { .. } => EventKind::OutputUploaded,
+            Self::OutputFailed { .. } => EventKind::OutputFailed,
+            Self::UploadsDone { .. } => EventKind::UploadsDone,
             Self::HookFinished { .. } => EventKind::HookFinished,
             Self::JobFound { .. } => EventKind::JobFound,
             Self::ShutdownRequested { .. } => EventKind::ShutdownRequested,

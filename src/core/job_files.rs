@@ -9,10 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{JobPhase, JobRef, JobSpec, RunnerEvent};
+use crate::protocol::{ExitStatus, JobOutcome, JobPhase, JobRef, JobSpec, JobUsage, RunnerEvent};
 
-use super::effect::{Effect, Effects, Notice};
-use super::runner::Runner;
+use super::effect::{CancelReason, Durable, Effect, Effects, Notice, TimerKind};
+use super::runner::{JobFinish, OutputDone, Runner, outcome_of};
 
 /// How fetching a job's inputs ended, as the runtime saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,5 +103,186 @@ impl Runner {
                 true
             }
         }
+    }
+}
+
+/// A job whose process ended and whose outputs are being uploaded: how it ended, kept
+/// for its `job_finished`, which follows the uploads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Uploading {
+    pub attempt: u32,
+    pub status: ExitStatus,
+    pub duration_ms: u64,
+    pub output_bytes: (u64, u64),
+    /// The cancel that decided the outcome at the exit: a stop asked for during the
+    /// uploads abandons them but does not change how the process ended.
+    pub cancel: Option<CancelReason>,
+    pub usage: JobUsage,
+}
+
+/// What an upload's end says about one file.
+pub(crate) enum FileEnd<'a> {
+    Uploaded {
+        url: &'a str,
+        sha256: &'a str,
+        size: u64,
+    },
+    Failed {
+        reason: &'a str,
+    },
+}
+
+impl Runner {
+    /// The process ended: a job with outputs whose end calls for them (it exited or
+    /// timed out; not cancelled, not lost) enters `uploading` instead of ending now.
+    /// Returns whether it did.
+    pub(crate) fn begin_uploads(&mut self, fx: &mut Effects, end: &JobFinish<'_>) -> bool {
+        let Some(entry) = self.jobs.get(&end.job.job_id) else {
+            return false;
+        };
+        let cancel = entry.cancel.or(end.recorded_cancel);
+        let uploads = !entry.outputs.is_empty()
+            && matches!(
+                outcome_of(cancel, end.status),
+                JobOutcome::Succeeded | JobOutcome::Failed | JobOutcome::TimedOut
+            );
+        if !uploads {
+            return false;
+        }
+        let outputs = entry.outputs.clone();
+        let job = end.job.clone();
+        // The uploads are not bounded by the process's timeout.
+        fx.cancel(TimerKind::JobTimeout(job.clone()));
+        self.emit(
+            fx,
+            RunnerEvent::JobPhase {
+                job: job.clone(),
+                phase: JobPhase::Uploading,
+            },
+        );
+        let done = self
+            .recorded_outputs(&job)
+            .map(|d| d.path.clone())
+            .collect();
+        self.uploading.insert(
+            job.job_id.clone(),
+            Uploading {
+                attempt: job.attempt,
+                status: end.status,
+                duration_ms: end.duration_ms,
+                output_bytes: end.output_bytes,
+                cancel,
+                usage: end.usage,
+            },
+        );
+        fx.push(Effect::UploadOutputs { job, outputs, done });
+        true
+    }
+
+    /// Whether this attempt's outputs are being uploaded.
+    pub(crate) fn is_uploading(&self, job: &JobRef) -> bool {
+        self.uploading
+            .get(&job.job_id)
+            .is_some_and(|u| u.attempt == job.attempt)
+    }
+
+    fn recorded_outputs<'a>(&'a self, job: &'a JobRef) -> impl Iterator<Item = &'a OutputDone> {
+        self.outputs_done
+            .get(&job.job_id)
+            .into_iter()
+            .flatten()
+            .filter(move |d| d.job.attempt == job.attempt)
+    }
+
+    /// One file's upload is over: recorded and reported in one batch, once.
+    pub(crate) fn output_done(
+        &mut self,
+        fx: &mut Effects,
+        job: &JobRef,
+        path: &str,
+        end: FileEnd<'_>,
+    ) {
+        let again = self.recorded_outputs(job).any(|d| d.path == path);
+        if !self.is_uploading(job) || again {
+            fx.notify(Notice::StaleJob {
+                job: job.clone(),
+                what: format!("the end of the upload of {path}"),
+            });
+            return;
+        }
+        let done = OutputDone {
+            job: job.clone(),
+            path: path.to_owned(),
+            uploaded: matches!(end, FileEnd::Uploaded { .. }),
+        };
+        fx.persist(Durable::OutputDone { done: done.clone() });
+        self.outputs_done
+            .entry(job.job_id.clone())
+            .or_default()
+            .push(done);
+        let event = match end {
+            FileEnd::Uploaded { url, sha256, size } => RunnerEvent::JobOutputFile {
+                job: job.clone(),
+                path: path.to_owned(),
+                url: url.to_owned(),
+                sha256: sha256.to_owned(),
+                size,
+            },
+            FileEnd::Failed { reason } => RunnerEvent::JobOutputFailed {
+                job: job.clone(),
+                path: path.to_owned(),
+                reason: reason.to_owned(),
+            },
+        };
+        self.emit(fx, event);
+    }
+
+    /// The uploads are over: the summary, then the job's end as its process ended.
+    /// Returns whether the job ended.
+    pub(crate) fn uploads_done(
+        &mut self,
+        fx: &mut Effects,
+        job: &JobRef,
+        missing: &[String],
+    ) -> bool {
+        if !self.is_uploading(job) {
+            fx.notify(Notice::StaleJob {
+                job: job.clone(),
+                what: "uploads_done".to_owned(),
+            });
+            return false;
+        }
+        let Some(up) = self.uploading.remove(&job.job_id) else {
+            return false;
+        };
+        let (uploaded, failed) = self.recorded_outputs(job).fold((0u32, 0u32), |(u, f), d| {
+            if d.uploaded { (u + 1, f) } else { (u, f + 1) }
+        });
+        self.emit(
+            fx,
+            RunnerEvent::JobOutputs {
+                job: job.clone(),
+                uploaded,
+                failed,
+                missing: missing.to_vec(),
+            },
+        );
+        // The outcome is the exit's, whatever stopped the uploads.
+        if let Some(entry) = self.jobs.get_mut(&job.job_id) {
+            entry.cancel = up.cancel;
+        }
+        self.job_finished(
+            fx,
+            JobFinish {
+                job,
+                status: up.status,
+                duration_ms: up.duration_ms,
+                output_bytes: up.output_bytes,
+                spawn_error: None,
+                recorded_cancel: None,
+                usage: up.usage,
+            },
+        );
+        true
     }
 }

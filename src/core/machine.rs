@@ -30,6 +30,7 @@ use super::effect::{
 };
 use super::event::{Event, HardwareCache, StopOrigin};
 use super::hooks::{HookCall, HookPoint};
+use super::job_files::FileEnd;
 use super::runner::{BootMode, JobFinish, Link, Runner};
 
 /// How often a drain reports what it still waits for.
@@ -879,6 +880,13 @@ impl Runner {
                     Handled
                 }
             }
+            Event::UploadsDone { job, missing } => {
+                if self.uploads_done(fx, job, missing) {
+                    self.finish_if_drained(fx, *mode)
+                } else {
+                    Handled
+                }
+            }
             // A stop signal during a drain hurries it: the jobs were to end anyway.
             Event::TimerFired {
                 timer: TimerKind::DrainDeadline,
@@ -1010,6 +1018,29 @@ impl Runner {
             }
             Event::InputsFetched { job, outcome } => {
                 self.inputs_fetched(fx, job, outcome);
+                Handled
+            }
+            Event::OutputUploaded {
+                job,
+                path,
+                url,
+                sha256,
+                size,
+            } => {
+                let end = FileEnd::Uploaded {
+                    url,
+                    sha256,
+                    size: *size,
+                };
+                self.output_done(fx, job, path, end);
+                Handled
+            }
+            Event::OutputFailed { job, path, reason } => {
+                self.output_done(fx, job, path, FileEnd::Failed { reason });
+                Handled
+            }
+            Event::UploadsDone { job, missing } => {
+                self.uploads_done(fx, job, missing);
                 Handled
             }
             // A lifecycle hook's or `post_job`'s end changes nothing (the runtime logged
@@ -1316,7 +1347,10 @@ impl Runner {
                     recorded_cancel: *cancel,
                     usage: *usage,
                 };
-                self.job_finished(fx, end);
+                // With outputs, the job ends once they are uploaded.
+                if !self.begin_uploads(fx, &end) {
+                    self.job_finished(fx, end);
+                }
             }
             Event::JobSpawnFailed { error, .. } => {
                 let end = JobFinish {

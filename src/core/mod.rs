@@ -32,7 +32,7 @@ pub use job_files::FetchOutcome;
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
 pub use runner::{
     BootMode, CoreConfig, DurableState, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, JobEntry, Link,
-    outcome_of,
+    OutputDone, outcome_of,
 };
 
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
     CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, JobUsage,
-    MAX_INDEX, RejectReason, RunnerEvent, SessionParams,
+    MAX_INDEX, OutputFile, RejectReason, RunnerEvent, SessionParams,
 };
 
 use super::backoff::{BackoffPolicy, Jitter};
@@ -112,6 +112,21 @@ pub struct DurableState {
     /// runner ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_key: Option<String>,
+    /// Output files of the jobs above whose upload is recorded as done (uploaded, or
+    /// failed for good): a restarted runner uploads only the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs_done: Vec<OutputDone>,
+}
+
+/// One output file of a job whose upload is over, as the store records it in the same
+/// transaction as its event (`job_output_file` or `job_output_failed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputDone {
+    pub job: JobRef,
+    /// Below `work/`.
+    pub path: String,
+    /// Uploaded (else it failed for good).
+    pub uploaded: bool,
 }
 
 /// The connection as the core sees it. This is an orthogonal region, not a phase:
@@ -136,6 +151,9 @@ pub struct JobEntry {
     pub timeout_secs: u64,
     /// Set when the core asked for the job to stop; decides the reported outcome.
     pub cancel: Option<CancelReason>,
+    /// The files to upload once the process ended (`start_job.outputs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,10 +201,24 @@ pub struct Runner {
     /// Accepted jobs whose inputs are being fetched: their specs, until that ends.
     #[serde(default)]
     pub(crate) fetching: BTreeMap<String, JobSpec>,
+    /// Jobs whose process ended and whose outputs are being uploaded.
+    #[serde(default)]
+    pub(crate) uploading: BTreeMap<String, super::job_files::Uploading>,
+    /// Output files recorded as done, per job id (from the store at boot, then as each
+    /// upload ends), so none is uploaded or reported twice.
+    #[serde(default)]
+    pub(crate) outputs_done: BTreeMap<String, Vec<OutputDone>>,
 }
 
 impl Runner {
     pub fn new(config: CoreConfig, boot: BootMode, durable: DurableState) -> Self {
+        let mut outputs_done: BTreeMap<String, Vec<OutputDone>> = BTreeMap::new();
+        for done in durable.outputs_done {
+            outputs_done
+                .entry(done.job.job_id.clone())
+                .or_default()
+                .push(done);
+        }
         let jobs = durable
             .jobs
             .into_iter()
@@ -196,6 +228,7 @@ impl Runner {
                     grace_secs: job.cancel_grace_secs,
                     timeout_secs: job.timeout_secs,
                     cancel: None,
+                    outputs: job.outputs,
                 };
                 (job.job_id, entry)
             })
@@ -226,6 +259,8 @@ impl Runner {
             awaiting_pre_job: BTreeMap::new(),
             session_was_active: false,
             fetching: BTreeMap::new(),
+            uploading: BTreeMap::new(),
+            outputs_done,
         }
     }
 
@@ -414,6 +449,8 @@ impl Runner {
         };
         self.awaiting_pre_job.remove(&job.job_id);
         self.fetching.remove(&job.job_id);
+        self.uploading.remove(&job.job_id);
+        self.outputs_done.remove(&job.job_id);
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
         self.remember_ended(job.clone());
@@ -456,6 +493,7 @@ impl Runner {
         };
         self.awaiting_pre_job.remove(&job.job_id);
         self.fetching.remove(&job.job_id);
+        self.outputs_done.remove(&job.job_id);
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
         // Never started, but ended: the same attempt is never run again.
@@ -631,6 +669,7 @@ impl Runner {
                         grace_secs: job.cancel_grace_secs,
                         timeout_secs: job.timeout_secs,
                         cancel: None,
+                        outputs: job.outputs.clone(),
                     },
                 );
                 fx.persist(Durable::JobAdded { job: job.clone() });
@@ -694,6 +733,7 @@ fn bounded_reason(error: &str) -> String {
 }
 
 /// How a job ended, as the runtime observed it.
+#[derive(Clone, Copy)]
 pub(crate) struct JobFinish<'a> {
     pub job: &'a JobRef,
     pub status: ExitStatus,

@@ -34,9 +34,9 @@ use crate::runtime::ws::{self, TlsSetupError};
 
 use super::Driver;
 use super::durable::Durability;
-use super::fetches::Fetches;
 use super::handle::RunnerHandle;
 use super::input::Input;
+use super::job_files::JobFiles;
 use super::link::{Credentials, Link};
 use super::local_steps::LocalSteps;
 use super::observe::{Observer, start_trace};
@@ -241,7 +241,7 @@ pub(super) fn launch(
     );
     let driver = Driver {
         hooks,
-        fetches: Fetches::new(settings.transfer_settings()),
+        files: JobFiles::new(settings.transfer_settings()),
         core,
         observer,
         link: Link::new(

@@ -44,6 +44,15 @@ pub trait Executor: Send + Sync {
         })
     }
 
+    /// The `work/` of a job this executor started (for its outputs), and the account
+    /// whose rights its files are read with.
+    fn work_folder(&self, job: &JobRef) -> Result<PreparedFolder, ExecutorError> {
+        let _ = job;
+        Err(ExecutorError::NotStarted {
+            why: format!("the {} executor keeps no output files", self.name()),
+        })
+    }
+
     /// The runner has nothing else to do: prepare what makes the next start quicker.
     /// Must return at once (heavy work goes to a blocking thread).
     fn prepare_ahead(&self) {}

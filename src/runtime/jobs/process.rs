@@ -182,6 +182,13 @@ impl Executor for ProcessExecutor {
         })
     }
 
+    fn work_folder(&self, job: &JobRef) -> Result<super::executor::PreparedFolder, ExecutorError> {
+        Ok(super::executor::PreparedFolder {
+            work: self.job_dir(job)?.join("work"),
+            account: self.account.as_deref().map(|a| a.account().clone()),
+        })
+    }
+
     fn prepare_ahead(&self) {
         self.spares.refill();
         #[cfg(unix)]

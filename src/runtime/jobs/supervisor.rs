@@ -86,6 +86,14 @@ impl JobSupervisor {
         self.executor.prepare_folder(spec)
     }
 
+    /// The `work/` of a job (for its outputs).
+    pub fn work_folder(
+        &self,
+        job: &JobRef,
+    ) -> Result<super::executor::PreparedFolder, ExecutorError> {
+        self.executor.work_folder(job)
+    }
+
     /// Called when the runner is idle: the executor prepares for the next start then,
     /// never on a job's way to `job_started`.
     pub fn prepare_ahead(&self) {
@@ -398,6 +406,9 @@ async fn supervise(
         stdout_bytes: end.stdout_bytes,
         stderr_bytes: end.stderr_bytes,
         cancel: end.cancel,
-        usage: end.usage.map(super::executor::JobUsage::figures).unwrap_or_default(),
+        usage: end
+            .usage
+            .map(super::executor::JobUsage::figures)
+            .unwrap_or_default(),
     });
 }
