@@ -95,6 +95,7 @@ fn job_cycle(index: u64, event_index: &mut u64) -> Vec<Event> {
         stdout_bytes: 256,
         stderr_bytes: 0,
         cancel: None,
+        usage: Default::default(),
     });
     *event_index += 7; // accepted, started, 4 output, finished
     events.push(msg(ServerMessage::EventsAck {

@@ -103,6 +103,7 @@ fn cycle(index: u64, event_index: &mut u64) -> Vec<Event> {
         stdout_bytes: 192,
         stderr_bytes: 0,
         cancel: None,
+        usage: Default::default(),
     });
     *event_index += 6; // accepted, started, 3 output, finished
     events.push(msg(ServerMessage::EventsAck {

@@ -1014,6 +1014,7 @@ fn reports_become_the_cores_events() {
                 stdout_bytes: 1,
                 stderr_bytes: 2,
                 cancel: None,
+                usage: Default::default(),
             },
             Event::JobExited {
                 job: job.clone(),
@@ -1022,6 +1023,7 @@ fn reports_become_the_cores_events() {
                 stdout_bytes: 1,
                 stderr_bytes: 2,
                 cancel: None,
+                usage: Default::default(),
             },
         ),
         (

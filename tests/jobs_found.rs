@@ -108,6 +108,7 @@ fn outcome_after_recorded_exit(
         stdout_bytes: 0,
         stderr_bytes: 0,
         cancel,
+        usage: Default::default(),
     });
     effects
         .list
@@ -301,4 +302,117 @@ fn a_stop_leaves_jobs_running_and_a_drain_ends_them() {
         reason: CancelReason::Shutdown,
         grace_secs: 5,
     }));
+}
+
+/// A runner killed during a job's uploads and started again: the job's end comes back
+/// from its supervisor's record, the files recorded as done are not uploaded again,
+/// and each file is reported once; the summary counts them all.
+#[test]
+fn a_restart_during_the_uploads_uploads_and_reports_only_the_rest() {
+    use fyn_runner::core::{Durable, OutputDone};
+    let outputs: Vec<fyn_runner::protocol::OutputFile> = serde_json::from_value(
+        serde_json::json!([{"glob": "*.csv", "url": "http://127.0.0.1:9/out/"}]),
+    )
+    .expect("outputs");
+    let durable = DurableState {
+        runner_id: Some("r-1".into()),
+        jobs: vec![JobSpec {
+            job_id: job().job_id,
+            attempt: 1,
+            command: vec!["true".into()],
+            env: BTreeMap::new(),
+            workdir: None,
+            timeout_secs: 60,
+            output_limit_bytes: 1 << 20,
+            cancel_grace_secs: 5,
+            inputs: Default::default(),
+            outputs: outputs.clone(),
+            kv: Default::default(),
+        }],
+        outputs_done: vec![OutputDone {
+            job: job(),
+            path: "a.csv".into(),
+            uploaded: true,
+        }],
+        ..DurableState::default()
+    };
+    let mut core = Core::boot(CoreConfig::default(), BootMode::Resume, durable).0;
+    let _ = found(&mut core, FoundJob::Ended { cancel: None });
+    let exited = core
+        .dispatch(&Event::JobExited {
+            job: job(),
+            status: ExitStatus::Exited { code: 0 },
+            duration_ms: 5,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            cancel: None,
+            usage: Default::default(),
+        })
+        .list;
+    let upload = exited.iter().find_map(|effect| match effect {
+        Effect::UploadOutputs {
+            done, outputs: o, ..
+        } => Some((done.clone(), o.clone())),
+        _ => None,
+    });
+    assert_eq!(upload, Some((vec!["a.csv".to_owned()], outputs)));
+    assert!(
+        !exited
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(Durable::JobRemoved { .. }))),
+        "the job ends after its uploads"
+    );
+    // A late report of the recorded file is not reported again.
+    let again = core.dispatch(&Event::OutputUploaded {
+        job: job(),
+        path: "a.csv".into(),
+        url: "http://127.0.0.1:9/out/a.csv".into(),
+        sha256: "c".repeat(64),
+        size: 1,
+    });
+    assert_eq!(again.spec_tokens(), ["notify(stale_job)"]);
+    let b = core.dispatch(&Event::OutputUploaded {
+        job: job(),
+        path: "b.csv".into(),
+        url: "http://127.0.0.1:9/out/b.csv".into(),
+        sha256: "d".repeat(64),
+        size: 2,
+    });
+    assert!(b.list.iter().any(|e| matches!(
+        e,
+        Effect::Persist(Durable::OutputDone { done }) if done.path == "b.csv" && done.uploaded
+    )));
+    assert!(b.list.iter().any(|e| matches!(
+        e,
+        Effect::Persist(Durable::OutboxAppend { event: RunnerEvent::JobOutputFile { path, .. }, .. }) if path == "b.csv"
+    )));
+    let done = core.dispatch(&Event::UploadsDone {
+        job: job(),
+        missing: Vec::new(),
+    });
+    let events: Vec<RunnerEvent> = done
+        .list
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist(Durable::OutboxAppend { event, .. }) => Some(event.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            &events[..],
+            [
+                RunnerEvent::JobOutputs {
+                    uploaded: 2,
+                    failed: 0,
+                    ..
+                },
+                RunnerEvent::JobFinished {
+                    outcome: JobOutcome::Succeeded,
+                    ..
+                }
+            ]
+        ),
+        "{events:?}"
+    );
 }

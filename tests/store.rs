@@ -125,6 +125,7 @@ fn commit_survives_a_crash() {
             jobs: vec![job("a", 1), job("b", 2)],
             ended_attempts: Vec::new(),
             registration_key: None,
+            outputs_done: Vec::new(),
         }
     );
     assert_eq!(
@@ -447,6 +448,7 @@ impl Model {
             jobs: self.jobs.values().cloned().collect(),
             ended_attempts: self.ended.clone(),
             registration_key: None,
+            outputs_done: Vec::new(),
         }
     }
 

@@ -242,6 +242,7 @@ impl Session {
                 stdout_bytes: OUTPUT.len() as u64,
                 stderr_bytes: 0,
                 cancel: None,
+                usage: Default::default(),
             },
         );
         self.step(50, msg(ServerMessage::EventsAck { up_to: 6 }));
@@ -275,6 +276,7 @@ impl Session {
                 stdout_bytes: 0,
                 stderr_bytes: 0,
                 cancel: None,
+                usage: Default::default(),
             },
         );
         // Heartbeats count on across sessions: 1 and 2 answered, 3 not, then 4.
@@ -304,6 +306,7 @@ impl Session {
                 stdout_bytes: 0,
                 stderr_bytes: 0,
                 cancel: None,
+                usage: Default::default(),
             },
         );
         self.step(100, msg(ServerMessage::EventsAck { up_to: 100 }));
@@ -852,6 +855,7 @@ fn redaction_covers_the_durable_state_of_the_header() {
             stdout_bytes: 0,
             stderr_bytes: 0,
             cancel: None,
+            usage: Default::default(),
         },
     );
     let path = session.finish();

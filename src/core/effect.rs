@@ -9,7 +9,9 @@
 use serde::{Deserialize, Serialize};
 use strum::{EnumString, IntoStaticStr};
 
-use crate::protocol::{CloseReason, HardwareChanges, HardwareReport, JobRef, JobSpec, RunnerEvent};
+use crate::protocol::{
+    CloseReason, HardwareChanges, HardwareReport, JobRef, JobSpec, OutputFile, RunnerEvent,
+};
 
 use super::hooks::HookCall;
 
@@ -143,6 +145,12 @@ pub enum Durable {
     /// it is refused (`already_run`).
     JobRemoved {
         job: JobRef,
+    },
+    /// One output file's upload is over (uploaded, or failed for good): recorded with
+    /// its event, so a restarted runner neither uploads nor reports it again. Removed
+    /// with the job.
+    OutputDone {
+        done: super::runner::OutputDone,
     },
     #[strum(serialize = "hw_cache")]
     HardwareCache {
@@ -379,6 +387,21 @@ pub enum Effect {
     SpawnJob {
         job: JobSpec,
     },
+    /// Fetch the job's inputs into its `work/` (through the cache, with the job
+    /// account's rights); the end comes back as `InputsFetched`. A `CancelJob` for the
+    /// job stops the fetch.
+    FetchInputs {
+        job: JobSpec,
+    },
+    /// Upload the files the job's outputs name in its `work/`, but for those in `done`
+    /// (recorded by an earlier process); each file's end comes back as
+    /// `OutputUploaded` or `OutputFailed`, then `UploadsDone`. A `CancelJob` for the
+    /// job abandons what is left.
+    UploadOutputs {
+        job: JobRef,
+        outputs: Vec<OutputFile>,
+        done: Vec<String>,
+    },
     /// SIGTERM to the job's process group, `grace_secs`, then SIGKILL.
     CancelJob {
         job: JobRef,
@@ -432,6 +455,8 @@ impl Effect {
             Self::StartTimer { timer, .. } => format!("start({})", timer.name()),
             Self::CancelTimer { timer } => format!("cancel({})", timer.name()),
             Self::SpawnJob { .. } => "spawn".into(),
+            Self::FetchInputs { .. } => "fetch".into(),
+            Self::UploadOutputs { .. } => "upload".into(),
             Self::CancelJob { reason, .. } => format!("kill({})", reason.name()),
             Self::RenewLeases { .. } => "renew".into(),
             Self::Persist(write) => format!("persist({})", write.name()),

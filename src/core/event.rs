@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 use strum::{EnumString, IntoStaticStr, VariantArray};
 
 use crate::protocol::{
-    CloseReason, ExitStatus, HardwareChanges, HardwareReport, JobRef, OutputStream, ServerMessage,
+    CloseReason, ExitStatus, HardwareChanges, HardwareReport, JobRef, JobUsage, OutputStream,
+    ServerMessage,
 };
 
 use super::effect::{CancelReason, TimerKind};
 use super::hooks::{HookOutcome, HookPoint};
+use super::job_files::FetchOutcome;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -97,6 +99,10 @@ pub enum Event {
         /// it was itself told to stop) or one an earlier runner process asked for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cancel: Option<CancelReason>,
+        /// What the job's processes used (`job_finished`'s accounting), as far as the
+        /// runtime measured it; empty when it could not.
+        #[serde(default, skip_serializing_if = "JobUsage::is_empty")]
+        usage: JobUsage,
     },
     JobSpawnFailed {
         job: JobRef,
@@ -109,6 +115,35 @@ pub enum Event {
     JobFound {
         job: JobRef,
         found: FoundJob,
+    },
+
+    /// Fetching a job's inputs ended (`Effect::FetchInputs`).
+    InputsFetched {
+        job: JobRef,
+        outcome: FetchOutcome,
+    },
+
+    /// One output file is uploaded, complete (`Effect::UploadOutputs`).
+    OutputUploaded {
+        job: JobRef,
+        /// Below `work/`.
+        path: String,
+        /// Where it went, without the query.
+        url: String,
+        sha256: String,
+        size: u64,
+    },
+    /// One output file could not be uploaded, for good (or was refused: a link).
+    OutputFailed {
+        job: JobRef,
+        path: String,
+        reason: String,
+    },
+    /// The uploads are over (or were abandoned because the core stopped the job);
+    /// `missing`: the declared paths and globs that named no file.
+    UploadsDone {
+        job: JobRef,
+        missing: Vec<String>,
     },
 
     // --- the operator's hooks ---
@@ -272,6 +307,10 @@ pub enum EventKind {
     JobOutputTruncated,
     JobExited,
     JobSpawnFailed,
+    InputsFetched,
+    OutputUploaded,
+    OutputFailed,
+    UploadsDone,
     HookFinished,
     JobFound,
     ShutdownRequested,
@@ -341,6 +380,10 @@ impl Event {
             Self::JobOutputTruncated { .. } => EventKind::JobOutputTruncated,
             Self::JobExited { .. } => EventKind::JobExited,
             Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
+            Self::InputsFetched { .. } => EventKind::InputsFetched,
+            Self::OutputUploaded { .. } => EventKind::OutputUploaded,
+            Self::OutputFailed { .. } => EventKind::OutputFailed,
+            Self::UploadsDone { .. } => EventKind::UploadsDone,
             Self::HookFinished { .. } => EventKind::HookFinished,
             Self::JobFound { .. } => EventKind::JobFound,
             Self::ShutdownRequested { .. } => EventKind::ShutdownRequested,

@@ -179,7 +179,7 @@ impl Runner {
         match (outcome, stopping) {
             (HookOutcome::Passed, None) => {
                 if let Some(spec) = self.awaiting_pre_job.remove(&job.job_id) {
-                    fx.push(Effect::SpawnJob { job: spec });
+                    self.start_or_fetch(fx, spec);
                 }
                 false
             }

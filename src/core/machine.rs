@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use statig::blocking::*;
 use strum::IntoStaticStr;
 
-use crate::protocol::{CloseReason, Command, PROTOCOL_VERSION, ServerMessage};
+use crate::protocol::{CloseReason, Command, JobUsage, PROTOCOL_VERSION, ServerMessage};
 
 use super::effect::{
     CancelReason, Delay, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice, Outbound,
@@ -30,6 +30,7 @@ use super::effect::{
 };
 use super::event::{Event, HardwareCache, StopOrigin};
 use super::hooks::{HookCall, HookPoint};
+use super::job_files::FileEnd;
 use super::runner::{BootMode, JobFinish, Link, Runner};
 
 /// How often a drain reports what it still waits for.
@@ -872,6 +873,20 @@ impl Runner {
                     Handled
                 }
             }
+            Event::InputsFetched { job, outcome } => {
+                if self.inputs_fetched(fx, job, outcome) {
+                    self.finish_if_drained(fx, *mode)
+                } else {
+                    Handled
+                }
+            }
+            Event::UploadsDone { job, missing } => {
+                if self.uploads_done(fx, job, missing) {
+                    self.finish_if_drained(fx, *mode)
+                } else {
+                    Handled
+                }
+            }
             // A stop signal during a drain hurries it: the jobs were to end anyway.
             Event::TimerFired {
                 timer: TimerKind::DrainDeadline,
@@ -999,6 +1014,33 @@ impl Runner {
                 outcome,
             } => {
                 self.pre_job_finished(fx, job, outcome);
+                Handled
+            }
+            Event::InputsFetched { job, outcome } => {
+                self.inputs_fetched(fx, job, outcome);
+                Handled
+            }
+            Event::OutputUploaded {
+                job,
+                path,
+                url,
+                sha256,
+                size,
+            } => {
+                let end = FileEnd::Uploaded {
+                    url,
+                    sha256,
+                    size: *size,
+                };
+                self.output_done(fx, job, path, end);
+                Handled
+            }
+            Event::OutputFailed { job, path, reason } => {
+                self.output_done(fx, job, path, FileEnd::Failed { reason });
+                Handled
+            }
+            Event::UploadsDone { job, missing } => {
+                self.uploads_done(fx, job, missing);
                 Handled
             }
             // A lifecycle hook's or `post_job`'s end changes nothing (the runtime logged
@@ -1293,6 +1335,7 @@ impl Runner {
                 stdout_bytes,
                 stderr_bytes,
                 cancel,
+                usage,
                 ..
             } => {
                 let end = JobFinish {
@@ -1302,8 +1345,12 @@ impl Runner {
                     output_bytes: (*stdout_bytes, *stderr_bytes),
                     spawn_error: None,
                     recorded_cancel: *cancel,
+                    usage: *usage,
                 };
-                self.job_finished(fx, end);
+                // With outputs, the job ends once they are uploaded.
+                if !self.begin_uploads(fx, &end) {
+                    self.job_finished(fx, end);
+                }
             }
             Event::JobSpawnFailed { error, .. } => {
                 let end = JobFinish {
@@ -1313,6 +1360,7 @@ impl Runner {
                     output_bytes: (0, 0),
                     spawn_error: Some(error),
                     recorded_cancel: None,
+                    usage: JobUsage::default(),
                 };
                 self.job_finished(fx, end);
             }

@@ -17,6 +17,7 @@ mod backoff;
 mod effect;
 mod event;
 mod hooks;
+mod job_files;
 mod machine;
 mod runner;
 
@@ -27,10 +28,11 @@ pub use effect::{
 };
 pub use event::{Event, EventKind, FoundJob, HardwareCache, StopOrigin};
 pub use hooks::{HookCall, HookOutcome, HookPoint};
+pub use job_files::FetchOutcome;
 pub use machine::{DrainMode, ReconnectStep, RegisterStep, State, SyncStep, ValidateStep};
 pub use runner::{
     BootMode, CoreConfig, DurableState, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, JobEntry, Link,
-    outcome_of,
+    OutputDone, outcome_of,
 };
 
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, MAX_INDEX,
-    RejectReason, RunnerEvent, SessionParams,
+    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, JobUsage,
+    MAX_INDEX, OutputFile, RejectReason, RunnerEvent, SessionParams,
 };
 
 use super::backoff::{BackoffPolicy, Jitter};
@@ -112,6 +112,21 @@ pub struct DurableState {
     /// runner ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_key: Option<String>,
+    /// Output files of the jobs above whose upload is recorded as done (uploaded, or
+    /// failed for good): a restarted runner uploads only the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs_done: Vec<OutputDone>,
+}
+
+/// One output file of a job whose upload is over, as the store records it in the same
+/// transaction as its event (`job_output_file` or `job_output_failed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputDone {
+    pub job: JobRef,
+    /// Below `work/`.
+    pub path: String,
+    /// Uploaded (else it failed for good).
+    pub uploaded: bool,
 }
 
 /// The connection as the core sees it. This is an orthogonal region, not a phase:
@@ -136,6 +151,9 @@ pub struct JobEntry {
     pub timeout_secs: u64,
     /// Set when the core asked for the job to stop; decides the reported outcome.
     pub cancel: Option<CancelReason>,
+    /// The files to upload once the process ended (`start_job.outputs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,10 +198,27 @@ pub struct Runner {
     /// The current session reached Active (so its loss runs `on_disconnected`).
     #[serde(default)]
     pub(crate) session_was_active: bool,
+    /// Accepted jobs whose inputs are being fetched: their specs, until that ends.
+    #[serde(default)]
+    pub(crate) fetching: BTreeMap<String, JobSpec>,
+    /// Jobs whose process ended and whose outputs are being uploaded.
+    #[serde(default)]
+    pub(crate) uploading: BTreeMap<String, super::job_files::Uploading>,
+    /// Output files recorded as done, per job id (from the store at boot, then as each
+    /// upload ends), so none is uploaded or reported twice.
+    #[serde(default)]
+    pub(crate) outputs_done: BTreeMap<String, Vec<OutputDone>>,
 }
 
 impl Runner {
     pub fn new(config: CoreConfig, boot: BootMode, durable: DurableState) -> Self {
+        let mut outputs_done: BTreeMap<String, Vec<OutputDone>> = BTreeMap::new();
+        for done in durable.outputs_done {
+            outputs_done
+                .entry(done.job.job_id.clone())
+                .or_default()
+                .push(done);
+        }
         let jobs = durable
             .jobs
             .into_iter()
@@ -193,6 +228,7 @@ impl Runner {
                     grace_secs: job.cancel_grace_secs,
                     timeout_secs: job.timeout_secs,
                     cancel: None,
+                    outputs: job.outputs,
                 };
                 (job.job_id, entry)
             })
@@ -222,6 +258,9 @@ impl Runner {
             stopping_reason: String::new(),
             awaiting_pre_job: BTreeMap::new(),
             session_was_active: false,
+            fetching: BTreeMap::new(),
+            uploading: BTreeMap::new(),
+            outputs_done,
         }
     }
 
@@ -403,11 +442,15 @@ impl Runner {
             output_bytes,
             spawn_error,
             recorded_cancel,
+            usage,
         } = end;
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
         };
         self.awaiting_pre_job.remove(&job.job_id);
+        self.fetching.remove(&job.job_id);
+        self.uploading.remove(&job.job_id);
+        self.outputs_done.remove(&job.job_id);
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
         self.remember_ended(job.clone());
@@ -425,21 +468,20 @@ impl Runner {
             stdout_bytes: output_bytes.0,
             stderr_bytes: output_bytes.1,
             detail: spawn_error.map(str::to_owned),
-            // Accounting (issue 19) arrives with the job's end once it is wired.
-            cpu_user_ms: None,
-            cpu_system_ms: None,
-            peak_rss_bytes: None,
-            wall_ms: None,
-            gpu_memory_peak_bytes: None,
+            cpu_user_ms: usage.cpu_user_ms,
+            cpu_system_ms: usage.cpu_system_ms,
+            peak_rss_bytes: usage.peak_rss_bytes,
+            wall_ms: usage.wall_ms,
+            gpu_memory_peak_bytes: usage.gpu_memory_peak_bytes,
         };
         self.emit(fx, finished.clone());
         // After the end is persisted (this batch's transaction comes first).
         self.run_post_job(fx, &finished);
     }
 
-    /// Record the end of a job that never started: its `pre_job` hook failed (`detail`
-    /// says why; the outcome is failed), or it was asked to stop while the hook ran
-    /// (the outcome the stop calls for).
+    /// Record the end of a job that never started: its `pre_job` hook or an input
+    /// failed (`detail` says why; the outcome is failed), or it was asked to stop
+    /// while the hook ran or its inputs were fetched (the outcome the stop calls for).
     pub(crate) fn job_ended_unstarted(
         &mut self,
         fx: &mut Effects,
@@ -449,6 +491,9 @@ impl Runner {
         let Some(entry) = self.jobs.remove(&job.job_id) else {
             return;
         };
+        self.awaiting_pre_job.remove(&job.job_id);
+        self.fetching.remove(&job.job_id);
+        self.outputs_done.remove(&job.job_id);
         fx.cancel(TimerKind::JobTimeout(job.clone()));
         fx.persist(Durable::JobRemoved { job: job.clone() });
         // Never started, but ended: the same attempt is never run again.
@@ -547,7 +592,7 @@ impl Runner {
                             .insert(job.job_id.clone(), job.clone());
                         self.run_hook(fx, HookCall::PreJob { job: job.job_ref() });
                     } else {
-                        fx.push(Effect::SpawnJob { job: job.clone() });
+                        self.start_or_fetch(fx, job.clone());
                     }
                 }
                 false
@@ -624,6 +669,7 @@ impl Runner {
                         grace_secs: job.cancel_grace_secs,
                         timeout_secs: job.timeout_secs,
                         cancel: None,
+                        outputs: job.outputs.clone(),
                     },
                 );
                 fx.persist(Durable::JobAdded { job: job.clone() });
@@ -687,6 +733,7 @@ fn bounded_reason(error: &str) -> String {
 }
 
 /// How a job ended, as the runtime observed it.
+#[derive(Clone, Copy)]
 pub(crate) struct JobFinish<'a> {
     pub job: &'a JobRef,
     pub status: ExitStatus,
@@ -696,6 +743,8 @@ pub(crate) struct JobFinish<'a> {
     pub spawn_error: Option<&'a str>,
     /// A cancel the job's supervisor recorded that this process did not ask for.
     pub recorded_cancel: Option<CancelReason>,
+    /// What the job's processes used, as the runtime measured it.
+    pub usage: JobUsage,
 }
 
 /// The outcome the API is told. A cancellation the core asked for wins over the exit

@@ -37,14 +37,14 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::secure_fs::{self, SecureFsError};
-use crate::core::{Durable, DurableState, ENDED_ATTEMPTS_KEPT};
+use crate::core::{Durable, DurableState, ENDED_ATTEMPTS_KEPT, OutputDone};
 use crate::protocol::{JobRef, JobSpec, OutputStream, RunnerEvent};
 use crate::runtime::jobs::{JobProgress, StreamProgress};
 
 pub const DB_FILE: &str = "runner.db";
 
 /// The schema version this build writes, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// How long a write waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +83,16 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
      ALTER TABLE jobs ADD COLUMN stderr_sent INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN stdout_cut INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN stderr_cut INTEGER NOT NULL DEFAULT 0;",
+    // Version 5. The output files of a running job whose upload is over (uploaded, or
+    // failed for good), each recorded with its event: a runner restarted during the
+    // uploads does the others only, and reports each file once.
+    "CREATE TABLE outputs_done (
+         job_id   TEXT NOT NULL,
+         attempt  INTEGER NOT NULL,
+         path     TEXT NOT NULL,
+         uploaded INTEGER NOT NULL,
+         PRIMARY KEY (job_id, attempt, path)
+     ) STRICT;",
 ];
 
 const LAST_APPLIED: &str = "last_applied_command";
@@ -318,6 +328,7 @@ impl Store {
             jobs: self.jobs()?,
             ended_attempts: self.ended_attempts()?,
             registration_key: None,
+            outputs_done: self.outputs_done()?,
         })
     }
 
@@ -556,6 +567,31 @@ impl Store {
     }
 
     /// The pid each stored job was started with, if it got that far.
+    /// The output files of running jobs whose upload is over.
+    fn outputs_done(&self) -> Result<Vec<OutputDone>, StoreError> {
+        let read = || -> rusqlite::Result<Vec<OutputDone>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT job_id, attempt, path, uploaded FROM outputs_done ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(OutputDone {
+                    job: JobRef {
+                        job_id: row.get(0)?,
+                        attempt: row.get(1)?,
+                    },
+                    path: row.get(2)?,
+                    uploaded: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        };
+        read().map_err(|e| StoreError::Read {
+            path: self.path.clone(),
+            what: "uploaded outputs",
+            source: e.into(),
+        })
+    }
+
     pub fn job_pids(&self) -> Result<Vec<(JobRef, u32)>, StoreError> {
         let read = || -> rusqlite::Result<Vec<(JobRef, u32)>> {
             let mut stmt = self.conn.prepare_cached(
@@ -698,8 +734,23 @@ fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
             .execute(params![job.job_id, job.attempt, spec])?;
             Ok(())
         }
+        Durable::OutputDone { done } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO outputs_done (job_id, attempt, path, uploaded)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                done.job.job_id,
+                done.job.attempt,
+                done.path,
+                done.uploaded
+            ])?;
+            Ok(())
+        }
         Durable::JobRemoved { job } => {
             tx.prepare_cached("DELETE FROM jobs WHERE job_id = ?1")?
+                .execute([&job.job_id])?;
+            tx.prepare_cached("DELETE FROM outputs_done WHERE job_id = ?1")?
                 .execute([&job.job_id])?;
             remember_ended(tx, job)
         }
@@ -880,6 +931,44 @@ mod tests {
             std::fs::copy(dir.join(&name), copy.path().join(&name)).expect("copy");
         }
         copy
+    }
+
+    /// An output's end is recorded with its event and read back at the next start;
+    /// recorded twice it stays one record; the job's removal forgets them.
+    #[test]
+    fn output_ends_are_kept_until_their_job_is_removed() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let spec = job_spec("j");
+        let done = |path: &str, uploaded| Durable::OutputDone {
+            done: OutputDone {
+                job: spec.job_ref(),
+                path: path.to_owned(),
+                uploaded,
+            },
+        };
+        {
+            let mut store = Store::open(dir.path()).expect("the store opens");
+            store
+                .commit(&[Durable::JobAdded { job: spec.clone() }])
+                .expect("commit");
+            store
+                .commit(&[done("a.csv", true), done("b.csv", false)])
+                .expect("commit");
+            store.commit(&[done("a.csv", true)]).expect("commit");
+        }
+        let mut store = Store::open(dir.path()).expect("the store opens again");
+        let loaded = store.load().expect("load").outputs_done;
+        let paths: Vec<(&str, bool)> = loaded
+            .iter()
+            .map(|d| (d.path.as_str(), d.uploaded))
+            .collect();
+        assert_eq!(paths, [("a.csv", true), ("b.csv", false)]);
+        store
+            .commit(&[Durable::JobRemoved {
+                job: spec.job_ref(),
+            }])
+            .expect("commit");
+        assert!(store.load().expect("load").outputs_done.is_empty());
     }
 
     /// 2 is FULL (the commit waits for the disk), 1 is NORMAL.

@@ -23,6 +23,8 @@ pub enum Rule<'r> {
     Plain,
     /// The effect holds a `JobSpec` in `job`.
     JobHolder,
+    /// The effect holds a list of job files in `outputs`.
+    FilesHolder,
     JobSpec,
     /// A job's env map: keys as they are, every value `"<redacted>"`.
     EnvValues,
@@ -43,6 +45,7 @@ impl<'r> Rule<'r> {
     fn child(self, key: &str) -> Rule<'r> {
         match (self, key) {
             (Rule::JobHolder, "job") => Rule::JobSpec,
+            (Rule::FilesHolder, "outputs") => Rule::FileList,
             (Rule::JobSpec, "env") => Rule::EnvValues,
             (Rule::JobSpec, "inputs" | "outputs") => Rule::FileList,
             (Rule::FileEntry, "url") => Rule::FileUrl,

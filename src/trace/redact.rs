@@ -98,11 +98,16 @@ fn redact_job_env(holder: Option<&mut Value>) {
     };
     redact_env_map(job.get_mut("env"));
     for list in ["inputs", "outputs"] {
-        if let Some(Value::Array(files)) = job.get_mut(list) {
-            for url in files.iter_mut().filter_map(|file| file.get_mut("url")) {
-                if let Value::String(text) = url {
-                    *text = redacted_url(text);
-                }
+        redact_file_urls(job.get_mut(list));
+    }
+}
+
+/// The queries of the URLs of a list of job files.
+fn redact_file_urls(list: Option<&mut Value>) {
+    if let Some(Value::Array(files)) = list {
+        for url in files.iter_mut().filter_map(|file| file.get_mut("url")) {
+            if let Value::String(text) = url {
+                *text = redacted_url(text);
             }
         }
     }
@@ -181,13 +186,17 @@ enum Redaction {
     JobEnv,
     /// `event.data`, the base64 of an output chunk.
     OutputData,
+    /// `outputs[].url` (an upload's presigned URLs).
+    OutputUrls,
 }
 
 fn redaction_of(effect: &Effect) -> Redaction {
     use crate::core::{Durable, Outbound};
     use crate::protocol::RunnerEvent;
     match effect {
-        Effect::SpawnJob { .. } | Effect::Persist(Durable::JobAdded { .. }) => Redaction::JobEnv,
+        Effect::SpawnJob { .. }
+        | Effect::FetchInputs { .. }
+        | Effect::Persist(Durable::JobAdded { .. }) => Redaction::JobEnv,
         Effect::Send(Outbound::Event {
             event: RunnerEvent::JobOutput { .. },
             ..
@@ -196,6 +205,7 @@ fn redaction_of(effect: &Effect) -> Redaction {
             event: RunnerEvent::JobOutput { .. },
             ..
         }) => Redaction::OutputData,
+        Effect::UploadOutputs { .. } => Redaction::OutputUrls,
         _ => Redaction::None,
     }
 }
@@ -209,6 +219,7 @@ fn effect_aliased(effect: &Effect, alias: Option<&OutputAlias>) -> Value {
                 *data = summarise_base64(data, alias);
             }
         }
+        Redaction::OutputUrls => redact_file_urls(value.get_mut("outputs")),
         Redaction::None => {}
     }
     value
@@ -224,6 +235,7 @@ pub fn effects_match(actual: &[Effect], recorded: &[Value], alias: Option<&Outpu
                 Redaction::None => Rule::Plain,
                 Redaction::JobEnv => Rule::JobHolder,
                 Redaction::OutputData => Rule::OutputHolder(alias),
+                Redaction::OutputUrls => Rule::FilesHolder,
             };
             matches(effect, expected, rule)
         })

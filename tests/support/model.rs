@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{LazyLock, Mutex};
 
 use fyn_runner::core::{
-    BootMode, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, Event, EventKind, FoundJob, HardwareCache,
-    HookPoint, TimerKind,
+    BootMode, CancelReason, ENDED_ATTEMPTS_KEPT, EVENT_INDEX_HEADROOM, Event, EventKind,
+    FetchOutcome, FoundJob, HardwareCache, HookPoint, TimerKind, outcome_of,
 };
-use fyn_runner::protocol::{Command, JobRef, MAX_INDEX, PROTOCOL_VERSION, ServerMessage};
+use fyn_runner::protocol::{
+    Command, JobOutcome, JobRef, MAX_INDEX, PROTOCOL_VERSION, ServerMessage,
+};
 use fyn_runner::spec::{EffectPattern, Spec, Step};
 
 pub static SPEC: LazyLock<Spec> = LazyLock::new(|| match fyn_runner::spec::embedded() {
@@ -60,6 +62,18 @@ pub struct Model {
     pub stopping: BTreeSet<String>,
     /// Jobs accepted with a pre_job hook (`hook(pre_job)`) that has not ended.
     pub awaiting: BTreeMap<String, u32>,
+    /// Jobs accepted whose spec lists inputs (fetched before the process starts).
+    pub with_inputs: BTreeSet<String>,
+    /// Jobs whose inputs are being fetched (`fetch`), until `InputsFetched`.
+    pub fetching: BTreeMap<String, u32>,
+    /// Jobs accepted whose spec lists outputs.
+    pub with_outputs: BTreeSet<String>,
+    /// Why the table asked each job to stop (the first reason), by job id.
+    pub stop_reasons: BTreeMap<String, CancelReason>,
+    /// Jobs whose outputs are being uploaded (`upload`), until `UploadsDone`.
+    pub uploading: BTreeMap<String, u32>,
+    /// Output files whose end was recorded (`persist(output_done)`), by job id.
+    pub recorded: BTreeMap<String, BTreeSet<String>>,
     /// What the last step must have produced, and what held before it.
     pub last: Option<LastStep>,
 }
@@ -125,6 +139,10 @@ impl Model {
                 ..
             }) => Some(job.job_ref()),
             Event::HookFinished { job, .. } => job.clone(),
+            Event::InputsFetched { job, .. }
+            | Event::OutputUploaded { job, .. }
+            | Event::OutputFailed { job, .. }
+            | Event::UploadsDone { job, .. } => Some(job.clone()),
             _ => None,
         }
     }
@@ -249,6 +267,47 @@ impl Model {
             }
             "awaiting" => Self::event_job(event)
                 .is_some_and(|j| self.awaiting.get(&j.job_id) == Some(&j.attempt)),
+            "has_inputs" => match event {
+                Event::Message(ServerMessage::Command {
+                    command: Command::StartJob { job },
+                    ..
+                }) => !job.inputs.is_empty(),
+                _ => Self::event_job(event).is_some_and(|j| self.with_inputs.contains(&j.job_id)),
+            },
+            "fetching" => Self::event_job(event)
+                .is_some_and(|j| self.fetching.get(&j.job_id) == Some(&j.attempt)),
+            "fetch_ok" => matches!(
+                event,
+                Event::InputsFetched {
+                    outcome: FetchOutcome::Fetched,
+                    ..
+                }
+            ),
+            "uploads" => match event {
+                Event::JobExited {
+                    job,
+                    status,
+                    cancel,
+                    ..
+                } if self.with_outputs.contains(&job.job_id) => {
+                    let reason = self.stop_reasons.get(&job.job_id).copied().or(*cancel);
+                    matches!(
+                        outcome_of(reason, *status),
+                        JobOutcome::Succeeded | JobOutcome::Failed | JobOutcome::TimedOut
+                    )
+                }
+                _ => false,
+            },
+            "uploading" => Self::event_job(event)
+                .is_some_and(|j| self.uploading.get(&j.job_id) == Some(&j.attempt)),
+            "recorded" => match event {
+                Event::OutputUploaded { job, path, .. } | Event::OutputFailed { job, path, .. } => {
+                    self.recorded
+                        .get(&job.job_id)
+                        .is_some_and(|paths| paths.contains(path))
+                }
+                _ => false,
+            },
             "stopping_job" => {
                 Self::event_job(event).is_some_and(|j| self.stopping.contains(&j.job_id))
             }
@@ -369,13 +428,45 @@ impl Model {
         }
         if let Some(job) = Self::event_job(event) {
             // Accepted: the process starts now, or once its pre_job hook succeeds.
-            if has("spawn") || has("hook(pre_job)") {
+            if kind == EventKind::StartJob && (has("spawn") || has("hook(pre_job)") || has("fetch"))
+            {
                 self.jobs.insert(job.job_id.clone(), job.attempt);
+                if let Event::Message(ServerMessage::Command {
+                    command: Command::StartJob { job: spec },
+                    ..
+                }) = event
+                {
+                    if !spec.inputs.is_empty() {
+                        self.with_inputs.insert(job.job_id.clone());
+                    }
+                    if !spec.outputs.is_empty() {
+                        self.with_outputs.insert(job.job_id.clone());
+                    }
+                }
+            }
+            if has("fetch") {
+                self.fetching.insert(job.job_id.clone(), job.attempt);
+            }
+            if kind == EventKind::InputsFetched && (has("spawn") || has("persist(job_removed)")) {
+                self.fetching.remove(&job.job_id);
+            }
+            if has("upload") {
+                self.uploading.insert(job.job_id.clone(), job.attempt);
+            }
+            if has("persist(output_done)")
+                && let Event::OutputUploaded { path, .. } | Event::OutputFailed { path, .. } = event
+            {
+                self.recorded
+                    .entry(job.job_id.clone())
+                    .or_default()
+                    .insert(path.clone());
             }
             if has("hook(pre_job)") {
                 self.awaiting.insert(job.job_id.clone(), job.attempt);
             }
-            if kind == EventKind::HookFinished && (has("spawn") || has("persist(job_removed)")) {
+            if kind == EventKind::HookFinished
+                && (has("spawn") || has("fetch") || has("persist(job_removed)"))
+            {
                 self.awaiting.remove(&job.job_id);
             }
             if has("persist(job_removed)") {
@@ -386,6 +477,12 @@ impl Model {
                 }
                 self.stopping.remove(&job.job_id);
                 self.awaiting.remove(&job.job_id);
+                self.fetching.remove(&job.job_id);
+                self.with_inputs.remove(&job.job_id);
+                self.with_outputs.remove(&job.job_id);
+                self.stop_reasons.remove(&job.job_id);
+                self.uploading.remove(&job.job_id);
+                self.recorded.remove(&job.job_id);
             }
         }
     }
@@ -402,13 +499,38 @@ impl Model {
             if !effect.token.starts_with("kill(") {
                 continue;
             }
+            let reason = effect
+                .token
+                .strip_prefix("kill(")
+                .and_then(|t| t.strip_suffix(')'))
+                .and_then(CancelReason::from_name);
             if effect.repeat {
                 self.stopping.extend(self.jobs.keys().cloned());
+                if let Some(reason) = reason {
+                    for id in self.jobs.keys() {
+                        self.stop_reasons.entry(id.clone()).or_insert(reason);
+                    }
+                }
             } else if let Some(job) = Self::event_job(event)
                 && self.jobs.get(&job.job_id) == Some(&job.attempt)
             {
+                if let Some(reason) = reason {
+                    self.stop_reasons
+                        .entry(job.job_id.clone())
+                        .or_insert(reason);
+                }
                 self.stopping.insert(job.job_id);
             }
+        }
+        // A cancel the previous process asked for, found with the job, stops it too.
+        if let Event::JobFound { job, found } = event
+            && let Some(reason) = found.cancel()
+            && self.jobs.get(&job.job_id) == Some(&job.attempt)
+        {
+            self.stopping.insert(job.job_id.clone());
+            self.stop_reasons
+                .entry(job.job_id.clone())
+                .or_insert(reason);
         }
         if next == "Active" && before != "Active" {
             self.was_active = true;

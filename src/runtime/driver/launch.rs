@@ -36,6 +36,7 @@ use super::Driver;
 use super::durable::Durability;
 use super::handle::RunnerHandle;
 use super::input::Input;
+use super::job_files::JobFiles;
 use super::link::{Credentials, Link};
 use super::local_steps::LocalSteps;
 use super::observe::{Observer, start_trace};
@@ -240,6 +241,7 @@ pub(super) fn launch(
     );
     let driver = Driver {
         hooks,
+        files: JobFiles::new(settings.transfer_settings()),
         core,
         observer,
         link: Link::new(

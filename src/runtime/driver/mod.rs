@@ -17,6 +17,7 @@ loop hands it:
 - `input`: what reaches the loop, converted from each source's own type;
 - `launch`: starting a runner (state folder, identity, store, boot record, trace);
 - `link`: the connection, the writer's queue, the resend cursor, `wire()`;
+- `job_files`: jobs' inputs being fetched and outputs being uploaded, a task each;
 - `durable`: a batch's transaction, acknowledgements batched, ended jobs' folders;
 - `local_steps`: install steps and rollback, keys, hardware, the install's farewell;
 - `observe`: the trace, transitions, status, operator and service-manager notices;
@@ -27,6 +28,7 @@ loop hands it:
 mod durable;
 mod handle;
 mod input;
+mod job_files;
 mod launch;
 pub mod leave;
 mod link;
@@ -48,6 +50,7 @@ use super::jobs::{JobReport, JobSupervisor};
 use super::timers::Timers;
 use durable::Durability;
 use input::Input;
+use job_files::JobFiles;
 use link::Link;
 use local_steps::{FAREWELL_WITHIN, LocalSteps};
 use observe::{Observer, Passage};
@@ -79,6 +82,8 @@ struct Driver {
     spawns: Vec<JobSpec>,
     /// The operator's hooks in flight.
     hooks: HookRunner,
+    /// Jobs' inputs being fetched.
+    files: JobFiles,
 }
 
 impl Driver {
@@ -201,6 +206,24 @@ impl Driver {
                 if let Event::HookFinished { hook, job, .. } = &event {
                     self.hooks.finished(*hook, job.as_ref());
                 }
+                // A fetch stopped meanwhile was reported stopped already.
+                if let Event::InputsFetched { job, .. } = &event
+                    && !self.files.finished(job)
+                {
+                    return None;
+                }
+                // Uploads abandoned meanwhile were reported done already.
+                match &event {
+                    Event::OutputUploaded { job, .. } | Event::OutputFailed { job, .. }
+                        if !self.files.uploading(job) =>
+                    {
+                        return None;
+                    }
+                    Event::UploadsDone { job, .. } if !self.files.uploads_over(job) => {
+                        return None;
+                    }
+                    _ => {}
+                }
                 Some(event)
             }
             Input::Job(report) => Some(report.into_event()),
@@ -310,6 +333,21 @@ impl Driver {
             }
             Effect::CancelTimer { timer } => self.timers.cancel(&timer),
             Effect::SpawnJob { job } => self.spawns.push(job),
+            Effect::UploadOutputs { job, outputs, done } => {
+                let folder = match &self.jobs {
+                    Some(jobs) => jobs.work_folder(&job).map_err(|e| e.to_string()),
+                    None => Err("a farewell runs no jobs".to_owned()),
+                };
+                self.files
+                    .upload(job, outputs, done, folder, &self.inputs_tx);
+            }
+            Effect::FetchInputs { job } => {
+                let folder = match &self.jobs {
+                    Some(jobs) => jobs.prepare_folder(&job).map_err(|e| e.to_string()),
+                    None => Err("a farewell runs no jobs".to_owned()),
+                };
+                self.files.start(job, folder, &self.inputs_tx);
+            }
             Effect::CancelJob {
                 job,
                 reason,
@@ -321,6 +359,20 @@ impl Driver {
                 }
                 // A job still waiting for its pre_job hook: the hook is stopped instead.
                 self.hooks.stop_pre_job(&job);
+                // One whose outputs are being uploaded: they are abandoned.
+                if self.files.abandon_uploads(&job) {
+                    self.local.push_back(Event::UploadsDone {
+                        job: job.clone(),
+                        missing: Vec::new(),
+                    });
+                }
+                // One whose inputs are being fetched: the fetch stops, and says so.
+                if self.files.stop(&job) {
+                    self.local.push_back(Event::InputsFetched {
+                        job,
+                        outcome: crate::core::FetchOutcome::Stopped,
+                    });
+                }
             }
             Effect::RenewLeases { within_ms } => {
                 if let Some(jobs) = &mut self.jobs {
@@ -357,6 +409,7 @@ impl Driver {
                 for job in self.spawns.drain(..) {
                     warn!(job = %job.job_id, attempt = job.attempt, "not started: the runner is stopping");
                 }
+                self.files.stop_all();
                 // Jobs the core asked to stop end now; the others stay with their
                 // supervisors (a stop that leaves them running), where they have one.
                 if let Some(jobs) = &mut self.jobs {
@@ -413,7 +466,11 @@ fn phase_of(effect: &Effect) -> u8 {
         Effect::Close { .. } => 2,
         Effect::OpenConnection => 3,
         Effect::StartTimer { .. } | Effect::CancelTimer { .. } => 4,
-        Effect::SpawnJob { .. } | Effect::CancelJob { .. } | Effect::RenewLeases { .. } => 5,
+        Effect::SpawnJob { .. }
+        | Effect::FetchInputs { .. }
+        | Effect::UploadOutputs { .. }
+        | Effect::CancelJob { .. }
+        | Effect::RenewLeases { .. } => 5,
         Effect::RunInstallStep { .. }
         | Effect::RollbackInstall
         | Effect::ForgetKey

@@ -34,6 +34,25 @@ pub trait Executor: Send + Sync {
 
     fn spawn(&self, request: SpawnRequest) -> Result<RunningJob, ExecutorError>;
 
+    /// Make the job's folder ready before its process starts (for its inputs): returns
+    /// its `work/` and the account whose rights files placed there must be made with
+    /// (`None`: the runner's own). `spawn` must accept a folder made this way.
+    fn prepare_folder(&self, spec: &JobSpec) -> Result<PreparedFolder, ExecutorError> {
+        let _ = spec;
+        Err(ExecutorError::NotStarted {
+            why: format!("the {} executor takes no input files", self.name()),
+        })
+    }
+
+    /// The `work/` of a job this executor started (for its outputs), and the account
+    /// whose rights its files are read with.
+    fn work_folder(&self, job: &JobRef) -> Result<PreparedFolder, ExecutorError> {
+        let _ = job;
+        Err(ExecutorError::NotStarted {
+            why: format!("the {} executor keeps no output files", self.name()),
+        })
+    }
+
     /// The runner has nothing else to do: prepare what makes the next start quicker.
     /// Must return at once (heavy work goes to a blocking thread).
     fn prepare_ahead(&self) {}
@@ -56,6 +75,15 @@ pub trait Executor: Send + Sync {
     fn forget_others(&self, known: &[JobRef]) {
         let _ = known;
     }
+}
+
+/// A job's folder made ready before its process starts.
+#[derive(Debug, Clone)]
+pub struct PreparedFolder {
+    /// The job's `work/`.
+    pub work: PathBuf,
+    /// The account jobs run as, when not the runner's own.
+    pub account: Option<crate::platform::Account>,
 }
 
 /// What to run, and where its output goes.
@@ -162,6 +190,18 @@ pub struct JobUsage {
     pub user_us: u64,
     pub system_us: u64,
     pub max_rss_kib: u64,
+}
+
+impl JobUsage {
+    /// As `job_finished` carries them: milliseconds and bytes.
+    pub fn figures(self) -> crate::protocol::JobUsage {
+        crate::protocol::JobUsage {
+            cpu_user_ms: Some(self.user_us / 1000),
+            cpu_system_ms: Some(self.system_us / 1000),
+            peak_rss_bytes: Some(self.max_rss_kib.saturating_mul(1024)),
+            ..crate::protocol::JobUsage::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,11 @@ impl JobAccount {
         &self.account.name
     }
 
+    /// The account itself (for file operations done with its rights: `account_fs`).
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
     /// The ids a job's supervisor drops to before it runs the job (Unix).
     #[cfg(unix)]
     pub(super) fn ids(&self) -> super::supervised::wire::AccountIds {

@@ -41,7 +41,7 @@ mod supervisor;
 
 pub use executor::{
     Executor, ExecutorError, FindRequest, Finding, JobControl, JobEnd, JobProgress, JobUsage,
-    RunningJob, SpawnRequest, StreamProgress,
+    PreparedFolder, RunningJob, SpawnRequest, StreamProgress,
 };
 pub use job_account::{JobAccount, move_job_folders};
 pub use output::{CHUNK_BYTES, CREDITS_PER_STREAM, OutputChunk, OutputSink, StreamSink};

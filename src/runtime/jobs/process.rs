@@ -167,6 +167,28 @@ impl Executor for ProcessExecutor {
         Ok(())
     }
 
+    /// The job's folder with `work/` (its account's), made now so its inputs can be
+    /// placed before the process starts; `spawn` finds it there and keeps it.
+    fn prepare_folder(
+        &self,
+        spec: &crate::protocol::JobSpec,
+    ) -> Result<super::executor::PreparedFolder, ExecutorError> {
+        spec.validate()?;
+        let job_dir = self.job_dir(&spec.job_ref())?;
+        self.make_job_dir(&job_dir)?;
+        Ok(super::executor::PreparedFolder {
+            work: job_dir.join("work"),
+            account: self.account.as_deref().map(|a| a.account().clone()),
+        })
+    }
+
+    fn work_folder(&self, job: &JobRef) -> Result<super::executor::PreparedFolder, ExecutorError> {
+        Ok(super::executor::PreparedFolder {
+            work: self.job_dir(job)?.join("work"),
+            account: self.account.as_deref().map(|a| a.account().clone()),
+        })
+    }
+
     fn prepare_ahead(&self) {
         self.spares.refill();
         #[cfg(unix)]

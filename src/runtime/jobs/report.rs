@@ -9,7 +9,7 @@ forwards each as it arrives.
 use tracing::warn;
 
 use crate::core::{CancelReason, Event, FoundJob};
-use crate::protocol::{ExitStatus, JobRef, OutputStream};
+use crate::protocol::{ExitStatus, JobRef, JobUsage, OutputStream};
 
 use super::output::OutputChunk;
 
@@ -46,6 +46,8 @@ pub enum JobReport {
         stdout_bytes: u64,
         stderr_bytes: u64,
         cancel: Option<String>,
+        /// What the job's processes used, as far as it was measured.
+        usage: JobUsage,
     },
     /// The job never ran; `error` says why, for people (it is never matched on).
     SpawnFailed {
@@ -114,6 +116,7 @@ impl JobReport {
                 stdout_bytes,
                 stderr_bytes,
                 cancel,
+                usage,
             } => {
                 let cancel = cancel_reason(&job, cancel);
                 Event::JobExited {
@@ -123,6 +126,7 @@ impl JobReport {
                     stdout_bytes,
                     stderr_bytes,
                     cancel,
+                    usage,
                 }
             }
             Self::SpawnFailed { job, error } => Event::JobSpawnFailed { job, error },

@@ -78,6 +78,22 @@ impl JobSupervisor {
         self.executor.preflight()
     }
 
+    /// Make a job's folder ready before its process starts (for its inputs).
+    pub fn prepare_folder(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<super::executor::PreparedFolder, ExecutorError> {
+        self.executor.prepare_folder(spec)
+    }
+
+    /// The `work/` of a job (for its outputs).
+    pub fn work_folder(
+        &self,
+        job: &JobRef,
+    ) -> Result<super::executor::PreparedFolder, ExecutorError> {
+        self.executor.work_folder(job)
+    }
+
     /// Called when the runner is idle: the executor prepares for the next start then,
     /// never on a job's way to `job_started`.
     pub fn prepare_ahead(&self) {
@@ -175,6 +191,7 @@ impl JobSupervisor {
                 stdout_bytes: 0,
                 stderr_bytes: 0,
                 cancel: None,
+                usage: crate::protocol::JobUsage::default(),
             });
         }
         reports
@@ -389,5 +406,9 @@ async fn supervise(
         stdout_bytes: end.stdout_bytes,
         stderr_bytes: end.stderr_bytes,
         cancel: end.cancel,
+        usage: end
+            .usage
+            .map(super::executor::JobUsage::figures)
+            .unwrap_or_default(),
     });
 }
