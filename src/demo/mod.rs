@@ -90,7 +90,7 @@ pub async fn run() -> anyhow::Result<i32> {
     run_jobs(&server, started).await?;
 
     say(&format!(
-        "[{:>5} ms] asking the runner to stop (as SIGTERM would)",
+        "[{:>5} ms] asking the runner to drain (as `fyn-runner drain` would)",
         ms(started)
     ));
     handle.shutdown();
