@@ -33,9 +33,9 @@ use crate::runtime::timers::{Timers, jitter_seed};
 use crate::runtime::ws::{self, TlsSetupError};
 
 use super::Driver;
-use super::input::Input;
 use super::durable::Durability;
 use super::handle::RunnerHandle;
+use super::input::Input;
 use super::link::{Credentials, Link};
 use super::local_steps::LocalSteps;
 use super::observe::{Observer, start_trace};
