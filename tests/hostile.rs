@@ -135,7 +135,10 @@ async fn a_job_of_the_job_account_cannot_reach_the_key_the_store_or_the_socket()
     let state_text = state.display().to_string();
     let jobs_text = dir.path().join("state-jobs").display().to_string();
     let id = server
-        .submit_job(shell(script, &[("STATE", &state_text), ("JOBS", &jobs_text)]))
+        .submit_job(shell(
+            script,
+            &[("STATE", &state_text), ("JOBS", &jobs_text)],
+        ))
         .expect("submit");
     let job = finished(&server, &id).await;
     let out = printed(&server, &id, OutputStream::Stdout);

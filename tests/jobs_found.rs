@@ -252,7 +252,12 @@ fn the_session_renews_the_leases_with_the_apis_threshold() {
         timer: fyn_runner::core::TimerKind::Heartbeat,
     });
     let late = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 1 }));
-    assert!(!late.list.iter().any(|e| matches!(e, Effect::RenewLeases { .. })));
+    assert!(
+        !late
+            .list
+            .iter()
+            .any(|e| matches!(e, Effect::RenewLeases { .. }))
+    );
     let effects = core.dispatch(&Event::Message(ServerMessage::HeartbeatAck { seq: 2 }));
     assert!(
         effects

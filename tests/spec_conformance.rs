@@ -554,7 +554,10 @@ impl ReferenceStateMachine for Table {
             (ended, any::<bool>(), hooks),
         )
             .prop_map(
-                |((boot, slots, restored, last_applied, last_event, acked), (ended, key_kept, hooks))| {
+                |(
+                    (boot, slots, restored, last_applied, last_event, acked),
+                    (ended, key_kept, hooks),
+                )| {
                     // Only a runner with an identity can have a history.
                     let resume = matches!(boot, BootMode::Resume | BootMode::Leave);
                     let phase = SPEC

@@ -423,7 +423,9 @@ pub fn uninstall(args: UninstallArgs, config: Option<&Path>) -> anyhow::Result<i
         // Drained through the control socket, so the runner's `stopping` tells the API
         // why; running jobs end within its drain deadline, and the service's stop below
         // finds it stopped.
-        write_stdout("  … draining the runner (it tells the control plane it is being removed; running jobs end within its drain deadline)\n")?;
+        write_stdout(
+            "  … draining the runner (it tells the control plane it is being removed; running jobs end within its drain deadline)\n",
+        )?;
         let state = state_dir.clone();
         block_on(async move { drain(&state, None, false, true, true).await })
             .context("draining the runner")?;
