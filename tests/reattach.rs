@@ -83,6 +83,9 @@ fn shell(script: &str, timeout_secs: u64) -> JobRequest {
         timeout_secs,
         output_limit_bytes: None,
         cancel_grace_secs: Some(1),
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 
