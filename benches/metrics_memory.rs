@@ -60,6 +60,9 @@ mod unix_bench {
             timeout_secs: 60,
             output_limit_bytes: None,
             cancel_grace_secs: None,
+            inputs: Default::default(),
+            outputs: Default::default(),
+            kv: Default::default(),
         }
     }
 

@@ -34,6 +34,9 @@ fn restarted() -> Core {
             timeout_secs: 60,
             output_limit_bytes: 1 << 20,
             cancel_grace_secs: 5,
+            inputs: Default::default(),
+            outputs: Default::default(),
+            kv: Default::default(),
         }],
         ..DurableState::default()
     };

@@ -1171,6 +1171,9 @@ fn hooks_fire_at_their_points() {
                     timeout_secs: 60,
                     output_limit_bytes: 1 << 20,
                     cancel_grace_secs: 1,
+                    inputs: Default::default(),
+                    outputs: Default::default(),
+                    kv: Default::default(),
                 },
             },
         })

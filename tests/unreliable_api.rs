@@ -400,6 +400,9 @@ async fn an_unreadable_command_is_retired_after_one_session() {
         timeout_secs: 60,
         output_limit_bytes: None,
         cancel_grace_secs: None,
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     };
     let id = server.submit_job(request).expect("submit");
     let failed = tokio::time::timeout(WAIT, async {

@@ -84,6 +84,9 @@ fn job(command: &[&str]) -> JobRequest {
         timeout_secs: 60,
         output_limit_bytes: None,
         cancel_grace_secs: Some(1),
+        inputs: Default::default(),
+        outputs: Default::default(),
+        kv: Default::default(),
     }
 }
 

@@ -77,6 +77,9 @@ async fn metrics_and_probes_follow_jobs_and_the_link() {
             timeout_secs: 60,
             output_limit_bytes: None,
             cancel_grace_secs: Some(1),
+            inputs: Default::default(),
+            outputs: Default::default(),
+            kv: Default::default(),
         })
         .expect("submit");
     finished(&server, &id).await;
@@ -276,6 +279,9 @@ async fn the_dev_server_serves_metrics_behind_its_admin_token() {
             timeout_secs: 60,
             output_limit_bytes: None,
             cancel_grace_secs: None,
+            inputs: Default::default(),
+            outputs: Default::default(),
+            kv: Default::default(),
         })
         .expect("submit");
     let (_, _) = get(&addr, "/admin/v1/jobs", &[auth]).await;
