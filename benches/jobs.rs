@@ -6,12 +6,26 @@
 //!   the same way; the same client doing the durable records and job directory the
 //!   issue requires ("floor with duties"); and a raw floor with no control plane at
 //!   all (send → reply received);
-//! - output throughput for a 1 GiB job, and the runner's peak resident memory.
+//! - output throughput for a 1 GiB job against a floor and a floor with duties, and
+//!   the runner's peak resident memory (`jobs/output.rs`);
+//! - concurrent starts: 8 slots against the floor with duties with 8 in flight, and
+//!   one slot (`jobs/starts.rs`);
+//! - idle memory in Active beside an idle `node` (`jobs/idle.rs`).
 //!
-//! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT`, `JOBS_BENCH_BYTES` to change sizes,
-//! `JOBS_BENCH_ROUNDS` for the interleaving, `JOBS_BENCH_RUNNER` to measure another
-//! build's binary).
+//! `cargo bench --bench jobs` (`JOBS_BENCH_COUNT` and `JOBS_BENCH_ROUNDS` for the
+//! dispatch latency, `FYN_BENCH_OUTPUT_BYTES` for the output, `FYN_BENCH_JOBS` for
+//! the concurrent starts, `FYN_BENCH_SECTIONS` to run only some of
+//! `latency,output,starts,idle`, `JOBS_BENCH_RUNNER` to measure another build's
+//! binary). Sections that load the file system are 30 s apart: see
+//! `pause_between_fs_heavy_runs`.
 #![allow(clippy::disallowed_methods)] // measuring time is what this does
+
+#[path = "jobs/idle.rs"]
+mod idle;
+#[path = "jobs/output.rs"]
+mod output;
+#[path = "jobs/starts.rs"]
+mod starts;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -41,11 +55,12 @@ fn env_or(name: &str, default: usize) -> usize {
 
 /// The runner measured: this build's, or `JOBS_BENCH_RUNNER` (another build's binary,
 /// to compare two versions against the same floors in one run).
-fn spawn_runner(url: &str, dir: &std::path::Path, token: &str) -> Child {
+fn spawn_runner(url: &str, dir: &std::path::Path, token: &str, slots: u32) -> Child {
     let binary = std::env::var_os("JOBS_BENCH_RUNNER")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_fyn-runner").into());
     Command::new(binary)
-        .args(["run", "--server", url, "--slots", "4", "--token", token])
+        .args(["run", "--server", url, "--token", token])
+        .args(["--slots", &slots.to_string()])
         .arg("--state-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")
@@ -127,7 +142,10 @@ async fn dispatch_latency(server: &DevServer, count: usize) -> Vec<Duration> {
 /// binary, started again in client mode): run inside the bench, its blocking spawns
 /// would hold up whatever dev-server task shared their worker thread, which the
 /// runner's spawns never can.
-async fn bare_runner_on_its_own_server(duties: Option<&std::path::Path>) -> (DevServer, Child) {
+async fn bare_runner_on_its_own_server(
+    duties: Option<&std::path::Path>,
+    slots: u32,
+) -> (DevServer, Child) {
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await
         .expect("dev-server");
@@ -136,6 +154,7 @@ async fn bare_runner_on_its_own_server(duties: Option<&std::path::Path>) -> (Dev
     command
         .env(CLIENT_URL, server.runner_url())
         .env(CLIENT_TOKEN, token)
+        .env(CLIENT_SLOTS, slots.to_string())
         .stdout(Stdio::null());
     if let Some(dir) = duties {
         command.env(CLIENT_DUTIES_DIR, dir);
@@ -149,6 +168,13 @@ async fn bare_runner_on_its_own_server(duties: Option<&std::path::Path>) -> (Dev
 const CLIENT_URL: &str = "JOBS_BENCH_CLIENT_URL";
 const CLIENT_TOKEN: &str = "JOBS_BENCH_CLIENT_TOKEN";
 const CLIENT_DUTIES_DIR: &str = "JOBS_BENCH_CLIENT_DUTIES_DIR";
+const CLIENT_SLOTS: &str = "JOBS_BENCH_CLIENT_SLOTS";
+
+/// `docs/architecture.md`: ext4 here does not reuse inodes freed in the last 30 s, so a
+/// run right after one that removed thousands of files finds every creation slower.
+async fn pause_between_fs_heavy_runs() {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+}
 
 /// Until a runner is connected and Active with a free slot.
 async fn until_ready(server: &DevServer) {
@@ -251,7 +277,7 @@ fn durable_commit_latency(duties: &Duties, count: usize) -> Vec<Duration> {
 
 /// The least a runner can be: handshake, then spawn-and-reply per `start_job` (with
 /// `duties`, also the durable records and the job directory).
-async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
+async fn bare_runner(url: String, token: String, duties: Option<Duties>, slots: u32) {
     let mut request = url.into_client_request().expect("runner URL");
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -272,7 +298,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
             public_key: STANDARD.encode(key.verifying_key().to_bytes()),
             name: "bare".to_owned(),
             version: "0".to_owned(),
-            slots: 4,
+            slots,
         },
     )
     .await;
@@ -285,7 +311,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
         signature: STANDARD.encode(signature.to_bytes()),
         name: "bare".to_owned(),
         version: "0".to_owned(),
-        slots: 4,
+        slots,
         last_command_index: 0,
     };
     send(&mut ws, &authenticate).await;
@@ -301,7 +327,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>) {
     };
     send(&mut ws, &hardware).await;
     recv(&mut ws).await;
-    send(&mut ws, &RunnerMessage::Ready { slots_free: 4 }).await;
+    send(&mut ws, &RunnerMessage::Ready { slots_free: slots }).await;
     recv(&mut ws).await;
 
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -414,14 +440,21 @@ async fn floor_latency(count: usize) -> Vec<Duration> {
 }
 
 fn main() {
+    let client = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
     if let (Ok(url), Ok(token)) = (std::env::var(CLIENT_URL), std::env::var(CLIENT_TOKEN)) {
         let duties =
             std::env::var_os(CLIENT_DUTIES_DIR).map(|dir| Duties::new(std::path::Path::new(&dir)));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(bare_runner(url, token, duties));
+        let slots = env_or(CLIENT_SLOTS, 4) as u32;
+        client().block_on(bare_runner(url, token, duties, slots));
+        return;
+    }
+    if let Ok(url) = std::env::var(output::CLIENT_URL) {
+        client().block_on(output::floor_client(url));
         return;
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -432,9 +465,48 @@ fn main() {
         .block_on(bench());
 }
 
+/// Whether `FYN_BENCH_SECTIONS` (all when unset) names `section`.
+fn wanted(section: &str) -> bool {
+    std::env::var("FYN_BENCH_SECTIONS")
+        .map(|list| list.split(',').any(|s| s.trim() == section))
+        .unwrap_or(true)
+}
+
 async fn bench() {
+    println!(
+        "(figures are ratios within this run: the machine is shared, and absolute figures \
+         move from run to run)"
+    );
+    let mut first = true;
+    let mut next_section = async || {
+        if !std::mem::replace(&mut first, false) {
+            pause_between_fs_heavy_runs().await;
+        }
+    };
+    if wanted("latency") {
+        next_section().await;
+        latency().await;
+    }
+    if wanted("output") {
+        next_section().await;
+        let bytes = env_or(
+            "FYN_BENCH_OUTPUT_BYTES",
+            env_or("JOBS_BENCH_BYTES", 1 << 30),
+        );
+        output::section(bytes).await;
+    }
+    if wanted("starts") {
+        next_section().await;
+        starts::section(env_or("FYN_BENCH_JOBS", 1000)).await;
+    }
+    if wanted("idle") {
+        next_section().await;
+        idle::section().await;
+    }
+}
+
+async fn latency() {
     let count = env_or("JOBS_BENCH_COUNT", 1000);
-    let bytes = env_or("JOBS_BENCH_BYTES", 1 << 30);
     let rounds = env_or("JOBS_BENCH_ROUNDS", 100).clamp(1, count);
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await
@@ -444,11 +516,12 @@ async fn bench() {
         &server.url(),
         dir.path(),
         &server.mint_token().expect("token"),
+        4,
     );
     until_ready(&server).await;
-    let (bare_server, bare) = bare_runner_on_its_own_server(None).await;
+    let (bare_server, bare) = bare_runner_on_its_own_server(None, 4).await;
     let duty_dir = tempfile::tempdir().expect("tempdir");
-    let (duty_server, duty) = bare_runner_on_its_own_server(Some(duty_dir.path())).await;
+    let (duty_server, duty) = bare_runner_on_its_own_server(Some(duty_dir.path()), 4).await;
 
     // Interleaved rounds, so that a slow spell of the machine (a shared VM) falls on
     // every contender alike rather than on whichever ran then.
@@ -512,37 +585,6 @@ async fn bench() {
         percentile(&durable, 0.99)
     );
 
-    let started = Instant::now();
-    let id = server
-        .submit_job(request(&[
-            "sh",
-            "-c",
-            &format!("head -c {bytes} /dev/zero"),
-        ]))
-        .expect("submit");
-    // A small job may be over before it is seen running.
-    while matches!(
-        server.job(&id).expect("query").expect("job").state,
-        JobState::Queued | JobState::Assigned | JobState::Accepted
-    ) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    while server
-        .runners()
-        .expect("runners")
-        .iter()
-        .any(|r| r.slots_free < r.slots)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let peak = status_kib(runner.id(), "VmHWM");
-    println!(
-        "output: {} MiB in {elapsed:.1} s = {:.1} MB/s; runner peak RSS {:.1} MiB",
-        bytes >> 20,
-        bytes as f64 / elapsed / 1e6,
-        peak as f64 / 1024.0
-    );
     let _ = runner.kill();
     let _ = runner.wait();
     server.shutdown().await;

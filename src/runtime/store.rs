@@ -862,10 +862,22 @@ fn base64_len(text: &str) -> u64 {
     ((text.len() / 4 * 3).saturating_sub(padding)) as u64
 }
 
+/// Acknowledged events leave the outbox without `secure_delete`'s zeroing of the
+/// pages they free (`FAST` zeroes only what is written anyway). The bodies that free
+/// whole pages are job output, and those bytes stay in the job's logs, which are
+/// removed without zeroing when the folder's term is up: zeroing the outbox's copy
+/// protected nothing, and cost a second write of every output byte (measured with
+/// `cargo bench --bench jobs`, see docs/architecture.md). Job specs, whose environment
+/// may hold secrets that are nowhere else on disk, are still zeroed when removed.
 fn ack_events(tx: &Transaction<'_>, up_to: u64) -> Result<(), StoreFault> {
     let up_to_sql = to_sql_int(up_to)?;
-    tx.prepare_cached("DELETE FROM outbox WHERE idx <= ?1")?
-        .execute([up_to_sql])?;
+    tx.pragma_update(None, "secure_delete", "FAST")?;
+    let deleted = tx
+        .prepare_cached("DELETE FROM outbox WHERE idx <= ?1")
+        .and_then(|mut delete| delete.execute([up_to_sql]));
+    // Back on before anything else is removed, whatever the delete did.
+    tx.pragma_update(None, "secure_delete", true)?;
+    deleted?;
     raise_meta(tx, ACKED_EVENT, up_to)
 }
 

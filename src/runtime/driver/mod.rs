@@ -19,6 +19,7 @@ loop hands it:
 - `link`: the connection, the writer's queue, the resend cursor, `wire()`;
 - `job_files`: jobs' inputs being fetched and outputs being uploaded, a task each;
 - `durable`: a batch's transaction, acknowledgements batched, ended jobs' folders;
+- `group`: which ready inputs are dispatched together and share one transaction;
 - `local_steps`: install steps and rollback, keys, hardware, the install's farewell;
 - `observe`: the trace, transitions, status, operator and service-manager notices;
 - `leave`: `fyn-runner uninstall`'s farewell (the runner booted to leave);
@@ -26,6 +27,7 @@ loop hands it:
 */
 
 mod durable;
+mod group;
 mod handle;
 mod input;
 mod job_files;
@@ -49,6 +51,7 @@ use super::hooks::HookRunner;
 use super::jobs::{JobReport, JobSupervisor};
 use super::timers::Timers;
 use durable::Durability;
+use group::Group;
 use input::Input;
 use job_files::JobFiles;
 use link::Link;
@@ -94,7 +97,7 @@ impl Driver {
         mut reports: mpsc::UnboundedReceiver<JobReport>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) -> ExitCode {
-        self.perform(boot);
+        self.perform(vec![boot.list]);
         let mut save_acks = tokio::time::interval(SAVE_ACKS_EVERY);
         save_acks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One timer for the next folder due, moved when that changes, not made anew on
@@ -102,6 +105,9 @@ impl Driver {
         let removal = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(removal);
         let mut removal_at = None;
+        // An input taken while a group was being gathered that could not join it: it
+        // is accepted once the group is performed.
+        let mut carried: Option<Input> = None;
         while self.exit.is_none() {
             if !self.spawns.is_empty() {
                 // One turn for the writer first: the API hears `job_accepted` (and the
@@ -111,7 +117,21 @@ impl Driver {
                 continue;
             }
             if let Some(event) = self.local.pop_front() {
-                self.dispatch(event);
+                if group::may_group(&event) {
+                    self.dispatch_group(event, |driver| {
+                        let next = driver.local.front().is_some_and(group::may_group);
+                        next.then(|| driver.local.pop_front()).flatten()
+                    });
+                } else {
+                    self.dispatch(event);
+                }
+                continue;
+            }
+            if let Some(input) = carried.take() {
+                if let Some(event) = self.accept(input) {
+                    self.dispatch(event);
+                }
+                self.pump_resend();
                 continue;
             }
             self.observer.flush_trace();
@@ -153,7 +173,13 @@ impl Driver {
                 else => break,
             };
             if let Some(event) = next {
-                self.dispatch(event);
+                if group::may_group(&event) {
+                    self.dispatch_group(event, |driver| {
+                        driver.ready_to_join(&mut inputs, &mut reports, &mut carried)
+                    });
+                } else {
+                    self.dispatch(event);
+                }
             }
             self.pump_resend();
         }
@@ -244,12 +270,19 @@ impl Driver {
     }
 
     /// The one dispatch point: every event into the core and every transition out of it
-    /// passes here.
+    /// passes here (a group's events too, one by one: `dispatch_group`).
     fn dispatch(&mut self, event: Event) {
+        let batch = self.dispatch_only(&event);
+        self.perform(vec![batch]);
+        self.observer.performed(&self.core, &event);
+    }
+
+    /// Into the core, and the batch out, traced; performing it is the caller's.
+    fn dispatch_only(&mut self, event: &Event) -> Vec<Effect> {
         let before = self.core.phase();
         let was = self.core.lifecycle();
         let mut effects = std::mem::take(&mut self.scratch);
-        self.core.dispatch_into(&event, &mut effects);
+        self.core.dispatch_into(event, &mut effects);
         let after = self.core.phase();
         let passage = Passage {
             before: &before,
@@ -257,32 +290,88 @@ impl Driver {
             was,
             is: self.core.lifecycle(),
         };
-        self.observer.dispatched(&event, &passage, &effects);
+        self.observer.dispatched(event, &passage, &effects);
         let batch = std::mem::take(&mut effects.list);
         self.scratch = effects;
-        self.perform(Effects { list: batch });
-        self.observer.performed(&self.core, &event);
+        batch
     }
 
-    fn perform(&mut self, effects: Effects) {
-        let mut list = effects.list;
-        // The written order; within a phase, the core's order.
-        list.sort_by_key(phase_of);
-        let (writes, rest): (Vec<Effect>, Vec<Effect>) = list
-            .into_iter()
-            .partition(|e| matches!(e, Effect::Persist(_)));
+    /// `first`, then whatever `more` has ready while the group takes more (`group`),
+    /// each dispatched as it comes; then all their rows in one transaction, then each
+    /// batch's other effects in order.
+    fn dispatch_group(&mut self, first: Event, mut more: impl FnMut(&mut Self) -> Option<Event>) {
+        let mut group = Group::new();
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            let batch = self.dispatch_only(&event);
+            group.push(event, batch);
+            if group.takes_more() {
+                next = more(self);
+            }
+        }
+        let Group {
+            events, batches, ..
+        } = group;
+        self.perform(batches);
+        for event in &events {
+            self.observer.performed(&self.core, event);
+        }
+    }
+
+    /// The next input that is ready and may join a group, accepted; `None` when there
+    /// is none. One that may not join is left in `carried` for the loop.
+    fn ready_to_join(
+        &mut self,
+        inputs: &mut mpsc::UnboundedReceiver<Input>,
+        reports: &mut mpsc::UnboundedReceiver<JobReport>,
+        carried: &mut Option<Input>,
+    ) -> Option<Event> {
+        // The brake holds as in the loop (a group's sends are not queued yet, so the
+        // queue is what it was when the group began).
+        if !self.link.backpressured()
+            && let Ok(report) = reports.try_recv()
+        {
+            return self.accept(Input::Job(report));
+        }
+        loop {
+            let input = inputs.try_recv().ok()?;
+            if !group::may_join(&input) {
+                *carried = Some(input);
+                return None;
+            }
+            // A frame of a connection that is no longer current is dropped, as ever.
+            if let Some(event) = self.accept(input) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Batches in dispatch order: the rows of all of them in one transaction, then
+    /// each batch's other effects in the written order.
+    fn perform(&mut self, batches: Vec<Vec<Effect>>) {
+        let mut writes = Vec::new();
+        let mut rests = Vec::with_capacity(batches.len());
+        for mut list in batches {
+            // The written order; within a phase, the core's order.
+            list.sort_by_key(phase_of);
+            let (batch_writes, rest): (Vec<Effect>, Vec<Effect>) = list
+                .into_iter()
+                .partition(|e| matches!(e, Effect::Persist(_)));
+            writes.extend(batch_writes);
+            rests.push(rest);
+        }
         if let Err(error) = self.persist(writes) {
             error!(%error, "persisting failed; nothing of this batch is sent");
             self.local.push_back(Event::StoreFailed { error });
             // Only what cannot leak unpersisted state goes ahead: closing and exiting.
-            for effect in rest {
+            for effect in rests.into_iter().flatten() {
                 if matches!(effect, Effect::Exit { .. } | Effect::Close { .. }) {
                     self.perform_one(effect);
                 }
             }
             return;
         }
-        for effect in rest {
+        for effect in rests.into_iter().flatten() {
             self.perform_one(effect);
         }
     }
