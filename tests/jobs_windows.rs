@@ -93,7 +93,7 @@ async fn a_cancel_ends_the_job_and_what_it_started() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cancelled = Instant::now();
-    jobs.cancel(&job.job_ref(), Duration::from_secs(2));
+    jobs.cancel(&job.job_ref(), "cancelled", Duration::from_secs(2));
     let (_, status) = run_to_exit(&mut reports).await;
     assert!(
         cancelled.elapsed() < Duration::from_secs(30),

@@ -245,6 +245,8 @@ pub(super) struct Prepared {
     pub args: Vec<String>,
     /// The environment, in order: a later entry replaces an earlier one of its name.
     pub env: Vec<(OsString, OsString)>,
+    /// Read by the Unix launch only: Windows has no job accounts.
+    #[cfg_attr(windows, allow(dead_code))]
     pub account: Option<Arc<JobAccount>>,
 }
 
