@@ -279,3 +279,50 @@ fn set_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
+
+/// A job's files from the operator's side with a real runner: `ctl submit --input
+/// --output` stores the input and queues the job; the runner fetches it, runs the job
+/// and uploads its result; `ctl results` lists it and `ctl fetch` brings it back.
+#[tokio::test]
+async fn submit_with_files_then_results_and_fetch() {
+    let setup = with_a_runner().await;
+    let local = setup._dir.path().join("local");
+    std::fs::create_dir(&local).expect("mkdir");
+    std::fs::write(local.join("words.txt"), "hello files\n").expect("write");
+    let input = format!("{}:in/words.txt", local.join("words.txt").display());
+    let mut submit = ctl(&setup.server, &setup.token_file);
+    submit.args([
+        "submit",
+        "--input",
+        &input,
+        "--output",
+        "shout.txt",
+        "--",
+        "sh",
+        "-c",
+        "tr a-z A-Z < in/words.txt > shout.txt",
+    ]);
+    let submitted = run(submit).await;
+    assert_eq!(submitted.status.code(), Some(0), "{submitted:?}");
+    let id = stdout(&submitted).trim().to_owned();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = setup.server.job(&id).expect("query").expect("the job");
+        if job.outcome.is_some() {
+            assert_eq!(job.state, JobState::Finished, "{job:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "job stuck in {:?}", job.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut results = ctl(&setup.server, &setup.token_file);
+    results.args(["results", &id]);
+    let listed = run(results).await;
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    assert!(stdout(&listed).contains("shout.txt"), "{}", stdout(&listed));
+    let mut fetch = ctl(&setup.server, &setup.token_file);
+    fetch.args(["fetch", &id, "shout.txt", "-o", "-"]);
+    let fetched = run(fetch).await;
+    assert_eq!(fetched.status.code(), Some(0), "{fetched:?}");
+    assert_eq!(stdout(&fetched), "HELLO FILES\n");
+}

@@ -350,10 +350,15 @@ async fn the_environment_is_clean_and_holds_the_declared_variables() {
         "LC_ALL",
         "FYN_JOB_ID",
         "FYN_JOB_ATTEMPT",
+        "FYN_JOB_SOCKET",
         "GREETING",
     ]
     .into();
     assert_eq!(names, expected, "the job's environment:\n{text}");
+    assert!(
+        vars["FYN_JOB_SOCKET"].ends_with("/env-2/job.sock"),
+        "{text}"
+    );
     assert_eq!(vars["GREETING"], "hello world");
     assert_eq!(vars["LANG"], "de_DE.UTF-8");
     assert_eq!(vars["LC_ALL"], "C.UTF-8");

@@ -385,3 +385,56 @@ async fn outputs_are_uploaded_once_before_the_job_finishes() {
     assert_eq!(events[events.len() - 5].1["phase"], "uploading");
     stop(handle).await;
 }
+
+#[tokio::test]
+async fn progress_and_key_value_writes_reach_the_api_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = dev_server(&dir.path().join("blobs")).await;
+    let handle = runner(&server, &dir.path().join("state")).await;
+    let mut job = request(
+        "test -S \"$FYN_JOB_SOCKET\" || exit 9; \
+         \"$FYN\" job kv put step 1; \"$FYN\" job kv put step 2; \"$FYN\" job kv put other x; \
+         test \"$(\"$FYN\" job kv get seed)\" = planted || exit 8; \
+         i=0; while [ $i -lt 50 ]; do i=$((i+1)); \"$FYN\" job progress 0.$i \"iteration $i\"; done; \
+         \"$FYN\" job progress 1 done",
+    );
+    job.env
+        .insert("FYN".into(), env!("CARGO_BIN_EXE_fyn-runner").into());
+    job.kv.insert("seed".into(), "planted".into());
+    let id = server.submit_job(job).expect("submit");
+    let job = finished(&server, &id).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
+    // The writes are applied in order (2 after 1).
+    assert_eq!(job.kv.get("step").map(String::as_str), Some("2"));
+    assert_eq!(job.kv.get("other").map(String::as_str), Some("x"));
+    let events = job_events(&server, &id);
+    let puts: Vec<String> = events
+        .iter()
+        .filter(|(kind, _)| kind == "job_kv_put")
+        .map(|(_, body)| {
+            format!(
+                "{}={}",
+                body["key"].as_str().unwrap_or(""),
+                body["value"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(puts, ["step=1", "step=2", "other=x"]);
+    // Coalesced: far fewer progress events than reports, the last one last.
+    let progress_events = events
+        .iter()
+        .filter(|(kind, _)| kind == "job_progress")
+        .count();
+    assert!(
+        (1..51).contains(&progress_events),
+        "{progress_events}: {:?}",
+        kinds(&events)
+    );
+    let last_progress = events
+        .iter()
+        .rev()
+        .find(|(kind, _)| kind == "job_progress")
+        .map(|(_, body)| body["message"].clone());
+    assert_eq!(last_progress, Some(serde_json::json!("done")));
+    stop(handle).await;
+}

@@ -230,6 +230,16 @@ fn job_event() -> impl Strategy<Value = Event> {
             cancel: None,
             usage: Default::default(),
         }),
+        job_ref().prop_map(|job| Event::JobProgressed {
+            job,
+            fraction: Some(0.5),
+            message: Some("half".into()),
+        }),
+        job_ref().prop_map(|job| Event::JobKvWritten {
+            job,
+            key: "k".into(),
+            value: "v".into(),
+        }),
         job_ref().prop_map(|job| Event::JobSpawnFailed {
             job,
             error: "ENOENT".into()

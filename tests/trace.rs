@@ -245,6 +245,14 @@ impl Session {
                 usage: Default::default(),
             },
         );
+        // Its outputs: the declared file was not written.
+        self.step(
+            10,
+            Event::UploadsDone {
+                job: job_ref("job-1"),
+                missing: vec!["result.txt".into()],
+            },
+        );
         self.step(50, msg(ServerMessage::EventsAck { up_to: 6 }));
         // The API goes quiet: the heartbeat is not answered.
         self.step(11_000, timer(TimerKind::Heartbeat));
@@ -279,6 +287,14 @@ impl Session {
                 usage: Default::default(),
             },
         );
+        // Its outputs: the declared file was not written.
+        self.step(
+            10,
+            Event::UploadsDone {
+                job: job_ref("job-2"),
+                missing: vec!["result.txt".into()],
+            },
+        );
         // Heartbeats count on across sessions: 1 and 2 answered, 3 not, then 4.
         self.heartbeat(4);
         self.step(
@@ -307,6 +323,14 @@ impl Session {
                 stderr_bytes: 0,
                 cancel: None,
                 usage: Default::default(),
+            },
+        );
+        // Its outputs: the declared file was not written.
+        self.step(
+            10,
+            Event::UploadsDone {
+                job: job_ref("job-3"),
+                missing: vec!["result.txt".into()],
             },
         );
         self.step(100, msg(ServerMessage::EventsAck { up_to: 100 }));

@@ -117,6 +117,22 @@ pub enum Event {
         found: FoundJob,
     },
 
+    /// The job reported its progress through its endpoint (the latest of a window: the
+    /// endpoint coalesces, it has the clock).
+    JobProgressed {
+        job: JobRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fraction: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// The job wrote a key-value pair through its endpoint (its `put` waits until the
+    /// batch this event's effects belong to is durable).
+    JobKvWritten {
+        job: JobRef,
+        key: String,
+        value: String,
+    },
     /// Fetching a job's inputs ended (`Effect::FetchInputs`).
     InputsFetched {
         job: JobRef,
@@ -307,6 +323,8 @@ pub enum EventKind {
     JobOutputTruncated,
     JobExited,
     JobSpawnFailed,
+    JobProgressed,
+    JobKvWritten,
     InputsFetched,
     OutputUploaded,
     OutputFailed,
@@ -380,6 +398,8 @@ impl Event {
             Self::JobOutputTruncated { .. } => EventKind::JobOutputTruncated,
             Self::JobExited { .. } => EventKind::JobExited,
             Self::JobSpawnFailed { .. } => EventKind::JobSpawnFailed,
+            Self::JobProgressed { .. } => EventKind::JobProgressed,
+            Self::JobKvWritten { .. } => EventKind::JobKvWritten,
             Self::InputsFetched { .. } => EventKind::InputsFetched,
             Self::OutputUploaded { .. } => EventKind::OutputUploaded,
             Self::OutputFailed { .. } => EventKind::OutputFailed,

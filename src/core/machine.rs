@@ -967,6 +967,8 @@ impl Runner {
             Event::JobStarted { .. }
             | Event::JobOutput { .. }
             | Event::JobOutputTruncated { .. }
+            | Event::JobProgressed { .. }
+            | Event::JobKvWritten { .. }
             | Event::JobExited { .. }
             | Event::JobSpawnFailed { .. } => {
                 self.record_job_event(event, fx);
@@ -1319,6 +1321,24 @@ impl Runner {
                     },
                 );
             }
+            Event::JobProgressed {
+                fraction, message, ..
+            } => self.emit(
+                fx,
+                RunnerEvent::JobProgress {
+                    job,
+                    fraction: *fraction,
+                    message: message.clone(),
+                },
+            ),
+            Event::JobKvWritten { key, value, .. } => self.emit(
+                fx,
+                RunnerEvent::JobKvPut {
+                    job,
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+            ),
             Event::JobOutputTruncated { stream, offset, .. } => {
                 self.emit(
                     fx,
@@ -1389,6 +1409,8 @@ fn job_of(event: &Event) -> Option<(&crate::protocol::JobRef, &'static str)> {
         Event::JobOutputTruncated { job, .. } => Some((job, "job_output_truncated")),
         Event::JobExited { job, .. } => Some((job, "job_exited")),
         Event::JobSpawnFailed { job, .. } => Some((job, "job_spawn_failed")),
+        Event::JobProgressed { job, .. } => Some((job, "job_progress")),
+        Event::JobKvWritten { job, .. } => Some((job, "job_kv_put")),
         _ => None,
     }
 }

@@ -121,6 +121,8 @@ impl Model {
             Event::JobStarted { job, .. }
             | Event::JobOutput { job, .. }
             | Event::JobOutputTruncated { job, .. }
+            | Event::JobProgressed { job, .. }
+            | Event::JobKvWritten { job, .. }
             | Event::JobExited { job, .. }
             | Event::JobSpawnFailed { job, .. }
             | Event::JobFound { job, .. } => Some(job.clone()),

@@ -239,9 +239,17 @@ pub(super) fn launch(
             let _ = hook_inputs.send(Input::Event(event));
         }),
     );
+    #[cfg(unix)]
+    let (endpoints, endpoint_reports) = super::endpoints::Endpoints::new();
+    #[cfg(windows)]
+    let endpoint_reports = tokio::sync::mpsc::channel(1).1;
     let driver = Driver {
         hooks,
         files: JobFiles::new(settings.transfer_settings()),
+        #[cfg(unix)]
+        endpoints,
+        #[cfg(unix)]
+        kv_waiting: None,
         core,
         observer,
         link: Link::new(
@@ -277,7 +285,9 @@ pub(super) fn launch(
         None
     };
     let task = tokio::spawn(async move {
-        let code = driver.run(boot_effects, inputs, reports, control).await;
+        let code = driver
+            .run(boot_effects, inputs, reports, control, endpoint_reports)
+            .await;
         if let Some(socket) = socket {
             socket.close();
         }

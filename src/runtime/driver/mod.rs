@@ -18,6 +18,7 @@ loop hands it:
 - `launch`: starting a runner (state folder, identity, store, boot record, trace);
 - `link`: the connection, the writer's queue, the resend cursor, `wire()`;
 - `job_files`: jobs' inputs being fetched and outputs being uploaded, a task each;
+- `endpoints`: jobs' local endpoints (`job.sock`) and the writes waiting for their batch;
 - `durable`: a batch's transaction, acknowledgements batched, ended jobs' folders;
 - `group`: which ready inputs are dispatched together and share one transaction;
 - `local_steps`: install steps and rollback, keys, hardware, the install's farewell;
@@ -27,6 +28,8 @@ loop hands it:
 */
 
 mod durable;
+#[cfg(unix)]
+mod endpoints;
 mod group;
 mod handle;
 mod input;
@@ -87,7 +90,19 @@ struct Driver {
     hooks: HookRunner,
     /// Jobs' inputs being fetched.
     files: JobFiles,
+    /// Jobs' local endpoints (Unix).
+    #[cfg(unix)]
+    endpoints: endpoints::Endpoints,
+    /// A job's key-value write, confirmed once the batch its event made is durable.
+    #[cfg(unix)]
+    kv_waiting: Option<crate::runtime::job_endpoint::Taken>,
 }
+
+/// What jobs say through their endpoints (none on Windows, where they have none).
+#[cfg(unix)]
+pub(super) type EndpointReports = mpsc::Receiver<crate::runtime::job_endpoint::EndpointReport>;
+#[cfg(windows)]
+pub(super) type EndpointReports = mpsc::Receiver<std::convert::Infallible>;
 
 impl Driver {
     async fn run(
@@ -96,6 +111,7 @@ impl Driver {
         mut inputs: mpsc::UnboundedReceiver<Input>,
         mut reports: mpsc::UnboundedReceiver<JobReport>,
         mut control: mpsc::UnboundedReceiver<Control>,
+        mut endpoint_reports: EndpointReports,
     ) -> ExitCode {
         self.perform(vec![boot.list]);
         let mut save_acks = tokio::time::interval(SAVE_ACKS_EVERY);
@@ -113,7 +129,7 @@ impl Driver {
                 // One turn for the writer first: the API hears `job_accepted` (and the
                 // command's ack) while the process starts, not after it.
                 tokio::task::yield_now().await;
-                self.spawn_jobs();
+                self.spawn_jobs().await;
                 continue;
             }
             if let Some(event) = self.local.pop_front() {
@@ -161,7 +177,39 @@ impl Driver {
                     None
                 }
                 Some(input) = inputs.recv() => self.accept(input),
-                Some(report) = reports.recv(), if !paused => self.accept(Input::Job(report)),
+                Some(report) = reports.recv(), if !paused => {
+                    // A job's end: its endpoint closes first, and what it still held
+                    // (the last progress) goes in before the end.
+                    #[cfg(unix)]
+                    if let super::jobs::JobReport::Exited { job, .. } = &report
+                        && let Some(endpoint) = self.endpoints.take(job)
+                    {
+                        let close = endpoint.close();
+                        tokio::pin!(close);
+                        loop {
+                            tokio::select! {
+                                () = &mut close => break,
+                                Some(said) = endpoint_reports.recv() => {
+                                    if let Some(event) = self.accept_endpoint(said) {
+                                        self.dispatch(event);
+                                    }
+                                }
+                            }
+                        }
+                        while let Ok(said) = endpoint_reports.try_recv() {
+                            if let Some(event) = self.accept_endpoint(said) {
+                                self.dispatch(event);
+                            }
+                        }
+                    }
+                    self.accept(Input::Job(report))
+                }
+                Some(said) = endpoint_reports.recv() => {
+                    #[cfg(unix)]
+                    { self.accept_endpoint(said) }
+                    #[cfg(windows)]
+                    match said {}
+                }
                 Some(request) = control.recv() => Some(match request {
                     Control::Drain { deadline_secs, by } => Event::ShutdownRequested {
                         deadline_secs,
@@ -269,11 +317,51 @@ impl Driver {
         }
     }
 
+    /// What a job said through its endpoint, as the core's event; a write waits for
+    /// the batch it makes.
+    #[cfg(unix)]
+    fn accept_endpoint(
+        &mut self,
+        report: crate::runtime::job_endpoint::EndpointReport,
+    ) -> Option<Event> {
+        let (event, taken) = endpoints::into_event(report);
+        if let Some(taken) = taken
+            && let Some(earlier) = self.kv_waiting.replace(taken)
+        {
+            earlier.refuse("the runner could not record the write");
+        }
+        Some(event)
+    }
+
     /// The one dispatch point: every event into the core and every transition out of it
     /// passes here (a group's events too, one by one: `dispatch_group`).
     fn dispatch(&mut self, event: Event) {
         let batch = self.dispatch_only(&event);
+        // A job's key-value write is confirmed to it once the batch recording it is
+        // committed (endpoint events never join a group: they come here alone).
+        #[cfg(unix)]
+        let records_kv = batch.iter().any(|effect| {
+            matches!(
+                effect,
+                Effect::Persist(Durable::OutboxAppend {
+                    event: crate::protocol::RunnerEvent::JobKvPut { .. },
+                    ..
+                })
+            )
+        });
         self.perform(vec![batch]);
+        #[cfg(unix)]
+        if let Some(taken) = self.kv_waiting.take() {
+            let failed = self
+                .local
+                .iter()
+                .any(|e| matches!(e, Event::StoreFailed { .. }));
+            if records_kv && !failed {
+                taken.confirm();
+            } else {
+                taken.refuse("the runner could not record the write");
+            }
+        }
         self.observer.performed(&self.core, &event);
     }
 
@@ -499,6 +587,8 @@ impl Driver {
                     warn!(job = %job.job_id, attempt = job.attempt, "not started: the runner is stopping");
                 }
                 self.files.stop_all();
+                #[cfg(unix)]
+                self.endpoints.close_all();
                 // Jobs the core asked to stop end now; the others stay with their
                 // supervisors (a stop that leaves them running), where they have one.
                 if let Some(jobs) = &mut self.jobs {
@@ -509,8 +599,18 @@ impl Driver {
         }
     }
 
-    fn spawn_jobs(&mut self) {
+    async fn spawn_jobs(&mut self) {
         for job in std::mem::take(&mut self.spawns) {
+            // Its endpoint is served before its process starts.
+            #[cfg(unix)]
+            if let Some(jobs) = &self.jobs
+                && let Ok(folder) = jobs.prepare_folder(&job)
+                && let Some(job_dir) = folder.work.parent()
+            {
+                self.endpoints
+                    .open(job.job_ref(), job_dir, folder.account, job.kv.clone())
+                    .await;
+            }
             let started = match &mut self.jobs {
                 Some(jobs) => {
                     info!(job = %job.job_id, attempt = job.attempt, program = ?job.command.first(), "starting job");

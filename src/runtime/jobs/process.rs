@@ -294,6 +294,14 @@ impl ProcessExecutor {
         // ...but not the runner's word on which job this is.
         env.push(("FYN_JOB_ID".into(), job.job_id.clone().into()));
         env.push(("FYN_JOB_ATTEMPT".into(), job.attempt.to_string().into()));
+        // The job's endpoint, which the runner serves from just before the start.
+        #[cfg(unix)]
+        env.push((
+            crate::runtime::job_endpoint::SOCKET_VARIABLE.into(),
+            job_dir
+                .join(crate::runtime::job_endpoint::SOCKET_NAME)
+                .into_os_string(),
+        ));
         info!(job = %job.job_id, attempt = job.attempt, dir = %job_dir.display(), "job prepared");
         Ok(Prepared {
             job,
