@@ -1026,6 +1026,60 @@ mod tests {
         assert_eq!(synchronous(&store), 2);
     }
 
+    fn file_holds(path: &Path, needle: &[u8]) -> bool {
+        std::fs::read(path)
+            .unwrap_or_default()
+            .windows(needle.len())
+            .any(|window| window == needle)
+    }
+
+    /// Acknowledged output leaves the outbox without zeroing (its bytes are in the
+    /// job's logs), but a job spec removed in the same batch, after the ack, is still
+    /// zeroed: a spec large enough to spill into overflow pages is exactly what `FAST`
+    /// would leave behind if `ack_events` did not set `secure_delete` back on.
+    #[test]
+    fn a_removed_spec_is_zeroed_even_after_an_acknowledgement_in_its_batch() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = Store::open(dir.path()).expect("the store opens");
+        let needle = "needle-of-the-job-environment-";
+        let mut spec = job_spec("j");
+        spec.env
+            .insert("SECRET".to_owned(), needle.repeat(8 * 1024 / needle.len()));
+        let output = RunnerEvent::JobOutput {
+            job: spec.job_ref(),
+            stream: OutputStream::Stdout,
+            offset: 0,
+            data: "aGVsbG8K".to_owned(),
+        };
+        store
+            .commit(&[
+                Durable::JobAdded { job: spec.clone() },
+                Durable::OutboxAppend {
+                    index: 1,
+                    event: output,
+                },
+            ])
+            .expect("commit");
+        assert!(file_holds(
+            &dir.path().join(format!("{DB_FILE}-wal")),
+            needle.as_bytes()
+        ));
+        store
+            .commit(&[
+                Durable::OutboxAcked { up_to: 1 },
+                Durable::JobRemoved {
+                    job: spec.job_ref(),
+                },
+            ])
+            .expect("commit");
+        for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal")] {
+            assert!(
+                !file_holds(&dir.path().join(&name), needle.as_bytes()),
+                "{name} still holds the removed spec's environment"
+            );
+        }
+    }
+
     /// A power cut takes back a `job_started` the API may already hold: the job comes
     /// back without its pid (so it is reported lost) and the next event index is past
     /// the one that event used, so the API cannot drop the report as a duplicate.
