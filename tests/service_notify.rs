@@ -163,7 +163,7 @@ async fn a_huge_drain_deadline_does_not_overflow(dir: &tempfile::TempDir, socket
         Some(server.mint_token().expect("token")),
         30,
     );
-    let handle = runtime::start(config).expect("starts");
+    let mut handle = runtime::start(config).expect("starts");
     let mut heard = String::new();
     let mut buf = vec![0u8; 4096];
     let deadline = Instant::now() + WAIT;
