@@ -43,6 +43,9 @@ pub(crate) struct AccessPolicy {
     pub tls: bool,
     /// Extra names the `Host` header may carry (lowercase, no port).
     pub allowed_hosts: Vec<String>,
+    /// The host and port of `--public-url`: the name a proxy or a relay in front of the
+    /// server forwards requests under, the operator's own word, so allowed as well.
+    pub public_authority: Option<(String, u16)>,
 }
 
 /// Why a request was refused.
@@ -167,6 +170,15 @@ impl AccessPolicy {
             return true;
         }
         let default_port = if self.tls { 443 } else { 80 };
+        if self
+            .public_authority
+            .as_ref()
+            .is_some_and(|(public, public_port)| {
+                public == name && *public_port == port.unwrap_or(default_port)
+            })
+        {
+            return true;
+        }
         if port.unwrap_or(default_port) != self.local.port() {
             return false;
         }
@@ -301,6 +313,7 @@ mod tests {
             local: SocketAddr::new(ip, 7480),
             tls: false,
             allowed_hosts: vec!["devbox.example".to_owned()],
+            public_authority: None,
         }
     }
 
@@ -346,6 +359,17 @@ mod tests {
             p.check("/admin/v1/jobs", &headers(&[AUTH])),
             Err(Refusal::NoHost)
         );
+    }
+
+    #[test]
+    fn the_public_url_is_the_servers_own_name() {
+        let mut p = policy(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        p.public_authority = Some(("10.1.2.3".to_owned(), 8443));
+        let host = |h: &str| p.check("/admin/v1/jobs", &headers(&[("host", h), AUTH]));
+        assert_eq!(host("10.1.2.3:8443"), Ok(()));
+        assert!(host("10.1.2.3:7480").is_err(), "only the public port");
+        assert!(host("10.1.2.3").is_err(), "port 80 is not the public one");
+        assert_eq!(host("127.0.0.1:7480"), Ok(()), "its own address still");
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub struct DevServerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = super::DEFAULT_MAX_BLOB_BYTES)]
     pub max_blob_bytes: u64,
     /// The base URL runners reach this server at (e.g. http://build-host:7480 with
-    /// --listen 0.0.0.0:7480), used in the input and result URLs jobs are handed; its
-    /// host must be one of this server's addresses or an --allow-host name.
+    /// --listen 0.0.0.0:7480), used in the input and result URLs jobs are handed.
+    /// Requests whose Host is this URL's host and port are accepted as this server's
+    /// own (as for --allow-host), so it may name a proxy in front of the server.
     /// [default: this server's own address]
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,

@@ -189,6 +189,17 @@ impl DevServerConfig {
         Ok(())
     }
 
+    /// `--public-url`'s host (lowercase, without brackets or a trailing dot) and port.
+    fn public_authority(&self) -> Option<(String, u16)> {
+        let url = url::Url::parse(self.public_url.as_deref()?).ok()?;
+        let host = url
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        Some((host, url.port_or_known_default()?))
+    }
+
     fn allowed_hosts(&self) -> Vec<String> {
         self.allowed_hosts
             .iter()
@@ -264,6 +275,7 @@ impl DevServer {
             local: local_addr,
             tls: tls.is_some(),
             allowed_hosts: config.allowed_hosts(),
+            public_authority: config.public_authority(),
         });
         let state_blobs = Arc::clone(&state.blobs);
         let router = admin::router(state.clone(), policy);
