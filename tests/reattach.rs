@@ -566,3 +566,63 @@ async fn a_job_no_runner_comes_back_for_is_ended_by_its_supervisor_after_the_thr
     drop(runner);
     server.shutdown().await;
 }
+
+/// Whether something answers on the Unix socket at `path`.
+fn served(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+#[tokio::test]
+async fn a_reattached_job_keeps_its_endpoint_and_its_own_writes() {
+    let server = dev_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let talk = tempfile::tempdir().expect("tempdir");
+    let go = talk.path().join("go");
+    let token = server.mint_token().expect("token");
+    let mut runner = spawn_runner(&binary(), &server.url(), dir.path(), Some(&token));
+    let mut job = shell(
+        "\"$FYN\" job kv put step 1 && \"$FYN\" job kv put step 2 || exit 7; \
+         echo ready; \
+         while [ ! -e \"$GO\" ]; do sleep 0.02; done; \
+         test \"$(\"$FYN\" job kv get step)\" = 2 || exit 8; \
+         test \"$(\"$FYN\" job kv get seed)\" = planted || exit 9; \
+         \"$FYN\" job kv put step 3 && \"$FYN\" job progress 1 'after the restart'",
+        120,
+    );
+    job.env
+        .insert("FYN".into(), binary().to_string_lossy().into());
+    job.env.insert("GO".into(), go.to_string_lossy().into());
+    job.kv.insert("seed".into(), "planted".into());
+    let id = server.submit_job(job).expect("submit");
+    // Its writes returned, so they are durable.
+    let running = until_job(&server, &id, |j| j.stdout_bytes > 0).await;
+    let socket = dir
+        .path()
+        .join("jobs")
+        .join(format!("{}-{}", running.id, running.attempt))
+        .join("job.sock");
+    assert!(served(&socket), "{} is served", socket.display());
+    runner.kill_9();
+    assert!(!served(&socket), "nothing answers while the runner is away");
+
+    let mut runner = spawn_runner(&binary(), &server.url(), dir.path(), None);
+    let deadline = Instant::now() + WAIT;
+    while !served(&socket) {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint is not served again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(&go, b"").expect("go");
+    let job = finished(&server, &id).await;
+    // Exit 8 would be the spec's view without its own writes; 5, no endpoint.
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
+    assert_eq!(job.kv.get("step").map(String::as_str), Some("3"));
+    let progress = job.progress.clone().expect("progress");
+    assert_eq!(progress.message.as_deref(), Some("after the restart"));
+    assert_eq!(events_of(&server, &job, "job_kv_put"), 3);
+    assert_eq!(events_of(&server, &job, "job_finished"), 1);
+    runner.kill_9();
+    server.shutdown().await;
+}

@@ -44,7 +44,7 @@ use crate::runtime::jobs::{JobProgress, StreamProgress};
 pub const DB_FILE: &str = "runner.db";
 
 /// The schema version this build writes, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// How long a write waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,6 +92,19 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          path     TEXT NOT NULL,
          uploaded INTEGER NOT NULL,
          PRIMARY KEY (job_id, attempt, path)
+     ) STRICT;",
+    // Version 6. A running job's key-value writes, each recorded with its `job_kv_put`
+    // event (the value last written, and how many writes and bytes it took): a runner
+    // restarted while the job runs serves its endpoint again with the job's own view,
+    // counted against the same bounds.
+    "CREATE TABLE job_kv (
+         job_id  TEXT NOT NULL,
+         attempt INTEGER NOT NULL,
+         key     TEXT NOT NULL,
+         value   TEXT NOT NULL,
+         writes  INTEGER NOT NULL,
+         bytes   INTEGER NOT NULL,
+         PRIMARY KEY (job_id, attempt, key)
      ) STRICT;",
 ];
 
@@ -197,6 +210,18 @@ pub enum StoreError {
         what: String,
         detail: String,
     },
+}
+
+/// A running job's key-value writes to one key, as the store keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvWritten {
+    pub job: JobRef,
+    pub key: String,
+    /// The value last written.
+    pub value: String,
+    /// Writes to this key, and the bytes of their keys and values.
+    pub writes: u32,
+    pub bytes: u64,
 }
 
 pub fn db_path(state_dir: &Path) -> PathBuf {
@@ -566,7 +591,6 @@ impl Store {
         })
     }
 
-    /// The pid each stored job was started with, if it got that far.
     /// The output files of running jobs whose upload is over.
     fn outputs_done(&self) -> Result<Vec<OutputDone>, StoreError> {
         let read = || -> rusqlite::Result<Vec<OutputDone>> {
@@ -592,6 +616,39 @@ impl Store {
         })
     }
 
+    /// The key-value writes of each stored job: per key, the last value written.
+    pub fn job_kv_written(&self) -> Result<Vec<KvWritten>, StoreError> {
+        let read = || -> rusqlite::Result<Vec<KvWritten>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT job_id, attempt, key, value, writes, bytes FROM job_kv
+                 ORDER BY job_id, attempt, key",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(KvWritten {
+                    job: JobRef {
+                        job_id: row.get(0)?,
+                        attempt: row.get(1)?,
+                    },
+                    key: row.get(2)?,
+                    value: row.get(3)?,
+                    writes: row
+                        .get::<_, i64>(4)
+                        .map(|v| u32::try_from(v).unwrap_or(u32::MAX))?,
+                    bytes: row
+                        .get::<_, i64>(5)
+                        .map(|v| u64::try_from(v).unwrap_or(0))?,
+                })
+            })?;
+            rows.collect()
+        };
+        read().map_err(|e| StoreError::Read {
+            path: self.path.clone(),
+            what: "key-value writes",
+            source: e.into(),
+        })
+    }
+
+    /// The pid each stored job was started with, if it got that far.
     pub fn job_pids(&self) -> Result<Vec<(JobRef, u32)>, StoreError> {
         let read = || -> rusqlite::Result<Vec<(JobRef, u32)>> {
             let mut stmt = self.conn.prepare_cached(
@@ -718,6 +775,7 @@ fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
                     data,
                 } => record_sent(tx, job, *stream, offset.saturating_add(base64_len(data))),
                 RunnerEvent::JobOutputTruncated { job, stream, .. } => record_cut(tx, job, *stream),
+                RunnerEvent::JobKvPut { job, key, value } => record_kv(tx, job, key, value),
                 _ => Ok(()),
             }
         }
@@ -751,6 +809,8 @@ fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
             tx.prepare_cached("DELETE FROM jobs WHERE job_id = ?1")?
                 .execute([&job.job_id])?;
             tx.prepare_cached("DELETE FROM outputs_done WHERE job_id = ?1")?
+                .execute([&job.job_id])?;
+            tx.prepare_cached("DELETE FROM job_kv WHERE job_id = ?1")?
                 .execute([&job.job_id])?;
             remember_ended(tx, job)
         }
@@ -841,6 +901,20 @@ fn record_sent(
     };
     tx.prepare_cached(sql)?
         .execute(params![to_sql_int(end)?, job.job_id, job.attempt])?;
+    Ok(())
+}
+
+/// In the transaction that stores a `job_kv_put`: the key's value, and the write
+/// counted (as `KvView` counts it: one write, the key's and the value's bytes).
+fn record_kv(tx: &Transaction<'_>, job: &JobRef, key: &str, value: &str) -> Result<(), StoreFault> {
+    let size = to_sql_int((key.len() + value.len()) as u64)?;
+    tx.prepare_cached(
+        "INSERT INTO job_kv (job_id, attempt, key, value, writes, bytes)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5)
+         ON CONFLICT (job_id, attempt, key) DO UPDATE SET
+             value = excluded.value, writes = writes + 1, bytes = bytes + excluded.bytes",
+    )?
+    .execute(params![job.job_id, job.attempt, key, value, size])?;
     Ok(())
 }
 
@@ -981,6 +1055,48 @@ mod tests {
             }])
             .expect("commit");
         assert!(store.load().expect("load").outputs_done.is_empty());
+    }
+
+    /// A job's writes are kept with their events, per key the last value and how much
+    /// was written, and read back at the next start; the job's removal forgets them.
+    #[test]
+    fn key_value_writes_are_kept_until_their_job_is_removed() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let spec = job_spec("j");
+        let put = |index: u64, key: &str, value: &str| Durable::OutboxAppend {
+            index,
+            event: RunnerEvent::JobKvPut {
+                job: spec.job_ref(),
+                key: key.to_owned(),
+                value: value.to_owned(),
+            },
+        };
+        {
+            let mut store = Store::open(dir.path()).expect("the store opens");
+            store
+                .commit(&[Durable::JobAdded { job: spec.clone() }, put(1, "step", "1")])
+                .expect("commit");
+            store
+                .commit(&[put(2, "step", "22"), put(3, "mesh", "fine")])
+                .expect("commit");
+            store
+                .commit(&[Durable::OutboxAcked { up_to: 3 }])
+                .expect("ack");
+        }
+        let mut store = Store::open(dir.path()).expect("the store opens again");
+        let kept = store.job_kv_written().expect("read");
+        let seen: Vec<(&str, &str, u32, u64)> = kept
+            .iter()
+            .map(|w| (w.key.as_str(), w.value.as_str(), w.writes, w.bytes))
+            .collect();
+        assert_eq!(seen, [("mesh", "fine", 1, 8), ("step", "22", 2, 11)]);
+        assert!(kept.iter().all(|w| w.job == spec.job_ref()));
+        store
+            .commit(&[Durable::JobRemoved {
+                job: spec.job_ref(),
+            }])
+            .expect("commit");
+        assert!(store.job_kv_written().expect("read").is_empty());
     }
 
     /// 2 is FULL (the commit waits for the disk), 1 is NORMAL.

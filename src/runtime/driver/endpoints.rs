@@ -1,6 +1,8 @@
 //! Jobs' local endpoints (`job.sock`, `FYN_JOB_SOCKET`): one served for each job this
-//! process starts, from just before its process starts until its end is taken (closed
-//! first, so the last progress it holds reaches the loop before the job's end). What a
+//! process starts, from just before its process starts, and for each job it reattached
+//! (at the same path, with the view the job had: its spec's pairs and its own writes,
+//! from the store), until its end is taken (closed first, so the last progress it
+//! holds reaches the loop before the job's end). What a
 //! job says comes to the loop as `EndpointReport`s and goes to the core as events; a
 //! key-value write is confirmed to the job once the batch that records it is durable.
 //!
@@ -46,9 +48,9 @@ impl Endpoints {
         job: JobRef,
         job_dir: &Path,
         account: Option<Account>,
-        kv: std::collections::BTreeMap<String, String>,
+        kv: KvView,
     ) {
-        let mut config = EndpointConfig::new(job.clone(), job_dir, KvView::new(kv));
+        let mut config = EndpointConfig::new(job.clone(), job_dir, kv);
         config.account = account;
         match JobEndpoint::bind(config, self.reports_tx.clone()).await {
             Ok(endpoint) => {
@@ -67,7 +69,8 @@ impl Endpoints {
         self.open.remove(job)
     }
 
-    /// At exit: every endpoint stops (a reattached job has none; see architecture.md).
+    /// At exit: every endpoint stops (the next run serves them again for the jobs it
+    /// reattaches).
     pub fn close_all(&mut self) {
         self.open.clear();
     }

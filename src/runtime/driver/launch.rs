@@ -178,6 +178,8 @@ pub(super) fn launch(
     let restored_refs: Vec<JobRef> = restored.iter().map(JobSpec::job_ref).collect();
     let pids = store.job_pids()?;
     let progress = store.job_progress()?;
+    #[cfg(unix)]
+    let kv_written = store.job_kv_written()?;
     let config = boot_config(&settings);
     let booted_from = durable.clone();
     let outbox_at_boot = (durable.acked_event_index, durable.last_event_index);
@@ -191,7 +193,7 @@ pub(super) fn launch(
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (jobs, retention, janitor, found) = if farewell {
         let nothing_kept = Retention::new(settings.job_retention);
-        (None, nothing_kept, Janitor::default(), VecDeque::new())
+        (None, nothing_kept, Janitor::default(), Found::default())
     } else {
         let mut jobs = JobSupervisor::with_layout(settings.jobs_layout(), reports_tx);
         jobs.preflight().map_err(StartError::Jobs)?;
@@ -199,6 +201,8 @@ pub(super) fn launch(
         let found = find_jobs(&mut jobs, &restored, &pids, &progress);
         (Some(jobs), retention, janitor, found)
     };
+    #[cfg(unix)]
+    let reopened = endpoints_to_reopen(&settings, &jobs_root, &found.running, &kv_written);
     let (control_tx, control) = mpsc::unbounded_channel();
     let (status_tx, status) =
         watch::channel(status_of(&core, None, settings.endpoint.as_str(), None));
@@ -269,7 +273,7 @@ pub(super) fn launch(
         jobs,
         inputs_tx,
         // What became of the previous run's jobs goes in before anything else.
-        local: found,
+        local: found.events,
         exit: None,
         scratch: Effects::default(),
         spawns: Vec::new(),
@@ -285,6 +289,14 @@ pub(super) fn launch(
         None
     };
     let task = tokio::spawn(async move {
+        #[cfg(unix)]
+        let driver = {
+            let mut driver = driver;
+            for (job, job_dir, account, kv) in reopened {
+                driver.endpoints.open(job, &job_dir, account, kv).await;
+            }
+            driver
+        };
         let code = driver
             .run(boot_effects, inputs, reports, control, endpoint_reports)
             .await;
@@ -347,6 +359,16 @@ fn boot_config(settings: &RunnerSettings) -> CoreConfig {
     }
 }
 
+/// What became of the previous run's jobs.
+#[derive(Default)]
+struct Found {
+    /// For the core to take first.
+    events: VecDeque<Event>,
+    /// The jobs reattached: their supervisor still runs them.
+    #[cfg_attr(not(unix), allow(dead_code))] // their endpoints are Unix sockets
+    running: Vec<JobSpec>,
+}
+
 /// The jobs the previous run left in the store: what became of each (its supervisor
 /// still runs it, it ended meanwhile, or it is lost), as events for the core to take
 /// first, and one line saying how many of each. Whatever supervisors the store does not
@@ -356,8 +378,8 @@ fn find_jobs(
     restored: &[JobSpec],
     pids: &[(JobRef, u32)],
     progress: &[(JobRef, JobProgress)],
-) -> VecDeque<Event> {
-    let mut events = VecDeque::new();
+) -> Found {
+    let mut found = Found::default();
     let (mut running, mut ended, mut lost) = (0, 0, 0);
     for spec in restored {
         let job = spec.job_ref();
@@ -370,12 +392,15 @@ fn find_jobs(
         for report in jobs.reattach(spec, pid, done) {
             if let JobReport::Found { state, .. } = &report {
                 match state {
-                    FoundState::Running { .. } => running += 1,
+                    FoundState::Running { .. } => {
+                        running += 1;
+                        found.running.push(spec.clone());
+                    }
                     FoundState::Ended => ended += 1,
                     FoundState::Lost => lost += 1,
                 }
             }
-            events.push_back(report.into_event());
+            found.events.push_back(report.into_event());
         }
     }
     let known: Vec<JobRef> = restored.iter().map(JobSpec::job_ref).collect();
@@ -389,7 +414,52 @@ fn find_jobs(
              while the runner was down, {lost} lost"
         );
     }
-    events
+    found
+}
+
+/// A reattached job's endpoint, as this run serves it again: at the path its
+/// `FYN_JOB_SOCKET` names, with the pairs of its spec and its own writes (kept in the
+/// store with their events), counted against the same bounds.
+#[cfg(unix)]
+type Reopened = (
+    JobRef,
+    std::path::PathBuf,
+    Option<crate::platform::Account>,
+    crate::runtime::job_endpoint::KvView,
+);
+
+#[cfg(unix)]
+fn endpoints_to_reopen(
+    settings: &RunnerSettings,
+    jobs_root: &Path,
+    running: &[JobSpec],
+    written: &[crate::runtime::store::KvWritten],
+) -> Vec<Reopened> {
+    use std::collections::BTreeMap;
+    let account = settings
+        .jobs_layout()
+        .account
+        .map(|account| account.account().clone());
+    running
+        .iter()
+        .filter_map(|spec| {
+            let job = spec.job_ref();
+            let job_dir = crate::runtime::jobs::job_dir(jobs_root, &job).ok()?;
+            let (mut values, mut writes, mut bytes) = (BTreeMap::new(), 0u32, 0u64);
+            for w in written.iter().filter(|w| w.job == job) {
+                values.insert(w.key.clone(), w.value.clone());
+                writes = writes.saturating_add(w.writes);
+                bytes = bytes.saturating_add(w.bytes);
+            }
+            let kv = crate::runtime::job_endpoint::KvView::restored(
+                spec.kv.clone(),
+                values,
+                writes,
+                bytes,
+            );
+            Some((job, job_dir, account.clone(), kv))
+        })
+        .collect()
 }
 
 /// The term of ended jobs' folders, with what an earlier run left: those past it are

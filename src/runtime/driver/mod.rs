@@ -607,8 +607,9 @@ impl Driver {
                 && let Ok(folder) = jobs.prepare_folder(&job)
                 && let Some(job_dir) = folder.work.parent()
             {
+                let kv = crate::runtime::job_endpoint::KvView::new(job.kv.clone());
                 self.endpoints
-                    .open(job.job_ref(), job_dir, folder.account, job.kv.clone())
+                    .open(job.job_ref(), job_dir, folder.account, kv)
                     .await;
             }
             let started = match &mut self.jobs {

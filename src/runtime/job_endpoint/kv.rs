@@ -46,17 +46,20 @@ impl KvView {
         }
     }
 
-    /// A job's view after a runner restart: its spec's pairs and the writes it made
-    /// before (in order), counted again.
+    /// A job's view after a runner restart: its spec's pairs, the last value it wrote
+    /// to each key, and how many writes and bytes it spent on them.
     pub fn restored(
         from_spec: BTreeMap<String, String>,
-        writes: impl IntoIterator<Item = (String, String)>,
+        written: BTreeMap<String, String>,
+        writes: u32,
+        bytes: u64,
     ) -> Self {
-        let mut view = Self::new(from_spec);
-        for (key, value) in writes {
-            view.apply(key, value);
+        Self {
+            from_spec,
+            written,
+            writes,
+            bytes,
         }
-        view
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -119,7 +122,9 @@ mod tests {
         assert_eq!((view.get("a"), view.get("b")), (Some("mine"), Some("new")));
         let restored = KvView::restored(
             BTreeMap::from([("a".into(), "spec".into())]),
-            [("a".into(), "mine".into()), ("b".into(), "new".into())],
+            BTreeMap::from([("a".into(), "mine".into()), ("b".into(), "new".into())]),
+            2,
+            9,
         );
         assert_eq!(restored, view);
     }
