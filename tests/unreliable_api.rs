@@ -1,7 +1,9 @@
 //! The runner against the reference control plane behind a relay that fails the way
 //! networks, proxies and other control planes do (issue 14): HTTP 503 instead of the
 //! upgrade, a connection cut right after the server committed a registration, a runner
-//! killed at that moment, a command the runner cannot read. End to end: the real
+//! killed at that moment, a command the runner cannot read, and a hundred of the same
+//! failure in paused time (refusals; cuts right after each handshake), retried within
+//! the documented backoff. End to end: the real
 //! runtime (or the real binary) and the real dev-server; the relay only passes frames
 //! on, drops them, or rewrites one.
 
@@ -39,11 +41,19 @@ struct Script {
     garble_start_job: bool,
     /// Cut the connection right after passing on the runner's next `command_ack`.
     cut_after_command_ack: bool,
+    /// Sessions still to cut right after passing on the server's `ready_ack`: the
+    /// runner is Active, and no heartbeat has been acknowledged yet.
+    cut_after_ready_ack: u32,
 }
 
 #[derive(Default)]
 struct Seen {
     refused: u32,
+    /// When each refused connection arrived (tokio's clock: paused time in a test
+    /// that pauses it).
+    refused_at: Vec<tokio::time::Instant>,
+    /// When each session cut after its `ready_ack` was cut.
+    cut_at: Vec<tokio::time::Instant>,
     registered_held: bool,
     /// Every text frame passed on or dropped: who sent it, and its JSON.
     frames: Vec<(&'static str, Value)>,
@@ -71,7 +81,10 @@ impl Relay {
                     refuse
                 };
                 if refuse {
-                    seen_in.lock().expect("lock").refused += 1;
+                    let mut seen = seen_in.lock().expect("lock");
+                    seen.refused += 1;
+                    seen.refused_at.push(tokio::time::Instant::now());
+                    drop(seen);
                     tokio::spawn(answer_503(tcp));
                 } else {
                     tokio::spawn(relay_one(tcp, upstream, script_in.clone(), seen_in.clone()));
@@ -169,6 +182,7 @@ async fn relay_one(
                     let mut text = text.as_str().to_owned();
                     record("server", &text);
                     let registered = text.contains(r#""type":"registered""#);
+                    let ready_ack = text.contains(r#""type":"ready_ack""#);
                     {
                         let mut script = script.lock().expect("lock");
                         if registered && std::mem::take(&mut script.cut_at_registered) {
@@ -186,6 +200,14 @@ async fn relay_one(
                     }
                     if to_runner.send(Message::text(text)).await.is_err() {
                         return;
+                    }
+                    if ready_ack {
+                        let mut script = script.lock().expect("lock");
+                        if script.cut_after_ready_ack > 0 {
+                            script.cut_after_ready_ack -= 1;
+                            seen.lock().expect("lock").cut_at.push(tokio::time::Instant::now());
+                            return;
+                        }
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -279,6 +301,117 @@ async fn registration_survives_503s_and_a_cut_after_the_commit() {
         .expect("stops");
     assert_eq!(code, ExitCode::Clean);
     server.shutdown().await;
+}
+
+/// A hundred 503s in a row with the operator's default backoff (0.5 s doubling to a
+/// 60 s cap, each wait a uniform draw below its ceiling: §15), in paused time, so
+/// nearly an hour of refusals passes in a moment: every wait is within its attempt's
+/// ceiling, they add up to what the rule makes likely, and there is no tight loop.
+/// Then the API answers and the runner registers, once.
+#[tokio::test(start_paused = true)]
+async fn a_hundred_refusals_are_retried_within_the_documented_backoff() {
+    const FAILURES: u32 = 100;
+    let (base, cap) = (Duration::from_millis(500), Duration::from_secs(60));
+    let server = DevServer::start(DevServerConfig::ephemeral())
+        .await
+        .expect("dev-server");
+    let relay = Relay::start(server.local_addr()).await;
+    relay.script(|s| s.refuse = FAILURES);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut settings = settings(&relay, dir.path(), &token);
+    (settings.backoff_min, settings.backoff_max) = (base, cap);
+    let mut handle = runtime::start(settings).expect("starts");
+    let day = Duration::from_secs(24 * 3600);
+    tokio::time::timeout(day, handle.wait_for(|s| s.state == "Active"))
+        .await
+        .expect("Active after the refusals");
+
+    let at = relay.seen.lock().expect("lock").refused_at.clone();
+    assert_eq!(at.len(), FAILURES as usize);
+    assert_within_backoff(&at, base, cap);
+    assert_eq!(server.runners().expect("runners").len(), 1);
+    handle.shutdown();
+    let code = tokio::time::timeout(WAIT, handle.wait())
+        .await
+        .expect("stops");
+    assert_eq!(code, ExitCode::Clean);
+    server.shutdown().await;
+}
+
+/// The same failure a hundred times right after the handshake: every session reaches
+/// Active and is cut before a heartbeat is acknowledged, so none proved healthy and the
+/// attempt count never starts again (§15): the waits still grow to the cap.
+#[tokio::test(start_paused = true)]
+async fn a_hundred_cuts_right_after_the_handshake_back_off_to_the_cap() {
+    const FAILURES: u32 = 100;
+    let (base, cap) = (Duration::from_millis(500), Duration::from_secs(60));
+    let server = DevServer::start(DevServerConfig::ephemeral())
+        .await
+        .expect("dev-server");
+    let relay = Relay::start(server.local_addr()).await;
+    relay.script(|s| s.cut_after_ready_ack = FAILURES);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut settings = settings(&relay, dir.path(), &token);
+    (settings.backoff_min, settings.backoff_max) = (base, cap);
+    let mut handle = runtime::start(settings).expect("starts");
+    let day = Duration::from_secs(24 * 3600);
+    let cuts_done = async {
+        while relay.seen.lock().expect("lock").cut_at.len() < FAILURES as usize {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(day, cuts_done)
+        .await
+        .expect("a hundred sessions cut");
+    tokio::time::timeout(day, handle.wait_for(|s| s.state == "Active"))
+        .await
+        .expect("Active after the cuts");
+
+    let at = relay.seen.lock().expect("lock").cut_at.clone();
+    assert_within_backoff(&at, base, cap);
+    assert_eq!(relay.frames("runner", "register").len(), 1);
+    assert_eq!(server.runners().expect("runners").len(), 1);
+    handle.shutdown();
+    let code = tokio::time::timeout(WAIT, handle.wait())
+        .await
+        .expect("stops");
+    assert_eq!(code, ExitCode::Clean);
+    server.shutdown().await;
+}
+
+/// Failures at `at` (tokio's clock), one attempt each, were retried as §15 says: the
+/// wait after failure n is at most min(cap, base * 2^(n-1)) (plus the moment a
+/// connection and a handshake take), the waits add up to what uniform draws make
+/// near certain (those below a 60 s ceiling average 30 s: a quarter of the cap each is
+/// far below the sum with any seed), and almost none is a quick retry.
+fn assert_within_backoff(at: &[tokio::time::Instant], base: Duration, cap: Duration) {
+    let waits: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    let slack = Duration::from_millis(100);
+    for (i, wait) in waits.iter().enumerate() {
+        let ceiling = base.saturating_mul(1 << i.min(20)).min(cap);
+        assert!(
+            *wait <= ceiling + slack,
+            "wait {} was {wait:?}, above its ceiling {ceiling:?}",
+            i + 1
+        );
+    }
+    let total: Duration = waits.iter().sum();
+    let failures = u32::try_from(at.len()).unwrap_or(u32::MAX);
+    assert!(
+        total >= cap * failures / 4,
+        "{failures} failures in {total:?}"
+    );
+    let quick = waits
+        .iter()
+        .skip(10)
+        .filter(|w| **w < Duration::from_millis(100))
+        .count();
+    assert!(
+        quick <= 3,
+        "{quick} retries within 100 ms of a failure: {waits:?}"
+    );
 }
 
 /// `fyn-runner install` registers the same way: it retries, and installs once.
