@@ -3,9 +3,9 @@
 //! upgrade, a connection cut right after the server committed a registration, a runner
 //! killed at that moment, a command the runner cannot read, and a hundred of the same
 //! failure in paused time (refusals; cuts right after each handshake), retried within
-//! the documented backoff. End to end: the real
-//! runtime (or the real binary) and the real dev-server; the relay only passes frames
-//! on, drops them, or rewrites one.
+//! the documented backoff. End to end: the real runtime (or the real binary) and the
+//! real dev-server; the relay only passes frames on, drops them, or rewrites one.
+#![allow(clippy::disallowed_methods)] // the relay stamps failures with tokio's (paused) clock
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
