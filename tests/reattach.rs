@@ -2,8 +2,10 @@
 //! reference control plane: a runner killed with SIGKILL mid-job and started again
 //! reattaches the job and delivers exactly its output, once; a job that ends while no
 //! runner is there is reported after the restart; a binary replaced mid-job takes the
-//! job over; a supervisor killed takes its job with it, reported lost once; and a
-//! double-forked `setsid` daemon of a job never outlives the job, however it ends.
+//! job over; a supervisor killed takes its job with it, reported lost once; a
+//! double-forked `setsid` daemon of a job never outlives the job, however it ends; a
+//! reattached job keeps its endpoint (`FYN_JOB_SOCKET`) with its own key-value
+//! writes, and its timeout counted from its first start.
 // Unix only: supervisors, process groups and /proc.
 #![cfg(unix)]
 #![allow(clippy::disallowed_methods)] // waiting on real processes is what this does
@@ -622,6 +624,41 @@ async fn a_reattached_job_keeps_its_endpoint_and_its_own_writes() {
     let progress = job.progress.clone().expect("progress");
     assert_eq!(progress.message.as_deref(), Some("after the restart"));
     assert_eq!(events_of(&server, &job, "job_kv_put"), 3);
+    assert_eq!(events_of(&server, &job, "job_finished"), 1);
+    runner.kill_9();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reattached_job_times_out_counted_from_its_first_start() {
+    let server = dev_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut runner = spawn_runner(&binary(), &server.url(), dir.path(), Some(&token));
+    let id = server
+        .submit_job(shell("echo started; sleep 60", 4))
+        .expect("submit");
+    let running = until_job(&server, &id, |j| j.stdout_bytes > 0).await;
+    let pid = started_pid(&server, &running);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    runner.kill_9();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut runner = spawn_runner(&binary(), &server.url(), dir.path(), None);
+    let job = finished(&server, &id).await;
+    let ended = started.elapsed();
+    assert_eq!(job.outcome, Some(JobOutcome::TimedOut), "{job:?}");
+    // Four seconds from the first start, not four more after the restart (2.5 s in).
+    assert!(
+        ended < Duration::from_millis(6000),
+        "timed out {ended:?} after the start"
+    );
+    assert!(
+        job.duration_ms
+            .is_some_and(|ms| (3_500..6_000).contains(&ms)),
+        "{job:?}"
+    );
+    until_gone(pid, "the timed-out job").await;
     assert_eq!(events_of(&server, &job, "job_finished"), 1);
     runner.kill_9();
     server.shutdown().await;
