@@ -1,6 +1,7 @@
 //! `fyn-runner ctl` as an operator types it, against a dev-server with a real runner
 //! binary: tokens, submit --wait with the job's exit code, logs --follow streaming a
-//! running job live, and the exit codes of what goes wrong. Unix: the jobs are `sh`.
+//! running job live, a runner shown and drained, the admin token found where the
+//! dev-server wrote it, and the exit codes of what goes wrong. Unix: the jobs are `sh`.
 #![cfg(unix)]
 #![allow(clippy::disallowed_methods)] // deadlines for what the tests wait on
 
@@ -27,8 +28,8 @@ impl Drop for Killed {
 struct Setup {
     server: DevServer,
     token_file: PathBuf,
+    runner: Killed,
     _dir: tempfile::TempDir,
-    _runner: Killed,
 }
 
 async fn dev_server(dir: &Path) -> (DevServer, PathBuf) {
@@ -124,8 +125,8 @@ async fn with_a_runner() -> Setup {
     Setup {
         server,
         token_file,
+        runner,
         _dir: dir,
-        _runner: runner,
     }
 }
 
@@ -273,6 +274,88 @@ async fn what_goes_wrong_has_its_exit_code() {
         .args(["submit", "--wait", "--", "true"]);
     let (status, _) = code(gone, &[]).await;
     assert_eq!(status, Some(125));
+}
+
+#[tokio::test]
+async fn a_runner_is_shown_and_drained() {
+    let mut setup = with_a_runner().await;
+    let id = setup.server.runners().expect("runners")[0].id.clone();
+    let mut list = ctl(&setup.server, &setup.token_file);
+    list.arg("runners");
+    let listed = run(list).await;
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    assert!(stdout(&listed).contains(&id), "{}", stdout(&listed));
+    let mut show = ctl(&setup.server, &setup.token_file);
+    show.args(["--json", "runner", &id]);
+    let shown = run(show).await;
+    assert_eq!(shown.status.code(), Some(0), "{shown:?}");
+    let runner: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+    assert_eq!(
+        (runner["id"].as_str(), runner["state"].as_str()),
+        (Some(id.as_str()), Some("Active"))
+    );
+    let (status, stderr) = code(ctl(&setup.server, &setup.token_file), &["runner", "r-none"]).await;
+    assert_eq!(status, Some(3), "{stderr}");
+
+    let (status, stderr) = code(ctl(&setup.server, &setup.token_file), &["drain", &id]).await;
+    assert_eq!(status, Some(0), "{stderr}");
+    // The runner drains (no job to wait for), says goodbye and exits 0.
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(exit) = setup.runner.0.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner did not stop after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+    let after = setup.server.runner(&id).expect("query").expect("runner");
+    assert!(!after.connected, "{after:?}");
+}
+
+/// With no token given, `ctl` reads the one the dev-server wrote for its port under
+/// `$XDG_RUNTIME_DIR`: the two commands an operator types, nothing more.
+#[tokio::test]
+async fn the_admin_token_is_found_where_the_dev_server_wrote_it() {
+    let runtime_dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_fyn-runner"));
+    server
+        .args(["dev-server", "--listen", "127.0.0.1:0"])
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut server = Killed(server.spawn().expect("the dev-server starts"));
+    let out = server.0.stdout.take().expect("stdout");
+    let admin_url = tokio::task::spawn_blocking(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("admin-url: ").map(str::to_owned))
+    })
+    .await
+    .expect("joined")
+    .expect("the dev-server prints its admin URL");
+    let bare = |runtime: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fyn-runner"));
+        command
+            .args(["ctl", "--server", &admin_url, "runners"])
+            .env_remove("FYN_RUNNER_ADMIN_TOKEN")
+            .env_remove("FYN_RUNNER_ADMIN_TOKEN_FILE")
+            .env("XDG_RUNTIME_DIR", runtime)
+            .stdin(Stdio::null());
+        command
+    };
+    let found = run(bare(runtime_dir.path())).await;
+    assert_eq!(found.status.code(), Some(0), "{found:?}");
+    // Elsewhere there is no token to find: unauthorized, and told where to look.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let (status, stderr) = code(bare(elsewhere.path()), &[]).await;
+    assert_eq!(status, Some(4), "{stderr}");
+    assert!(stderr.contains("token"), "{stderr}");
 }
 
 fn set_private(path: &Path) {
