@@ -295,6 +295,11 @@ async fn registration_survives_503s_and_a_cut_after_the_commit() {
             .all(|r| r["runner_id"] == runners[0].id.as_str())
     );
     assert_eq!(registers_with_one_key(&relay), 2);
+    stop_cleanly(handle, server).await;
+}
+
+/// The runner stops when asked, exiting clean; then the server.
+async fn stop_cleanly(mut handle: RunnerHandle, server: DevServer) {
     handle.shutdown();
     let code = tokio::time::timeout(WAIT, handle.wait())
         .await
@@ -303,40 +308,72 @@ async fn registration_survives_503s_and_a_cut_after_the_commit() {
     server.shutdown().await;
 }
 
-/// A hundred 503s in a row with the operator's default backoff (0.5 s doubling to a
-/// 60 s cap, each wait a uniform draw below its ceiling: §15), in paused time, so
-/// nearly an hour of refusals passes in a moment: every wait is within its attempt's
-/// ceiling, they add up to what the rule makes likely, and there is no tight loop.
-/// Then the API answers and the runner registers, once.
-#[tokio::test(start_paused = true)]
-async fn a_hundred_refusals_are_retried_within_the_documented_backoff() {
-    const FAILURES: u32 = 100;
-    let (base, cap) = (Duration::from_millis(500), Duration::from_secs(60));
+/// The operator's default backoff: 0.5 s, doubling to a 60 s cap.
+const BASE: Duration = Duration::from_millis(500);
+const CAP: Duration = Duration::from_secs(60);
+/// Long enough in paused time for a hundred waits of up to `CAP`.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A runner that got through its failures.
+struct Survived {
+    server: DevServer,
+    relay: Relay,
+    handle: RunnerHandle,
+    /// When each failure struck.
+    at: Vec<tokio::time::Instant>,
+    _state: tempfile::TempDir,
+}
+
+/// A new runner with the default backoff, registering through a relay that fails as
+/// `fault` says; when that has happened `failures` times (`stamps` reads the
+/// moments), the runner Active. Paused time: hours of waits pass in a moment.
+async fn failing_then_active(
+    fault: impl FnOnce(&mut Script),
+    stamps: impl Fn(&Seen) -> &Vec<tokio::time::Instant>,
+    failures: usize,
+) -> Survived {
     let server = DevServer::start(DevServerConfig::ephemeral())
         .await
         .expect("dev-server");
     let relay = Relay::start(server.local_addr()).await;
-    relay.script(|s| s.refuse = FAILURES);
+    relay.script(fault);
     let dir = tempfile::tempdir().expect("tempdir");
     let token = server.mint_token().expect("token");
     let mut settings = settings(&relay, dir.path(), &token);
-    (settings.backoff_min, settings.backoff_max) = (base, cap);
+    (settings.backoff_min, settings.backoff_max) = (BASE, CAP);
     let mut handle = runtime::start(settings).expect("starts");
-    let day = Duration::from_secs(24 * 3600);
-    tokio::time::timeout(day, handle.wait_for(|s| s.state == "Active"))
+    let all_failed = async {
+        while stamps(&relay.seen.lock().expect("lock")).len() < failures {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(DAY, all_failed)
         .await
-        .expect("Active after the refusals");
+        .expect("every failure happened");
+    tokio::time::timeout(DAY, handle.wait_for(|s| s.state == "Active"))
+        .await
+        .expect("Active after the failures");
+    let at = stamps(&relay.seen.lock().expect("lock")).clone();
+    Survived {
+        server,
+        relay,
+        handle,
+        at,
+        _state: dir,
+    }
+}
 
-    let at = relay.seen.lock().expect("lock").refused_at.clone();
-    assert_eq!(at.len(), FAILURES as usize);
-    assert_within_backoff(&at, base, cap);
-    assert_eq!(server.runners().expect("runners").len(), 1);
-    handle.shutdown();
-    let code = tokio::time::timeout(WAIT, handle.wait())
-        .await
-        .expect("stops");
-    assert_eq!(code, ExitCode::Clean);
-    server.shutdown().await;
+/// A hundred 503s in a row with the operator's default backoff (each wait a uniform
+/// draw below its ceiling: §15), nearly an hour of refusals: every wait is within its
+/// attempt's ceiling, they add up to what the rule makes likely, and there is no tight
+/// loop. Then the API answers and the runner registers, once.
+#[tokio::test(start_paused = true)]
+async fn a_hundred_refusals_are_retried_within_the_documented_backoff() {
+    let run = failing_then_active(|s| s.refuse = 100, |seen| &seen.refused_at, 100).await;
+    assert_eq!(run.at.len(), 100);
+    assert_within_backoff(&run.at, BASE, CAP);
+    assert_eq!(run.server.runners().expect("runners").len(), 1);
+    stop_cleanly(run.handle, run.server).await;
 }
 
 /// The same failure a hundred times right after the handshake: every session reaches
@@ -344,41 +381,11 @@ async fn a_hundred_refusals_are_retried_within_the_documented_backoff() {
 /// attempt count never starts again (§15): the waits still grow to the cap.
 #[tokio::test(start_paused = true)]
 async fn a_hundred_cuts_right_after_the_handshake_back_off_to_the_cap() {
-    const FAILURES: u32 = 100;
-    let (base, cap) = (Duration::from_millis(500), Duration::from_secs(60));
-    let server = DevServer::start(DevServerConfig::ephemeral())
-        .await
-        .expect("dev-server");
-    let relay = Relay::start(server.local_addr()).await;
-    relay.script(|s| s.cut_after_ready_ack = FAILURES);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = server.mint_token().expect("token");
-    let mut settings = settings(&relay, dir.path(), &token);
-    (settings.backoff_min, settings.backoff_max) = (base, cap);
-    let mut handle = runtime::start(settings).expect("starts");
-    let day = Duration::from_secs(24 * 3600);
-    let cuts_done = async {
-        while relay.seen.lock().expect("lock").cut_at.len() < FAILURES as usize {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(day, cuts_done)
-        .await
-        .expect("a hundred sessions cut");
-    tokio::time::timeout(day, handle.wait_for(|s| s.state == "Active"))
-        .await
-        .expect("Active after the cuts");
-
-    let at = relay.seen.lock().expect("lock").cut_at.clone();
-    assert_within_backoff(&at, base, cap);
-    assert_eq!(relay.frames("runner", "register").len(), 1);
-    assert_eq!(server.runners().expect("runners").len(), 1);
-    handle.shutdown();
-    let code = tokio::time::timeout(WAIT, handle.wait())
-        .await
-        .expect("stops");
-    assert_eq!(code, ExitCode::Clean);
-    server.shutdown().await;
+    let run = failing_then_active(|s| s.cut_after_ready_ack = 100, |seen| &seen.cut_at, 100).await;
+    assert_within_backoff(&run.at, BASE, CAP);
+    assert_eq!(run.relay.frames("runner", "register").len(), 1);
+    assert_eq!(run.server.runners().expect("runners").len(), 1);
+    stop_cleanly(run.handle, run.server).await;
 }
 
 /// Failures at `at` (tokio's clock), one attempt each, were retried as §15 says: the
@@ -572,10 +579,5 @@ async fn an_unreadable_command_is_retired_after_one_session() {
     assert_eq!(server.runners().expect("runners")[0].unacked_commands, 0);
     let commands = relay.frames("server", "command");
     assert_eq!(commands.len(), 1, "sent once, never again: {commands:?}");
-    handle.shutdown();
-    let code = tokio::time::timeout(WAIT, handle.wait())
-        .await
-        .expect("stops");
-    assert_eq!(code, ExitCode::Clean);
-    server.shutdown().await;
+    stop_cleanly(handle, server).await;
 }
