@@ -299,7 +299,7 @@ async fn registration_survives_503s_and_a_cut_after_the_commit() {
 }
 
 /// The runner stops when asked, exiting clean; then the server.
-async fn stop_cleanly(mut handle: RunnerHandle, server: DevServer) {
+async fn stop_cleanly(handle: RunnerHandle, server: DevServer) {
     handle.shutdown();
     let code = tokio::time::timeout(WAIT, handle.wait())
         .await
