@@ -177,7 +177,7 @@ pub struct JobEnd {
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
     /// What the job's processes used, when the backend measured it.
-    pub usage: Option<JobUsage>,
+    pub usage: Option<ProcessUsage>,
     /// The name of the reason of a cancel the backend recorded with the job's end (its
     /// supervisor's own, or one an earlier runner asked for).
     pub cancel: Option<String>,
@@ -185,14 +185,14 @@ pub struct JobEnd {
 
 /// CPU time and peak memory of a job's processes (the main one and every descendant
 /// its supervisor reaped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobUsage {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessUsage {
     pub user_us: u64,
     pub system_us: u64,
     pub max_rss_kib: u64,
 }
 
-impl JobUsage {
+impl ProcessUsage {
     /// As `job_finished` carries them: milliseconds and bytes.
     pub fn figures(self) -> crate::protocol::JobUsage {
         crate::protocol::JobUsage {

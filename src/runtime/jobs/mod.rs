@@ -40,7 +40,7 @@ mod supervised;
 mod supervisor;
 
 pub use executor::{
-    Executor, ExecutorError, FindRequest, Finding, JobControl, JobEnd, JobProgress, JobUsage,
+    Executor, ExecutorError, FindRequest, Finding, JobControl, JobEnd, JobProgress, ProcessUsage,
     PreparedFolder, RunningJob, SpawnRequest, StreamProgress,
 };
 pub use job_account::{JobAccount, move_job_folders};

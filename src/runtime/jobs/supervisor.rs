@@ -391,11 +391,7 @@ async fn supervise(
             }
         }
     };
-    let usage = end.usage.unwrap_or(super::executor::JobUsage {
-        user_us: 0,
-        system_us: 0,
-        max_rss_kib: 0,
-    });
+    let usage = end.usage.unwrap_or_default();
     info!(job = %job.job_id, attempt = job.attempt, status = ?end.status, duration_ms = end.duration_ms, stdout_bytes = end.stdout_bytes, stderr_bytes = end.stderr_bytes, user_us = usage.user_us, system_us = usage.system_us, max_rss_kib = usage.max_rss_kib, "job exited");
     // Before the report, so whoever reads `Exited` sees `running()` without this job.
     ended.store(true, Ordering::Release);
@@ -408,7 +404,7 @@ async fn supervise(
         cancel: end.cancel,
         usage: end
             .usage
-            .map(super::executor::JobUsage::figures)
+            .map(super::executor::ProcessUsage::figures)
             .unwrap_or_default(),
     });
 }

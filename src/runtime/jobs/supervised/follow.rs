@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::protocol::{ExitStatus, JobRef, OutputStream};
 use crate::runtime::orphans::{self, Leader};
 
-use super::super::executor::{JobEnd, JobProgress, JobUsage};
+use super::super::executor::{JobEnd, JobProgress, ProcessUsage};
 use super::super::output::{CHUNK_BYTES, OutputSink, StreamSink};
 use super::supervisor_lives;
 use super::wire::{
@@ -245,7 +245,7 @@ impl Follow {
                     duration_ms: record.duration_ms,
                     stdout_bytes: record.stdout.seen,
                     stderr_bytes: record.stderr.seen,
-                    usage: Some(JobUsage {
+                    usage: Some(ProcessUsage {
                         user_us: record.usage.user_us,
                         system_us: record.usage.system_us,
                         max_rss_kib: record.usage.max_rss_kib,
