@@ -389,6 +389,7 @@ fn a_restart_during_the_uploads_uploads_and_reports_only_the_rest() {
     let done = core.dispatch(&Event::UploadsDone {
         job: job(),
         missing: Vec::new(),
+        wall_ms: None,
     });
     let events: Vec<RunnerEvent> = done
         .list

@@ -310,6 +310,12 @@ async fn job_finished_carries_cpu_time_and_peak_memory() {
         (100 << 10..1 << 30).contains(&rss),
         "a shell's peak memory: {rss} bytes"
     );
+    // The wall time spans the job from its acceptance: at least its running phase.
+    let wall = usage.wall_ms.expect("wall_ms");
+    assert!(
+        (duration..duration + 5_000).contains(&wall),
+        "wall {wall} ms, running {duration} ms"
+    );
     stop(handle).await;
 }
 
@@ -382,6 +388,13 @@ async fn outputs_are_uploaded_once_before_the_job_finishes() {
     let summary = &events[events.len() - 2].1;
     assert_eq!(summary["uploaded"], 2);
     assert_eq!(summary["failed"], 0);
+    // Its wall time includes the uploads, after the process's end.
+    let end = &events[events.len() - 1].1;
+    let (wall, ran) = (end["wall_ms"].as_u64(), end["duration_ms"].as_u64());
+    assert!(
+        wall.zip(ran).is_some_and(|(wall, ran)| wall >= ran),
+        "{end}"
+    );
     assert_eq!(events[events.len() - 5].1["phase"], "uploading");
     stop(handle).await;
 }

@@ -334,7 +334,8 @@ fn any_other_event() -> impl Strategy<Value = Event> {
             .prop_map(|(job, outcome)| Event::InputsFetched { job, outcome }),
         job_ref().prop_map(|job| Event::UploadsDone {
             job,
-            missing: Vec::new()
+            missing: Vec::new(),
+            wall_ms: None
         }),
         Just(Event::ForceShutdown),
     ]
@@ -539,6 +540,7 @@ fn upload_report(model: &Model) -> BoxedStrategy<Event> {
             _ => Event::UploadsDone {
                 job,
                 missing: Vec::new(),
+                wall_ms: None,
             },
         })
         .boxed()

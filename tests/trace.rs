@@ -251,6 +251,7 @@ impl Session {
             Event::UploadsDone {
                 job: job_ref("job-1"),
                 missing: vec!["result.txt".into()],
+                wall_ms: None,
             },
         );
         self.step(50, msg(ServerMessage::EventsAck { up_to: 6 }));
@@ -293,6 +294,7 @@ impl Session {
             Event::UploadsDone {
                 job: job_ref("job-2"),
                 missing: vec!["result.txt".into()],
+                wall_ms: None,
             },
         );
         // Heartbeats count on across sessions: 1 and 2 answered, 3 not, then 4.
@@ -331,6 +333,7 @@ impl Session {
             Event::UploadsDone {
                 job: job_ref("job-3"),
                 missing: vec!["result.txt".into()],
+                wall_ms: None,
             },
         );
         self.step(100, msg(ServerMessage::EventsAck { up_to: 100 }));

@@ -160,6 +160,10 @@ pub enum Event {
     UploadsDone {
         job: JobRef,
         missing: Vec<String>,
+        /// The job's wall time so far (from its acceptance), as the runtime measured
+        /// it: `job_finished`'s `wall_ms`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wall_ms: Option<u64>,
     },
 
     // --- the operator's hooks ---

@@ -237,13 +237,14 @@ impl Runner {
         self.emit(fx, event);
     }
 
-    /// The uploads are over: the summary, then the job's end as its process ended.
-    /// Returns whether the job ended.
+    /// The uploads are over: the summary, then the job's end as its process ended,
+    /// with its wall time up to now. Returns whether the job ended.
     pub(crate) fn uploads_done(
         &mut self,
         fx: &mut Effects,
         job: &JobRef,
         missing: &[String],
+        wall_ms: Option<u64>,
     ) -> bool {
         if !self.is_uploading(job) {
             fx.notify(Notice::StaleJob {
@@ -280,7 +281,10 @@ impl Runner {
                 output_bytes: up.output_bytes,
                 spawn_error: None,
                 recorded_cancel: None,
-                usage: up.usage,
+                usage: JobUsage {
+                    wall_ms: wall_ms.or(up.usage.wall_ms),
+                    ..up.usage
+                },
             },
         );
         true

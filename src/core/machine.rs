@@ -880,8 +880,12 @@ impl Runner {
                     Handled
                 }
             }
-            Event::UploadsDone { job, missing } => {
-                if self.uploads_done(fx, job, missing) {
+            Event::UploadsDone {
+                job,
+                missing,
+                wall_ms,
+            } => {
+                if self.uploads_done(fx, job, missing, *wall_ms) {
                     self.finish_if_drained(fx, *mode)
                 } else {
                     Handled
@@ -1041,8 +1045,12 @@ impl Runner {
                 self.output_done(fx, job, path, FileEnd::Failed { reason });
                 Handled
             }
-            Event::UploadsDone { job, missing } => {
-                self.uploads_done(fx, job, missing);
+            Event::UploadsDone {
+                job,
+                missing,
+                wall_ms,
+            } => {
+                self.uploads_done(fx, job, missing, *wall_ms);
                 Handled
             }
             // A lifecycle hook's or `post_job`'s end changes nothing (the runtime logged

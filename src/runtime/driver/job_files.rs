@@ -132,6 +132,7 @@ impl JobFiles {
                     send(Event::UploadsDone {
                         job: reported.clone(),
                         missing: Vec::new(),
+                        wall_ms: None,
                     });
                     return;
                 }
@@ -152,6 +153,7 @@ impl JobFiles {
                     send(Event::UploadsDone {
                         job: reported.clone(),
                         missing: Vec::new(),
+                        wall_ms: None,
                     });
                     return;
                 }
@@ -177,6 +179,7 @@ impl JobFiles {
             send(Event::UploadsDone {
                 job: reported.clone(),
                 missing: plan.missing,
+                wall_ms: None,
             });
         });
         self.uploads.insert(job, task.abort_handle());

@@ -250,6 +250,7 @@ pub(super) fn launch(
     let driver = Driver {
         hooks,
         files: JobFiles::new(settings.transfer_settings()),
+        job_clock: Default::default(),
         #[cfg(unix)]
         endpoints,
         #[cfg(unix)]

@@ -18,11 +18,13 @@ loop hands it:
 - `launch`: starting a runner (state folder, identity, store, boot record, trace);
 - `link`: the connection, the writer's queue, the resend cursor, `wire()`;
 - `job_files`: jobs' inputs being fetched and outputs being uploaded, a task each;
+- `job_clock`: each running job's acceptance, for its wall time (`wall_ms`);
 - `endpoints`: jobs' local endpoints (`job.sock`) and the writes waiting for their batch;
 - `durable`: a batch's transaction, acknowledgements batched, ended jobs' folders;
 - `group`: which ready inputs are dispatched together and share one transaction;
 - `local_steps`: install steps and rollback, keys, hardware, the install's farewell;
 - `observe`: the trace, transitions, status, operator and service-manager notices;
+- `perform`: a batch performed, persist before send; the jobs it starts;
 - `leave`: `fyn-runner uninstall`'s farewell (the runner booted to leave);
 - `handle`: what the caller holds.
 */
@@ -33,20 +35,22 @@ mod endpoints;
 mod group;
 mod handle;
 mod input;
+mod job_clock;
 mod job_files;
 mod launch;
 pub mod leave;
 mod link;
 mod local_steps;
 mod observe;
+mod perform;
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::core::{Core, Durable, Effect, Effects, Event, ExitCode};
+use crate::core::{Core, Effect, Effects, Event, ExitCode};
 use crate::protocol::JobSpec;
 
 use super::control::Control;
@@ -56,6 +60,7 @@ use super::timers::Timers;
 use durable::Durability;
 use group::Group;
 use input::Input;
+use job_clock::JobClock;
 use job_files::JobFiles;
 use link::Link;
 use local_steps::{FAREWELL_WITHIN, LocalSteps};
@@ -90,6 +95,8 @@ struct Driver {
     hooks: HookRunner,
     /// Jobs' inputs being fetched.
     files: JobFiles,
+    /// When each running job was accepted, for its wall time.
+    job_clock: JobClock,
     /// Jobs' local endpoints (Unix).
     #[cfg(unix)]
     endpoints: endpoints::Endpoints,
@@ -335,15 +342,15 @@ impl Driver {
 
     /// The one dispatch point: every event into the core and every transition out of it
     /// passes here (a group's events too, one by one: `dispatch_group`).
-    fn dispatch(&mut self, event: Event) {
-        let batch = self.dispatch_only(&event);
+    fn dispatch(&mut self, mut event: Event) {
+        let batch = self.dispatch_only(&mut event);
         // A job's key-value write is confirmed to it once the batch recording it is
         // committed (endpoint events never join a group: they come here alone).
         #[cfg(unix)]
         let records_kv = batch.iter().any(|effect| {
             matches!(
                 effect,
-                Effect::Persist(Durable::OutboxAppend {
+                Effect::Persist(crate::core::Durable::OutboxAppend {
                     event: crate::protocol::RunnerEvent::JobKvPut { .. },
                     ..
                 })
@@ -365,12 +372,16 @@ impl Driver {
         self.observer.performed(&self.core, &event);
     }
 
-    /// Into the core, and the batch out, traced; performing it is the caller's.
-    fn dispatch_only(&mut self, event: &Event) -> Vec<Effect> {
+    /// Into the core (with the job's wall time, when it may end a job), and the
+    /// batch out, traced; performing it is the caller's.
+    fn dispatch_only(&mut self, event: &mut Event) -> Vec<Effect> {
+        self.job_clock.stamp(event);
+        let event = &*event;
         let before = self.core.phase();
         let was = self.core.lifecycle();
         let mut effects = std::mem::take(&mut self.scratch);
         self.core.dispatch_into(event, &mut effects);
+        self.job_clock.observe(event, &effects.list);
         let after = self.core.phase();
         let passage = Passage {
             before: &before,
@@ -390,8 +401,8 @@ impl Driver {
     fn dispatch_group(&mut self, first: Event, mut more: impl FnMut(&mut Self) -> Option<Event>) {
         let mut group = Group::new();
         let mut next = Some(first);
-        while let Some(event) = next.take() {
-            let batch = self.dispatch_only(&event);
+        while let Some(mut event) = next.take() {
+            let batch = self.dispatch_only(&mut event);
             group.push(event, batch);
             if group.takes_more() {
                 next = more(self);
@@ -432,243 +443,5 @@ impl Driver {
                 return Some(event);
             }
         }
-    }
-
-    /// Batches in dispatch order: the rows of all of them in one transaction, then
-    /// each batch's other effects in the written order.
-    fn perform(&mut self, batches: Vec<Vec<Effect>>) {
-        let mut writes = Vec::new();
-        let mut rests = Vec::with_capacity(batches.len());
-        for mut list in batches {
-            // The written order; within a phase, the core's order.
-            list.sort_by_key(phase_of);
-            let (batch_writes, rest): (Vec<Effect>, Vec<Effect>) = list
-                .into_iter()
-                .partition(|e| matches!(e, Effect::Persist(_)));
-            writes.extend(batch_writes);
-            rests.push(rest);
-        }
-        if let Err(error) = self.persist(writes) {
-            error!(%error, "persisting failed; nothing of this batch is sent");
-            self.local.push_back(Event::StoreFailed { error });
-            // Only what cannot leak unpersisted state goes ahead: closing and exiting.
-            for effect in rests.into_iter().flatten() {
-                if matches!(effect, Effect::Exit { .. } | Effect::Close { .. }) {
-                    self.perform_one(effect);
-                }
-            }
-            return;
-        }
-        for effect in rests.into_iter().flatten() {
-            self.perform_one(effect);
-        }
-    }
-
-    /// Files first (identity, hardware cache), then one SQLite transaction.
-    fn persist(&mut self, writes: Vec<Effect>) -> Result<(), String> {
-        let mut rows = Vec::new();
-        for effect in writes {
-            let Effect::Persist(write) = effect else {
-                continue;
-            };
-            match write {
-                Durable::Identity { runner_id } => {
-                    let saved = self.steps.save_identity(&runner_id);
-                    self.local.push_back(saved);
-                }
-                Durable::HardwareCache { report } => self.steps.save_hardware_cache(&report)?,
-                other => rows.push(other),
-            }
-        }
-        self.durable.commit(rows)?;
-        if let Some(took) = self.durable.take_commit_time() {
-            self.observer.store_committed(took);
-        }
-        Ok(())
-    }
-
-    fn perform_one(&mut self, effect: Effect) {
-        match effect {
-            Effect::Persist(_) => {}
-            Effect::OpenConnection => self.link.open(&self.inputs_tx),
-            Effect::Send(message) => {
-                if let Err(error) = self.link.send(message, self.steps.identity()) {
-                    self.local.push_back(Event::StepFailed { error });
-                }
-            }
-            Effect::ResendOutbox { after } => {
-                self.link.start_resend(after);
-                self.pump_resend();
-            }
-            Effect::Close { reason } => self.link.close(reason),
-            Effect::StartTimer { timer, delay } => {
-                let crate::core::Delay::Millis(ms) = delay;
-                if timer == crate::core::TimerKind::Backoff {
-                    info!(delay_ms = ms, "reconnecting after backoff");
-                }
-                self.timers.start(timer, Duration::from_millis(ms));
-            }
-            Effect::CancelTimer { timer } => self.timers.cancel(&timer),
-            Effect::SpawnJob { job } => self.spawns.push(job),
-            Effect::UploadOutputs { job, outputs, done } => {
-                let folder = match &self.jobs {
-                    Some(jobs) => jobs.work_folder(&job).map_err(|e| e.to_string()),
-                    None => Err("a farewell runs no jobs".to_owned()),
-                };
-                self.files
-                    .upload(job, outputs, done, folder, &self.inputs_tx);
-            }
-            Effect::FetchInputs { job } => {
-                let folder = match &self.jobs {
-                    Some(jobs) => jobs.prepare_folder(&job).map_err(|e| e.to_string()),
-                    None => Err("a farewell runs no jobs".to_owned()),
-                };
-                self.files.start(job, folder, &self.inputs_tx);
-            }
-            Effect::CancelJob {
-                job,
-                reason,
-                grace_secs,
-            } => {
-                info!(job = %job.job_id, attempt = job.attempt, reason = reason.name(), grace_secs, "cancelling job");
-                if let Some(jobs) = &mut self.jobs {
-                    jobs.cancel(&job, reason.name(), Duration::from_secs(grace_secs));
-                }
-                // A job still waiting for its pre_job hook: the hook is stopped instead.
-                self.hooks.stop_pre_job(&job);
-                // One whose outputs are being uploaded: they are abandoned.
-                if self.files.abandon_uploads(&job) {
-                    self.local.push_back(Event::UploadsDone {
-                        job: job.clone(),
-                        missing: Vec::new(),
-                    });
-                }
-                // One whose inputs are being fetched: the fetch stops, and says so.
-                if self.files.stop(&job) {
-                    self.local.push_back(Event::InputsFetched {
-                        job,
-                        outcome: crate::core::FetchOutcome::Stopped,
-                    });
-                }
-            }
-            Effect::RenewLeases { within_ms } => {
-                if let Some(jobs) = &mut self.jobs {
-                    jobs.renew(Duration::from_millis(within_ms));
-                }
-            }
-            Effect::RunInstallStep { step } => {
-                let done = self.steps.install_step(step);
-                self.local.push_back(done);
-            }
-            Effect::RollbackInstall => {
-                if self.steps.installing() {
-                    // The install's folders go: let go of the files held open in them.
-                    self.observer.close_trace();
-                    self.durable.let_go_of_files();
-                }
-                self.steps.rollback();
-            }
-            Effect::Farewell => self.steps.farewell(),
-            Effect::ForgetKey => self.steps.forget_key(),
-            Effect::GenerateKey => {
-                let generated = self.steps.generate_key();
-                self.local.push_back(generated);
-            }
-            Effect::CollectHardware => self.steps.collect_hardware(&self.inputs_tx),
-            Effect::Notify(notice) => self.observer.notify(&notice),
-            Effect::TellManager(notice) => self.observer.tell_manager(&notice),
-            Effect::RunHook(call) => {
-                let runner_id = self.core.runner_id().unwrap_or_default().to_owned();
-                self.hooks.run(call, &runner_id, self.core.state_name());
-            }
-            Effect::Exit { code } => {
-                // Accepted and not started: the next start reports them lost.
-                for job in self.spawns.drain(..) {
-                    warn!(job = %job.job_id, attempt = job.attempt, "not started: the runner is stopping");
-                }
-                self.files.stop_all();
-                #[cfg(unix)]
-                self.endpoints.close_all();
-                // Jobs the core asked to stop end now; the others stay with their
-                // supervisors (a stop that leaves them running), where they have one.
-                if let Some(jobs) = &mut self.jobs {
-                    jobs.end_at_exit();
-                }
-                self.exit = Some(code);
-            }
-        }
-    }
-
-    async fn spawn_jobs(&mut self) {
-        for job in std::mem::take(&mut self.spawns) {
-            // Its endpoint is served before its process starts.
-            #[cfg(unix)]
-            if let Some(jobs) = &self.jobs
-                && let Ok(folder) = jobs.prepare_folder(&job)
-                && let Some(job_dir) = folder.work.parent()
-            {
-                let kv = crate::runtime::job_endpoint::KvView::new(job.kv.clone());
-                self.endpoints
-                    .open(job.job_ref(), job_dir, folder.account, kv)
-                    .await;
-            }
-            let started = match &mut self.jobs {
-                Some(jobs) => {
-                    info!(job = %job.job_id, attempt = job.attempt, program = ?job.command.first(), "starting job");
-                    jobs.spawn(&job).into_event()
-                }
-                None => Event::JobSpawnFailed {
-                    job: job.job_ref(),
-                    error: "a farewell runs no jobs".into(),
-                },
-            };
-            self.local.push_back(started);
-        }
-    }
-
-    fn pump_resend(&mut self) {
-        match self
-            .link
-            .pump_resend(&self.durable.store, self.steps.identity())
-        {
-            Ok(0) => {}
-            Ok(resent) => self.observer.resent(resent),
-            Err(e) => self.local.push_back(Event::StoreFailed {
-                error: e.to_string(),
-            }),
-        }
-    }
-
-    fn save_acks(&mut self) {
-        if let Err(e) = self.durable.save_acks() {
-            self.local.push_back(Event::StoreFailed {
-                error: e.to_string(),
-            });
-        }
-    }
-}
-
-/// Persist before send: the order in which a batch's effects are performed.
-fn phase_of(effect: &Effect) -> u8 {
-    match effect {
-        Effect::Persist(_) => 0,
-        Effect::Send(_) | Effect::ResendOutbox { .. } => 1,
-        Effect::Close { .. } => 2,
-        Effect::OpenConnection => 3,
-        Effect::StartTimer { .. } | Effect::CancelTimer { .. } => 4,
-        Effect::SpawnJob { .. }
-        | Effect::FetchInputs { .. }
-        | Effect::UploadOutputs { .. }
-        | Effect::CancelJob { .. }
-        | Effect::RenewLeases { .. } => 5,
-        Effect::RunInstallStep { .. }
-        | Effect::RollbackInstall
-        | Effect::ForgetKey
-        | Effect::Farewell
-        | Effect::GenerateKey
-        | Effect::CollectHardware
-        | Effect::RunHook(_) => 6,
-        Effect::Notify(_) | Effect::TellManager(_) => 7,
-        Effect::Exit { .. } => 8,
     }
 }
