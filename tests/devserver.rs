@@ -447,6 +447,10 @@ async fn unacked_commands_are_resent_after_reconnect() -> TestResult {
     assert_eq!(status, 201);
     let id = created["id"].as_str().ok_or("no id")?.to_owned();
     let (index, first) = expect_start_job(&mut client).await;
+    // Held and unacknowledged, in the list as for the one runner.
+    let listed = server.runners()?.remove(0);
+    assert_eq!((listed.unacked_commands, listed.slots_free), (1, 1));
+    assert_eq!(server.runner(&listed.id)?, Some(listed));
     drop(client); // without acknowledging
 
     // The runner resumes: authenticate, then straight to ready (hardware known).

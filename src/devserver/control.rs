@@ -17,7 +17,7 @@ use super::commands::largest_start_frame_len;
 use super::error::DevServerError;
 use super::grants::{check_inputs_stored, declared_files, sized_spec, with_files};
 use super::hub::{Hub, Inner, Post};
-use super::store::{JobFiles, JobRow, RunnerRow, Store, StoreError};
+use super::store::{JobFiles, JobRow, RunnerLoad, RunnerRow, Store, StoreError};
 use super::util::{now_ms, random_hex};
 use crate::protocol::{Command, JobRef, JobSpec, MAX_FRAME_BYTES, OutputStream};
 
@@ -148,10 +148,20 @@ impl Inner {
 
     // ------------------------------------------------------------ views
 
+    /// One runner as the admin API shows it.
     pub fn runner_info(&self, row: RunnerRow) -> Result<RunnerInfo, StoreError> {
+        let load = RunnerLoad {
+            jobs: self.store.count_jobs_on_runner(&row.id)?,
+            unacked_commands: self.store.unacked_count(&row.id)?,
+        };
+        Ok(self.runner_info_with(row, load))
+    }
+
+    /// A runner as the admin API shows it, with what it holds already counted.
+    fn runner_info_with(&self, row: RunnerRow, load: RunnerLoad) -> RunnerInfo {
         let live = self.live.get(&row.id);
-        let used = self.store.count_jobs_on_runner(&row.id)?;
-        Ok(RunnerInfo {
+        let used = load.jobs;
+        RunnerInfo {
             state: live.map_or(RunnerState::Disconnected, |l| l.state),
             connected: live.is_some(),
             last_seen: live.map(|l| l.last_seen_ms).or(row.last_seen_ms),
@@ -159,14 +169,14 @@ impl Inner {
             draining: live.is_some_and(|l| l.draining),
             hardware_known: row.hardware_known && row.hardware.is_some(),
             last_command_index: row.next_command_index.saturating_sub(1),
-            unacked_commands: self.store.unacked_count(&row.id)?,
+            unacked_commands: load.unacked_commands,
             last_event_index: row.last_event_index,
             slots: row.slots,
             hardware: row.hardware,
             version: row.version,
             name: row.name,
             id: row.id,
-        })
+        }
     }
 
     /// A job without its output (which may be any size): `held_bytes` says how much
@@ -433,10 +443,14 @@ impl Hub {
     pub fn runners(&self) -> Result<Vec<RunnerInfo>, DevServerError> {
         self.with(|inner, _| {
             let rows = inner.store.runners()?;
+            let loads = inner.store.runner_loads()?;
             Ok(rows
                 .into_iter()
-                .map(|row| inner.runner_info(row))
-                .collect::<Result<_, StoreError>>()?)
+                .map(|row| {
+                    let load = loads.get(&row.id).copied().unwrap_or_default();
+                    inner.runner_info_with(row, load)
+                })
+                .collect())
         })
     }
 

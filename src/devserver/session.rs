@@ -130,7 +130,9 @@ pub(crate) fn closed(hub: &Hub, conn: &Conn) {
             .is_some_and(|live| live.session == conn.session);
         if ours {
             inner.live.remove(runner_id);
-            inner.store.set_last_seen(runner_id, now_ms())?;
+            inner
+                .store
+                .softly(|store| store.set_last_seen(runner_id, now_ms()))?;
         }
         Ok::<_, StoreError>(())
     });
@@ -317,7 +319,11 @@ fn authenticate(
         return Ok(());
     }
     let now = now_ms();
-    inner.store.atomically(|store| {
+    // Soft: everything this writes, the runner says again at every authentication,
+    // and after a power cut every runner authenticates again before the server sends
+    // it anything. So it need not wait for the disk (a fleet reconnecting queued one
+    // sync per runner here, behind the store's lock).
+    inner.store.softly(|store| {
         store.update_runner_identity(&runner_id, &name, &version, slots)?;
         store.reset_acks(&runner_id, last_command_index)?;
         store.raise_next_command_index(&runner_id, last_command_index)?;
@@ -398,7 +404,9 @@ fn session_message(
         RunnerMessage::Startup { version, jobs } => {
             tracing::info!(runner_id, %version, jobs = jobs.len(), "runner started up");
             live.state = RunnerState::HardwareSync;
-            inner.store.set_runner_version(runner_id, &version)?;
+            inner
+                .store
+                .softly(|store| store.set_runner_version(runner_id, &version))?;
             release_absent_holds(&inner.store, runner_id, &jobs)?;
             post.message(tx, ServerMessage::StartupAck {});
         }
@@ -427,10 +435,16 @@ fn session_message(
             inner.try_assign(post)?;
         }
         RunnerMessage::Heartbeat { seq, .. } => {
-            inner.store.set_last_seen(runner_id, now)?;
+            inner
+                .store
+                .softly(|store| store.set_last_seen(runner_id, now))?;
             post.message(tx, ServerMessage::HeartbeatAck { seq });
         }
-        RunnerMessage::CommandAck { index } => inner.store.ack_command(runner_id, index)?,
+        // Soft, as the authentication's: the next one recomputes every ack from the
+        // runner's last applied index.
+        RunnerMessage::CommandAck { index } => inner
+            .store
+            .softly(|store| store.ack_command(runner_id, index))?,
         RunnerMessage::Event { index, event } => {
             let received = inner.receive_event(runner_id, index, &event)?;
             post.message(tx, ServerMessage::EventsAck { up_to: index });

@@ -114,7 +114,16 @@ impl Identity {
         }
         let dir = identity_dir(state_dir);
         secure_fs::create_private_dir(&dir)?;
-        write_key(&dir.join(KEY_FILE), key)?;
+        // A registration kept this key before `register` (`keep_key`): it is on disk
+        // already, and writing it again would cost two more disk syncs per runner.
+        // Anything else there (another key, a file that cannot be read) is replaced.
+        let kept = Self::kept_key(state_dir)
+            .ok()
+            .flatten()
+            .is_some_and(|kept| kept.verifying_key() == key.verifying_key());
+        if !kept {
+            write_key(&dir.join(KEY_FILE), key)?;
+        }
         let runner = RunnerFile {
             runner_id: runner_id.to_owned(),
             public_key: Self::public_key_b64(key),

@@ -307,39 +307,43 @@ impl Store {
         Ok(store)
     }
 
-    /// Brings the schema up to `SCHEMA_VERSION`, one version per transaction.
+    /// Brings the schema up to `SCHEMA_VERSION` in one transaction: a store is at its
+    /// old version or the new one, never between, and a new store costs one disk
+    /// sync rather than one per version (a fleet's first start pays it once a runner).
     fn migrate(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
         let found: u32 = self
             .conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(|source| StoreError::Open {
-                path: self.path.clone(),
+                path: path.clone(),
                 source,
             })?;
         if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found,
-            });
+            return Err(StoreError::TooNew { path, found });
         }
-        for version in found..SCHEMA_VERSION {
-            self.apply_migration(version)
-                .map_err(|source| StoreError::Migrate {
-                    path: self.path.clone(),
-                    version: version + 1,
-                    source,
-                })?;
+        if found == SCHEMA_VERSION {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    fn apply_migration(&mut self, from: u32) -> rusqlite::Result<()> {
+        let failed = |version: u32| {
+            let path = path.clone();
+            move |source| StoreError::Migrate {
+                path,
+                version,
+                source,
+            }
+        };
         let tx = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(MIGRATIONS[from as usize])?;
-        tx.pragma_update(None, "user_version", from + 1)?;
-        tx.commit()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed(found + 1))?;
+        for version in found..SCHEMA_VERSION {
+            tx.execute_batch(MIGRATIONS[version as usize])
+                .map_err(failed(version + 1))?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .and_then(|()| tx.commit())
+            .map_err(failed(SCHEMA_VERSION))
     }
 
     /// What the core is rebuilt from. `runner_id` stays `None`: the identity files

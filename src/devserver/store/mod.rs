@@ -121,6 +121,14 @@ pub(crate) enum TokenStatus {
     Valid,
 }
 
+/// What a runner holds: its jobs (assigned, accepted or running) and its
+/// unacknowledged commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RunnerLoad {
+    pub jobs: u32,
+    pub unacked_commands: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RunnerRow {
     pub id: String,
@@ -154,6 +162,9 @@ impl Store {
         if path.is_some() {
             conn.pragma_update(None, "journal_mode", "WAL")?;
         }
+        // Every commit waits for the disk (SQLite's default, said here because
+        // `softly` relaxes it for one transaction and puts this back).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema {
@@ -188,6 +199,27 @@ impl Store {
         row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         self.conn.prepare_cached(sql)?.query_row(params, row)
+    }
+
+    /// Run `f` in one transaction that does not wait for the disk, for soft state: when
+    /// a runner was last seen, what it said when it authenticated. Losing such a write
+    /// in a power cut costs nothing (the runner says it again at its next heartbeat,
+    /// startup or authentication, and after a restart each authenticates first), and
+    /// a fleet's heartbeats and reconnects no longer queue, one disk sync each, behind
+    /// the store's lock. In WAL mode the commit is still atomic and in order; it is on disk with
+    /// the next commit that waits (every other one) or the next checkpoint.
+    pub fn softly<T, E>(&self, f: impl FnOnce(&Self) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(StoreError::from)?;
+        let result = self.atomically(f);
+        let restored = self.conn.pragma_update(None, "synchronous", "FULL");
+        let value = result?;
+        restored.map_err(StoreError::from)?;
+        Ok(value)
     }
 
     /// Run `f` in one transaction: all of it is stored, or none of it.
@@ -479,6 +511,44 @@ mod tests {
             next_command_index: 1,
             last_seen_ms: None,
         }
+    }
+
+    fn synchronous(store: &Store) -> i64 {
+        store
+            .conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .unwrap_or(-1)
+    }
+
+    /// A soft write is stored like any other, and the next commit waits for the disk
+    /// again (2 is FULL), whether the soft one succeeded or failed.
+    #[test]
+    fn soft_writes_are_stored_and_the_next_commit_waits_again() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|source| StoreError::Private {
+            path: "a temporary folder".to_owned(),
+            source,
+        })?;
+        let store = Store::open(Some(&dir.path().join("dev.db")))?;
+        assert_eq!(synchronous(&store), 2);
+        store.insert_runner(&runner("r-1"), 1)?;
+        store.softly(|s| s.set_last_seen("r-1", 42))?;
+        assert_eq!(synchronous(&store), 2);
+        assert_eq!(store.runner("r-1")?.and_then(|r| r.last_seen_ms), Some(42));
+        let failed: Result<(), StoreError> = store.softly(|s| {
+            s.set_last_seen("r-1", 43)?;
+            Err(StoreError::BadValue {
+                column: "a test's",
+                value: "refused".to_owned(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(synchronous(&store), 2);
+        assert_eq!(
+            store.runner("r-1")?.and_then(|r| r.last_seen_ms),
+            Some(42),
+            "rolled back"
+        );
+        Ok(())
     }
 
     #[test]
