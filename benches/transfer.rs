@@ -1,10 +1,16 @@
-//! A 1 GiB input and a 1 GiB output through the runner's transfer module, in a process
-//! of their own whose peak resident memory (VmHWM) is the figure: the input fetched
-//! through the cache into a job's `work/` (checked against its SHA-256), then the same
-//! file uploaded by `PUT` (hashed, then streamed). The HTTP server is this bench's
-//! parent process (bytes generated and hashed on the fly, never held), so it does not
-//! count. `cargo bench --bench transfer` (`FYN_BENCH_TRANSFER_MIB` changes the size).
-//! The goal for the whole runner is 32 MiB.
+//! A 1 GiB input and a 1 GiB output, twice, each time with the peak resident memory
+//! (VmHWM) of the process that moves them as the figure:
+//!
+//! 1. through the runner's transfer module, in a process of its own: the input fetched
+//!    into a job's `work/` (checked against its SHA-256), then the same file uploaded
+//!    by `PUT` (hashed, then streamed). The HTTP server is this bench's parent process
+//!    (bytes generated and hashed on the fly, never held), so it does not count;
+//! 2. end to end, the real binaries: a dev-server with a database file, a runner, and
+//!    `fyn-runner ctl submit --wait -i in.bin -o out.bin -- sh -c 'cp in.bin out.bin'`;
+//!    the figure is the runner's, and the result's SHA-256 is checked.
+//!
+//! `cargo bench --bench transfer` (`FYN_BENCH_TRANSFER_MIB` changes the size). The goal
+//! for the whole runner is 32 MiB.
 #![allow(clippy::disallowed_methods)] // a bench measures time
 
 #[cfg(target_os = "linux")]
@@ -35,7 +41,7 @@ mod linux_bench {
     }
 
     /// The input's bytes, chunk `n` of a file of `size` bytes.
-    fn chunk(n: u64, size: u64) -> Bytes {
+    pub(super) fn chunk(n: u64, size: u64) -> Bytes {
         let start = n * CHUNK as u64;
         let len = (size - start).min(CHUNK as u64) as usize;
         Bytes::from(
@@ -45,7 +51,7 @@ mod linux_bench {
         )
     }
 
-    fn chunks(size: u64) -> u64 {
+    pub(super) fn chunks(size: u64) -> u64 {
         size.div_ceil(CHUNK as u64)
     }
 
@@ -160,6 +166,7 @@ mod linux_bench {
         }
         let size = size();
         let sha256 = input_sha256(size);
+        let expected = sha256.clone();
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         let addr: SocketAddr = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -213,6 +220,139 @@ mod linux_bench {
             before as f64 / 1024.0,
             peak as f64 / 1024.0
         );
+        super::end_to_end::run(size, &expected);
+    }
+}
+
+/// The second part: the real binaries, the runner's memory.
+#[cfg(target_os = "linux")]
+mod end_to_end {
+    use std::io::{BufRead, BufReader, Write};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_fyn-runner");
+
+    /// Killed when dropped, so a failing bench leaves no process behind.
+    struct Killed(Child);
+
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn vm_hwm_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn ctl(admin_url: &str, token_file: &Path) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(["ctl", "--server", admin_url, "--admin-token-file"])
+            .arg(token_file);
+        command
+    }
+
+    pub fn run(size: u64, sha256: &str) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("in.bin");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&input).expect("in.bin"));
+        for n in 0..super::linux_bench::chunks(size) {
+            file.write_all(&super::linux_bench::chunk(n, size))
+                .expect("written");
+        }
+        file.flush().expect("flushed");
+        drop(file);
+
+        let token_file = dir.path().join("admin-token");
+        let mut server = Command::new(BIN)
+            .args([
+                "dev-server",
+                "--listen",
+                "127.0.0.1:0",
+                "--print-token",
+                "--db",
+            ])
+            .arg(dir.path().join("dev.db"))
+            .arg("--admin-token-file")
+            .arg(&token_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Killed)
+            .expect("the dev-server starts");
+        let stdout = server.0.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut field = |name: &str| loop {
+            let line = lines.next().expect("a line").expect("readable");
+            if let Some(value) = line.strip_prefix(name) {
+                return value.to_owned();
+            }
+        };
+        let runner_url = field("runner-url: ");
+        let admin_url = field("admin-url: ");
+        let token = field("token: ");
+        let runner = Command::new(BIN)
+            .args([
+                "run",
+                "--server",
+                &runner_url,
+                "--token",
+                &token,
+                "--no-trace",
+            ])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Killed)
+            .expect("the runner starts");
+
+        let started = Instant::now();
+        let submitted = ctl(&admin_url, &token_file)
+            .args(["submit", "--wait", "-i"])
+            .arg(format!("{}:in.bin", input.display()))
+            .args(["-o", "out.bin", "--", "sh", "-c", "cp in.bin out.bin"])
+            .output()
+            .expect("ctl runs");
+        let took = started.elapsed();
+        let peak = vm_hwm_kib(runner.0.id());
+        let said = String::from_utf8_lossy(&submitted.stderr).into_owned();
+        assert!(submitted.status.success(), "the job failed: {said}");
+        let job = said
+            .split_whitespace()
+            .find(|word| word.starts_with("j-"))
+            .map(|word| word.trim_end_matches([':', ';']).to_owned())
+            .expect("the job's id");
+        let results = ctl(&admin_url, &token_file)
+            .args(["results", &job])
+            .output()
+            .expect("ctl runs");
+        let listed = String::from_utf8_lossy(&results.stdout);
+        assert!(
+            listed.contains(sha256) && listed.contains("uploaded"),
+            "the result is not the input: {listed}"
+        );
+        println!(
+            "the same end to end (ctl submit -i/-o, dev-server with --db, the runner binary):"
+        );
+        println!(
+            "  {:.1} s from submit to the job's end, result checked; runner VmHWM {:.1} MiB peak",
+            took.as_secs_f64(),
+            peak as f64 / 1024.0
+        );
+        drop((runner, server));
     }
 }
 
