@@ -1,7 +1,10 @@
 //! Accounting against `/usr/bin/time -v`: the same `sh -c` job run under both, CPU time
 //! and peak memory from our `wait4` close to what `time` reports (it reads the same
 //! rusage, so the figures differ only by what differs between two runs of one job).
+//! And GPU memory end to end: the runner binary with a stand-in `nvidia-smi` on its
+//! `PATH` reports the memory attributed to the job's processes on `job_finished`.
 #![cfg(target_os = "linux")]
+#![allow(clippy::disallowed_methods)] // waiting on a real runner
 
 use std::process::Command;
 
@@ -76,4 +79,80 @@ fn cpu_time_and_peak_memory_are_what_time_reports() -> Result<(), Box<dyn std::e
 fn the_report_parser_reads_times_format() {
     let report = "\tUser time (seconds): 0.42\n\tSystem time (seconds): 0.05\n\tMaximum resident set size (kbytes): 61404\n";
     assert_eq!(time_report(report), Some((420, 50, 61404 * 1024)));
+}
+
+/// A stand-in `nvidia-smi` that lists every process of the machine with 100 MiB (and
+/// fails the hardware probe's other queries, as on a machine whose GPU is gone): what
+/// the runner reports is the sum over the job's own processes only.
+#[tokio::test]
+async fn gpu_memory_attributed_to_the_jobs_processes_is_on_job_finished()
+-> Result<(), Box<dyn std::error::Error>> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    use fyn_runner::devserver::{DevServer, DevServerConfig, JobRequest};
+    use fyn_runner::protocol::JobOutcome;
+
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir()?;
+    let tools = dir.path().join("bin");
+    std::fs::create_dir(&tools)?;
+    let fake = tools.join("nvidia-smi");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in\n--query-compute-apps=*)\n  echo 'pid, used_gpu_memory [MiB]'\n  for p in /proc/[0-9]*; do echo \"${p#/proc/}, 100 MiB\"; done ;;\n*) exit 9 ;;\nesac\n",
+    )?;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let server = DevServer::start(DevServerConfig::ephemeral()).await?;
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_fyn-runner"))
+        .args(["run", "--server", &server.url(), "--no-trace", "--token"])
+        .arg(server.mint_token()?)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("PATH", &path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let id = server.submit_job(JobRequest {
+        command: vec!["sh".into(), "-c".into(), "sleep 1; true".into()],
+        env: Default::default(),
+        workdir: None,
+        timeout_secs: 60,
+        output_limit_bytes: None,
+        cancel_grace_secs: Some(1),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        kv: Default::default(),
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let job = server.job(&id)?.ok_or("the job")?;
+        if job.outcome.is_some() {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the job never ended: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = runner.kill();
+    let _ = runner.wait();
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
+    let gpu = job
+        .usage
+        .and_then(|usage| usage.gpu_memory_peak_bytes)
+        .ok_or("no GPU figure")?;
+    // The shell and its sleep: one or two processes, 100 MiB each; never the runner's
+    // or anyone else's.
+    assert!(
+        gpu == 100 * MIB || gpu == 200 * MIB,
+        "{} MiB attributed",
+        gpu / MIB
+    );
+    Ok(())
 }

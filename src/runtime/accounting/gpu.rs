@@ -9,13 +9,14 @@
 //! processes are not the ones the driver sees (another PID namespace), no figure is
 //! given rather than a wrong one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// One row of the query: a process, and the memory it holds on one GPU if known.
@@ -24,6 +25,9 @@ pub struct GpuProcess {
     pub pid: u32,
     pub used_bytes: Option<u64>,
 }
+
+/// The program the sampler runs, looked up on `PATH`.
+const TOOL: &str = "nvidia-smi";
 
 /// The query the sampler runs.
 pub const QUERY: [&str; 2] = ["--query-compute-apps=pid,used_memory", "--format=csv"];
@@ -79,8 +83,13 @@ pub fn parse_stat(text: &str) -> Option<(u32, u32, u32)> {
 /// `root` and every process descending from it or in its process group, now (Linux:
 /// from `/proc`; elsewhere `root` alone).
 pub fn job_processes(root: u32) -> HashSet<u32> {
+    processes_of(&process_table(), root)
+}
+
+/// `root` and every process of `table` (pid, parent, group) descending from it or in
+/// its process group.
+fn processes_of(table: &[(u32, u32, u32)], root: u32) -> HashSet<u32> {
     let mut job = HashSet::from([root]);
-    let table = process_table();
     let root_group = table
         .iter()
         .find(|(pid, _, _)| *pid == root)
@@ -88,7 +97,7 @@ pub fn job_processes(root: u32) -> HashSet<u32> {
     // Parents come and go in any order in /proc: repeat until nothing is added.
     loop {
         let before = job.len();
-        for (pid, ppid, group) in &table {
+        for (pid, ppid, group) in table {
             if job.contains(ppid) || Some(*group) == root_group {
                 job.insert(*pid);
             }
@@ -155,55 +164,135 @@ pub async fn query(program: &std::path::Path) -> Result<Vec<GpuProcess>, GpuProb
     }
 }
 
-/// Samples a running job's GPU memory until stopped; keeps the peak.
+/// The GPU memory of every job it watches, sampled with one query for all of them
+/// every `every` (not one per job: `nvidia-smi` takes tens of milliseconds of CPU), and
+/// a job's first sample soon after it is watched; each job's peak is kept until it is
+/// unwatched. Idle while it watches none; for good once it found no `nvidia-smi`.
+/// Dropping it stops the sampling.
 #[derive(Debug)]
-pub struct GpuSampler {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    /// The peak in bytes plus one; 0 while nothing was attributed.
-    peak: Arc<AtomicU64>,
+pub struct GpuWatch<K> {
+    program: PathBuf,
+    every: Duration,
+    jobs: Arc<Mutex<HashMap<K, Watched>>>,
+    wake: Arc<Notify>,
+    missing: Arc<AtomicBool>,
+    /// Started with the first job watched.
+    task: Option<JoinHandle<()>>,
 }
 
-impl GpuSampler {
-    /// Sample `nvidia-smi` (on `PATH`) every `every` for the job whose main process is
-    /// `root`.
-    pub fn start(root: u32, every: Duration) -> Self {
-        Self::start_with(PathBuf::from("nvidia-smi"), root, every)
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    /// The job's main process.
+    root: u32,
+    peak: Option<u64>,
+}
+
+/// Samples never come closer together than this, however many jobs start.
+const MIN_GAP: Duration = Duration::from_secs(1);
+
+impl<K: Eq + Hash + Clone + Send + 'static> GpuWatch<K> {
+    /// Sampling `nvidia-smi` on `PATH`.
+    pub fn new(every: Duration) -> Self {
+        Self::with_program(PathBuf::from(TOOL), every)
     }
 
-    pub fn start_with(program: PathBuf, root: u32, every: Duration) -> Self {
-        let (stop, mut stopped) = oneshot::channel();
-        let peak = Arc::new(AtomicU64::new(0));
-        let seen = Arc::clone(&peak);
-        let task = tokio::spawn(async move {
-            loop {
-                match query(&program).await {
-                    Ok(rows) => {
-                        let pids = tokio::task::spawn_blocking(move || job_processes(root))
-                            .await
-                            .unwrap_or_default();
-                        if let Some(bytes) = attributed_bytes(&rows, &pids) {
-                            seen.fetch_max(bytes.saturating_add(1), Ordering::Relaxed);
+    pub fn with_program(program: PathBuf, every: Duration) -> Self {
+        Self {
+            program,
+            every,
+            jobs: Arc::default(),
+            wake: Arc::default(),
+            missing: Arc::default(),
+            task: None,
+        }
+    }
+
+    /// Whether there is no tool to sample with (known after the first attempt).
+    pub fn tool_missing(&self) -> bool {
+        self.missing.load(Ordering::Relaxed)
+    }
+
+    /// Sample the job whose main process is `root` (with its descendants and its
+    /// process group) from now on. Needs a tokio runtime.
+    pub fn watch(&mut self, job: K, root: u32) {
+        if self.tool_missing() {
+            return;
+        }
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert(job, Watched { root, peak: None });
+        }
+        if self.task.is_none() {
+            self.task = Some(tokio::spawn(sample(
+                self.program.clone(),
+                self.every,
+                Arc::clone(&self.jobs),
+                Arc::clone(&self.wake),
+                Arc::clone(&self.missing),
+            )));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Stop sampling the job; its peak, if any memory was attributed to it.
+    pub fn unwatch(&mut self, job: &K) -> Option<u64> {
+        self.jobs.lock().ok()?.remove(job)?.peak
+    }
+}
+
+impl<K> Drop for GpuWatch<K> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+async fn sample<K: Eq + Hash + Clone + Send + 'static>(
+    program: PathBuf,
+    every: Duration,
+    jobs: Arc<Mutex<HashMap<K, Watched>>>,
+    wake: Arc<Notify>,
+    missing: Arc<AtomicBool>,
+) {
+    loop {
+        let roots: Vec<(K, u32)> = jobs
+            .lock()
+            .map(|jobs| jobs.iter().map(|(k, w)| (k.clone(), w.root)).collect())
+            .unwrap_or_default();
+        if roots.is_empty() {
+            wake.notified().await;
+            continue;
+        }
+        match query(&program).await {
+            Ok(rows) => {
+                let table = tokio::task::spawn_blocking(process_table)
+                    .await
+                    .unwrap_or_default();
+                let peaks: Vec<(K, u64)> = roots
+                    .into_iter()
+                    .filter_map(|(job, root)| {
+                        let pids = processes_of(&table, root);
+                        attributed_bytes(&rows, &pids).map(|bytes| (job, bytes))
+                    })
+                    .collect();
+                if let Ok(mut jobs) = jobs.lock() {
+                    for (job, bytes) in peaks {
+                        if let Some(watched) = jobs.get_mut(&job) {
+                            watched.peak = Some(watched.peak.unwrap_or(0).max(bytes));
                         }
                     }
-                    // No tool, no figure: nothing more to sample.
-                    Err(GpuProbeError::Missing(_)) => return,
-                    Err(error) => tracing::debug!(%error, "GPU sample failed"),
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    _ = &mut stopped => return,
                 }
             }
-        });
-        Self { stop, task, peak }
-    }
-
-    /// Stop sampling; the peak, if any memory was attributed to the job.
-    pub async fn stop(self) -> Option<u64> {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-        self.peak.load(Ordering::Relaxed).checked_sub(1)
+            // No tool, no figure: nothing more to sample, now or for later jobs.
+            Err(GpuProbeError::Missing(_)) => {
+                missing.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(error) => tracing::debug!(%error, "GPU sample failed"),
+        }
+        tokio::time::sleep(MIN_GAP).await;
+        // The next round at `every`, or sooner for a job just watched.
+        let _ = tokio::time::timeout(every.saturating_sub(MIN_GAP), wake.notified()).await;
     }
 }
 
@@ -295,10 +384,11 @@ mod tests {
     }
 
     /// A stand-in `nvidia-smi` that lists the job's shell with 100 MiB and a stranger
-    /// with more: the sampler reports the job's alone; without the tool, nothing.
+    /// with more: the watch reports the job's alone; without the tool, nothing, and it
+    /// says so.
     #[cfg(unix)]
     #[tokio::test]
-    async fn the_sampler_keeps_the_jobs_peak() -> std::io::Result<()> {
+    async fn the_watch_keeps_each_jobs_peak() -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let mut job = tokio::process::Command::new("sleep")
             .arg("5")
@@ -315,12 +405,19 @@ mod tests {
             ),
         )?;
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755))?;
-        let sampler = GpuSampler::start_with(tool, pid, Duration::from_millis(20));
+        let mut watch = GpuWatch::with_program(tool, Duration::from_millis(20));
+        watch.watch("job", pid);
+        watch.watch("stranger's", 999_999);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(watch.unwatch(&"job"), Some(100 * MIB));
+        assert_eq!(watch.unwatch(&"stranger's"), None);
+        assert_eq!(watch.unwatch(&"never watched"), None);
+        let mut missing =
+            GpuWatch::with_program(dir.path().join("absent"), Duration::from_millis(20));
+        missing.watch("job", pid);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(sampler.stop().await, Some(100 * MIB));
-        let missing =
-            GpuSampler::start_with(dir.path().join("absent"), pid, Duration::from_millis(20));
-        assert_eq!(missing.stop().await, None);
+        assert!(missing.tool_missing());
+        assert_eq!(missing.unwatch(&"job"), None);
         job.kill().await?;
         Ok(())
     }

@@ -250,7 +250,7 @@ pub(super) fn launch(
     let driver = Driver {
         hooks,
         files: JobFiles::new(settings.transfer_settings()),
-        job_clock: Default::default(),
+        job_gauges: Default::default(),
         #[cfg(unix)]
         endpoints,
         #[cfg(unix)]

@@ -18,7 +18,7 @@ loop hands it:
 - `launch`: starting a runner (state folder, identity, store, boot record, trace);
 - `link`: the connection, the writer's queue, the resend cursor, `wire()`;
 - `job_files`: jobs' inputs being fetched and outputs being uploaded, a task each;
-- `job_clock`: each running job's acceptance, for its wall time (`wall_ms`);
+- `job_gauges`: what is measured of running jobs (wall time, GPU memory);
 - `endpoints`: jobs' local endpoints (`job.sock`) and the writes waiting for their batch;
 - `durable`: a batch's transaction, acknowledgements batched, ended jobs' folders;
 - `group`: which ready inputs are dispatched together and share one transaction;
@@ -35,8 +35,8 @@ mod endpoints;
 mod group;
 mod handle;
 mod input;
-mod job_clock;
 mod job_files;
+mod job_gauges;
 mod launch;
 pub mod leave;
 mod link;
@@ -60,8 +60,8 @@ use super::timers::Timers;
 use durable::Durability;
 use group::Group;
 use input::Input;
-use job_clock::JobClock;
 use job_files::JobFiles;
+use job_gauges::JobGauges;
 use link::Link;
 use local_steps::{FAREWELL_WITHIN, LocalSteps};
 use observe::{Observer, Passage};
@@ -95,8 +95,8 @@ struct Driver {
     hooks: HookRunner,
     /// Jobs' inputs being fetched.
     files: JobFiles,
-    /// When each running job was accepted, for its wall time.
-    job_clock: JobClock,
+    /// What is measured of running jobs: wall time, GPU memory.
+    job_gauges: JobGauges,
     /// Jobs' local endpoints (Unix).
     #[cfg(unix)]
     endpoints: endpoints::Endpoints,
@@ -375,13 +375,13 @@ impl Driver {
     /// Into the core (with the job's wall time, when it may end a job), and the
     /// batch out, traced; performing it is the caller's.
     fn dispatch_only(&mut self, event: &mut Event) -> Vec<Effect> {
-        self.job_clock.stamp(event);
+        self.job_gauges.stamp(event);
         let event = &*event;
         let before = self.core.phase();
         let was = self.core.lifecycle();
         let mut effects = std::mem::take(&mut self.scratch);
         self.core.dispatch_into(event, &mut effects);
-        self.job_clock.observe(event, &effects.list);
+        self.job_gauges.observe(event, &effects.list);
         let after = self.core.phase();
         let passage = Passage {
             before: &before,

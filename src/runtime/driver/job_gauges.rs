@@ -1,12 +1,23 @@
-//! Each job's wall time (`job_finished.wall_ms`): from the batch that accepted it
-//! (`job_accepted` persisted) to the event that ends it, read from this process's
-//! monotonic clock and written into that event before it is dispatched, so the core
-//! puts it in `job_finished` and the trace holds the figure it got.
+//! What the runner measures of a running job beyond what its supervisor records,
+//! written into the event that ends it before it is dispatched, so the core puts it
+//! in `job_finished` and the trace holds the figures it got:
 //!
-//! Owns: when each running job was accepted. Must not: decide anything about a job;
-//! it only measures. A job reattached after a restart counts from its process's start
-//! (`JobFound`'s `elapsed_ms`: the time it spent being prepared before is not known
-//! any more); one that ended, or was uploading, while no runner was there gets none.
+//! - its wall time (`wall_ms`): from the batch that accepted it (`job_accepted`
+//!   persisted) to its end, on this process's monotonic clock. A job reattached after
+//!   a restart counts from its process's start (`JobFound`'s `elapsed_ms`: the time it
+//!   spent being prepared before is not known any more); one that ended, or was
+//!   uploading, while no runner was there gets none;
+//! - the most GPU memory its processes held (`gpu_memory_peak_bytes`), sampled through
+//!   `nvidia-smi` every `GPU_SAMPLE_EVERY` from its start, one query for all running
+//!   jobs (`accounting::gpu::GpuWatch`). The
+//!   runner samples, not the supervisor: `nvidia-smi` run by the supervisor would be a
+//!   child of the job's subreaper, its CPU time counted in the job's rusage. So only
+//!   while a runner watches: a job reattached after a restart is not sampled, and no
+//!   figure is given where no memory could be attributed (no tool, no GPU, a driver
+//!   that does not say).
+//!
+//! Owns: when each running job was accepted, and its GPU sampler. Must not: decide
+//! anything about a job; it only measures.
 
 use std::collections::HashMap;
 
@@ -14,25 +25,50 @@ use tokio::time::{Duration, Instant};
 
 use crate::core::{Durable, Effect, Event, FoundJob};
 use crate::protocol::{JobRef, RunnerEvent};
+use crate::runtime::accounting::gpu::GpuWatch;
 
-#[derive(Debug, Default)]
-pub(super) struct JobClock {
+/// How often a running job's GPU memory is sampled (the first sample is taken at its
+/// start): `nvidia-smi` takes tens of milliseconds of CPU.
+const GPU_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub(super) struct JobGauges {
     accepted: HashMap<JobRef, Instant>,
+    gpu: GpuWatch<JobRef>,
 }
 
-impl JobClock {
-    /// Write the job's wall time into the event that may end it: `JobExited` (the
-    /// end, unless outputs are uploaded next) and `UploadsDone` (the end after them).
-    pub fn stamp(&self, event: &mut Event) {
+impl Default for JobGauges {
+    fn default() -> Self {
+        Self {
+            accepted: HashMap::new(),
+            gpu: GpuWatch::new(GPU_SAMPLE_EVERY),
+        }
+    }
+}
+
+impl JobGauges {
+    /// Write what was measured into the event that may end the job: `JobExited` (the
+    /// end, unless outputs are uploaded next; its GPU sampling stops here) and
+    /// `UploadsDone` (the end after them: the wall time only).
+    pub fn stamp(&mut self, event: &mut Event) {
         match event {
-            Event::JobExited { job, usage, .. } => usage.wall_ms = self.elapsed_ms(job),
+            Event::JobExited { job, usage, .. } => {
+                usage.wall_ms = self.elapsed_ms(job);
+                usage.gpu_memory_peak_bytes = self.gpu.unwatch(job);
+            }
             Event::UploadsDone { job, wall_ms, .. } => *wall_ms = self.elapsed_ms(job),
             _ => {}
         }
     }
 
-    /// Jobs accepted, reattached and finished by what `event` made the core do.
+    /// Jobs accepted, started, reattached and finished by what `event` made the core
+    /// do.
     pub fn observe(&mut self, event: &Event, effects: &[Effect]) {
+        if let Event::JobStarted { job, pid } = event
+            && self.accepted.contains_key(job)
+        {
+            self.gpu.watch(job.clone(), *pid);
+        }
         if let Event::JobFound {
             job,
             found: FoundJob::Running { elapsed_ms, .. },
@@ -53,6 +89,7 @@ impl JobClock {
                 }
                 RunnerEvent::JobFinished { job, .. } => {
                     self.accepted.remove(job);
+                    self.gpu.unwatch(job);
                 }
                 _ => {}
             }
@@ -103,7 +140,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn from_acceptance_to_the_end_and_forgotten_after() {
-        let mut clock = JobClock::default();
+        let mut clock = JobGauges::default();
         let mut unknown = exited();
         clock.stamp(&mut unknown);
         assert_eq!(wall_of(&unknown), None, "never accepted here");
@@ -143,7 +180,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reattached_job_counts_from_its_process_start() {
-        let mut clock = JobClock::default();
+        let mut clock = JobGauges::default();
         tokio::time::advance(Duration::from_secs(60)).await;
         let found = Event::JobFound {
             job: job(),
