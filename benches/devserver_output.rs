@@ -21,7 +21,7 @@ mod linux_bench {
     use tokio_tungstenite::tungstenite::http::HeaderValue;
 
     use fyn_runner::ctl::{Client, parse_server};
-    use fyn_runner::devserver::{JobCreated, JobInfo, JobRequest, OutputChunk};
+    use fyn_runner::devserver::{JobCreated, JobInfo, JobRequest, OutputPage};
     use fyn_runner::protocol::{
         Command as ApiCommand, ExitStatus, JobOutcome, JobRef, RunnerMessage, SUBPROTOCOL,
         ServerMessage, auth_message, decode_server, encode,
@@ -270,7 +270,7 @@ mod linux_bench {
                 "/admin/v1/jobs/{}/output?offset={offset}&limit=1048576",
                 job.job_id
             );
-            let chunk: OutputChunk = client.get(&path).await.expect("range");
+            let chunk: OutputPage = client.get(&path).await.expect("range");
             read += chunk.bytes().expect("base64").len() as u64;
             offset = chunk.next_offset;
             peak_serve_rss = peak_serve_rss.max(status_kib(pid, "VmRSS"));

@@ -367,7 +367,7 @@ fn a_trace_size_too_small_to_replay_is_refused_everywhere() {
 
 #[tokio::test]
 async fn the_control_socket_refuses_a_deadline_run_would_refuse() {
-    use fyn_runner::runtime::control::{Request, Response, request};
+    use fyn_runner::runtime::control::{ControlRequest, ControlResponse, request};
     let server = dev_server().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
@@ -375,7 +375,7 @@ async fn the_control_socket_refuses_a_deadline_run_would_refuse() {
     active(&mut handle).await;
     let answer = request(
         &state,
-        &Request::Drain {
+        &ControlRequest::Drain {
             deadline_secs: Some(u64::MAX),
             force: false,
             uninstall: false,
@@ -383,7 +383,7 @@ async fn the_control_socket_refuses_a_deadline_run_would_refuse() {
     )
     .await
     .expect("an answer");
-    let Response::Error { message } = answer else {
+    let ControlResponse::Error { message } = answer else {
         panic!("expected a refusal, got {answer:?}");
     };
     assert!(message.contains("too large"), "{message}");

@@ -309,14 +309,14 @@ async fn a_key_readable_by_others_is_refused_with_the_reason() {
 
 #[tokio::test]
 async fn status_and_drain_through_the_control_socket() {
-    use fyn_runner::runtime::control::{ControlError, Request, Response, request};
+    use fyn_runner::runtime::control::{ControlError, ControlRequest, ControlResponse, request};
     let server = dev_server(None, None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let token = server.mint_token().expect("token");
     let mut handle = runtime::start(settings(&server, dir.path(), Some(token))).expect("starts");
     until_active(&mut handle).await;
 
-    let Response::Status { status } = request(dir.path(), &Request::Status)
+    let ControlResponse::Status { status } = request(dir.path(), &ControlRequest::Status)
         .await
         .expect("answers")
     else {
@@ -335,7 +335,7 @@ async fn status_and_drain_through_the_control_socket() {
 
     let reply = request(
         dir.path(),
-        &Request::Drain {
+        &ControlRequest::Drain {
             deadline_secs: Some(5),
             force: false,
             uninstall: false,
@@ -343,7 +343,7 @@ async fn status_and_drain_through_the_control_socket() {
     )
     .await
     .expect("answers");
-    assert!(matches!(reply, Response::Draining { .. }));
+    assert!(matches!(reply, ControlResponse::Draining { .. }));
     assert_eq!(
         tokio::time::timeout(WAIT, handle.wait())
             .await
@@ -352,7 +352,7 @@ async fn status_and_drain_through_the_control_socket() {
     );
     // Gone with the runner: the socket is removed.
     assert!(matches!(
-        request(dir.path(), &Request::Status).await,
+        request(dir.path(), &ControlRequest::Status).await,
         Err(ControlError::NotRunning { .. })
     ));
     server.shutdown().await;

@@ -567,9 +567,9 @@ fn run_runner(settings: crate::runtime::RunnerSettings) -> anyhow::Result<i32> {
 }
 
 async fn show_status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<i32> {
-    use crate::runtime::control::{ControlError, Request, Response, request};
-    let status = match request(state_dir, &Request::Status).await {
-        Ok(Response::Status { status }) => status,
+    use crate::runtime::control::{ControlError, ControlRequest, ControlResponse, request};
+    let status = match request(state_dir, &ControlRequest::Status).await {
+        Ok(ControlResponse::Status { status }) => status,
         Ok(other) => anyhow::bail!("unexpected answer from the runner: {other:?}"),
         Err(ControlError::NotRunning { state_dir, .. }) => {
             let service = service_view();
@@ -683,10 +683,10 @@ pub(super) async fn drain(
     wait: bool,
     uninstall: bool,
 ) -> anyhow::Result<i32> {
-    use crate::runtime::control::{ControlError, Request, Response, request};
+    use crate::runtime::control::{ControlError, ControlRequest, ControlResponse, request};
     match request(
         state_dir,
-        &Request::Drain {
+        &ControlRequest::Drain {
             deadline_secs: deadline,
             force,
             uninstall,
@@ -694,7 +694,7 @@ pub(super) async fn drain(
     )
     .await?
     {
-        Response::Draining { status } => {
+        ControlResponse::Draining { status } => {
             let what = if force {
                 "stopping now (running jobs are cancelled)"
             } else {
@@ -713,8 +713,8 @@ pub(super) async fn drain(
     let mut hiccups = 0;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        match request(state_dir, &Request::Status).await {
-            Ok(Response::Status { status }) => {
+        match request(state_dir, &ControlRequest::Status).await {
+            Ok(ControlResponse::Status { status }) => {
                 hiccups = 0;
                 write_stdout(&format!(
                     "  {}: {} job(s) left, {} event(s) undelivered\n",

@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::{Client, CtlError, stream_name};
-use crate::devserver::{MAX_OUTPUT_READ, OutputChunk};
+use crate::devserver::{MAX_OUTPUT_READ, OutputPage};
 use crate::protocol::OutputStream;
 
 /// How long one poll asks the server to wait for new bytes.
@@ -70,7 +70,7 @@ async fn follow_one(
             "/admin/v1/jobs/{id_segment}/output?stream={}&offset={offset}&limit={MAX_OUTPUT_READ}&wait_ms={wait}",
             stream_name(stream)
         );
-        let chunk: OutputChunk = client.get(&path).await?;
+        let chunk: OutputPage = client.get(&path).await?;
         if attempt.is_some_and(|seen| seen != chunk.attempt) {
             // Re-queued after its runner was lost: the new attempt's output starts over.
             eprintln!(
@@ -95,7 +95,7 @@ async fn follow_one(
 }
 
 /// Write one chunk; false when nobody reads any more (`| head` closed the pipe).
-fn write_chunk(chunk: &OutputChunk, stream: OutputStream, sink: Sink) -> Result<bool, CtlError> {
+fn write_chunk(chunk: &OutputPage, stream: OutputStream, sink: Sink) -> Result<bool, CtlError> {
     let result = match sink {
         Sink::Discard => Ok(()),
         Sink::JsonLines if chunk.data.is_empty() => Ok(()),

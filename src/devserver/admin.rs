@@ -18,7 +18,7 @@ use tokio::time::{Instant, timeout_at};
 use super::access::{AccessPolicy, guard, json_errors};
 use super::api::{
     CommandIssued, DrainRequest, ErrorBody, EventRecord, JobCreated, JobInfo, JobRequest,
-    OutputChunk, RunnerInfo, TokenCreated,
+    OutputPage, RunnerInfo, TokenCreated,
 };
 use super::blob_routes;
 use super::error::DevServerError;
@@ -213,7 +213,7 @@ async fn job_output(
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<OutputQuery>,
-) -> ApiResult<Json<OutputChunk>> {
+) -> ApiResult<Json<OutputPage>> {
     let limit = query.limit.unwrap_or(DEFAULT_OUTPUT_READ);
     let wait = Duration::from_millis(query.wait_ms).min(MAX_OUTPUT_WAIT);
     let deadline = Instant::now() + wait;

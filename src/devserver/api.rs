@@ -147,7 +147,7 @@ pub struct JobRequest {
 
 /// One job, as `GET /admin/v1/jobs/{id}` shows it. Its output is not in it (a job may
 /// print gigabytes): `stdout_bytes`/`stderr_bytes` say how much is held, and
-/// `GET /admin/v1/jobs/{id}/output` reads it ([`OutputChunk`]).
+/// `GET /admin/v1/jobs/{id}/output` reads it ([`OutputPage`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobInfo {
     pub id: String,
@@ -187,7 +187,7 @@ pub struct JobInfo {
 
 /// A range of a job's output (`GET /admin/v1/jobs/{id}/output`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputChunk {
+pub struct OutputPage {
     pub job_id: String,
     /// The attempt the bytes belong to. A re-queued job starts its output again: a
     /// reader that sees the attempt change starts again from offset 0.
@@ -206,7 +206,7 @@ pub struct OutputChunk {
     pub state: JobState,
 }
 
-impl OutputChunk {
+impl OutputPage {
     /// The bytes of `data`.
     pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
         use base64::Engine;

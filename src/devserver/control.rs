@@ -9,15 +9,13 @@ use std::cmp::Reverse;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::api::{
-    EventRecord, JobInfo, JobRequest, JobState, OutputChunk, RunnerInfo, RunnerState,
-};
+use super::api::{EventRecord, JobInfo, JobRequest, JobState, OutputPage, RunnerInfo, RunnerState};
 use super::blobs::BlobUrls;
 use super::commands::largest_start_frame_len;
 use super::error::DevServerError;
 use super::grants::{check_inputs_stored, declared_files, sized_spec, with_files};
 use super::hub::{Hub, Inner, Post};
-use super::store::{JobFiles, JobRow, RunnerLoad, RunnerRow, Store, StoreError};
+use super::store::{DeclaredFiles, JobRow, RunnerLoad, RunnerRow, Store, StoreError};
 use super::util::{now_ms, random_hex};
 use crate::protocol::{Command, JobRef, JobSpec, MAX_FRAME_BYTES, OutputStream};
 
@@ -306,7 +304,10 @@ pub(crate) fn release_absent_holds(
 /// files as they will be handed out), and small enough that its `start_job` always
 /// fits a frame: what is accepted here can reach the runner, so it never fails later
 /// for a reason known now.
-fn new_job(request: JobRequest, urls: &BlobUrls) -> Result<(JobRow, JobFiles), DevServerError> {
+fn new_job(
+    request: JobRequest,
+    urls: &BlobUrls,
+) -> Result<(JobRow, DeclaredFiles), DevServerError> {
     let files = declared_files(&request);
     let id = format!("j-{}", random_hex(8)?);
     let limits = (
@@ -339,7 +340,7 @@ fn read_output(
     stream: OutputStream,
     offset: u64,
     limit: u64,
-) -> Result<OutputChunk, DevServerError> {
+) -> Result<OutputPage, DevServerError> {
     let job = store
         .job(id)?
         .ok_or_else(|| DevServerError::JobNotFound(id.to_owned()))?;
@@ -351,7 +352,7 @@ fn read_output(
         Vec::new()
     };
     let next_offset = offset + data.len() as u64;
-    Ok(OutputChunk {
+    Ok(OutputPage {
         job_id: job.id,
         attempt: job.attempt,
         stream,
@@ -510,7 +511,7 @@ impl Hub {
         stream: OutputStream,
         offset: u64,
         limit: u64,
-    ) -> Result<OutputChunk, DevServerError> {
+    ) -> Result<OutputPage, DevServerError> {
         self.with(|inner, _| read_output(&inner.store, id, stream, offset, limit))
     }
 

@@ -13,7 +13,7 @@ use super::blobs::BlobUrls;
 use super::error::DevServerError;
 use super::hub::{Hub, Inner};
 use super::job_side::{InputRequest, JobResults, OutputRequest};
-use super::store::{JobFiles, JobRow, Store, StoreError};
+use super::store::{DeclaredFiles, JobRow, Store, StoreError};
 use super::util::now_ms;
 use crate::protocol::{
     InputFile, JobSpec, OutputFile, OutputTarget, glob_matches, to_hex, validate_file_path,
@@ -51,7 +51,11 @@ impl GrantKey {
 const PLACEHOLDER_TOKEN: &str = "00000000000000000000000000000000";
 
 /// The `JobSpec` fields a job's declarations become under a token.
-fn spec_files(files: &JobFiles, urls: &BlobUrls, token: &str) -> (Vec<InputFile>, Vec<OutputFile>) {
+fn spec_files(
+    files: &DeclaredFiles,
+    urls: &BlobUrls,
+    token: &str,
+) -> (Vec<InputFile>, Vec<OutputFile>) {
     let inputs = files
         .inputs
         .iter()
@@ -78,7 +82,7 @@ fn spec_files(files: &JobFiles, urls: &BlobUrls, token: &str) -> (Vec<InputFile>
 /// `spec` with the job's files attached under `token`.
 pub(crate) fn with_files(
     mut spec: JobSpec,
-    files: &JobFiles,
+    files: &DeclaredFiles,
     urls: &BlobUrls,
     token: &str,
 ) -> JobSpec {
@@ -91,8 +95,8 @@ pub(crate) fn with_files(
 
 /// What a job request declares, checked as far as the request alone allows (the
 /// blobs' presence is checked against the store).
-pub(crate) fn declared_files(request: &JobRequest) -> JobFiles {
-    JobFiles {
+pub(crate) fn declared_files(request: &JobRequest) -> DeclaredFiles {
+    DeclaredFiles {
         inputs: request.inputs.clone(),
         outputs: request.outputs.clone(),
         kv: request.kv.clone(),
@@ -100,7 +104,7 @@ pub(crate) fn declared_files(request: &JobRequest) -> JobFiles {
 }
 
 /// The spec of a new job as a runner would get it, for validation and sizing.
-pub(crate) fn sized_spec(spec: JobSpec, files: &JobFiles, urls: &BlobUrls) -> JobSpec {
+pub(crate) fn sized_spec(spec: JobSpec, files: &DeclaredFiles, urls: &BlobUrls) -> JobSpec {
     with_files(spec, files, urls, PLACEHOLDER_TOKEN)
 }
 
@@ -113,7 +117,7 @@ impl Inner {
     }
 
     /// The job and attempt a token stands for, if that attempt is still on its runner.
-    fn live_grant(&self, token: &str) -> Result<(JobRow, JobFiles), DevServerError> {
+    fn live_grant(&self, token: &str) -> Result<(JobRow, DeclaredFiles), DevServerError> {
         let (job_id, attempt) = self
             .store
             .granted(token)?

@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 pub use admin_token::{AdminToken, AdminTokenError, default_token_path};
 pub use api::{
     CommandIssued, DrainRequest, ErrorBody, EventRecord, JobCreated, JobInfo, JobRequest, JobState,
-    OutputChunk, RunnerInfo, RunnerState, TokenCreated,
+    OutputPage, RunnerInfo, RunnerState, TokenCreated,
 };
 pub use args::DevServerArgs;
 pub use blobs::BlobError;
@@ -357,7 +357,7 @@ impl DevServer {
         stream: OutputStream,
         offset: u64,
         limit: u64,
-    ) -> Result<OutputChunk, DevServerError> {
+    ) -> Result<OutputPage, DevServerError> {
         self.hub.output(id, stream, offset, limit)
     }
 

@@ -39,7 +39,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use super::secure_fs::{self, SecureFsError};
 use crate::core::{Durable, DurableState, ENDED_ATTEMPTS_KEPT, OutputDone};
 use crate::protocol::{JobRef, JobSpec, OutputStream, RunnerEvent};
-use crate::runtime::jobs::{JobProgress, StreamProgress};
+use crate::runtime::jobs::{OutputProgress, StreamProgress};
 
 pub const DB_FILE: &str = "runner.db";
 
@@ -562,8 +562,8 @@ impl Store {
     }
 
     /// How far each stored job's output was taken into the outbox.
-    pub fn job_progress(&self) -> Result<Vec<(JobRef, JobProgress)>, StoreError> {
-        let read = || -> rusqlite::Result<Vec<(JobRef, JobProgress)>> {
+    pub fn job_progress(&self) -> Result<Vec<(JobRef, OutputProgress)>, StoreError> {
+        let read = || -> rusqlite::Result<Vec<(JobRef, OutputProgress)>> {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT job_id, attempt, stdout_sent, stderr_sent, stdout_cut, stderr_cut
                  FROM jobs ORDER BY job_id",
@@ -574,7 +574,7 @@ impl Store {
                     attempt: row.get(1)?,
                 };
                 let sent = |i| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
-                let progress = JobProgress {
+                let progress = OutputProgress {
                     stdout: StreamProgress {
                         sent: sent(2)?,
                         cut: row.get::<_, i64>(4)? != 0,
@@ -1299,7 +1299,7 @@ mod tests {
             progress,
             vec![(
                 job,
-                JobProgress {
+                OutputProgress {
                     stdout: StreamProgress {
                         sent: 11,
                         cut: false

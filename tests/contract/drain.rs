@@ -98,13 +98,13 @@ async fn a_stop_signal_ends_the_session_with_a_close_and_no_stopping() {
 #[cfg(unix)]
 #[tokio::test]
 async fn stopping_names_fyn_runner_drain_and_uninstall() {
-    use fyn_runner::runtime::control::{Request, Response, request};
+    use fyn_runner::runtime::control::{ControlRequest, ControlResponse, request};
     for uninstall in [false, true] {
         let mut api = FakeApi::start().await;
         let mut runner = Runner::binary(api.url(), "r-local");
         let mut conn = api.accept().await;
         conn.handshake(&runner, &Handshake::default()).await;
-        let drain = Request::Drain {
+        let drain = ControlRequest::Drain {
             deadline_secs: None,
             force: false,
             uninstall,
@@ -112,7 +112,10 @@ async fn stopping_names_fyn_runner_drain_and_uninstall() {
         let answer = request(runner.state_dir(), &drain)
             .await
             .expect("an answer");
-        assert!(matches!(answer, Response::Draining { .. }), "{answer:?}");
+        assert!(
+            matches!(answer, ControlResponse::Draining { .. }),
+            "{answer:?}"
+        );
         let stopping = conn.expect("stopping").await;
         let reason = stopping["reason"].as_str().unwrap_or_default();
         let named = if uninstall {

@@ -207,14 +207,17 @@ impl Runner {
     pub async fn stop(mut self) -> i32 {
         #[cfg(unix)]
         if let Process::Binary(..) = &self.process {
-            use fyn_runner::runtime::control::{Request, Response, request};
-            let drain = Request::Drain {
+            use fyn_runner::runtime::control::{ControlRequest, ControlResponse, request};
+            let drain = ControlRequest::Drain {
                 deadline_secs: None,
                 force: false,
                 uninstall: false,
             };
             let answer = request(self.state_dir(), &drain).await.expect("an answer");
-            assert!(matches!(answer, Response::Draining { .. }), "{answer:?}");
+            assert!(
+                matches!(answer, ControlResponse::Draining { .. }),
+                "{answer:?}"
+            );
             return self.exit_code(STEP).await.expect("stops in time");
         }
         self.ask_to_stop();

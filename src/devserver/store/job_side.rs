@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS job_results (
 
 /// What a job declared when it was submitted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct JobFiles {
+pub(crate) struct DeclaredFiles {
     pub inputs: Vec<InputRequest>,
     pub outputs: Vec<OutputRequest>,
     pub kv: BTreeMap<String, String>,
@@ -89,7 +89,7 @@ impl Store {
 
     // ------------------------------------------------------------ declarations
 
-    pub fn set_job_files(&self, job_id: &str, files: &JobFiles) -> Result<(), StoreError> {
+    pub fn set_job_files(&self, job_id: &str, files: &DeclaredFiles) -> Result<(), StoreError> {
         self.exec(
             "INSERT OR REPLACE INTO job_files (job_id, inputs, outputs, kv) VALUES (?1, ?2, ?3, ?4)",
             params![
@@ -103,7 +103,7 @@ impl Store {
     }
 
     /// What the job declared; nothing for a job submitted without files.
-    pub fn job_files(&self, job_id: &str) -> Result<JobFiles, StoreError> {
+    pub fn job_files(&self, job_id: &str) -> Result<DeclaredFiles, StoreError> {
         let raw: Option<(String, String, String)> = self
             .one(
                 "SELECT inputs, outputs, kv FROM job_files WHERE job_id = ?1",
@@ -112,9 +112,9 @@ impl Store {
             )
             .optional()?;
         let Some((inputs, outputs, kv)) = raw else {
-            return Ok(JobFiles::default());
+            return Ok(DeclaredFiles::default());
         };
-        Ok(JobFiles {
+        Ok(DeclaredFiles {
             inputs: serde_json::from_str(&inputs)?,
             outputs: serde_json::from_str(&outputs)?,
             kv: serde_json::from_str(&kv)?,

@@ -18,7 +18,7 @@ use crate::platform::{self, Access};
 use crate::protocol::OutputStream;
 
 pub(crate) use commands::StoredCommand;
-pub(crate) use job_side::JobFiles;
+pub(crate) use job_side::DeclaredFiles;
 pub(crate) use jobs::JobRow;
 
 /// Bumped when the schema changes incompatibly; an older build refuses a newer file.

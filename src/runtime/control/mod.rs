@@ -66,7 +66,7 @@ impl Control {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
+pub enum ControlRequest {
     Status,
     Drain {
         deadline_secs: Option<u64>,
@@ -79,7 +79,7 @@ pub enum Request {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
-pub enum Response {
+pub enum ControlResponse {
     Status { status: Box<RunnerStatus> },
     Draining { status: Box<RunnerStatus> },
     Error { message: String },
@@ -175,16 +175,16 @@ async fn answer(
     // A request is a short line; a client that sends more is cut off, not buffered.
     let mut reader = BufReader::new(read.take(64 * 1024));
     reader.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Status) => Response::Status {
+    let response = match serde_json::from_str::<ControlRequest>(&line) {
+        Ok(ControlRequest::Status) => ControlResponse::Status {
             status: Box::new(status.borrow().clone()),
         },
-        Ok(Request::Drain {
+        Ok(ControlRequest::Drain {
             deadline_secs,
             force,
             uninstall,
         }) => match deadline_secs.map(checked_deadline).transpose() {
-            Err(message) => Response::Error { message },
+            Err(message) => ControlResponse::Error { message },
             Ok(deadline_secs) => {
                 let by = if uninstall {
                     StopOrigin::Uninstall
@@ -197,12 +197,12 @@ async fn answer(
                     Control::Drain { deadline_secs, by }
                 };
                 let _ = control.send(request);
-                Response::Draining {
+                ControlResponse::Draining {
                     status: Box::new(status.borrow().clone()),
                 }
             }
         },
-        Err(e) => Response::Error {
+        Err(e) => ControlResponse::Error {
             message: format!("bad request: {e}"),
         },
     };
@@ -222,7 +222,10 @@ fn checked_deadline(secs: u64) -> Result<u64, String> {
 }
 
 /// Ask the runner that owns `state_dir`.
-pub async fn request(state_dir: &Path, request: &Request) -> Result<Response, ControlError> {
+pub async fn request(
+    state_dir: &Path,
+    request: &ControlRequest,
+) -> Result<ControlResponse, ControlError> {
     let shown = endpoint::name(state_dir);
     let stream = match endpoint::connect(state_dir).await {
         Ok(stream) => stream,

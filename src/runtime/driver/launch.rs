@@ -20,7 +20,7 @@ use crate::runtime::hooks::HookRunner;
 use crate::runtime::identity::{Identity, IdentityError};
 use crate::runtime::install::{self, InstallPlan, Installer};
 use crate::runtime::jobs::{
-    self, ExecutorError, FoundState, Janitor, JobProgress, JobReport, JobSupervisor, Retention,
+    self, ExecutorError, FoundState, Janitor, JobReport, JobSupervisor, OutputProgress, Retention,
 };
 use crate::runtime::metrics::{
     self, MetricsFeed, MetricsServer, MetricsServerError, RunnerMetrics,
@@ -378,7 +378,7 @@ fn find_jobs(
     jobs: &mut JobSupervisor,
     restored: &[JobSpec],
     pids: &[(JobRef, u32)],
-    progress: &[(JobRef, JobProgress)],
+    progress: &[(JobRef, OutputProgress)],
 ) -> Found {
     let mut found = Found::default();
     let (mut running, mut ended, mut lost) = (0, 0, 0);

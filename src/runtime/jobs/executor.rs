@@ -101,13 +101,13 @@ pub struct FindRequest {
     /// The pid its `job_started` recorded, if it got that far.
     pub pid: Option<u32>,
     /// How much of its output the outbox holds already.
-    pub progress: JobProgress,
+    pub progress: OutputProgress,
     pub output: OutputSink,
 }
 
 /// How far a job's output was reported (taken into the outbox), per stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct JobProgress {
+pub struct OutputProgress {
     pub stdout: StreamProgress,
     pub stderr: StreamProgress,
 }

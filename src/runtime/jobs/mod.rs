@@ -40,8 +40,8 @@ mod supervised;
 mod supervisor;
 
 pub use executor::{
-    Executor, ExecutorError, FindRequest, Finding, JobControl, JobEnd, JobProgress, PreparedFolder,
-    ProcessUsage, RunningJob, SpawnRequest, StreamProgress,
+    Executor, ExecutorError, FindRequest, Finding, JobControl, JobEnd, OutputProgress,
+    PreparedFolder, ProcessUsage, RunningJob, SpawnRequest, StreamProgress,
 };
 pub use job_account::{JobAccount, move_job_folders};
 pub use output::{CHUNK_BYTES, CREDITS_PER_STREAM, OutputChunk, OutputSink, StreamSink};

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::protocol::{ExitStatus, JobRef, JobSpec, SessionParams};
 
 use super::executor::{
-    Executor, ExecutorError, FindRequest, Finding, JobControl, JobEnd, JobProgress, RunningJob,
+    Executor, ExecutorError, FindRequest, Finding, JobControl, JobEnd, OutputProgress, RunningJob,
     SpawnRequest,
 };
 use super::output::OutputSink;
@@ -140,7 +140,7 @@ impl JobSupervisor {
         &mut self,
         spec: &JobSpec,
         pid: Option<u32>,
-        progress: JobProgress,
+        progress: OutputProgress,
     ) -> Vec<JobReport> {
         let job = spec.job_ref();
         let request = FindRequest {

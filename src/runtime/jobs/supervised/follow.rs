@@ -11,7 +11,7 @@
 //! killed, the logs are reported as far as they go, and the end is unknown (the core
 //! reports the job lost).
 //!
-//! Where reporting starts is where the outbox stopped (`JobProgress`), so a reattached
+//! Where reporting starts is where the outbox stopped (`OutputProgress`), so a reattached
 //! job's output goes on at the byte after the last one reported: none twice, none
 //! skipped, whatever the API does with offsets.
 
@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::protocol::{ExitStatus, JobRef, OutputStream};
 use crate::runtime::orphans::{self, Leader};
 
-use super::super::executor::{JobEnd, JobProgress, ProcessUsage};
+use super::super::executor::{JobEnd, OutputProgress, ProcessUsage};
 use super::super::output::{CHUNK_BYTES, OutputSink, StreamSink};
 use super::supervisor_lives;
 use super::wire::{
@@ -143,7 +143,7 @@ impl Follow {
         folder: Folder,
         logs: [Log; 2],
         output: OutputSink,
-        progress: JobProgress,
+        progress: OutputProgress,
         limit: u64,
         asks: UnboundedReceiver<RunnerAsks>,
     ) -> Self {
