@@ -898,6 +898,31 @@ mod tests {
         }));
     }
 
+    /// An attempt remembered twice is still known while its newer copy is kept, and
+    /// the list round-trips through its stored form (the list alone).
+    #[test]
+    fn an_attempt_remembered_twice_is_forgotten_with_its_last_copy() {
+        let job = |n: usize| JobRef {
+            job_id: format!("j-{n}"),
+            attempt: 1,
+        };
+        let mut ended = EndedAttempts::default();
+        ended.remember(job(0));
+        for n in 1..ENDED_ATTEMPTS_KEPT {
+            ended.remember(job(n));
+        }
+        ended.remember(job(0));
+        ended.remember(job(ENDED_ATTEMPTS_KEPT));
+        assert!(ended.contains(&job(0)), "its newer copy is kept");
+        let stored: VecDeque<JobRef> = ended.clone().into();
+        assert_eq!(EndedAttempts::from(stored), ended);
+        for n in 0..ENDED_ATTEMPTS_KEPT {
+            ended.remember(job(ENDED_ATTEMPTS_KEPT + 1 + n));
+        }
+        assert!(!ended.contains(&job(0)));
+        assert_eq!(ended.len(), ENDED_ATTEMPTS_KEPT);
+    }
+
     #[test]
     fn a_rejection_reason_is_bounded_at_a_character_boundary() {
         assert_eq!(bounded_reason("short"), "short");
