@@ -15,6 +15,7 @@ names a forbidden crate. The one random input, the backoff's jitter seed, arrive
 
 mod backoff;
 mod effect;
+mod ended;
 mod event;
 mod hooks;
 mod job_files;

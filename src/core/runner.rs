@@ -14,6 +14,8 @@ use crate::protocol::{
 
 use super::backoff::{BackoffPolicy, Jitter};
 use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbound, TimerKind};
+pub use super::ended::ENDED_ATTEMPTS_KEPT;
+use super::ended::EndedAttempts;
 use super::event::FoundJob;
 use super::hooks::{HookCall, HookPoint};
 
@@ -22,67 +24,6 @@ use super::hooks::{HookCall, HookPoint};
 /// leaves fewer is refused (4002). No real session comes near it (2^32 events, 50 days
 /// at a thousand a second); it keeps a claim at the top from wedging the numbering.
 pub const EVENT_INDEX_HEADROOM: u64 = 1 << 32;
-
-/// How many ended attempts the runner remembers, newest first, to refuse a `start_job`
-/// for one of them (`already_run`). A count, not a time: the core has no clock. An API
-/// sends such a start only by mistake, and soon after the attempt (a resend from a
-/// restored backup, a race); 1,024 attempts cover hours to weeks of jobs and cost the
-/// runner a few tens of KiB.
-pub const ENDED_ATTEMPTS_KEPT: usize = 1024;
-
-/// The last `ENDED_ATTEMPTS_KEPT` attempts that ended here, oldest first, with a count
-/// of each (ordered, not hashed: the core draws no random numbers, not even a hasher's
-/// keys) for the question every `start_job` asks (a scan of a thousand job IDs per
-/// command was a third of the core's time in `benches/core_throughput.rs`). Stored and
-/// traced as the list alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "VecDeque<JobRef>", into = "VecDeque<JobRef>")]
-pub(crate) struct EndedAttempts {
-    order: VecDeque<JobRef>,
-    count: BTreeMap<JobRef, u32>,
-}
-
-impl EndedAttempts {
-    fn remember(&mut self, job: JobRef) {
-        *self.count.entry(job.clone()).or_default() += 1;
-        self.order.push_back(job);
-        while self.order.len() > ENDED_ATTEMPTS_KEPT {
-            if let Some(oldest) = self.order.pop_front()
-                && let Some(n) = self.count.get_mut(&oldest)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    self.count.remove(&oldest);
-                }
-            }
-        }
-    }
-
-    pub(crate) fn contains(&self, job: &JobRef) -> bool {
-        self.count.contains_key(job)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.order.len()
-    }
-}
-
-impl From<VecDeque<JobRef>> for EndedAttempts {
-    fn from(list: VecDeque<JobRef>) -> Self {
-        let mut ended = Self::default();
-        for job in list {
-            ended.remember(job);
-        }
-        ended
-    }
-}
-
-impl From<EndedAttempts> for VecDeque<JobRef> {
-    fn from(ended: EndedAttempts) -> Self {
-        ended.order
-    }
-}
 
 /// How the process was started, which fixes the machine's first state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -896,31 +837,6 @@ mod tests {
             job_id: "j-1".into(),
             attempt: 2
         }));
-    }
-
-    /// An attempt remembered twice is still known while its newer copy is kept, and
-    /// the list round-trips through its stored form (the list alone).
-    #[test]
-    fn an_attempt_remembered_twice_is_forgotten_with_its_last_copy() {
-        let job = |n: usize| JobRef {
-            job_id: format!("j-{n}"),
-            attempt: 1,
-        };
-        let mut ended = EndedAttempts::default();
-        ended.remember(job(0));
-        for n in 1..ENDED_ATTEMPTS_KEPT {
-            ended.remember(job(n));
-        }
-        ended.remember(job(0));
-        ended.remember(job(ENDED_ATTEMPTS_KEPT));
-        assert!(ended.contains(&job(0)), "its newer copy is kept");
-        let stored: VecDeque<JobRef> = ended.clone().into();
-        assert_eq!(EndedAttempts::from(stored), ended);
-        for n in 0..ENDED_ATTEMPTS_KEPT {
-            ended.remember(job(ENDED_ATTEMPTS_KEPT + 1 + n));
-        }
-        assert!(!ended.contains(&job(0)));
-        assert_eq!(ended.len(), ENDED_ATTEMPTS_KEPT);
     }
 
     #[test]

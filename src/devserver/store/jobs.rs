@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{RunnerLoad, Store, StoreError, get_opt_u64, get_u64, int, stream_name};
+use super::{Store, StoreError, get_opt_u64, get_u64, int, stream_name};
 use crate::devserver::api::JobState;
 use crate::protocol::{ExitStatus, JobOutcome, OutputStream};
 
@@ -169,38 +169,6 @@ impl Store {
     /// Jobs an older attempt of which may still run on `runner_id`.
     pub fn jobs_held_by(&self, runner_id: &str) -> Result<Vec<JobRow>, StoreError> {
         self.jobs_where("held_by = ?1", params![runner_id])
-    }
-
-    /// For every runner that holds any, how many jobs it holds (assigned, accepted
-    /// or running) and how many of its commands are unacknowledged: two queries
-    /// for the whole list, where one per runner held the store's lock for tens of
-    /// milliseconds with a thousand runners.
-    pub fn runner_loads(
-        &self,
-    ) -> Result<std::collections::HashMap<String, RunnerLoad>, StoreError> {
-        let mut loads: std::collections::HashMap<String, RunnerLoad> =
-            std::collections::HashMap::new();
-        let mut held = self.conn.prepare_cached(
-            "SELECT runner_id, COUNT(*) FROM jobs
-             WHERE runner_id IS NOT NULL AND state IN ('assigned', 'accepted', 'running')
-             GROUP BY runner_id",
-        )?;
-        let rows = held.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?))
-        })?;
-        for row in rows {
-            let (runner_id, jobs) = row?;
-            loads.entry(runner_id).or_default().jobs = jobs;
-        }
-        let mut unacked = self.conn.prepare_cached(
-            "SELECT runner_id, COUNT(*) FROM commands WHERE acked = 0 GROUP BY runner_id",
-        )?;
-        let rows = unacked.query_map([], |row| Ok((row.get::<_, String>(0)?, get_u64(row, 1)?)))?;
-        for row in rows {
-            let (runner_id, commands) = row?;
-            loads.entry(runner_id).or_default().unacked_commands = commands;
-        }
-        Ok(loads)
     }
 
     pub fn count_jobs_on_runner(&self, runner_id: &str) -> Result<u32, StoreError> {
