@@ -244,7 +244,8 @@ mod linux_bench {
                 peak_rss_bytes: None,
                 wall_ms: None,
                 gpu_memory_peak_bytes: None,
-            },
+            }
+            .into(),
         };
         send(&mut ws, &finished).await;
         recv(&mut ws).await;

@@ -352,7 +352,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>, slots: 
                 if let Some(duties) = &duties {
                     index += 1;
                     let event = RunnerEvent::JobAccepted { job: job_ref.clone() };
-                    let message = RunnerMessage::Event { index, event };
+                    let message = RunnerMessage::Event { index, event: event.into() };
                     duties.record(&encode(&message), true);
                     accepted = Some(message);
                     command.current_dir(duties.prepare(&job.job_id));
@@ -366,10 +366,10 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>, slots: 
                 let job = job_ref;
                 let event = RunnerEvent::JobStarted { job: job.clone(), pid };
                 if let Some(duties) = &duties {
-                    let started = RunnerMessage::Event { index, event: event.clone() };
+                    let started = RunnerMessage::Event { index, event: event.clone().into() };
                     duties.record(&encode(&started), false);
                 }
-                send(&mut ws, &RunnerMessage::Event { index, event }).await;
+                send(&mut ws, &RunnerMessage::Event { index, event: event.into() }).await;
                 let done = done_tx.clone();
                 tokio::spawn(async move {
                     let status = child.wait().await.expect("wait");
@@ -392,7 +392,7 @@ async fn bare_runner(url: String, token: String, duties: Option<Duties>, slots: 
                     wall_ms: None,
                     gpu_memory_peak_bytes: None,
                 };
-                send(&mut ws, &RunnerMessage::Event { index, event }).await;
+                send(&mut ws, &RunnerMessage::Event { index, event: event.into() }).await;
             }
         }
     }

@@ -872,8 +872,9 @@ fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()
 }
 
-/// A job's folder is the spare made ahead of time, moved into place; the next spare
-/// follows when the runner is idle. A job whose folder exists already (the same attempt run again) uses that
+/// A job's folder is the spare made ahead of time (when the runner is idle in Active,
+/// not at preflight), moved into place; the next spare follows when the runner is idle
+/// again. A job whose folder exists already (the same attempt run again) uses that
 /// folder, with fresh logs, and leaves the spare for the next. Spares an earlier run
 /// left are removed at preflight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -885,7 +886,12 @@ async fn job_folders_are_the_spare_made_ahead_of_time() {
     let mut supervisor = JobSupervisor::new(root.clone(), tx);
     supervisor.preflight().expect("preflight");
     assert!(!root.join(".spare-1-0").exists(), "an old spare is removed");
-    assert_eq!(spares_and_others(&root), (1, 0));
+    assert_eq!(
+        spares_and_others(&root),
+        (0, 0),
+        "none made before the runner can be handed jobs"
+    );
+    supervisor.prepare_ahead();
     let spare = ready_spare(&root).await;
     let spare_inode = inode(&spare);
 
@@ -950,8 +956,8 @@ fn preflight_checks_the_jobs_root() {
     assert!(dir.path().join("a/b/jobs").is_dir());
     assert_eq!(
         spares_and_others(&dir.path().join("a/b/jobs")),
-        (1, 0),
-        "the probe is removed; a spare job folder is ready"
+        (0, 0),
+        "the probe is removed; no spare before the runner can be handed jobs"
     );
 
     let file = dir.path().join("file");

@@ -369,7 +369,7 @@ async fn scripted_api(
                     vec![]
                 }
                 RunnerMessage::Event { index, event } => {
-                    events.push(event);
+                    events.push(std::sync::Arc::unwrap_or_clone(event));
                     vec![ServerMessage::EventsAck { up_to: index }]
                 }
                 _ => vec![],
@@ -661,6 +661,59 @@ fn ended_job_folder(jobs: &Path, name: &str, hours_ago: u64) -> std::path::PathB
         file.set_modified(written).expect("log time");
     }
     folder
+}
+
+/// The runner's children: what it started and has not let go of.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`: the name may hold spaces, the last ')' ends it.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// A runner that cannot reach its API has no job to start: it makes no spare job
+/// folder and no spare supervisor (a fleet starting at once, or one waiting out an
+/// outage, would otherwise pay for a thousand of them). The spare comes once Active
+/// (the retention test below finds it after a job).
+#[tokio::test]
+async fn a_runner_not_yet_active_makes_no_spare() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jobs = dir.path().join("jobs");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    let runner = spawn_runner(&url, dir.path(), Some("fyn_rt_unreachable"));
+    until_folders("the runner's preflight did not run", || {
+        jobs.join(".supervisors").is_dir()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spares = std::fs::read_dir(&jobs)
+        .expect("jobs folder")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".spare-"))
+        .count();
+    assert_eq!(spares, 0, "no spare job folder before Active");
+    assert_eq!(
+        children_of(runner.0.id()),
+        Vec::<u32>::new(),
+        "no spare supervisor before Active"
+    );
 }
 
 #[tokio::test]

@@ -114,10 +114,12 @@ fn outcome_after_recorded_exit(
         .list
         .iter()
         .find_map(|effect| match effect {
-            Effect::Persist(fyn_runner::core::Durable::OutboxAppend {
-                event: RunnerEvent::JobFinished { outcome, .. },
-                ..
-            }) => Some(*outcome),
+            Effect::Persist(fyn_runner::core::Durable::OutboxAppend { event, .. }) => {
+                match &**event {
+                    RunnerEvent::JobFinished { outcome, .. } => Some(*outcome),
+                    _ => None,
+                }
+            }
             _ => None,
         })
         .expect("a job_finished")
@@ -384,7 +386,8 @@ fn a_restart_during_the_uploads_uploads_and_reports_only_the_rest() {
     )));
     assert!(b.list.iter().any(|e| matches!(
         e,
-        Effect::Persist(Durable::OutboxAppend { event: RunnerEvent::JobOutputFile { path, .. }, .. }) if path == "b.csv"
+        Effect::Persist(Durable::OutboxAppend { event, .. })
+            if matches!(&**event, RunnerEvent::JobOutputFile { path, .. } if path == "b.csv")
     )));
     let done = core.dispatch(&Event::UploadsDone {
         job: job(),
@@ -395,7 +398,7 @@ fn a_restart_during_the_uploads_uploads_and_reports_only_the_rest() {
         .list
         .iter()
         .filter_map(|e| match e {
-            Effect::Persist(Durable::OutboxAppend { event, .. }) => Some(event.clone()),
+            Effect::Persist(Durable::OutboxAppend { event, .. }) => Some((**event).clone()),
             _ => None,
         })
         .collect();

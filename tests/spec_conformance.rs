@@ -1441,12 +1441,12 @@ fn hooks_fire_at_their_points() {
         ]
     );
     let finished = failed.list.iter().find_map(|e| match e {
-        Effect::Send(Outbound::Event {
-            event: RunnerEvent::JobFinished {
+        Effect::Send(Outbound::Event { event, .. }) => match &**event {
+            RunnerEvent::JobFinished {
                 outcome, detail, ..
-            },
-            ..
-        }) => Some((*outcome, detail.clone())),
+            } => Some((*outcome, detail.clone())),
+            _ => None,
+        },
         _ => None,
     });
     let (outcome, detail) = finished.expect("job_finished sent");
@@ -1568,7 +1568,7 @@ fn inputs_are_fetched_before_the_process_starts() {
             .list
             .iter()
             .filter_map(|e| match e {
-                Effect::Send(Outbound::Event { event, .. }) => Some(event.clone()),
+                Effect::Send(Outbound::Event { event, .. }) => Some((**event).clone()),
                 _ => None,
             })
             .collect()

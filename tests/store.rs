@@ -57,7 +57,7 @@ fn event(seed: u64) -> RunnerEvent {
 fn append(index: u64) -> Durable {
     Durable::OutboxAppend {
         index,
-        event: event(index),
+        event: event(index).into(),
     }
 }
 
@@ -312,7 +312,7 @@ fn a_started_jobs_pid_is_kept_with_its_event() {
     store
         .commit(&[Durable::OutboxAppend {
             index: 1,
-            event: started,
+            event: started.into(),
         }])
         .unwrap();
     let store = reopen_after_crash(store, tmp.path());
@@ -499,7 +499,7 @@ impl Model {
                     self.outbox.insert(self.last_event, event.clone());
                     Durable::OutboxAppend {
                         index: self.last_event,
-                        event,
+                        event: event.into(),
                     }
                 }
                 Op::RemoveJob(id) => {

@@ -82,7 +82,8 @@ pub async fn floor_client(url: String) {
                 stream: OutputStream::Stdout,
                 offset,
                 data: STANDARD.encode(&buf[..filled]),
-            },
+            }
+            .into(),
         };
         let text = encode(&message);
         if let Some(duties) = &duties {
@@ -121,16 +122,15 @@ async fn floor_server(db: &Path) -> (String, watch::Receiver<u64>) {
             .expect("upgrade");
         let mut total = 0u64;
         while let Some(Ok(Message::Text(text))) = ws.next().await {
-            let Ok(RunnerMessage::Event {
-                index,
-                event:
-                    RunnerEvent::JobOutput {
-                        job,
-                        stream,
-                        offset,
-                        data,
-                    },
-            }) = decode_runner(text.as_str())
+            let Ok(RunnerMessage::Event { index, event }) = decode_runner(text.as_str()) else {
+                panic!("the floor's client sends job_output events only");
+            };
+            let RunnerEvent::JobOutput {
+                job,
+                stream,
+                offset,
+                data,
+            } = std::sync::Arc::unwrap_or_clone(event)
             else {
                 panic!("the floor's client sends job_output events only");
             };

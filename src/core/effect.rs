@@ -6,6 +6,8 @@
 //! steps, notices, exit.
 //! That order is what makes "persist before send" hold by construction.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use strum::{EnumString, IntoStaticStr};
 
@@ -91,9 +93,12 @@ pub enum Outbound {
     CommandAck {
         index: u64,
     },
+    /// Shared with the `OutboxAppend` that persists it: an event is both stored and
+    /// sent, and a deep copy of each (job output is most of them) was a fifth of the
+    /// core's time.
     Event {
         index: u64,
-        event: RunnerEvent,
+        event: Arc<RunnerEvent>,
     },
     Stopping {
         reason: String,
@@ -124,7 +129,7 @@ pub enum Durable {
     #[strum(serialize = "outbox")]
     OutboxAppend {
         index: u64,
-        event: RunnerEvent,
+        event: Arc<RunnerEvent>,
     },
     OutboxAcked {
         up_to: u64,

@@ -4,6 +4,7 @@
 //! Nothing here performs I/O; every consequence is an `Effect` pushed into `Effects`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -283,9 +284,10 @@ impl Runner {
     pub(crate) fn emit(&mut self, fx: &mut Effects, event: RunnerEvent) {
         self.last_event_index += 1;
         let index = self.last_event_index;
+        let event = Arc::new(event);
         fx.persist(Durable::OutboxAppend {
             index,
-            event: event.clone(),
+            event: Arc::clone(&event),
         });
         if index > MAX_INDEX {
             fx.notify(Notice::IndexRangeExhausted { index });

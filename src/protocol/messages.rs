@@ -4,6 +4,8 @@
 //! hardware payloads); optional fields are read through an `…OnWire` twin so omitted
 //! and `null` mean the same.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::fields;
@@ -194,7 +196,9 @@ pub enum RunnerMessage {
     Event {
         #[serde(deserialize_with = "fields::index")]
         index: u64,
-        event: RunnerEvent,
+        /// Shared, not copied: the runner sends the event its outbox stored. The JSON
+        /// is the event's own.
+        event: Arc<RunnerEvent>,
     },
     Stopping {
         reason: String,

@@ -754,14 +754,11 @@ fn to_sql_int(value: u64) -> Result<i64, StoreFault> {
 /// The writes a batch may consist of and still be committed without waiting for the
 /// disk (see the module doc for why each is safe to lose to a power cut).
 fn may_be_undone_by_power_loss(write: &Durable) -> bool {
-    matches!(
-        write,
-        Durable::OutboxAcked { .. }
-            | Durable::OutboxAppend {
-                event: RunnerEvent::JobStarted { .. },
-                ..
-            }
-    )
+    matches!(write, Durable::OutboxAcked { .. })
+        || matches!(
+            write,
+            Durable::OutboxAppend { event, .. } if matches!(**event, RunnerEvent::JobStarted { .. })
+        )
 }
 
 /// One write inside the batch transaction.
@@ -770,7 +767,7 @@ fn apply(tx: &Transaction<'_>, write: &Durable) -> Result<(), StoreFault> {
         Durable::LastApplied { index } => set_meta(tx, LAST_APPLIED, *index),
         Durable::OutboxAppend { index, event } => {
             append_event(tx, *index, event)?;
-            match event {
+            match &**event {
                 RunnerEvent::JobStarted { job, pid } => record_pid(tx, job, *pid),
                 RunnerEvent::JobOutput {
                     job,
@@ -1073,7 +1070,8 @@ mod tests {
                 job: spec.job_ref(),
                 key: key.to_owned(),
                 value: value.to_owned(),
-            },
+            }
+            .into(),
         };
         {
             let mut store = Store::open(dir.path()).expect("the store opens");
@@ -1115,7 +1113,7 @@ mod tests {
         };
         let append = |index| Durable::OutboxAppend {
             index,
-            event: RunnerEvent::JobAccepted { job: job.clone() },
+            event: RunnerEvent::JobAccepted { job: job.clone() }.into(),
         };
         store.commit(&[append(1), append(2)]).expect("commit");
         assert_eq!(synchronous(&store), 2);
@@ -1136,7 +1134,7 @@ mod tests {
         let spec = job_spec("j");
         let start = |index| Durable::OutboxAppend {
             index,
-            event: started(&spec, 42),
+            event: started(&spec, 42).into(),
         };
         store.commit(&[start(4)]).expect("commit");
         assert_eq!(synchronous(&store), 1);
@@ -1176,7 +1174,7 @@ mod tests {
                 Durable::JobAdded { job: spec.clone() },
                 Durable::OutboxAppend {
                     index: 1,
-                    event: output,
+                    event: output.into(),
                 },
             ])
             .expect("commit");
@@ -1213,7 +1211,7 @@ mod tests {
                 Durable::JobAdded { job: job.clone() },
                 Durable::OutboxAppend {
                     index,
-                    event: RunnerEvent::JobAccepted { job: job.job_ref() },
+                    event: RunnerEvent::JobAccepted { job: job.job_ref() }.into(),
                 },
             ]
         };
@@ -1221,7 +1219,7 @@ mod tests {
         store
             .commit(&[Durable::OutboxAppend {
                 index: 2,
-                event: started(&running, 7),
+                event: started(&running, 7).into(),
             }])
             .expect("commit");
         // Waited for the disk: also makes the start of `running` durable.
@@ -1230,7 +1228,7 @@ mod tests {
         store
             .commit(&[Durable::OutboxAppend {
                 index: 4,
-                event: started(&starting, 8),
+                event: started(&starting, 8).into(),
             }])
             .expect("commit");
 
@@ -1266,7 +1264,8 @@ mod tests {
                 stream,
                 offset,
                 data: data.to_owned(),
-            },
+            }
+            .into(),
         };
         store
             .commit(&[
@@ -1285,7 +1284,8 @@ mod tests {
                         job: job.clone(),
                         stream: OutputStream::Stderr,
                         offset: 3,
-                    },
+                    }
+                    .into(),
                 },
                 Durable::OutboxAcked { up_to: 4 },
             ])
@@ -1323,7 +1323,7 @@ mod tests {
         };
         let append = |index, id: &str| Durable::OutboxAppend {
             index,
-            event: RunnerEvent::JobAccepted { job: job(id) },
+            event: RunnerEvent::JobAccepted { job: job(id) }.into(),
         };
         // 1 and 2 were sent before the copy was taken; 3 and 4 were made since.
         store
@@ -1365,7 +1365,8 @@ mod tests {
             index: 1,
             event: RunnerEvent::JobAccepted {
                 job: spec.job_ref(),
-            },
+            }
+            .into(),
         };
         store
             .commit(&[Durable::JobAdded { job: spec.clone() }, accepted])
@@ -1383,7 +1384,7 @@ mod tests {
             .expect("commit");
         let append = |index| Durable::OutboxAppend {
             index,
-            event: started(&spec, 7),
+            event: started(&spec, 7).into(),
         };
         assert!(store.commit(&[append(4)]).is_err(), "4 is the API's");
         store.commit(&[append(5)]).expect("numbering goes on");

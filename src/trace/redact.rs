@@ -197,14 +197,12 @@ fn redaction_of(effect: &Effect) -> Redaction {
         Effect::SpawnJob { .. }
         | Effect::FetchInputs { .. }
         | Effect::Persist(Durable::JobAdded { .. }) => Redaction::JobEnv,
-        Effect::Send(Outbound::Event {
-            event: RunnerEvent::JobOutput { .. },
-            ..
-        })
-        | Effect::Persist(Durable::OutboxAppend {
-            event: RunnerEvent::JobOutput { .. },
-            ..
-        }) => Redaction::OutputData,
+        Effect::Send(Outbound::Event { event, .. })
+        | Effect::Persist(Durable::OutboxAppend { event, .. })
+            if matches!(**event, RunnerEvent::JobOutput { .. }) =>
+        {
+            Redaction::OutputData
+        }
         Effect::UploadOutputs { .. } => Redaction::OutputUrls,
         _ => Redaction::None,
     }

@@ -261,7 +261,12 @@ pub async fn expect_start_job(client: &mut Client) -> (u64, fyn_runner::protocol
 }
 
 pub async fn send_event(client: &mut Client, index: u64, event: RunnerEvent) {
-    client.send(&RunnerMessage::Event { index, event }).await;
+    client
+        .send(&RunnerMessage::Event {
+            index,
+            event: event.into(),
+        })
+        .await;
     assert_eq!(
         client.recv().await,
         ServerMessage::EventsAck { up_to: index }

@@ -83,7 +83,7 @@ impl JobGauges {
             let Effect::Persist(Durable::OutboxAppend { event, .. }) = effect else {
                 continue;
             };
-            match event {
+            match &**event {
                 RunnerEvent::JobAccepted { job } => {
                     self.accepted.insert(job.clone(), Instant::now());
                 }
@@ -115,7 +115,10 @@ mod tests {
     }
 
     fn appended(event: RunnerEvent) -> Effect {
-        Effect::Persist(Durable::OutboxAppend { index: 1, event })
+        Effect::Persist(Durable::OutboxAppend {
+            index: 1,
+            event: event.into(),
+        })
     }
 
     fn exited() -> Event {

@@ -220,6 +220,7 @@ impl Link {
             };
             debug!(count = page.len(), after, "resending unacknowledged events");
             for (index, event) in page {
+                let event = event.into();
                 if let Some(wire) = self.wire(Outbound::Event { index, event }, identity)
                     && let Some(connection) = &self.connection
                 {

@@ -50,7 +50,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::core::{Core, Effect, Effects, Event, ExitCode};
+use crate::core::{Core, Effect, Effects, Event, ExitCode, Lifecycle};
 use crate::protocol::JobSpec;
 
 use super::control::Control;
@@ -158,8 +158,13 @@ impl Driver {
                 continue;
             }
             self.observer.flush_trace();
+            // A spare job folder and supervisor are made when idle, and only once
+            // jobs can come: a runner still registering or reconnecting has none to
+            // start, and a fleet starting at once would make a thousand for nothing.
+            // Mechanics, not a decision: a start without a spare makes its own.
             if inputs.is_empty()
                 && reports.is_empty()
+                && self.core.lifecycle() == Lifecycle::Active
                 && let Some(jobs) = &self.jobs
             {
                 jobs.prepare_ahead();
@@ -350,10 +355,8 @@ impl Driver {
         let records_kv = batch.iter().any(|effect| {
             matches!(
                 effect,
-                Effect::Persist(crate::core::Durable::OutboxAppend {
-                    event: crate::protocol::RunnerEvent::JobKvPut { .. },
-                    ..
-                })
+                Effect::Persist(crate::core::Durable::OutboxAppend { event, .. })
+                    if matches!(**event, crate::protocol::RunnerEvent::JobKvPut { .. })
             )
         });
         self.perform(vec![batch]);

@@ -163,7 +163,7 @@ impl Executor for ProcessExecutor {
         written.and(removed)?;
         #[cfg(unix)]
         self.supervisors.preflight()?;
-        self.spares.prepare();
+        self.spares.remove_leftovers();
         Ok(())
     }
 

@@ -9,8 +9,8 @@ there is none ready (jobs started back to back, a failure making it, a job folde
 that exists already), the start makes its folder itself, as it would without spares.
 
 Job IDs never start with '.', so a spare never meets a job's folder. A runner removes
-its spare when it stops; one that an earlier run left behind (a crash) is removed when
-the executor's preflight makes the first.
+its spare when it stops; one that an earlier run left behind (a crash) is removed by
+the executor's preflight. The first spare is made when the runner is first Active.
 */
 
 use std::fs;
@@ -56,12 +56,11 @@ impl SpareDirs {
         }
     }
 
-    /// Removes spares left by earlier runs and makes the first one now. A failure is
-    /// only logged: job starts then make their folders themselves.
-    pub fn prepare(&self) {
+    /// Removes spares left by earlier runs. The first spare is made by `refill` once
+    /// the runner can be handed jobs, not at its start: a fleet starting at once would
+    /// otherwise make a thousand folders no job asks for yet.
+    pub fn remove_leftovers(&self) {
         remove_leftovers(&self.root);
-        *self.lock() = Slot::Making;
-        fill(&self.slot, self.path.clone(), self.account.clone());
     }
 
     /// Moves the spare to `job_dir`. Returns whether the job's folder (with `work/`

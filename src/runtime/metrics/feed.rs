@@ -130,7 +130,7 @@ impl MetricsFeed {
             Effect::Send(Outbound::Heartbeat { seq, .. }) => self.heartbeat = Some((*seq, now)),
             Effect::Send(Outbound::Event { event, .. }) => {
                 m.events_sent.inc();
-                if let RunnerEvent::JobStarted { job, .. } = event
+                if let RunnerEvent::JobStarted { job, .. } = &**event
                     && let Some(arrived) = self.starting.remove(&job.job_id)
                 {
                     let latency = now.saturating_duration_since(arrived);
@@ -224,10 +224,8 @@ fn accepted(fx: &Effects) -> bool {
     fx.list.iter().any(|e| {
         matches!(
             e,
-            Effect::Persist(Durable::OutboxAppend {
-                event: RunnerEvent::JobAccepted { .. },
-                ..
-            })
+            Effect::Persist(Durable::OutboxAppend { event, .. })
+                if matches!(**event, RunnerEvent::JobAccepted { .. })
         )
     })
 }

@@ -99,7 +99,7 @@ impl Supervisors {
     }
 
     /// Whether supervisors can run here: their folder, the socket path's length, the
-    /// program. Then the first spare.
+    /// program. The first spare comes with `prepare_ahead`, once jobs can arrive.
     pub fn preflight(&self) -> Result<(), ExecutorError> {
         if let Some(len) = wire::socket_path_too_long(&self.jobs_root) {
             return Err(ExecutorError::JobsRootTooLong {
@@ -121,7 +121,6 @@ impl Supervisors {
                 program: self.program.clone(),
             });
         }
-        self.prepare_ahead();
         Ok(())
     }
 
