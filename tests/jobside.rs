@@ -451,3 +451,43 @@ async fn progress_and_key_value_writes_reach_the_api_in_order() {
     assert_eq!(last_progress, Some(serde_json::json!("done")));
     stop(handle).await;
 }
+
+/// Short jobs end with their output and their exit taken together (the exit joining
+/// the output's group): each job's socket still closes at its end, and what the job
+/// said just before it ended arrives before its `job_finished`. (Before, the exit
+/// taken with a group left the socket open and its file behind: one file descriptor
+/// and a few KiB per job, for the runner's life.)
+#[tokio::test]
+async fn every_short_job_closes_its_socket_and_delivers_its_last_word() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = dev_server(&dir.path().join("blobs")).await;
+    let state = dir.path().join("state");
+    let handle = runner(&server, &state).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut job = request(&format!("\"$FYN\" job progress 1 last-{i}; echo out-{i}"));
+        job.env
+            .insert("FYN".into(), env!("CARGO_BIN_EXE_fyn-runner").into());
+        ids.push((i, server.submit_job(job).expect("submit")));
+    }
+    for (i, id) in &ids {
+        let job = finished(&server, id).await;
+        assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
+        let events = job_events(&server, id);
+        let progress = events.iter().position(|(kind, body)| {
+            kind == "job_progress" && body["message"] == format!("last-{i}")
+        });
+        let end = events.iter().position(|(kind, _)| kind == "job_finished");
+        assert!(
+            matches!((progress, end), (Some(p), Some(e)) if p < e),
+            "job {i}: {:?}",
+            kinds(&events)
+        );
+    }
+    let sockets: Vec<PathBuf> = files_below(&state.join("jobs"))
+        .into_iter()
+        .filter(|path| path.file_name().is_some_and(|name| name == "job.sock"))
+        .collect();
+    assert_eq!(sockets, Vec::<PathBuf>::new(), "sockets left by ended jobs");
+    stop(handle).await;
+}

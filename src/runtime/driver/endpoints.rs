@@ -62,6 +62,10 @@ impl Endpoints {
         }
     }
 
+    pub fn is_open(&self, job: &JobRef) -> bool {
+        self.open.contains_key(job)
+    }
+
     /// The job's endpoint, to close (`JobEndpoint::close` queues its pending progress
     /// first; the caller takes reports meanwhile, since a write in flight waits for
     /// its confirmation before the endpoint can stop).

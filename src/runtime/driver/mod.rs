@@ -131,6 +131,9 @@ impl Driver {
         // An input taken while a group was being gathered that could not join it: it
         // is accepted once the group is performed.
         let mut carried: Option<Input> = None;
+        // The same for a job's end: its endpoint is closed first (`report_in`), which
+        // a group cannot wait for.
+        let mut held_end: Option<JobReport> = None;
         while self.exit.is_none() {
             if !self.spawns.is_empty() {
                 // One turn for the writer first: the API hears `job_accepted` (and the
@@ -146,6 +149,12 @@ impl Driver {
                         next.then(|| driver.local.pop_front()).flatten()
                     });
                 } else {
+                    self.dispatch(event);
+                }
+                continue;
+            }
+            if let Some(report) = held_end.take() {
+                if let Some(event) = self.report_in(report, &mut endpoint_reports).await {
                     self.dispatch(event);
                 }
                 continue;
@@ -190,31 +199,7 @@ impl Driver {
                 }
                 Some(input) = inputs.recv() => self.accept(input),
                 Some(report) = reports.recv(), if !paused => {
-                    // A job's end: its endpoint closes first, and what it still held
-                    // (the last progress) goes in before the end.
-                    #[cfg(unix)]
-                    if let super::jobs::JobReport::Exited { job, .. } = &report
-                        && let Some(endpoint) = self.endpoints.take(job)
-                    {
-                        let close = endpoint.close();
-                        tokio::pin!(close);
-                        loop {
-                            tokio::select! {
-                                () = &mut close => break,
-                                Some(said) = endpoint_reports.recv() => {
-                                    if let Some(event) = self.accept_endpoint(said) {
-                                        self.dispatch(event);
-                                    }
-                                }
-                            }
-                        }
-                        while let Ok(said) = endpoint_reports.try_recv() {
-                            if let Some(event) = self.accept_endpoint(said) {
-                                self.dispatch(event);
-                            }
-                        }
-                    }
-                    self.accept(Input::Job(report))
+                    self.report_in(report, &mut endpoint_reports).await
                 }
                 Some(said) = endpoint_reports.recv() => {
                     #[cfg(unix)]
@@ -235,7 +220,7 @@ impl Driver {
             if let Some(event) = next {
                 if group::may_group(&event) {
                     self.dispatch_group(event, |driver| {
-                        driver.ready_to_join(&mut inputs, &mut reports, &mut carried)
+                        driver.ready_to_join(&mut inputs, &mut reports, &mut carried, &mut held_end)
                     });
                 } else {
                     self.dispatch(event);
@@ -420,19 +405,71 @@ impl Driver {
         }
     }
 
+    /// Whether taking `report` closes a job's endpoint first (`report_in`).
+    fn closes_endpoint(&self, report: &JobReport) -> bool {
+        #[cfg(unix)]
+        if let JobReport::Exited { job, .. } = report {
+            return self.endpoints.is_open(job);
+        }
+        let _ = report;
+        false
+    }
+
+    /// A job's report, accepted. At a job's end its endpoint closes first, and what
+    /// the job still said through it (its last progress) goes in before the end: the
+    /// one place that happens, whichever way the end was taken (the loop, or a group
+    /// that met it and held it back), so no job's socket outlives the job.
+    async fn report_in(
+        &mut self,
+        report: JobReport,
+        endpoint_reports: &mut EndpointReports,
+    ) -> Option<Event> {
+        #[cfg(unix)]
+        if let super::jobs::JobReport::Exited { job, .. } = &report
+            && let Some(endpoint) = self.endpoints.take(job)
+        {
+            let close = endpoint.close();
+            tokio::pin!(close);
+            loop {
+                tokio::select! {
+                    () = &mut close => break,
+                    Some(said) = endpoint_reports.recv() => {
+                        if let Some(event) = self.accept_endpoint(said) {
+                            self.dispatch(event);
+                        }
+                    }
+                }
+            }
+            while let Ok(said) = endpoint_reports.try_recv() {
+                if let Some(event) = self.accept_endpoint(said) {
+                    self.dispatch(event);
+                }
+            }
+        }
+        #[cfg(windows)]
+        let _ = endpoint_reports;
+        self.accept(Input::Job(report))
+    }
+
     /// The next input that is ready and may join a group, accepted; `None` when there
-    /// is none. One that may not join is left in `carried` for the loop.
+    /// is none. One that may not join is left in `carried` for the loop, and a job's end
+    /// whose endpoint must close first in `held_end`.
     fn ready_to_join(
         &mut self,
         inputs: &mut mpsc::UnboundedReceiver<Input>,
         reports: &mut mpsc::UnboundedReceiver<JobReport>,
         carried: &mut Option<Input>,
+        held_end: &mut Option<JobReport>,
     ) -> Option<Event> {
         // The brake holds as in the loop (a group's sends are not queued yet, so the
         // queue is what it was when the group began).
         if !self.link.backpressured()
             && let Ok(report) = reports.try_recv()
         {
+            if self.closes_endpoint(&report) {
+                *held_end = Some(report);
+                return None;
+            }
             return self.accept(Input::Job(report));
         }
         loop {
