@@ -81,6 +81,7 @@ input_cache_max_bytes = 0
 drain_deadline = 0
 hardware_recheck = 60
 job_retention_hours = 0
+job_retention_max = 50
 trace_max_bytes = 1048576
 trace_keep = 3
 no_trace = false
@@ -116,6 +117,7 @@ log_format = "json"
             drain_deadline: Some(0),
             hardware_recheck: Some(60),
             job_retention_hours: Some(0),
+            job_retention_max: Some(50),
             trace_max_bytes: Some(1 << 20),
             trace_keep: Some(3),
             no_trace: Some(false),
@@ -227,6 +229,7 @@ fn full_config() -> FileConfig {
         drain_deadline: Some(300),
         hardware_recheck: Some(900),
         job_retention_hours: Some(720),
+        job_retention_max: Some(5000),
         trace_max_bytes: Some(1234),
         trace_keep: Some(2),
         no_trace: Some(true),

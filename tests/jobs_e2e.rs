@@ -716,6 +716,33 @@ async fn a_runner_not_yet_active_makes_no_spare() {
     );
 }
 
+/// However long the term, no more than `--job-retention-max` ended jobs' folders are
+/// kept: the oldest go first, the newest stay.
+#[tokio::test]
+async fn no_more_ended_folders_are_kept_than_the_cap() {
+    let server = dev_server(None, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jobs = dir.path().join("jobs");
+    let token = server.mint_token().expect("token");
+    let cap = ["--job-retention-max", "2"];
+    let _runner = spawn_runner_with(&server.url(), dir.path(), Some(&token), &cap);
+    let mut folders = Vec::new();
+    for n in 0..5 {
+        let id = server
+            .submit_job(request(&["sh", "-c", &format!("echo {n}")], 60))
+            .expect("submit");
+        let job = finished(&server, &id).await;
+        assert_eq!(job.outcome, Some(JobOutcome::Succeeded));
+        folders.push(jobs.join(format!("{id}-{}", job.attempt)));
+    }
+    let (gone, kept) = folders.split_at(3);
+    until_folders("the oldest ended folders were not removed", || {
+        gone.iter().all(|folder| !folder.exists())
+    })
+    .await;
+    assert!(kept.iter().all(|folder| folder.join("stdout.log").exists()));
+}
+
 #[tokio::test]
 async fn ended_jobs_folders_go_when_their_term_is_up_and_a_start_sweeps_old_ones() {
     let server = dev_server(None, None).await;

@@ -88,6 +88,13 @@ define_settings! {
             help: "Hours an ended job's folder (its output logs and work/) is kept before it is removed; 0 removes it as soon as the job ends (0 to 87600).",
             check: value::job_retention_hours,
         }
+        job_retention_max: defaulted<u64> = "1000" {
+            flag: "job-retention-max",
+            env: "FYN_RUNNER_JOB_RETENTION_MAX",
+            example: "1000",
+            help: "How many ended jobs' folders are kept at most, whatever their term: past it the oldest goes first (0 to 1000000). At a job a second, a week's term alone would keep 600,000 folders.",
+            check: value::job_retention_max,
+        }
         trace_max_bytes: defaulted<u64> = "67108864" {
             flag: "trace-max-bytes",
             env: "FYN_RUNNER_TRACE_MAX_BYTES",

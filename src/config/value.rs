@@ -20,6 +20,9 @@ use crate::protocol::RUNNER_PATH;
 
 /// Ten years: a bound that catches a unit mistake (seconds given as hours).
 pub const MAX_JOB_RETENTION_HOURS: u64 = 87_600;
+/// The most ended jobs' folders `job_retention_max` may keep: the queue of them is in
+/// memory (about 100 bytes each) and each is a folder in `jobs/`.
+pub const MAX_JOB_RETENTION_COUNT: u64 = 1_000_000;
 
 /// The longest drain deadline (30 days). Beyond it the service manager's stop timeout
 /// (the deadline plus a margin) stops meaning anything and some managers overflow.
@@ -232,6 +235,11 @@ pub fn hardware_recheck(value: i64) -> Result<u64, String> {
 /// `job_retention_hours`: 0 to [`MAX_JOB_RETENTION_HOURS`].
 pub fn job_retention_hours(value: i64) -> Result<u64, String> {
     ranged(value, 0, MAX_JOB_RETENTION_HOURS)
+}
+
+/// `job_retention_max`: 0 to [`MAX_JOB_RETENTION_COUNT`] folders.
+pub fn job_retention_max(value: i64) -> Result<u64, String> {
+    ranged(value, 0, MAX_JOB_RETENTION_COUNT)
 }
 
 /// `trace_max_bytes`: at least [`MIN_TRACE_MAX_BYTES`].

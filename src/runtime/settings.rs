@@ -11,6 +11,9 @@ use crate::config::{Resolved, RunSettings, value};
 use crate::core::{CoreConfig, HookPoint};
 use crate::platform::Account;
 
+/// The ended jobs' folders kept at most where no setting says (the setting's default).
+pub const DEFAULT_JOB_RETENTION_MAX: usize = 1000;
+
 pub use crate::config::{Secret, SettingsError, endpoint};
 
 /// Where hardware reports come from: the machine itself, or (tests, demos of the
@@ -66,6 +69,8 @@ pub struct RunnerSettings {
     pub trace: Option<TraceLimits>,
     /// How long an ended job's folder (its logs and `work/`) is kept.
     pub job_retention: Duration,
+    /// The most ended jobs' folders kept, however young: the oldest go first.
+    pub job_retention_max: usize,
     /// Where job folders live; `None`: the default for `state_dir` (see
     /// [`RunnerSettings::jobs_root`]).
     pub jobs_dir: Option<PathBuf>,
@@ -149,6 +154,8 @@ impl RunnerSettings {
             keep: usize::try_from(settings.trace_keep).unwrap_or(1000),
         });
         self.job_retention = value::hours(settings.job_retention_hours);
+        // At most 1,000,000 (the setting's check).
+        self.job_retention_max = usize::try_from(settings.job_retention_max).unwrap_or(usize::MAX);
         self.ca_file = settings.ca_file.clone();
         self.allow_insecure_transfers = settings.allow_insecure_transfers;
         self.input_cache_max_bytes = settings.input_cache_max_bytes;
@@ -212,6 +219,7 @@ impl RunnerSettings {
             hardware: HardwareSource::System,
             trace: None,
             job_retention: Duration::ZERO,
+            job_retention_max: DEFAULT_JOB_RETENTION_MAX,
             jobs_dir: None,
             job_account: None,
             allow_insecure_transfers: false,

@@ -192,7 +192,7 @@ pub(super) fn launch(
     let jobs_root = settings.jobs_root();
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (jobs, retention, janitor, found) = if farewell {
-        let nothing_kept = Retention::new(settings.job_retention);
+        let nothing_kept = Retention::new(settings.job_retention, settings.job_retention_max);
         (None, nothing_kept, Janitor::default(), Found::default())
     } else {
         let mut jobs = JobSupervisor::with_layout(settings.jobs_layout(), reports_tx);
@@ -268,7 +268,7 @@ pub(super) fn launch(
             retention,
             janitor,
             jobs_root,
-            !settings.job_retention.is_zero(),
+            !settings.job_retention.is_zero() && settings.job_retention_max > 0,
         ),
         timers: Timers::new(inputs_tx.clone()),
         jobs,
@@ -475,7 +475,7 @@ fn ended_jobs_retention(
         .iter()
         .filter_map(|job| jobs::job_dir(jobs_root, job).ok())
         .collect();
-    let mut retention = Retention::new(settings.job_retention);
+    let mut retention = Retention::new(settings.job_retention, settings.job_retention_max);
     let expired = retention.adopt_leftovers(
         jobs_root,
         &live,

@@ -2,7 +2,8 @@
 How long a finished job's folder stays: its logs are the job's whole output and
 `work/` is what the job left, both worth a look for a while after it ended — but a
 runner that runs jobs for months must not fill its disk with them. A folder goes
-once its job has ended (finished, failed to start, or lost) and `keep` has passed.
+once its job has ended (finished, failed to start, or lost) and `keep` has passed, or
+sooner when more than `max_kept` ended folders are kept (the oldest first).
 
 Owns: the queue of ended jobs' folders and when each may go (`Retention`, which
 decides and does no I/O but read the job area at start), and the one thread that
@@ -13,7 +14,7 @@ it. Folders an earlier run left
 behind are judged by their logs' last modification, since that run's queue died with
 it: a job's end touches its `stdout.log`, so a job that printed nothing is not judged
 by when its folder was made (a spare can wait long before a job takes it). The queue
-costs about 100 bytes per job ended within the term.
+costs about 100 bytes per folder kept, so `max_kept` bounds it.
 
 Must not: touch the folder of a job that has not ended. The driver hands over a folder
 only after the job's removal from the store is committed, names the folders of the
@@ -36,14 +37,19 @@ use tracing::{info, warn};
 /// When the runner starts, and how long ended jobs' folders stay.
 pub struct Retention {
     keep: Duration,
+    /// The most folders kept, however young: past it the soonest due goes now. A term
+    /// alone keeps as many folders (and queue entries) as jobs end within it, which at
+    /// a high job rate is hundreds of thousands.
+    max_kept: usize,
     /// Ended jobs' folders, the soonest due first.
     due: VecDeque<(Instant, PathBuf)>,
 }
 
 impl Retention {
-    pub fn new(keep: Duration) -> Self {
+    pub fn new(keep: Duration, max_kept: usize) -> Self {
         Self {
             keep,
+            max_kept,
             due: VecDeque::new(),
         }
     }
@@ -86,6 +92,9 @@ impl Retention {
             }
         }
         waiting.sort();
+        // Past the cap, the soonest due go now.
+        let over = waiting.len().saturating_sub(self.max_kept);
+        expired.extend(waiting.drain(..over).map(|(_, path)| path));
         self.due.extend(waiting);
         expired
     }
@@ -96,6 +105,12 @@ impl Retention {
         // Leftovers adopted at start may be due later than a job ending now.
         let at = self.due.partition_point(|(when, _)| *when <= due);
         self.due.insert(at, (due, folder));
+        // Past the cap, the soonest due are due now (the queue stays in order: they
+        // were its front).
+        let over = self.due.len().saturating_sub(self.max_kept);
+        for (when, _) in self.due.iter_mut().take(over) {
+            *when = (*when).min(now);
+        }
     }
 
     /// When the next folder is due, if any is queued.
@@ -288,7 +303,7 @@ mod tests {
         let set_aside = job_folder(root.path(), ".removing-1-1", Duration::ZERO, wall_now);
         fs::write(root.path().join("stray-file"), b"x").expect("file");
 
-        let mut retention = Retention::new(24 * HOUR);
+        let mut retention = Retention::new(24 * HOUR, usize::MAX);
         let now = Instant::now();
         let expired =
             retention.adopt_leftovers(root.path(), std::slice::from_ref(&live), wall_now, now);
@@ -310,7 +325,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let wall_now = SystemTime::now();
         let leftover = job_folder(root.path(), "left-1", 20 * HOUR, wall_now);
-        let mut retention = Retention::new(24 * HOUR);
+        let mut retention = Retention::new(24 * HOUR, usize::MAX);
         let now = Instant::now();
         assert!(
             retention
@@ -330,11 +345,54 @@ mod tests {
 
     #[test]
     fn keeping_nothing_makes_an_ended_job_due_at_once() {
-        let mut retention = Retention::new(Duration::ZERO);
+        let mut retention = Retention::new(Duration::ZERO, usize::MAX);
         let now = Instant::now();
         retention.job_ended(PathBuf::from("/jobs/a-1"), now);
         assert_eq!(retention.next_due(), Some(now));
         assert_eq!(retention.take_due(now), vec![PathBuf::from("/jobs/a-1")]);
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_ended_folders_go_at_once() {
+        let mut retention = Retention::new(24 * HOUR, 2);
+        let now = Instant::now();
+        let folder = |n: u32| PathBuf::from(format!("/jobs/j{n}-1"));
+        retention.job_ended(folder(1), now);
+        retention.job_ended(folder(2), now + HOUR);
+        assert_eq!(
+            retention.next_due(),
+            Some(now + 24 * HOUR),
+            "within the cap"
+        );
+        retention.job_ended(folder(3), now + 2 * HOUR);
+        // The third makes three: the oldest is due now, the others keep their term.
+        assert_eq!(retention.next_due(), Some(now + 2 * HOUR));
+        assert_eq!(retention.take_due(now + 2 * HOUR), vec![folder(1)]);
+        assert_eq!(retention.next_due(), Some(now + 25 * HOUR));
+        // However many end, at most two wait; the queue stays in order.
+        for n in 4..100 {
+            retention.job_ended(folder(n), now + 3 * HOUR);
+        }
+        assert_eq!(retention.take_due(now + 3 * HOUR).len(), 96);
+        assert_eq!(
+            retention.take_due(now + 27 * HOUR),
+            vec![folder(98), folder(99)]
+        );
+    }
+
+    #[test]
+    fn leftovers_past_the_cap_go_at_start_the_oldest_first() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let wall_now = SystemTime::now();
+        let oldest = job_folder(root.path(), "a-1", 3 * HOUR, wall_now);
+        let middle = job_folder(root.path(), "b-1", 2 * HOUR, wall_now);
+        let newest = job_folder(root.path(), "c-1", HOUR, wall_now);
+        let mut retention = Retention::new(24 * HOUR, 1);
+        let now = Instant::now();
+        let mut expired = retention.adopt_leftovers(root.path(), &[], wall_now, now);
+        expired.sort();
+        assert_eq!(expired, vec![oldest, middle]);
+        assert_eq!(retention.take_due(now + 23 * HOUR), vec![newest]);
     }
 
     #[test]
@@ -344,7 +402,7 @@ mod tests {
         // A folder made from a spare that waited for days, for a job that printed nothing.
         let folder = job_folder(root.path(), "quiet-1", 100 * HOUR, wall_now);
         stamp_end(&folder);
-        let mut retention = Retention::new(24 * HOUR);
+        let mut retention = Retention::new(24 * HOUR, usize::MAX);
         let expired =
             retention.adopt_leftovers(root.path(), &[], SystemTime::now(), Instant::now());
         assert!(expired.is_empty());
