@@ -242,22 +242,7 @@ impl Report<'_> {
         );
         let _ = writeln!(md, "|{}", " ---: |".repeat(12));
         for s in self.samples {
-            let _ = writeln!(
-                md,
-                "| {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
-                s.t,
-                s.runner_rss as f64 / MIB,
-                s.runner_anon as f64 / MIB,
-                s.runner_hwm as f64 / MIB,
-                s.runner_fds,
-                s.server_rss as f64 / MIB,
-                s.store_bytes as f64 / 1024.0,
-                s.outbox.map_or("?".to_owned(), |n| n.to_string()),
-                s.submitted,
-                s.finished,
-                s.cuts,
-                s.restarts
-            );
+            let _ = writeln!(md, "| {} |", s.cells().join(" | "));
         }
         md
     }

@@ -51,8 +51,7 @@ pub(crate) fn outbox_rows(state: &Path) -> Option<u64> {
 }
 
 pub(crate) fn print_sample_header() {
-    println!(
-        "  {:>7} {:>9} {:>9} {:>9} {:>4} {:>10} {:>9} {:>6} {:>9} {:>9} {:>4} {:>3}",
+    let names = [
         "t (s)",
         "rss MiB",
         "anon MiB",
@@ -64,24 +63,45 @@ pub(crate) fn print_sample_header() {
         "submitted",
         "finished",
         "cuts",
-        "rst"
-    );
+        "rst",
+    ];
+    let line: Vec<String> = names
+        .iter()
+        .zip(WIDTHS)
+        .map(|(name, width)| format!("{name:>width$}"))
+        .collect();
+    println!("  {}", line.join(" "));
 }
 
+impl Sample {
+    /// The sample's twelve figures as the terminal and the report show them.
+    pub(crate) fn cells(&self) -> [String; 12] {
+        [
+            format!("{:.0}", self.t),
+            format!("{:.2}", self.runner_rss as f64 / MIB),
+            format!("{:.2}", self.runner_anon as f64 / MIB),
+            format!("{:.2}", self.runner_hwm as f64 / MIB),
+            self.runner_fds.to_string(),
+            format!("{:.1}", self.server_rss as f64 / MIB),
+            format!("{:.0}", self.store_bytes as f64 / 1024.0),
+            self.outbox.map_or("?".to_owned(), |n| n.to_string()),
+            self.submitted.to_string(),
+            self.finished.to_string(),
+            self.cuts.to_string(),
+            self.restarts.to_string(),
+        ]
+    }
+}
+
+/// Column widths of the terminal's lines.
+const WIDTHS: [usize; 12] = [7, 9, 9, 9, 4, 10, 9, 6, 9, 9, 4, 3];
+
 pub(crate) fn print_sample(s: &Sample) {
-    println!(
-        "  {:>7.0} {:>9.2} {:>9.2} {:>9.2} {:>4} {:>10.1} {:>9.0} {:>6} {:>9} {:>9} {:>4} {:>3}",
-        s.t,
-        s.runner_rss as f64 / MIB,
-        s.runner_anon as f64 / MIB,
-        s.runner_hwm as f64 / MIB,
-        s.runner_fds,
-        s.server_rss as f64 / MIB,
-        s.store_bytes as f64 / 1024.0,
-        s.outbox.map_or("?".to_owned(), |n| n.to_string()),
-        s.submitted,
-        s.finished,
-        s.cuts,
-        s.restarts
-    );
+    let line: Vec<String> = s
+        .cells()
+        .iter()
+        .zip(WIDTHS)
+        .map(|(cell, width)| format!("{cell:>width$}"))
+        .collect();
+    println!("  {}", line.join(" "));
 }
