@@ -2,7 +2,8 @@
 //! refused (`already_run`) rather than run again: the last `ENDED_ATTEMPTS_KEPT`, kept
 //! by the core and by the store alike.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,16 +17,22 @@ use crate::protocol::JobRef;
 pub const ENDED_ATTEMPTS_KEPT: usize = 1024;
 
 /// The last `ENDED_ATTEMPTS_KEPT` attempts that ended here, oldest first, with a count
-/// of each (ordered, not hashed: the core draws no random numbers, not even a hasher's
-/// keys) for the question every `start_job` asks (a scan of a thousand job IDs per
-/// command was a third of the core's time in `benches/core_throughput.rs`). Stored and
-/// traced as the list alone.
+/// of each for the question every `start_job` asks (a scan of a thousand job IDs per
+/// command was a third of the core's time in `benches/core_throughput.rs`, and an
+/// ordered map's string comparisons a tenth). Stored and traced as the list alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "VecDeque<JobRef>", into = "VecDeque<JobRef>")]
 pub(crate) struct EndedAttempts {
     order: VecDeque<JobRef>,
-    count: BTreeMap<JobRef, u32>,
+    count: HashMap<JobRef, u32, FixedKeys>,
 }
+
+/// SipHash with fixed keys: the core draws no random numbers, not even a hasher's
+/// keys, so the map behaves the same in every run. Nothing depends on its order (it is
+/// only asked whether it holds an attempt), and nothing outside the process feeds it
+/// but job IDs of an API this runner trusts, so flooding one bucket on purpose is no
+/// concern (and costs lookups, never correctness).
+type FixedKeys = BuildHasherDefault<DefaultHasher>;
 
 impl EndedAttempts {
     pub(crate) fn remember(&mut self, job: JobRef) {
