@@ -1083,3 +1083,122 @@ async fn a_refusing_executor_reports_spawn_failed() {
     );
     assert!(rx.try_recv().is_err(), "nothing else is reported");
 }
+
+/// A job's launch runs off the loop (`start`): asked again meanwhile it is refused, a
+/// cancel asked meanwhile reaches the job once it runs (with the shortest grace asked),
+/// and a lease granted meanwhile is passed on; its end is reported as ever.
+#[tokio::test]
+async fn a_cancel_asked_while_a_job_launches_reaches_it_once_it_runs() {
+    use std::sync::Mutex;
+
+    /// Everything asked of the job, in order.
+    #[derive(Default)]
+    struct Asked(Mutex<Vec<String>>);
+    impl fyn_runner::runtime::jobs::JobControl for Asked {
+        fn terminate(&self, grace: Duration, reason: &str) {
+            let mut asked = self.0.lock().unwrap();
+            asked.push(format!("terminate {reason} {}s", grace.as_secs()));
+        }
+        fn kill(&self) {
+            self.0.lock().unwrap().push("kill".into());
+        }
+        fn renew(&self, within: Duration) {
+            let mut asked = self.0.lock().unwrap();
+            asked.push(format!("renew {}s", within.as_secs()));
+        }
+    }
+    /// Starts a job only once the test lets it; the job ends once it is terminated.
+    struct Gated {
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+        asked: Arc<Asked>,
+    }
+    impl Executor for Gated {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+        fn preflight(&self) -> Result<(), ExecutorError> {
+            Ok(())
+        }
+        fn spawn(
+            &self,
+            _request: SpawnRequest,
+        ) -> Result<fyn_runner::runtime::jobs::RunningJob, ExecutorError> {
+            self.gate
+                .lock()
+                .unwrap()
+                .recv()
+                .map_err(|_| ExecutorError::NoPid)?;
+            let asked = self.asked.clone();
+            let finished = async move {
+                while !asked
+                    .0
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.starts_with("terminate"))
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                fyn_runner::runtime::jobs::JobEnd {
+                    status: ExitStatus::Signaled { signal: 15 },
+                    duration_ms: 1,
+                    stdout_bytes: 0,
+                    stderr_bytes: 0,
+                    usage: None,
+                    cancel: Some("cancelled".into()),
+                }
+            };
+            Ok(fyn_runner::runtime::jobs::RunningJob {
+                pid: 4242,
+                control: self.asked.clone(),
+                finished: Box::pin(finished),
+            })
+        }
+    }
+    let (open, gate) = std::sync::mpsc::channel();
+    let asked = Arc::new(Asked::default());
+    let executor = Gated {
+        gate: Mutex::new(gate),
+        asked: asked.clone(),
+    };
+    let (tx, mut reports) = unbounded_channel();
+    let mut supervisor = JobSupervisor::with_executor(Arc::new(executor), tx);
+    let job = spec("gated", &["true"]);
+    let (deliver, mut launched) = unbounded_channel();
+    let started = supervisor.start(&job, move |l| drop(deliver.send(l)));
+    assert!(
+        started.is_none(),
+        "nothing to report before the launch ends"
+    );
+    assert!(supervisor.is_launching(&job.job_ref()));
+    let again = supervisor.start(&job, |_| panic!("a second launch of the same attempt"));
+    assert!(
+        matches!(again, Some(JobReport::SpawnFailed { .. })),
+        "{again:?}"
+    );
+    supervisor.cancel(&job.job_ref(), "cancelled", Duration::from_secs(30));
+    supervisor.cancel(&job.job_ref(), "timeout", Duration::from_secs(3));
+    supervisor.renew(Duration::from_secs(90));
+    assert!(asked.0.lock().unwrap().is_empty(), "no job to ask yet");
+    open.send(()).unwrap();
+    let result = timeout(Duration::from_secs(5), launched.recv())
+        .await
+        .expect("the launch ends")
+        .expect("a launch result");
+    let report = supervisor.launched(result);
+    assert!(
+        matches!(&report, JobReport::Started { pid: 4242, .. }),
+        "{report:?}"
+    );
+    assert!(!supervisor.is_launching(&job.job_ref()));
+    let end = timeout(Duration::from_secs(5), reports.recv())
+        .await
+        .expect("the job ends")
+        .expect("a report");
+    assert!(matches!(end, JobReport::Exited { .. }), "{end:?}");
+    assert_eq!(
+        *asked.0.lock().unwrap(),
+        ["renew 90s", "terminate cancelled 3s"],
+        "the lease granted meanwhile, then the first cancel's reason with the shortest grace"
+    );
+}

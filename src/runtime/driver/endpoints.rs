@@ -10,7 +10,7 @@
 //! batch. Must not: decide anything about a report (the core's `job_reports` rows).
 //! Unix only: on Windows a job has no endpoint (and no `FYN_JOB_SOCKET`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use tokio::sync::mpsc;
@@ -29,6 +29,11 @@ const REPORTS_QUEUED: usize = 256;
 pub(super) struct Endpoints {
     open: HashMap<JobRef, JobEndpoint>,
     reports_tx: mpsc::Sender<EndpointReport>,
+    /// Reports of jobs whose `job_started` is not dispatched yet (their launch is in
+    /// flight): the API hears of a job's progress only after it hears it started.
+    held: Vec<EndpointReport>,
+    /// Held reports whose job's start is dispatched now, for the loop, in order.
+    released: VecDeque<EndpointReport>,
 }
 
 impl Endpoints {
@@ -37,6 +42,8 @@ impl Endpoints {
         let endpoints = Self {
             open: HashMap::new(),
             reports_tx,
+            held: Vec::new(),
+            released: VecDeque::new(),
         };
         (endpoints, reports)
     }
@@ -62,6 +69,25 @@ impl Endpoints {
         }
     }
 
+    /// Keep a report until its job's start is dispatched (`release`).
+    pub fn hold(&mut self, report: EndpointReport) {
+        self.held.push(report);
+    }
+
+    /// The job's start is dispatched: what it said meanwhile goes to the loop next.
+    pub fn release(&mut self, job: &JobRef) {
+        let (mine, others) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|report| &report.job == job);
+        self.held = others;
+        self.released.extend::<Vec<_>>(mine);
+    }
+
+    /// The next released report, for the loop.
+    pub fn next_released(&mut self) -> Option<EndpointReport> {
+        self.released.pop_front()
+    }
+
     pub fn is_open(&self, job: &JobRef) -> bool {
         self.open.contains_key(job)
     }
@@ -80,6 +106,31 @@ impl Endpoints {
     }
 }
 
+impl super::Driver {
+    /// What a job said through its endpoint, as the core's event; a write waits for
+    /// the batch it makes.
+    pub(super) fn accept_endpoint(
+        &mut self,
+        report: crate::runtime::job_endpoint::EndpointReport,
+    ) -> Option<Event> {
+        if self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.is_launching(&report.job))
+        {
+            self.endpoints.hold(report);
+            return None;
+        }
+        let (event, taken) = into_event(report);
+        if let Some(taken) = taken
+            && let Some(earlier) = self.kv_waiting.replace(taken)
+        {
+            earlier.refuse("the runner could not record the write");
+        }
+        Some(event)
+    }
+}
+
 /// The core's event for a report, and the confirmation a write waits for.
 pub(super) fn into_event(report: EndpointReport) -> (Event, Option<Taken>) {
     let EndpointReport { job, says, taken } = report;
@@ -92,4 +143,53 @@ pub(super) fn into_event(report: EndpointReport) -> (Event, Option<Taken>) {
         JobSays::KvPut { key, value } => Event::JobKvWritten { job, key, value },
     };
     (event, taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(job: &JobRef, key: &str) -> EndpointReport {
+        EndpointReport {
+            job: job.clone(),
+            says: JobSays::KvPut {
+                key: key.to_owned(),
+                value: String::new(),
+            },
+            taken: None,
+        }
+    }
+
+    fn key(report: EndpointReport) -> String {
+        match report.says {
+            JobSays::KvPut { key, .. } => key,
+            JobSays::Progress { .. } => String::new(),
+        }
+    }
+
+    /// What a job said while its launch was in flight waits for its start, in the
+    /// order said; another job's waits for its own.
+    #[tokio::test]
+    async fn held_reports_go_to_the_loop_in_order_once_their_job_started() {
+        let (mut endpoints, _reports) = Endpoints::new();
+        let job = |id: &str| JobRef {
+            job_id: id.to_owned(),
+            attempt: 1,
+        };
+        let (a, b) = (job("a"), job("b"));
+        endpoints.hold(said(&a, "a1"));
+        endpoints.hold(said(&b, "b1"));
+        endpoints.hold(said(&a, "a2"));
+        assert!(
+            endpoints.next_released().is_none(),
+            "nothing before a start"
+        );
+        endpoints.release(&a);
+        let released: Vec<String> =
+            std::iter::from_fn(|| endpoints.next_released().map(key)).collect();
+        assert_eq!(released, ["a1", "a2"]);
+        endpoints.release(&b);
+        assert_eq!(endpoints.next_released().map(key).as_deref(), Some("b1"));
+        assert!(endpoints.next_released().is_none());
+    }
 }

@@ -16,7 +16,10 @@
 //! having been done; anything else that arrives is handed back to the loop and
 //! accepted only after the group is performed.
 
+use tokio::sync::mpsc;
+
 use crate::core::{Durable, Effect, Event};
+use crate::runtime::jobs::JobReport;
 use crate::runtime::ws::LinkReport;
 
 use super::input::Input;
@@ -108,6 +111,42 @@ fn lets_others_join(effect: &Effect) -> bool {
         | Effect::CollectHardware
         | Effect::RunHook(_)
         | Effect::Exit { .. } => false,
+    }
+}
+
+impl super::Driver {
+    /// The next input that is ready and may join a group, accepted; `None` when there
+    /// is none. One that may not join is left in `carried` for the loop, and a job's end
+    /// whose endpoint must close first in `held_end`.
+    pub(super) fn ready_to_join(
+        &mut self,
+        inputs: &mut mpsc::UnboundedReceiver<Input>,
+        reports: &mut mpsc::UnboundedReceiver<JobReport>,
+        carried: &mut Option<Input>,
+        held_end: &mut Option<JobReport>,
+    ) -> Option<Event> {
+        // The brake holds as in the loop (a group's sends are not queued yet, so the
+        // queue is what it was when the group began).
+        if !self.link.backpressured()
+            && let Ok(report) = reports.try_recv()
+        {
+            if self.closes_endpoint(&report) {
+                *held_end = Some(report);
+                return None;
+            }
+            return self.accept(Input::Job(report));
+        }
+        loop {
+            let input = inputs.try_recv().ok()?;
+            if !may_join(&input) {
+                *carried = Some(input);
+                return None;
+            }
+            // A frame of a connection that is no longer current is dropped, as ever.
+            if let Some(event) = self.accept(input) {
+                return Some(event);
+            }
+        }
     }
 }
 

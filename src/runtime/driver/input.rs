@@ -7,7 +7,7 @@
 //! Must not: decide anything; filtering stale inputs is `super::Driver::accept`'s job.
 
 use crate::core::Event;
-use crate::runtime::jobs::JobReport;
+use crate::runtime::jobs::{JobReport, Launched};
 use crate::runtime::timers::TimerFired;
 use crate::runtime::ws::{LinkReport, WsStream};
 
@@ -18,6 +18,8 @@ pub(super) enum Input {
     /// A job process's report; converting it releases its output credit, so a job
     /// that prints faster than the runner can deliver waits for the runner.
     Job(JobReport),
+    /// A job's launch ended (`JobSupervisor::start`): started, or why not.
+    Launched(Launched),
     /// What a live connection reports (frames, the close, its writer's queue).
     Link(LinkReport),
     /// A connection attempt succeeded.

@@ -48,7 +48,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::core::{Core, Effect, Effects, Event, ExitCode, Lifecycle};
 use crate::protocol::JobSpec;
@@ -153,6 +153,13 @@ impl Driver {
                 }
                 continue;
             }
+            #[cfg(unix)]
+            if let Some(said) = self.endpoints.next_released() {
+                if let Some(event) = self.accept_endpoint(said) {
+                    self.dispatch(event);
+                }
+                continue;
+            }
             if let Some(report) = held_end.take() {
                 if let Some(event) = self.report_in(report, &mut endpoint_reports).await {
                     self.dispatch(event);
@@ -228,6 +235,7 @@ impl Driver {
             }
             self.pump_resend();
         }
+        self.finish_launches(&mut inputs).await;
         self.finish_hooks(&mut inputs).await;
         self.save_acks();
         self.observer.flush_trace();
@@ -241,32 +249,6 @@ impl Driver {
         let code = self.exit.unwrap_or(ExitCode::StoreFailure);
         info!(code = code.code(), "runner stopped");
         code
-    }
-
-    /// The runner stopped: `pre_job` hooks are killed (their jobs never start), the
-    /// others (`post_job`, `on_stopped`, ...) may finish within their own timeout; each
-    /// end still goes through the dispatch (the core is Stopped: it only traces it).
-    async fn finish_hooks(&mut self, inputs: &mut mpsc::UnboundedReceiver<Input>) {
-        self.hooks.stop_pre_jobs();
-        let bound = self.hooks.timeout() + Duration::from_secs(5);
-        let deadline = tokio::time::Instant::now() + bound;
-        while self.hooks.running() > 0 {
-            match tokio::time::timeout_at(deadline, inputs.recv()).await {
-                Ok(Some(input @ Input::Event(Event::HookFinished { .. }))) => {
-                    if let Some(event) = self.accept(input) {
-                        self.dispatch(event);
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    warn!(
-                        running = self.hooks.running(),
-                        "hooks still running at exit are left behind"
-                    );
-                    break;
-                }
-            }
-        }
     }
 
     /// Filter what arrives: reports of a connection that is no longer current, and
@@ -298,6 +280,16 @@ impl Driver {
                 Some(event)
             }
             Input::Job(report) => Some(report.into_event()),
+            Input::Launched(launched) => {
+                let jobs = self.jobs.as_mut()?;
+                let event = jobs.launched(launched).into_event();
+                // Dispatched by the caller now, before anything the job said meanwhile.
+                #[cfg(unix)]
+                if let Event::JobStarted { job, .. } | Event::JobSpawnFailed { job, .. } = &event {
+                    self.endpoints.release(job);
+                }
+                Some(event)
+            }
             Input::Link(report) => self.link.accept_report(report),
             Input::Connected { conn, stream } => {
                 self.link.accept_connected(conn, *stream, &self.inputs_tx)
@@ -312,22 +304,6 @@ impl Driver {
                 None
             }
         }
-    }
-
-    /// What a job said through its endpoint, as the core's event; a write waits for
-    /// the batch it makes.
-    #[cfg(unix)]
-    fn accept_endpoint(
-        &mut self,
-        report: crate::runtime::job_endpoint::EndpointReport,
-    ) -> Option<Event> {
-        let (event, taken) = endpoints::into_event(report);
-        if let Some(taken) = taken
-            && let Some(earlier) = self.kv_waiting.replace(taken)
-        {
-            earlier.refuse("the runner could not record the write");
-        }
-        Some(event)
     }
 
     /// The one dispatch point: every event into the core and every transition out of it
@@ -449,39 +425,5 @@ impl Driver {
         #[cfg(windows)]
         let _ = endpoint_reports;
         self.accept(Input::Job(report))
-    }
-
-    /// The next input that is ready and may join a group, accepted; `None` when there
-    /// is none. One that may not join is left in `carried` for the loop, and a job's end
-    /// whose endpoint must close first in `held_end`.
-    fn ready_to_join(
-        &mut self,
-        inputs: &mut mpsc::UnboundedReceiver<Input>,
-        reports: &mut mpsc::UnboundedReceiver<JobReport>,
-        carried: &mut Option<Input>,
-        held_end: &mut Option<JobReport>,
-    ) -> Option<Event> {
-        // The brake holds as in the loop (a group's sends are not queued yet, so the
-        // queue is what it was when the group began).
-        if !self.link.backpressured()
-            && let Ok(report) = reports.try_recv()
-        {
-            if self.closes_endpoint(&report) {
-                *held_end = Some(report);
-                return None;
-            }
-            return self.accept(Input::Job(report));
-        }
-        loop {
-            let input = inputs.try_recv().ok()?;
-            if !group::may_join(&input) {
-                *carried = Some(input);
-                return None;
-            }
-            // A frame of a connection that is no longer current is dropped, as ever.
-            if let Some(event) = self.accept(input) {
-                return Some(event);
-            }
-        }
     }
 }

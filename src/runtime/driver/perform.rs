@@ -5,11 +5,18 @@
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::core::{Durable, Effect, Event};
 
 use super::Driver;
+use super::input::Input;
+use crate::runtime::jobs::JobReport;
+
+/// At exit, how long launches in flight may take to end: a supervisor answers within
+/// its bound (`jobs::supervised`), a start without one within this.
+const LAUNCHES_WITHIN: Duration = Duration::from_secs(35);
 
 impl Driver {
     /// Batches in dispatch order: the rows of all of them in one transaction, then
@@ -178,6 +185,64 @@ impl Driver {
         }
     }
 
+    /// The runner stopped with jobs still being launched: each launch ends (within
+    /// the supervisor's answer's bound) and goes through the dispatch (the core is
+    /// Stopped: it only traces it); then what the exit asked of jobs applies to these
+    /// too: one the core asked to stop is killed, the others stay with their
+    /// supervisors, and the next start reattaches them.
+    pub(super) async fn finish_launches(&mut self, inputs: &mut mpsc::UnboundedReceiver<Input>) {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        if jobs.launching() == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + LAUNCHES_WITHIN;
+        while self.jobs.as_ref().is_some_and(|jobs| jobs.launching() > 0) {
+            match tokio::time::timeout_at(deadline, inputs.recv()).await {
+                Ok(Some(input @ Input::Launched(_))) => {
+                    if let Some(event) = self.accept(input) {
+                        self.dispatch(event);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    warn!("job launches still in flight at exit are left to their supervisors");
+                    break;
+                }
+            }
+        }
+        if let Some(jobs) = &mut self.jobs {
+            jobs.end_at_exit();
+        }
+    }
+
+    /// The runner stopped: `pre_job` hooks are killed (their jobs never start), the
+    /// others (`post_job`, `on_stopped`, ...) may finish within their own timeout; each
+    /// end still goes through the dispatch (the core is Stopped: it only traces it).
+    pub(super) async fn finish_hooks(&mut self, inputs: &mut mpsc::UnboundedReceiver<Input>) {
+        self.hooks.stop_pre_jobs();
+        let bound = self.hooks.timeout() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.hooks.running() > 0 {
+            match tokio::time::timeout_at(deadline, inputs.recv()).await {
+                Ok(Some(input @ Input::Event(Event::HookFinished { .. }))) => {
+                    if let Some(event) = self.accept(input) {
+                        self.dispatch(event);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    warn!(
+                        running = self.hooks.running(),
+                        "hooks still running at exit are left behind"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
     pub(super) async fn spawn_jobs(&mut self) {
         for job in std::mem::take(&mut self.spawns) {
             // Its endpoint is served before its process starts.
@@ -191,17 +256,20 @@ impl Driver {
                     .open(job.job_ref(), job_dir, folder.account, kv)
                     .await;
             }
-            let started = match &mut self.jobs {
+            let failed = match &mut self.jobs {
                 Some(jobs) => {
                     info!(job = %job.job_id, attempt = job.attempt, program = ?job.command.first(), "starting job");
-                    jobs.spawn(&job).into_event()
+                    // Its `Started` comes back as an input (`Input::Launched`).
+                    let inputs = self.inputs_tx.clone();
+                    let deliver = move |launched| drop(inputs.send(Input::Launched(launched)));
+                    jobs.start(&job, deliver).map(JobReport::into_event)
                 }
-                None => Event::JobSpawnFailed {
+                None => Some(Event::JobSpawnFailed {
                     job: job.job_ref(),
                     error: "a farewell runs no jobs".into(),
-                },
+                }),
             };
-            self.local.push_back(started);
+            self.local.extend(failed);
         }
     }
 

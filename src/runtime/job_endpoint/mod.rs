@@ -162,13 +162,21 @@ impl JobEndpoint {
             path: path.display().to_string(),
             source,
         };
-        let (target, account) = (path.clone(), config.account.clone());
-        let listener = tokio::task::spawn_blocking(move || {
-            with_account_access(account.as_ref(), move || make_socket(&target))
-        })
-        .await
-        .map_err(|e| failed(std::io::Error::other(e)))?
-        .map_err(failed)?;
+        let listener = match config.account.clone() {
+            // One bind, here: the job's start waits for it, and a hop to a blocking
+            // thread and back cost more than the bind itself.
+            None => make_socket(&path).map_err(failed)?,
+            // As the job's account, on a thread of its own (`account_fs`).
+            Some(account) => {
+                let target = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    with_account_access(Some(&account), move || make_socket(&target))
+                })
+                .await
+                .map_err(|e| failed(std::io::Error::other(e)))?
+                .map_err(failed)?
+            }
+        };
         let listener = UnixListener::from_std(listener).map_err(failed)?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(serve(listener, Serving::new(config, reports), stopped));

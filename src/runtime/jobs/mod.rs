@@ -68,4 +68,4 @@ pub fn forget_supervisor(jobs_root: &std::path::Path, job: &crate::protocol::Job
     let _ = (jobs_root, job);
 }
 pub use retention::{Janitor, Retention, stamp_end};
-pub use supervisor::JobSupervisor;
+pub use supervisor::{JobSupervisor, Launched};

@@ -1,7 +1,8 @@
 /*!
 The job supervisor: what the driver holds, the runner's side of every job. It starts
-jobs through an executor, finds the jobs of an earlier run, runs the cancellation
-ladder, renews the jobs' leases, and sends one stream of `JobReport`s. Each job gets
+jobs through an executor (off the loop: `start`, then `launched`), finds the jobs of an
+earlier run, runs the cancellation ladder, renews the jobs' leases, and sends one
+stream of `JobReport`s. Each job gets
 one task that owns its ladder and reports its end; the supervisor keeps only what it
 needs to reach that task, and to end the jobs that must end with the runner.
 
@@ -33,8 +34,25 @@ pub struct JobSupervisor {
     executor: Arc<dyn Executor>,
     reports: UnboundedSender<JobReport>,
     jobs: HashMap<JobRef, Supervised>,
+    /// Jobs whose launch `start` began and `launched` has not taken yet.
+    launching: HashMap<JobRef, Pending>,
     /// How long a job may go on without a runner: the last lease the core granted.
     lease: Duration,
+}
+
+/// What a launch ended with: handed from the blocking thread to `launched`.
+pub struct Launched {
+    job: JobRef,
+    result: Result<RunningJob, ExecutorError>,
+}
+
+/// What was asked of a job while it was being launched, done once it runs.
+#[derive(Default)]
+struct Pending {
+    /// The lease its launch carried; renewed at once if the core granted another.
+    lease: Option<Duration>,
+    /// The first cancel's reason, with the shortest grace asked.
+    cancel: Option<(String, Duration)>,
 }
 
 /// What the supervisor keeps of a started job.
@@ -65,6 +83,7 @@ impl JobSupervisor {
             executor,
             reports: events,
             jobs: HashMap::new(),
+            launching: HashMap::new(),
             lease: Duration::from_millis(SessionParams::default().runner_lost_threshold_ms),
         }
     }
@@ -100,35 +119,96 @@ impl JobSupervisor {
         self.executor.prepare_ahead();
     }
 
-    /// Start a job. Returns how that went, `Started` or `SpawnFailed`, at once: the
-    /// driver tells the API before anything else that arrived meanwhile. After
-    /// `Started`, the job's output and its `Exited` come through the reports channel.
-    /// Never panics on a bad spec; must be called from inside a tokio runtime.
+    /// Start a job and wait for its start. Returns how that went, `Started` or
+    /// `SpawnFailed`. After `Started`, the job's output and its `Exited` come through
+    /// the reports channel. Never panics on a bad spec; must be called from inside a
+    /// tokio runtime. (The driver uses `start`, which does not wait.)
     pub fn spawn(&mut self, spec: &JobSpec) -> JobReport {
-        self.prune();
         let job = spec.job_ref();
-        if self.jobs.contains_key(&job) {
-            // Running the same attempt twice is the one thing worse than not running it.
-            let error = ExecutorError::AlreadyRunning {
-                job_id: job.job_id.clone(),
-                attempt: job.attempt,
-            };
-            return spawn_failed(job, error);
-        }
-        let request = SpawnRequest {
-            spec: spec.clone(),
-            output: OutputSink::new(job.clone(), self.reports.clone()),
-            lease: self.lease,
+        let request = match self.request(spec) {
+            Ok(request) => request,
+            Err(error) => return spawn_failed(job, error),
         };
-        let running = match self.executor.spawn(request) {
+        let result = self.executor.spawn(request);
+        self.launched(Launched { job, result })
+    }
+
+    /// Start a job without waiting for it: the launch (a supervisor process's answer,
+    /// a millisecond or two) runs on a blocking thread, so the loop goes on with other
+    /// jobs' events and starts meanwhile, and several jobs start at once. What came of
+    /// it goes to `deliver`, to be handed back to `launched`. Returns a report at once
+    /// only when the job cannot be started at all.
+    pub fn start(
+        &mut self,
+        spec: &JobSpec,
+        deliver: impl FnOnce(Launched) + Send + 'static,
+    ) -> Option<JobReport> {
+        let job = spec.job_ref();
+        let request = match self.request(spec) {
+            Ok(request) => request,
+            Err(error) => return Some(spawn_failed(job, error)),
+        };
+        let pending = Pending {
+            lease: Some(request.lease),
+            cancel: None,
+        };
+        self.launching.insert(job.clone(), pending);
+        let executor = self.executor.clone();
+        drop(tokio::task::spawn_blocking(move || {
+            let result = executor.spawn(request);
+            deliver(Launched { job, result });
+        }));
+        None
+    }
+
+    /// The end of a launch `start` began: a started job is followed from now on (and
+    /// asked to stop, if that was asked meanwhile). `Started` or `SpawnFailed`.
+    pub fn launched(&mut self, launched: Launched) -> JobReport {
+        let Launched { job, result } = launched;
+        let pending = self.launching.remove(&job).unwrap_or_default();
+        let running = match result {
             Ok(running) => running,
             Err(error) => return spawn_failed(job, error),
         };
         let pid = running.pid;
+        if pending.lease.is_some_and(|lease| lease != self.lease) {
+            running.control.renew(self.lease);
+        }
         self.watch(&job, running);
+        if let Some((reason, grace)) = pending.cancel {
+            self.cancel(&job, &reason, grace);
+        }
         // Output only follows once the job's task first polls `finished`, which is
         // after the caller has this.
         JobReport::Started { job, pid }
+    }
+
+    /// Launches begun and not yet handed back to `launched`.
+    pub fn launching(&self) -> usize {
+        self.launching.len()
+    }
+
+    /// Whether this job's launch is in flight.
+    pub fn is_launching(&self, job: &JobRef) -> bool {
+        self.launching.contains_key(job)
+    }
+
+    /// What a launch needs, or why there is none: the same attempt twice is the one
+    /// thing worse than not running it.
+    fn request(&mut self, spec: &JobSpec) -> Result<SpawnRequest, ExecutorError> {
+        self.prune();
+        let job = spec.job_ref();
+        if self.jobs.contains_key(&job) || self.launching.contains_key(&job) {
+            return Err(ExecutorError::AlreadyRunning {
+                job_id: job.job_id,
+                attempt: job.attempt,
+            });
+        }
+        Ok(SpawnRequest {
+            spec: spec.clone(),
+            output: OutputSink::new(job.clone(), self.reports.clone()),
+            lease: self.lease,
+        })
     }
 
     /// At start: what became of a job the previous run started, as reports for the
@@ -235,6 +315,13 @@ impl JobSupervisor {
     /// are ignored: what to make of that is the core's business.
     pub fn cancel(&mut self, job: &JobRef, reason: &str, grace: Duration) {
         self.prune();
+        if let Some(pending) = self.launching.get_mut(job) {
+            let cancel = pending
+                .cancel
+                .get_or_insert_with(|| (reason.to_owned(), grace));
+            cancel.1 = cancel.1.min(grace);
+            return;
+        }
         match self.jobs.get_mut(job) {
             Some(supervised) => {
                 supervised.cancelling = true;

@@ -8,10 +8,10 @@ What it does, in order: leaves the runner's session and process group (`setsid`)
 no terminal, service stop or signal to the runner's group reaches it; reads its launch
 plan (one JSON line on standard input); takes the lock in its folder, which it holds
 for as long as it lives; checks the runner that sent the plan is still there (after a
-crash, a restarted runner may already have judged this job lost); binds its socket;
-becomes a child subreaper (Linux); starts the job in a process group of its own
-(dropping to the job's account, and asking the kernel to kill the job's main process
-if the supervisor dies); answers the runner with the pid; writes `started.json`. Then,
+crash, a restarted runner may already have judged this job lost); becomes a child
+subreaper (Linux); starts the job in a process group of its own (dropping to the job's
+account, and asking the kernel to kill the job's main process if the supervisor
+dies); answers the runner with the pid; binds its socket; writes `started.json`. Then,
 until the job's main process ends: copies the job's stdout and stderr from their pipes
 to the logs, at most `output_limit_bytes` each (the rest is read and dropped, so the
 job never blocks on its output), tells every connected runner how far the logs got,
@@ -88,9 +88,16 @@ pub fn main() -> i32 {
     let folder = Folder::at(plan.dir.path());
     log_to(&folder);
     match start(&plan, &folder, job_umask) {
-        Ok(Some((job, lock))) => {
+        Ok(Some((mut job, lock))) => {
             reply(&Reply::Started { pid: job.pid });
             detach_standard_io();
+            // The socket after the answer, not before: its bind was a fifth of a job
+            // start's time here, and the runner retries its first connection every
+            // millisecond while this process holds the lock. Before `started.json`,
+            // so a runner that finds that record finds the socket too.
+            job.listener = bind_socket(&folder)
+                .map_err(|error| warn!(%error, "cannot bind the supervisor's socket; ending the job, which no runner could reach"))
+                .ok();
             job.record_start(&plan);
             supervise(plan, folder, job, lock)
         }
@@ -163,7 +170,8 @@ fn detach_standard_io() {
 struct Started {
     pid: u32,
     started_mono_ms: u64,
-    listener: std::os::unix::net::UnixListener,
+    /// Bound once the runner has its answer; `None` if that failed.
+    listener: Option<std::os::unix::net::UnixListener>,
     stdout: ChildStdout,
     stderr: ChildStderr,
     logs: [File; 2],
@@ -212,9 +220,6 @@ fn start(
         info!(job = %plan.job.job_id, "the runner that sent the plan is gone; not starting the job");
         return Ok(None);
     }
-    let _ = std::fs::remove_file(folder.socket());
-    let listener = std::os::unix::net::UnixListener::bind(folder.socket())
-        .map_err(|e| format!("cannot bind {}: {e}", folder.socket().display()))?;
     let logs = [open_log(plan, 0)?, open_log(plan, 1)?];
     if let Err(error) = tree::become_subreaper() {
         warn!(%error, "cannot become a child subreaper: a process that leaves the job's group may outlive it");
@@ -247,13 +252,24 @@ fn start(
         Started {
             pid,
             started_mono_ms,
-            listener,
+            listener: None,
             stdout,
             stderr,
             logs,
         },
         lock,
     )))
+}
+
+/// The supervisor's socket in its folder, where runners reach it.
+fn bind_socket(folder: &Folder) -> io::Result<std::os::unix::net::UnixListener> {
+    let _ = std::fs::remove_file(folder.socket());
+    std::os::unix::net::UnixListener::bind(folder.socket()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind {}: {e}", folder.socket().display()),
+        )
+    })
 }
 
 /// The lock, exclusively. A runner testing whether a supervisor lives holds it shared
@@ -463,14 +479,21 @@ async fn run(plan: &LaunchPlan, job: Started) -> ExitRecord {
         kill_at: None,
     };
     let (asks_tx, mut asks) = mpsc::unbounded_channel();
-    let accepting = tokio::spawn(accept(
-        listener,
-        plan.job.clone(),
-        pid,
-        ladder.reason.clone(),
-        sizes.clone(),
-        asks_tx,
-    ));
+    let accepting = match listener {
+        Some(listener) => tokio::spawn(accept(
+            listener,
+            plan.job.clone(),
+            pid,
+            ladder.reason.clone(),
+            sizes.clone(),
+            asks_tx,
+        )),
+        None => {
+            // No runner could cancel it, renew its lease or follow it.
+            ladder.cancel(Duration::ZERO, crate::core::CancelReason::Abandoned.name());
+            tokio::spawn(async move { drop(asks_tx) })
+        }
+    };
     let grace = Duration::from_millis(plan.cancel_grace_ms);
     let mut lease_until = Instant::now().checked_add(Duration::from_millis(plan.lease_ms));
     let (mut children, mut terminate, mut interrupt) = match (
