@@ -212,7 +212,7 @@ async fn recv(ws: &mut Socket) -> ServerMessage {
 /// (SQLite, WAL, `synchronous=FULL`), the job's own directory with its `work/` and two
 /// log files, the process started there, `job_accepted` sent, and `job_started`
 /// recorded before it is sent (committed without waiting for the disk, as fyn-runner
-/// does: see `runtime/store.rs` for why that is safe). The
+/// does: see `runtime/store/mod.rs` for why that is safe). The
 /// "floor with duties" is the bare client doing exactly this and nothing more: what
 /// fyn-runner costs beyond it is overhead of its own making.
 struct Duties {

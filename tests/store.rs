@@ -434,7 +434,7 @@ struct Model {
 impl Model {
     fn state(&self) -> DurableState {
         // A job without a recorded start may have sent one that a power cut took
-        // back: its index counts as used (see `runtime/store.rs`).
+        // back: its index counts as used (see `runtime/store/mod.rs`).
         let unconfirmed = self
             .jobs
             .keys()
