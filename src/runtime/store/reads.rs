@@ -115,12 +115,7 @@ impl Store {
                 "SELECT job_id, attempt FROM ended_attempts ORDER BY seq DESC LIMIT ?1",
             )?;
             let kept = i64::try_from(ENDED_ATTEMPTS_KEPT).unwrap_or(i64::MAX);
-            let rows = stmt.query_map([kept], |row| {
-                Ok(JobRef {
-                    job_id: row.get(0)?,
-                    attempt: row.get(1)?,
-                })
-            })?;
+            let rows = stmt.query_map([kept], job_ref)?;
             let mut newest_first = rows.collect::<rusqlite::Result<Vec<_>>>()?;
             newest_first.reverse();
             Ok(newest_first)
@@ -156,10 +151,7 @@ impl Store {
                  FROM jobs ORDER BY job_id",
             )?;
             let rows = stmt.query_map([], |row| {
-                let job = JobRef {
-                    job_id: row.get(0)?,
-                    attempt: row.get(1)?,
-                };
+                let job = job_ref(row)?;
                 let sent = |i| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
                 let progress = OutputProgress {
                     stdout: StreamProgress {
@@ -190,10 +182,7 @@ impl Store {
             )?;
             let rows = stmt.query_map([], |row| {
                 Ok(OutputDone {
-                    job: JobRef {
-                        job_id: row.get(0)?,
-                        attempt: row.get(1)?,
-                    },
+                    job: job_ref(row)?,
                     path: row.get(2)?,
                     uploaded: row.get(3)?,
                 })
@@ -216,10 +205,7 @@ impl Store {
             )?;
             let rows = stmt.query_map([], |row| {
                 Ok(KvWritten {
-                    job: JobRef {
-                        job_id: row.get(0)?,
-                        attempt: row.get(1)?,
-                    },
+                    job: job_ref(row)?,
                     key: row.get(2)?,
                     value: row.get(3)?,
                     writes: row
@@ -246,10 +232,7 @@ impl Store {
                 "SELECT job_id, attempt, pid FROM jobs WHERE pid IS NOT NULL ORDER BY job_id",
             )?;
             let rows = stmt.query_map([], |row| {
-                let job = JobRef {
-                    job_id: row.get(0)?,
-                    attempt: row.get(1)?,
-                };
+                let job = job_ref(row)?;
                 Ok((job, row.get(2)?))
             })?;
             rows.collect()
@@ -291,4 +274,13 @@ impl Store {
         }
         Ok(job)
     }
+}
+
+/// The job a row names in its first two columns (`job_id`, `attempt`), as every table
+/// that keeps something per attempt has them.
+fn job_ref(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRef> {
+    Ok(JobRef {
+        job_id: row.get(0)?,
+        attempt: row.get(1)?,
+    })
 }
