@@ -270,6 +270,28 @@ fn an_index_too_large_for_sqlite_is_a_named_error() {
     assert_eq!(store.load().unwrap(), DurableState::default());
 }
 
+/// A new store is built in a file of its own and renamed into place: what a crash
+/// left of an unfinished build (here, garbage and a stray WAL) is replaced, and once
+/// open only the store itself is there.
+#[test]
+fn an_unfinished_new_store_left_by_a_crash_is_built_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let building = tmp.path().join("runner.db.new");
+    fs::write(&building, vec![0xA5; 8192]).unwrap();
+    fs::write(tmp.path().join("runner.db.new-wal"), vec![0x5A; 4096]).unwrap();
+    let mut store = Store::open(tmp.path()).unwrap();
+    assert_eq!(store.load().unwrap(), DurableState::default());
+    store.commit(&[append(1)]).unwrap();
+    let left: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("runner.db.new"))
+        .collect();
+    assert!(left.is_empty(), "left over: {left:?}");
+    let store = reopen_after_crash(store, tmp.path());
+    assert_eq!(store.outbox_depth().unwrap(), 1);
+}
+
 #[test]
 fn a_corrupt_db_file_fails_to_open_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();

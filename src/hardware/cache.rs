@@ -104,8 +104,13 @@ pub fn load_cache(state_dir: &Path) -> Result<Option<HardwareReport>, CacheError
 }
 
 /// Writes the report as pretty JSON, atomically: readers see the old file or
-/// the new one, never a torn write, even across a crash. The state directory
-/// must exist.
+/// the new one, never a torn write. The state directory must exist.
+///
+/// It does not wait for the disk: the file is a cache of what the control plane was
+/// told. A power cut may take the write back (or, on some file systems, leave the new
+/// name with no content), and then the next start finds the old report, none, or a
+/// corrupt one, which all lead to telling the control plane again — a repeat it
+/// applies without harm. Waiting cost two disk syncs at every runner's first start.
 pub fn write_cache(state_dir: &Path, report: &HardwareReport) -> Result<(), CacheError> {
     let path = cache_path(state_dir);
     let result = serde_json::to_vec_pretty(report)
@@ -119,11 +124,8 @@ pub fn write_cache(state_dir: &Path, report: &HardwareReport) -> Result<(), Cach
 
 fn write_atomically(dir: &Path, path: &Path, contents: &[u8]) -> io::Result<()> {
     let temp = temp_path(dir);
-    let result = write_synced(&temp, contents).and_then(|()| {
-        crate::platform::replace_file(&temp, path)?;
-        // The rename is only durable once the directory entry is on disk.
-        crate::platform::sync_dir(dir)
-    });
+    let result =
+        write_new(&temp, contents).and_then(|()| crate::platform::replace_file(&temp, path));
     if result.is_err() {
         // Best effort: a leftover temp file is harmless, the error that
         // matters is the one already in `result`.
@@ -132,7 +134,7 @@ fn write_atomically(dir: &Path, path: &Path, contents: &[u8]) -> io::Result<()> 
     result
 }
 
-fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
+fn write_new(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut file = crate::platform::open_options(CACHE_FILE_ACCESS)
         .write(true)
         .create(true)
@@ -140,8 +142,7 @@ fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
         .open(path)?;
     // The mode given to open is filtered by the process umask; set it exactly.
     crate::platform::set_access(path, CACHE_FILE_ACCESS)?;
-    file.write_all(contents)?;
-    file.sync_all()
+    file.write_all(contents)
 }
 
 /// Unique per process and per call, so concurrent writers never share a
