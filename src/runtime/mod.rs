@@ -22,6 +22,7 @@ pub mod install;
 #[cfg(unix)]
 pub mod job_endpoint;
 pub mod jobs;
+mod memory;
 pub mod metrics;
 mod notices;
 pub mod orphans;

@@ -184,6 +184,7 @@ impl Driver {
                 && let Some(jobs) = &self.jobs
             {
                 jobs.prepare_ahead();
+                crate::runtime::memory::release_startup_pages_once();
             }
             // Job output waits (and so does the job, once its credits are spent) while
             // the API is behind: memory stays bounded however slow the link is.
