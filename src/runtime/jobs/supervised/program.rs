@@ -713,6 +713,8 @@ async fn pump(
     };
     let mut buf = vec![0u8; CHUNK].into_boxed_slice();
     let mut logging = true;
+    // How much of the log the disk was asked to take so far (see `start_writeback`).
+    let mut handed_to_disk = 0u64;
     loop {
         let n = match pipe.read(&mut buf).await {
             Ok(0) => break,
@@ -735,7 +737,13 @@ async fn pump(
             // takes it. Done inline: the supervisor has nothing else this would delay
             // but the other stream.
             match log.write_all(&buf[..keep]) {
-                Ok(()) => size.logged += keep as u64,
+                Ok(()) => {
+                    size.logged += keep as u64;
+                    if size.logged - handed_to_disk >= WRITEBACK_EVERY {
+                        start_writeback(&log, handed_to_disk, size.logged - handed_to_disk);
+                        handed_to_disk = size.logged;
+                    }
+                }
                 Err(error) => {
                     warn!(%error, "cannot write the job's log; the rest of this stream is dropped");
                     logging = false;
@@ -750,7 +758,37 @@ async fn pump(
             }
         });
     }
+    // The exit record that counts this output waits for the disk, so the output must
+    // be there first: else a power cut could keep the record of the job's end and take
+    // back the log's tail, and the runner would deliver a shorter output as the whole.
+    if size.logged > 0
+        && let Err(error) = log.sync_data()
+    {
+        warn!(%error, "cannot sync the job's log to disk");
+    }
     size
+}
+
+/// How much log is written before the disk is asked to start writing it out.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Ask the disk to start writing `len` bytes of the log from `from`, without waiting:
+/// the log is synced when the stream ends (its exit record waits for that), and a
+/// large output would otherwise leave all of it to write then, delaying the job's end.
+fn start_writeback(log: &File, from: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: sync_file_range reads its integer arguments only; the descriptor is
+        // the log's, open for the whole call. Failure only means no early writeback.
+        unsafe {
+            libc::sync_file_range(log.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (log, from, len);
 }
 
 /// Serve runners on the socket: each gets `hello`, then the logs' sizes as they grow;
