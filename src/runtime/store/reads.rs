@@ -10,6 +10,16 @@ use crate::protocol::{JobRef, JobSpec, RunnerEvent};
 use crate::runtime::jobs::{OutputProgress, StreamProgress};
 
 impl Store {
+    /// A read's failure, naming the store and what was read.
+    fn read_failed(&self, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        let path = self.path.clone();
+        move |source| StoreError::Read {
+            path,
+            what,
+            source: source.into(),
+        }
+    }
+
     /// Outbox events with an index above `after`, in index order.
     pub fn outbox_after(&self, after: u64) -> Result<Vec<(u64, RunnerEvent)>, StoreError> {
         self.outbox_page(after, u32::MAX)
@@ -41,11 +51,7 @@ impl Store {
         let count: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))
-            .map_err(|e| StoreError::Read {
-                path: self.path.clone(),
-                what: "outbox depth",
-                source: e.into(),
-            })?;
+            .map_err(self.read_failed("outbox depth"))?;
         Ok(count.unsigned_abs())
     }
 
@@ -85,11 +91,7 @@ impl Store {
                 row.get(0)
             })
             .optional()
-            .map_err(|e| StoreError::Read {
-                path: self.path.clone(),
-                what: key,
-                source: e.into(),
-            })?;
+            .map_err(self.read_failed(key))?;
         u64::try_from(value.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
             path: self.path.clone(),
             what: key.to_owned(),
@@ -98,11 +100,7 @@ impl Store {
     }
 
     pub(super) fn jobs(&self) -> Result<Vec<JobSpec>, StoreError> {
-        let rows = self.select_jobs().map_err(|e| StoreError::Read {
-            path: self.path.clone(),
-            what: "jobs",
-            source: e.into(),
-        })?;
+        let rows = self.select_jobs().map_err(self.read_failed("jobs"))?;
         rows.into_iter()
             .map(|(id, attempt, spec)| self.decode_job(id, attempt, &spec))
             .collect()
@@ -120,11 +118,7 @@ impl Store {
             newest_first.reverse();
             Ok(newest_first)
         };
-        read().map_err(|e| StoreError::Read {
-            path: self.path.clone(),
-            what: "ended attempts",
-            source: e.into(),
-        })
+        read().map_err(self.read_failed("ended attempts"))
     }
 
     /// Jobs whose `job_started` is not on record: it was never sent, or its batch (not
@@ -135,11 +129,7 @@ impl Store {
             .query_row("SELECT count(*) FROM jobs WHERE pid IS NULL", [], |row| {
                 row.get(0)
             })
-            .map_err(|e| StoreError::Read {
-                path: self.path.clone(),
-                what: "jobs",
-                source: e.into(),
-            })?;
+            .map_err(self.read_failed("jobs"))?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -167,11 +157,7 @@ impl Store {
             })?;
             rows.collect()
         };
-        read().map_err(|e| StoreError::Read {
-            path: self.path.clone(),
-            what: "jobs",
-            source: e.into(),
-        })
+        read().map_err(self.read_failed("jobs"))
     }
 
     /// The output files of running jobs whose upload is over.
@@ -189,11 +175,7 @@ impl Store {
             })?;
             rows.collect()
         };
-        read().map_err(|e| StoreError::Read {
-            path: self.path.clone(),
-            what: "uploaded outputs",
-            source: e.into(),
-        })
+        read().map_err(self.read_failed("uploaded outputs"))
     }
 
     /// The key-value writes of each stored job: per key, the last value written.
@@ -218,11 +200,7 @@ impl Store {
             })?;
             rows.collect()
         };
-        read().map_err(|e| StoreError::Read {
-            path: self.path.clone(),
-            what: "key-value writes",
-            source: e.into(),
-        })
+        read().map_err(self.read_failed("key-value writes"))
     }
 
     /// The pid each stored job was started with, if it got that far.
@@ -237,11 +215,7 @@ impl Store {
             })?;
             rows.collect()
         };
-        read().map_err(|e| StoreError::Read {
-            path: self.path.clone(),
-            what: "jobs",
-            source: e.into(),
-        })
+        read().map_err(self.read_failed("jobs"))
     }
 
     pub(super) fn select_jobs(&self) -> rusqlite::Result<Vec<(String, i64, String)>> {
