@@ -19,6 +19,7 @@ Layout: `wire` is what both sides write and read; `program` is the supervisor it
 */
 
 mod follow;
+mod logs;
 pub mod program;
 pub mod tree;
 pub mod wire;

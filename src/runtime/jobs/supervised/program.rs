@@ -34,7 +34,7 @@ use std::process::{ChildStderr, ChildStdout, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -48,9 +48,6 @@ use super::wire::{
     ExitRecord, Folder, LaunchPlan, Reply, RunnerAsks, Sizes, StartedRecord, StreamSize,
     SupervisorSays, Usage, WIRE_VERSION, line, monotonic_ms, write_record,
 };
-
-/// The largest piece of output copied at once.
-const CHUNK: usize = super::super::output::CHUNK_BYTES;
 
 /// Once the job's processes are dead, how long its pipes may take to reach their end:
 /// only a process that escaped the job (no subreaper on this system) can hold them.
@@ -457,14 +454,14 @@ async fn run(plan: &LaunchPlan, job: Started) -> ExitRecord {
     let sizes_tx = Arc::new(sizes_tx);
     let limit = plan.output_limit_bytes;
     let pumps = [
-        tokio::spawn(pump(
+        tokio::spawn(super::logs::pump(
             OwnedFd::from(stdout),
             stdout_log,
             limit,
             sizes_tx.clone(),
             true,
         )),
-        tokio::spawn(pump(
+        tokio::spawn(super::logs::pump(
             OwnedFd::from(stderr),
             stderr_log,
             limit,
@@ -694,101 +691,6 @@ fn children_usage() -> Usage {
         // Linux counts ru_maxrss in KiB.
         max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
     }
-}
-
-/// Copy one stream from its pipe to its log: the first `limit` bytes, then only count.
-/// Every chunk is written before it is announced, so a runner that reads the log up to
-/// what it was told finds every byte. Returns how far the stream got.
-async fn pump(
-    pipe: OwnedFd,
-    mut log: File,
-    limit: u64,
-    sizes: Arc<watch::Sender<Sizes>>,
-    is_stdout: bool,
-) -> StreamSize {
-    let mut size = StreamSize::default();
-    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
-        warn!("cannot read the job's output pipe");
-        return size;
-    };
-    let mut buf = vec![0u8; CHUNK].into_boxed_slice();
-    let mut logging = true;
-    // How much of the log the disk was asked to take so far (see `start_writeback`).
-    let mut handed_to_disk = 0u64;
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => {
-                warn!(%error, "cannot read the job's output; treating it as ended");
-                break;
-            }
-        };
-        size.seen += n as u64;
-        // `min(n)` keeps the value within usize.
-        let keep = if logging {
-            limit.saturating_sub(size.logged).min(n as u64) as usize
-        } else {
-            0
-        };
-        if keep > 0 {
-            // A write to a regular file does not wait for the disk; the page cache
-            // takes it. Done inline: the supervisor has nothing else this would delay
-            // but the other stream.
-            match log.write_all(&buf[..keep]) {
-                Ok(()) => {
-                    size.logged += keep as u64;
-                    if size.logged - handed_to_disk >= WRITEBACK_EVERY {
-                        start_writeback(&log, handed_to_disk, size.logged - handed_to_disk);
-                        handed_to_disk = size.logged;
-                    }
-                }
-                Err(error) => {
-                    warn!(%error, "cannot write the job's log; the rest of this stream is dropped");
-                    logging = false;
-                }
-            }
-        }
-        sizes.send_modify(|all| {
-            if is_stdout {
-                all.stdout = size;
-            } else {
-                all.stderr = size;
-            }
-        });
-    }
-    // The exit record that counts this output waits for the disk, so the output must
-    // be there first: else a power cut could keep the record of the job's end and take
-    // back the log's tail, and the runner would deliver a shorter output as the whole.
-    if size.logged > 0
-        && let Err(error) = log.sync_data()
-    {
-        warn!(%error, "cannot sync the job's log to disk");
-    }
-    size
-}
-
-/// How much log is written before the disk is asked to start writing it out.
-const WRITEBACK_EVERY: u64 = 8 << 20;
-
-/// Ask the disk to start writing `len` bytes of the log from `from`, without waiting:
-/// the log is synced when the stream ends (its exit record waits for that), and a
-/// large output would otherwise leave all of it to write then, delaying the job's end.
-fn start_writeback(log: &File, from: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
-            return;
-        };
-        // SAFETY: sync_file_range reads its integer arguments only; the descriptor is
-        // the log's, open for the whole call. Failure only means no early writeback.
-        unsafe {
-            libc::sync_file_range(log.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (log, from, len);
 }
 
 /// Serve runners on the socket: each gets `hello`, then the logs' sizes as they grow;
