@@ -191,26 +191,16 @@ impl Driver {
     /// too: one the core asked to stop is killed, the others stay with their
     /// supervisors, and the next start reattaches them.
     pub(super) async fn finish_launches(&mut self, inputs: &mut mpsc::UnboundedReceiver<Input>) {
-        let Some(jobs) = &self.jobs else {
-            return;
-        };
-        if jobs.launching() == 0 {
+        let launching = |driver: &Driver| driver.jobs.as_ref().is_some_and(|j| j.launching() > 0);
+        if !launching(self) {
             return;
         }
-        let deadline = tokio::time::Instant::now() + LAUNCHES_WITHIN;
-        while self.jobs.as_ref().is_some_and(|jobs| jobs.launching() > 0) {
-            match tokio::time::timeout_at(deadline, inputs.recv()).await {
-                Ok(Some(input @ Input::Launched(_))) => {
-                    if let Some(event) = self.accept(input) {
-                        self.dispatch(event);
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    warn!("job launches still in flight at exit are left to their supervisors");
-                    break;
-                }
-            }
+        let launched = |input: &Input| matches!(input, Input::Launched(_));
+        if !self
+            .take_at_exit(inputs, LAUNCHES_WITHIN, launched, launching)
+            .await
+        {
+            warn!("job launches still in flight at exit are left to their supervisors");
         }
         if let Some(jobs) = &mut self.jobs {
             jobs.end_at_exit();
@@ -222,25 +212,39 @@ impl Driver {
     /// end still goes through the dispatch (the core is Stopped: it only traces it).
     pub(super) async fn finish_hooks(&mut self, inputs: &mut mpsc::UnboundedReceiver<Input>) {
         self.hooks.stop_pre_jobs();
-        let bound = self.hooks.timeout() + Duration::from_secs(5);
-        let deadline = tokio::time::Instant::now() + bound;
-        while self.hooks.running() > 0 {
+        let within = self.hooks.timeout() + Duration::from_secs(5);
+        let hook_end = |input: &Input| matches!(input, Input::Event(Event::HookFinished { .. }));
+        let running = |driver: &Driver| driver.hooks.running() > 0;
+        if !self.take_at_exit(inputs, within, hook_end, running).await {
+            warn!(
+                running = self.hooks.running(),
+                "hooks still running at exit are left behind"
+            );
+        }
+    }
+
+    /// At exit, while `waiting` says something is still due: the inputs `wanted` picks
+    /// go through the dispatch, the others are dropped. Whether all came `within`.
+    async fn take_at_exit(
+        &mut self,
+        inputs: &mut mpsc::UnboundedReceiver<Input>,
+        within: Duration,
+        wanted: impl Fn(&Input) -> bool,
+        waiting: impl Fn(&Driver) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while waiting(self) {
             match tokio::time::timeout_at(deadline, inputs.recv()).await {
-                Ok(Some(input @ Input::Event(Event::HookFinished { .. }))) => {
+                Ok(Some(input)) if wanted(&input) => {
                     if let Some(event) = self.accept(input) {
                         self.dispatch(event);
                     }
                 }
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    warn!(
-                        running = self.hooks.running(),
-                        "hooks still running at exit are left behind"
-                    );
-                    break;
-                }
+                Ok(None) | Err(_) => return false,
             }
         }
+        true
     }
 
     pub(super) async fn spawn_jobs(&mut self) {

@@ -213,7 +213,7 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        Self::setup(conn, path, true)
+        Self::setup(conn, path, true, true)
     }
 
     /// A store that lives and dies with this value: for tests and dry runs.
@@ -223,24 +223,35 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        Self::setup(conn, path, false)
+        Self::setup(conn, path, false, true)
     }
 
-    fn setup(conn: Connection, path: String, on_disk: bool) -> Result<Store, StoreError> {
+    /// `waits_for_disk`: whether a commit returns only once it is on disk (FULL), or
+    /// nothing waits (OFF: only for a store being built, see `build_new`).
+    fn setup(
+        conn: Connection,
+        path: String,
+        on_disk: bool,
+        waits_for_disk: bool,
+    ) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
-        // The first statement reads the header, so a corrupt file fails here.
+        // FULL: a commit is on disk before `commit` returns, even in WAL mode. Set
+        // before the switch to WAL, which writes the header of a new file; the switch is
+        // the first statement that reads the header, so a corrupt file fails there.
+        let synchronous = if waits_for_disk { "FULL" } else { "OFF" };
         let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .pragma_update(None, "synchronous", synchronous)
+            .and_then(|()| {
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            })
             .map_err(open_err)?;
         if on_disk && !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::NoWal { path, mode });
         }
-        // FULL: a commit is on disk before `commit` returns, even in WAL mode.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .and_then(|()| conn.busy_timeout(BUSY_TIMEOUT))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .and_then(|()| conn.pragma_update(None, "foreign_keys", true))
             // The working set is a few rows; a 256 KiB page cache keeps the idle
             // runner small (SQLite's default is 2 MiB).
@@ -253,7 +264,7 @@ impl Store {
         let mut store = Store {
             conn,
             path,
-            waits_for_disk: true,
+            waits_for_disk,
         };
         store.migrate()?;
         Ok(store)
@@ -441,22 +452,7 @@ fn build_new(state_dir: &Path, file: &Path) -> Result<(), StoreError> {
         source,
     })?;
     // Nothing waits for the disk while the file is not yet the store.
-    let mode: String = conn
-        .pragma_update(None, "synchronous", "OFF")
-        .and_then(|()| conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)))
-        .map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::NoWal { path, mode });
-    }
-    let mut store = Store {
-        conn,
-        path: path.clone(),
-        waits_for_disk: false,
-    };
-    store.migrate()?;
+    let store = Store::setup(conn, path.clone(), true, false)?;
     // Closing the only connection copies the WAL into the file and removes it, so
     // the one file is the whole store.
     drop(store);

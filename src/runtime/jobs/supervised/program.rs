@@ -596,8 +596,8 @@ async fn finish(
 async fn kill_everything_left(pgid: u32) {
     tree::signal_group(pgid, libc::SIGKILL);
     for _ in 0..100 {
-        // The common end, a job that left nothing behind, costs no walk of `/proc`.
         let _ = reap(0);
+        // The common end, a job that left nothing behind, costs no walk of `/proc`.
         if no_children_left() {
             return;
         }
@@ -608,7 +608,6 @@ async fn kill_everything_left(pgid: u32) {
         for pid in left {
             tree::signal_process(pid, libc::SIGKILL);
         }
-        let _ = reap(0);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     warn!("processes of the job are still there after SIGKILL (a process stuck in the kernel?)");
