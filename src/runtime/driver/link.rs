@@ -186,6 +186,11 @@ impl Link {
         self.resend_after = Some(after);
     }
 
+    /// Whether frames wait for the writer (a `job_started` just queued, say).
+    pub(super) fn writing(&self) -> bool {
+        self.connection.as_ref().is_some_and(|c| c.queued() > 0)
+    }
+
     /// Whether the writer's queue is above the high-water mark.
     pub(super) fn backpressured(&self) -> bool {
         self.connection

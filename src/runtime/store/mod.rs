@@ -367,20 +367,37 @@ impl Store {
     /// zeroed pages into the database and truncates the WAL: a few pages and a disk
     /// sync, once per job end (never on the way to a job's start). Hygiene, not
     /// durability: the batch is committed already, so a failure is only logged.
-    fn forget_old_pages(&self) {
+    fn forget_old_pages(&mut self) {
         let checkpoint = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
                 row.get::<_, i64>(0)
             });
         match checkpoint {
-            Ok(0) => {}
+            Ok(0) => self.begin_next_wal(),
             Ok(_) => {
                 tracing::debug!(store = %self.path, "checkpoint blocked by a reader; the WAL keeps old pages until the next one")
             }
             Err(error) => {
                 tracing::warn!(store = %self.path, %error, "cannot checkpoint the store; the WAL keeps old pages until the next checkpoint")
             }
+        }
+    }
+
+    /// After a checkpoint that truncated it, the WAL's next commit first writes a new
+    /// header and waits for the disk to hold it (SQLite does so at any `synchronous`
+    /// level but OFF): a second disk sync in that commit, which is most often the next
+    /// job's acceptance, on its way to the job's start (measured: 0.2 ms of a 2.5 ms
+    /// start). Rewriting the schema version, unchanged and without waiting for its own
+    /// frame, pays that sync now, at the end of a job. A failure costs only that sync
+    /// later.
+    fn begin_next_wal(&mut self) {
+        let rewrite = self.wait_for_disk(false).and_then(|()| {
+            self.conn
+                .pragma_update(None, "user_version", SCHEMA_VERSION)
+        });
+        if let Err(error) = rewrite {
+            tracing::debug!(store = %self.path, %error, "cannot start the next WAL ahead; the next commit will");
         }
     }
 

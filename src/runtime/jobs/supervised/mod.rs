@@ -237,15 +237,7 @@ impl Supervisors {
         loop {
             tries += 1;
             let mut process = match self.take_spare() {
-                Some(process) => {
-                    // The next spare starts now, on a blocking thread, rather than
-                    // when the runner is next idle: with several slots, starts come
-                    // back to back, and each one without a spare would start its
-                    // supervisor on the loop (measured: 8 slots did only 1.6x the
-                    // jobs per second of one; docs/architecture.md).
-                    self.prepare_ahead();
-                    process
-                }
+                Some(process) => process,
                 None => start_supervisor(&self.program).map_err(|source| ExecutorError::Spawn {
                     program: self.program.display().to_string(),
                     source,

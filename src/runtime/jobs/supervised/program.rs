@@ -87,6 +87,8 @@ pub fn main() -> i32 {
     match start(&plan, &folder, job_umask) {
         Ok(Some((mut job, lock))) => {
             reply(&Reply::Started { pid: job.pid });
+            // Logged after the answer, which the job's start waits for.
+            info!(job = %plan.job.job_id, attempt = plan.job.attempt, pid = job.pid, "job started");
             detach_standard_io();
             // The socket after the answer, not before: its bind was a fifth of a job
             // start's time here, and the runner retries its first connection every
@@ -244,7 +246,6 @@ fn start(
     // The supervisor reaps the job itself (with every descendant), so the standard
     // library's handle is only let go of; dropping it neither waits nor kills.
     drop(child);
-    info!(job = %plan.job.job_id, attempt = plan.job.attempt, pid, "job started");
     Ok(Some((
         Started {
             pid,
