@@ -315,6 +315,87 @@ async fn a_supervisor_killed_takes_its_job_with_it_reported_lost_once() {
     server.shutdown().await;
 }
 
+/// The runner's supervisor launcher, if it has one now: its child whose environment
+/// names it a launcher.
+fn launcher_of(runner: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat(*pid).is_some_and(|(parent, zombie)| parent == runner && !zombie))
+        .find(|pid| is_launcher(*pid))
+}
+
+fn is_launcher(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+        environ
+            .split(|byte| *byte == 0)
+            .any(|entry| entry == b"FYN_RUNNER_SUPERVISOR_LAUNCHER=1")
+    })
+}
+
+async fn until_launcher(runner: u32) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(launcher) = launcher_of(runner) {
+            return launcher;
+        }
+        assert!(Instant::now() < deadline, "the runner has no launcher");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Supervisors are forked by one launcher, the runner's child, rather than each
+/// executed. A supervisor outlives its launcher; a launcher killed is replaced, and
+/// jobs start meanwhile; a runner killed takes its launcher with it but not its jobs,
+/// which the next runner delivers whole.
+#[tokio::test]
+async fn supervisors_come_from_a_launcher_that_goes_with_the_runner_not_with_its_jobs() {
+    let server = dev_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = server.mint_token().expect("token");
+    let mut runner = spawn_runner(&binary(), &server.url(), dir.path(), Some(&token));
+    let (script, expected) = numbered_lines(60);
+    let id = server.submit_job(shell(&script, 120)).expect("submit");
+    let running = until_job(&server, &id, |j| j.stdout_bytes > 0).await;
+    let (supervisor, _) = stat(started_pid(&server, &running)).expect("the job runs");
+    let (launcher, _) = stat(supervisor).expect("its supervisor runs");
+    assert!(
+        is_launcher(launcher),
+        "the supervisor's parent is a launcher"
+    );
+    assert_eq!(
+        stat(launcher).map(|(parent, _)| parent),
+        Some(runner.0.id())
+    );
+
+    kill_9(launcher);
+    until_gone(launcher, "the killed launcher").await;
+    assert!(alive(supervisor), "a supervisor outlives its launcher");
+    for n in 0..3 {
+        let next = server
+            .submit_job(shell(&format!("echo {n}"), 60))
+            .expect("submit");
+        assert_eq!(
+            finished(&server, &next).await.outcome,
+            Some(JobOutcome::Succeeded),
+            "job {n} after the launcher was killed"
+        );
+    }
+    let replaced = until_launcher(runner.0.id()).await;
+
+    runner.kill_9();
+    until_gone(replaced, "the launcher of a killed runner").await;
+    assert!(alive(supervisor), "the job runs on without a runner");
+    let mut runner = spawn_runner(&binary(), &server.url(), dir.path(), None);
+    let job = finished(&server, &id).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
+    assert_same_output(&stdout_of(&server, &id), &expected);
+    assert_eq!(events_of(&server, &job, "job_finished"), 1);
+    runner.kill_9();
+    server.shutdown().await;
+}
+
 /// A job that starts a daemon the classic way (a subshell that starts a `setsid`
 /// process in the background and exits): the daemon leaves the job's process group and
 /// session, and is reparented to the job's supervisor. It prints its pid first.

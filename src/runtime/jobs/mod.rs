@@ -50,7 +50,7 @@ pub use report::{FoundState, JobReport};
 #[cfg(unix)]
 pub(crate) use supervised::tree as supervised_tree;
 #[cfg(unix)]
-pub use supervised::{end_all as end_supervised_jobs, program::main as supervise_main};
+pub use supervised::{end_all as end_supervised_jobs, main as supervise_main};
 
 /// The folder a job's supervisor keeps, once its job's end is committed: removed.
 /// Nothing on Windows, where jobs have no supervisor.

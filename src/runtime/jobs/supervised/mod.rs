@@ -5,7 +5,11 @@ starting a supervisor for a job, following its output in the logs, asking it to 
 kill or go on, reattaching to the supervisors an earlier run left, and ending those no
 store knows.
 
-- A supervisor is started ahead of time when the runner is idle (a spare, as the job
+- Supervisors are forked by one launcher process (`launcher`), which the runner
+  starts from its binary with the first supervisor: a fork of a process that has
+  started once costs a fraction of starting the binary again. Should the launcher be
+  gone, a supervisor is executed, and the next one starts a new launcher.
+- A supervisor is made ahead of time when the runner is idle (a spare, as the job
   folder is), so a job start costs a message to a process that is already up, not the
   start of one. It waits for its launch plan on its standard input and exits, unused,
   when the runner goes away.
@@ -15,10 +19,12 @@ store knows.
   of when it dies): never a pid alone.
 
 Layout: `wire` is what both sides write and read; `program` is the supervisor itself;
-`tree` its view of the job's processes; `follow` the runner's reading of a job.
+`launcher` forks supervisors; `tree` is the supervisor's view of the job's processes;
+`follow` the runner's reading of a job.
 */
 
 mod follow;
+mod launcher;
 mod logs;
 pub mod program;
 pub mod tree;
@@ -41,10 +47,21 @@ use crate::runtime::orphans::{self, Leader};
 use super::executor::{ExecutorError, FindRequest, Finding, JobControl, RunningJob};
 use super::output::OutputSink;
 use follow::{Follow, Log};
+use launcher::Launcher;
 use wire::{
     AccountIds, ExitRecord, Folder, LaunchPlan, LogId, OsBytes, Reply, RunnerAsks, StartedRecord,
     SupervisorSays, WIRE_VERSION, line, read_record,
 };
+
+/// `fyn-runner supervise`: the launcher, when the runner started it as one, or a job's
+/// supervisor. The process's exit code.
+pub fn main() -> i32 {
+    if std::env::var_os(launcher::LAUNCHER_ENV).is_some() {
+        launcher::main()
+    } else {
+        program::main()
+    }
+}
 
 /// How long a supervisor may take to start a job and answer.
 const REPLY_WITHIN: Duration = Duration::from_secs(30);
@@ -74,6 +91,9 @@ pub struct Supervisors {
     program: PathBuf,
     jobs_root: PathBuf,
     spare: Arc<Mutex<Spare>>,
+    /// Forks supervisors (`launcher`); started with the first one, and again after
+    /// it failed. `None` while there is none: supervisors are then executed.
+    launcher: Arc<Mutex<Option<Launcher>>>,
 }
 
 enum Spare {
@@ -84,8 +104,9 @@ enum Spare {
 
 /// A supervisor this runner started, waiting for (or answering) its plan.
 struct SupervisorProcess {
-    /// Reaped by tokio in the background once dropped (it outlives this handle).
-    _child: tokio::process::Child,
+    /// One the runner executed itself, reaped by tokio in the background once dropped
+    /// (it outlives this handle). The launcher's are the kernel's to reap.
+    _child: Option<tokio::process::Child>,
     plan_in: io::PipeWriter,
     reply_out: io::PipeReader,
 }
@@ -96,6 +117,7 @@ impl Supervisors {
             program,
             jobs_root,
             spare: Arc::new(Mutex::new(Spare::Empty)),
+            launcher: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -133,9 +155,13 @@ impl Supervisors {
         }
         *slot = Spare::Making;
         drop(slot);
-        let (spare, program) = (self.spare.clone(), self.program.clone());
+        let (spare, program, launcher) = (
+            self.spare.clone(),
+            self.program.clone(),
+            self.launcher.clone(),
+        );
         let fill = move || {
-            let made = start_supervisor(&program);
+            let made = make_supervisor(&launcher, &program);
             let mut slot = spare.lock().unwrap_or_else(PoisonError::into_inner);
             *slot = match made {
                 Ok(process) => Spare::Ready(process),
@@ -238,9 +264,11 @@ impl Supervisors {
             tries += 1;
             let mut process = match self.take_spare() {
                 Some(process) => process,
-                None => start_supervisor(&self.program).map_err(|source| ExecutorError::Spawn {
-                    program: self.program.display().to_string(),
-                    source,
+                None => make_supervisor(&self.launcher, &self.program).map_err(|source| {
+                    ExecutorError::Spawn {
+                        program: self.program.display().to_string(),
+                        source,
+                    }
                 })?,
             };
             let sent = process
@@ -493,6 +521,39 @@ fn hello(folder: &Folder) -> Option<(tokio::net::UnixStream, Option<String>)> {
 
 /// A supervisor process from the runner's own binary, waiting for its plan. Its
 /// environment is empty and its folder `/`: it needs nothing of the runner's.
+/// A supervisor forked by the launcher (started first if there is none), or, should
+/// the launcher fail, one executed from `program`. A launcher that failed is let go of;
+/// the next supervisor starts another.
+fn make_supervisor(
+    launcher: &Mutex<Option<Launcher>>,
+    program: &Path,
+) -> io::Result<SupervisorProcess> {
+    let mut slot = launcher.lock().unwrap_or_else(PoisonError::into_inner);
+    if slot.is_none() {
+        *slot = Launcher::start(program)
+            .inspect_err(|error| debug!(%error, "cannot start the supervisor launcher"))
+            .ok();
+    }
+    if let Some(running) = slot.as_ref() {
+        match running.supervisor() {
+            Ok((plan_in, reply_out)) => {
+                return Ok(SupervisorProcess {
+                    _child: None,
+                    plan_in,
+                    reply_out,
+                });
+            }
+            Err(error) => {
+                debug!(%error, "the supervisor launcher is gone; executing this supervisor");
+                *slot = None;
+            }
+        }
+    }
+    drop(slot);
+    start_supervisor(program)
+}
+
+/// A supervisor executed from `program`.
 fn start_supervisor(program: &Path) -> io::Result<SupervisorProcess> {
     let (plan_read, plan_in) = io::pipe()?;
     let (reply_out, reply_write) = io::pipe()?;
@@ -509,7 +570,7 @@ fn start_supervisor(program: &Path) -> io::Result<SupervisorProcess> {
     // Only the child holds the other ends now, so its death reads as an end of file.
     drop(command);
     Ok(SupervisorProcess {
-        _child: child,
+        _child: Some(child),
         plan_in,
         reply_out,
     })
