@@ -196,6 +196,22 @@ fn assert_same_output(got: &[u8], expected: &[u8]) {
     );
 }
 
+/// A runner started again on `dir` (no token: it is registered), and the job `id` it
+/// takes back: succeeded, its output exactly `expected`, its end reported once.
+async fn started_again_delivers(
+    server: &DevServer,
+    dir: &Path,
+    id: &str,
+    expected: &[u8],
+) -> (Runner, JobInfo) {
+    let runner = spawn_runner(&binary(), &server.url(), dir, None);
+    let job = finished(server, id).await;
+    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
+    assert_same_output(&stdout_of(server, id), expected);
+    assert_eq!(events_of(server, &job, "job_finished"), 1);
+    (runner, job)
+}
+
 #[tokio::test]
 async fn a_runner_killed_mid_job_and_started_again_delivers_the_whole_output_once() {
     let server = dev_server().await;
@@ -211,12 +227,8 @@ async fn a_runner_killed_mid_job_and_started_again_delivers_the_whole_output_onc
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = server.job(&id).expect("query").expect("job");
     assert_eq!(before.state, JobState::Running, "{before:?}");
-    let mut runner = spawn_runner(&binary(), &server.url(), dir.path(), None);
-    let job = finished(&server, &id).await;
-    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
+    let (mut runner, job) = started_again_delivers(&server, dir.path(), &id, &expected).await;
     assert_eq!(job.attempt, 1, "the job was kept, not given away");
-    assert_same_output(&stdout_of(&server, &id), &expected);
-    assert_eq!(events_of(&server, &job, "job_finished"), 1);
     assert_eq!(events_of(&server, &job, "job_started"), 1);
     runner.kill_9();
     server.shutdown().await;
@@ -387,11 +399,7 @@ async fn supervisors_come_from_a_launcher_that_goes_with_the_runner_not_with_its
     runner.kill_9();
     until_gone(replaced, "the launcher of a killed runner").await;
     assert!(alive(supervisor), "the job runs on without a runner");
-    let mut runner = spawn_runner(&binary(), &server.url(), dir.path(), None);
-    let job = finished(&server, &id).await;
-    assert_eq!(job.outcome, Some(JobOutcome::Succeeded), "{job:?}");
-    assert_same_output(&stdout_of(&server, &id), &expected);
-    assert_eq!(events_of(&server, &job, "job_finished"), 1);
+    let (mut runner, _) = started_again_delivers(&server, dir.path(), &id, &expected).await;
     runner.kill_9();
     server.shutdown().await;
 }
