@@ -19,23 +19,22 @@ store knows.
   of when it dies): never a pid alone.
 
 Layout: `wire` is what both sides write and read; `program` is the supervisor itself;
-`launcher` forks supervisors; `tree` is the supervisor's view of the job's processes;
+`pool` holds the supervisors waiting for a plan and `launcher` forks them; `tree` is the supervisor's view of the job's processes;
 `follow` the runner's reading of a job.
 */
 
 mod follow;
 mod launcher;
 mod logs;
+mod pool;
 pub mod program;
 pub mod tree;
 pub mod wire;
 
 use std::fs::File;
-use std::io::{self, BufRead, Write};
-use std::os::fd::AsRawFd;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -47,7 +46,7 @@ use crate::runtime::orphans::{self, Leader};
 use super::executor::{ExecutorError, FindRequest, Finding, JobControl, RunningJob};
 use super::output::OutputSink;
 use follow::{Follow, Log};
-use launcher::Launcher;
+use pool::SupervisorPool;
 use wire::{
     AccountIds, ExitRecord, Folder, LaunchPlan, LogId, OsBytes, Reply, RunnerAsks, StartedRecord,
     SupervisorSays, WIRE_VERSION, line, read_record,
@@ -87,37 +86,16 @@ pub struct Launch {
 }
 
 pub struct Supervisors {
-    /// The binary run as `supervise`: the runner's own.
-    program: PathBuf,
     jobs_root: PathBuf,
-    spare: Arc<Mutex<Spare>>,
-    /// Forks supervisors (`launcher`); started with the first one, and again after
-    /// it failed. `None` while there is none: supervisors are then executed.
-    launcher: Arc<Mutex<Option<Launcher>>>,
-}
-
-enum Spare {
-    Empty,
-    Making,
-    Ready(SupervisorProcess),
-}
-
-/// A supervisor this runner started, waiting for (or answering) its plan.
-struct SupervisorProcess {
-    /// One the runner executed itself, reaped by tokio in the background once dropped
-    /// (it outlives this handle). The launcher's are the kernel's to reap.
-    _child: Option<tokio::process::Child>,
-    plan_in: io::PipeWriter,
-    reply_out: io::PipeReader,
+    /// Supervisor processes waiting for a plan, and where they come from.
+    pool: SupervisorPool,
 }
 
 impl Supervisors {
     pub fn new(program: PathBuf, jobs_root: PathBuf) -> Self {
         Self {
-            program,
             jobs_root,
-            spare: Arc::new(Mutex::new(Spare::Empty)),
-            launcher: Arc::new(Mutex::new(None)),
+            pool: SupervisorPool::new(program),
         }
     }
 
@@ -139,9 +117,9 @@ impl Supervisors {
                 source,
             },
         )?;
-        if !self.program.is_file() {
+        if !self.pool.program().is_file() {
             return Err(ExecutorError::NoSupervisor {
-                program: self.program.clone(),
+                program: self.pool.program().to_owned(),
             });
         }
         Ok(())
@@ -149,49 +127,7 @@ impl Supervisors {
 
     /// Start a spare supervisor if there is none, on a blocking thread; returns at once.
     pub fn prepare_ahead(&self) {
-        let mut slot = self.lock_spare();
-        if !matches!(*slot, Spare::Empty) {
-            return;
-        }
-        *slot = Spare::Making;
-        drop(slot);
-        let (spare, program, launcher) = (
-            self.spare.clone(),
-            self.program.clone(),
-            self.launcher.clone(),
-        );
-        let fill = move || {
-            let made = make_supervisor(&launcher, &program);
-            let mut slot = spare.lock().unwrap_or_else(PoisonError::into_inner);
-            *slot = match made {
-                Ok(process) => Spare::Ready(process),
-                Err(error) => {
-                    debug!(%error, "cannot start a spare supervisor; job starts start their own");
-                    Spare::Empty
-                }
-            };
-        };
-        // Outside a tokio runtime (a preflight on its own) there is nothing to keep a
-        // spare for, and no runtime to reap it later.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(fill)),
-            Err(_) => *self.lock_spare() = Spare::Empty,
-        }
-    }
-
-    fn lock_spare(&self) -> std::sync::MutexGuard<'_, Spare> {
-        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn take_spare(&self) -> Option<SupervisorProcess> {
-        let mut slot = self.lock_spare();
-        match std::mem::replace(&mut *slot, Spare::Empty) {
-            Spare::Ready(process) => Some(process),
-            other => {
-                *slot = other;
-                None
-            }
-        }
+        self.pool.prepare_ahead();
     }
 
     /// Start `launch` under a supervisor and follow it. Returns once the job runs (its
@@ -262,21 +198,11 @@ impl Supervisors {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut process = match self.take_spare() {
-                Some(process) => process,
-                None => make_supervisor(&self.launcher, &self.program).map_err(|source| {
-                    ExecutorError::Spawn {
-                        program: self.program.display().to_string(),
-                        source,
-                    }
-                })?,
-            };
-            let sent = process
-                .plan_in
-                .write_all(&text)
-                .and_then(|()| process.plan_in.flush());
-            let answer = sent.and_then(|()| read_reply(&mut process.reply_out, REPLY_WITHIN));
-            match answer {
+            let mut process = self.pool.take().map_err(|source| ExecutorError::Spawn {
+                program: self.pool.program().display().to_string(),
+                source,
+            })?;
+            match process.ask(&text, REPLY_WITHIN) {
                 Ok(reply) => return Ok(reply),
                 Err(error) if tries < 2 => {
                     debug!(%error, "the spare supervisor did not take the plan; starting another");
@@ -517,109 +443,6 @@ fn hello(folder: &Folder) -> Option<(tokio::net::UnixStream, Option<String>)> {
     stream.set_nonblocking(true).ok()?;
     let stream = tokio::net::UnixStream::from_std(stream).ok()?;
     Some((stream, cancel))
-}
-
-/// A supervisor process from the runner's own binary, waiting for its plan. Its
-/// environment is empty and its folder `/`: it needs nothing of the runner's.
-/// A supervisor forked by the launcher (started first if there is none), or, should
-/// the launcher fail, one executed from `program`. A launcher that failed is let go of;
-/// the next supervisor starts another.
-fn make_supervisor(
-    launcher: &Mutex<Option<Launcher>>,
-    program: &Path,
-) -> io::Result<SupervisorProcess> {
-    let mut slot = launcher.lock().unwrap_or_else(PoisonError::into_inner);
-    if slot.is_none() {
-        *slot = Launcher::start(program)
-            .inspect_err(|error| debug!(%error, "cannot start the supervisor launcher"))
-            .ok();
-    }
-    if let Some(running) = slot.as_ref() {
-        match running.supervisor() {
-            Ok((plan_in, reply_out)) => {
-                return Ok(SupervisorProcess {
-                    _child: None,
-                    plan_in,
-                    reply_out,
-                });
-            }
-            Err(error) => {
-                debug!(%error, "the supervisor launcher is gone; executing this supervisor");
-                *slot = None;
-            }
-        }
-    }
-    drop(slot);
-    start_supervisor(program)
-}
-
-/// A supervisor executed from `program`.
-fn start_supervisor(program: &Path) -> io::Result<SupervisorProcess> {
-    let (plan_read, plan_in) = io::pipe()?;
-    let (reply_out, reply_write) = io::pipe()?;
-    let mut command = tokio::process::Command::new(program);
-    command
-        .arg("supervise")
-        .env_clear()
-        .current_dir("/")
-        .stdin(Stdio::from(plan_read))
-        .stdout(Stdio::from(reply_write))
-        .stderr(Stdio::null())
-        .kill_on_drop(false);
-    let child = command.spawn()?;
-    // Only the child holds the other ends now, so its death reads as an end of file.
-    drop(command);
-    Ok(SupervisorProcess {
-        _child: Some(child),
-        plan_in,
-        reply_out,
-    })
-}
-
-/// One line from the supervisor, within `within`.
-fn read_reply(reader: &mut io::PipeReader, within: Duration) -> io::Result<Reply> {
-    let deadline = std::time::Instant::now() + within;
-    let mut text = Vec::new();
-    let mut buf = [0u8; 512];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
-        }
-        let mut fd = libc::pollfd {
-            fd: reader.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let timeout = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
-        // SAFETY: poll reads and writes the one pollfd given.
-        let ready = unsafe { libc::poll(&raw mut fd, 1, timeout) };
-        if ready < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if ready == 0 {
-            continue;
-        }
-        let n = io::Read::read(reader, &mut buf)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the supervisor ended without answering",
-            ));
-        }
-        text.extend_from_slice(&buf[..n]);
-        if let Some(end) = text.iter().position(|b| *b == b'\n') {
-            let mut cursor = io::Cursor::new(&text[..=end]);
-            let mut first = String::new();
-            cursor.read_line(&mut first)?;
-            return serde_json::from_str(&first)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-        }
-    }
 }
 
 fn millis(duration: Duration) -> u64 {
