@@ -3,7 +3,7 @@
 //! by the core and by the store alike.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hash::BuildHasher;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,47 +17,63 @@ use crate::protocol::JobRef;
 pub const ENDED_ATTEMPTS_KEPT: usize = 1024;
 
 /// The last `ENDED_ATTEMPTS_KEPT` attempts that ended here, oldest first, with a count
-/// of each for the question every `start_job` asks (a scan of a thousand job IDs per
-/// command was a third of the core's time in `benches/core_throughput.rs`, and an
-/// ordered map's string comparisons a tenth). Stored and traced as the list alone.
+/// per attempt's hash for the question every `start_job` asks (a scan of a thousand
+/// job IDs per command was a third of the core's time in `benches/core_throughput.rs`,
+/// and an ordered map's string comparisons a tenth). The hashes alone, not a second
+/// copy of each ID: a `start_job` for a new attempt misses them (but for a collision
+/// once in 2^64), and only a hit, a start the API should not have sent, scans the list
+/// to be sure. Stored and traced as the list alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "VecDeque<JobRef>", into = "VecDeque<JobRef>")]
 pub(crate) struct EndedAttempts {
     order: VecDeque<JobRef>,
-    count: HashMap<JobRef, u32, FixedKeys>,
+    count: HashMap<u64, u32, FixedKeys>,
 }
 
-/// SipHash with fixed keys: the core draws no random numbers, not even a hasher's
-/// keys, so the map behaves the same in every run. Nothing depends on its order (it is
-/// only asked whether it holds an attempt), and nothing outside the process feeds it
-/// but job IDs of an API this runner trusts, so flooding one bucket on purpose is no
-/// concern (and costs lookups, never correctness).
-type FixedKeys = BuildHasherDefault<DefaultHasher>;
+/// foldhash with a fixed seed: the core draws no random numbers, not even a hasher's
+/// keys, so the map behaves the same in every run. Nothing depends on its order, and
+/// a collision, whether by chance or made on purpose by an API this runner trusts,
+/// costs a scan of the list, never a wrong answer.
+type FixedKeys = foldhash::fast::FixedState;
 
 impl EndedAttempts {
     pub(crate) fn remember(&mut self, job: JobRef) {
-        *self.count.entry(job.clone()).or_default() += 1;
+        *self
+            .count
+            .entry(hash_of(&job.job_id, job.attempt))
+            .or_default() += 1;
         self.order.push_back(job);
         while self.order.len() > ENDED_ATTEMPTS_KEPT {
-            if let Some(oldest) = self.order.pop_front()
-                && let Some(n) = self.count.get_mut(&oldest)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    self.count.remove(&oldest);
+            if let Some(oldest) = self.order.pop_front() {
+                let hash = hash_of(&oldest.job_id, oldest.attempt);
+                if let Some(n) = self.count.get_mut(&hash) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.count.remove(&hash);
+                    }
                 }
             }
         }
     }
 
-    pub(crate) fn contains(&self, job: &JobRef) -> bool {
-        self.count.contains_key(job)
+    /// Whether attempt `attempt` of job `job_id` is among them (asked with the parts, so
+    /// a `start_job` need not build a `JobRef` to ask).
+    pub(crate) fn contains(&self, job_id: &str, attempt: u32) -> bool {
+        self.count.contains_key(&hash_of(job_id, attempt))
+            && self
+                .order
+                .iter()
+                .any(|ended| ended.attempt == attempt && ended.job_id == job_id)
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.order.len()
     }
+}
+
+fn hash_of(job_id: &str, attempt: u32) -> u64 {
+    FixedKeys::default().hash_one((job_id, attempt))
 }
 
 impl From<VecDeque<JobRef>> for EndedAttempts {
@@ -95,13 +111,28 @@ mod tests {
         }
         ended.remember(job(0));
         ended.remember(job(ENDED_ATTEMPTS_KEPT));
-        assert!(ended.contains(&job(0)), "its newer copy is kept");
+        assert!(ended.contains("j-0", 1), "its newer copy is kept");
         let stored: VecDeque<JobRef> = ended.clone().into();
         assert_eq!(EndedAttempts::from(stored), ended);
         for n in 0..ENDED_ATTEMPTS_KEPT {
             ended.remember(job(ENDED_ATTEMPTS_KEPT + 1 + n));
         }
-        assert!(!ended.contains(&job(0)));
+        assert!(!ended.contains("j-0", 1));
         assert_eq!(ended.len(), ENDED_ATTEMPTS_KEPT);
+    }
+
+    /// A hash that matches an attempt not in the list (a collision) is not taken for
+    /// it: the list decides.
+    #[test]
+    fn a_colliding_hash_is_not_an_ended_attempt() {
+        let mut ended = EndedAttempts::default();
+        ended.remember(JobRef {
+            job_id: "ran".into(),
+            attempt: 1,
+        });
+        // As if "never-ran" attempt 1 hashed like an attempt in the list.
+        ended.count.insert(hash_of("never-ran", 1), 1);
+        assert!(!ended.contains("never-ran", 1));
+        assert!(ended.contains("ran", 1));
     }
 }

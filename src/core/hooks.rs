@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use strum::{IntoStaticStr, VariantArray};
 
-use crate::protocol::{ExitStatus, JobOutcome, JobRef, RunnerEvent};
+use crate::protocol::{ExitStatus, JobOutcome, JobRef};
 
 use super::effect::{Effect, Effects, Notice};
 use super::runner::{BootMode, Runner};
@@ -135,24 +135,20 @@ impl Runner {
         }
     }
 
-    /// `post_job` for a job whose end was just recorded.
-    pub(crate) fn run_post_job(&self, fx: &mut Effects, event: &RunnerEvent) {
-        if let RunnerEvent::JobFinished {
-            job,
+    /// The `post_job` call for a job that ended so, when the hook is configured. Asked
+    /// before the end is emitted (the event moves into the outbox) and run after it,
+    /// so the hook starts once the end is persisted.
+    pub(crate) fn post_job_call(
+        &self,
+        job: &JobRef,
+        outcome: JobOutcome,
+        status: ExitStatus,
+    ) -> Option<HookCall> {
+        self.hooked(HookPoint::PostJob).then(|| HookCall::PostJob {
+            job: job.clone(),
             outcome,
             status,
-            ..
-        } = event
-        {
-            self.run_hook(
-                fx,
-                HookCall::PostJob {
-                    job: job.clone(),
-                    outcome: *outcome,
-                    status: *status,
-                },
-            );
-        }
+        })
     }
 
     /// A `pre_job` hook ended: the job's process starts, unless the hook failed or the

@@ -1307,11 +1307,14 @@ impl Runner {
         if !self.check_job(fx, job, what) {
             return;
         }
-        let job = job.clone();
         match event {
-            Event::JobStarted { pid, .. } => {
-                self.emit(fx, RunnerEvent::JobStarted { job, pid: *pid })
-            }
+            Event::JobStarted { pid, .. } => self.emit(
+                fx,
+                RunnerEvent::JobStarted {
+                    job: job.clone(),
+                    pid: *pid,
+                },
+            ),
             Event::JobOutput {
                 stream,
                 offset,
@@ -1322,7 +1325,7 @@ impl Runner {
                 self.emit(
                     fx,
                     RunnerEvent::JobOutput {
-                        job,
+                        job: job.clone(),
                         stream: *stream,
                         offset: *offset,
                         data,
@@ -1334,7 +1337,7 @@ impl Runner {
             } => self.emit(
                 fx,
                 RunnerEvent::JobProgress {
-                    job,
+                    job: job.clone(),
                     fraction: *fraction,
                     message: message.clone(),
                 },
@@ -1342,7 +1345,7 @@ impl Runner {
             Event::JobKvWritten { key, value, .. } => self.emit(
                 fx,
                 RunnerEvent::JobKvPut {
-                    job,
+                    job: job.clone(),
                     key: key.clone(),
                     value: value.clone(),
                 },
@@ -1351,7 +1354,7 @@ impl Runner {
                 self.emit(
                     fx,
                     RunnerEvent::JobOutputTruncated {
-                        job,
+                        job: job.clone(),
                         stream: *stream,
                         offset: *offset,
                     },
@@ -1367,7 +1370,7 @@ impl Runner {
                 ..
             } => {
                 let end = JobFinish {
-                    job: &job,
+                    job,
                     status: *status,
                     duration_ms: *duration_ms,
                     output_bytes: (*stdout_bytes, *stderr_bytes),
@@ -1382,7 +1385,7 @@ impl Runner {
             }
             Event::JobSpawnFailed { error, .. } => {
                 let end = JobFinish {
-                    job: &job,
+                    job,
                     status: crate::protocol::ExitStatus::Unknown,
                     duration_ms: 0,
                     output_bytes: (0, 0),

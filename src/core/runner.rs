@@ -457,6 +457,7 @@ impl Runner {
             // The core's own reason first: the first reason decides the outcome.
             outcome_of(entry.cancel.or(recorded_cancel), status)
         };
+        let post_job = self.post_job_call(job, outcome, status);
         let finished = RunnerEvent::JobFinished {
             job: job.clone(),
             outcome,
@@ -471,9 +472,11 @@ impl Runner {
             wall_ms: usage.wall_ms,
             gpu_memory_peak_bytes: usage.gpu_memory_peak_bytes,
         };
-        self.emit(fx, finished.clone());
+        self.emit(fx, finished);
         // After the end is persisted (this batch's transaction comes first).
-        self.run_post_job(fx, &finished);
+        if let Some(call) = post_job {
+            fx.push(Effect::RunHook(call));
+        }
     }
 
     /// Record the end of a job that never started: its `pre_job` hook or an input
@@ -525,8 +528,8 @@ impl Runner {
         self.ended.remember(job);
     }
 
-    pub(crate) fn ended_here(&self, job: &JobRef) -> bool {
-        self.ended.contains(job)
+    pub(crate) fn ended_here(&self, job_id: &str, attempt: u32) -> bool {
+        self.ended.contains(job_id, attempt)
     }
 
     // ---- commands ----
@@ -625,7 +628,7 @@ impl Runner {
                 what: "start_job for a job already running".into(),
             });
             return false;
-        } else if self.ended_here(&job.job_ref()) {
+        } else if self.ended_here(&job.job_id, job.attempt) {
             Some((
                 RejectReason::AlreadyRun,
                 format!(
@@ -832,13 +835,10 @@ mod tests {
             runner.remember_ended(job(n));
         }
         assert_eq!(runner.ended.len(), ENDED_ATTEMPTS_KEPT);
-        assert!(!runner.ended_here(&job(0)), "the oldest is forgotten");
-        assert!(runner.ended_here(&job(1)));
-        assert!(runner.ended_here(&job(ENDED_ATTEMPTS_KEPT)));
-        assert!(!runner.ended_here(&JobRef {
-            job_id: "j-1".into(),
-            attempt: 2
-        }));
+        assert!(!runner.ended_here("j-0", 1), "the oldest is forgotten");
+        assert!(runner.ended_here("j-1", 1));
+        assert!(runner.ended_here(&format!("j-{ENDED_ATTEMPTS_KEPT}"), 1));
+        assert!(!runner.ended_here("j-1", 2));
     }
 
     #[test]
