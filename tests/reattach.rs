@@ -346,6 +346,22 @@ fn is_launcher(pid: u32) -> bool {
     })
 }
 
+/// A supervisor's and the launcher's command line, as `ps -ef` prints it.
+const SUPERVISE: &str = "fyn-runner supervise";
+
+/// A process's name (`ps -o comm`) and command line (`ps -o args`).
+fn shown_as(pid: u32) -> (String, String) {
+    let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+    let name = String::from_utf8_lossy(&read("comm")).trim_end().to_owned();
+    let args = read("cmdline")
+        .split(|byte| *byte == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    (name, args)
+}
+
 async fn until_launcher(runner: u32) -> u32 {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -379,6 +395,16 @@ async fn supervisors_come_from_a_launcher_that_goes_with_the_runner_not_with_its
     assert_eq!(
         stat(launcher).map(|(parent, _)| parent),
         Some(runner.0.id())
+    );
+    // What `ps` shows an operator: a name each, not `exe` (the binary runs from
+    // `/proc/self/exe`), and the command that started them.
+    assert_eq!(
+        shown_as(supervisor),
+        ("fyn-supervisor".into(), SUPERVISE.into())
+    );
+    assert_eq!(
+        shown_as(launcher),
+        ("fyn-launcher".into(), SUPERVISE.into())
     );
 
     kill_9(launcher);

@@ -45,6 +45,7 @@ impl Launcher {
         let (ours, theirs) = UnixStream::pair()?;
         let mut command = tokio::process::Command::new(program);
         command
+            .arg0(super::PROGRAM_NAME)
             .arg("supervise")
             .env_clear()
             .env(LAUNCHER_ENV, "1")
@@ -80,6 +81,7 @@ impl Launcher {
 /// The launcher's whole life: a supervisor forked for each pair of pipes received on
 /// standard input, until the runner's end closes. The process's exit code.
 pub fn main() -> i32 {
+    super::name_this_process(c"fyn-launcher");
     // SAFETY: signal takes and returns integers. With SIGCHLD ignored the kernel reaps
     // the supervisors this process forks: they are the runner's to follow, not its.
     unsafe {

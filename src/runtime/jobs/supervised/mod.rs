@@ -62,6 +62,25 @@ pub fn main() -> i32 {
     }
 }
 
+/// The command line a supervisor or the launcher shows (`ps -ef`, `/proc/<pid>/cmdline`):
+/// `fyn-runner supervise`, whatever path the binary was started from (on Linux
+/// `/proc/self/exe`, which reads as nothing to an operator).
+const PROGRAM_NAME: &str = "fyn-runner";
+
+/// Give this process the short name `ps -o comm`, `top` and `pstree` show (at most 15
+/// bytes): without one, a process started from `/proc/self/exe` is called `exe`. The
+/// runner keeps `fyn-runner`, so `pgrep -x fyn-runner` finds the runner alone.
+fn name_this_process(name: &std::ffi::CStr) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes) that
+    // lives through the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = name;
+}
+
 /// How long a supervisor may take to start a job and answer.
 const REPLY_WITHIN: Duration = Duration::from_secs(30);
 

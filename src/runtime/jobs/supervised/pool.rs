@@ -159,6 +159,7 @@ fn start_supervisor(program: &Path) -> io::Result<SupervisorProcess> {
     let (reply_out, reply_write) = io::pipe()?;
     let mut command = tokio::process::Command::new(program);
     command
+        .arg0(super::PROGRAM_NAME)
         .arg("supervise")
         .env_clear()
         .current_dir("/")

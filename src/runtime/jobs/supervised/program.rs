@@ -58,6 +58,7 @@ const REAP_WITHIN: Duration = Duration::from_secs(5);
 
 /// The supervisor's whole life; the process's exit code.
 pub fn main() -> i32 {
+    super::name_this_process(c"fyn-supervisor");
     // SAFETY: setsid and signal take and return integers only. setsid fails only for a
     // group leader, which a process the runner started without a group of its own is
     // not; either way the supervisor goes on.
