@@ -352,9 +352,7 @@ fn a_restart_during_the_uploads_uploads_and_reports_only_the_rest() {
         })
         .list;
     let upload = exited.iter().find_map(|effect| match effect {
-        Effect::UploadOutputs {
-            done, outputs: o, ..
-        } => Some((done.clone(), o.clone())),
+        Effect::UploadOutputs(uploads) => Some((uploads.done.clone(), uploads.outputs.clone())),
         _ => None,
     });
     assert_eq!(upload, Some((vec!["a.csv".to_owned()], outputs)));

@@ -1315,10 +1315,10 @@ fn an_unexpected_event_leaves_a_notice() {
     assert_eq!(core.phase(), "Active", "nothing changes");
     assert_eq!(
         effects.list,
-        [Effect::Notify(Notice::Unexpected {
+        [Effect::Notify(Box::new(Notice::Unexpected {
             event: "StepFailed".into(),
             detail: "a message needed a token".into(),
-        })]
+        }))]
     );
 }
 
@@ -1464,7 +1464,7 @@ fn hooks_fire_at_their_points() {
     });
     assert!(matches!(
         stale.list.as_slice(),
-        [Effect::Notify(Notice::StaleJob { .. })]
+        [Effect::Notify(notice)] if matches!(**notice, Notice::StaleJob { .. })
     ));
     // A lifecycle hook's end changes nothing.
     let nothing = core.dispatch(&Event::HookFinished {

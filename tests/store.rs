@@ -107,8 +107,12 @@ fn commit_survives_a_crash() {
             append(1),
             append(2),
             append(3),
-            Durable::JobAdded { job: job("b", 2) },
-            Durable::JobAdded { job: job("a", 1) },
+            Durable::JobAdded {
+                job: job("b", 2).into(),
+            },
+            Durable::JobAdded {
+                job: job("a", 1).into(),
+            },
         ])
         .unwrap();
     store.commit(&[Durable::OutboxAcked { up_to: 1 }]).unwrap();
@@ -146,7 +150,9 @@ fn a_failing_write_rolls_back_the_whole_batch() {
     let err = store
         .commit(&[
             Durable::LastApplied { index: 9 },
-            Durable::JobAdded { job: job("x", 1) },
+            Durable::JobAdded {
+                job: job("x", 1).into(),
+            },
             append(2),
             append(2),
             Durable::OutboxAcked { up_to: 1 },
@@ -230,9 +236,15 @@ fn jobs_are_replaced_by_id_and_removed_by_id() {
     let mut store = Store::open_in_memory().unwrap();
     store
         .commit(&[
-            Durable::JobAdded { job: job("a", 1) },
-            Durable::JobAdded { job: job("a", 2) },
-            Durable::JobAdded { job: job("b", 1) },
+            Durable::JobAdded {
+                job: job("a", 1).into(),
+            },
+            Durable::JobAdded {
+                job: job("a", 2).into(),
+            },
+            Durable::JobAdded {
+                job: job("b", 1).into(),
+            },
         ])
         .unwrap();
     assert_eq!(store.load().unwrap().jobs, vec![job("a", 2), job("b", 1)]);
@@ -322,9 +334,11 @@ fn a_started_jobs_pid_is_kept_with_its_event() {
     store
         .commit(&[
             Durable::JobAdded {
-                job: running.clone(),
+                job: running.clone().into(),
             },
-            Durable::JobAdded { job: waiting },
+            Durable::JobAdded {
+                job: waiting.into(),
+            },
         ])
         .unwrap();
     let started = RunnerEvent::JobStarted {
@@ -400,7 +414,9 @@ fn a_job_row_that_disagrees_with_its_spec_is_corrupt() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = Store::open(tmp.path()).unwrap();
     store
-        .commit(&[Durable::JobAdded { job: job("a", 1) }])
+        .commit(&[Durable::JobAdded {
+            job: job("a", 1).into(),
+        }])
         .unwrap();
     let conn = rusqlite::Connection::open(db_path(tmp.path())).unwrap();
     conn.execute("UPDATE jobs SET attempt = 2", []).unwrap();
@@ -505,7 +521,7 @@ impl Model {
                     self.jobs.insert(spec.job_id.clone(), spec.clone());
                     // A new row: no pid until its own start.
                     self.started.remove(&spec.job_id);
-                    Durable::JobAdded { job: spec }
+                    Durable::JobAdded { job: spec.into() }
                 }
                 Op::Started(id) => {
                     let id = format!("job-{id}");
@@ -610,7 +626,9 @@ fn ended_attempts_are_kept_up_to_the_bound_across_reopens() {
         .flat_map(|n| {
             let id = format!("job-{n}");
             [
-                Durable::JobAdded { job: job(&id, 1) },
+                Durable::JobAdded {
+                    job: job(&id, 1).into(),
+                },
                 Durable::JobRemoved {
                     job: job_ref(&id, 1),
                 },

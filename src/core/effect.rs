@@ -67,7 +67,9 @@ pub enum Outbound {
         slots: u32,
     },
     Authenticate {
-        nonce: String,
+        /// A boxed `str`, not a `String`: it keeps `Outbound` within 56 bytes, so
+        /// `Effect` within 64.
+        nonce: Box<str>,
         runner_id: String,
         slots: u32,
         last_command_index: u64,
@@ -142,8 +144,10 @@ pub enum Durable {
         sent_up_to: u64,
         api_last: u64,
     },
+    /// Shared with the `SpawnJob` (or `FetchInputs`) of the same batch, as an event is
+    /// with its send.
     JobAdded {
-        job: JobSpec,
+        job: Arc<JobSpec>,
     },
     /// The job ended: it leaves the table of running jobs and joins the ended attempts
     /// the store remembers (the last `ENDED_ATTEMPTS_KEPT`), so a later `start_job` for
@@ -153,9 +157,9 @@ pub enum Durable {
     },
     /// One output file's upload is over (uploaded, or failed for good): recorded with
     /// its event, so a restarted runner neither uploads nor reports it again. Removed
-    /// with the job.
+    /// with the job. (Boxed: see `Effect`'s size.)
     OutputDone {
-        done: super::runner::OutputDone,
+        done: Box<super::runner::OutputDone>,
     },
     #[strum(serialize = "hw_cache")]
     HardwareCache {
@@ -370,6 +374,23 @@ impl ExitCode {
     }
 }
 
+/// What `Effect::UploadOutputs` asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputUploads {
+    pub job: JobRef,
+    pub outputs: Vec<OutputFile>,
+    /// Recorded by an earlier process: not uploaded again.
+    pub done: Vec<String>,
+}
+
+/// What one event asks the runtime to do.
+///
+/// At most 64 bytes (checked below, when the crate builds): a batch is a `Vec<Effect>`
+/// and every push moves a whole `Effect`. The release build is optimised for size,
+/// and there a move of up to 64 bytes is four register moves while one of 65 to 128
+/// is a `rep movsq`, slow to start: an 80-byte `Effect` made the core 15 % slower
+/// (`benches/core_throughput.rs`). Large payloads are shared (`Arc`: the job spec, the
+/// event) or, when rare, boxed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
@@ -389,24 +410,22 @@ pub enum Effect {
     CancelTimer {
         timer: TimerKind,
     },
+    /// The spec the same batch persists (`Durable::JobAdded`), shared: one copy of it
+    /// per start, not two, and the effect within 64 bytes.
     SpawnJob {
-        job: JobSpec,
+        job: Arc<JobSpec>,
     },
     /// Fetch the job's inputs into its `work/` (through the cache, with the job
     /// account's rights); the end comes back as `InputsFetched`. A `CancelJob` for the
     /// job stops the fetch.
     FetchInputs {
-        job: JobSpec,
+        job: Arc<JobSpec>,
     },
     /// Upload the files the job's outputs name in its `work/`, but for those in `done`
     /// (recorded by an earlier process); each file's end comes back as
     /// `OutputUploaded` or `OutputFailed`, then `UploadsDone`. A `CancelJob` for the
-    /// job abandons what is left.
-    UploadOutputs {
-        job: JobRef,
-        outputs: Vec<OutputFile>,
-        done: Vec<String>,
-    },
+    /// job abandons what is left. (Boxed: once per job, and larger than 64 bytes.)
+    UploadOutputs(Box<OutputUploads>),
     /// SIGTERM to the job's process group, `grace_secs`, then SIGKILL.
     CancelJob {
         job: JobRef,
@@ -438,7 +457,8 @@ pub enum Effect {
     /// process or the next, carries the same public key.
     GenerateKey,
     CollectHardware,
-    Notify(Notice),
+    /// Boxed: notices are rare, and the largest would take `Effect` past 64 bytes.
+    Notify(Box<Notice>),
     TellManager(ManagerNotice),
     /// Run the operator's hook (off the loop; its end comes back as `HookFinished`).
     RunHook(HookCall),
@@ -461,7 +481,7 @@ impl Effect {
             Self::CancelTimer { timer } => format!("cancel({})", timer.name()),
             Self::SpawnJob { .. } => "spawn".into(),
             Self::FetchInputs { .. } => "fetch".into(),
-            Self::UploadOutputs { .. } => "upload".into(),
+            Self::UploadOutputs(_) => "upload".into(),
             Self::CancelJob { reason, .. } => format!("kill({})", reason.name()),
             Self::RenewLeases { .. } => "renew".into(),
             Self::Persist(write) => format!("persist({})", write.name()),
@@ -479,6 +499,9 @@ impl Effect {
     }
 }
 
+// A variant that outgrows this belongs behind an `Arc` or a `Box` (see `Effect`).
+const _: () = assert!(std::mem::size_of::<Effect>() <= 64);
+
 /// The statig context: the batch of effects one dispatch produces.
 #[derive(Debug, Default, Clone, PartialEq)]
 #[must_use = "effects must be performed by the runtime"]
@@ -487,34 +510,42 @@ pub struct Effects {
 }
 
 impl Effects {
+    #[inline(always)]
     pub fn push(&mut self, effect: Effect) {
         self.list.push(effect);
     }
 
+    #[inline(always)]
     pub fn send(&mut self, message: Outbound) {
         self.push(Effect::Send(message));
     }
 
+    #[inline(always)]
     pub fn start(&mut self, timer: TimerKind, delay: Delay) {
         self.push(Effect::StartTimer { timer, delay });
     }
 
+    #[inline(always)]
     pub fn cancel(&mut self, timer: TimerKind) {
         self.push(Effect::CancelTimer { timer });
     }
 
+    #[inline(always)]
     pub fn persist(&mut self, write: Durable) {
         self.push(Effect::Persist(write));
     }
 
+    #[inline(always)]
     pub fn notify(&mut self, notice: Notice) {
-        self.push(Effect::Notify(notice));
+        self.push(Effect::Notify(Box::new(notice)));
     }
 
+    #[inline(always)]
     pub fn tell_manager(&mut self, notice: ManagerNotice) {
         self.push(Effect::TellManager(notice));
     }
 
+    #[inline(always)]
     pub fn close(&mut self, reason: CloseReason) {
         self.push(Effect::Close { reason });
     }

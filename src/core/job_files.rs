@@ -7,11 +7,13 @@
 //! not: know HTTP, the cache or the job's folder (the runtime's `transfer`), or read
 //! the clock (the job's timeout counts from acceptance, on the core's own timer).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{ExitStatus, JobOutcome, JobPhase, JobRef, JobSpec, JobUsage, RunnerEvent};
 
-use super::effect::{CancelReason, Durable, Effect, Effects, Notice, TimerKind};
+use super::effect::{CancelReason, Durable, Effect, Effects, Notice, OutputUploads, TimerKind};
 use super::runner::{JobFinish, OutputDone, Runner, outcome_of};
 
 /// How fetching a job's inputs ended, as the runtime saw it.
@@ -37,7 +39,7 @@ impl FetchOutcome {
 impl Runner {
     /// The job's process can start: with inputs, they are fetched first (phase
     /// `fetching`, the process starts when `InputsFetched` says so); without, now.
-    pub(crate) fn start_or_fetch(&mut self, fx: &mut Effects, job: JobSpec) {
+    pub(crate) fn start_or_fetch(&mut self, fx: &mut Effects, job: Arc<JobSpec>) {
         if job.inputs.is_empty() {
             fx.push(Effect::SpawnJob { job });
             return;
@@ -49,7 +51,7 @@ impl Runner {
                 phase: JobPhase::Fetching,
             },
         );
-        self.fetching.insert(job.job_id.clone(), job.clone());
+        self.fetching.insert(job.job_id.clone(), Arc::clone(&job));
         fx.push(Effect::FetchInputs { job });
     }
 
@@ -175,7 +177,11 @@ impl Runner {
                 usage: end.usage,
             },
         );
-        fx.push(Effect::UploadOutputs { job, outputs, done });
+        fx.push(Effect::UploadOutputs(Box::new(OutputUploads {
+            job,
+            outputs,
+            done,
+        })));
         true
     }
 
@@ -215,7 +221,9 @@ impl Runner {
             path: path.to_owned(),
             uploaded: matches!(end, FileEnd::Uploaded { .. }),
         };
-        fx.persist(Durable::OutputDone { done: done.clone() });
+        fx.persist(Durable::OutputDone {
+            done: Box::new(done.clone()),
+        });
         self.outputs_done
             .entry(job.job_id.clone())
             .or_default()

@@ -25,7 +25,7 @@ mod runner;
 pub use backoff::{BackoffPolicy, Jitter};
 pub use effect::{
     CancelReason, Delay, Durable, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice,
-    Outbound, TimerKind,
+    Outbound, OutputUploads, TimerKind,
 };
 pub use event::{Event, EventKind, FoundJob, HardwareCache, StopOrigin};
 pub use hooks::{HookCall, HookOutcome, HookPoint};

@@ -190,13 +190,13 @@ pub struct Runner {
     pub(crate) stopping_reason: String,
     /// Accepted jobs whose `pre_job` hook runs: their specs, until it ends.
     #[serde(default)]
-    pub(crate) awaiting_pre_job: BTreeMap<String, JobSpec>,
+    pub(crate) awaiting_pre_job: BTreeMap<String, Arc<JobSpec>>,
     /// The current session reached Active (so its loss runs `on_disconnected`).
     #[serde(default)]
     pub(crate) session_was_active: bool,
     /// Accepted jobs whose inputs are being fetched: their specs, until that ends.
     #[serde(default)]
-    pub(crate) fetching: BTreeMap<String, JobSpec>,
+    pub(crate) fetching: BTreeMap<String, Arc<JobSpec>>,
     /// Jobs whose process ended and whose outputs are being uploaded.
     #[serde(default)]
     pub(crate) uploading: BTreeMap<String, super::job_files::Uploading>,
@@ -578,18 +578,17 @@ impl Runner {
             Command::StartJob { job } => {
                 let accepted = self.start_job(fx, job, draining);
                 fx.send(Outbound::CommandAck { index });
-                if accepted {
+                if let Some(spec) = accepted {
                     fx.start(
                         TimerKind::JobTimeout(job.job_ref()),
                         Delay::Millis(job.timeout_secs.saturating_mul(1000)),
                     );
                     if self.hooked(HookPoint::PreJob) {
                         // The process starts once the hook succeeds (`pre_job_finished`).
-                        self.awaiting_pre_job
-                            .insert(job.job_id.clone(), job.clone());
+                        self.awaiting_pre_job.insert(job.job_id.clone(), spec);
                         self.run_hook(fx, HookCall::PreJob { job: job.job_ref() });
                     } else {
-                        self.start_or_fetch(fx, job.clone());
+                        self.start_or_fetch(fx, spec);
                     }
                 }
                 false
@@ -616,10 +615,16 @@ impl Runner {
         }
     }
 
-    /// Accept or reject a start; returns whether the job was accepted. An accepted job
-    /// enters the table now so a second delivery of the same job (under a new index)
-    /// cannot start it twice.
-    fn start_job(&mut self, fx: &mut Effects, job: &JobSpec, draining: bool) -> bool {
+    /// Accept or reject a start; returns the accepted job's spec, as persisted (its one
+    /// copy, shared with the effect that starts it). An accepted job enters the table
+    /// now so a second delivery of the same job (under a new index) cannot start it
+    /// twice.
+    fn start_job(
+        &mut self,
+        fx: &mut Effects,
+        job: &JobSpec,
+        draining: bool,
+    ) -> Option<Arc<JobSpec>> {
         let rejection = if let Err(error) = job.validate() {
             Some((RejectReason::InvalidSpec, error.to_string()))
         } else if self.jobs.contains_key(&job.job_id) {
@@ -627,7 +632,7 @@ impl Runner {
                 job: job.job_ref(),
                 what: "start_job for a job already running".into(),
             });
-            return false;
+            return None;
         } else if self.ended_here(&job.job_id, job.attempt) {
             Some((
                 RejectReason::AlreadyRun,
@@ -656,7 +661,7 @@ impl Runner {
                         detail,
                     },
                 );
-                false
+                None
             }
             None => {
                 self.jobs.insert(
@@ -669,9 +674,12 @@ impl Runner {
                         outputs: job.outputs.clone(),
                     },
                 );
-                fx.persist(Durable::JobAdded { job: job.clone() });
+                let spec = Arc::new(job.clone());
+                fx.persist(Durable::JobAdded {
+                    job: Arc::clone(&spec),
+                });
                 self.emit(fx, RunnerEvent::JobAccepted { job: job.job_ref() });
-                true
+                Some(spec)
             }
         }
     }
@@ -706,7 +714,7 @@ impl Runner {
 
     pub(crate) fn send_authenticate(&self, fx: &mut Effects) {
         fx.send(Outbound::Authenticate {
-            nonce: self.nonce.clone().unwrap_or_default(),
+            nonce: self.nonce.clone().unwrap_or_default().into(),
             runner_id: self.runner_id.clone().unwrap_or_default(),
             slots: self.config.slots,
             last_command_index: self.last_applied,
@@ -800,7 +808,8 @@ mod tests {
         assert!(kept, "the one past it stays in the outbox: {:?}", fx.list);
         assert!(fx.list.iter().any(|effect| matches!(
             effect,
-            Effect::Notify(Notice::IndexRangeExhausted { index }) if *index == MAX_INDEX + 1
+            Effect::Notify(notice)
+                if matches!(**notice, Notice::IndexRangeExhausted { index } if index == MAX_INDEX + 1)
         )));
     }
 

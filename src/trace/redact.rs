@@ -203,7 +203,7 @@ fn redaction_of(effect: &Effect) -> Redaction {
         {
             Redaction::OutputData
         }
-        Effect::UploadOutputs { .. } => Redaction::OutputUrls,
+        Effect::UploadOutputs(_) => Redaction::OutputUrls,
         _ => Redaction::None,
     }
 }

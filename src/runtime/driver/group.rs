@@ -95,7 +95,7 @@ fn lets_others_join(effect: &Effect) -> bool {
         | Effect::CancelTimer { .. }
         | Effect::SpawnJob { .. }
         | Effect::FetchInputs { .. }
-        | Effect::UploadOutputs { .. }
+        | Effect::UploadOutputs(_)
         | Effect::CancelJob { .. }
         | Effect::RenewLeases { .. }
         | Effect::Notify(_)

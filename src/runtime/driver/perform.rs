@@ -3,12 +3,13 @@
 //! the jobs a batch asked for once its frames are written. Mechanics only: every
 //! effect is the core's, performed in the core's order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::core::{Durable, Effect, Event};
+use crate::core::{Durable, Effect, Event, OutputUploads};
 
 use super::Driver;
 use super::input::Input;
@@ -94,8 +95,9 @@ impl Driver {
                 self.timers.start(timer, Duration::from_millis(ms));
             }
             Effect::CancelTimer { timer } => self.timers.cancel(&timer),
-            Effect::SpawnJob { job } => self.spawns.push(job),
-            Effect::UploadOutputs { job, outputs, done } => {
+            Effect::SpawnJob { job } => self.spawns.push(Arc::unwrap_or_clone(job)),
+            Effect::UploadOutputs(uploads) => {
+                let OutputUploads { job, outputs, done } = *uploads;
                 let folder = match &self.jobs {
                     Some(jobs) => jobs.work_folder(&job).map_err(|e| e.to_string()),
                     None => Err("a farewell runs no jobs".to_owned()),
@@ -108,7 +110,8 @@ impl Driver {
                     Some(jobs) => jobs.prepare_folder(&job).map_err(|e| e.to_string()),
                     None => Err("a farewell runs no jobs".to_owned()),
                 };
-                self.files.start(job, folder, &self.inputs_tx);
+                self.files
+                    .start(Arc::unwrap_or_clone(job), folder, &self.inputs_tx);
             }
             Effect::CancelJob {
                 job,
@@ -309,7 +312,7 @@ fn phase_of(effect: &Effect) -> u8 {
         Effect::StartTimer { .. } | Effect::CancelTimer { .. } => 4,
         Effect::SpawnJob { .. }
         | Effect::FetchInputs { .. }
-        | Effect::UploadOutputs { .. }
+        | Effect::UploadOutputs(_)
         | Effect::CancelJob { .. }
         | Effect::RenewLeases { .. } => 5,
         Effect::RunInstallStep { .. }

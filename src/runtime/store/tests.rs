@@ -51,16 +51,18 @@ fn output_ends_are_kept_until_their_job_is_removed() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let spec = job_spec("j");
     let done = |path: &str, uploaded| Durable::OutputDone {
-        done: OutputDone {
+        done: Box::new(OutputDone {
             job: spec.job_ref(),
             path: path.to_owned(),
             uploaded,
-        },
+        }),
     };
     {
         let mut store = Store::open(dir.path()).expect("the store opens");
         store
-            .commit(&[Durable::JobAdded { job: spec.clone() }])
+            .commit(&[Durable::JobAdded {
+                job: spec.clone().into(),
+            }])
             .expect("commit");
         store
             .commit(&[done("a.csv", true), done("b.csv", false)])
@@ -100,7 +102,12 @@ fn key_value_writes_are_kept_until_their_job_is_removed() {
     {
         let mut store = Store::open(dir.path()).expect("the store opens");
         store
-            .commit(&[Durable::JobAdded { job: spec.clone() }, put(1, "step", "1")])
+            .commit(&[
+                Durable::JobAdded {
+                    job: spec.clone().into(),
+                },
+                put(1, "step", "1"),
+            ])
             .expect("commit");
         store
             .commit(&[put(2, "step", "22"), put(3, "mesh", "fine")])
@@ -195,7 +202,9 @@ fn a_removed_spec_is_zeroed_even_after_an_acknowledgement_in_its_batch() {
     };
     store
         .commit(&[
-            Durable::JobAdded { job: spec.clone() },
+            Durable::JobAdded {
+                job: spec.clone().into(),
+            },
             Durable::OutboxAppend {
                 index: 1,
                 event: output.into(),
@@ -232,7 +241,9 @@ fn a_job_started_taken_back_by_a_power_cut_never_has_its_index_reused() {
     let (running, starting) = (job_spec("running"), job_spec("starting"));
     let accepted = |job: &JobSpec, index| {
         vec![
-            Durable::JobAdded { job: job.clone() },
+            Durable::JobAdded {
+                job: job.clone().into(),
+            },
             Durable::OutboxAppend {
                 index,
                 event: RunnerEvent::JobAccepted { job: job.job_ref() }.into(),
@@ -293,7 +304,9 @@ fn how_far_each_stream_was_reported_is_kept_with_its_events() {
     };
     store
         .commit(&[
-            Durable::JobAdded { job: spec.clone() },
+            Durable::JobAdded {
+                job: spec.clone().into(),
+            },
             // "hello" and "hi\n" in base64: 5 and 3 bytes.
             output(1, OutputStream::Stdout, 0, "aGVsbG8="),
             output(2, OutputStream::Stderr, 0, "aGkK"),
@@ -393,7 +406,12 @@ fn renumbering_starts_above_the_index_a_job_without_a_pid_holds_in_reserve() {
         .into(),
     };
     store
-        .commit(&[Durable::JobAdded { job: spec.clone() }, accepted])
+        .commit(&[
+            Durable::JobAdded {
+                job: spec.clone().into(),
+            },
+            accepted,
+        ])
         .expect("commit");
     // 1 is on disk; 2 is held in reserve for the job's `job_started`, which a power
     // cut may have taken back after the API got it.
