@@ -138,14 +138,7 @@ fn main() {
     let mut best = f64::MAX;
     let mut effects_seen = 0usize;
     for _ in 0..rounds {
-        let (mut core, _) = Core::boot(
-            CoreConfig {
-                slots: 4,
-                ..CoreConfig::default()
-            },
-            BootMode::Resume,
-            durable.clone(),
-        );
+        let mut core = resumed_core(&durable);
         let mut effects = fyn_runner::core::Effects::default();
         let start = Instant::now();
         for event in &events {
@@ -173,6 +166,15 @@ fn main() {
     }
 }
 
+/// A core resumed from `durable`, as each round starts.
+fn resumed_core(durable: &DurableState) -> Core {
+    let config = CoreConfig {
+        slots: 4,
+        ..CoreConfig::default()
+    };
+    Core::boot(config, BootMode::Resume, durable.clone()).0
+}
+
 /// Each dispatch timed alone, summed by event kind, best of a few rounds per kind.
 fn print_kinds(events: &[Event], durable: &DurableState) {
     use std::collections::BTreeMap;
@@ -180,14 +182,7 @@ fn print_kinds(events: &[Event], durable: &DurableState) {
     let clock = clock_cost_ns();
     let mut best: BTreeMap<&'static str, (f64, usize)> = BTreeMap::new();
     for _ in 0..rounds {
-        let (mut core, _) = Core::boot(
-            CoreConfig {
-                slots: 4,
-                ..CoreConfig::default()
-            },
-            BootMode::Resume,
-            durable.clone(),
-        );
+        let mut core = resumed_core(durable);
         let mut effects = fyn_runner::core::Effects::default();
         let mut round: BTreeMap<&'static str, (f64, usize)> = BTreeMap::new();
         for event in events {
