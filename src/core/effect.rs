@@ -388,7 +388,7 @@ pub struct OutputUploads {
 /// At most 64 bytes (checked below, when the crate builds): a batch is a `Vec<Effect>`
 /// and every push moves a whole `Effect`. The release build is optimised for size,
 /// and there a move of up to 64 bytes is four register moves while one of 65 to 128
-/// is a `rep movsq`, slow to start: an 80-byte `Effect` made the core 15 % slower
+/// is a `rep movsq`, slow to start: an 80-byte `Effect` made the core 14 % slower
 /// (`benches/core_throughput.rs`). Large payloads are shared (`Arc`: the job spec, the
 /// event) or, when rare, boxed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -510,42 +510,34 @@ pub struct Effects {
 }
 
 impl Effects {
-    #[inline(always)]
     pub fn push(&mut self, effect: Effect) {
         self.list.push(effect);
     }
 
-    #[inline(always)]
     pub fn send(&mut self, message: Outbound) {
         self.push(Effect::Send(message));
     }
 
-    #[inline(always)]
     pub fn start(&mut self, timer: TimerKind, delay: Delay) {
         self.push(Effect::StartTimer { timer, delay });
     }
 
-    #[inline(always)]
     pub fn cancel(&mut self, timer: TimerKind) {
         self.push(Effect::CancelTimer { timer });
     }
 
-    #[inline(always)]
     pub fn persist(&mut self, write: Durable) {
         self.push(Effect::Persist(write));
     }
 
-    #[inline(always)]
     pub fn notify(&mut self, notice: Notice) {
         self.push(Effect::Notify(Box::new(notice)));
     }
 
-    #[inline(always)]
     pub fn tell_manager(&mut self, notice: ManagerNotice) {
         self.push(Effect::TellManager(notice));
     }
 
-    #[inline(always)]
     pub fn close(&mut self, reason: CloseReason) {
         self.push(Effect::Close { reason });
     }
