@@ -43,18 +43,11 @@ impl Launcher {
     /// inside a tokio runtime.
     pub fn start(program: &Path) -> io::Result<Self> {
         let (ours, theirs) = UnixStream::pair()?;
-        let mut command = tokio::process::Command::new(program);
-        command
-            .arg0(super::PROGRAM_NAME)
-            .arg("supervise")
-            .env_clear()
+        let process = super::supervise_command(program)
             .env(LAUNCHER_ENV, "1")
-            .current_dir("/")
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(false);
-        let process = command.spawn()?;
+            .spawn()?;
         Ok(Self {
             _process: process,
             socket: ours,

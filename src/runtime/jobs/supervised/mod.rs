@@ -62,10 +62,23 @@ pub fn main() -> i32 {
     }
 }
 
-/// The command line a supervisor or the launcher shows (`ps -ef`, `/proc/<pid>/cmdline`):
-/// `fyn-runner supervise`, whatever path the binary was started from (on Linux
-/// `/proc/self/exe`, which reads as nothing to an operator).
-const PROGRAM_NAME: &str = "fyn-runner";
+/// `fyn-runner supervise` from `program` (the runner's own binary), as both the launcher
+/// and an executed supervisor start: an empty environment and `/` as its folder (it
+/// needs nothing of the runner's), no standard error, not killed with its handle. Its
+/// command line reads `fyn-runner supervise` (`ps -ef`, `/proc/<pid>/cmdline`) whatever
+/// path the binary was started from (on Linux `/proc/self/exe`, which reads as nothing
+/// to an operator).
+fn supervise_command(program: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .arg0("fyn-runner")
+        .arg("supervise")
+        .env_clear()
+        .current_dir("/")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(false);
+    command
+}
 
 /// Give this process the short name `ps -o comm`, `top` and `pstree` show (at most 15
 /// bytes): without one, a process started from `/proc/self/exe` is called `exe`. The

@@ -152,21 +152,14 @@ fn make_supervisor(
     start_supervisor(program)
 }
 
-/// A supervisor executed from `program`. Its environment is empty and its folder `/`:
-/// it needs nothing of the runner's.
+/// A supervisor executed from `program` (`super::supervise_command`).
 fn start_supervisor(program: &Path) -> io::Result<SupervisorProcess> {
     let (plan_read, plan_in) = io::pipe()?;
     let (reply_out, reply_write) = io::pipe()?;
-    let mut command = tokio::process::Command::new(program);
+    let mut command = super::supervise_command(program);
     command
-        .arg0(super::PROGRAM_NAME)
-        .arg("supervise")
-        .env_clear()
-        .current_dir("/")
         .stdin(Stdio::from(plan_read))
-        .stdout(Stdio::from(reply_write))
-        .stderr(Stdio::null())
-        .kill_on_drop(false);
+        .stdout(Stdio::from(reply_write));
     let child = command.spawn()?;
     // Only the child holds the other ends now, so its death reads as an end of file.
     drop(command);
