@@ -553,6 +553,9 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(
 fn run_runner(settings: crate::runtime::RunnerSettings) -> anyhow::Result<i32> {
     // One thread is plenty for a runner: it waits on a socket, timers and pipes; the
     // blocking work (hardware probes, SQLite) is short. It also keeps memory small.
+    if let Err(error) = crate::platform::prefer_short_slices() {
+        tracing::debug!(%error, "cannot ask for short scheduler slices; the default is kept");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)

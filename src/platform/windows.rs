@@ -207,3 +207,9 @@ pub fn lookup_account(_name: &str) -> io::Result<Option<Account>> {
         "job_user is not supported on Windows",
     ))
 }
+
+/// Unix: shorter scheduler slices for the runner's loop. Windows' scheduler boosts a
+/// thread that wakes from a wait already; nothing to ask for.
+pub fn prefer_short_slices() -> io::Result<()> {
+    Ok(())
+}
