@@ -25,7 +25,7 @@ use super::output::OutputSink;
 /// is gone and its output is read; and, unless its jobs outlive the runner
 /// (`outlives_runner`), kill whatever is left of the job when `finished` is dropped
 /// early.
-pub trait Executor: Send + Sync {
+pub trait Executor: Send + Sync + 'static {
     /// A short name for logs and the operator ("process").
     fn name(&self) -> &'static str;
 
@@ -33,6 +33,23 @@ pub trait Executor: Send + Sync {
     fn preflight(&self) -> Result<(), ExecutorError>;
 
     fn spawn(&self, request: SpawnRequest) -> Result<RunningJob, ExecutorError>;
+
+    /// `spawn` without holding up the caller (the runner's loop): resolves once the
+    /// job runs. By default `spawn` runs on a blocking thread. A backend whose start
+    /// mostly waits for another process (a supervisor's answer) does its quick part at
+    /// once and awaits the answer on the caller's runtime instead, which spares the
+    /// start two thread hops. Must be called inside a tokio runtime.
+    fn spawn_later(self: Arc<Self>, request: SpawnRequest) -> PendingSpawn {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || self.spawn(request))
+                .await
+                .unwrap_or_else(|error| {
+                    Err(ExecutorError::NotStarted {
+                        why: format!("the start's thread failed: {error}"),
+                    })
+                })
+        })
+    }
 
     /// Make the job's folder ready before its process starts (for its inputs): returns
     /// its `work/` and the account whose rights files placed there must be made with
@@ -161,6 +178,9 @@ pub trait JobControl: Send + Sync {
 }
 
 /// A job that started.
+/// A start under way (`Executor::spawn_later`).
+pub type PendingSpawn = Pin<Box<dyn Future<Output = Result<RunningJob, ExecutorError>> + Send>>;
+
 pub struct RunningJob {
     pub pid: u32,
     pub control: Arc<dyn JobControl>,

@@ -214,6 +214,24 @@ impl Executor for ProcessExecutor {
         }
     }
 
+    /// Unix: the job's folder and its plan are made at once (a few file system calls),
+    /// and the supervisor's answer is awaited on the runner's loop.
+    #[cfg(unix)]
+    fn spawn_later(self: Arc<Self>, request: SpawnRequest) -> super::executor::PendingSpawn {
+        let SpawnRequest {
+            spec,
+            output,
+            lease,
+        } = request;
+        match self.prepare(&spec) {
+            Ok(prepared) => Box::pin(
+                self.supervisors
+                    .launch_async(prepared.into_launch(&spec, lease), output),
+            ),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
+
     /// Unix: a job's supervisor keeps it when the runner stops. Windows: a job dies
     /// with the runner, whose end closes its job object.
     fn outlives_runner(&self) -> bool {

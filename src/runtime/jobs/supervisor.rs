@@ -40,7 +40,7 @@ pub struct JobSupervisor {
     lease: Duration,
 }
 
-/// What a launch ended with: handed from the blocking thread to `launched`.
+/// What a launch ended with: handed from its task to `launched`.
 pub struct Launched {
     job: JobRef,
     result: Result<RunningJob, ExecutorError>,
@@ -134,8 +134,9 @@ impl JobSupervisor {
     }
 
     /// Start a job without waiting for it: the launch (a supervisor process's answer,
-    /// a millisecond or two) runs on a blocking thread, so the loop goes on with other
-    /// jobs' events and starts meanwhile, and several jobs start at once. What came of
+    /// a millisecond or two) is awaited in a task of its own (`Executor::spawn_later`),
+    /// so the loop goes on with other jobs' events and starts meanwhile, and several
+    /// jobs start at once. What came of
     /// it goes to `deliver`, to be handed back to `launched`. Returns a report at once
     /// only when the job cannot be started at all.
     pub fn start(
@@ -153,9 +154,9 @@ impl JobSupervisor {
             cancel: None,
         };
         self.launching.insert(job.clone(), pending);
-        let executor = self.executor.clone();
-        drop(tokio::task::spawn_blocking(move || {
-            let result = executor.spawn(request);
+        let spawning = self.executor.clone().spawn_later(request);
+        drop(tokio::spawn(async move {
+            let result = spawning.await;
             deliver(Launched { job, result });
         }));
         None

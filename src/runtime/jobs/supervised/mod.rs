@@ -46,7 +46,7 @@ use crate::runtime::orphans::{self, Leader};
 use super::executor::{ExecutorError, FindRequest, Finding, JobControl, RunningJob};
 use super::output::OutputSink;
 use follow::{Follow, Log};
-use pool::SupervisorPool;
+use pool::{SupervisorPool, SupervisorProcess};
 use wire::{
     AccountIds, ExitRecord, Folder, LaunchPlan, LogId, OsBytes, Reply, RunnerAsks, StartedRecord,
     SupervisorSays, WIRE_VERSION, line, read_record,
@@ -117,6 +117,7 @@ pub struct Launch {
     pub logs: [PathBuf; 2],
 }
 
+#[derive(Clone)]
 pub struct Supervisors {
     jobs_root: PathBuf,
     /// Supervisor processes waiting for a plan, and where they come from.
@@ -163,8 +164,56 @@ impl Supervisors {
     }
 
     /// Start `launch` under a supervisor and follow it. Returns once the job runs (its
-    /// pid known), or why it does not.
+    /// pid known), or why it does not; the supervisor's answer is waited for here.
     pub fn launch(&self, launch: Launch, output: OutputSink) -> Result<RunningJob, ExecutorError> {
+        let start = self.ready_start(launch, output)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let answered = self
+                .plan_to_supervisor(&start.plan)?
+                .wait_for_answer(REPLY_WITHIN);
+            match answered {
+                Ok((reply, plan_pipe)) => return start.running(reply, plan_pipe),
+                Err(error) if tries < 2 => spare_did_not_answer(&error),
+                Err(error) => return Err(not_answered(&error)),
+            }
+        }
+    }
+
+    /// `launch`, with the supervisor's answer awaited on the caller's tokio runtime
+    /// rather than on a thread of its own: the plan is handed over now, and the runner's
+    /// loop is woken by the answer itself, two thread hops fewer on a job start's path.
+    pub fn launch_async(
+        &self,
+        launch: Launch,
+        output: OutputSink,
+    ) -> impl Future<Output = Result<RunningJob, ExecutorError>> + Send + 'static {
+        let first = self.ready_start(launch, output).and_then(|start| {
+            let process = self.plan_to_supervisor(&start.plan)?;
+            Ok((start, process))
+        });
+        let supervisors = self.clone();
+        async move {
+            let (start, process) = first?;
+            let (reply, plan_pipe) = match process.answer(REPLY_WITHIN).await {
+                Ok(answered) => answered,
+                Err(error) => {
+                    spare_did_not_answer(&error);
+                    supervisors
+                        .plan_to_supervisor(&start.plan)?
+                        .answer(REPLY_WITHIN)
+                        .await
+                        .map_err(|error| not_answered(&error))?
+                }
+            };
+            start.running(reply, plan_pipe)
+        }
+    }
+
+    /// What a start needs before a supervisor is asked: the supervisor's folder
+    /// claimed, the job's logs opened for reading, the plan's line.
+    fn ready_start(&self, launch: Launch, output: OutputSink) -> Result<Start, ExecutorError> {
         let folder = Folder::of(&self.jobs_root, &launch.job);
         claim_folder(&folder, &launch.job)?;
         let io_error = |op: &'static str, path: &Path| {
@@ -200,52 +249,28 @@ impl Supervisors {
             lease_ms: millis(launch.lease),
             logs,
         };
-        let reply = self.ask_to_start(&plan)?;
-        let pid = match reply {
-            Reply::Started { pid } => pid,
-            Reply::Failed { error } => return Err(ExecutorError::NotStarted { why: error }),
-        };
-        info!(job = %launch.job.job_id, attempt = launch.job.attempt, pid, "job started under its supervisor");
-        let (asks, asks_rx) = mpsc::unbounded_channel();
-        let follow = Follow::new(
-            launch.job.clone(),
+        Ok(Start {
+            job: launch.job,
             folder,
             readers,
             output,
-            Default::default(),
-            launch.output_limit_bytes,
-            asks_rx,
-        );
-        Ok(RunningJob {
-            pid,
-            control: Arc::new(SupervisorControl { asks }),
-            finished: Box::pin(follow.run(None)),
+            output_limit_bytes: launch.output_limit_bytes,
+            plan: line(&plan),
         })
     }
 
-    /// The plan to a spare (or a supervisor started now), and its answer. A spare that
-    /// died meanwhile is replaced once.
-    fn ask_to_start(&self, plan: &LaunchPlan) -> Result<Reply, ExecutorError> {
-        let text = line(plan);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let mut process = self.pool.take().map_err(|source| ExecutorError::Spawn {
-                program: self.pool.program().display().to_string(),
-                source,
-            })?;
-            match process.ask(&text, REPLY_WITHIN) {
-                Ok(reply) => return Ok(reply),
-                Err(error) if tries < 2 => {
-                    debug!(%error, "the spare supervisor did not take the plan; starting another");
-                }
-                Err(error) => {
-                    return Err(ExecutorError::NotStarted {
-                        why: format!("the job's supervisor did not answer: {error}"),
-                    });
-                }
-            }
+    /// The spare (or a supervisor started now), with `plan` handed to it.
+    fn plan_to_supervisor(&self, plan: &[u8]) -> Result<SupervisorProcess, ExecutorError> {
+        let mut process = self.pool.take().map_err(|source| ExecutorError::Spawn {
+            program: self.pool.program().display().to_string(),
+            source,
+        })?;
+        // A supervisor that died before it read the plan fails here or in its answer
+        // alike: both are retried once.
+        if let Err(error) = process.send_plan(plan) {
+            debug!(%error, "the supervisor did not take the plan");
         }
+        Ok(process)
     }
 
     /// What became of a job an earlier run started (see `Finding`).
@@ -356,6 +381,67 @@ impl Supervisors {
             let _ = std::fs::remove_dir_all(folder.path());
         }
     }
+}
+
+/// A start made ready for a supervisor (`Supervisors::ready_start`).
+struct Start {
+    job: JobRef,
+    folder: Folder,
+    readers: [Log; 2],
+    output: OutputSink,
+    output_limit_bytes: u64,
+    /// The launch plan's line.
+    plan: Vec<u8>,
+}
+
+impl Start {
+    /// The job as its supervisor answered: running and followed, or why not.
+    fn running(self, reply: Reply, plan_pipe: io::PipeWriter) -> Result<RunningJob, ExecutorError> {
+        let pid = match reply {
+            Reply::Started { pid } => pid,
+            Reply::Failed { error } => return Err(ExecutorError::NotStarted { why: error }),
+        };
+        info!(job = %self.job.job_id, attempt = self.job.attempt, pid, "job started under its supervisor");
+        let (asks, asks_rx) = mpsc::unbounded_channel();
+        let follow = Follow::new(
+            self.job,
+            self.folder,
+            self.readers,
+            self.output,
+            Default::default(),
+            self.output_limit_bytes,
+            asks_rx,
+        );
+        Ok(RunningJob {
+            pid,
+            control: Arc::new(SupervisorControl { asks }),
+            finished: Box::pin(async move {
+                let_go_once_reported(plan_pipe).await;
+                follow.run(None).await
+            }),
+        })
+    }
+}
+
+fn spare_did_not_answer(error: &io::Error) {
+    debug!(%error, "the spare supervisor did not take the plan; starting another");
+}
+
+fn not_answered(error: &io::Error) -> ExecutorError {
+    ExecutorError::NotStarted {
+        why: format!("the job's supervisor did not answer: {error}"),
+    }
+}
+
+/// Let go of a new supervisor's plan pipe once the job's start is reported. The
+/// supervisor waits for that before its own bookkeeping (socket, `started.json`), so on
+/// a machine with few cores it does not compete with the runner's record and report of
+/// the start, which is the job start's latency. A job's task is first polled right
+/// after the driver took the start, before the connection's writer sent `job_started`:
+/// one yield lets the writer go first.
+async fn let_go_once_reported(plan_pipe: io::PipeWriter) {
+    tokio::task::yield_now().await;
+    drop(plan_pipe);
 }
 
 /// End every job supervisors run under `jobs_root`, and wait (bounded) for each

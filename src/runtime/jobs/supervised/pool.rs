@@ -5,7 +5,7 @@ launcher is gone. Owns those processes until a launch takes one, and the exchang
 plan for its answer. Must not: know anything of a job but the plan's line it is handed.
 */
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,6 +17,7 @@ use tracing::debug;
 use super::launcher::Launcher;
 use super::wire::Reply;
 
+#[derive(Clone)]
 pub(super) struct SupervisorPool {
     /// The binary run as `supervise`: the runner's own.
     program: PathBuf,
@@ -111,12 +112,52 @@ impl SupervisorPool {
 }
 
 impl SupervisorProcess {
-    /// Hand the supervisor its plan (one line) and read its answer, within `within`.
-    pub(super) fn ask(&mut self, plan: &[u8], within: Duration) -> io::Result<Reply> {
+    /// Hand the supervisor its plan (one line). A pipe holds far more than a plan, so
+    /// this does not wait for the supervisor.
+    pub(super) fn send_plan(&mut self, plan: &[u8]) -> io::Result<()> {
         self.plan_in
             .write_all(plan)
-            .and_then(|()| self.plan_in.flush())?;
-        read_reply(&mut self.reply_out, within)
+            .and_then(|()| self.plan_in.flush())
+    }
+
+    /// The supervisor's answer to its plan, waited for here (at most `within`), and
+    /// the runner's end of the plan's pipe (see `super::let_go_once_reported`).
+    pub(super) fn wait_for_answer(
+        mut self,
+        within: Duration,
+    ) -> io::Result<(Reply, io::PipeWriter)> {
+        let reply = read_reply(&mut self.reply_out, within)?;
+        Ok((reply, self.plan_in))
+    }
+
+    /// `wait_for_answer` on the caller's tokio runtime, so no thread waits for it.
+    pub(super) async fn answer(self, within: Duration) -> io::Result<(Reply, io::PipeWriter)> {
+        use tokio::io::AsyncReadExt;
+        let Self {
+            _child,
+            plan_in,
+            reply_out,
+        } = self;
+        let mut reader =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reply_out))?;
+        let read = async move {
+            let mut text = Vec::new();
+            let mut buf = [0u8; 512];
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(ended_without_answer());
+                }
+                text.extend_from_slice(&buf[..n]);
+                if let Some(end) = text.iter().position(|b| *b == b'\n') {
+                    return parse_reply(&text[..end]);
+                }
+            }
+        };
+        let reply = tokio::time::timeout(within, read)
+            .await
+            .map_err(|_| no_answer_in_time())??;
+        Ok((reply, plan_in))
     }
 }
 
@@ -178,7 +219,7 @@ fn read_reply(reader: &mut io::PipeReader, within: Duration) -> io::Result<Reply
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+            return Err(no_answer_in_time());
         }
         let mut fd = libc::pollfd {
             fd: reader.as_raw_fd(),
@@ -200,18 +241,27 @@ fn read_reply(reader: &mut io::PipeReader, within: Duration) -> io::Result<Reply
         }
         let n = io::Read::read(reader, &mut buf)?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the supervisor ended without answering",
-            ));
+            return Err(ended_without_answer());
         }
         text.extend_from_slice(&buf[..n]);
         if let Some(end) = text.iter().position(|b| *b == b'\n') {
-            let mut cursor = io::Cursor::new(&text[..=end]);
-            let mut first = String::new();
-            cursor.read_line(&mut first)?;
-            return serde_json::from_str(&first)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+            return parse_reply(&text[..end]);
         }
     }
+}
+
+/// The answer's line, without its newline.
+fn parse_reply(line: &[u8]) -> io::Result<Reply> {
+    serde_json::from_slice(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn ended_without_answer() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the supervisor ended without answering",
+    )
+}
+
+fn no_answer_in_time() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "no answer in time")
 }

@@ -5,13 +5,16 @@ from the runner once the job runs, so the job goes on while the runner restarts,
 crashes or is upgraded.
 
 What it does, in order: leaves the runner's session and process group (`setsid`), so
-no terminal, service stop or signal to the runner's group reaches it; reads its launch
-plan (one JSON line on standard input); takes the lock in its folder, which it holds
-for as long as it lives; checks the runner that sent the plan is still there (after a
-crash, a restarted runner may already have judged this job lost); becomes a child
-subreaper (Linux); starts the job in a process group of its own (dropping to the job's
-account, and asking the kernel to kill the job's main process if the supervisor
-dies); answers the runner with the pid; binds its socket; writes `started.json`. Then,
+no terminal, service stop or signal to the runner's group reaches it; makes what needs
+no plan (its runtime, without a thread yet; becomes a child subreaper on Linux), since
+a spare supervisor does that while the runner is idle; reads its launch plan (one JSON
+line on standard input); takes the lock in its folder, which it holds for as long as it
+lives; checks the runner that sent the plan is still there (after a crash, a restarted
+runner may already have judged this job lost); starts the job in a process group of its
+own (dropping to the job's account, and asking the kernel to kill the job's main
+process if the supervisor dies); answers the runner with the pid; waits (briefly) for
+the runner to let go of the plan's pipe, so its own bookkeeping does not compete with
+the runner's report of the start; binds its socket; writes `started.json`. Then,
 until the job's main process ends: copies the job's stdout and stderr from their pipes
 to the logs, at most `output_limit_bytes` each (the rest is read and dropped, so the
 job never blocks on its output), tells every connected runner how far the logs got,
@@ -27,7 +30,7 @@ about the job but what its plan and its runner's requests say.
 
 use std::fs::File;
 use std::io::{self, BufRead, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStderr, ChildStdout, Stdio};
@@ -70,6 +73,7 @@ pub fn main() -> i32 {
     // job gets the mask back.
     // SAFETY: umask takes and returns a mode.
     let job_umask = unsafe { libc::umask(0o077) };
+    let ready = Ready::make();
     let plan = match read_plan() {
         Ok(plan) => plan,
         // No plan: the runner went away before sending one (a spare supervisor whose
@@ -85,12 +89,21 @@ pub fn main() -> i32 {
     };
     let folder = Folder::at(plan.dir.path());
     log_to(&folder);
+    if let Err(error) = &ready.subreaper {
+        warn!(%error, "cannot become a child subreaper: a process that leaves the job's group may outlive it");
+    }
     match start(&plan, &folder, job_umask) {
         Ok(Some((mut job, lock))) => {
             reply(&Reply::Started { pid: job.pid });
-            // Logged after the answer, which the job's start waits for.
+            // What is left before the job is supervised is this process's own
+            // bookkeeping, while the runner still has the start to record and report
+            // (the job's start latency). On a machine with few cores the two would
+            // compete for them, so this waits until the runner lets go of the plan's
+            // pipe, which it does once it has reported the start (bounded: a runner
+            // that never does only delays the socket).
+            wait_for_writer_to_close(io::stdin().as_fd(), LET_GO_WITHIN);
             info!(job = %plan.job.job_id, attempt = plan.job.attempt, pid = job.pid, "job started");
-            detach_standard_io();
+            detach_standard_io(ready.null);
             // The socket after the answer, not before: its bind was a fifth of a job
             // start's time here, and the runner retries its first connection every
             // millisecond while this process holds the lock. Before `started.json`,
@@ -98,8 +111,8 @@ pub fn main() -> i32 {
             job.listener = bind_socket(&folder)
                 .map_err(|error| warn!(%error, "cannot bind the supervisor's socket; ending the job, which no runner could reach"))
                 .ok();
-            job.record_start(&plan);
-            supervise(plan, folder, job, lock)
+            job.record_start(&plan, ready.start_ticks);
+            supervise(plan, folder, job, lock, ready.runtime)
         }
         Ok(None) => 3,
         Err(error) => {
@@ -135,6 +148,72 @@ fn reply(reply: &Reply) {
     let _ = out.write_all(&line(reply)).and_then(|()| out.flush());
 }
 
+/// How long the supervisor waits, after its answer, for the runner to let go of the
+/// plan's pipe before it binds its socket and writes `started.json`.
+const LET_GO_WITHIN: Duration = Duration::from_millis(100);
+
+/// What a supervisor makes before its plan comes: a spare waits for its plan on an
+/// idle runner, so none of this is on a job start's path. Nothing here starts a
+/// thread (the job is forked from this process).
+struct Ready {
+    /// A current-thread runtime: no thread until the job is supervised.
+    runtime: io::Result<tokio::runtime::Runtime>,
+    /// For standard input and output once the runner's pipes are let go of.
+    null: Option<File>,
+    /// This process's start (`/proc/<pid>/stat`), for `started.json`.
+    start_ticks: Option<u64>,
+    subreaper: io::Result<()>,
+}
+
+impl Ready {
+    fn make() -> Self {
+        // Log lines go to standard error, which becomes `supervisor.log` once the plan
+        // names the folder (`log_to`); nothing is logged before that.
+        let _ = tracing_subscriber::fmt()
+            .with_writer(io::stderr)
+            .with_ansi(false)
+            .with_target(false)
+            .try_init();
+        Self {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            null: File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .ok(),
+            start_ticks: tree::stat_of(std::process::id()).map(|s| s.start_ticks),
+            subreaper: tree::become_subreaper(),
+        }
+    }
+}
+
+/// Wait until the writing end of the pipe `fd` reads from is closed (the runner let go
+/// of the plan's pipe), at most `within`.
+fn wait_for_writer_to_close(fd: BorrowedFd<'_>, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Rounded up: poll counts whole milliseconds.
+        let timeout = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        // SAFETY: poll reads and writes the one pollfd given.
+        let ready = unsafe { libc::poll(&raw mut fd, 1, timeout) };
+        let interrupted =
+            ready < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+        // Anything but an interruption ends the wait: the pipe closed (or, which the
+        // runner never does, carries more), the time is up, or poll failed.
+        if !interrupted || left.is_zero() {
+            return;
+        }
+    }
+}
+
 /// The supervisor's own log lines go to `supervisor.log` in its folder: never to the
 /// runner's standard error, which may be a terminal or a pipe that closes with it.
 fn log_to(folder: &Folder) {
@@ -147,17 +226,12 @@ fn log_to(folder: &Folder) {
         // SAFETY: dup2 onto standard error of a descriptor this process owns.
         unsafe { libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO) };
     }
-    let _ = tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .try_init();
 }
 
 /// Standard input and output were the runner's pipes: let go of them, so nothing of
 /// the supervisor depends on the runner being there.
-fn detach_standard_io() {
-    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+fn detach_standard_io(null: Option<File>) {
+    if let Some(null) = null {
         // SAFETY: dup2 of a descriptor this process owns onto 0 and 1.
         unsafe {
             libc::dup2(null.as_raw_fd(), libc::STDIN_FILENO);
@@ -180,7 +254,7 @@ struct Started {
 impl Started {
     /// `started.json`, for a runner that comes later. Not synced: a power cut ends the
     /// supervisor too, and then there is nothing to reattach.
-    fn record_start(&self, plan: &LaunchPlan) {
+    fn record_start(&self, plan: &LaunchPlan, supervisor_start_ticks: Option<u64>) {
         let folder = Folder::at(plan.dir.path());
         let record = StartedRecord {
             version: WIRE_VERSION,
@@ -188,7 +262,7 @@ impl Started {
             pid: self.pid,
             start_ticks: tree::stat_of(self.pid).map(|s| s.start_ticks),
             supervisor_pid: std::process::id(),
-            supervisor_start_ticks: tree::stat_of(std::process::id()).map(|s| s.start_ticks),
+            supervisor_start_ticks,
             started_mono_ms: self.started_mono_ms,
             started_unix_ms: crate::runtime::status::unix_ms(),
             logs: plan.logs.clone(),
@@ -221,9 +295,6 @@ fn start(
         return Ok(None);
     }
     let logs = [open_log(plan, 0)?, open_log(plan, 1)?];
-    if let Err(error) = tree::become_subreaper() {
-        warn!(%error, "cannot become a child subreaper: a process that leaves the job's group may outlive it");
-    }
     let mut command = std::process::Command::new(plan.program.path());
     command
         .arg0(plan.argv0.os())
@@ -367,11 +438,14 @@ fn before_exec(command: &mut std::process::Command, plan: &LaunchPlan, job_umask
 }
 
 /// Run the job to its end, then record how it ended. The exit code of the supervisor.
-fn supervise(plan: LaunchPlan, folder: Folder, job: Started, lock: File) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+fn supervise(
+    plan: LaunchPlan,
+    folder: Folder,
+    job: Started,
+    lock: File,
+    runtime: io::Result<tokio::runtime::Runtime>,
+) -> i32 {
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             warn!(%error, "cannot start the supervisor's runtime; ending the job");
@@ -774,5 +848,47 @@ async fn serve(
                 _ => return,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_for_the_runner_ends_once_it_lets_go_of_the_plans_pipe() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (reader, writer) = io::pipe().expect("pipe");
+        let let_go = Arc::new(AtomicBool::new(false));
+        let letting_go = std::thread::spawn({
+            let let_go = let_go.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(10));
+                let_go.store(true, Ordering::SeqCst);
+                drop(writer);
+            }
+        });
+        let started = std::time::Instant::now();
+        wait_for_writer_to_close(reader.as_fd(), Duration::from_secs(60));
+        assert!(
+            let_go.load(Ordering::SeqCst),
+            "returned before the runner let go"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "waited out the bound"
+        );
+        letting_go.join().expect("thread");
+    }
+
+    #[test]
+    fn the_wait_for_the_runner_is_bounded() {
+        let (reader, _writer) = io::pipe().expect("pipe");
+        let started = std::time::Instant::now();
+        wait_for_writer_to_close(reader.as_fd(), Duration::from_millis(20));
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "returned early"
+        );
     }
 }
