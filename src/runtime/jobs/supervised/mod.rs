@@ -174,7 +174,7 @@ impl Supervisors {
                 .plan_to_supervisor(&start.plan)?
                 .wait_for_answer(REPLY_WITHIN);
             match answered {
-                Ok((reply, plan_pipe)) => return start.running(reply, plan_pipe),
+                Ok(reply) => return start.running(reply),
                 Err(error) if tries < 2 => spare_did_not_answer(&error),
                 Err(error) => return Err(not_answered(&error)),
             }
@@ -196,7 +196,7 @@ impl Supervisors {
         let supervisors = self.clone();
         async move {
             let (start, process) = first?;
-            let (reply, plan_pipe) = match process.answer(REPLY_WITHIN).await {
+            let reply = match process.answer(REPLY_WITHIN).await {
                 Ok(answered) => answered,
                 Err(error) => {
                     spare_did_not_answer(&error);
@@ -207,7 +207,7 @@ impl Supervisors {
                         .map_err(|error| not_answered(&error))?
                 }
             };
-            start.running(reply, plan_pipe)
+            start.running(reply)
         }
     }
 
@@ -396,7 +396,7 @@ struct Start {
 
 impl Start {
     /// The job as its supervisor answered: running and followed, or why not.
-    fn running(self, reply: Reply, plan_pipe: io::PipeWriter) -> Result<RunningJob, ExecutorError> {
+    fn running(self, reply: Reply) -> Result<RunningJob, ExecutorError> {
         let pid = match reply {
             Reply::Started { pid } => pid,
             Reply::Failed { error } => return Err(ExecutorError::NotStarted { why: error }),
@@ -415,10 +415,7 @@ impl Start {
         Ok(RunningJob {
             pid,
             control: Arc::new(SupervisorControl { asks }),
-            finished: Box::pin(async move {
-                let_go_once_reported(plan_pipe).await;
-                follow.run(None).await
-            }),
+            finished: Box::pin(follow.run(None)),
         })
     }
 }
@@ -431,17 +428,6 @@ fn not_answered(error: &io::Error) -> ExecutorError {
     ExecutorError::NotStarted {
         why: format!("the job's supervisor did not answer: {error}"),
     }
-}
-
-/// Let go of a new supervisor's plan pipe once the job's start is reported. The
-/// supervisor waits for that before its own bookkeeping (socket, `started.json`), so on
-/// a machine with few cores it does not compete with the runner's record and report of
-/// the start, which is the job start's latency. A job's task is first polled right
-/// after the driver took the start, before the connection's writer sent `job_started`:
-/// one yield lets the writer go first.
-async fn let_go_once_reported(plan_pipe: io::PipeWriter) {
-    tokio::task::yield_now().await;
-    drop(plan_pipe);
 }
 
 /// End every job supervisors run under `jobs_root`, and wait (bounded) for each

@@ -120,22 +120,19 @@ impl SupervisorProcess {
             .and_then(|()| self.plan_in.flush())
     }
 
-    /// The supervisor's answer to its plan, waited for here (at most `within`), and
-    /// the runner's end of the plan's pipe (see `super::let_go_once_reported`).
-    pub(super) fn wait_for_answer(
-        mut self,
-        within: Duration,
-    ) -> io::Result<(Reply, io::PipeWriter)> {
-        let reply = read_reply(&mut self.reply_out, within)?;
-        Ok((reply, self.plan_in))
+    /// The supervisor's answer to its plan, waited for here (at most `within`). The
+    /// plan's pipe is closed with it: the supervisor reads a runner gone from then on
+    /// as no reason to stop (it checked before starting the job).
+    pub(super) fn wait_for_answer(mut self, within: Duration) -> io::Result<Reply> {
+        read_reply(&mut self.reply_out, within)
     }
 
     /// `wait_for_answer` on the caller's tokio runtime, so no thread waits for it.
-    pub(super) async fn answer(self, within: Duration) -> io::Result<(Reply, io::PipeWriter)> {
+    pub(super) async fn answer(self, within: Duration) -> io::Result<Reply> {
         use tokio::io::AsyncReadExt;
         let Self {
             _child,
-            plan_in,
+            plan_in: _plan_in,
             reply_out,
         } = self;
         let mut reader =
@@ -154,10 +151,9 @@ impl SupervisorProcess {
                 }
             }
         };
-        let reply = tokio::time::timeout(within, read)
+        tokio::time::timeout(within, read)
             .await
-            .map_err(|_| no_answer_in_time())??;
-        Ok((reply, plan_in))
+            .map_err(|_| no_answer_in_time())?
     }
 }
 

@@ -12,9 +12,8 @@ line on standard input); takes the lock in its folder, which it holds for as lon
 lives; checks the runner that sent the plan is still there (after a crash, a restarted
 runner may already have judged this job lost); starts the job in a process group of its
 own (dropping to the job's account, and asking the kernel to kill the job's main
-process if the supervisor dies); answers the runner with the pid; waits (briefly) for
-the runner to let go of the plan's pipe, so its own bookkeeping does not compete with
-the runner's report of the start; binds its socket; writes `started.json`. Then,
+process if the supervisor dies); answers the runner with the pid; binds its socket;
+writes `started.json`. Then,
 until the job's main process ends: copies the job's stdout and stderr from their pipes
 to the logs, at most `output_limit_bytes` each (the rest is read and dropped, so the
 job never blocks on its output), tells every connected runner how far the logs got,
@@ -30,7 +29,7 @@ about the job but what its plan and its runner's requests say.
 
 use std::fs::File;
 use std::io::{self, BufRead, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStderr, ChildStdout, Stdio};
@@ -95,13 +94,7 @@ pub fn main() -> i32 {
     match start(&plan, &folder, job_umask) {
         Ok(Some((mut job, lock))) => {
             reply(&Reply::Started { pid: job.pid });
-            // What is left before the job is supervised is this process's own
-            // bookkeeping, while the runner still has the start to record and report
-            // (the job's start latency). On a machine with few cores the two would
-            // compete for them, so this waits until the runner lets go of the plan's
-            // pipe, which it does once it has reported the start (bounded: a runner
-            // that never does only delays the socket).
-            wait_for_writer_to_close(io::stdin().as_fd(), LET_GO_WITHIN);
+            // Logged after the answer, which the job's start waits for.
             info!(job = %plan.job.job_id, attempt = plan.job.attempt, pid = job.pid, "job started");
             detach_standard_io(ready.null);
             // The socket after the answer, not before: its bind was a fifth of a job
@@ -148,10 +141,6 @@ fn reply(reply: &Reply) {
     let _ = out.write_all(&line(reply)).and_then(|()| out.flush());
 }
 
-/// How long the supervisor waits, after its answer, for the runner to let go of the
-/// plan's pipe before it binds its socket and writes `started.json`.
-const LET_GO_WITHIN: Duration = Duration::from_millis(100);
-
 /// What a supervisor makes before its plan comes: a spare waits for its plan on an
 /// idle runner, so none of this is on a job start's path. Nothing here starts a
 /// thread (the job is forked from this process).
@@ -185,31 +174,6 @@ impl Ready {
                 .ok(),
             start_ticks: tree::stat_of(std::process::id()).map(|s| s.start_ticks),
             subreaper: tree::become_subreaper(),
-        }
-    }
-}
-
-/// Wait until the writing end of the pipe `fd` reads from is closed (the runner let go
-/// of the plan's pipe), at most `within`.
-fn wait_for_writer_to_close(fd: BorrowedFd<'_>, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let mut fd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // Rounded up: poll counts whole milliseconds.
-        let timeout = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        // SAFETY: poll reads and writes the one pollfd given.
-        let ready = unsafe { libc::poll(&raw mut fd, 1, timeout) };
-        let interrupted =
-            ready < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
-        // Anything but an interruption ends the wait: the pipe closed (or, which the
-        // runner never does, carries more), the time is up, or poll failed.
-        if !interrupted || left.is_zero() {
-            return;
         }
     }
 }
@@ -848,47 +812,5 @@ async fn serve(
                 _ => return,
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_wait_for_the_runner_ends_once_it_lets_go_of_the_plans_pipe() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let (reader, writer) = io::pipe().expect("pipe");
-        let let_go = Arc::new(AtomicBool::new(false));
-        let letting_go = std::thread::spawn({
-            let let_go = let_go.clone();
-            move || {
-                std::thread::sleep(Duration::from_millis(10));
-                let_go.store(true, Ordering::SeqCst);
-                drop(writer);
-            }
-        });
-        let started = std::time::Instant::now();
-        wait_for_writer_to_close(reader.as_fd(), Duration::from_secs(60));
-        assert!(
-            let_go.load(Ordering::SeqCst),
-            "returned before the runner let go"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "waited out the bound"
-        );
-        letting_go.join().expect("thread");
-    }
-
-    #[test]
-    fn the_wait_for_the_runner_is_bounded() {
-        let (reader, _writer) = io::pipe().expect("pipe");
-        let started = std::time::Instant::now();
-        wait_for_writer_to_close(reader.as_fd(), Duration::from_millis(20));
-        assert!(
-            started.elapsed() >= Duration::from_millis(20),
-            "returned early"
-        );
     }
 }
