@@ -177,10 +177,10 @@ pub trait JobControl: Send + Sync {
     }
 }
 
-/// A job that started.
 /// A start under way (`Executor::spawn_later`).
 pub type PendingSpawn = Pin<Box<dyn Future<Output = Result<RunningJob, ExecutorError>> + Send>>;
 
+/// A job that started.
 pub struct RunningJob {
     pub pid: u32,
     pub control: Arc<dyn JobControl>,

@@ -136,9 +136,8 @@ impl JobSupervisor {
     /// Start a job without waiting for it: the launch (a supervisor process's answer,
     /// a millisecond or two) is awaited in a task of its own (`Executor::spawn_later`),
     /// so the loop goes on with other jobs' events and starts meanwhile, and several
-    /// jobs start at once. What came of
-    /// it goes to `deliver`, to be handed back to `launched`. Returns a report at once
-    /// only when the job cannot be started at all.
+    /// jobs start at once. What came of it goes to `deliver`, to be handed back to
+    /// `launched`. Returns a report at once only when the job cannot be started at all.
     pub fn start(
         &mut self,
         spec: &JobSpec,

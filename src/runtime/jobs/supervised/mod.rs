@@ -167,18 +167,19 @@ impl Supervisors {
     /// pid known), or why it does not; the supervisor's answer is waited for here.
     pub fn launch(&self, launch: Launch, output: OutputSink) -> Result<RunningJob, ExecutorError> {
         let start = self.ready_start(launch, output)?;
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let answered = self
-                .plan_to_supervisor(&start.plan)?
-                .wait_for_answer(REPLY_WITHIN);
-            match answered {
-                Ok(reply) => return start.running(reply),
-                Err(error) if tries < 2 => spare_did_not_answer(&error),
-                Err(error) => return Err(not_answered(&error)),
+        let reply = match self
+            .plan_to_supervisor(&start.plan)?
+            .wait_for_answer(REPLY_WITHIN)
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                spare_did_not_answer(&error);
+                self.plan_to_supervisor(&start.plan)?
+                    .wait_for_answer(REPLY_WITHIN)
+                    .map_err(|error| not_answered(&error))?
             }
-        }
+        };
+        start.running(reply)
     }
 
     /// `launch`, with the supervisor's answer awaited on the caller's tokio runtime
@@ -197,7 +198,7 @@ impl Supervisors {
         async move {
             let (start, process) = first?;
             let reply = match process.answer(REPLY_WITHIN).await {
-                Ok(answered) => answered,
+                Ok(reply) => reply,
                 Err(error) => {
                     spare_did_not_answer(&error);
                     supervisors
