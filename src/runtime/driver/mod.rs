@@ -178,14 +178,15 @@ impl Driver {
             // jobs can come: a runner still registering or reconnecting has none to
             // start, and a fleet starting at once would make a thousand for nothing.
             // Mechanics, not a decision: a start without a spare makes its own. Not
-            // while a job launches or its `job_started` waits for the writer: making
-            // a supervisor is a process start, CPU those need (on two cores it held
-            // a `job_started` back by 1.4 ms; docs/architecture.md). The API's
-            // acknowledgement wakes the loop again.
+            // while a job launches, nor until the API has stored every event sent
+            // (`job_started` above all): making a supervisor is a process start, CPU
+            // those need (on two cores it held a `job_started` back by 1.4 ms;
+            // docs/architecture.md). The API's acknowledgement wakes the loop again.
             if inputs.is_empty()
                 && reports.is_empty()
                 && self.core.lifecycle() == Lifecycle::Active
                 && !self.link.writing()
+                && self.core.outbox_depth() == 0
                 && let Some(jobs) = &self.jobs
                 && jobs.launching() == 0
             {

@@ -92,7 +92,7 @@ impl ProcessExecutor {
             .unwrap_or_else(default_path);
         let account = layout.account.map(Arc::new);
         Self {
-            spares: SpareDirs::new(layout.root.clone(), account.clone()),
+            spares: SpareDirs::new(layout.root.clone(), spare_dir::JOB_FOLDER, account.clone()),
             #[cfg(unix)]
             supervisors: Supervisors::new(layout.supervisor, layout.root.clone()),
             jobs_root: layout.root,

@@ -12,7 +12,8 @@ store knows.
 - A supervisor is made ahead of time when the runner is idle (a spare, as the job
   folder is), so a job start costs a message to a process that is already up, not the
   start of one. It waits for its launch plan on its standard input and exits, unused,
-  when the runner goes away.
+  when the runner goes away. Its folder, with an empty lock and log, is made ahead
+  too (`spare_dir`), so no file is created on a start's path.
 - The runner talks to a supervisor on its socket: the supervisor says how far the logs
   got, the runner reads them by offset (`follow`) and sends its requests.
 - Whether a supervisor lives is what its lock says (`flock`, which the kernel lets go
@@ -28,6 +29,7 @@ mod launcher;
 mod logs;
 mod pool;
 pub mod program;
+mod spawn;
 pub mod tree;
 pub mod wire;
 
@@ -45,6 +47,7 @@ use crate::runtime::orphans::{self, Leader};
 
 use super::executor::{ExecutorError, FindRequest, Finding, JobControl, RunningJob};
 use super::output::OutputSink;
+use super::spare_dir::{Contents, SpareDirs};
 use follow::{Follow, Log};
 use pool::{SupervisorPool, SupervisorProcess};
 use wire::{
@@ -117,16 +120,36 @@ pub struct Launch {
     pub logs: [PathBuf; 2],
 }
 
+/// A supervisor's folder made ahead: its lock, its log and the temporary files its
+/// records are written to, empty (the supervisor opens them all, and creates them only
+/// when there was no spare).
+const SPARE_FOLDER: Contents = Contents {
+    folders: &[],
+    files: &[
+        Folder::LOCK,
+        Folder::LOG,
+        Folder::TEMPS[0],
+        Folder::TEMPS[1],
+    ],
+};
+
 #[derive(Clone)]
 pub struct Supervisors {
     jobs_root: PathBuf,
     /// Supervisor processes waiting for a plan, and where they come from.
     pool: SupervisorPool,
+    /// The next supervisor's folder, made ahead (in `.supervisors/`).
+    spare_folder: Arc<SpareDirs>,
 }
 
 impl Supervisors {
     pub fn new(program: PathBuf, jobs_root: PathBuf) -> Self {
         Self {
+            spare_folder: Arc::new(SpareDirs::new(
+                jobs_root.join(wire::SUPERVISORS_DIR),
+                SPARE_FOLDER,
+                None,
+            )),
             jobs_root,
             pool: SupervisorPool::new(program),
         }
@@ -158,8 +181,10 @@ impl Supervisors {
         Ok(())
     }
 
-    /// Start a spare supervisor if there is none, on a blocking thread; returns at once.
+    /// Start a spare supervisor and make a spare folder for it if there is none, on
+    /// blocking threads; returns at once.
     pub fn prepare_ahead(&self) {
+        self.spare_folder.refill();
         self.pool.prepare_ahead();
     }
 
@@ -216,7 +241,7 @@ impl Supervisors {
     /// claimed, the job's logs opened for reading, the plan's line.
     fn ready_start(&self, launch: Launch, output: OutputSink) -> Result<Start, ExecutorError> {
         let folder = Folder::of(&self.jobs_root, &launch.job);
-        claim_folder(&folder, &launch.job)?;
+        claim_folder(&folder, &launch.job, &self.spare_folder)?;
         let io_error = |op: &'static str, path: &Path| {
             let path = path.to_owned();
             move |source| ExecutorError::Io { op, path, source }
@@ -475,7 +500,7 @@ fn end_supervised(folder: &Folder) {
 
 /// Make the supervisor's folder for a new attempt, clearing what a dead one left. One
 /// whose lock is held means that attempt runs already.
-fn claim_folder(folder: &Folder, job: &JobRef) -> Result<(), ExecutorError> {
+fn claim_folder(folder: &Folder, job: &JobRef, spare: &SpareDirs) -> Result<(), ExecutorError> {
     if folder.path().exists() {
         if supervisor_lives(folder) {
             return Err(ExecutorError::AlreadyRunning {
@@ -484,6 +509,9 @@ fn claim_folder(folder: &Folder, job: &JobRef) -> Result<(), ExecutorError> {
             });
         }
         let _ = std::fs::remove_dir_all(folder.path());
+    }
+    if spare.take_into(folder.path()) {
+        return Ok(());
     }
     crate::platform::create_dir_all(folder.path(), crate::platform::Access::Private).map_err(
         |source| ExecutorError::Io {

@@ -31,8 +31,6 @@ use std::fs::File;
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::{ChildStderr, ChildStdout, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -143,7 +141,8 @@ fn reply(reply: &Reply) {
 
 /// What a supervisor makes before its plan comes: a spare waits for its plan on an
 /// idle runner, so none of this is on a job start's path. Nothing here starts a
-/// thread (the job is forked from this process).
+/// thread, so the steps `spawn` runs between the job's start and its `exec` meet no
+/// lock another thread held.
 struct Ready {
     /// A current-thread runtime: no thread until the job is supervised.
     runtime: io::Result<tokio::runtime::Runtime>,
@@ -210,8 +209,9 @@ struct Started {
     started_mono_ms: u64,
     /// Bound once the runner has its answer; `None` if that failed.
     listener: Option<std::os::unix::net::UnixListener>,
-    stdout: ChildStdout,
-    stderr: ChildStderr,
+    /// The read ends of the job's standard output and error.
+    stdout: OwnedFd,
+    stderr: OwnedFd,
     logs: [File; 2],
 }
 
@@ -259,36 +259,16 @@ fn start(
         return Ok(None);
     }
     let logs = [open_log(plan, 0)?, open_log(plan, 1)?];
-    let mut command = std::process::Command::new(plan.program.path());
-    command
-        .arg0(plan.argv0.os())
-        .args(plan.args.iter().map(|arg| arg.os()))
-        .env_clear()
-        .envs(plan.env.iter().map(|(name, value)| (name.os(), value.os())))
-        .current_dir(plan.cwd.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    before_exec(&mut command, plan, job_umask);
     let started_mono_ms = monotonic_ms();
-    let mut child = command
-        .spawn()
+    let job = super::spawn::start_job(plan, job_umask)
         .map_err(|e| format!("cannot start {:?}: {e}", plan.argv0.os().to_string_lossy()))?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err("the job's output pipes were not set up".into());
-    };
-    let pid = child.id();
-    // The supervisor reaps the job itself (with every descendant), so the standard
-    // library's handle is only let go of; dropping it neither waits nor kills.
-    drop(child);
     Ok(Some((
         Started {
-            pid,
+            pid: job.pid,
             started_mono_ms,
             listener: None,
-            stdout,
-            stderr,
+            stdout: job.stdout,
+            stderr: job.stderr,
             logs,
         },
         lock,
@@ -353,51 +333,6 @@ fn open_log(plan: &LaunchPlan, stream: usize) -> Result<File, String> {
             path.display()
         )),
         Err(e) => Err(format!("cannot inspect the log {}: {e}", path.display())),
-    }
-}
-
-/// What the job's process does between fork and exec: drop to the job's account (all
-/// its groups, its group, its user), get back the signal mask and the file mode mask
-/// the supervisor changed, and ask the kernel for SIGKILL should the supervisor die
-/// (after the account change, which clears that request). If the supervisor is gone
-/// already, the job does not start.
-fn before_exec(command: &mut std::process::Command, plan: &LaunchPlan, job_umask: libc::mode_t) {
-    let account = plan.account.clone();
-    let supervisor = std::process::id();
-    let setup = move || -> io::Result<()> {
-        let check = |rc: libc::c_int| {
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        };
-        // SAFETY: between fork and exec only async-signal-safe calls are allowed: these
-        // are plain system calls, reading memory allocated before the fork (`groups`,
-        // with its true length).
-        unsafe {
-            if let Some(account) = &account {
-                check(libc::setgroups(
-                    account.groups.len() as _,
-                    account.groups.as_ptr(),
-                ))?;
-                check(libc::setgid(account.gid))?;
-                check(libc::setuid(account.uid))?;
-            }
-            libc::signal(libc::SIGHUP, libc::SIG_DFL);
-            libc::umask(job_umask);
-            #[cfg(target_os = "linux")]
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-            if u32::try_from(libc::getppid()).ok() != Some(supervisor) {
-                return Err(io::Error::other("the job's supervisor is gone"));
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the closure makes only async-signal-safe system calls (see above); it
-    // allocates nothing and takes no lock.
-    unsafe {
-        command.pre_exec(setup);
     }
 }
 
@@ -495,14 +430,14 @@ async fn run(plan: &LaunchPlan, job: Started) -> ExitRecord {
     let limit = plan.output_limit_bytes;
     let pumps = [
         tokio::spawn(super::logs::pump(
-            OwnedFd::from(stdout),
+            stdout,
             stdout_log,
             limit,
             sizes_tx.clone(),
             true,
         )),
         tokio::spawn(super::logs::pump(
-            OwnedFd::from(stderr),
+            stderr,
             stderr_log,
             limit,
             sizes_tx.clone(),
