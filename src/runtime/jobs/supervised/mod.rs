@@ -19,7 +19,8 @@ store knows.
 - Whether a supervisor lives is what its lock says (`flock`, which the kernel lets go
   of when it dies): never a pid alone.
 
-Layout: `wire` is what both sides write and read; `program` is the supervisor itself;
+Layout: `wire` is what both sides write and read; `program` is the supervisor itself
+and `spawn` how it starts the job;
 `pool` holds the supervisors waiting for a plan and `launcher` forks them; `tree` is the supervisor's view of the job's processes;
 `follow` the runner's reading of a job.
 */
@@ -120,17 +121,11 @@ pub struct Launch {
     pub logs: [PathBuf; 2],
 }
 
-/// A supervisor's folder made ahead: its lock, its log and the temporary files its
-/// records are written to, empty (the supervisor opens them all, and creates them only
-/// when there was no spare).
+/// A supervisor's folder made ahead: its lock and its log, empty (the supervisor
+/// opens both, and creates them only when there was no spare).
 const SPARE_FOLDER: Contents = Contents {
     folders: &[],
-    files: &[
-        Folder::LOCK,
-        Folder::LOG,
-        Folder::TEMPS[0],
-        Folder::TEMPS[1],
-    ],
+    files: &[Folder::LOCK, Folder::LOG],
 };
 
 #[derive(Clone)]

@@ -246,8 +246,6 @@ impl Folder {
     pub const LOCK: &str = "lock";
     /// The supervisor's log's name in the folder (see `log`).
     pub const LOG: &str = "supervisor.log";
-    /// Where `write_record` writes `started.json` and `exit.json` before renaming them.
-    pub const TEMPS: [&str; 2] = ["started.tmp", "exit.tmp"];
 
     pub fn of(jobs_root: &Path, job: &JobRef) -> Self {
         Self(jobs_root.join(SUPERVISORS_DIR).join(key(job)))
@@ -327,7 +325,7 @@ pub fn socket_path_too_long(jobs_root: &Path) -> Option<usize> {
 pub fn write_record<T: Serialize>(path: &Path, value: &T, durable: bool) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let temp = temp_of(path);
+    let temp = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -344,12 +342,6 @@ pub fn write_record<T: Serialize>(path: &Path, value: &T, durable: bool) -> io::
         fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
-}
-
-/// Where `write_record` writes `path` first (`Folder::TEMPS`, made ahead with a spare
-/// folder, so the record's write creates no file).
-fn temp_of(path: &Path) -> PathBuf {
-    path.with_extension("tmp")
 }
 
 /// A record, if there is one. One of another version is an error, never misread.
@@ -413,15 +405,6 @@ mod tests {
         assert_ne!(key(&job("j-1", 1)), key(&job("j-11", 1)));
         // The value itself is part of the contract between runner versions.
         assert_eq!(key(&job("a", 1)), "8e1b2024f9e473d7");
-    }
-
-    #[test]
-    fn the_temporary_files_a_spare_folder_holds_are_those_records_are_written_to() {
-        let folder = Folder::at(PathBuf::from("/s"));
-        assert_eq!(
-            [temp_of(&folder.started()), temp_of(&folder.exit())],
-            Folder::TEMPS.map(|name| folder.path().join(name))
-        );
     }
 
     #[test]
