@@ -270,11 +270,11 @@ impl Folder {
     }
 
     pub fn started(&self) -> PathBuf {
-        self.0.join(STARTED)
+        self.0.join("started.json")
     }
 
     pub fn exit(&self) -> PathBuf {
-        self.0.join(EXIT)
+        self.0.join("exit.json")
     }
 
     /// The supervisor's own log (its standard error).
@@ -282,9 +282,6 @@ impl Folder {
         self.0.join(Self::LOG)
     }
 }
-
-const STARTED: &str = "started.json";
-const EXIT: &str = "exit.json";
 
 /// 16 hex digits naming a job attempt (FNV-1a, 64 bits). Stable across builds, since
 /// a runner finds its predecessor's supervisors by it. Written here because no crate
