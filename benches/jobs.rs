@@ -16,7 +16,8 @@
 //! dispatch latency, `FYN_BENCH_OUTPUT_BYTES` for the output, `FYN_BENCH_JOBS` for
 //! the concurrent starts, `FYN_BENCH_SECTIONS` to run only some of
 //! `latency,output,starts,idle`, `JOBS_BENCH_RUNNER` to measure another build's
-//! binary). Sections that load the file system are 30 s apart: see
+//! binary, `JOBS_BENCH_BASELINE` to time another build's binary in the latency's
+//! interleaved rounds beside this one's). Sections that load the file system are 30 s apart: see
 //! `pause_between_fs_heavy_runs`.
 #![allow(clippy::disallowed_methods)] // measuring time is what this does
 
@@ -58,6 +59,17 @@ fn env_or(name: &str, default: usize) -> usize {
 fn spawn_runner(url: &str, dir: &std::path::Path, token: &str, slots: u32) -> Child {
     let binary = std::env::var_os("JOBS_BENCH_RUNNER")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_fyn-runner").into());
+    spawn_runner_binary(&binary, url, dir, token, slots)
+}
+
+/// `binary` as a runner of `slots` slots, connected to the dev-server at `url`.
+fn spawn_runner_binary(
+    binary: &std::ffi::OsStr,
+    url: &str,
+    dir: &std::path::Path,
+    token: &str,
+    slots: u32,
+) -> Child {
     Command::new(binary)
         .args(["run", "--server", url, "--token", token])
         .args(["--slots", &slots.to_string()])
@@ -522,10 +534,15 @@ async fn latency() {
     let (bare_server, bare) = bare_runner_on_its_own_server(None, 4).await;
     let duty_dir = tempfile::tempdir().expect("tempdir");
     let (duty_server, duty) = bare_runner_on_its_own_server(Some(duty_dir.path()), 4).await;
+    let baseline = match std::env::var_os("JOBS_BENCH_BASELINE") {
+        Some(binary) => Some(Baseline::start(&binary).await),
+        None => None,
+    };
 
     // Interleaved rounds, so that a slow spell of the machine (a shared VM) falls on
     // every contender alike rather than on whichever ran then.
     let (mut ours, mut floor, mut with_duties, mut raw) = (vec![], vec![], vec![], vec![]);
+    let mut theirs = vec![];
     // In the runner's state folder's file system (both are temporary folders).
     let commit_dir = tempfile::tempdir().expect("tempdir");
     let commits = Duties::new(commit_dir.path());
@@ -533,6 +550,9 @@ async fn latency() {
     let per_round = count / rounds;
     for _ in 0..rounds {
         ours.extend(dispatch_latency(&server, per_round).await);
+        if let Some(baseline) = &baseline {
+            theirs.extend(dispatch_latency(&baseline.server, per_round).await);
+        }
         floor.extend(dispatch_latency(&bare_server, per_round).await);
         with_duties.extend(dispatch_latency(&duty_server, per_round).await);
         raw.extend(floor_latency(per_round).await);
@@ -544,6 +564,7 @@ async fn latency() {
         &mut with_duties,
         &mut raw,
         &mut durable,
+        &mut theirs,
     ] {
         samples.sort();
     }
@@ -565,11 +586,15 @@ async fn latency() {
          submitted -> job_started at the dev-server)"
     );
     println!("  fyn-runner:                              p50 {p50:?}, p99 {p99:?}");
-    for (name, floor) in [
+    let baseline_name = baseline
+        .as_ref()
+        .map(|b| format!("baseline: {}", b.binary.to_string_lossy()));
+    let contenders = baseline_name.iter().map(|name| (name.as_str(), &theirs));
+    for (name, floor) in contenders.chain([
         ("floor: bare client via the dev-server", &floor),
         ("floor with the issue's duties", &with_duties),
         ("raw floor: bare client, bare server", &raw),
-    ] {
+    ]) {
         let (f50, f99) = (percentile(floor, 0.5), percentile(floor, 0.99));
         println!(
             "  {name:<40} p50 {f50:?}, p99 {f99:?}; fyn-runner is p50 {:.2}x, p99 {:.2}x",
@@ -588,6 +613,43 @@ async fn latency() {
     let _ = runner.kill();
     let _ = runner.wait();
     server.shutdown().await;
+    if let Some(baseline) = baseline {
+        baseline.stop().await;
+    }
+}
+
+/// Another build's runner (`JOBS_BENCH_BASELINE`), on a dev-server and in a state
+/// folder of its own, timed in the same interleaved rounds as this build's: the one
+/// comparison between two versions that a slow spell of the machine falls on alike.
+struct Baseline {
+    binary: std::ffi::OsString,
+    server: DevServer,
+    runner: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Baseline {
+    async fn start(binary: &std::ffi::OsStr) -> Self {
+        let server = DevServer::start(DevServerConfig::ephemeral())
+            .await
+            .expect("dev-server");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = server.mint_token().expect("token");
+        let runner = spawn_runner_binary(binary, &server.url(), dir.path(), &token, 4);
+        until_ready(&server).await;
+        Self {
+            binary: binary.to_owned(),
+            server,
+            runner,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.runner.kill();
+        let _ = self.runner.wait();
+        self.server.shutdown().await;
+    }
 }
 
 /// A small but complete hardware record, `cores` logical cores.

@@ -68,7 +68,7 @@ async fn endpoint(
     config.limits = limits;
     config.progress_every = Duration::from_millis(200);
     let (reports, received) = mpsc::channel(8);
-    let endpoint = JobEndpoint::bind(config, reports).await?;
+    let endpoint = JobEndpoint::bind(config, reports, None).await?;
     Ok((endpoint, driver(received)))
 }
 
@@ -275,7 +275,7 @@ async fn with_a_job_account_the_socket_is_the_accounts() -> TestResult {
     let mut config = EndpointConfig::new(job(), &job_dir, KvView::default());
     config.account = Some(nobody.clone());
     let (reports, received) = mpsc::channel(8);
-    let endpoint = JobEndpoint::bind(config, reports).await?;
+    let endpoint = JobEndpoint::bind(config, reports, None).await?;
     let _seen = driver(received);
     let meta = std::fs::metadata(endpoint.path())?;
     assert_eq!((meta.uid(), meta.mode() & 0o777), (nobody.uid, 0o600));

@@ -583,6 +583,7 @@ async fn a_job_id_that_climbs_out_is_refused() {
             output: OutputSink::new(bad.job_ref(), tx.clone()),
             spec: bad.clone(),
             lease: Duration::from_secs(60),
+            folder_ready: false,
         };
         let result = executor.spawn(request);
         assert!(
@@ -858,8 +859,9 @@ async fn ready_spare(root: &Path) -> PathBuf {
                     .to_string_lossy()
                     .starts_with(".spare-")
             });
-        // Complete: the logs are made last.
+        // Complete: the logs are made last; it is taken for ready a moment later.
         if let Some(spare) = spare.filter(|s| s.join("stderr.log").exists()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
             return spare;
         }
         assert!(Instant::now() < deadline, "no spare job folder in time");
@@ -944,6 +946,89 @@ async fn job_folders_are_the_spare_made_ahead_of_time() {
         spares_and_others(&root),
         (0, 1),
         "the spare goes with the runner"
+    );
+}
+
+/// A spare job folder comes with the job's endpoint socket bound and listening: the
+/// endpoint serves on it, at its place in the job's folder, with no bind of its own
+/// on the start's path. One that no endpoint takes is removed with its listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_folders_socket_is_the_jobs_endpoint() {
+    use fyn_runner::runtime::job_endpoint::{
+        EndpointConfig, JobEndpoint, JobSays, KvView, SOCKET_NAME, SOCKET_VARIABLE,
+    };
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("jobs");
+    let (tx, _reports) = unbounded_channel();
+    let supervisor = JobSupervisor::new(root.clone(), tx);
+    supervisor.preflight().expect("preflight");
+    supervisor.prepare_ahead();
+    let spare = ready_spare(&root).await;
+    let bound_inode = inode(&spare.join(SOCKET_NAME));
+
+    let folder = supervisor
+        .prepare_folder(&spec("served", &["true"]))
+        .expect("the folder");
+    let job_dir = root.join("served-1");
+    let socket = job_dir.join(SOCKET_NAME);
+    let bound = folder.endpoint_socket.expect("the spare's socket");
+    assert_eq!(bound.path(), socket);
+    assert_eq!(inode(&socket), bound_inode, "the spare's, not a new one");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let (reports_tx, mut reports) = tokio::sync::mpsc::channel(8);
+    let config = EndpointConfig::new(
+        JobRef {
+            job_id: "served".into(),
+            attempt: 1,
+        },
+        &job_dir,
+        KvView::new(BTreeMap::new()),
+    );
+    let endpoint = JobEndpoint::bind(config, reports_tx, Some(bound))
+        .await
+        .expect("served");
+    assert_eq!(inode(&socket), bound_inode, "served where it was bound");
+    let socket_var = socket.clone();
+    let said = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fyn-runner"))
+            .args(["job", "progress", "0.5", "half"])
+            .env(SOCKET_VARIABLE, socket_var)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        said.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    let report = timeout(WAIT, reports.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(report.says, JobSays::Progress { .. }),
+        "{:?}",
+        report.says
+    );
+    endpoint.close().await;
+    assert!(!socket.exists(), "removed with its endpoint");
+
+    // Taken for a folder whose endpoint never comes (its job failed to start).
+    supervisor.prepare_ahead();
+    ready_spare(&root).await;
+    let folder = supervisor
+        .prepare_folder(&spec("unserved", &["true"]))
+        .expect("the folder");
+    let socket = root.join("unserved-1").join(SOCKET_NAME);
+    assert!(socket.exists());
+    drop(folder);
+    assert!(
+        !socket.exists(),
+        "no socket without a listener is left for a job"
     );
 }
 
@@ -1165,13 +1250,15 @@ async fn a_cancel_asked_while_a_job_launches_reaches_it_once_it_runs() {
     let mut supervisor = JobSupervisor::with_executor(Arc::new(executor), tx);
     let job = spec("gated", &["true"]);
     let (deliver, mut launched) = unbounded_channel();
-    let started = supervisor.start(&job, move |l| drop(deliver.send(l)));
+    let started = supervisor.start(&job, false, move |l| drop(deliver.send(l)));
     assert!(
         started.is_none(),
         "nothing to report before the launch ends"
     );
     assert!(supervisor.is_launching(&job.job_ref()));
-    let again = supervisor.start(&job, |_| panic!("a second launch of the same attempt"));
+    let again = supervisor.start(&job, false, |_| {
+        panic!("a second launch of the same attempt")
+    });
     assert!(
         matches!(again, Some(JobReport::SpawnFailed { .. })),
         "{again:?}"

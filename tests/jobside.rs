@@ -484,9 +484,15 @@ async fn every_short_job_closes_its_socket_and_delivers_its_last_word() {
             kinds(&events)
         );
     }
+    // A spare job folder's socket is the next job's, listened on already.
+    let spare = |path: &Path| {
+        path.components()
+            .any(|part| part.as_os_str().to_string_lossy().starts_with(".spare-"))
+    };
     let sockets: Vec<PathBuf> = files_below(&state.join("jobs"))
         .into_iter()
         .filter(|path| path.file_name().is_some_and(|name| name == "job.sock"))
+        .filter(|path| !spare(path))
         .collect();
     assert_eq!(sockets, Vec::<PathBuf>::new(), "sockets left by ended jobs");
     stop(handle).await;

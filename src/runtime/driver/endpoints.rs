@@ -22,6 +22,7 @@ use crate::protocol::JobRef;
 use crate::runtime::job_endpoint::{
     EndpointConfig, EndpointReport, JobEndpoint, JobSays, KvView, Taken,
 };
+use crate::runtime::jobs::BoundSocket;
 
 /// Reports waiting for the loop: the endpoints wait (and so do their jobs) past this.
 const REPORTS_QUEUED: usize = 256;
@@ -48,18 +49,20 @@ impl Endpoints {
         (endpoints, reports)
     }
 
-    /// Serve the job's endpoint in its folder (which exists). A failure is logged: the
-    /// job runs without one (its `fyn-runner job` calls say there is none).
+    /// Serve the job's endpoint in its folder (which exists), on `bound` when the
+    /// folder came with its socket. A failure is logged: the job runs without one (its
+    /// `fyn-runner job` calls say there is none).
     pub async fn open(
         &mut self,
         job: JobRef,
         job_dir: &Path,
         account: Option<Account>,
         kv: KvView,
+        bound: Option<BoundSocket>,
     ) {
         let mut config = EndpointConfig::new(job.clone(), job_dir, kv);
         config.account = account;
-        match JobEndpoint::bind(config, self.reports_tx.clone()).await {
+        match JobEndpoint::bind(config, self.reports_tx.clone(), bound).await {
             Ok(endpoint) => {
                 self.open.insert(job, endpoint);
             }

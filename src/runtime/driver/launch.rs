@@ -294,7 +294,10 @@ pub(super) fn launch(
         let driver = {
             let mut driver = driver;
             for (job, job_dir, account, kv) in reopened {
-                driver.endpoints.open(job, &job_dir, account, kv).await;
+                driver
+                    .endpoints
+                    .open(job, &job_dir, account, kv, None)
+                    .await;
             }
             driver
         };

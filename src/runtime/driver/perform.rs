@@ -254,22 +254,17 @@ impl Driver {
         for job in std::mem::take(&mut self.spawns) {
             // Its endpoint is served before its process starts.
             #[cfg(unix)]
-            if let Some(jobs) = &self.jobs
-                && let Ok(folder) = jobs.prepare_folder(&job)
-                && let Some(job_dir) = folder.work.parent()
-            {
-                let kv = crate::runtime::job_endpoint::KvView::new(job.kv.clone());
-                self.endpoints
-                    .open(job.job_ref(), job_dir, folder.account, kv)
-                    .await;
-            }
+            let folder_ready = self.folder_and_endpoint(&job).await;
+            #[cfg(windows)]
+            let folder_ready = false;
             let failed = match &mut self.jobs {
                 Some(jobs) => {
                     info!(job = %job.job_id, attempt = job.attempt, program = ?job.command.first(), "starting job");
                     // Its `Started` comes back as an input (`Input::Launched`).
                     let inputs = self.inputs_tx.clone();
                     let deliver = move |launched| drop(inputs.send(Input::Launched(launched)));
-                    jobs.start(&job, deliver).map(JobReport::into_event)
+                    jobs.start(&job, folder_ready, deliver)
+                        .map(JobReport::into_event)
                 }
                 None => Some(Event::JobSpawnFailed {
                     job: job.job_ref(),
@@ -278,6 +273,29 @@ impl Driver {
             };
             self.local.extend(failed);
         }
+    }
+
+    /// The job's folder made and its endpoint served, before its process starts.
+    /// Whether the folder is there (the launch then does not make it again); a folder
+    /// that cannot be made is the launch's to report, which tries again and says why.
+    #[cfg(unix)]
+    async fn folder_and_endpoint(&mut self, job: &crate::protocol::JobSpec) -> bool {
+        let Some(Ok(folder)) = self.jobs.as_ref().map(|jobs| jobs.prepare_folder(job)) else {
+            return false;
+        };
+        if let Some(job_dir) = folder.work.parent() {
+            let kv = crate::runtime::job_endpoint::KvView::new(job.kv.clone());
+            self.endpoints
+                .open(
+                    job.job_ref(),
+                    job_dir,
+                    folder.account,
+                    kv,
+                    folder.endpoint_socket,
+                )
+                .await;
+        }
+        true
     }
 
     pub(super) fn pump_resend(&mut self) {

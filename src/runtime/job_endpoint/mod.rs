@@ -43,6 +43,8 @@ use crate::protocol::{JobRef, MAX_PROGRESS_MESSAGE_BYTES};
 use crate::runtime::account_fs::with_account_access;
 
 pub use kv::{KvLimits, KvView};
+
+use crate::runtime::jobs::BoundSocket;
 use wire::{Answer, MAX_LINE_BYTES, Request};
 
 /// The socket's name in the job's folder.
@@ -144,19 +146,28 @@ pub struct JobEndpoint {
 }
 
 impl JobEndpoint {
-    /// Make the socket (replacing one an earlier runner left) and serve it; what the job
-    /// says goes down `reports`.
+    /// Make the socket (replacing one an earlier runner left), or take `bound` when it
+    /// is the one at the endpoint's path (made ahead with a spare folder), and serve
+    /// it; what the job says goes down `reports`.
     pub async fn bind(
         config: EndpointConfig,
         reports: mpsc::Sender<EndpointReport>,
+        bound: Option<BoundSocket>,
     ) -> Result<Self, EndpointError> {
         let path = config.path.clone();
+        // Checked for a socket made ahead too: the job connects by this path.
         let len = path.as_os_str().len();
         if len > MAX_SOCKET_PATH {
             return Err(EndpointError::PathTooLong {
                 path: path.display().to_string(),
                 len,
             });
+        }
+        if let Some(listener) = bound
+            .filter(|bound| bound.path() == path)
+            .and_then(BoundSocket::into_listener)
+        {
+            return Self::serve_on(listener, config, reports);
         }
         let failed = |source| EndpointError::Bind {
             path: path.display().to_string(),
@@ -177,7 +188,19 @@ impl JobEndpoint {
                 .map_err(failed)?
             }
         };
-        let listener = UnixListener::from_std(listener).map_err(failed)?;
+        Self::serve_on(listener, config, reports)
+    }
+
+    fn serve_on(
+        listener: std::os::unix::net::UnixListener,
+        config: EndpointConfig,
+        reports: mpsc::Sender<EndpointReport>,
+    ) -> Result<Self, EndpointError> {
+        let path = config.path.clone();
+        let listener = UnixListener::from_std(listener).map_err(|source| EndpointError::Bind {
+            path: path.display().to_string(),
+            source,
+        })?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(serve(listener, Serving::new(config, reports), stopped));
         Ok(Self {

@@ -95,12 +95,14 @@ pub trait Executor: Send + Sync + 'static {
 }
 
 /// A job's folder made ready before its process starts.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PreparedFolder {
     /// The job's `work/`.
     pub work: PathBuf,
     /// The account jobs run as, when not the runner's own.
     pub account: Option<crate::platform::Account>,
+    /// The job's endpoint socket, when the folder came with one bound (a spare's).
+    pub endpoint_socket: Option<super::spare_dir::BoundSocket>,
 }
 
 /// What to run, and where its output goes.
@@ -110,6 +112,8 @@ pub struct SpawnRequest {
     /// How long the job may go on without a runner renewing its lease (the API's
     /// runner-lost threshold), for backends whose jobs outlive the runner.
     pub lease: Duration,
+    /// Whether `prepare_folder` made the job's folder already (it is not made again).
+    pub folder_ready: bool,
 }
 
 /// A job of the previous run, to be found (`Executor::find`).

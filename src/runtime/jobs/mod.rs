@@ -47,6 +47,7 @@ pub use job_account::{JobAccount, move_job_folders};
 pub use output::{CHUNK_BYTES, CREDITS_PER_STREAM, OutputChunk, OutputSink, StreamSink};
 pub use process::{JobsLayout, ProcessExecutor, default_path, job_dir, supervisor_program};
 pub use report::{FoundState, JobReport};
+pub use spare_dir::BoundSocket;
 #[cfg(unix)]
 pub(crate) use supervised::tree as supervised_tree;
 #[cfg(unix)]

@@ -33,7 +33,7 @@ use super::executor::{Executor, ExecutorError, RunningJob, SpawnRequest};
 #[cfg(unix)]
 use super::executor::{FindRequest, Finding};
 use super::job_account::JobAccount;
-use super::spare_dir::{self, SpareDirs};
+use super::spare_dir::{self, SpareDirs, Taken};
 #[cfg(unix)]
 use super::supervised::{Launch, Supervisors};
 use crate::platform::{self, Access};
@@ -92,7 +92,7 @@ impl ProcessExecutor {
             .unwrap_or_else(default_path);
         let account = layout.account.map(Arc::new);
         Self {
-            spares: SpareDirs::new(layout.root.clone(), spare_dir::JOB_FOLDER, account.clone()),
+            spares: SpareDirs::new(layout.root.clone(), spare_folder(), account.clone()),
             #[cfg(unix)]
             supervisors: Supervisors::new(layout.supervisor, layout.root.clone()),
             jobs_root: layout.root,
@@ -109,6 +109,17 @@ impl ProcessExecutor {
     pub fn job_dir(&self, job: &JobRef) -> Result<PathBuf, ExecutorError> {
         job_dir(&self.jobs_root, job)
     }
+}
+
+/// What a spare job folder holds: on Unix also the job's endpoint socket, bound.
+#[cfg(unix)]
+fn spare_folder() -> spare_dir::Contents {
+    spare_dir::JOB_FOLDER.with_socket(crate::runtime::job_endpoint::SOCKET_NAME)
+}
+
+#[cfg(not(unix))]
+fn spare_folder() -> spare_dir::Contents {
+    spare_dir::JOB_FOLDER
 }
 
 /// `<jobs_root>/<job_id>-<attempt>`. The ID was validated when the command arrived; it
@@ -175,10 +186,11 @@ impl Executor for ProcessExecutor {
     ) -> Result<super::executor::PreparedFolder, ExecutorError> {
         spec.validate()?;
         let job_dir = self.job_dir(&spec.job_ref())?;
-        self.make_job_dir(&job_dir)?;
+        let (_, taken) = self.make_job_dir(&job_dir)?;
         Ok(super::executor::PreparedFolder {
             work: job_dir.join("work"),
             account: self.account.as_deref().map(|a| a.account().clone()),
+            endpoint_socket: taken.socket,
         })
     }
 
@@ -186,6 +198,7 @@ impl Executor for ProcessExecutor {
         Ok(super::executor::PreparedFolder {
             work: self.job_dir(job)?.join("work"),
             account: self.account.as_deref().map(|a| a.account().clone()),
+            endpoint_socket: None,
         })
     }
 
@@ -200,8 +213,9 @@ impl Executor for ProcessExecutor {
             spec,
             output,
             lease,
+            folder_ready,
         } = request;
-        let prepared = self.prepare(&spec)?;
+        let prepared = self.prepare(&spec, folder_ready)?;
         #[cfg(unix)]
         {
             self.supervisors
@@ -222,8 +236,9 @@ impl Executor for ProcessExecutor {
             spec,
             output,
             lease,
+            folder_ready,
         } = request;
-        match self.prepare(&spec) {
+        match self.prepare(&spec, folder_ready) {
             Ok(prepared) => Box::pin(
                 self.supervisors
                     .launch_async(prepared.into_launch(&spec, lease), output),
@@ -274,11 +289,21 @@ pub(super) struct Prepared {
 
 impl ProcessExecutor {
     /// Everything a start needs before a process exists. Never panics on a bad spec.
-    fn prepare(&self, spec: &crate::protocol::JobSpec) -> Result<Prepared, ExecutorError> {
+    /// `folder_ready`: `prepare_folder` made the folder for this start already.
+    fn prepare(
+        &self,
+        spec: &crate::protocol::JobSpec,
+        folder_ready: bool,
+    ) -> Result<Prepared, ExecutorError> {
         spec.validate()?;
         let job = spec.job_ref();
         let job_dir = self.job_dir(&job)?;
-        let logs = self.make_job_dir(&job_dir)?;
+        let logs = if folder_ready {
+            spare_dir::LOGS.map(|log| job_dir.join(log))
+        } else {
+            // A socket the spare came with serves no one here: dropped, it is removed.
+            self.make_job_dir(&job_dir)?.0
+        };
         let work = job_dir.join("work");
         let start_dir = start_dir(&work, spec.workdir.as_deref())?;
         if let Some(account) = &self.account {
@@ -334,13 +359,13 @@ impl ProcessExecutor {
     }
 
     /// The job's folder with `work/` and its two empty logs: the spare moved into
-    /// place, or else made here. A log that cannot be made is a job that cannot be
-    /// run as promised.
-    fn make_job_dir(&self, job_dir: &Path) -> Result<[PathBuf; 2], ExecutorError> {
+    /// place (with its endpoint's socket bound, when it has one), or else made here.
+    /// A log that cannot be made is a job that cannot be run as promised.
+    fn make_job_dir(&self, job_dir: &Path) -> Result<([PathBuf; 2], Taken), ExecutorError> {
         let logs = spare_dir::LOGS.map(|log| job_dir.join(log));
-        if self.spares.take_into(job_dir) {
+        if let Some(taken) = self.spares.take_into(job_dir) {
             // Made empty with the spare (and handed over to the job account with it).
-            return Ok(logs);
+            return Ok((logs, taken));
         }
         let work = job_dir.join("work");
         create_dir(&work)?;
@@ -351,7 +376,7 @@ impl ProcessExecutor {
         for log in &logs {
             make_log(log)?;
         }
-        Ok(logs)
+        Ok((logs, Taken::default()))
     }
 }
 

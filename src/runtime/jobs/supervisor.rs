@@ -125,7 +125,7 @@ impl JobSupervisor {
     /// tokio runtime. (The driver uses `start`, which does not wait.)
     pub fn spawn(&mut self, spec: &JobSpec) -> JobReport {
         let job = spec.job_ref();
-        let request = match self.request(spec) {
+        let request = match self.request(spec, false) {
             Ok(request) => request,
             Err(error) => return spawn_failed(job, error),
         };
@@ -138,13 +138,15 @@ impl JobSupervisor {
     /// so the loop goes on with other jobs' events and starts meanwhile, and several
     /// jobs start at once. What came of it goes to `deliver`, to be handed back to
     /// `launched`. Returns a report at once only when the job cannot be started at all.
+    /// `folder_ready`: `prepare_folder` made the job's folder for this start.
     pub fn start(
         &mut self,
         spec: &JobSpec,
+        folder_ready: bool,
         deliver: impl FnOnce(Launched) + Send + 'static,
     ) -> Option<JobReport> {
         let job = spec.job_ref();
-        let request = match self.request(spec) {
+        let request = match self.request(spec, folder_ready) {
             Ok(request) => request,
             Err(error) => return Some(spawn_failed(job, error)),
         };
@@ -195,7 +197,11 @@ impl JobSupervisor {
 
     /// What a launch needs, or why there is none: the same attempt twice is the one
     /// thing worse than not running it.
-    fn request(&mut self, spec: &JobSpec) -> Result<SpawnRequest, ExecutorError> {
+    fn request(
+        &mut self,
+        spec: &JobSpec,
+        folder_ready: bool,
+    ) -> Result<SpawnRequest, ExecutorError> {
         self.prune();
         let job = spec.job_ref();
         if self.jobs.contains_key(&job) || self.launching.contains_key(&job) {
@@ -208,6 +214,7 @@ impl JobSupervisor {
             spec: spec.clone(),
             output: OutputSink::new(job.clone(), self.reports.clone()),
             lease: self.lease,
+            folder_ready,
         })
     }
 

@@ -170,6 +170,13 @@ impl Follow {
     /// read its hello); otherwise one is opened, unless the supervisor is gone.
     pub(super) async fn run(mut self, mut connected: Option<UnixStream>) -> JobEnd {
         let mut buf = vec![0u8; CHUNK_BYTES].into_boxed_slice();
+        if connected.is_none() {
+            // A supervisor binds its socket only after its answer, while the runner
+            // records and sends `job_started`: a connection tried now would nearly
+            // always find none, and its attempt and lock test would come before that
+            // frame on a job start's path. One turn of the loop lets it go first.
+            tokio::task::yield_now().await;
+        }
         loop {
             let stream = match connected.take() {
                 Some(stream) => Some(stream),

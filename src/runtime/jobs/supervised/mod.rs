@@ -126,6 +126,7 @@ pub struct Launch {
 const SPARE_FOLDER: Contents = Contents {
     folders: &[],
     files: &[Folder::LOCK, Folder::LOG],
+    socket: None,
 };
 
 #[derive(Clone)]
@@ -505,7 +506,7 @@ fn claim_folder(folder: &Folder, job: &JobRef, spare: &SpareDirs) -> Result<(), 
         }
         let _ = std::fs::remove_dir_all(folder.path());
     }
-    if spare.take_into(folder.path()) {
+    if spare.take_into(folder.path()).is_some() {
         return Ok(());
     }
     crate::platform::create_dir_all(folder.path(), crate::platform::Access::Private).map_err(

@@ -45,10 +45,29 @@ struct Steps {
     errno: libc::c_int,
 }
 
+/// The child's stack, made before the plan comes.
+pub(super) struct ChildAhead {
+    stack: Stack,
+}
+
+impl ChildAhead {
+    pub(super) fn make() -> io::Result<Self> {
+        let stack = Stack::new(STACK_BYTES)?;
+        stack.touch_top();
+        Ok(Self { stack })
+    }
+}
+
+/// The steps' preparation on `command`, short of the clone (`super::rehearse`).
+pub(super) fn rehearse(command: &Command) {
+    std::hint::black_box((pointers(&command.args), pointers(&command.env)));
+}
+
 pub(super) fn start(
     command: &Command,
     account: Option<&AccountIds>,
     umask: libc::mode_t,
+    ahead: &ChildAhead,
     stdio: [RawFd; 3],
 ) -> io::Result<u32> {
     let argv = pointers(&command.args);
@@ -69,7 +88,7 @@ pub(super) fn start(
         failed: Step::None,
         errno: 0,
     };
-    let stack = Stack::new(STACK_BYTES)?;
+    let stack = &ahead.stack;
     let pid = {
         // No handler of the supervisor's may run in the child, which shares its
         // memory: every signal stays blocked from before the clone until the child
@@ -276,6 +295,18 @@ impl Stack {
             return Err(io::Error::last_os_error());
         }
         Ok(stack)
+    }
+
+    /// Fault in the pages the child's steps use (the topmost), so that is not done
+    /// on the start's path.
+    fn touch_top(&self) {
+        const TOUCHED: usize = 8 * 1024;
+        let top = self.top().cast::<u8>();
+        for below in (1..=TOUCHED).step_by(4096) {
+            // SAFETY: within the writable part of the mapping (far larger than
+            // TOUCHED above its guard page), which nothing uses yet.
+            unsafe { std::ptr::write_volatile(top.sub(below), 0) };
+        }
     }
 
     /// The stack's top, where the child starts (x86-64 and AArch64 stacks grow

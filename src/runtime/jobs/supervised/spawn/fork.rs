@@ -9,12 +9,27 @@ use std::process::Stdio;
 
 use super::{AccountIds, Command};
 
+/// Nothing is made ahead for a `fork`.
+pub(super) struct ChildAhead;
+
+impl ChildAhead {
+    pub(super) fn make() -> io::Result<Self> {
+        Ok(Self)
+    }
+}
+
+/// Nothing to rehearse: the standard library builds its command at the start.
+pub(super) fn rehearse(command: &Command) {
+    let _ = command;
+}
+
 /// `fork` and `exec` through the standard library, with the account and the mask
 /// set between them.
 pub(super) fn start(
     command: &Command,
     account: Option<&AccountIds>,
     umask: libc::mode_t,
+    _ahead: &ChildAhead,
     stdio: [RawFd; 3],
 ) -> io::Result<u32> {
     let os = |c: &std::ffi::CString| std::ffi::OsStr::from_bytes(c.as_bytes()).to_owned();

@@ -33,18 +33,56 @@ pub(super) struct JobProcess {
     /// The read ends of the job's standard output and error.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// To let go of once the runner has its answer.
+    pub leftovers: Leftovers,
 }
 
-/// Start the job `plan` describes. `job_umask` is the file mode mask the job gets (the
-/// supervisor keeps a stricter one for its own files). Errors read as the standard
-/// library's would: `No such file or directory (os error 2)` for a program that is not
-/// there.
-pub(super) fn start_job(plan: &LaunchPlan, job_umask: libc::mode_t) -> io::Result<JobProcess> {
-    let (stdout, stdout_write) = io::pipe()?;
-    let (stderr, stderr_write) = io::pipe()?;
-    let stdin = File::open("/dev/null")?;
+/// What a start needs that no plan decides: the job's standard input (`/dev/null`),
+/// the pipes for its output, and on Linux the child's stack. A spare supervisor makes
+/// it while it waits for its plan, off a start's path.
+pub(super) struct Ahead {
+    stdin: File,
+    stdout: (io::PipeReader, io::PipeWriter),
+    stderr: (io::PipeReader, io::PipeWriter),
+    child: imp::ChildAhead,
+}
+
+impl Ahead {
+    pub(super) fn make() -> io::Result<Self> {
+        Ok(Self {
+            stdin: File::open("/dev/null")?,
+            stdout: io::pipe()?,
+            stderr: io::pipe()?,
+            child: imp::ChildAhead::make()?,
+        })
+    }
+}
+
+/// What the supervisor lets go of once the runner has its answer, not before: the
+/// stack's unmapping is no part of the answer. (The pipes' write ends are closed at
+/// once: only the job holds them then, so the pipes end with its output.)
+pub(super) struct Leftovers {
+    _stdin: File,
+    _child: imp::ChildAhead,
+}
+
+/// Start the job `plan` describes, with what was made `ahead`. `job_umask` is the file
+/// mode mask the job gets (the supervisor keeps a stricter one for its own files).
+/// Errors read as the standard library's would: `No such file or directory (os error
+/// 2)` for a program that is not there.
+pub(super) fn start_job(
+    plan: &LaunchPlan,
+    job_umask: libc::mode_t,
+    ahead: Ahead,
+) -> io::Result<JobProcess> {
+    let Ahead {
+        stdin,
+        stdout: (stdout, stdout_write),
+        stderr: (stderr, stderr_write),
+        child,
+    } = ahead;
     let command = Command::of(plan)?;
-    let pid = imp::start(&command, plan.account.as_ref(), job_umask, {
+    let pid = imp::start(&command, plan.account.as_ref(), job_umask, &child, {
         use std::os::fd::AsRawFd;
         [
             stdin.as_raw_fd(),
@@ -52,17 +90,26 @@ pub(super) fn start_job(plan: &LaunchPlan, job_umask: libc::mode_t) -> io::Resul
             stderr_write.as_raw_fd(),
         ]
     })?;
-    // Only the job holds the write ends now, so the pipes end with its output.
-    drop((stdin, stdout_write, stderr_write));
+    drop((stdout_write, stderr_write));
     Ok(JobProcess {
         pid,
         stdout: stdout.into(),
         stderr: stderr.into(),
+        leftovers: Leftovers {
+            _stdin: stdin,
+            _child: child,
+        },
     })
 }
 
-/// The plan's program, arguments, environment and folder as C strings, made before the
-/// child exists.
+/// What `start_job` does with a plan short of starting anything, for a spare to run
+/// once on a sample before its plan comes (`program::rehearse`).
+pub(super) fn rehearse(plan: &LaunchPlan) {
+    if let Ok(command) = Command::of(plan) {
+        imp::rehearse(&command);
+    }
+}
+
 struct Command {
     program: CString,
     /// `argv[0]` first; the pointers below point into these.
@@ -142,6 +189,10 @@ mod tests {
         }
     }
 
+    fn ahead() -> Ahead {
+        Ahead::make().expect("made ahead")
+    }
+
     fn read_all(fd: OwnedFd) -> String {
         let mut text = String::new();
         File::from(fd).read_to_string(&mut text).expect("read");
@@ -164,7 +215,12 @@ mod tests {
         let script = "echo \"$0 $GREETING $(pwd) $(umask)\"; \
                       test \"$(ps -o pgid= -p $$ | tr -d ' ')\" = $$ && echo leader; \
                       trap - PIPE; kill -0 $PPID; echo oops >&2; exec 0>&-; exit 7";
-        let job = start_job(&plan("/bin/sh", &["-c", script], dir.path()), 0o027).expect("started");
+        let job = start_job(
+            &plan("/bin/sh", &["-c", script], dir.path()),
+            0o027,
+            ahead(),
+        )
+        .expect("started");
         let (stdout, stderr) = (read_all(job.stdout), read_all(job.stderr));
         assert_eq!(wait(job.pid), 7);
         let here = dir.path().canonicalize().expect("canonical");
@@ -183,7 +239,12 @@ mod tests {
         unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         let dir = tempfile::tempdir().expect("tempdir");
         let script = "grep -E '^Sig(Ign|Blk)' /proc/self/status";
-        let job = start_job(&plan("/bin/sh", &["-c", script], dir.path()), 0o022).expect("started");
+        let job = start_job(
+            &plan("/bin/sh", &["-c", script], dir.path()),
+            0o022,
+            ahead(),
+        )
+        .expect("started");
         let stdout = read_all(job.stdout);
         assert_eq!(wait(job.pid), 0);
         let mask = |name: &str| {
@@ -213,6 +274,7 @@ mod tests {
         let error = start_job(
             &plan(missing.to_str().expect("utf-8"), &[], dir.path()),
             0o022,
+            ahead(),
         )
         .err()
         .expect("not started");
@@ -226,9 +288,13 @@ mod tests {
     #[test]
     fn a_folder_that_is_not_there_is_said_so() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let error = start_job(&plan("/bin/true", &[], &dir.path().join("gone")), 0o022)
-            .err()
-            .expect("not started");
+        let error = start_job(
+            &plan("/bin/true", &[], &dir.path().join("gone")),
+            0o022,
+            ahead(),
+        )
+        .err()
+        .expect("not started");
         assert_eq!(
             error.to_string(),
             "cannot enter the job's folder: No such file or directory (os error 2)"
