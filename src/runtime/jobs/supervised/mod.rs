@@ -19,8 +19,8 @@ store knows.
 - Whether a supervisor lives is what its lock says (`flock`, which the kernel lets go
   of when it dies): never a pid alone.
 
-Layout: `wire` is what both sides write and read; `program` is the supervisor itself
-and `spawn` how it starts the job;
+Layout: `wire` is what both sides write and read; `program` is the supervisor itself,
+`ready` what it makes before its plan comes and `spawn` how it starts the job;
 `pool` holds the supervisors waiting for a plan and `launcher` forks them; `tree` is the supervisor's view of the job's processes;
 `follow` the runner's reading of a job.
 */
@@ -30,6 +30,7 @@ mod launcher;
 mod logs;
 mod pool;
 pub mod program;
+mod ready;
 mod spawn;
 pub mod tree;
 pub mod wire;

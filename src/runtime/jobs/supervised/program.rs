@@ -48,8 +48,8 @@ use crate::protocol::{ExitStatus, JobRef};
 
 use super::tree;
 use super::wire::{
-    ExitRecord, Folder, LaunchPlan, LogId, OsBytes, Reply, RunnerAsks, Sizes, StartedRecord,
-    StreamSize, SupervisorSays, Usage, WIRE_VERSION, line, monotonic_ms, write_record,
+    ExitRecord, Folder, LaunchPlan, Reply, RunnerAsks, Sizes, StartedRecord, StreamSize,
+    SupervisorSays, Usage, WIRE_VERSION, line, monotonic_ms, write_record,
 };
 
 /// Once the job's processes are dead, how long its pipes may take to reach their end:
@@ -73,7 +73,7 @@ pub fn main() -> i32 {
     // job gets the mask back.
     // SAFETY: umask takes and returns a mode.
     let job_umask = unsafe { libc::umask(0o077) };
-    let mut ready = Ready::make();
+    let mut ready = super::ready::Ready::make();
     let plan = match read_plan() {
         Ok(plan) => plan,
         // No plan: the runner went away before sending one (a spare supervisor whose
@@ -130,118 +130,12 @@ fn read_plan() -> io::Result<LaunchPlan> {
     if io::stdin().lock().read_line(&mut text)? == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    parse_plan(&text)
-}
-
-fn parse_plan(text: &str) -> io::Result<LaunchPlan> {
-    let plan: LaunchPlan =
-        serde_json::from_str(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if plan.version != WIRE_VERSION {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "launch plan of version {}, this supervisor reads version {WIRE_VERSION}",
-                plan.version
-            ),
-        ));
-    }
-    Ok(plan)
+    LaunchPlan::parse(&text)
 }
 
 fn reply(reply: &Reply) {
     let mut out = io::stdout().lock();
     let _ = out.write_all(&line(reply)).and_then(|()| out.flush());
-}
-
-/// What a supervisor makes before its plan comes: a spare waits for its plan on an
-/// idle runner, so none of this is on a job start's path. Nothing here starts a
-/// thread, so the steps `spawn` runs between the job's start and its `exec` meet no
-/// lock another thread held.
-struct Ready {
-    /// A current-thread runtime: no thread until the job is supervised.
-    runtime: io::Result<tokio::runtime::Runtime>,
-    /// For standard input and output once the runner's pipes are let go of.
-    null: Option<File>,
-    /// This process's start (`/proc/<pid>/stat`), for `started.json`.
-    start_ticks: Option<u64>,
-    subreaper: io::Result<()>,
-    /// The job's pipes and the like (`spawn::Ahead`); made at the start if not here.
-    ahead: Option<super::spawn::Ahead>,
-}
-
-impl Ready {
-    fn make() -> Self {
-        // Log lines go to standard error, which becomes `supervisor.log` once the plan
-        // names the folder (`log_to`); nothing is logged before that.
-        let _ = tracing_subscriber::fmt()
-            .with_writer(io::stderr)
-            .with_ansi(false)
-            .with_target(false)
-            .try_init();
-        Self {
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build(),
-            null: File::options()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .ok(),
-            start_ticks: tree::stat_of(std::process::id()).map(|s| s.start_ticks),
-            subreaper: tree::become_subreaper(),
-            ahead: super::spawn::Ahead::make().ok(),
-        }
-        .rehearsed()
-    }
-
-    /// The code a start runs, run once on a sample plan before the plan comes. A spare
-    /// is a fresh fork of the launcher and maps the binary's code page by page as it
-    /// first runs it: the plan's parsing, the job's command, the answer faulted about
-    /// 15 pages in on a start's path (on this project's VM 5–10 µs apiece, 100 µs of a
-    /// start). Nothing here touches a file or another process.
-    fn rehearsed(self) -> Self {
-        let plan = sample_plan();
-        if let Ok(plan) = parse_plan(&String::from_utf8_lossy(&line(&plan))) {
-            super::spawn::rehearse(&plan);
-            std::hint::black_box(Folder::at(plan.dir.path()).lock());
-        }
-        std::hint::black_box(line(&Reply::Started { pid: 0 }));
-        // Standard output's buffer, made on first use.
-        drop(io::stdout().lock());
-        self
-    }
-}
-
-/// A plan of the usual shape (an environment, a few arguments, one per field), for
-/// `Ready::rehearsed`.
-fn sample_plan() -> LaunchPlan {
-    let text = |s: &str| OsBytes::of(std::ffi::OsStr::new(s));
-    let path = text("/var/lib/fyn-runner/jobs/job-1");
-    LaunchPlan {
-        version: WIRE_VERSION,
-        job: JobRef {
-            job_id: "job".into(),
-            attempt: 1,
-        },
-        dir: path.clone(),
-        program: text("/usr/bin/true"),
-        argv0: text("true"),
-        args: vec![text("--sample"), text("two")],
-        env: vec![
-            (text("PATH"), text("/usr/bin:/bin")),
-            (text("HOME"), path.clone()),
-        ],
-        cwd: path.clone(),
-        account: None,
-        output_limit_bytes: 1 << 30,
-        cancel_grace_ms: 1000,
-        lease_ms: 60_000,
-        logs: [0, 1].map(|ino| LogId {
-            path: path.clone(),
-            dev: 0,
-            ino,
-        }),
-    }
 }
 
 /// The supervisor's own log lines go to `supervisor.log` in its folder: never to the
@@ -843,14 +737,6 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A sample the rehearsal cannot read would rehearse nothing, silently.
-    #[test]
-    fn the_rehearsals_sample_is_a_plan_this_build_reads() {
-        let plan = sample_plan();
-        let text = String::from_utf8(line(&plan)).expect("utf-8");
-        assert_eq!(parse_plan(&text).expect("a plan"), plan);
-    }
 
     #[test]
     fn the_wait_after_the_answer_ends_with_the_runners_end_or_its_bound() {

@@ -130,6 +130,24 @@ pub struct LaunchPlan {
     pub logs: [LogId; 2],
 }
 
+impl LaunchPlan {
+    /// A plan's line (without or with its newline), of this build's version.
+    pub fn parse(text: &str) -> io::Result<Self> {
+        let plan: Self = serde_json::from_str(text)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if plan.version != WIRE_VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "launch plan of version {}, this supervisor reads version {WIRE_VERSION}",
+                    plan.version
+                ),
+            ));
+        }
+        Ok(plan)
+    }
+}
+
 /// The supervisor's one answer to the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
