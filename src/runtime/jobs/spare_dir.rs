@@ -126,6 +126,20 @@ struct Spare {
     socket: Option<std::os::unix::net::UnixListener>,
 }
 
+impl Spare {
+    /// Its socket's path, when one is bound.
+    fn socket_path(&self, contents: Contents) -> Option<PathBuf> {
+        #[cfg(unix)]
+        let bound = self.socket.is_some();
+        #[cfg(not(unix))]
+        let bound = false;
+        contents
+            .socket
+            .filter(|_| bound)
+            .map(|name| self.path.join(name))
+    }
+}
+
 impl SpareDirs {
     pub fn new(root: PathBuf, contents: Contents, account: Option<Arc<JobAccount>>) -> Self {
         static SPARES: AtomicU64 = AtomicU64::new(0);
@@ -220,7 +234,7 @@ fn fill(slot: &Mutex<Slot>, path: &Path, contents: Contents, account: Option<&Jo
         // The socket is the account's too: the job connects to it as that account.
         Some(account) => std::iter::once(path.to_owned())
             .chain(contents.folders.iter().map(|folder| path.join(folder)))
-            .chain(contents.socket.map(|name| path.join(name)))
+            .chain(spare.socket_path(contents))
             .try_for_each(|item| account.hand_over(&item))
             .map(|()| spare)
             .map_err(io::Error::other),
