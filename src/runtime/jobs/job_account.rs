@@ -176,6 +176,10 @@ pub fn move_job_folders(from: &Path, to: &Path) {
     let _ = std::fs::remove_dir(from);
 }
 
+/// For the supervisor's `fork` (Unix systems other than Linux, `supervised/spawn/fork.rs`).
+#[cfg(all(unix, not(target_os = "linux")))]
+pub(crate) use imp::become_account;
+
 #[cfg(unix)]
 mod imp {
     use std::fs;
@@ -184,6 +188,32 @@ mod imp {
     use std::path::Path;
 
     use crate::platform::Account;
+
+    /// Between `fork` and `exec`: the groups, then the group, then the user, each
+    /// checked (glibc's wrappers, right in a forked child, which has one thread).
+    ///
+    /// # Safety
+    /// Only in a child between `fork` and `exec`: it makes three async-signal-safe
+    /// system calls on `groups`, which must have been allocated before the fork.
+    pub unsafe fn become_account(
+        uid: libc::uid_t,
+        gid: libc::gid_t,
+        groups: &[libc::gid_t],
+    ) -> io::Result<()> {
+        let check = |rc: libc::c_int| {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        // SAFETY: plain system calls reading `groups` with its true length.
+        unsafe {
+            check(libc::setgroups(groups.len() as _, groups.as_ptr()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))
+        }
+    }
 
     pub fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))
@@ -210,23 +240,9 @@ mod imp {
     pub fn run_as(command: &mut tokio::process::Command, account: &Account) {
         let groups: Vec<libc::gid_t> = account.groups.clone();
         let (uid, gid) = (account.uid, account.gid);
-        let drop_privileges = move || -> io::Result<()> {
-            let check = |rc: libc::c_int| {
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            };
-            // SAFETY: between fork and exec only async-signal-safe calls are allowed:
-            // these are three system calls, reading memory allocated before the fork
-            // (`groups`, with its true length).
-            unsafe {
-                check(libc::setgroups(groups.len() as _, groups.as_ptr()))?;
-                check(libc::setgid(gid))?;
-                check(libc::setuid(uid))
-            }
-        };
+        // SAFETY (of the call): in the forked child, on memory allocated before the
+        // fork (`groups`).
+        let drop_privileges = move || unsafe { become_account(uid, gid, &groups) };
         // SAFETY: the closure only makes async-signal-safe system calls (see above);
         // it allocates nothing and takes no lock.
         unsafe {

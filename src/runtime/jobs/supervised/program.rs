@@ -101,10 +101,10 @@ pub fn main() -> i32 {
             // has read the answer (it lets go of the plan's pipe then); bounded, since
             // a runner that never does only delays the socket.
             wait_for_hang_up(io::stdin().as_fd(), LET_GO_WITHIN);
-            drop(leftovers);
+            let dev_null = leftovers.into_dev_null();
             // Logged after the answer, which the job's start waits for.
             info!(job = %plan.job.job_id, attempt = plan.job.attempt, pid = job.pid, "job started");
-            detach_standard_io(ready.null);
+            detach_standard_io(&dev_null);
             // The socket after the answer, not before: its bind was a fifth of a job
             // start's time here, and the runner retries its first connection every
             // millisecond while this process holds the lock. Before `started.json`,
@@ -154,13 +154,11 @@ fn log_to(folder: &Folder) {
 
 /// Standard input and output were the runner's pipes: let go of them, so nothing of
 /// the supervisor depends on the runner being there.
-fn detach_standard_io(null: Option<File>) {
-    if let Some(null) = null {
-        // SAFETY: dup2 of a descriptor this process owns onto 0 and 1.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), libc::STDIN_FILENO);
-            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
-        }
+fn detach_standard_io(dev_null: &File) {
+    // SAFETY: dup2 of a descriptor this process owns onto 0 and 1.
+    unsafe {
+        libc::dup2(dev_null.as_raw_fd(), libc::STDIN_FILENO);
+        libc::dup2(dev_null.as_raw_fd(), libc::STDOUT_FILENO);
     }
 }
 

@@ -1,7 +1,7 @@
 /*!
 What a job's supervisor makes before its plan comes (`Ready`): a spare supervisor waits
 for its plan while the runner is idle, so none of it is on a job start's path. Its
-runtime, `/dev/null`, its own start time, the child subreaper, the job's pipes and the
+runtime, its own start time, the child subreaper, the job's pipes, `/dev/null` and the
 child's stack (`spawn::Ahead`), and a rehearsal of the start's code on a sample plan.
 
 Must not: start a thread (the job is started with `CLONE_VM`, and its steps must meet
@@ -9,7 +9,6 @@ no lock another thread holds), touch a file beyond `/dev/null` and `/proc`, or w
 for anything.
 */
 
-use std::fs::File;
 use std::io;
 
 use crate::protocol::JobRef;
@@ -24,8 +23,6 @@ use super::wire::{Folder, LaunchPlan, LogId, OsBytes, Reply, WIRE_VERSION, line}
 pub(super) struct Ready {
     /// A current-thread runtime: no thread until the job is supervised.
     pub(super) runtime: io::Result<tokio::runtime::Runtime>,
-    /// For standard input and output once the runner's pipes are let go of.
-    pub(super) null: Option<File>,
     /// This process's start (`/proc/<pid>/stat`), for `started.json`.
     pub(super) start_ticks: Option<u64>,
     pub(super) subreaper: io::Result<()>,
@@ -46,11 +43,6 @@ impl Ready {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build(),
-            null: File::options()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .ok(),
             start_ticks: tree::stat_of(std::process::id()).map(|s| s.start_ticks),
             subreaper: tree::become_subreaper(),
             ahead: super::spawn::Ahead::make().ok(),

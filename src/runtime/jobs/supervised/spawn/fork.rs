@@ -59,23 +59,15 @@ pub(super) fn start(
     let account = account.cloned();
     let supervisor = std::process::id();
     let setup = move || -> io::Result<()> {
-        let check = |rc: libc::c_int| {
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        };
         // SAFETY: between fork and exec only async-signal-safe calls are allowed:
         // these are plain system calls, reading memory allocated before the fork.
         unsafe {
             if let Some(account) = &account {
-                check(libc::setgroups(
-                    account.groups.len() as _,
-                    account.groups.as_ptr(),
-                ))?;
-                check(libc::setgid(account.gid))?;
-                check(libc::setuid(account.uid))?;
+                crate::runtime::jobs::job_account::become_account(
+                    account.uid,
+                    account.gid,
+                    &account.groups,
+                )?;
             }
             libc::signal(libc::SIGHUP, libc::SIG_DFL);
             libc::umask(umask);

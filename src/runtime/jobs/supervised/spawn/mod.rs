@@ -62,8 +62,16 @@ impl Ahead {
 /// stack's unmapping is no part of the answer. (The pipes' write ends are closed at
 /// once: only the job holds them then, so the pipes end with its output.)
 pub(super) struct Leftovers {
-    _stdin: File,
+    dev_null: File,
     _child: imp::ChildAhead,
+}
+
+impl Leftovers {
+    /// The job's `/dev/null`, kept for the supervisor's own standard input and output
+    /// once it lets go of the runner's pipes; the rest goes.
+    pub(super) fn into_dev_null(self) -> File {
+        self.dev_null
+    }
 }
 
 /// Start the job `plan` describes, with what was made `ahead`. `job_umask` is the file
@@ -96,7 +104,7 @@ pub(super) fn start_job(
         stdout: stdout.into(),
         stderr: stderr.into(),
         leftovers: Leftovers {
-            _stdin: stdin,
+            dev_null: stdin,
             _child: child,
         },
     })
