@@ -16,9 +16,9 @@
 //! dispatch latency, `FYN_BENCH_OUTPUT_BYTES` for the output, `FYN_BENCH_JOBS` for
 //! the concurrent starts, `FYN_BENCH_SECTIONS` to run only some of
 //! `latency,output,starts,idle`, `JOBS_BENCH_RUNNER` to measure another build's
-//! binary, `JOBS_BENCH_BASELINE` to time another build's binary in the latency's
-//! interleaved rounds beside this one's). Sections that load the file system are 30 s apart: see
-//! `pause_between_fs_heavy_runs`.
+//! binary, `JOBS_BENCH_BASELINE` to time another build's binary beside this one's: in
+//! the latency's interleaved rounds, and after it in the output section). Sections
+//! that load the file system are 30 s apart: see `pause_between_fs_heavy_runs`.
 #![allow(clippy::disallowed_methods)] // measuring time is what this does
 
 #[path = "jobs/idle.rs"]
@@ -548,9 +548,15 @@ async fn latency() {
     let commits = Duties::new(commit_dir.path());
     let mut durable = vec![];
     let per_round = count / rounds;
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        // Whoever goes first in a round follows the last round's synced commits, which
+        // cost it a little: this build and the baseline take turns at it.
+        let baseline_first = round % 2 == 1;
+        if let Some(baseline) = baseline.as_ref().filter(|_| baseline_first) {
+            theirs.extend(dispatch_latency(&baseline.server, per_round).await);
+        }
         ours.extend(dispatch_latency(&server, per_round).await);
-        if let Some(baseline) = &baseline {
+        if let Some(baseline) = baseline.as_ref().filter(|_| !baseline_first) {
             theirs.extend(dispatch_latency(&baseline.server, per_round).await);
         }
         floor.extend(dispatch_latency(&bare_server, per_round).await);
@@ -619,8 +625,9 @@ async fn latency() {
 }
 
 /// Another build's runner (`JOBS_BENCH_BASELINE`), on a dev-server and in a state
-/// folder of its own, timed in the same interleaved rounds as this build's: the one
-/// comparison between two versions that a slow spell of the machine falls on alike.
+/// folder of its own, timed in the same interleaved rounds as this build's (the two
+/// taking turns at going first): the one comparison between two versions that a slow
+/// spell of the machine falls on alike.
 struct Baseline {
     binary: std::ffi::OsString,
     server: DevServer,

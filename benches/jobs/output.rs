@@ -32,7 +32,7 @@ use fyn_runner::protocol::{
 };
 use fyn_runner::runtime::jobs::CHUNK_BYTES;
 
-use super::{Duties, request, spawn_runner, status_kib, until_ready};
+use super::{Duties, request, spawn_runner, spawn_runner_binary, status_kib, until_ready};
 
 /// Client mode: the floor's client, started by `floor_throughput`.
 pub const CLIENT_URL: &str = "JOBS_BENCH_OUTPUT_CLIENT_URL";
@@ -186,9 +186,10 @@ async fn floor_throughput(bytes: usize, duties: bool) -> f64 {
     elapsed
 }
 
-/// Seconds for fyn-runner to bring `bytes` of one job's output into a dev-server that
-/// stores to a file, and the runner's peak resident memory (KiB).
-async fn runner_throughput(bytes: usize) -> (f64, u64) {
+/// Seconds for fyn-runner (this build's, or `binary`) to bring `bytes` of one job's
+/// output into a dev-server that stores to a file, and the runner's peak resident
+/// memory (KiB).
+async fn runner_throughput(bytes: usize, binary: Option<&std::ffi::OsStr>) -> (f64, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = DevServerConfig {
         db: Some(dir.path().join("dev.db")),
@@ -196,12 +197,11 @@ async fn runner_throughput(bytes: usize) -> (f64, u64) {
     };
     let server = DevServer::start(config).await.expect("dev-server");
     let state = tempfile::tempdir().expect("tempdir");
-    let mut runner = spawn_runner(
-        &server.url(),
-        state.path(),
-        &server.mint_token().expect("token"),
-        4,
-    );
+    let token = server.mint_token().expect("token");
+    let mut runner = match binary {
+        Some(binary) => spawn_runner_binary(binary, &server.url(), state.path(), &token, 4),
+        None => spawn_runner(&server.url(), state.path(), &token, 4),
+    };
     until_ready(&server).await;
     let started = Instant::now();
     let id = server
@@ -244,7 +244,16 @@ pub async fn section(bytes: usize) {
     super::pause_between_fs_heavy_runs().await;
     let with_duties = floor_throughput(bytes, true).await;
     super::pause_between_fs_heavy_runs().await;
-    let (ours, peak) = runner_throughput(bytes).await;
+    let (ours, peak) = runner_throughput(bytes, None).await;
+    // Another build's runner (`JOBS_BENCH_BASELINE`), the same job in the same run.
+    let baseline = match std::env::var_os("JOBS_BENCH_BASELINE") {
+        Some(binary) => {
+            super::pause_between_fs_heavy_runs().await;
+            let (secs, _) = runner_throughput(bytes, Some(&binary)).await;
+            Some((binary, secs))
+        }
+        None => None,
+    };
     let rate = |secs: f64| bytes as f64 / secs / 1e6;
     println!(
         "  floor: bare client, bare durable server   {:7.1} MB/s ({floor:.1} s)",
@@ -262,4 +271,12 @@ pub async fn section(bytes: usize) {
         with_duties / ours,
         peak as f64 / 1024.0
     );
+    if let Some((binary, theirs)) = baseline {
+        println!(
+            "  baseline: {:<30} {:7.1} MB/s ({theirs:.1} s); fyn-runner is {:.2}x its rate",
+            binary.to_string_lossy(),
+            rate(theirs),
+            theirs / ours
+        );
+    }
 }
