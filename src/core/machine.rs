@@ -1,5 +1,7 @@
 //! The statig machine: states, superstates, entry and exit actions. Routing only; the
-//! logic lives in `Runner` (`runner.rs`). Each handler's doc names the `fsm-spec/` rows
+//! logic lives in `Runner` (`runner.rs`), the moves several states share in
+//! `transitions`, the steps within states in `steps`, a job's reports as outbox events
+//! in `job_reports`. Each handler's doc names the `fsm-spec/` rows
 //! it implements; `tests/spec_conformance.rs` holds the two together.
 //!
 //! Hierarchy (exit actions run up to the common ancestor, then entries run down):
@@ -20,9 +22,8 @@
 
 use serde::{Deserialize, Serialize};
 use statig::blocking::*;
-use strum::IntoStaticStr;
 
-use crate::protocol::{CloseReason, Command, JobUsage, PROTOCOL_VERSION, ServerMessage};
+use crate::protocol::{CloseReason, Command, PROTOCOL_VERSION, ServerMessage};
 
 use super::effect::{
     CancelReason, Delay, Effect, Effects, ExitCode, InstallStep, ManagerNotice, Notice, Outbound,
@@ -31,14 +32,16 @@ use super::effect::{
 use super::event::{Event, HardwareCache, StopOrigin};
 use super::hooks::{HookCall, HookPoint};
 use super::job_files::FileEnd;
-use super::runner::{BootMode, JobFinish, Link, Runner};
+use super::runner::{BootMode, Link, Runner};
+
+mod job_reports;
+mod steps;
+mod transitions;
+
+pub use steps::{DrainMode, ReconnectStep, RegisterStep, SyncStep, ValidateStep};
 
 /// How often a drain reports what it still waits for.
 pub const DRAIN_PROGRESS_MS: u64 = 5_000;
-
-/// Beyond its own bound, the time a stop is given to flush and exit, which the service
-/// manager is asked to allow on top.
-const STOP_MARGIN_SECS: u64 = 30;
 
 /// `stopping.reason` when the API's `drain` command asked (protocol §11).
 const DRAIN_COMMAND_REASON: &str = "the control plane's drain command";
@@ -48,74 +51,6 @@ const FORCED_STOP_REASON: &str = "forced stop (a second stop signal or fyn-runne
 
 /// `stopping.reason` when the origin is not known (a trace recorded before it was).
 const UNKNOWN_STOP_REASON: &str = "runner shutdown";
-
-// The steps' names are the spec table's (`Validating.await_auth`), the same as serde's.
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
-pub enum RegisterStep {
-    /// Waiting out the backoff before the next attempt (the token is still held).
-    Waiting,
-    Connecting,
-    AwaitHello,
-    AwaitToken,
-    AwaitKey,
-    AwaitRegistration,
-    Saving,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
-pub enum ValidateStep {
-    Connecting,
-    AwaitHello,
-    AwaitAuth,
-    AwaitStartup,
-    /// A farewell (`BootMode::Leave`): `leaving` sent, waiting for `left`.
-    AwaitLeft,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
-pub enum SyncStep {
-    Collecting,
-    AwaitConfirm,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
-pub enum ReconnectStep {
-    /// Waiting out the backoff delay.
-    Waiting,
-    /// A connection attempt is in flight.
-    Connecting,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
-#[serde(rename_all = "snake_case")]
-#[strum(serialize_all = "snake_case")]
-pub enum DrainMode {
-    /// Jobs may finish until the deadline.
-    Graceful,
-    /// Jobs were told to stop; wait for them (bounded), flush, exit non-zero.
-    Forced,
-}
-
-macro_rules! step_names {
-    ($($ty:ident)*) => {$(
-        impl $ty {
-            pub fn name(self) -> &'static str {
-                self.into()
-            }
-        }
-    )*};
-}
-
-step_names!(RegisterStep ValidateStep SyncStep ReconnectStep DrainMode);
 
 #[state_machine(
     initial = "State::validating(ValidateStep::Connecting)",
@@ -1119,287 +1054,6 @@ fn tell_state(fx: &mut Effects, state: &str) {
     });
 }
 
-impl Runner {
-    /// Undo the install. Past registration (the service step) the API holds a runner
-    /// this install made: it is told to forget it, so no ghost stays behind.
-    fn roll_back_install(step: InstallStep, fx: &mut Effects) -> Outcome<State> {
-        fx.push(Effect::RollbackInstall);
-        if step == InstallStep::InstallService {
-            fx.push(Effect::Farewell);
-        }
-        Transition(State::stopped(ExitCode::RegistrationFailed))
-    }
-
-    /// How long a drain in `mode` may still take, at most: its deadline (graceful), the
-    /// longest cancel grace and the flush, and a margin to exit.
-    fn stop_bound_secs(&self, mode: DrainMode) -> u64 {
-        // Saturating: a deadline or a grace from outside (the API, the control socket) must
-        // not overflow into a tiny bound that gets the runner killed mid-drain.
-        let hooks_at_stop = if self.hooked(HookPoint::PostJob) || self.hooked(HookPoint::OnStopped)
-        {
-            self.config.hook_timeout_secs
-        } else {
-            0
-        };
-        let tail = self
-            .max_grace_secs()
-            .saturating_add(self.config.flush_grace_secs)
-            .saturating_add(STOP_MARGIN_SECS)
-            .saturating_add(hooks_at_stop);
-        match mode {
-            DrainMode::Graceful => self.drain_deadline_secs.saturating_add(tail),
-            DrainMode::Forced => tail,
-        }
-    }
-
-    fn registration_failed(
-        &mut self,
-        fx: &mut Effects,
-        close: CloseReason,
-        reason: Option<String>,
-    ) -> Outcome<State> {
-        self.registration_ended(fx, close, reason, ExitCode::RegistrationFailed)
-    }
-
-    /// Registration failed for good: report, close, roll back, stop with `code`.
-    fn registration_ended(
-        &mut self,
-        fx: &mut Effects,
-        close: CloseReason,
-        reason: Option<String>,
-        code: ExitCode,
-    ) -> Outcome<State> {
-        fx.notify(Notice::RegistrationFailed {
-            reason: reason
-                .unwrap_or_else(|| "the control plane did not complete registration".into()),
-        });
-        if self.link_up() {
-            self.close(fx, close);
-        }
-        fx.push(Effect::RollbackInstall);
-        Transition(State::stopped(code))
-    }
-
-    fn begin_hardware_sync(&mut self, fx: &mut Effects) -> Outcome<State> {
-        fx.push(Effect::CollectHardware);
-        self.arm_handshake_timer(fx);
-        Transition(State::hardware_sync(SyncStep::Collecting))
-    }
-
-    fn enter_ready(&mut self, fx: &mut Effects) -> Outcome<State> {
-        fx.send(Outbound::Ready {
-            slots_free: self.slots_free(),
-        });
-        self.arm_handshake_timer(fx);
-        Transition(State::ready())
-    }
-
-    /// Stop at once: jobs are abandoned (the exit kills their process groups).
-    fn stop_now(&mut self, fx: &mut Effects, code: ExitCode) -> Outcome<State> {
-        self.cancel_all_jobs(fx, CancelReason::Abandoned);
-        Transition(State::stopped(code))
-    }
-
-    fn force_jobs(&mut self, fx: &mut Effects) {
-        self.cancel_all_jobs(fx, CancelReason::Shutdown);
-        let secs = self.max_grace_secs() + self.config.flush_grace_secs;
-        fx.start(
-            TimerKind::DrainDeadline,
-            Delay::Millis(secs.saturating_mul(1000)),
-        );
-    }
-
-    /// Enter the drain; when there is nothing to wait for, stop right away.
-    fn begin_drain(&mut self, fx: &mut Effects, mode: DrainMode) -> Outcome<State> {
-        // Without an authenticated session the outbox cannot drain now: it waits for
-        // the next start, so only running jobs are worth waiting for.
-        if self.jobs.is_empty() && (self.outbox_empty() || self.link != Link::Authenticated) {
-            if self.link == Link::Authenticated {
-                fx.send(Outbound::Stopping {
-                    reason: self.stopping_reason.clone(),
-                    deadline_secs: 0,
-                });
-            }
-            if self.link_up() {
-                self.close(fx, CloseReason::Normal);
-            }
-            return Transition(State::stopped(self.unless_undelivered(ExitCode::Clean)));
-        }
-        if self.link == Link::Open {
-            // Not yet authenticated: there is no session to report the drain on.
-            self.close(fx, CloseReason::Normal);
-        }
-        if mode == DrainMode::Forced {
-            self.cancel_all_jobs(fx, CancelReason::Shutdown);
-        }
-        Transition(State::draining(mode))
-    }
-
-    fn link_lost_while_draining(&mut self, fx: &mut Effects, mode: DrainMode) -> Outcome<State> {
-        fx.cancel(TimerKind::Heartbeat);
-        fx.cancel(TimerKind::Ack);
-        self.finish_if_drained(fx, mode)
-    }
-
-    fn finish_if_drained(&mut self, fx: &mut Effects, mode: DrainMode) -> Outcome<State> {
-        let drained = self.jobs.is_empty() && (self.outbox_empty() || !self.link_up());
-        if !drained {
-            return Handled;
-        }
-        let code = match mode {
-            DrainMode::Graceful => ExitCode::Clean,
-            DrainMode::Forced => ExitCode::Forced,
-        };
-        self.stop_draining(fx, code)
-    }
-
-    fn stop_draining(&mut self, fx: &mut Effects, code: ExitCode) -> Outcome<State> {
-        if self.link_up() {
-            self.close(fx, CloseReason::Normal);
-        }
-        Transition(State::stopped(self.unless_undelivered(code)))
-    }
-
-    /// A stop that leaves events the API has not acknowledged must not look like a
-    /// clean one (or a forced one, which a service manager counts as a success): it
-    /// exits `Undelivered`, and the events wait in the store for the next start.
-    fn unless_undelivered(&self, code: ExitCode) -> ExitCode {
-        if self.outbox_empty() {
-            code
-        } else {
-            ExitCode::Undelivered
-        }
-    }
-
-    fn send_register(&mut self, fx: &mut Effects, public_key: String) {
-        fx.send(Outbound::Register {
-            public_key,
-            slots: self.config.slots,
-        });
-        self.arm_handshake_timer(fx);
-    }
-
-    /// Registration failed for now, not for good: back off, then try again with the
-    /// token this process still holds (and the key it kept).
-    fn retry_registration(&mut self, fx: &mut Effects, step: &mut RegisterStep) -> Outcome<State> {
-        self.schedule_backoff(fx);
-        *step = RegisterStep::Waiting;
-        Handled
-    }
-
-    /// The next reconnect attempt's delay, drawn here (full jitter below the ceiling
-    /// of this attempt) so the effect carries the exact delay.
-    fn schedule_backoff(&mut self, fx: &mut Effects) {
-        self.reconnect_attempt = self.reconnect_attempt.saturating_add(1);
-        let delay = self
-            .jitter
-            .delay_ms(&self.config.backoff, self.reconnect_attempt);
-        fx.start(TimerKind::Backoff, Delay::Millis(delay));
-    }
-
-    /// Job-process reports: persisted as outbox events, sent when the session allows.
-    /// A report about a job we do not run (or a stale attempt) is logged and dropped.
-    fn record_job_event(&mut self, event: &Event, fx: &mut Effects) {
-        use crate::protocol::RunnerEvent;
-        let Some((job, what)) = job_of(event) else {
-            return;
-        };
-        if !self.check_job(fx, job, what) {
-            return;
-        }
-        match event {
-            Event::JobStarted { pid, .. } => self.emit(
-                fx,
-                RunnerEvent::JobStarted {
-                    job: job.clone(),
-                    pid: *pid,
-                },
-            ),
-            Event::JobOutput {
-                stream,
-                offset,
-                data,
-                ..
-            } => {
-                let data = base64_encode(data);
-                self.emit(
-                    fx,
-                    RunnerEvent::JobOutput {
-                        job: job.clone(),
-                        stream: *stream,
-                        offset: *offset,
-                        data,
-                    },
-                );
-            }
-            Event::JobProgressed {
-                fraction, message, ..
-            } => self.emit(
-                fx,
-                RunnerEvent::JobProgress {
-                    job: job.clone(),
-                    fraction: *fraction,
-                    message: message.clone(),
-                },
-            ),
-            Event::JobKvWritten { key, value, .. } => self.emit(
-                fx,
-                RunnerEvent::JobKvPut {
-                    job: job.clone(),
-                    key: key.clone(),
-                    value: value.clone(),
-                },
-            ),
-            Event::JobOutputTruncated { stream, offset, .. } => {
-                self.emit(
-                    fx,
-                    RunnerEvent::JobOutputTruncated {
-                        job: job.clone(),
-                        stream: *stream,
-                        offset: *offset,
-                    },
-                );
-            }
-            Event::JobExited {
-                status,
-                duration_ms,
-                stdout_bytes,
-                stderr_bytes,
-                cancel,
-                usage,
-                ..
-            } => {
-                let end = JobFinish {
-                    job,
-                    status: *status,
-                    duration_ms: *duration_ms,
-                    output_bytes: (*stdout_bytes, *stderr_bytes),
-                    spawn_error: None,
-                    recorded_cancel: *cancel,
-                    usage: *usage,
-                };
-                // With outputs, the job ends once they are uploaded.
-                if !self.begin_uploads(fx, &end) {
-                    self.job_finished(fx, end);
-                }
-            }
-            Event::JobSpawnFailed { error, .. } => {
-                let end = JobFinish {
-                    job,
-                    status: crate::protocol::ExitStatus::Unknown,
-                    duration_ms: 0,
-                    output_bytes: (0, 0),
-                    spawn_error: Some(error),
-                    recorded_cancel: None,
-                    usage: JobUsage::default(),
-                };
-                self.job_finished(fx, end);
-            }
-            _ => {}
-        }
-    }
-}
-
 /// The error an event carries, if any.
 fn error_of(event: &Event) -> Option<&str> {
     match event {
@@ -1410,23 +1064,4 @@ fn error_of(event: &Event) -> Option<&str> {
         | Event::BadFrame { error, .. } => Some(error),
         _ => None,
     }
-}
-
-/// The job a job-process event is about, and its name for the log.
-fn job_of(event: &Event) -> Option<(&crate::protocol::JobRef, &'static str)> {
-    match event {
-        Event::JobStarted { job, .. } => Some((job, "job_started")),
-        Event::JobOutput { job, .. } => Some((job, "job_output")),
-        Event::JobOutputTruncated { job, .. } => Some((job, "job_output_truncated")),
-        Event::JobExited { job, .. } => Some((job, "job_exited")),
-        Event::JobSpawnFailed { job, .. } => Some((job, "job_spawn_failed")),
-        Event::JobProgressed { job, .. } => Some((job, "job_progress")),
-        Event::JobKvWritten { job, .. } => Some((job, "job_kv_put")),
-        _ => None,
-    }
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(data)
 }
