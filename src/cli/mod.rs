@@ -7,21 +7,25 @@ into messages (`anyhow` lives here and nowhere else).
 Must not touch: lifecycle decisions (those are `core`'s) or protocol details.
 */
 
-use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{GlobalSettings, LogFormat, RunSettings, Secret, TokenSource};
+use crate::config::{GlobalSettings, RunSettings, Secret, TokenSource};
 use crate::spec;
 
 pub mod admin;
 pub mod ctl;
 mod generate;
 pub mod job;
+mod logging;
 mod service_main;
+mod status_view;
+
+use logging::{init_file_logging, init_logging};
+use status_view::render_status;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -423,94 +427,6 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(format: LogFormat, default_filter: &str) {
-    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr);
-    let colours = colours_wanted(
-        std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    install_logging(format, default_filter, writer, colours);
-}
-
-/// Colours only for a person at a terminal: not in a file, a pipe or the journal (their
-/// escape codes would be noise there), and not when `NO_COLOR` is set to anything but
-/// the empty string (<https://no-color.org>).
-fn colours_wanted(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
-}
-
-/// Log to `file` (appending, created with its folder): for the Windows service, which
-/// has no console.
-fn init_file_logging(
-    format: LogFormat,
-    default_filter: &str,
-    file: &std::path::Path,
-) -> anyhow::Result<()> {
-    use crate::platform::{self, Access};
-    if let Some(folder) = file.parent().filter(|f| !f.as_os_str().is_empty()) {
-        platform::create_dir_all(folder, Access::Readable)
-            .with_context(|| format!("creating the log folder {}", folder.display()))?;
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .with_context(|| format!("opening the log file {}", file.display()))?;
-    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(log));
-    install_logging(format, default_filter, writer, false);
-    Ok(())
-}
-
-/// The subscriber: `RUST_LOG` (else `default_filter`), with the libraries that see
-/// what crosses the wire capped whatever `RUST_LOG` says (see [`wire_library_caps`]).
-fn install_logging(
-    format: LogFormat,
-    default_filter: &str,
-    writer: tracing_subscriber::fmt::writer::BoxMakeWriter,
-    ansi: bool,
-) {
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::filter::FilterExt as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(writer)
-        .with_ansi(ansi);
-    let layer = match format {
-        LogFormat::Text => layer.boxed(),
-        LogFormat::Json => layer.json().boxed(),
-    };
-    // A second initialisation (tests calling in) is harmless; ignore it.
-    let _ = tracing_subscriber::registry()
-        .with(layer.with_filter(filter.and(wire_library_caps())))
-        .try_init();
-}
-
-/// The WebSocket, TLS and HTTP libraries log frames, headers and records at debug and
-/// trace — tokens, signatures and job environments among them. They are capped at
-/// info for every `RUST_LOG` (a filter of its own, so no `RUST_LOG` directive, however
-/// specific its target, can lift it); their warnings and errors still show.
-fn wire_library_caps() -> tracing_subscriber::filter::Targets {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    const WIRE_LIBRARIES: [&str; 10] = [
-        "tungstenite",
-        "tokio_tungstenite",
-        "rustls",
-        "tokio_rustls",
-        "hyper",
-        "hyper_util",
-        "h2",
-        "axum",
-        "tower",
-        "tower_http",
-    ];
-    Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_targets(WIRE_LIBRARIES.map(|target| (target, LevelFilter::INFO)))
-}
-
 /// The state directory when none is given: the system location for root, the XDG
 /// state directory for everyone else.
 pub fn default_state_dir() -> PathBuf {
@@ -599,82 +515,6 @@ async fn show_status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<
     };
     write_stdout(&text)?;
     Ok(0)
-}
-
-fn render_status(status: &crate::runtime::RunnerStatus) -> String {
-    let now = crate::runtime::status::unix_ms();
-    let ago = |ms: u64| format_duration(now.saturating_sub(ms));
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "state:          {} ({}), for {}",
-        status.state,
-        status.phase,
-        ago(status.state_since_ms)
-    );
-    let _ = writeln!(out, "server:         {}", status.server);
-    let _ = writeln!(
-        out,
-        "runner id:      {}",
-        status.runner_id.as_deref().unwrap_or("(not registered)")
-    );
-    let _ = writeln!(out, "pid:            {}", status.pid);
-    let session = status
-        .session_since_ms
-        .map_or("no active session".to_owned(), ago);
-    let _ = writeln!(out, "session uptime: {session}");
-    let heartbeat = status
-        .last_heartbeat_ack_ms
-        .map_or("none yet".to_owned(), |ms| format!("{} ago", ago(ms)));
-    let _ = writeln!(out, "last heartbeat: {heartbeat}");
-    let _ = writeln!(
-        out,
-        "slots:          {} of {} in use",
-        status.jobs_running, status.slots
-    );
-    if !status.running.is_empty() {
-        let jobs: Vec<String> = status
-            .running
-            .iter()
-            .map(|job| {
-                let kept = if job.reattached { "reattached, " } else { "" };
-                format!("{} ({kept}{})", job.job, ago(job.since_ms))
-            })
-            .collect();
-        let _ = writeln!(out, "running jobs:   {}", jobs.join(", "));
-    } else if !status.jobs.is_empty() {
-        let _ = writeln!(out, "running jobs:   {}", status.jobs.join(", "));
-    }
-    let _ = writeln!(
-        out,
-        "outbox:         {} event(s) awaiting acknowledgement",
-        status.outbox_depth
-    );
-    if let Some(deadline) = status.drain_deadline_secs {
-        let elapsed = now.saturating_sub(status.state_since_ms) / 1000;
-        let left = deadline.saturating_sub(elapsed);
-        let _ = writeln!(
-            out,
-            "draining:       {} job(s) left; running jobs are cancelled in {left} s (deadline {deadline} s)",
-            status.jobs_running
-        );
-    }
-    if let Some(addr) = &status.metrics_listen {
-        let _ = writeln!(
-            out,
-            "metrics:        http://{addr}/metrics (/healthz, /readyz)"
-        );
-    }
-    out
-}
-
-fn format_duration(ms: u64) -> String {
-    let secs = ms / 1000;
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
-        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
-    }
 }
 
 /// Ask the runner of `state_dir` to drain (`uninstall`: for `fyn-runner uninstall`,
@@ -778,17 +618,7 @@ fn service_view() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{colours_wanted, describe_error};
-
-    #[test]
-    fn colours_only_at_a_terminal_without_no_color() {
-        use std::ffi::OsStr;
-        assert!(colours_wanted(true, None));
-        assert!(colours_wanted(true, Some(OsStr::new(""))));
-        assert!(!colours_wanted(true, Some(OsStr::new("1"))));
-        assert!(!colours_wanted(false, None));
-        assert!(!colours_wanted(false, Some(OsStr::new(""))));
-    }
+    use super::describe_error;
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot create {path}: {source}")]

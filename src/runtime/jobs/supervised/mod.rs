@@ -31,6 +31,8 @@ mod logs;
 mod pool;
 pub mod program;
 mod ready;
+mod reaping;
+mod runner_service;
 mod spawn;
 pub mod tree;
 pub mod wire;

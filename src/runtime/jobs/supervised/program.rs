@@ -26,6 +26,9 @@ When the main process ends: SIGKILL to the group and to every descendant left, t
 pipes read to their end, every child reaped, and `exit.json` written whole and synced
 (status, byte counts, the cancel's reason, resource use). Then it exits.
 
+The socket's service to runners is in `runner_service`; the end of the job's processes
+(the sweep, the reaping, their resource use) in `reaping`.
+
 Must not: talk to the network, read the runner's store or identity, or decide anything
 about the job but what its plan and its runner's requests say.
 */
@@ -37,27 +40,24 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::protocol::{ExitStatus, JobRef};
+use crate::protocol::ExitStatus;
 
+use super::reaping::{children_usage, kill_everything_left, reap, reap_the_rest};
+use super::runner_service::accept;
 use super::tree;
 use super::wire::{
     ExitRecord, Folder, LaunchPlan, Reply, RunnerAsks, Sizes, StartedRecord, StreamSize,
-    SupervisorSays, Usage, WIRE_VERSION, line, monotonic_ms, write_record,
+    WIRE_VERSION, line, monotonic_ms, write_record,
 };
 
 /// Once the job's processes are dead, how long its pipes may take to reach their end:
 /// only a process that escaped the job (no subreaper on this system) can hold them.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
-
-/// How long reaping what is left may take after the job ended.
-const REAP_WITHIN: Duration = Duration::from_secs(5);
 
 /// The supervisor's whole life; the process's exit code.
 pub fn main() -> i32 {
@@ -545,190 +545,6 @@ async fn finish(
         stderr,
         cancel: ladder.reason(),
         usage: children_usage(),
-    }
-}
-
-/// SIGKILL to the group and every descendant, until none is left (a process may fork
-/// while the sweep runs; its children are found in the next round).
-async fn kill_everything_left(pgid: u32) {
-    tree::signal_group(pgid, libc::SIGKILL);
-    for _ in 0..100 {
-        let _ = reap(0);
-        // The common end, a job that left nothing behind, costs no walk of `/proc`.
-        if no_children_left() {
-            return;
-        }
-        let left = tree::descendants(std::process::id());
-        if left.is_empty() {
-            return;
-        }
-        for pid in left {
-            tree::signal_process(pid, libc::SIGKILL);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    warn!("processes of the job are still there after SIGKILL (a process stuck in the kernel?)");
-}
-
-/// Reap every child that has ended. Returns how the main process `pid` ended, with the
-/// `CLOCK_MONOTONIC` time it was found, once it has.
-fn reap(pid: u32) -> Option<(ExitStatus, u64)> {
-    let mut main = None;
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid writes one int, which `status` is.
-        let reaped = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
-        if reaped <= 0 {
-            return main;
-        }
-        if u32::try_from(reaped).ok() == Some(pid) {
-            main = Some((exit_status(status), monotonic_ms()));
-        }
-    }
-}
-
-fn exit_status(status: libc::c_int) -> ExitStatus {
-    if libc::WIFEXITED(status) {
-        ExitStatus::Exited {
-            code: libc::WEXITSTATUS(status),
-        }
-    } else if libc::WIFSIGNALED(status) {
-        ExitStatus::Signaled {
-            signal: libc::WTERMSIG(status),
-        }
-    } else {
-        ExitStatus::Unknown
-    }
-}
-
-/// Wait (bounded) until no child is left to reap, so the resource use counts them all.
-async fn reap_the_rest() {
-    let deadline = Instant::now() + REAP_WITHIN;
-    loop {
-        let _ = reap(0);
-        if no_children_left() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            warn!("children of the job could not all be reaped");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Whether the supervisor has no child, living or a zombie. Then no descendant is left
-/// either: a descendant hangs from a child of the supervisor (an orphan of the job is
-/// handed to the supervisor, its subreaper, and so becomes one of its children).
-fn no_children_left() -> bool {
-    let mut status: libc::c_int = 0;
-    // SAFETY: waitpid writes one int, which `status` is.
-    let rc = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
-    rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
-}
-
-/// The resource use of every process the supervisor reaped: the job's whole tree.
-fn children_usage() -> Usage {
-    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one rusage, which `usage` is.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage) } != 0 {
-        return Usage::default();
-    }
-    let micros = |t: libc::timeval| {
-        u64::try_from(t.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000)
-            .saturating_add(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
-    Usage {
-        user_us: micros(usage.ru_utime),
-        system_us: micros(usage.ru_stime),
-        // Linux counts ru_maxrss in KiB.
-        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-    }
-}
-
-/// Serve runners on the socket: each gets `hello`, then the logs' sizes as they grow;
-/// what each asks goes to the supervisor's loop.
-async fn accept(
-    listener: std::os::unix::net::UnixListener,
-    job: JobRef,
-    pid: u32,
-    reason: Arc<Mutex<Option<String>>>,
-    sizes: watch::Receiver<Sizes>,
-    asks: mpsc::UnboundedSender<RunnerAsks>,
-) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| UnixListener::from_std(listener))
-    {
-        Ok(listener) => listener,
-        Err(error) => {
-            warn!(%error, "cannot serve the socket; no runner can reach this job");
-            return;
-        }
-    };
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                warn!(%error, "accepting a runner failed; trying again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let hello = SupervisorSays::Hello {
-            version: WIRE_VERSION,
-            job: job.clone(),
-            pid,
-            cancel: reason
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        };
-        tokio::spawn(serve(stream, hello, sizes.clone(), asks.clone()));
-    }
-}
-
-async fn serve(
-    stream: tokio::net::UnixStream,
-    hello: SupervisorSays,
-    mut sizes: watch::Receiver<Sizes>,
-    asks: mpsc::UnboundedSender<RunnerAsks>,
-) {
-    let (read, mut write) = stream.into_split();
-    let now = *sizes.borrow_and_update();
-    if write.write_all(&line(&hello)).await.is_err()
-        || write
-            .write_all(&line(&SupervisorSays::Sizes(now)))
-            .await
-            .is_err()
-    {
-        return;
-    }
-    let mut lines = BufReader::new(read).lines();
-    loop {
-        tokio::select! {
-            changed = sizes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let now = *sizes.borrow_and_update();
-                if write.write_all(&line(&SupervisorSays::Sizes(now))).await.is_err() {
-                    return;
-                }
-            }
-            read = lines.next_line() => match read {
-                Ok(Some(text)) => match serde_json::from_str::<RunnerAsks>(&text) {
-                    Ok(ask) => {
-                        let _ = asks.send(ask);
-                    }
-                    Err(error) => warn!(%error, "a runner asked something this supervisor does not know"),
-                },
-                _ => return,
-            },
-        }
     }
 }
 
