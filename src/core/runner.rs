@@ -1,5 +1,6 @@
 //! The machine's shared storage and the pure logic every phase uses: the job table,
-//! the outbox indexes, command application, and the link the core believes it has.
+//! the outbox indexes, the link the core believes it has, heartbeats; the API's
+//! commands are applied in `runner/commands.rs`.
 //!
 //! Nothing here performs I/O; every consequence is an `Effect` pushed into `Effects`.
 
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    CloseReason, Command, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, JobUsage,
-    MAX_INDEX, OutputFile, RejectReason, RunnerEvent, SessionParams,
+    CloseReason, ExitStatus, HardwareReport, JobOutcome, JobRef, JobSpec, JobUsage, MAX_INDEX,
+    OutputFile, RunnerEvent, SessionParams,
 };
 
 use super::backoff::{BackoffPolicy, Jitter};
@@ -18,7 +19,9 @@ use super::effect::{CancelReason, Delay, Durable, Effect, Effects, Notice, Outbo
 pub use super::ended::ENDED_ATTEMPTS_KEPT;
 use super::ended::EndedAttempts;
 use super::event::FoundJob;
-use super::hooks::{HookCall, HookPoint};
+use super::hooks::HookPoint;
+
+mod commands;
 
 /// How many indexes a session must have left below the top of the protocol's range
 /// (`MAX_INDEX`, 2^53 − 1) when it starts: an API whose claim (`last_event_index`)
@@ -532,158 +535,6 @@ impl Runner {
         self.ended.contains(job_id, attempt)
     }
 
-    // ---- commands ----
-
-    /// A command whose index could be read but whose body could not: it can never be
-    /// applied, so it is answered for good under its index: the event
-    /// `command_rejected` persisted with the index marked applied, in one batch, then
-    /// sent and the index acknowledged, so the API retires it. A resent index is only
-    /// acknowledged again.
-    pub(crate) fn reject_unreadable_command(&mut self, fx: &mut Effects, index: u64, error: &str) {
-        if index <= self.last_applied {
-            fx.send(Outbound::CommandAck { index });
-            return;
-        }
-        self.last_applied = index;
-        fx.persist(Durable::LastApplied { index });
-        let reason = bounded_reason(error);
-        self.emit(
-            fx,
-            RunnerEvent::CommandRejected {
-                index,
-                reason: reason.clone(),
-            },
-        );
-        fx.send(Outbound::CommandAck { index });
-        fx.notify(Notice::CommandRejected { index, reason });
-    }
-
-    /// Apply one command exactly once. Returns whether the command asked for a drain,
-    /// which the caller turns into a transition.
-    pub(crate) fn apply_command(
-        &mut self,
-        fx: &mut Effects,
-        index: u64,
-        command: &Command,
-        draining: bool,
-    ) -> bool {
-        if index <= self.last_applied {
-            // A resend of something already applied: acknowledge again, do nothing.
-            fx.send(Outbound::CommandAck { index });
-            return false;
-        }
-        self.last_applied = index;
-        fx.persist(Durable::LastApplied { index });
-        match command {
-            Command::StartJob { job } => {
-                let accepted = self.start_job(fx, job, draining);
-                fx.send(Outbound::CommandAck { index });
-                if let Some(spec) = accepted {
-                    fx.start(
-                        TimerKind::JobTimeout(job.job_ref()),
-                        Delay::Millis(job.timeout_secs.saturating_mul(1000)),
-                    );
-                    if self.hooked(HookPoint::PreJob) {
-                        // The process starts once the hook succeeds (`pre_job_finished`).
-                        self.awaiting_pre_job.insert(job.job_id.clone(), spec);
-                        self.run_hook(fx, HookCall::PreJob { job: job.job_ref() });
-                    } else {
-                        self.start_or_fetch(fx, spec);
-                    }
-                }
-                false
-            }
-            Command::CancelJob { job_id, attempt } => {
-                let job = JobRef {
-                    job_id: job_id.clone(),
-                    attempt: *attempt,
-                };
-                let known = self.check_job(fx, &job, "cancel_job");
-                fx.send(Outbound::CommandAck { index });
-                if known {
-                    self.cancel_job(fx, &job, CancelReason::Cancelled);
-                }
-                false
-            }
-            Command::Drain { deadline_secs } => {
-                fx.send(Outbound::CommandAck { index });
-                if let Some(secs) = deadline_secs {
-                    self.drain_deadline_secs = *secs;
-                }
-                true
-            }
-        }
-    }
-
-    /// Accept or reject a start; returns the accepted job's spec, as persisted (its one
-    /// copy, shared with the effect that starts it). An accepted job enters the table
-    /// now so a second delivery of the same job (under a new index) cannot start it
-    /// twice.
-    fn start_job(
-        &mut self,
-        fx: &mut Effects,
-        job: &JobSpec,
-        draining: bool,
-    ) -> Option<Arc<JobSpec>> {
-        let rejection = if let Err(error) = job.validate() {
-            Some((RejectReason::InvalidSpec, error.to_string()))
-        } else if self.jobs.contains_key(&job.job_id) {
-            fx.notify(Notice::StaleJob {
-                job: job.job_ref(),
-                what: "start_job for a job already running".into(),
-            });
-            return None;
-        } else if self.ended_here(&job.job_id, job.attempt) {
-            Some((
-                RejectReason::AlreadyRun,
-                format!(
-                    "attempt {} of job {} already ran on this runner; it is not run again",
-                    job.attempt, job.job_id
-                ),
-            ))
-        } else if draining {
-            Some((RejectReason::Draining, "runner is draining".into()))
-        } else if self.slots_free() == 0 {
-            Some((
-                RejectReason::NoFreeSlot,
-                format!("all {} slots busy", self.config.slots),
-            ))
-        } else {
-            None
-        };
-        match rejection {
-            Some((reason, detail)) => {
-                self.emit(
-                    fx,
-                    RunnerEvent::JobRejected {
-                        job: job.job_ref(),
-                        reason,
-                        detail,
-                    },
-                );
-                None
-            }
-            None => {
-                self.jobs.insert(
-                    job.job_id.clone(),
-                    JobEntry {
-                        attempt: job.attempt,
-                        grace_secs: job.cancel_grace_secs,
-                        timeout_secs: job.timeout_secs,
-                        cancel: None,
-                        outputs: job.outputs.clone(),
-                    },
-                );
-                let spec = Arc::new(job.clone());
-                fx.persist(Durable::JobAdded {
-                    job: Arc::clone(&spec),
-                });
-                self.emit(fx, RunnerEvent::JobAccepted { job: job.job_ref() });
-                Some(spec)
-            }
-        }
-    }
-
     // ---- heartbeats ----
 
     pub(crate) fn send_heartbeat(&mut self, fx: &mut Effects) {
@@ -720,21 +571,6 @@ impl Runner {
             last_command_index: self.last_applied,
         });
     }
-}
-
-/// The longest `command_rejected.reason`: the decoder's message can quote what the API
-/// sent (an unknown kind), which is the API's to bound, not the runner's to echo whole.
-const MAX_REASON_BYTES: usize = 1024;
-
-fn bounded_reason(error: &str) -> String {
-    if error.len() <= MAX_REASON_BYTES {
-        return error.to_owned();
-    }
-    let mut end = MAX_REASON_BYTES;
-    while !error.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &error[..end])
 }
 
 /// How a job ended, as the runtime observed it.
@@ -848,15 +684,6 @@ mod tests {
         assert!(runner.ended_here("j-1", 1));
         assert!(runner.ended_here(&format!("j-{ENDED_ATTEMPTS_KEPT}"), 1));
         assert!(!runner.ended_here("j-1", 2));
-    }
-
-    #[test]
-    fn a_rejection_reason_is_bounded_at_a_character_boundary() {
-        assert_eq!(bounded_reason("short"), "short");
-        let long = "é".repeat(MAX_REASON_BYTES);
-        let bounded = bounded_reason(&long);
-        assert!(bounded.len() <= MAX_REASON_BYTES + '…'.len_utf8());
-        assert!(bounded.ends_with('…'));
     }
 
     #[test]
