@@ -169,10 +169,7 @@ impl JobEndpoint {
         {
             return Self::serve_on(listener, config, reports);
         }
-        let failed = |source| EndpointError::Bind {
-            path: path.display().to_string(),
-            source,
-        };
+        let failed = |source| bind_failed(&path, source);
         let listener = match config.account.clone() {
             // One bind, here: the job's start waits for it, and a hop to a blocking
             // thread and back cost more than the bind itself.
@@ -197,10 +194,8 @@ impl JobEndpoint {
         reports: mpsc::Sender<EndpointReport>,
     ) -> Result<Self, EndpointError> {
         let path = config.path.clone();
-        let listener = UnixListener::from_std(listener).map_err(|source| EndpointError::Bind {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let listener =
+            UnixListener::from_std(listener).map_err(|source| bind_failed(&path, source))?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(serve(listener, Serving::new(config, reports), stopped));
         Ok(Self {
@@ -234,11 +229,24 @@ impl Drop for JobEndpoint {
 
 /// The socket, made 0600 by whoever runs this (the job account, on its thread).
 fn make_socket(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_file(path) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
         _ => {}
     }
+    listen_at(path)
+}
+
+fn bind_failed(path: &Path, source: std::io::Error) -> EndpointError {
+    EndpointError::Bind {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// An endpoint's socket bound and listening at `path` (which must be free), mode 0600,
+/// not blocking: here on a start's path, or ahead with a spare job folder (`spare_dir`).
+pub(crate) fn listen_at(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;

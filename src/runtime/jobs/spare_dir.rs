@@ -263,7 +263,7 @@ fn make(path: &Path, contents: Contents) -> io::Result<Spare> {
     #[cfg(unix)]
     let socket = contents.socket.and_then(|name| {
         // A spare without one is still a spare: the start binds its own.
-        bind_socket(&path.join(name))
+        crate::runtime::job_endpoint::listen_at(&path.join(name))
             .map_err(|error| debug!(%error, "cannot bind a spare folder's socket; the start binds its own"))
             .ok()
     });
@@ -277,16 +277,6 @@ fn make(path: &Path, contents: Contents) -> io::Result<Spare> {
         #[cfg(unix)]
         socket,
     })
-}
-
-/// A socket bound and listening at `path`, mode 0600, not blocking.
-#[cfg(unix)]
-fn bind_socket(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
 }
 
 fn remove_leftovers(root: &Path) {

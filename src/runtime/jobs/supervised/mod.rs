@@ -20,11 +20,15 @@ store knows.
   of when it dies): never a pid alone.
 
 Layout: `wire` is what both sides write and read; `program` is the supervisor itself,
-`ready` what it makes before its plan comes and `spawn` how it starts the job;
-`pool` holds the supervisors waiting for a plan and `launcher` forks them; `tree` is the supervisor's view of the job's processes;
-`follow` the runner's reading of a job.
+`ready` what it makes before its plan comes, `spawn` how it starts the job,
+`runner_service` its socket's service to runners and `reaping` the end of the job's
+processes; `tree` is the supervisor's view of the job's processes. On the runner's
+side, `pool` holds the supervisors waiting for a plan and `launcher` forks them;
+`follow` is the reading of a job; `ending` ends the supervised jobs no store accounts
+for, and all of them at uninstall.
 */
 
+mod ending;
 mod follow;
 mod launcher;
 mod logs;
@@ -38,7 +42,7 @@ pub mod tree;
 pub mod wire;
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +56,8 @@ use crate::runtime::orphans::{self, Leader};
 use super::executor::{ExecutorError, FindRequest, Finding, JobControl, RunningJob};
 use super::output::OutputSink;
 use super::spare_dir::{Contents, SpareDirs};
+pub use ending::end_all;
+use ending::end_supervised;
 use follow::{Follow, Log};
 use pool::{SupervisorPool, SupervisorProcess};
 use wire::{
@@ -452,48 +458,6 @@ fn spare_did_not_answer(error: &io::Error) {
 fn not_answered(error: &io::Error) -> ExecutorError {
     ExecutorError::NotStarted {
         why: format!("the job's supervisor did not answer: {error}"),
-    }
-}
-
-/// End every job supervisors run under `jobs_root`, and wait (bounded) for each
-/// supervisor to record the end (`fyn-runner uninstall`). Returns how many there were.
-pub fn end_all(jobs_root: &Path) -> usize {
-    let dir = jobs_root.join(wire::SUPERVISORS_DIR);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return 0;
-    };
-    let mut ended = 0;
-    for entry in entries.flatten() {
-        let folder = Folder::at(entry.path());
-        if supervisor_lives(&folder) {
-            end_supervised(&folder);
-            ended += 1;
-        }
-    }
-    ended
-}
-
-/// Ask the supervisor in `folder` to kill its job, and wait until it is gone; should it
-/// not answer, what its records name is killed here.
-fn end_supervised(folder: &Folder) {
-    if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(folder.socket()) {
-        let _ = stream.write_all(&line(&RunnerAsks::Kill));
-    }
-    for _ in 0..500 {
-        if !supervisor_lives(folder) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Ok(Some(record)) = read_record::<StartedRecord>(&folder.started()) {
-        warn!(folder = %folder.path().display(), "a supervisor did not end its job in time; killing the job's processes");
-        orphans::end_leftovers(
-            &record.job,
-            Some(Leader {
-                pid: record.pid,
-                start_ticks: record.start_ticks,
-            }),
-        );
     }
 }
 

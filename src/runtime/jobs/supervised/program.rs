@@ -288,14 +288,7 @@ fn wait_for_hang_up(read_end: BorrowedFd<'_>, within: Duration) -> bool {
 /// Whether the runner's end of standard input is closed (it died after sending the
 /// plan). The runner keeps it open until it has read the reply.
 fn runner_gone() -> bool {
-    let mut fd = libc::pollfd {
-        fd: libc::STDIN_FILENO,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll reads and writes the one pollfd given, with a zero timeout.
-    let ready = unsafe { libc::poll(&raw mut fd, 1, 0) };
-    ready > 0 && fd.revents & libc::POLLHUP != 0
+    wait_for_hang_up(io::stdin().as_fd(), Duration::ZERO)
 }
 
 /// A log the runner made, opened for writing by its path, and checked to be the very

@@ -118,6 +118,8 @@ pub(super) fn rehearse(plan: &LaunchPlan) {
     }
 }
 
+/// The plan's program, arguments, environment and folder as C strings, made before the
+/// child exists.
 struct Command {
     program: CString,
     /// `argv[0]` first; the pointers below point into these.
